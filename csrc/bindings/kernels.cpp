@@ -1,0 +1,106 @@
+// Direct entry points to single CPU kernels, for tests and microbenchmarks.
+// Each takes the ISA to use, so every compiled variant can be checked
+// against the plain C++ one and against numpy.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "bindings/bindings.h"
+#include "core/dtype.h"
+#include "core/threadpool.h"
+#include "cpu/arch/kernels.h"
+#include "cpu/ops.h"
+
+namespace py = pybind11;
+
+namespace llmrt::bindings {
+
+namespace {
+
+cpu::Isa parse_isa(const std::string& s) {
+  for (auto isa : {cpu::Isa::Generic, cpu::Isa::Avx2, cpu::Isa::Avx512})
+    if (s == cpu::isa_name(isa)) return isa;
+  throw py::value_error("unknown ISA '" + s + "' (generic, avx2, avx512)");
+}
+
+const cpu::Kernels& kernels(const std::string& isa) {
+  if (isa.empty()) return *cpu::active_kernels();
+  return *cpu::kernels_for(parse_isa(isa));
+}
+
+DType check_type(uint32_t t) {
+  if (!dtype_supported(t)) throw py::value_error("unsupported tensor type id " + std::to_string(t));
+  return static_cast<DType>(t);
+}
+
+// Weights (rows, row_bytes) uint8 -> view, with the byte count checked.
+WeightView make_view(DType t, const py::array_t<uint8_t, py::array::c_style>& data,
+                     int64_t rows, int64_t cols) {
+  if (rows <= 0 || cols <= 0 || cols % block_elems(t) != 0)
+    throw py::value_error("cols must be a positive multiple of the block size");
+  if ((size_t)data.nbytes() != (size_t)rows * row_bytes(t, cols))
+    throw py::value_error("weight buffer has " + std::to_string(data.nbytes()) +
+                          " bytes, expected " + std::to_string(rows * row_bytes(t, cols)));
+  WeightView w;
+  w.type = t;
+  w.rows = rows;
+  w.cols = cols;
+  w.data = data.data();
+  return w;
+}
+
+}  // namespace
+
+void bind_kernels(py::module_& m) {
+  m.def("isa_available", [](const std::string& isa) {
+    try {
+      cpu::kernels_for(parse_isa(isa));
+      return true;
+    } catch (const std::runtime_error&) {
+      return false;
+    }
+  }, py::arg("isa"), "Whether the ISA variant is compiled in and runs on this CPU.");
+
+  m.def("dequantize",
+        [](uint32_t type, py::array_t<uint8_t, py::array::c_style> data, int64_t rows,
+           int64_t cols, const std::string& isa) {
+          DType t = check_type(type);
+          WeightView w = make_view(t, data, rows, cols);
+          const auto& k = kernels(isa);
+          py::array_t<float> out({rows, cols});
+          float* o = out.mutable_data();
+          for (int64_t r = 0; r < rows; ++r) k.dequant[(int)t](w.row(r), o + r * cols, cols);
+          return out;
+        },
+        py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("isa") = "",
+        "Dequantize a (rows, cols) weight matrix stored as GGUF blocks.");
+
+  m.def("matmul",
+        [](uint32_t type, py::array_t<uint8_t, py::array::c_style> data, int64_t rows,
+           int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
+           const std::string& isa, int threads) {
+          DType t = check_type(type);
+          WeightView w = make_view(t, data, rows, cols);
+          if (x.ndim() != 2 || x.shape(1) != cols)
+            throw py::value_error("x must have shape (n, cols)");
+          const int n = (int)x.shape(0);
+          if (n <= 0) throw py::value_error("x has no rows");
+          const auto& k = kernels(isa);
+          py::array_t<float> y({(int64_t)n, rows});
+          float* yp = y.mutable_data();
+          const float* xp = x.data();
+          {
+            py::gil_scoped_release nogil;
+            ThreadPool pool(threads);
+            cpu::matmul(pool, k, w, xp, n, yp);
+          }
+          return y;
+        },
+        py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"),
+        py::arg("isa") = "", py::arg("threads") = 1,
+        "y (n, rows) = x (n, cols) @ W^T for a GGUF-typed weight W.");
+}
+
+}  // namespace llmrt::bindings

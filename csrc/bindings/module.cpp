@@ -1,0 +1,46 @@
+// llmrt._core: the native extension. Picks the CPU kernel variant at import
+// (LLMRT_ISA forces one; an unusable choice makes the import fail loudly).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "bindings/bindings.h"
+#include "cpu/arch/kernels.h"
+
+namespace py = pybind11;
+using namespace llmrt;
+
+#ifndef LLMRT_VERSION
+#define LLMRT_VERSION "0.0.0"
+#endif
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "llmrt native core: CPU kernels and the llama-family forward pass";
+  cpu::set_active_isa(cpu::select_isa_from_env());  // throws -> ImportError
+
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = LLMRT_VERSION;
+    py::list compiled;
+    compiled.append("generic");
+#if defined(LLMRT_HAVE_AVX2)
+    compiled.append("avx2");
+#endif
+#if defined(LLMRT_HAVE_AVX512)
+    compiled.append("avx512");
+#endif
+    d["cpu_isa_compiled"] = compiled;
+    py::list supported;
+    for (auto isa : {cpu::Isa::Generic, cpu::Isa::Avx2, cpu::Isa::Avx512})
+      if (cpu::cpu_supports(isa)) supported.append(cpu::isa_name(isa));
+    d["cpu_isa_supported"] = supported;
+    d["cpu_isa"] = cpu::isa_name(cpu::active_isa());
+    d["cuda"] = false;  // CUDA kernels are not part of this build yet
+#if defined(__VERSION__)
+    d["compiler"] = __VERSION__;
+#endif
+    return d;
+  }, "What this build contains and which CPU kernel variant is in use.");
+
+  bindings::bind_kernels(m);
+  bindings::bind_model(m);
+}

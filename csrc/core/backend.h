@@ -1,0 +1,62 @@
+// What a device must provide to run the llama-family forward pass.
+//
+// The model (csrc/model) is written once against this interface; csrc/cpu and
+// (later) csrc/cuda implement it. Activations are row-major float32 matrices
+// of n tokens; pointers are in the backend's own memory (host for the CPU).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/kv_cache.h"
+#include "core/tensor.h"
+
+namespace llmrt {
+
+struct RopeParams {
+  int n_rot = 0;             // leading dims of each head that rotate
+  float freq_base = 10000.f;
+  float pos_scale = 1.f;     // linear RoPE scaling: position * pos_scale
+  bool neox = false;         // pairs (i, i + n_rot/2) instead of (2i, 2i+1)
+  const float* freq_factors = nullptr;  // optional (n_rot/2,) divisors (Llama 3.1)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual int threads() const = 0;
+
+  // Device memory for activations (float32). Freed by free_floats.
+  virtual float* alloc_floats(size_t n) = 0;
+  virtual void free_floats(float* p) = 0;
+
+  // out (n, table.cols) = rows ids[i] of the table.
+  virtual void embed(const WeightView& table, const int32_t* ids, int n, float* out) = 0;
+  // y (n, W.rows) = x (n, W.cols) @ W^T.
+  virtual void matmul(const WeightView& w, const float* x, int n, float* y) = 0;
+  // y (n, dim) = x / rms(x) * weight, row by row. y may alias x.
+  virtual void rmsnorm(const float* x, const float* weight, int n, int dim, float eps,
+                       float* y) = 0;
+  // y (n, dim) += bias (dim,)
+  virtual void add_bias(float* y, const float* bias, int n, int dim) = 0;
+  // y += x, count elements.
+  virtual void add(float* y, const float* x, size_t count) = 0;
+  // gate = silu(gate) * up, count elements.
+  virtual void swiglu(float* gate, const float* up, size_t count) = 0;
+  // Rotates x (n, n_heads, head_dim) in place; row t is at position pos0 + t.
+  virtual void rope(float* x, int n, int n_heads, int head_dim, int pos0,
+                    const RopeParams& p) = 0;
+  // Stores k, v (n, n_kv_heads, head_dim) at positions [pos0, pos0 + n) of a layer.
+  virtual void kv_write(KVCache& cache, int layer, int pos0, int n, const float* k,
+                        const float* v) = 0;
+  // out (n, n_heads, head_dim) = causal softmax(q k^T * scale) v, reading the
+  // layer's cache at positions [0, pos0 + t] for query row t. GQA: query head h
+  // reads kv head h / (n_heads / n_kv_heads).
+  virtual void attention(const KVCache& cache, int layer, const float* q, int n, int pos0,
+                         int n_heads, float scale, float* out) = 0;
+};
+
+}  // namespace llmrt

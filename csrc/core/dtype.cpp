@@ -1,0 +1,17 @@
+#include "core/dtype.h"
+
+namespace llmrt {
+
+const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::Q4_0: return "Q4_0";
+    case DType::Q4_1: return "Q4_1";
+    case DType::Q8_0: return "Q8_0";
+  }
+  return "unknown";
+}
+
+}  // namespace llmrt

@@ -1,0 +1,109 @@
+// Element types and quantized block formats of GGUF tensors.
+//
+// The numeric values are GGUF's ggml_type ids, so a type read from a file maps
+// straight onto DType. Block layouts (32 weights a block) are the ones GGUF
+// files store; every struct is packed to the exact on-disk size.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace llmrt {
+
+enum class DType : uint32_t {
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q8_0 = 8,
+  BF16 = 30,
+};
+
+constexpr int kQK = 32;  // weights per quantized block
+
+#pragma pack(push, 1)
+// Q4_0: w = d * (q - 8), q in [0, 15]; byte j holds q[j] (low nibble) and
+// q[j + 16] (high nibble).
+struct BlockQ4_0 {
+  uint16_t d;  // fp16 scale
+  uint8_t qs[kQK / 2];
+};
+// Q4_1: w = d * q + m, same nibble order as Q4_0.
+struct BlockQ4_1 {
+  uint16_t d;  // fp16 scale
+  uint16_t m;  // fp16 minimum
+  uint8_t qs[kQK / 2];
+};
+// Q8_0: w = d * q, q in [-127, 127].
+struct BlockQ8_0 {
+  uint16_t d;  // fp16 scale
+  int8_t qs[kQK];
+};
+#pragma pack(pop)
+
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block is 18 bytes");
+static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block is 20 bytes");
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block is 34 bytes");
+
+// Elements per block and bytes per block; 0 for an unsupported type.
+constexpr int block_elems(DType t) {
+  return (t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0) ? kQK : 1;
+}
+constexpr size_t block_bytes(DType t) {
+  switch (t) {
+    case DType::F32: return 4;
+    case DType::F16: return 2;
+    case DType::BF16: return 2;
+    case DType::Q4_0: return sizeof(BlockQ4_0);
+    case DType::Q4_1: return sizeof(BlockQ4_1);
+    case DType::Q8_0: return sizeof(BlockQ8_0);
+  }
+  return 0;
+}
+inline bool dtype_supported(uint32_t raw) {
+  switch (static_cast<DType>(raw)) {
+    case DType::F32: case DType::F16: case DType::BF16:
+    case DType::Q4_0: case DType::Q4_1: case DType::Q8_0:
+      return true;
+  }
+  return false;
+}
+// Bytes of one row of n elements (n must be a multiple of block_elems).
+constexpr size_t row_bytes(DType t, int64_t n) {
+  return static_cast<size_t>(n / block_elems(t)) * block_bytes(t);
+}
+const char* dtype_name(DType t);
+
+// IEEE half -> float, portable (no F16C needed).
+inline float fp16_to_fp32(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: renormalise
+      int e = -1;
+      do { mant <<= 1; ++e; } while ((mant & 0x400) == 0);
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3ff) << 13);
+    }
+  } else if (exp == 31) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline float bf16_to_fp32(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+}  // namespace llmrt

@@ -1,0 +1,55 @@
+// The per-ISA kernel table of the CPU backend.
+//
+// arch/kernels_impl.inc is compiled three times (generic.cpp, avx2.cpp,
+// avx512.cpp), each with its own target flags, into its own namespace. Only
+// the table crosses TU boundaries, so no code built for a wider ISA can be
+// picked by the linker for a narrower one. The generic build is the plain C++
+// twin every other variant is tested against.
+#pragma once
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace llmrt::cpu {
+
+enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
+
+// Number of DType slots in the per-type tables (max GGUF id we index + 1).
+constexpr int kDTypeSlots = 31;
+
+using VecDotFn = float (*)(const void* row, const float* x, int64_t n);
+using DequantFn = void (*)(const void* row, float* out, int64_t n);
+
+struct Kernels {
+  const char* name;
+  // sum_i W[i] * x[i] over one quantized row of n elements.
+  VecDotFn vec_dot[kDTypeSlots];
+  // One quantized row of n elements -> n floats.
+  DequantFn dequant[kDTypeSlots];
+  // sum_i a[i] * b[i]
+  float (*dot_f32)(const float* a, const float* b, int64_t n);
+  // y[i] += a * x[i]
+  void (*axpy)(float a, const float* x, float* y, int64_t n);
+  // y[i] *= a
+  void (*scale)(float a, float* y, int64_t n);
+};
+
+const Kernels* kernels_generic();
+const Kernels* kernels_avx2();    // nullptr when not compiled in
+const Kernels* kernels_avx512();  // nullptr when not compiled in
+
+// What the running CPU (and OS) can execute.
+bool cpu_supports(Isa isa);
+const char* isa_name(Isa isa);
+// Best ISA the CPU runs, or the one named by LLMRT_ISA (throws
+// std::runtime_error if the name is unknown or the CPU cannot run it).
+Isa select_isa_from_env();
+// Kernels of an ISA; throws if not compiled in or unsupported by this CPU.
+const Kernels* kernels_for(Isa isa);
+// Kernels chosen once at import (select_isa_from_env).
+const Kernels* active_kernels();
+Isa active_isa();
+void set_active_isa(Isa isa);
+
+}  // namespace llmrt::cpu

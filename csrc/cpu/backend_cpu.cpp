@@ -1,0 +1,62 @@
+// The CPU implementation of core's Backend interface: a thread pool and the
+// kernel table chosen at import (cpu/isa.cpp).
+#include <cstdlib>
+#include <new>
+
+#include "cpu/backend_cpu.h"
+#include "cpu/ops.h"
+
+namespace llmrt {
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : pool_(threads), k_(*cpu::active_kernels()) {}
+
+  std::string name() const override { return std::string("cpu/") + k_.name; }
+  int threads() const override { return pool_.size(); }
+
+  float* alloc_floats(size_t n) override {
+    // 64-byte aligned for full-width vector loads.
+    void* p = std::aligned_alloc(64, ((n * sizeof(float) + 63) / 64) * 64);
+    if (!p) throw std::bad_alloc();
+    return static_cast<float*>(p);
+  }
+  void free_floats(float* p) override { std::free(p); }
+
+  void embed(const WeightView& t, const int32_t* ids, int n, float* out) override {
+    cpu::embed(pool_, k_, t, ids, n, out);
+  }
+  void matmul(const WeightView& w, const float* x, int n, float* y) override {
+    cpu::matmul(pool_, k_, w, x, n, y);
+  }
+  void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override {
+    cpu::rmsnorm(pool_, x, w, n, dim, eps, y);
+  }
+  void add_bias(float* y, const float* b, int n, int dim) override { cpu::add_bias(y, b, n, dim); }
+  void add(float* y, const float* x, size_t count) override { cpu::add(y, x, count); }
+  void swiglu(float* g, const float* u, size_t count) override { cpu::swiglu(pool_, g, u, count); }
+  void rope(float* x, int n, int n_heads, int head_dim, int pos0, const RopeParams& p) override {
+    cpu::rope(pool_, x, n, n_heads, head_dim, pos0, p);
+  }
+  void kv_write(KVCache& c, int layer, int pos0, int n, const float* k, const float* v) override {
+    cpu::kv_write(c, layer, pos0, n, k, v);
+  }
+  void attention(const KVCache& c, int layer, const float* q, int n, int pos0, int n_heads,
+                 float scale, float* out) override {
+    cpu::attention(pool_, k_, c, layer, q, n, pos0, n_heads, scale, out);
+  }
+
+ private:
+  ThreadPool pool_;
+  const cpu::Kernels& k_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  return std::make_unique<CpuBackend>(threads);
+}
+
+}  // namespace llmrt

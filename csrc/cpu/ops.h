@@ -1,0 +1,36 @@
+// CPU implementations of the backend operations, one file per family:
+// matmul.cpp, attention.cpp, elementwise.cpp. Shapes as in core/backend.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/backend.h"
+#include "core/kv_cache.h"
+#include "core/tensor.h"
+#include "core/threadpool.h"
+#include "cpu/arch/kernels.h"
+
+namespace llmrt::cpu {
+
+// ---- matmul.cpp ----
+void embed(ThreadPool& pool, const Kernels& k, const WeightView& table, const int32_t* ids,
+           int n, float* out);
+void matmul(ThreadPool& pool, const Kernels& k, const WeightView& w, const float* x, int n,
+            float* y);
+
+// ---- attention.cpp ----
+void kv_write(KVCache& cache, int layer, int pos0, int n, const float* k, const float* v);
+void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, int layer,
+               const float* q, int n, int pos0, int n_heads, float scale, float* out);
+
+// ---- elementwise.cpp ----
+void rmsnorm(ThreadPool& pool, const float* x, const float* w, int n, int dim, float eps,
+             float* y);
+void add_bias(float* y, const float* bias, int n, int dim);
+void add(float* y, const float* x, size_t count);
+void swiglu(ThreadPool& pool, float* gate, const float* up, size_t count);
+void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, int pos0,
+          const RopeParams& p);
+
+}  // namespace llmrt::cpu

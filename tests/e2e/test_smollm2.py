@@ -1,0 +1,72 @@
+"""The default model, SmolLM2-135M-Instruct Q4_1, against the Hugging Face
+transformers reference (fp32 from the same GGUF; tests/data, made by
+scripts/make_reference.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "data")
+REF = json.load(open(os.path.join(DATA, "smollm2_reference.json"), encoding="utf-8"))
+
+# Golden greedy continuation of "The capital of France is" (ids), temperature 0.
+GOLDEN_PROMPT = "The capital of France is"
+GOLDEN_IDS = REF["prompts"][0]["greedy"][:16]
+
+
+def test_golden_greedy_tokens(smollm2):
+    r = smollm2.generate(GOLDEN_PROMPT, max_new_tokens=16, ignore_eos=True)
+    assert r.token_ids == GOLDEN_IDS
+    assert r.text.startswith(" Paris")
+
+
+@pytest.mark.parametrize("case", REF["prompts"], ids=lambda c: repr(c["prompt"][:24]))
+def test_logits_match_reference(smollm2, case):
+    ids = smollm2.tokenize(case["prompt"], add_special=False)
+    assert ids == case["ids"]
+    logits = smollm2.logits(ids)
+    # top-1 equal at every position
+    assert logits.argmax(-1).tolist() == case["argmax"]
+    # the reference's 10 best logits of the last position, to float32 accuracy
+    # after 30 layers (measured max 2.3e-5 on logits of 7..34)
+    got = logits[-1][case["last_top_ids"]]
+    assert np.abs(got - np.array(case["last_top_logits"])).max() < 2e-3
+
+
+@pytest.mark.parametrize("case", REF["prompts"], ids=lambda c: repr(c["prompt"][:24]))
+def test_greedy_continuation_matches_reference(smollm2, case):
+    r = smollm2.generate(case["ids"], max_new_tokens=32, ignore_eos=True)
+    assert r.token_ids == case["greedy"]
+
+
+def test_chat_answers(smollm2):
+    r = smollm2.chat([{"role": "user", "content": "What is the capital of France?"}],
+                     max_new_tokens=48)
+    assert r.finish_reason == "stop"  # ended on <|im_end|>
+    assert "Paris" in r.text and "<|im_end|>" not in r.text
+
+
+def test_cli_generate(default_model_path):
+    r = subprocess.run([sys.executable, "-m", "llmrt", "generate", GOLDEN_PROMPT, "-n", "8",
+                        "--model", default_model_path, "--stats"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(GOLDEN_PROMPT + " Paris")
+    assert "tok/s" in r.stderr
+
+
+def test_cli_chat_one_message():
+    r = subprocess.run([sys.executable, "-m", "llmrt", "chat", "Say hello.", "-n", "16"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()
+
+
+def test_cli_bad_model_path():
+    r = subprocess.run([sys.executable, "-m", "llmrt", "generate", "x", "--model", "/nope.gguf"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "not found" in r.stderr

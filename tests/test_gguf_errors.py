@@ -1,0 +1,209 @@
+"""Bad files: every corrupt, truncated or unsupported GGUF raises a Python
+exception naming the problem; none crashes the process."""
+
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import llmrt
+from llmrt import GGUFError, UnsupportedModelError
+from llmrt.gguf_file import GGUFFile
+from testutil import write_model
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("gguf") / "good.gguf")
+    write_model(path, wtype="Q4_1", n_layer=1)
+    return path
+
+
+def _bytes(path):
+    with open(path, "rb") as f:
+        return bytearray(f.read())
+
+
+def _write(tmp_path, data, name="bad.gguf"):
+    p = tmp_path / name
+    p.write_bytes(bytes(data))
+    return str(p)
+
+
+def test_good_file_loads(good):
+    m = llmrt.Model(good, threads=1)
+    assert m.arch == "llama"
+
+
+def test_parser_agrees_with_gguf_reader(good):
+    import gguf
+    ours = GGUFFile(good)
+    ref = gguf.GGUFReader(good)
+    assert set(ours.tensors) == {t.name for t in ref.tensors}
+    for t in ref.tensors:
+        o = ours.tensors[t.name]
+        assert o.type_id == int(t.tensor_type)
+        assert o.shape == [int(x) for x in t.shape]
+        assert o.offset == int(t.data_offset)
+    for k, f in ref.fields.items():
+        if not k.startswith("GGUF."):
+            assert ours.metadata[k] == f.contents(), k
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError):
+        llmrt.Model("/nonexistent/model.gguf")
+
+
+def test_not_gguf(tmp_path):
+    with pytest.raises(GGUFError, match="not a GGUF file"):
+        llmrt.Model(_write(tmp_path, b"PK\x03\x04" + b"\0" * 100))
+    with pytest.raises(GGUFError, match="empty"):
+        llmrt.Model(_write(tmp_path, b""))
+
+
+def test_bad_version(tmp_path, good):
+    d = _bytes(good)
+    d[4:8] = struct.pack("<I", 7)
+    with pytest.raises(GGUFError, match="version 7"):
+        llmrt.Model(_write(tmp_path, d))
+
+
+def test_absurd_counts(tmp_path, good):
+    d = _bytes(good)
+    d[8:16] = struct.pack("<Q", 1 << 60)
+    with pytest.raises(GGUFError, match="more than"):
+        llmrt.Model(_write(tmp_path, d))
+
+
+@pytest.mark.parametrize("frac", [0.0005, 0.01, 0.1, 0.5, 0.9, 0.999])
+def test_truncated(tmp_path, good, frac):
+    d = _bytes(good)
+    cut = max(1, int(len(d) * frac))
+    with pytest.raises(GGUFError, match="truncated|corrupt|too short|past the end"):
+        llmrt.Model(_write(tmp_path, d[:cut]))
+
+
+def test_unknown_architecture(tmp_path):
+    import gguf
+    p = str(tmp_path / "arch.gguf")
+    w = gguf.GGUFWriter(p, "mamba")
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), np.float32))
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(UnsupportedModelError, match="architecture 'mamba'"):
+        llmrt.Model(p)
+
+
+def _rewrite_tensor_type(path, tmp_path, name, new_type):
+    f = GGUFFile(path)
+    d = _bytes(path)
+    # the tensor's type field sits just before its 8-byte offset in the table
+    key = struct.pack("<Q", len(name)) + name.encode()
+    i = d.index(key) + len(key)
+    (n_dims,) = struct.unpack_from("<I", d, i)
+    j = i + 4 + 8 * n_dims
+    d[j:j + 4] = struct.pack("<I", new_type)
+    del f
+    return _write(tmp_path, d)
+
+
+def test_unsupported_tensor_type(tmp_path, good):
+    p = _rewrite_tensor_type(good, tmp_path, "blk.0.attn_q.weight", 12)  # Q4_K
+    with pytest.raises(UnsupportedModelError, match="blk.0.attn_q.weight.*Q4_K"):
+        llmrt.Model(p)
+
+
+def test_unknown_tensor_type(tmp_path, good):
+    p = _rewrite_tensor_type(good, tmp_path, "blk.0.ffn_up.weight", 999)
+    with pytest.raises(GGUFError, match="blk.0.ffn_up.weight"):
+        llmrt.Model(p)
+
+
+def test_wrong_type_changes_size(tmp_path, good):
+    # Q4_1 -> Q8_0 makes the tensor larger than its data: named, not a crash
+    p = _rewrite_tensor_type(good, tmp_path, "blk.0.ffn_down.weight", 8)
+    with pytest.raises(GGUFError):
+        llmrt.Model(p)
+
+
+def test_wrong_shape(tmp_path):
+    import gguf
+    p = str(tmp_path / "shape.gguf")
+    write_model(p, n_layer=1)
+    d = _bytes(p)
+    name = b"blk.0.ffn_gate.weight"
+    i = d.index(struct.pack("<Q", len(name)) + name) + 8 + len(name) + 4
+    d[i:i + 8] = struct.pack("<Q", 32)  # ne0 64 -> 32
+    with pytest.raises(GGUFError, match="blk.0.ffn_gate.weight.*shape"):
+        llmrt.Model(_write(tmp_path, d))
+
+
+def test_missing_tensor(tmp_path):
+    import gguf
+    src = str(tmp_path / "src.gguf")
+    write_model(src, n_layer=1)
+    r = gguf.GGUFReader(src)
+    p = str(tmp_path / "missing.gguf")
+    w = gguf.GGUFWriter(p, "llama")
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture":
+            continue
+        v = f.contents()
+        vt = f.types[0]
+        if vt == gguf.GGUFValueType.ARRAY:
+            w.add_array(k, v)
+        else:
+            w.add_key_value(k, v, vt)
+    for t in r.tensors:
+        if t.name != "blk.0.attn_k.weight":
+            w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    with pytest.raises(GGUFError, match="missing tensor 'blk.0.attn_k.weight'"):
+        llmrt.Model(p)
+
+
+def test_missing_hyperparameter(tmp_path, good):
+    d = _bytes(good)
+    key = b"llama.block_count"
+    i = d.index(key)
+    d[i:i + len(key)] = b"llama.blockXcount"
+    with pytest.raises(GGUFError, match="llama.block_count"):
+        llmrt.Model(_write(tmp_path, d))
+
+
+FUZZ_SCRIPT = r"""
+import random, sys
+import llmrt
+data = open(sys.argv[1], 'rb').read()
+rng = random.Random(int(sys.argv[2]))
+ok = err = 0
+for it in range(int(sys.argv[3])):
+    d = bytearray(data)
+    # corrupt the header / metadata / tensor table region mostly, where parsing happens
+    limit = len(d) if rng.random() < 0.2 else min(len(d), 4096)
+    for _ in range(rng.randint(1, 8)):
+        d[rng.randrange(limit)] = rng.randrange(256)
+    if rng.random() < 0.3:
+        d = d[:rng.randrange(len(d))]
+    p = sys.argv[4]
+    open(p, 'wb').write(d)
+    try:
+        m = llmrt.Model(p, threads=1, context_length=16)
+        m.generate([1, 2, 3], max_new_tokens=2, ignore_eos=True)
+        ok += 1
+    except (llmrt.GGUFError, ValueError, FileNotFoundError, UnicodeDecodeError) as e:
+        err += 1
+print(ok, err)
+"""
+
+
+def test_fuzzed_files_never_crash(tmp_path, good):
+    # In a child process: a crash there fails this test instead of the run.
+    r = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, good, "1234", "300",
+                        str(tmp_path / "fuzz.gguf")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"child died ({r.returncode}): {r.stderr[-2000:]}"
+    ok, err = map(int, r.stdout.split())
+    assert ok + err == 300 and err > 0

@@ -1,0 +1,247 @@
+"""Test helpers: tiny random GGUF models written with gguf's writer, and an
+independent numpy reference (dequantization and forward pass) to check
+llmrt against."""
+
+from __future__ import annotations
+
+import os
+
+import gguf
+import numpy as np
+from gguf import GGMLQuantizationType as QT
+
+# ---- numpy reference dequantization (GGUF block layouts) ----------------------
+
+
+def dequantize_ref(raw: np.ndarray, type_name: str, rows: int, cols: int) -> np.ndarray:
+    """GGUF bytes of a (rows, cols) tensor -> float64 values."""
+    raw = np.ascontiguousarray(raw).view(np.uint8).reshape(rows, -1)
+    if type_name == "F32":
+        return raw.view(np.float32).astype(np.float64)
+    if type_name == "F16":
+        return raw.view(np.float16).astype(np.float64)
+    if type_name == "BF16":
+        return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    nb = cols // 32
+    if type_name == "Q8_0":
+        b = raw.reshape(rows, nb, 34)
+        d = b[..., :2].copy().view(np.float16).astype(np.float64)  # (rows, nb, 1)
+        q = b[..., 2:].copy().view(np.int8).astype(np.float64)
+        return (d * q).reshape(rows, cols)
+    if type_name in ("Q4_0", "Q4_1"):
+        size = 18 if type_name == "Q4_0" else 20
+        b = raw.reshape(rows, nb, size)
+        d = b[..., :2].copy().view(np.float16).astype(np.float64)
+        qs = b[..., size - 16:]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1).astype(np.float64)  # j, j+16
+        if type_name == "Q4_0":
+            return (d * (q - 8)).reshape(rows, cols)
+        m = b[..., 2:4].copy().view(np.float16).astype(np.float64)
+        return (d * q + m).reshape(rows, cols)
+    raise ValueError(type_name)
+
+
+def encode_tensor(w: np.ndarray, type_name: str) -> np.ndarray:
+    """float32 (rows, cols) -> what gguf's writer stores for that type."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if type_name == "F32":
+        return w
+    if type_name == "F16":
+        return w.astype(np.float16)
+    return gguf.quants.quantize(w, QT[type_name])
+
+
+# ---- tiny tokenizers -------------------------------------------------------------
+
+def _byte_chars() -> list[str]:
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+BPE_MERGES = ["Ġ t", "h e", "Ġ a", "i n", "Ġt he", "e r", "o n", "Ġ s", "r e", "Ġ w"]
+BPE_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def bpe_vocab(extra_tokens: int = 0):
+    """(tokens, types, merges): 256 byte tokens, the merges' tokens, specials."""
+    tokens = list(BPE_SPECIALS) + _byte_chars()
+    types = [3] * len(BPE_SPECIALS) + [1] * 256
+    for m in BPE_MERGES:
+        tokens.append(m.replace(" ", ""))
+        types.append(1)
+    for i in range(extra_tokens):
+        tokens.append(f"<unused{i}>")
+        types.append(5)
+    return tokens, types, list(BPE_MERGES)
+
+
+# ---- tiny models -------------------------------------------------------------------
+
+def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type: str | None = None,
+                n_embd: int = 64, n_layer: int = 2, n_head: int = 4, n_head_kv: int = 2,
+                n_ff: int = 96, head_dim: int | None = None, tied: bool = True,
+                extra_tokens: int = 0, ctx: int = 512, rope_base: float = 10000.0,
+                seed: int = 0, tokenizer: str = "bpe", spm_vocab=None,
+                bias: bool | None = None, norm_type: str = "F32"):
+    """Write a random model; returns (reference weights float64 dict, config dict).
+
+    The reference weights are the dequantized values actually stored, so the
+    numpy reference and llmrt see the same model."""
+    rng = np.random.default_rng(seed)
+    hd = head_dim or n_embd // n_head
+    if tokenizer == "bpe":
+        tokens, types, merges = bpe_vocab(extra_tokens)
+    else:
+        tokens, scores, types = spm_vocab
+        merges = None
+    V = len(tokens)
+    w = gguf.GGUFWriter(path, arch)
+    w.add_context_length(ctx)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(rope_base)
+    if head_dim is not None:
+        w.add_key_length(hd)
+        w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
+    if tokenizer == "bpe":
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(0)
+        w.add_eos_token_id(0)
+        w.add_add_bos_token(False)
+    else:
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+        w.add_unk_token_id(0)
+        w.add_add_bos_token(True)
+
+    ref: dict[str, np.ndarray] = {}
+
+    def mat(name: str, rows: int, cols: int, ttype: str, scale: float):
+        x = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+        enc = encode_tensor(x, ttype)
+        if ttype == "BF16":
+            w.add_tensor(name, enc, raw_dtype=QT.BF16)
+        elif ttype in ("F32", "F16"):
+            w.add_tensor(name, enc)
+        else:
+            w.add_tensor(name, enc, raw_dtype=QT[ttype])
+        ref[name] = dequantize_ref(np.asarray(enc).view(np.uint8), ttype, rows, cols)
+
+    def vec(name: str, n: int, center: float, scale: float):
+        x = (center + rng.standard_normal(n) * scale).astype(np.float32)
+        if norm_type == "F16":
+            x16 = x.astype(np.float16)
+            w.add_tensor(name, x16)
+            ref[name] = x16.astype(np.float64)
+        else:
+            w.add_tensor(name, x)
+            ref[name] = x.astype(np.float64)
+
+    mat("token_embd.weight", V, n_embd, emb_type or wtype, 1.0)
+    use_bias = (arch == "qwen2") if bias is None else bias
+    s_in = 1.0 / np.sqrt(n_embd)
+    for i in range(n_layer):
+        p = f"blk.{i}."
+        vec(p + "attn_norm.weight", n_embd, 1.0, 0.1)
+        mat(p + "attn_q.weight", n_head * hd, n_embd, wtype, s_in)
+        mat(p + "attn_k.weight", n_head_kv * hd, n_embd, wtype, s_in)
+        mat(p + "attn_v.weight", n_head_kv * hd, n_embd, wtype, s_in)
+        if use_bias:
+            vec(p + "attn_q.bias", n_head * hd, 0.0, 0.1)
+            vec(p + "attn_k.bias", n_head_kv * hd, 0.0, 0.1)
+            vec(p + "attn_v.bias", n_head_kv * hd, 0.0, 0.1)
+        mat(p + "attn_output.weight", n_embd, n_head * hd, wtype, 1.0 / np.sqrt(n_head * hd))
+        vec(p + "ffn_norm.weight", n_embd, 1.0, 0.1)
+        mat(p + "ffn_gate.weight", n_ff, n_embd, wtype, s_in)
+        mat(p + "ffn_up.weight", n_ff, n_embd, wtype, s_in)
+        mat(p + "ffn_down.weight", n_embd, n_ff, wtype, 1.0 / np.sqrt(n_ff))
+    vec("output_norm.weight", n_embd, 1.0, 0.1)
+    if not tied:
+        mat("output.weight", V, n_embd, wtype, s_in)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    cfg = dict(arch=arch, n_vocab=V, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+               n_head_kv=n_head_kv, head_dim=hd, n_ff=n_ff, rope_base=rope_base, eps=1e-5)
+    return ref, cfg
+
+
+# ---- numpy reference forward ------------------------------------------------------
+
+def _rmsnorm(x, w, eps):
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+
+
+def _rope(x, pos, base, neox):
+    # x (n, heads, hd); llama GGUF rotates adjacent pairs, qwen2 (neox) halves
+    n, h, hd = x.shape
+    half = hd // 2
+    inv = base ** (-np.arange(half) * 2.0 / hd)
+    ang = pos[:, None] * inv[None, :]  # (n, half)
+    c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    out = x.copy()
+    if neox:
+        a, b = x[..., :half], x[..., half:]
+        out[..., :half] = a * c - b * s
+        out[..., half:] = a * s + b * c
+    else:
+        a, b = x[..., 0::2], x[..., 1::2]
+        out[..., 0::2] = a * c - b * s
+        out[..., 1::2] = a * s + b * c
+    return out
+
+
+def reference_logits(W: dict, cfg: dict, tokens) -> np.ndarray:
+    """softmax attention written out in full, float64: logits (n, vocab)."""
+    tokens = np.asarray(tokens)
+    n = len(tokens)
+    H, KV, hd = cfg["n_head"], cfg["n_head_kv"], cfg["head_dim"]
+    neox = cfg["arch"] == "qwen2"
+    pos = np.arange(n, dtype=np.float64)
+    x = W["token_embd.weight"][tokens]
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    for i in range(cfg["n_layer"]):
+        p = f"blk.{i}."
+        h = _rmsnorm(x, W[p + "attn_norm.weight"], cfg["eps"])
+        q = h @ W[p + "attn_q.weight"].T + W.get(p + "attn_q.bias", 0)
+        k = h @ W[p + "attn_k.weight"].T + W.get(p + "attn_k.bias", 0)
+        v = h @ W[p + "attn_v.weight"].T + W.get(p + "attn_v.bias", 0)
+        q = _rope(q.reshape(n, H, hd), pos, cfg["rope_base"], neox)
+        k = _rope(k.reshape(n, KV, hd), pos, cfg["rope_base"], neox)
+        v = v.reshape(n, KV, hd)
+        out = np.empty((n, H, hd))
+        for head in range(H):
+            g = head // (H // KV)
+            s = q[:, head] @ k[:, g].T / np.sqrt(hd) + mask
+            s = np.exp(s - s.max(-1, keepdims=True))
+            s /= s.sum(-1, keepdims=True)
+            out[:, head] = s @ v[:, g]
+        x = x + out.reshape(n, H * hd) @ W[p + "attn_output.weight"].T
+        h = _rmsnorm(x, W[p + "ffn_norm.weight"], cfg["eps"])
+        gate = h @ W[p + "ffn_gate.weight"].T
+        up = h @ W[p + "ffn_up.weight"].T
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ W[p + "ffn_down.weight"].T
+    x = _rmsnorm(x, W["output_norm.weight"], cfg["eps"])
+    out_w = W.get("output.weight", W["token_embd.weight"])
+    return x @ out_w.T
