@@ -30,19 +30,19 @@ const cpu::Kernels& kernels(const std::string& isa) {
   return *cpu::kernels_for(parse_isa(isa));
 }
 
-DType check_type(uint32_t t) {
-  if (!dtype_supported(t)) throw py::value_error("unsupported tensor type id " + std::to_string(t));
-  return static_cast<DType>(t);
-}
+}  // namespace
 
-// Weights (rows, row_bytes) uint8 -> view, with the byte count checked.
-WeightView make_view(DType t, const py::array_t<uint8_t, py::array::c_style>& data,
-                     int64_t rows, int64_t cols) {
+WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& data,
+                       const std::string& what) {
+  if (!dtype_supported(type))
+    throw py::value_error(what + ": unsupported tensor type id " + std::to_string(type));
+  const DType t = static_cast<DType>(type);
   if (rows <= 0 || cols <= 0 || cols % block_elems(t) != 0)
-    throw py::value_error("cols must be a positive multiple of the block size");
-  if ((size_t)data.nbytes() != (size_t)rows * row_bytes(t, cols))
-    throw py::value_error("weight buffer has " + std::to_string(data.nbytes()) +
-                          " bytes, expected " + std::to_string(rows * row_bytes(t, cols)));
+    throw py::value_error(what + ": cols must be a positive multiple of the block size");
+  const size_t want = (size_t)rows * row_bytes(t, cols);
+  if ((size_t)data.nbytes() != want)
+    throw py::value_error(what + ": buffer has " + std::to_string(data.nbytes()) +
+                          " bytes, expected " + std::to_string(want));
   WeightView w;
   w.type = t;
   w.rows = rows;
@@ -50,8 +50,6 @@ WeightView make_view(DType t, const py::array_t<uint8_t, py::array::c_style>& da
   w.data = data.data();
   return w;
 }
-
-}  // namespace
 
 void bind_kernels(py::module_& m) {
   m.def("isa_available", [](const std::string& isa) {
@@ -64,25 +62,23 @@ void bind_kernels(py::module_& m) {
   }, py::arg("isa"), "Whether the ISA variant is compiled in and runs on this CPU.");
 
   m.def("dequantize",
-        [](uint32_t type, py::array_t<uint8_t, py::array::c_style> data, int64_t rows,
+        [](uint32_t type, Bytes data, int64_t rows,
            int64_t cols, const std::string& isa) {
-          DType t = check_type(type);
-          WeightView w = make_view(t, data, rows, cols);
+          WeightView w = weight_view(type, rows, cols, data, "weight");
           const auto& k = kernels(isa);
           py::array_t<float> out({rows, cols});
           float* o = out.mutable_data();
-          for (int64_t r = 0; r < rows; ++r) k.dequant[(int)t](w.row(r), o + r * cols, cols);
+          for (int64_t r = 0; r < rows; ++r) k.dequant[(int)w.type](w.row(r), o + r * cols, cols);
           return out;
         },
         py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("isa") = "",
         "Dequantize a (rows, cols) weight matrix stored as GGUF blocks.");
 
   m.def("matmul",
-        [](uint32_t type, py::array_t<uint8_t, py::array::c_style> data, int64_t rows,
+        [](uint32_t type, Bytes data, int64_t rows,
            int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
            const std::string& isa, int threads) {
-          DType t = check_type(type);
-          WeightView w = make_view(t, data, rows, cols);
+          WeightView w = weight_view(type, rows, cols, data, "weight");
           if (x.ndim() != 2 || x.shape(1) != cols)
             throw py::value_error("x must have shape (n, cols)");
           const int n = (int)x.shape(0);

@@ -20,8 +20,6 @@ namespace llmrt::bindings {
 
 namespace {
 
-using Bytes = py::array_t<uint8_t, py::array::c_style>;
-
 class PyLlamaModel {
  public:
   PyLlamaModel(const py::dict& config, const py::dict& tensors, int threads) {
@@ -59,20 +57,8 @@ class PyLlamaModel {
       const uint32_t type = t[0].cast<uint32_t>();
       const int64_t rows = t[1].cast<int64_t>(), cols = t[2].cast<int64_t>();
       Bytes arr = t[3].cast<Bytes>();
-      if (!dtype_supported(type))
-        throw py::value_error("tensor '" + name + "' has unsupported type id " + std::to_string(type));
-      const DType dt = static_cast<DType>(type);
-      if (rows <= 0 || cols <= 0 || cols % block_elems(dt) != 0)
-        throw py::value_error("tensor '" + name + "' has an invalid shape");
-      if ((size_t)arr.nbytes() != (size_t)rows * row_bytes(dt, cols))
-        throw py::value_error("tensor '" + name + "' has " + std::to_string(arr.nbytes()) +
-                              " bytes, expected " + std::to_string(rows * row_bytes(dt, cols)));
+      WeightView w = weight_view(type, rows, cols, arr, "tensor '" + name + "'");
       keep_.push_back(arr);
-      WeightView w;
-      w.type = dt;
-      w.rows = rows;
-      w.cols = cols;
-      w.data = arr.data();
       return w;
     };
     auto vec = [&](const std::string& name, int64_t n, bool required) -> const float* {
