@@ -21,3 +21,9 @@ def default_model_path():
 def smollm2(default_model_path):
     import llmrt
     return llmrt.Model(default_model_path, threads=2, context_length=2048)
+
+
+@pytest.fixture(scope="session")
+def smollm2_f32(default_model_path):
+    import llmrt
+    return llmrt.Model(default_model_path, threads=2, context_length=2048, activations="f32")

@@ -38,7 +38,31 @@ def dequantize_ref(raw: np.ndarray, type_name: str, rows: int, cols: int) -> np.
             return (d * (q - 8)).reshape(rows, cols)
         m = b[..., 2:4].copy().view(np.float16).astype(np.float64)
         return (d * q + m).reshape(rows, cols)
+    if type_name in ("Q4_K", "Q5_K", "Q6_K"):
+        # gguf-py's own dequantizer: an implementation independent of llmrt's
+        return gguf.quants.dequantize(raw, QT[type_name]).astype(np.float64).reshape(rows, cols)
     raise ValueError(type_name)
+
+
+KQUANT_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
+
+
+def random_kquant(type_name: str, rows: int, cols: int, rng, scale: float = 1.0) -> np.ndarray:
+    """Random K-quant blocks (any bit pattern is a valid block) with fp16
+    super-block scales chosen so weights are O(scale); (rows, bytes per row) uint8."""
+    size = KQUANT_BYTES[type_name]
+    nb = cols // 256
+    raw = rng.integers(0, 256, (rows, nb, size), dtype=np.uint8)
+    # |w| ~ d * sub-scale (~32, up to 63; Q6_K's int8 up to 127) * q (~8..32)
+    unit = scale / (32 * 8 if type_name != "Q6_K" else 64 * 16)
+    d = ((rng.random((rows, nb)) + 0.5) * unit).astype(np.float16).view(np.uint8)
+    if type_name == "Q6_K":
+        raw[..., 208:210] = d.reshape(rows, nb, 2)
+    else:
+        raw[..., 0:2] = d.reshape(rows, nb, 2)
+        dmin = (rng.random((rows, nb)) * unit).astype(np.float16).view(np.uint8)
+        raw[..., 2:4] = dmin.reshape(rows, nb, 2)
+    return raw.reshape(rows, nb * size)
 
 
 def encode_tensor(w: np.ndarray, type_name: str) -> np.ndarray:
@@ -138,13 +162,16 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
 
     def mat(name: str, rows: int, cols: int, ttype: str, scale: float):
         x = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-        enc = encode_tensor(x, ttype)
+        if ttype in KQUANT_BYTES:  # gguf-py has no K-quant encoder: random blocks
+            enc = random_kquant(ttype, rows, cols, rng, scale)
+        else:
+            enc = encode_tensor(x, ttype)
         if ttype == "BF16":
             w.add_tensor(name, enc, raw_dtype=QT.BF16)
         elif ttype in ("F32", "F16"):
             w.add_tensor(name, enc)
         else:
-            w.add_tensor(name, enc, raw_dtype=QT[ttype])
+            w.add_tensor(name, np.ascontiguousarray(enc), raw_dtype=QT[ttype])
         ref[name] = dequantize_ref(np.asarray(enc).view(np.uint8), ttype, rows, cols)
 
     def vec(name: str, n: int, center: float, scale: float):
@@ -212,8 +239,35 @@ def _rope(x, pos, base, neox):
     return out
 
 
-def reference_logits(W: dict, cfg: dict, tokens) -> np.ndarray:
-    """softmax attention written out in full, float64: logits (n, vocab)."""
+INT8_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+
+
+def quantize_act_ref(x: np.ndarray) -> np.ndarray:
+    """The 8-bit activation rule of the integer kernels, as the values they
+    stand for: per block of 32, d = max|x| / 127, q = round-half-even(x * 127 / max|x|)."""
+    x = np.asarray(x, dtype=np.float32)
+    shape = x.shape
+    b = x.reshape(-1, 32)
+    amax = np.abs(b).max(axis=1, keepdims=True)
+    d = amax / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(b * inv)
+    return (q.astype(np.float64) * d.astype(np.float64)).reshape(shape)
+
+
+def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None) -> np.ndarray:
+    """softmax attention written out in full, float64: logits (n, vocab).
+
+    types (tensor name -> type name) makes the inputs of matmuls whose weights
+    use an integer-dot type go through quantize_act_ref first, as llmrt does."""
+    types = types or {}
+
+    def mm(h, name):
+        if types.get(name) in INT8_TYPES:
+            h = quantize_act_ref(h)
+        return h @ W[name].T
+
     tokens = np.asarray(tokens)
     n = len(tokens)
     H, KV, hd = cfg["n_head"], cfg["n_head_kv"], cfg["head_dim"]
@@ -224,9 +278,9 @@ def reference_logits(W: dict, cfg: dict, tokens) -> np.ndarray:
     for i in range(cfg["n_layer"]):
         p = f"blk.{i}."
         h = _rmsnorm(x, W[p + "attn_norm.weight"], cfg["eps"])
-        q = h @ W[p + "attn_q.weight"].T + W.get(p + "attn_q.bias", 0)
-        k = h @ W[p + "attn_k.weight"].T + W.get(p + "attn_k.bias", 0)
-        v = h @ W[p + "attn_v.weight"].T + W.get(p + "attn_v.bias", 0)
+        q = mm(h, p + "attn_q.weight") + W.get(p + "attn_q.bias", 0)
+        k = mm(h, p + "attn_k.weight") + W.get(p + "attn_k.bias", 0)
+        v = mm(h, p + "attn_v.weight") + W.get(p + "attn_v.bias", 0)
         q = _rope(q.reshape(n, H, hd), pos, cfg["rope_base"], neox)
         k = _rope(k.reshape(n, KV, hd), pos, cfg["rope_base"], neox)
         v = v.reshape(n, KV, hd)
@@ -237,11 +291,11 @@ def reference_logits(W: dict, cfg: dict, tokens) -> np.ndarray:
             s = np.exp(s - s.max(-1, keepdims=True))
             s /= s.sum(-1, keepdims=True)
             out[:, head] = s @ v[:, g]
-        x = x + out.reshape(n, H * hd) @ W[p + "attn_output.weight"].T
+        x = x + mm(out.reshape(n, H * hd), p + "attn_output.weight")
         h = _rmsnorm(x, W[p + "ffn_norm.weight"], cfg["eps"])
-        gate = h @ W[p + "ffn_gate.weight"].T
-        up = h @ W[p + "ffn_up.weight"].T
-        x = x + (gate / (1 + np.exp(-gate)) * up) @ W[p + "ffn_down.weight"].T
+        gate = mm(h, p + "ffn_gate.weight")
+        up = mm(h, p + "ffn_up.weight")
+        x = x + mm(gate / (1 + np.exp(-gate)) * up, p + "ffn_down.weight")
     x = _rmsnorm(x, W["output_norm.weight"], cfg["eps"])
-    out_w = W.get("output.weight", W["token_embd.weight"])
-    return x @ out_w.T
+    head = "output.weight" if "output.weight" in W else "token_embd.weight"
+    return mm(x, head)

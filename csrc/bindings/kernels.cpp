@@ -6,6 +6,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bindings/bindings.h"
 #include "core/dtype.h"
@@ -77,7 +78,7 @@ void bind_kernels(py::module_& m) {
   m.def("matmul",
         [](uint32_t type, Bytes data, int64_t rows,
            int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
-           const std::string& isa, int threads) {
+           const std::string& isa, int threads, bool int8) {
           WeightView w = weight_view(type, rows, cols, data, "weight");
           if (x.ndim() != 2 || x.shape(1) != cols)
             throw py::value_error("x must have shape (n, cols)");
@@ -90,13 +91,34 @@ void bind_kernels(py::module_& m) {
           {
             py::gil_scoped_release nogil;
             ThreadPool pool(threads);
-            cpu::matmul(pool, k, w, xp, n, yp);
+            std::vector<BlockQ8A> act;
+            cpu::matmul(pool, k, w, xp, n, yp, act, int8);
           }
           return y;
         },
         py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"),
-        py::arg("isa") = "", py::arg("threads") = 1,
-        "y (n, rows) = x (n, cols) @ W^T for a GGUF-typed weight W.");
+        py::arg("isa") = "", py::arg("threads") = 1, py::arg("int8_activations") = true,
+        "y (n, rows) = x (n, cols) @ W^T for a GGUF-typed weight W (quantized types "
+        "quantize x to 8-bit blocks first).");
+
+  m.def("quantize_act",
+        [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const std::string& isa) {
+          if (x.ndim() != 1 || x.shape(0) % kQK != 0)
+            throw py::value_error("x must be 1-D with a multiple of 32 elements");
+          const int64_t n = x.shape(0), nb = n / kQK;
+          std::vector<BlockQ8A> q((size_t)nb);
+          kernels(isa).quantize_act(x.data(), q.data(), n);
+          py::array_t<float> d(nb), s(nb);
+          py::array_t<int8_t> qs({nb, (int64_t)kQK});
+          for (int64_t b = 0; b < nb; ++b) {
+            d.mutable_at(b) = q[b].d;
+            s.mutable_at(b) = q[b].s;
+            for (int j = 0; j < kQK; ++j) qs.mutable_at(b, j) = q[b].qs[j];
+          }
+          return py::make_tuple(d, s, qs);
+        },
+        py::arg("x"), py::arg("isa") = "",
+        "Activations -> 8-bit blocks: (scales d, d * block sums, int8 values (n/32, 32)).");
 }
 
 }  // namespace llmrt::bindings

@@ -22,7 +22,7 @@ namespace {
 
 class PyLlamaModel {
  public:
-  PyLlamaModel(const py::dict& config, const py::dict& tensors, int threads) {
+  PyLlamaModel(const py::dict& config, const py::dict& tensors, int threads, bool int8) {
     if (threads < 1) throw py::value_error("threads must be >= 1");
     LlamaConfig c;
     auto geti = [&](const char* k) {
@@ -95,7 +95,7 @@ class PyLlamaModel {
       w.layers.push_back(L);
     }
     try {
-      model_ = std::make_unique<LlamaModel>(c, std::move(w), make_cpu_backend(threads));
+      model_ = std::make_unique<LlamaModel>(c, std::move(w), make_cpu_backend(threads, int8));
     } catch (const std::invalid_argument& e) {
       throw py::value_error(e.what());
     }
@@ -142,8 +142,8 @@ class PyLlamaModel {
 
 void bind_model(py::module_& m) {
   py::class_<PyLlamaModel>(m, "LlamaModel")
-      .def(py::init<const py::dict&, const py::dict&, int>(), py::arg("config"),
-           py::arg("tensors"), py::arg("threads"))
+      .def(py::init<const py::dict&, const py::dict&, int, bool>(), py::arg("config"),
+           py::arg("tensors"), py::arg("threads"), py::arg("int8_activations") = true)
       .def("forward", &PyLlamaModel::forward, py::arg("tokens"), py::arg("n_past"),
            py::arg("all_logits") = false,
            "Run tokens at positions [n_past, n_past + len); returns float32 logits, "

@@ -23,6 +23,12 @@ struct RopeParams {
   const float* freq_factors = nullptr;  // optional (n_rot/2,) divisors (Llama 3.1)
 };
 
+// One output of a matmul_many call: y (n, w->rows).
+struct MatmulJob {
+  const WeightView* w;
+  float* y;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -36,7 +42,14 @@ class Backend {
   // out (n, table.cols) = rows ids[i] of the table.
   virtual void embed(const WeightView& table, const int32_t* ids, int n, float* out) = 0;
   // y (n, W.rows) = x (n, W.cols) @ W^T.
-  virtual void matmul(const WeightView& w, const float* x, int n, float* y) = 0;
+  void matmul(const WeightView& w, const float* x, int n, float* y) {
+    const MatmulJob job{&w, y};
+    matmul_many(&job, 1, x, n);
+  }
+  // Several products of the same x (weights with equal cols, e.g. q/k/v or
+  // gate/up) as one parallel pass: x is prepared once and the threads share
+  // all the rows.
+  virtual void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) = 0;
   // y (n, dim) = x / rms(x) * weight, row by row. y may alias x.
   virtual void rmsnorm(const float* x, const float* weight, int n, int dim, float eps,
                        float* y) = 0;

@@ -17,10 +17,14 @@ enum class DType : uint32_t {
   Q4_0 = 2,
   Q4_1 = 3,
   Q8_0 = 8,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
   BF16 = 30,
 };
 
-constexpr int kQK = 32;  // weights per quantized block
+constexpr int kQK = 32;   // weights per block of the 32-wide formats
+constexpr int kQKK = 256; // weights per super-block of the K-quants
 
 #pragma pack(push, 1)
 // Q4_0: w = d * (q - 8), q in [0, 15]; byte j holds q[j] (low nibble) and
@@ -40,15 +44,66 @@ struct BlockQ8_0 {
   uint16_t d;  // fp16 scale
   int8_t qs[kQK];
 };
+// Q4_K: 8 sub-blocks of 32; w = d * sc[j] * q - dmin * m[j], q in [0, 15].
+// scales packs the 6-bit sc[j] and m[j]: for j < 4 they are the low 6 bits
+// of scales[j] and scales[j + 4]; for j >= 4 the low nibbles of scales[j + 4]
+// (sc) and its high nibbles (m), with the top 2 bits taken from the high
+// bits of scales[j - 4] (sc) and scales[j] (m). qs holds 64-element chunks:
+// 32 bytes whose low nibbles are sub-block 2c and high nibbles 2c + 1.
+struct BlockQ4_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qs[kQKK / 2];
+};
+// Q5_K: as Q4_K plus a fifth bit per weight: bit (2c) of qh[l] is the high
+// bit of element l of sub-block 2c, bit (2c + 1) that of sub-block 2c + 1.
+struct BlockQ5_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[12];
+  uint8_t qh[kQKK / 8];
+  uint8_t qs[kQKK / 2];
+};
+// Q6_K: 16 sub-blocks of 16; w = d * scales[j] * (q - 32), q in [0, 63]:
+// low 4 bits in ql, high 2 bits in qh (layout in the dequantizer).
+struct BlockQ6_K {
+  uint8_t ql[kQKK / 2];
+  uint8_t qh[kQKK / 4];
+  int8_t scales[kQKK / 16];
+  uint16_t d;
+};
 #pragma pack(pop)
 
+// Activations quantized on the fly for the integer dot products: 32 values,
+// x ~= d * qs, with s = d * sum(qs) for the formats that carry an offset.
+struct BlockQ8A {
+  float d;
+  float s;
+  int8_t qs[kQK];
+};
+
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block is 144 bytes");
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block is 176 bytes");
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block is 210 bytes");
+static_assert(sizeof(BlockQ8A) == 40, "activation block is 40 bytes");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block is 18 bytes");
 static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block is 20 bytes");
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block is 34 bytes");
 
 // Elements per block and bytes per block; 0 for an unsupported type.
 constexpr int block_elems(DType t) {
-  return (t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0) ? kQK : 1;
+  switch (t) {
+    case DType::Q4_0: case DType::Q4_1: case DType::Q8_0: return kQK;
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return kQKK;
+    default: return 1;
+  }
+}
+// Whether matmuls with this weight type run as integer dot products against
+// activations quantized to BlockQ8A (the float types use float FMA).
+constexpr bool int8_dot(DType t) {
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::Q4_K ||
+         t == DType::Q5_K || t == DType::Q6_K;
 }
 constexpr size_t block_bytes(DType t) {
   switch (t) {
@@ -58,6 +113,9 @@ constexpr size_t block_bytes(DType t) {
     case DType::Q4_0: return sizeof(BlockQ4_0);
     case DType::Q4_1: return sizeof(BlockQ4_1);
     case DType::Q8_0: return sizeof(BlockQ8_0);
+    case DType::Q4_K: return sizeof(BlockQ4_K);
+    case DType::Q5_K: return sizeof(BlockQ5_K);
+    case DType::Q6_K: return sizeof(BlockQ6_K);
   }
   return 0;
 }
@@ -65,6 +123,7 @@ inline bool dtype_supported(uint32_t raw) {
   switch (static_cast<DType>(raw)) {
     case DType::F32: case DType::F16: case DType::BF16:
     case DType::Q4_0: case DType::Q4_1: case DType::Q8_0:
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
       return true;
   }
   return false;

@@ -2,6 +2,7 @@
 // kernel table chosen at import (cpu/isa.cpp).
 #include <cstdlib>
 #include <new>
+#include <vector>
 
 #include "cpu/backend_cpu.h"
 #include "cpu/ops.h"
@@ -12,9 +13,11 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int threads) : pool_(threads), k_(*cpu::active_kernels()) {}
+  CpuBackend(int threads, bool int8) : pool_(threads), k_(*cpu::active_kernels()), int8_(int8) {}
 
-  std::string name() const override { return std::string("cpu/") + k_.name; }
+  std::string name() const override {
+    return std::string("cpu/") + k_.name + (int8_ ? "/int8" : "/f32");
+  }
   int threads() const override { return pool_.size(); }
 
   float* alloc_floats(size_t n) override {
@@ -28,8 +31,8 @@ class CpuBackend final : public Backend {
   void embed(const WeightView& t, const int32_t* ids, int n, float* out) override {
     cpu::embed(pool_, k_, t, ids, n, out);
   }
-  void matmul(const WeightView& w, const float* x, int n, float* y) override {
-    cpu::matmul(pool_, k_, w, x, n, y);
+  void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) override {
+    cpu::matmul_many(pool_, k_, jobs, count, x, n, act_, int8_);
   }
   void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override {
     cpu::rmsnorm(pool_, x, w, n, dim, eps, y);
@@ -51,12 +54,14 @@ class CpuBackend final : public Backend {
  private:
   ThreadPool pool_;
   const cpu::Kernels& k_;
+  bool int8_;                  // quantize activations for the integer kernels
+  std::vector<BlockQ8A> act_;  // quantized activations, reused by every matmul
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads) {
-  return std::make_unique<CpuBackend>(threads);
+std::unique_ptr<Backend> make_cpu_backend(int threads, bool int8_activations) {
+  return std::make_unique<CpuBackend>(threads, int8_activations);
 }
 
 }  // namespace llmrt

@@ -7,7 +7,9 @@
 namespace llmrt {
 
 // The CPU backend with its own pool of `threads` threads, using the kernel
-// variant chosen at import.
-std::unique_ptr<Backend> make_cpu_backend(int threads);
+// variant chosen at import. int8_activations: matmuls with quantized weights
+// quantize activations to 8 bits and use integer dot products (fast);
+// otherwise they run in float32 on the exact activations.
+std::unique_ptr<Backend> make_cpu_backend(int threads, bool int8_activations);
 
 }  // namespace llmrt

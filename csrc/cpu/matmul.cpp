@@ -1,10 +1,11 @@
 // Matrix products against quantized weights.
 //
-// Decode (n == 1): each thread takes a band of rows and runs the fused
-// dequantise-and-dot kernel, reading every weight byte once.
-// Prompt (n > 1): each weight row is dequantised once into a thread-local
-// buffer and dotted with all n activation rows, so the weights are read once
-// per call rather than once per token.
+// Quantized weights: the activations are quantized to 8-bit blocks and the
+// inner loops are integer dot products. Decode (n == 1): each thread takes a
+// band of rows, reading every weight byte once. Prompt (n > 1): tile kernels
+// unpack each weight block once for several tokens.
+#include <algorithm>
+#include <stdexcept>
 #include <vector>
 
 #include "cpu/ops.h"
@@ -20,33 +21,80 @@ void embed(ThreadPool& pool, const Kernels& k, const WeightView& table, const in
   });
 }
 
-// W (rows, cols) @ x (n, cols)^T -> y (n, rows)
-void matmul(ThreadPool& pool, const Kernels& k, const WeightView& w, const float* x, int n,
-            float* y) {
+namespace {
+
+// Rows [r0, r1) of one job: y[t * rows + r] for every token t.
+void rows_int8(const Kernels& k, const WeightView& w, const BlockQ8A* xq, int n, float* y,
+               int64_t r0, int64_t r1) {
+  const int64_t cols = w.cols;
+  if (n == 1) {
+    VecDotQFn dot = k.vec_dot_q[(int)w.type];
+    for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), xq, cols);
+    return;
+  }
+  // the tile kernel reads each weight block once for all n tokens; the
+  // quantized activations stay in cache
+  k.gemm_q[(int)w.type](w.row(r0), w.row_stride(), r1 - r0, xq, cols, n, y + r0, w.rows);
+}
+
+void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, float* y,
+                int64_t r0, int64_t r1) {
   const int64_t rows = w.rows, cols = w.cols;
   if (n == 1) {
     VecDotFn dot = k.vec_dot[(int)w.type];
-    pool.parallel_for(rows, 16, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) y[r] = dot(w.row(r), x, cols);
-    });
+    for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), x, cols);
     return;
   }
-  DequantFn dq = k.dequant[(int)w.type];
-  auto dot = k.dot_f32;
-  // Rows are dequantised in groups of 4 so each activation row, once loaded
-  // into cache, serves four weight rows.
+  // each row is widened once (4 at a time) and dotted with every token
   constexpr int64_t kGroup = 4;
-  pool.parallel_for((rows + kGroup - 1) / kGroup, 4, [&](int64_t gb, int64_t ge) {
-    std::vector<float> buf((size_t)(kGroup * cols));
-    for (int64_t g = gb; g < ge; ++g) {
-      const int64_t r0 = g * kGroup;
-      const int64_t nr = std::min<int64_t>(kGroup, rows - r0);
-      for (int64_t i = 0; i < nr; ++i) dq(w.row(r0 + i), buf.data() + i * cols, cols);
-      for (int64_t t = 0; t < n; ++t) {
-        const float* xt = x + t * cols;
-        float* yt = y + t * rows + r0;
-        for (int64_t i = 0; i < nr; ++i) yt[i] = dot(buf.data() + i * cols, xt, cols);
-      }
+  DequantFn dq = k.dequant[(int)w.type];
+  std::vector<float> buf((size_t)(kGroup * cols));
+  for (int64_t g = r0; g < r1; g += kGroup) {
+    const int64_t nr = std::min<int64_t>(kGroup, r1 - g);
+    for (int64_t i = 0; i < nr; ++i) dq(w.row(g + i), buf.data() + i * cols, cols);
+    for (int64_t t = 0; t < n; ++t) {
+      const float* xt = x + t * cols;
+      float* yt = y + t * rows + g;
+      for (int64_t i = 0; i < nr; ++i) yt[i] = k.dot_f32(buf.data() + i * cols, xt, cols);
+    }
+  }
+}
+
+}  // namespace
+
+void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
+                 const float* x, int n, std::vector<BlockQ8A>& act, bool int8) {
+  if (count <= 0 || n <= 0) return;
+  const int64_t cols = jobs[0].w->cols;
+  bool any_int8 = false;
+  int64_t total = 0;
+  int64_t start[8];
+  if (count > 8) throw std::invalid_argument("matmul_many: at most 8 jobs");
+  for (int i = 0; i < count; ++i) {
+    if (jobs[i].w->cols != cols) throw std::invalid_argument("matmul_many: cols differ");
+    any_int8 |= int8 && int8_dot(jobs[i].w->type);
+    start[i] = total;
+    total += jobs[i].w->rows;
+  }
+  BlockQ8A* xq = nullptr;
+  if (any_int8) {
+    const int64_t nb = cols / kQK;
+    if (act.size() < (size_t)(n * nb)) act.resize((size_t)(n * nb));
+    xq = act.data();
+    pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) k.quantize_act(x + t * cols, xq + t * nb, cols);
+    });
+  }
+  // The rows of all jobs, end to end, split into bands across the threads.
+  pool.parallel_for(total, 16, [&](int64_t b, int64_t e) {
+    for (int i = 0; i < count; ++i) {
+      const int64_t lo = std::max(b, start[i]), hi = std::min(e, start[i] + jobs[i].w->rows);
+      if (lo >= hi) continue;
+      const WeightView& w = *jobs[i].w;
+      if (int8 && int8_dot(w.type))
+        rows_int8(k, w, xq, n, jobs[i].y, lo - start[i], hi - start[i]);
+      else
+        rows_float(k, w, x, n, jobs[i].y, lo - start[i], hi - start[i]);
     }
   });
 }

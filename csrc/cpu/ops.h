@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/kv_cache.h"
@@ -16,8 +17,17 @@ namespace llmrt::cpu {
 // ---- matmul.cpp ----
 void embed(ThreadPool& pool, const Kernels& k, const WeightView& table, const int32_t* ids,
            int n, float* out);
-void matmul(ThreadPool& pool, const Kernels& k, const WeightView& w, const float* x, int n,
-            float* y);
+// y_i (n, W_i.rows) = x (n, cols) @ W_i^T for each job, in one parallel pass.
+// With int8 set, integer-dot types use x quantized once into `act` (grown as
+// needed, reused across calls) and the int8 kernels; otherwise (and for the
+// float types) weights are widened to float and multiplied with float FMA.
+void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
+                 const float* x, int n, std::vector<BlockQ8A>& act, bool int8);
+inline void matmul(ThreadPool& pool, const Kernels& k, const WeightView& w, const float* x, int n,
+                   float* y, std::vector<BlockQ8A>& act, bool int8 = true) {
+  const MatmulJob job{&w, y};
+  matmul_many(pool, k, &job, 1, x, n, act, int8);
+}
 
 // ---- attention.cpp ----
 void kv_write(KVCache& cache, int layer, int pos0, int n, const float* k, const float* v);

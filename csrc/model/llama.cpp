@@ -120,9 +120,10 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int n, int pos0, bool all_
     const LayerWeights& L = w_.layers[l];
     // ---- attention block ----
     be.rmsnorm(s.x, L.attn_norm, n, D, c.rms_eps, s.xn);
-    be.matmul(L.wq, s.xn, n, s.q);  // (n, qd)
-    be.matmul(L.wk, s.xn, n, s.k);  // (n, kvd)
-    be.matmul(L.wv, s.xn, n, s.v);  // (n, kvd)
+    {  // q (n, qd), k (n, kvd), v (n, kvd) in one pass
+      const MatmulJob qkv[3] = {{&L.wq, s.q}, {&L.wk, s.k}, {&L.wv, s.v}};
+      be.matmul_many(qkv, 3, s.xn, n);
+    }
     if (L.bq) be.add_bias(s.q, L.bq, n, qd);
     if (L.bk) be.add_bias(s.k, L.bk, n, kvd);
     if (L.bv) be.add_bias(s.v, L.bv, n, kvd);
@@ -134,8 +135,10 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int n, int pos0, bool all_
     be.add(s.x, s.xn, (size_t)n * D);
     // ---- feed-forward block ----
     be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
-    be.matmul(L.w_gate, s.xn, n, s.gate);  // (n, n_ff)
-    be.matmul(L.w_up, s.xn, n, s.up);      // (n, n_ff)
+    {  // gate, up (n, n_ff) in one pass
+      const MatmulJob gu[2] = {{&L.w_gate, s.gate}, {&L.w_up, s.up}};
+      be.matmul_many(gu, 2, s.xn, n);
+    }
     be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
     be.matmul(L.w_down, s.gate, n, s.xn);  // (n, D)
     be.add(s.x, s.xn, (size_t)n * D);

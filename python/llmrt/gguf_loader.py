@@ -19,8 +19,10 @@ from .errors import GGUFError, UnsupportedModelError
 from .gguf_file import GGUFFile, TensorInfo
 
 # GGUF ggml_type ids of the tensor types llmrt runs, with (elements, bytes) per block.
-TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}
-BLOCK = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 30: (1, 2)}
+TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13,
+            "Q6_K": 14, "BF16": 30}
+BLOCK = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 12: (256, 144),
+         13: (256, 176), 14: (256, 210), 30: (1, 2)}
 TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
 
 SUPPORTED_ARCHS = ("llama", "qwen2")

@@ -66,16 +66,24 @@ def default_model_path() -> str:
 class Model:
     """A GGUF language model (llama / qwen2 family) run by llmrt's native kernels.
 
+    activations="int8" (default) quantizes activations to 8-bit blocks before
+    each matmul with quantized weights, so the inner loops are integer dot
+    products (as llama.cpp does); "f32" keeps them in float32 (slower, and
+    equal to a float32 reference up to rounding).
+
     >>> m = llmrt.Model()                       # the default SmolLM2 model
     >>> m.generate("The capital of France is", max_new_tokens=8).text
     """
 
     def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu",
-                 threads: int | None = None, context_length: int | None = None):
+                 threads: int | None = None, context_length: int | None = None,
+                 activations: str = "int8"):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
             raise RuntimeError("this llmrt build has no CUDA backend yet; use device='cpu'")
+        if activations not in ("int8", "f32"):
+            raise ValueError(f"activations must be 'int8' or 'f32', got {activations!r}")
         if threads is None:
             threads = physical_cores()
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
@@ -103,7 +111,8 @@ class Model:
         self.context_length = context_length
         self.config = dict(g.config)
         cfg = dict(g.config, n_ctx=context_length)
-        self._native = _core.LlamaModel(cfg, g.tensors, threads)
+        self.activations = activations
+        self._native = _core.LlamaModel(cfg, g.tensors, threads, activations == "int8")
         self._gguf = g  # keeps the memory map alive
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache
         self._stop_ids = self._end_tokens()

@@ -7,33 +7,47 @@ import numpy as np
 import pytest
 
 import llmrt
-from testutil import reference_logits, write_model
+from testutil import INT8_TYPES, reference_logits, write_model
 
-# Logits of these models are O(50). llmrt computes in float32, the reference in
-# float64 with the same (dequantized) weights: differences are float32
-# rounding through a few layers, ~1e-5 seen; 2e-4 absolute leaves margin
-# while any real error (a wrong rope pair, mask or scale) is >1e-1.
-ATOL = 2e-4
+# Tolerances relative to max|logit| (O(50..150) for these random models).
+# llmrt computes in float32, the reference in float64 with the same
+# (dequantized) weights and, for quantized weights with int8 activations, the
+# same 8-bit activation rule. Float: float32 rounding through the layers,
+# up to 3e-6 relative seen. int8: additionally the rare input that lands
+# within float32 rounding of a .5 quantization boundary and rounds the other
+# way (one step of max|x|/127 in one element), up to 1.3e-5 seen. A real
+# error (a wrong rope pair, mask, scale or nibble order) is > 1e-3.
+RTOL = {"float": 1e-5, "int8": 1e-4}
 
 
-def _check(tmp_path, tokens=None, n_tokens=29, threads=2, **kw):
+def _check(tmp_path, tokens=None, n_tokens=29, threads=2, activations="int8", **kw):
     path = str(tmp_path / "m.gguf")
     W, cfg = write_model(path, **kw)
-    m = llmrt.Model(path, threads=threads)
+    m = llmrt.Model(path, threads=threads, activations=activations)
     if tokens is None:
         tokens = np.random.default_rng(5).integers(0, cfg["n_vocab"], n_tokens)
     got = m.logits(tokens)
-    ref = reference_logits(W, cfg, tokens)
+    int8 = activations == "int8" and any(t in INT8_TYPES for t in m.tensor_types.values())
+    ref = reference_logits(W, cfg, tokens, m.tensor_types if int8 else None)
     assert got.shape == ref.shape and got.dtype == np.float32
     err = np.abs(got - ref).max()
-    assert err < ATOL, f"max |diff| {err}"
+    assert err < RTOL["int8" if int8 else "float"] * np.abs(ref).max(), f"max |diff| {err}"
     return m, W, cfg, tokens, got
 
 
+@pytest.mark.parametrize("activations", ["int8", "f32"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("wtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
-def test_types_and_archs(tmp_path, arch, wtype):
-    _check(tmp_path, arch=arch, wtype=wtype)
+def test_types_and_archs(tmp_path, arch, wtype, activations):
+    _check(tmp_path, arch=arch, wtype=wtype, activations=activations)
+
+
+@pytest.mark.parametrize("activations", ["int8", "f32"])
+@pytest.mark.parametrize("wtype", ["Q4_K", "Q5_K", "Q6_K"])
+def test_kquant_models(tmp_path, wtype, activations):
+    # K-quant rows are 256 wide: n_embd and n_ff multiples of 256
+    _check(tmp_path, wtype=wtype, emb_type="Q8_0", n_embd=256, n_ff=512, n_head=4,
+           n_head_kv=2, n_layer=1, activations=activations)
 
 
 @pytest.mark.parametrize("n_head,n_head_kv", [(3, 3), (6, 2), (4, 1)])

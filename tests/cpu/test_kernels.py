@@ -5,35 +5,40 @@ import numpy as np
 import pytest
 
 from llmrt import _core
-from testutil import dequantize_ref, encode_tensor
+from testutil import INT8_TYPES, dequantize_ref, encode_tensor, quantize_act_ref, random_kquant
 
-TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "BF16": 30}
+TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13,
+            "Q6_K": 14, "BF16": 30}
 ISAS = [i for i in ("generic", "avx2", "avx512") if _core.isa_available(i)]
-# (rows, cols): row counts not multiples of the 4-row groups or thread splits,
-# lengths that are odd multiples of the 32-wide block (and odd, for the float types)
+# (rows, cols): row counts not multiples of the 2-row tiles, 16-row grains or
+# thread splits; lengths that are odd multiples of the block
 SHAPES = [(1, 32), (7, 96), (13, 160), (33, 288), (130, 544)]
+K_SHAPES = [(1, 256), (7, 768), (19, 512)]
 FLOAT_SHAPES = [(3, 5), (9, 33), (17, 71)]
 
-# Tolerances, relative to sqrt(cols) * max|w| * max|x| (the scale of a dot product):
-# every variant computes in float32 with a different summation order (lanes,
-# FMA contraction), so results differ from the float64 reference by float32
-# rounding of ~cols additions; 1e-5 leaves room above the ~1e-6 seen.
+# Tolerance relative to sqrt(cols) * max|w| * max|x| (the scale of a dot
+# product): every variant accumulates in float32 in its own order (lanes,
+# FMA contraction, per-block int32 sums scaled in float), so it differs from
+# the float64 reference by float32 rounding over ~cols terms; ~1e-6 seen.
 REL_TOL = 1e-5
 
 
 def _weights(type_name, rows, cols, rng):
-    w = rng.standard_normal((rows, cols)).astype(np.float32)
-    if type_name == "BF16":
-        enc = encode_tensor(w, "BF16")
+    if type_name in ("Q4_K", "Q5_K", "Q6_K"):
+        raw = random_kquant(type_name, rows, cols, rng)
     else:
-        enc = encode_tensor(w, type_name)
-    raw = np.ascontiguousarray(np.asarray(enc)).view(np.uint8).reshape(rows, -1)
+        w = rng.standard_normal((rows, cols)).astype(np.float32)
+        raw = np.ascontiguousarray(np.asarray(encode_tensor(w, type_name))).view(np.uint8)
+    raw = raw.reshape(rows, -1)
     return raw, dequantize_ref(raw, type_name, rows, cols)
 
 
 def _cases():
     for t in TYPE_IDS:
-        shapes = SHAPES + (FLOAT_SHAPES if t in ("F32", "F16", "BF16") else [])
+        if t.endswith("_K"):
+            shapes = K_SHAPES
+        else:
+            shapes = SHAPES + (FLOAT_SHAPES if t in ("F32", "F16", "BF16") else [])
         for rows, cols in shapes:
             yield t, rows, cols
 
@@ -44,28 +49,60 @@ def test_dequantize_matches_numpy(isa, type_name, rows, cols):
     rng = np.random.default_rng(rows * 1000 + cols)
     raw, ref = _weights(type_name, rows, cols, rng)
     got = _core.dequantize(TYPE_IDS[type_name], raw, rows, cols, isa)
-    # dequantization is exact: one float multiply(-add) of exactly representable values
-    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+    # dequantization is a float multiply(-add) of exact values: float32 rounding only
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
 
 
+@pytest.mark.parametrize("int8", [True, False], ids=["int8", "f32"])
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("n", [1, 2, 5])
+@pytest.mark.parametrize("n", [1, 2, 5, 9])
 @pytest.mark.parametrize("type_name,rows,cols", list(_cases()))
-def test_matmul_matches_numpy(isa, n, type_name, rows, cols):
+def test_matmul_matches_numpy(isa, n, type_name, rows, cols, int8):
     rng = np.random.default_rng(rows * 7 + cols + n)
     raw, w = _weights(type_name, rows, cols, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
-    ref = x.astype(np.float64) @ w.T
-    got = _core.matmul(TYPE_IDS[type_name], raw, rows, cols, x, isa, 1)
+    quantized = int8 and type_name in INT8_TYPES
+    xr = quantize_act_ref(x) if quantized else x.astype(np.float64)
+    ref = xr @ w.T
+    got = _core.matmul(TYPE_IDS[type_name], raw, rows, cols, x, isa, 1, int8)
     scale = np.sqrt(cols) * np.abs(w).max() * np.abs(x).max()
     assert np.abs(got - ref).max() <= REL_TOL * scale
+
+
+@pytest.mark.parametrize("type_name", INT8_TYPES)
+def test_activation_quantization_error_is_bounded(type_name):
+    # against the unquantized product: the 8-bit activations cost at most
+    # half a step (max|x|/254) per element, ~sqrt(cols) of them in a sum
+    rng = np.random.default_rng(1)
+    rows, cols = 17, 512
+    raw, w = _weights(type_name, rows, cols, rng)
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    got = _core.matmul(TYPE_IDS[type_name], raw, rows, cols, x)
+    exact = x.astype(np.float64) @ w.T
+    bound = 4 * np.sqrt(cols) * np.abs(w).max() * np.abs(x).max() / 254
+    assert np.abs(got - exact).max() < bound
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_quantize_act_matches_rule(isa):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(32 * 37).astype(np.float32) * rng.random(32 * 37).astype(np.float32) * 5
+    x[:32] = 0.0  # an all-zero block: d = 0, q = 0
+    x[32:64] = 0.5  # exact .5 steps after scaling: round half to even
+    d, s, qs = _core.quantize_act(x, isa)
+    b = x.reshape(-1, 32)
+    amax = np.abs(b).max(axis=1)
+    np.testing.assert_array_equal(d, amax / np.float32(127))
+    inv = np.where(amax > 0, np.float32(127) / np.maximum(amax, 1e-30), 0).astype(np.float32)
+    np.testing.assert_array_equal(qs, np.rint(b * inv[:, None]).astype(np.int8))
+    np.testing.assert_allclose(s, d * qs.astype(np.int64).sum(axis=1), rtol=1e-6)
 
 
 @pytest.mark.parametrize("type_name", list(TYPE_IDS))
 @pytest.mark.parametrize("n", [1, 6])
 def test_thread_counts_give_identical_results(type_name, n):
     rng = np.random.default_rng(3)
-    rows, cols = 203, 320
+    rows, cols = 203, 512
     raw, _ = _weights(type_name, rows, cols, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     t = TYPE_IDS[type_name]
@@ -77,15 +114,16 @@ def test_thread_counts_give_identical_results(type_name, n):
 @pytest.mark.parametrize("type_name", list(TYPE_IDS))
 def test_isa_variants_agree_with_generic(type_name):
     rng = np.random.default_rng(11)
-    rows, cols = 37, 256
+    rows, cols = 37, 512
     raw, w = _weights(type_name, rows, cols, rng)
     x = rng.standard_normal((3, cols)).astype(np.float32)
     t = TYPE_IDS[type_name]
-    base = _core.matmul(t, raw, rows, cols, x, "generic", 1)
     scale = np.sqrt(cols) * np.abs(w).max() * np.abs(x).max()
-    for isa in ISAS[1:]:
-        got = _core.matmul(t, raw, rows, cols, x, isa, 1)
-        assert np.abs(got - base).max() <= REL_TOL * scale, isa
+    for n in (1, 3):
+        base = _core.matmul(t, raw, rows, cols, x[:n], "generic", 1)
+        for isa in ISAS[1:]:
+            got = _core.matmul(t, raw, rows, cols, x[:n], isa, 1)
+            assert np.abs(got - base).max() <= REL_TOL * scale, isa
 
 
 def test_bad_kernel_arguments_raise():
@@ -100,3 +138,5 @@ def test_bad_kernel_arguments_raise():
         _core.matmul(2, raw, 2, 32, np.zeros((1, 31), np.float32))
     with pytest.raises(ValueError, match="unknown ISA"):
         _core.matmul(2, raw, 2, 32, np.zeros((1, 32), np.float32), "sse9")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        _core.quantize_act(np.zeros(33, np.float32))

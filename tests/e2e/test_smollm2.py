@@ -1,6 +1,11 @@
 """The default model, SmolLM2-135M-Instruct Q4_1, against the Hugging Face
 transformers reference (fp32 from the same GGUF; tests/data, made by
-scripts/make_reference.py)."""
+scripts/make_reference.py).
+
+With activations="f32" llmrt computes what the reference computes, so logits
+agree to float32 rounding and greedy decoding is identical. The default
+int8 activations (as llama.cpp uses) move logits by a few tenths: checked
+against the reference statistically, and by a golden token list of its own."""
 
 import json
 import os
@@ -15,20 +20,39 @@ REF = json.load(open(os.path.join(DATA, "smollm2_reference.json"), encoding="utf
 
 # Golden greedy continuation of "The capital of France is" (ids), temperature 0.
 GOLDEN_PROMPT = "The capital of France is"
-GOLDEN_IDS = REF["prompts"][0]["greedy"][:16]
+GOLDEN_IDS_F32 = REF["prompts"][0]["greedy"][:16]  # = the transformers reference
+# int8 activations (default): " Paris.\n\nThe United States has a population of approximately 311"
+GOLDEN_IDS_INT8 = [7042, 30, 198, 198, 504, 1797, 1918, 553, 253, 2155, 282, 4723, 216, 35, 33, 33]
 
 
-def test_golden_greedy_tokens(smollm2):
-    r = smollm2.generate(GOLDEN_PROMPT, max_new_tokens=16, ignore_eos=True)
-    assert r.token_ids == GOLDEN_IDS
+def test_golden_greedy_tokens_f32(smollm2_f32):
+    r = smollm2_f32.generate(GOLDEN_PROMPT, max_new_tokens=16, ignore_eos=True)
+    assert r.token_ids == GOLDEN_IDS_F32
     assert r.text.startswith(" Paris")
 
 
+def test_golden_greedy_tokens_int8(smollm2):
+    r = smollm2.generate(GOLDEN_PROMPT, max_new_tokens=16, ignore_eos=True)
+    assert r.token_ids == GOLDEN_IDS_INT8
+
+
+def test_int8_activations_stay_close_to_reference(smollm2):
+    agree = total = 0
+    for case in REF["prompts"]:
+        logits = smollm2.logits(case["ids"])
+        agree += int((logits.argmax(-1) == np.array(case["argmax"])).sum())
+        total += len(case["ids"])
+        got = logits[-1][case["last_top_ids"]]
+        # 8-bit activations: a few tenths on logits of 7..34 (max 0.44 seen)
+        assert np.abs(got - np.array(case["last_top_logits"])).max() < 1.0
+    assert agree / total >= 0.95  # 71 of 72 positions seen
+
+
 @pytest.mark.parametrize("case", REF["prompts"], ids=lambda c: repr(c["prompt"][:24]))
-def test_logits_match_reference(smollm2, case):
-    ids = smollm2.tokenize(case["prompt"], add_special=False)
+def test_logits_match_reference(smollm2_f32, case):
+    ids = smollm2_f32.tokenize(case["prompt"], add_special=False)
     assert ids == case["ids"]
-    logits = smollm2.logits(ids)
+    logits = smollm2_f32.logits(ids)
     # top-1 equal at every position
     assert logits.argmax(-1).tolist() == case["argmax"]
     # the reference's 10 best logits of the last position, to float32 accuracy
@@ -38,14 +62,16 @@ def test_logits_match_reference(smollm2, case):
 
 
 @pytest.mark.parametrize("case", REF["prompts"], ids=lambda c: repr(c["prompt"][:24]))
-def test_greedy_continuation_matches_reference(smollm2, case):
-    r = smollm2.generate(case["ids"], max_new_tokens=32, ignore_eos=True)
+def test_greedy_continuation_matches_reference(smollm2_f32, case):
+    r = smollm2_f32.generate(case["ids"], max_new_tokens=32, ignore_eos=True)
     assert r.token_ids == case["greedy"]
 
 
-def test_chat_answers(smollm2):
-    r = smollm2.chat([{"role": "user", "content": "What is the capital of France?"}],
-                     max_new_tokens=48)
+def test_chat_answers(smollm2_f32):
+    # (with int8 activations this model answers this one with a loop of
+    # French words, exactly as llama.cpp does; f32 answers it)
+    r = smollm2_f32.chat([{"role": "user", "content": "What is the capital of France?"}],
+                         max_new_tokens=48)
     assert r.finish_reason == "stop"  # ended on <|im_end|>
     assert "Paris" in r.text and "<|im_end|>" not in r.text
 

@@ -20,6 +20,12 @@ constexpr int kDTypeSlots = 31;
 
 using VecDotFn = float (*)(const void* row, const float* x, int64_t n);
 using DequantFn = void (*)(const void* row, float* out, int64_t n);
+// Integer-dot forms: activations quantized to BlockQ8A (n / 32 blocks a row).
+using VecDotQFn = float (*)(const void* row, const BlockQ8A* x, int64_t n);
+// Tile: y[t * y_stride + r] = W row r . X row t, for r < nr, t < nt; W rows are
+// w_stride bytes apart, X rows n / 32 blocks apart.
+using GemmQFn = void (*)(const uint8_t* w, size_t w_stride, int64_t nr, const BlockQ8A* x,
+                         int64_t n, int64_t nt, float* y, int64_t y_stride);
 
 struct Kernels {
   const char* name;
@@ -27,6 +33,12 @@ struct Kernels {
   VecDotFn vec_dot[kDTypeSlots];
   // One quantized row of n elements -> n floats.
   DequantFn dequant[kDTypeSlots];
+  // x (n floats, n % 32 == 0) -> n / 32 activation blocks
+  void (*quantize_act)(const float* x, BlockQ8A* y, int64_t n);
+  // per weight type (those with int8_dot(type)); the tile kernel reads each
+  // weight block once for all the tokens of the tile
+  VecDotQFn vec_dot_q[kDTypeSlots];
+  GemmQFn gemm_q[kDTypeSlots];
   // sum_i a[i] * b[i]
   float (*dot_f32)(const float* a, const float* b, int64_t n);
   // y[i] += a * x[i]
