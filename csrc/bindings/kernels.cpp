@@ -31,6 +31,39 @@ const cpu::Kernels& kernels(const std::string& isa) {
   return *cpu::kernels_for(parse_isa(isa));
 }
 
+// A weight prepared once (repacked as a model would) with its own thread pool,
+// multiplied many times: for microbenchmarks.
+class PreparedMatmul {
+ public:
+  PreparedMatmul(uint32_t type, Bytes data, int64_t rows, int64_t cols, int threads, bool int8)
+      : data_(data), pool_(threads), int8_(int8) {
+    w_ = weight_view(type, rows, cols, data_, "weight");
+    if (int8 && cpu::can_repack(w_)) w_ = cpu::repack(pool_, w_, packed_);
+  }
+  py::array_t<float> run(py::array_t<float, py::array::c_style | py::array::forcecast> x) {
+    if (x.ndim() != 2 || x.shape(1) != w_.cols) throw py::value_error("x must have shape (n, cols)");
+    const int n = (int)x.shape(0);
+    py::array_t<float> y({(int64_t)n, w_.rows});
+    float* yp = y.mutable_data();
+    const float* xp = x.data();
+    {
+      py::gil_scoped_release nogil;
+      cpu::matmul(pool_, *cpu::active_kernels(), w_, xp, n, yp, act_, int8_);
+    }
+    return y;
+  }
+  std::string layout() const { return dtype_name(w_.type); }
+  size_t nbytes() const { return (size_t)w_.rows * w_.row_stride(); }
+
+ private:
+  Bytes data_;
+  ThreadPool pool_;
+  bool int8_;
+  WeightView w_;
+  std::unique_ptr<uint8_t[]> packed_;
+  cpu::ActBuffer act_;
+};
+
 }  // namespace
 
 WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& data,
@@ -53,6 +86,14 @@ WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& d
 }
 
 void bind_kernels(py::module_& m) {
+  py::class_<PreparedMatmul>(m, "PreparedMatmul")
+      .def(py::init<uint32_t, Bytes, int64_t, int64_t, int, bool>(), py::arg("type"),
+           py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("threads") = 1,
+           py::arg("int8_activations") = true)
+      .def("__call__", &PreparedMatmul::run, py::arg("x"))
+      .def_property_readonly("layout", &PreparedMatmul::layout)
+      .def_property_readonly("nbytes", &PreparedMatmul::nbytes);
+
   m.def("isa_available", [](const std::string& isa) {
     try {
       cpu::kernels_for(parse_isa(isa));
@@ -91,7 +132,10 @@ void bind_kernels(py::module_& m) {
           {
             py::gil_scoped_release nogil;
             ThreadPool pool(threads);
-            std::vector<BlockQ8A> act;
+            cpu::ActBuffer act;
+            // as in a model: Q4_0 / Q4_1 take the repacked layout when they can
+            std::unique_ptr<uint8_t[]> packed;
+            if (int8 && cpu::can_repack(w)) w = cpu::repack(pool, w, packed);
             cpu::matmul(pool, k, w, xp, n, yp, act, int8);
           }
           return y;
@@ -106,19 +150,13 @@ void bind_kernels(py::module_& m) {
           if (x.ndim() != 1 || x.shape(0) % kQK != 0)
             throw py::value_error("x must be 1-D with a multiple of 32 elements");
           const int64_t n = x.shape(0), nb = n / kQK;
-          std::vector<BlockQ8A> q((size_t)nb);
-          kernels(isa).quantize_act(x.data(), q.data(), n);
           py::array_t<float> d(nb), s(nb);
           py::array_t<int8_t> qs({nb, (int64_t)kQK});
-          for (int64_t b = 0; b < nb; ++b) {
-            d.mutable_at(b) = q[b].d;
-            s.mutable_at(b) = q[b].s;
-            for (int j = 0; j < kQK; ++j) qs.mutable_at(b, j) = q[b].qs[j];
-          }
+          kernels(isa).quantize_act(x.data(), qs.mutable_data(), d.mutable_data(), s.mutable_data(), n);
           return py::make_tuple(d, s, qs);
         },
         py::arg("x"), py::arg("isa") = "",
-        "Activations -> 8-bit blocks: (scales d, d * block sums, int8 values (n/32, 32)).");
+        "Activations -> 8 bits: (scales d, d * block sums, int8 values (n/32, 32)).");
 }
 
 }  // namespace llmrt::bindings

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -59,6 +60,7 @@ class PyLlamaModel {
       Bytes arr = t[3].cast<Bytes>();
       WeightView w = weight_view(type, rows, cols, arr, "tensor '" + name + "'");
       keep_.push_back(arr);
+      names_[w.data] = name;
       return w;
     };
     auto vec = [&](const std::string& name, int64_t n, bool required) -> const float* {
@@ -131,9 +133,19 @@ class PyLlamaModel {
   int threads() { return model_->backend().threads(); }
   std::string backend_name() { return model_->backend().name(); }
   size_t kv_cache_bytes() const { return model_->kv_cache_bytes(); }
+  // Names of the tensors whose file bytes the backend replaced by its own copy.
+  std::vector<std::string> replaced_tensors() const {
+    std::vector<std::string> out;
+    for (const uint8_t* p : model_->replaced_weights()) {
+      auto it = names_.find(p);
+      if (it != names_.end()) out.push_back(it->second);
+    }
+    return out;
+  }
 
  private:
   std::vector<py::object> keep_;  // numpy views the native weights point into
+  std::map<const uint8_t*, std::string> names_;
   std::unique_ptr<LlamaModel> model_;
   std::mutex mu_;
 };
@@ -152,7 +164,8 @@ void bind_model(py::module_& m) {
       .def_property_readonly("n_vocab", &PyLlamaModel::n_vocab)
       .def_property_readonly("threads", &PyLlamaModel::threads)
       .def_property_readonly("backend", &PyLlamaModel::backend_name)
-      .def_property_readonly("kv_cache_bytes", &PyLlamaModel::kv_cache_bytes);
+      .def_property_readonly("kv_cache_bytes", &PyLlamaModel::kv_cache_bytes)
+      .def_property_readonly("replaced_tensors", &PyLlamaModel::replaced_tensors);
 }
 
 }  // namespace llmrt::bindings

@@ -39,6 +39,10 @@ class Backend {
   virtual float* alloc_floats(size_t n) = 0;
   virtual void free_floats(float* p) = 0;
 
+  // The view the backend wants for a matmul weight: w itself, or a copy in a
+  // layout of its own (owned by the backend, alive as long as it is).
+  virtual WeightView prepare_weight(const WeightView& w) { return w; }
+
   // out (n, table.cols) = rows ids[i] of the table.
   virtual void embed(const WeightView& table, const int32_t* ids, int n, float* out) = 0;
   // y (n, W.rows) = x (n, W.cols) @ W^T.

@@ -13,6 +13,8 @@ const char* dtype_name(DType t) {
     case DType::Q4_K: return "Q4_K";
     case DType::Q5_K: return "Q5_K";
     case DType::Q6_K: return "Q6_K";
+    case DType::Q4_0R: return "Q4_0R";
+    case DType::Q4_1R: return "Q4_1R";
   }
   return "unknown";
 }

@@ -21,6 +21,14 @@ enum class DType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   BF16 = 30,
+  // llmrt-internal layouts (never read from a file): Q4_0 / Q4_1 repacked by
+  // the CPU backend for its integer kernels. A row is groups of 8 blocks,
+  // [8 fp16 d][8 fp16 m (Q4_1R only)][4 x 32 bytes], then the remaining
+  // blocks in pairs [d0 d1 (m0 m1)][32 bytes]. In the 32 bytes of a pair,
+  // byte j holds element j of the first block (low nibble) and of the second
+  // (high nibble). Rows need an even number of blocks; same size as the source.
+  Q4_0R = 40,
+  Q4_1R = 41,
 };
 
 constexpr int kQK = 32;   // weights per block of the 32-wide formats
@@ -75,18 +83,23 @@ struct BlockQ6_K {
 };
 #pragma pack(pop)
 
-// Activations quantized on the fly for the integer dot products: 32 values,
-// x ~= d * qs, with s = d * sum(qs) for the formats that carry an offset.
-struct BlockQ8A {
-  float d;
-  float s;
-  int8_t qs[kQK];
+// Activations quantized on the fly for the integer dot products, per row of
+// n values: qs (n int8), and per block of 32: d (x ~= d * q) and
+// s = d * sum(q) (for the formats with an offset). Rows of a batch follow
+// each other in each array.
+struct QActs {
+  const int8_t* qs;
+  const float* d;
+  const float* s;
+  int64_t n;  // values per row
+  const int8_t* row_qs(int64_t t) const { return qs + t * n; }
+  const float* row_d(int64_t t) const { return d + t * (n / kQK); }
+  const float* row_s(int64_t t) const { return s + t * (n / kQK); }
 };
 
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block is 144 bytes");
 static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block is 176 bytes");
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block is 210 bytes");
-static_assert(sizeof(BlockQ8A) == 40, "activation block is 40 bytes");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block is 18 bytes");
 static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block is 20 bytes");
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block is 34 bytes");
@@ -95,15 +108,16 @@ static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block is 34 bytes");
 constexpr int block_elems(DType t) {
   switch (t) {
     case DType::Q4_0: case DType::Q4_1: case DType::Q8_0: return kQK;
+    case DType::Q4_0R: case DType::Q4_1R: return kQK;
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return kQKK;
     default: return 1;
   }
 }
 // Whether matmuls with this weight type run as integer dot products against
-// activations quantized to BlockQ8A (the float types use float FMA).
+// activations quantized to 8 bits (QActs); the float types use float FMA.
 constexpr bool int8_dot(DType t) {
   return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::Q4_K ||
-         t == DType::Q5_K || t == DType::Q6_K;
+         t == DType::Q5_K || t == DType::Q6_K || t == DType::Q4_0R || t == DType::Q4_1R;
 }
 constexpr size_t block_bytes(DType t) {
   switch (t) {
@@ -116,6 +130,8 @@ constexpr size_t block_bytes(DType t) {
     case DType::Q4_K: return sizeof(BlockQ4_K);
     case DType::Q5_K: return sizeof(BlockQ5_K);
     case DType::Q6_K: return sizeof(BlockQ6_K);
+    case DType::Q4_0R: return sizeof(BlockQ4_0);
+    case DType::Q4_1R: return sizeof(BlockQ4_1);
   }
   return 0;
 }

@@ -1,5 +1,6 @@
-// Causal GQA attention over the KV cache, one pass per (query row, head)
-// with an online softmax: scores are never stored for the whole sequence.
+// Causal GQA attention over the KV cache: the fused kernels are in
+// arch/attention_kernels.inc; this file splits the work.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -16,40 +17,44 @@ void kv_write(KVCache& cache, int layer, int pos0, int n, const float* k, const 
 }
 
 // q (n, n_heads, hd) -> out (n, n_heads, hd)
+//
+// Work is split so that query rows sharing a kv head run together, reading
+// each key and value once for all of them: during a prompt, (kv head, block
+// of kTokens tokens) with the GQA group's heads; for a single token, one task
+// per head so every thread has work.
 void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, int layer,
                const float* q, int n, int pos0, int n_heads, float scale, float* out) {
   const int hd = cache.head_dim();
   const int n_kv = cache.n_kv_heads();
   const int group = n_heads / n_kv;
-  const size_t kv_stride = cache.row_size();
-  pool.parallel_for((int64_t)n * n_heads, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> acc(hd);
+  const int64_t kv_stride = (int64_t)cache.row_size();
+  constexpr int kTokens = 8;
+  const int tokens_per_task = n == 1 ? 1 : kTokens;
+  const int heads_per_task = n == 1 ? 1 : group;
+  const int64_t token_blocks = (n + tokens_per_task - 1) / tokens_per_task;
+  const int64_t head_blocks = n_heads / heads_per_task;
+  pool.parallel_for(token_blocks * head_blocks, 1, [&](int64_t b, int64_t e) {
+    std::vector<const float*> qr;
+    std::vector<float*> orow;
+    std::vector<int> nk;
     for (int64_t task = b; task < e; ++task) {
-      const int t = (int)(task / n_heads);
-      const int h = (int)(task % n_heads);
-      const int kvh = h / group;
-      const float* qh = q + ((size_t)t * n_heads + h) * hd;
-      const float* kp = cache.k(layer, 0) + (size_t)kvh * hd;
-      const float* vp = cache.v(layer, 0) + (size_t)kvh * hd;
-      const int n_keys = pos0 + t + 1;  // causal: keys at positions <= this query's
-      std::fill(acc.begin(), acc.end(), 0.f);
-      float m = -std::numeric_limits<float>::infinity();
-      float l = 0.f;
-      for (int j = 0; j < n_keys; ++j) {
-        const float s = k.dot_f32(qh, kp + (size_t)j * kv_stride, hd) * scale;
-        if (s > m) {
-          const float c = std::exp(m - s);  // rescale what was summed so far
-          l *= c;
-          k.scale(c, acc.data(), hd);
-          m = s;
+      const int t0 = (int)(task / head_blocks) * tokens_per_task;
+      const int h0 = (int)(task % head_blocks) * heads_per_task;
+      const int t1 = std::min(n, t0 + tokens_per_task);
+      qr.clear();
+      orow.clear();
+      nk.clear();
+      for (int t = t0; t < t1; ++t)
+        for (int h = h0; h < h0 + heads_per_task; ++h) {
+          qr.push_back(q + ((size_t)t * n_heads + h) * hd);
+          orow.push_back(out + ((size_t)t * n_heads + h) * hd);
+          nk.push_back(pos0 + t + 1);  // causal: keys at positions <= the query's
         }
-        const float p = std::exp(s - m);
-        l += p;
-        k.axpy(p, vp + (size_t)j * kv_stride, acc.data(), hd);
-      }
-      float* o = out + ((size_t)t * n_heads + h) * hd;
-      const float inv = 1.f / l;
-      for (int i = 0; i < hd; ++i) o[i] = acc[i] * inv;
+      const int kvh = h0 / group;
+      AttnBlock a{qr.data(), orow.data(), nk.data(), (int)qr.size(),
+                  cache.k(layer, 0) + (size_t)kvh * hd, cache.v(layer, 0) + (size_t)kvh * hd,
+                  kv_stride, hd, scale};
+      k.attention_block(a);
     }
   });
 }

@@ -31,6 +31,13 @@ class CpuBackend final : public Backend {
   void embed(const WeightView& t, const int32_t* ids, int n, float* out) override {
     cpu::embed(pool_, k_, t, ids, n, out);
   }
+  // Q4_0 / Q4_1 weights go to the repacked layouts of the integer kernels.
+  WeightView prepare_weight(const WeightView& w) override {
+    if (!int8_ || !cpu::can_repack(w)) return w;
+    packed_.emplace_back();
+    return cpu::repack(pool_, w, packed_.back());
+  }
+
   void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) override {
     cpu::matmul_many(pool_, k_, jobs, count, x, n, act_, int8_);
   }
@@ -55,7 +62,8 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   const cpu::Kernels& k_;
   bool int8_;                  // quantize activations for the integer kernels
-  std::vector<BlockQ8A> act_;  // quantized activations, reused by every matmul
+  cpu::ActBuffer act_;         // quantized activations, reused by every matmul
+  std::vector<std::unique_ptr<uint8_t[]>> packed_;  // repacked weights
 };
 
 }  // namespace

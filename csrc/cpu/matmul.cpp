@@ -24,17 +24,16 @@ void embed(ThreadPool& pool, const Kernels& k, const WeightView& table, const in
 namespace {
 
 // Rows [r0, r1) of one job: y[t * rows + r] for every token t.
-void rows_int8(const Kernels& k, const WeightView& w, const BlockQ8A* xq, int n, float* y,
+void rows_int8(const Kernels& k, const WeightView& w, const QActs& x, int n, float* y,
                int64_t r0, int64_t r1) {
-  const int64_t cols = w.cols;
   if (n == 1) {
     VecDotQFn dot = k.vec_dot_q[(int)w.type];
-    for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), xq, cols);
+    for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), x.qs, x.d, x.s, x.n);
     return;
   }
   // the tile kernel reads each weight block once for all n tokens; the
   // quantized activations stay in cache
-  k.gemm_q[(int)w.type](w.row(r0), w.row_stride(), r1 - r0, xq, cols, n, y + r0, w.rows);
+  k.gemm_q[(int)w.type](w.row(r0), w.row_stride(), r1 - r0, x, n, y + r0, w.rows);
 }
 
 void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, float* y,
@@ -63,7 +62,7 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
 }  // namespace
 
 void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
-                 const float* x, int n, std::vector<BlockQ8A>& act, bool int8) {
+                 const float* x, int n, ActBuffer& act, bool int8) {
   if (count <= 0 || n <= 0) return;
   const int64_t cols = jobs[0].w->cols;
   bool any_int8 = false;
@@ -76,13 +75,19 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
     start[i] = total;
     total += jobs[i].w->rows;
   }
-  BlockQ8A* xq = nullptr;
+  QActs xq{nullptr, nullptr, nullptr, cols};
   if (any_int8) {
     const int64_t nb = cols / kQK;
-    if (act.size() < (size_t)(n * nb)) act.resize((size_t)(n * nb));
-    xq = act.data();
+    if (act.qs.size() < (size_t)(n * cols)) act.qs.resize((size_t)(n * cols));
+    if (act.d.size() < (size_t)(n * nb)) {
+      act.d.resize((size_t)(n * nb));
+      act.s.resize((size_t)(n * nb));
+    }
+    xq = QActs{act.qs.data(), act.d.data(), act.s.data(), cols};
     pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) k.quantize_act(x + t * cols, xq + t * nb, cols);
+      for (int64_t t = b; t < e; ++t)
+        k.quantize_act(x + t * cols, act.qs.data() + t * cols, act.d.data() + t * nb,
+                       act.s.data() + t * nb, cols);
     });
   }
   // The rows of all jobs, end to end, split into bands across the threads.

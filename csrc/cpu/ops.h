@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/backend.h"
@@ -17,17 +18,29 @@ namespace llmrt::cpu {
 // ---- matmul.cpp ----
 void embed(ThreadPool& pool, const Kernels& k, const WeightView& table, const int32_t* ids,
            int n, float* out);
+// Quantized activations of a batch, grown as needed and reused across calls.
+struct ActBuffer {
+  std::vector<int8_t> qs;
+  std::vector<float> d, s;
+};
+
 // y_i (n, W_i.rows) = x (n, cols) @ W_i^T for each job, in one parallel pass.
-// With int8 set, integer-dot types use x quantized once into `act` (grown as
-// needed, reused across calls) and the int8 kernels; otherwise (and for the
-// float types) weights are widened to float and multiplied with float FMA.
+// With int8 set, integer-dot types use x quantized once into `act` and the
+// int8 kernels; otherwise (and for the float types) weights are widened to
+// float and multiplied with float FMA.
 void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
-                 const float* x, int n, std::vector<BlockQ8A>& act, bool int8);
+                 const float* x, int n, ActBuffer& act, bool int8);
 inline void matmul(ThreadPool& pool, const Kernels& k, const WeightView& w, const float* x, int n,
-                   float* y, std::vector<BlockQ8A>& act, bool int8 = true) {
+                   float* y, ActBuffer& act, bool int8 = true) {
   const MatmulJob job{&w, y};
   matmul_many(pool, k, &job, 1, x, n, act, int8);
 }
+
+// ---- repack.cpp ----
+// Whether w can take the faster repacked layout (Q4_0 / Q4_1, even block count).
+bool can_repack(const WeightView& w);
+// A repacked copy of w (Q4_0R / Q4_1R) in `storage`.
+WeightView repack(ThreadPool& pool, const WeightView& w, std::unique_ptr<uint8_t[]>& storage);
 
 // ---- attention.cpp ----
 void kv_write(KVCache& cache, int layer, int pos0, int n, const float* k, const float* v);

@@ -60,6 +60,17 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
     if (!L.attn_norm || !L.ffn_norm) throw std::invalid_argument(p + "norm weights missing");
   }
   if (!w_.output_norm) throw std::invalid_argument("output_norm missing");
+
+  // Matmul weights in the backend's preferred layout. The token embedding is
+  // left as stored (rows are looked up by id), and so is a tied output head.
+  auto prep = [&](WeightView& v) {
+    const WeightView p = backend_->prepare_weight(v);
+    if (p.data != v.data) replaced_.push_back(v.data);
+    v = p;
+  };
+  for (auto& L : w_.layers)
+    for (WeightView* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) prep(*v);
+  if (w_.output.data != w_.tok_embd.data) prep(w_.output);
 }
 
 LlamaModel::~LlamaModel() = default;

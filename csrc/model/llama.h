@@ -52,6 +52,9 @@ class LlamaModel {
   ~LlamaModel();
 
   const LlamaConfig& config() const { return cfg_; }
+  // Source weights the backend replaced by copies of its own (their file
+  // pages are no longer read).
+  const std::vector<const uint8_t*>& replaced_weights() const { return replaced_; }
   Backend& backend() { return *backend_; }
   size_t kv_cache_bytes() const { return kv_.bytes(); }
 
@@ -71,6 +74,7 @@ class LlamaModel {
   std::unique_ptr<Backend> backend_;
   KVCache kv_;
   std::unique_ptr<Scratch> s_;
+  std::vector<const uint8_t*> replaced_;
 };
 
 }  // namespace llmrt

@@ -12,7 +12,9 @@ TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q5
 ISAS = [i for i in ("generic", "avx2", "avx512") if _core.isa_available(i)]
 # (rows, cols): row counts not multiples of the 2-row tiles, 16-row grains or
 # thread splits; lengths that are odd multiples of the block
-SHAPES = [(1, 32), (7, 96), (13, 160), (33, 288), (130, 544)]
+SHAPES = [(1, 32), (7, 96), (13, 160), (33, 288), (130, 544),
+          # even block counts: the repacked Q4 layouts (full groups of 8 blocks, tail pairs)
+          (5, 64), (11, 576), (9, 384), (3, 512)]
 K_SHAPES = [(1, 256), (7, 768), (19, 512)]
 FLOAT_SHAPES = [(3, 5), (9, 33), (17, 71)]
 

@@ -16,16 +16,33 @@ namespace llmrt::cpu {
 enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
 
 // Number of DType slots in the per-type tables (max GGUF id we index + 1).
-constexpr int kDTypeSlots = 31;
+constexpr int kDTypeSlots = 42;
 
 using VecDotFn = float (*)(const void* row, const float* x, int64_t n);
 using DequantFn = void (*)(const void* row, float* out, int64_t n);
-// Integer-dot forms: activations quantized to BlockQ8A (n / 32 blocks a row).
-using VecDotQFn = float (*)(const void* row, const BlockQ8A* x, int64_t n);
+// Integer-dot forms against activations quantized to 8 bits: one row of n
+// values as qs (n), d and s (n / 32 each), see QActs.
+using VecDotQFn = float (*)(const uint8_t* row, const int8_t* qs, const float* d, const float* s,
+                            int64_t n);
 // Tile: y[t * y_stride + r] = W row r . X row t, for r < nr, t < nt; W rows are
-// w_stride bytes apart, X rows n / 32 blocks apart.
-using GemmQFn = void (*)(const uint8_t* w, size_t w_stride, int64_t nr, const BlockQ8A* x,
-                         int64_t n, int64_t nt, float* y, int64_t y_stride);
+// w_stride bytes apart.
+using GemmQFn = void (*)(const uint8_t* w, size_t w_stride, int64_t nr, const QActs& x,
+                         int64_t nt, float* y, int64_t y_stride);
+
+// Query rows that read the same kv head (one head's rows of several tokens,
+// or several heads of one token): out_i = softmax(q_i k^T * scale) v over the
+// first n_keys[i] keys, key j at k + j * kv_stride (v likewise).
+struct AttnBlock {
+  const float* const* q_rows;
+  float* const* out_rows;
+  const int* n_keys;
+  int n_q;
+  const float* k;
+  const float* v;
+  int64_t kv_stride;
+  int hd;
+  float scale;
+};
 
 struct Kernels {
   const char* name;
@@ -33,12 +50,13 @@ struct Kernels {
   VecDotFn vec_dot[kDTypeSlots];
   // One quantized row of n elements -> n floats.
   DequantFn dequant[kDTypeSlots];
-  // x (n floats, n % 32 == 0) -> n / 32 activation blocks
-  void (*quantize_act)(const float* x, BlockQ8A* y, int64_t n);
+  // x (n floats, n % 32 == 0) -> qs (n), d and s (n / 32)
+  void (*quantize_act)(const float* x, int8_t* qs, float* d, float* s, int64_t n);
   // per weight type (those with int8_dot(type)); the tile kernel reads each
   // weight block once for all the tokens of the tile
   VecDotQFn vec_dot_q[kDTypeSlots];
   GemmQFn gemm_q[kDTypeSlots];
+  void (*attention_block)(const AttnBlock& a);
   // sum_i a[i] * b[i]
   float (*dot_f32)(const float* a, const float* b, int64_t n);
   // y[i] += a * x[i]

@@ -1,0 +1,72 @@
+// Load-time repacking of Q4_0 / Q4_1 weights into the layouts the integer
+// kernels read fastest (DType::Q4_0R / Q4_1R, described in core/dtype.h).
+// Same size as the source; the copy replaces the file's bytes for the
+// model's lifetime.
+#include <cstring>
+#include <new>
+
+#include "cpu/ops.h"
+
+namespace llmrt::cpu {
+
+bool can_repack(const WeightView& w) {
+  return (w.type == DType::Q4_0 || w.type == DType::Q4_1) && (w.cols / kQK) % 2 == 0;
+}
+
+namespace {
+
+// Element j (0..31) of block b of a source row, 0..15.
+inline uint8_t q4_elem(const uint8_t* row, size_t bytes, size_t qoff, int64_t b, int j) {
+  const uint8_t* qs = row + b * bytes + qoff;
+  return j < 16 ? (qs[j] & 0x0f) : (qs[j - 16] >> 4);
+}
+
+void repack_row(const uint8_t* src, uint8_t* dst, int64_t nb, bool has_m) {
+  const size_t bytes = has_m ? sizeof(BlockQ4_1) : sizeof(BlockQ4_0);
+  const size_t qoff = has_m ? 4 : 2;
+  const size_t gbytes = has_m ? 160 : 144, pbytes = has_m ? 40 : 36;
+  const int64_t groups = nb / 8, pairs = (nb % 8) / 2;
+  auto put_pair = [&](uint8_t* out, int64_t b0) {  // blocks b0, b0 + 1 -> 32 bytes
+    for (int j = 0; j < kQK; ++j)
+      out[j] = (uint8_t)(q4_elem(src, bytes, qoff, b0, j) |
+                         (q4_elem(src, bytes, qoff, b0 + 1, j) << 4));
+  };
+  for (int64_t g = 0; g < groups; ++g) {
+    uint8_t* base = dst + g * gbytes;
+    for (int i = 0; i < 8; ++i) {
+      const uint8_t* blk = src + (8 * g + i) * bytes;
+      std::memcpy(base + 2 * i, blk, 2);                  // d
+      if (has_m) std::memcpy(base + 16 + 2 * i, blk + 2, 2);  // m
+    }
+    for (int p = 0; p < 4; ++p) put_pair(base + (has_m ? 32 : 16) + 32 * p, 8 * g + 2 * p);
+  }
+  for (int64_t p = 0; p < pairs; ++p) {
+    uint8_t* base = dst + groups * gbytes + p * pbytes;
+    const int64_t b0 = groups * 8 + 2 * p;
+    for (int i = 0; i < 2; ++i) {
+      const uint8_t* blk = src + (b0 + i) * bytes;
+      std::memcpy(base + 2 * i, blk, 2);
+      if (has_m) std::memcpy(base + 4 + 2 * i, blk + 2, 2);
+    }
+    put_pair(base + (has_m ? 8 : 4), b0);
+  }
+}
+
+}  // namespace
+
+WeightView repack(ThreadPool& pool, const WeightView& w, std::unique_ptr<uint8_t[]>& storage) {
+  const bool has_m = w.type == DType::Q4_1;
+  const size_t stride = w.row_stride();
+  storage.reset(new uint8_t[stride * (size_t)w.rows]);
+  uint8_t* out = storage.get();
+  const int64_t nb = w.cols / kQK;
+  pool.parallel_for(w.rows, 64, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) repack_row(w.row(r), out + r * stride, nb, has_m);
+  });
+  WeightView v = w;
+  v.type = has_m ? DType::Q4_1R : DType::Q4_0R;
+  v.data = out;
+  return v;
+}
+
+}  // namespace llmrt::cpu
