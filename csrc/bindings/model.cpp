@@ -133,6 +133,16 @@ class PyLlamaModel {
   int threads() { return model_->backend().threads(); }
   std::string backend_name() { return model_->backend().name(); }
   size_t kv_cache_bytes() const { return model_->kv_cache_bytes(); }
+  void set_profiling(bool on) { model_->set_profiling(on); }
+  py::dict profile() const {
+    const double* p = model_->profile();
+    py::dict d;
+    d["matmul"] = p[LlamaModel::kStageMatmul];
+    d["attention"] = p[LlamaModel::kStageAttention];
+    d["head"] = p[LlamaModel::kStageHead];
+    d["other"] = p[LlamaModel::kStageOther];
+    return d;
+  }
   // Names of the tensors whose file bytes the backend replaced by its own copy.
   std::vector<std::string> replaced_tensors() const {
     std::vector<std::string> out;
@@ -165,7 +175,10 @@ void bind_model(py::module_& m) {
       .def_property_readonly("threads", &PyLlamaModel::threads)
       .def_property_readonly("backend", &PyLlamaModel::backend_name)
       .def_property_readonly("kv_cache_bytes", &PyLlamaModel::kv_cache_bytes)
-      .def_property_readonly("replaced_tensors", &PyLlamaModel::replaced_tensors);
+      .def_property_readonly("replaced_tensors", &PyLlamaModel::replaced_tensors)
+      .def("set_profiling", &PyLlamaModel::set_profiling, py::arg("on"),
+           "Start (and reset) or stop timing forward() by stage.")
+      .def("profile", &PyLlamaModel::profile, "Seconds spent per stage while profiling.");
 }
 
 }  // namespace llmrt::bindings

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <vector>
 
 #include "cpu/ops.h"
@@ -29,31 +30,31 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, int lay
   const int group = n_heads / n_kv;
   const int64_t kv_stride = (int64_t)cache.row_size();
   constexpr int kTokens = 8;
+  constexpr int kMaxRows = 8 * 64;  // query rows of one task: tokens x GQA group
   const int tokens_per_task = n == 1 ? 1 : kTokens;
   const int heads_per_task = n == 1 ? 1 : group;
   const int64_t token_blocks = (n + tokens_per_task - 1) / tokens_per_task;
   const int64_t head_blocks = n_heads / heads_per_task;
+  if ((int64_t)tokens_per_task * heads_per_task > kMaxRows)
+    throw std::invalid_argument("attention: GQA group too large");
   pool.parallel_for(token_blocks * head_blocks, 1, [&](int64_t b, int64_t e) {
-    std::vector<const float*> qr;
-    std::vector<float*> orow;
-    std::vector<int> nk;
+    const float* qr[kMaxRows];
+    float* orow[kMaxRows];
+    int nk[kMaxRows];
     for (int64_t task = b; task < e; ++task) {
       const int t0 = (int)(task / head_blocks) * tokens_per_task;
       const int h0 = (int)(task % head_blocks) * heads_per_task;
       const int t1 = std::min(n, t0 + tokens_per_task);
-      qr.clear();
-      orow.clear();
-      nk.clear();
+      int rows = 0;
       for (int t = t0; t < t1; ++t)
-        for (int h = h0; h < h0 + heads_per_task; ++h) {
-          qr.push_back(q + ((size_t)t * n_heads + h) * hd);
-          orow.push_back(out + ((size_t)t * n_heads + h) * hd);
-          nk.push_back(pos0 + t + 1);  // causal: keys at positions <= the query's
+        for (int h = h0; h < h0 + heads_per_task; ++h, ++rows) {
+          qr[rows] = q + ((size_t)t * n_heads + h) * hd;
+          orow[rows] = out + ((size_t)t * n_heads + h) * hd;
+          nk[rows] = pos0 + t + 1;  // causal: keys at positions <= the query's
         }
       const int kvh = h0 / group;
-      AttnBlock a{qr.data(), orow.data(), nk.data(), (int)qr.size(),
-                  cache.k(layer, 0) + (size_t)kvh * hd, cache.v(layer, 0) + (size_t)kvh * hd,
-                  kv_stride, hd, scale};
+      AttnBlock a{qr, orow, nk, rows, cache.k(layer, 0) + (size_t)kvh * hd,
+                  cache.v(layer, 0) + (size_t)kvh * hd, kv_stride, hd, scale};
       k.attention_block(a);
     }
   });

@@ -46,7 +46,7 @@ class CpuBackend final : public Backend {
   }
   void add_bias(float* y, const float* b, int n, int dim) override { cpu::add_bias(y, b, n, dim); }
   void add(float* y, const float* x, size_t count) override { cpu::add(y, x, count); }
-  void swiglu(float* g, const float* u, size_t count) override { cpu::swiglu(pool_, g, u, count); }
+  void swiglu(float* g, const float* u, size_t count) override { cpu::swiglu(pool_, k_, g, u, count); }
   void rope(float* x, int n, int n_heads, int head_dim, int pos0, const RopeParams& p) override {
     cpu::rope(pool_, x, n, n_heads, head_dim, pos0, p);
   }

@@ -29,12 +29,9 @@ void add(float* y, const float* x, size_t count) {
   for (size_t i = 0; i < count; ++i) y[i] += x[i];
 }
 
-void swiglu(ThreadPool& pool, float* gate, const float* up, size_t count) {
-  pool.parallel_for((int64_t)count, 4096, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const float g = gate[i];
-      gate[i] = g / (1.f + std::exp(-g)) * up[i];
-    }
+void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count) {
+  pool.parallel_for((int64_t)count, 8192, [&](int64_t b, int64_t e) {
+    k.swiglu(gate + b, up + b, e - b);
   });
 }
 

@@ -52,7 +52,7 @@ void rmsnorm(ThreadPool& pool, const float* x, const float* w, int n, int dim, f
              float* y);
 void add_bias(float* y, const float* bias, int n, int dim);
 void add(float* y, const float* x, size_t count);
-void swiglu(ThreadPool& pool, float* gate, const float* up, size_t count);
+void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count);
 void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, int pos0,
           const RopeParams& p);
 

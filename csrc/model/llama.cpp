@@ -1,6 +1,7 @@
 #include "model/llama.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -125,7 +126,18 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int n, int pos0, bool all_
   const int qd = c.n_head * hd, kvd = c.n_head_kv * hd;
   const float att_scale = 1.f / std::sqrt((float)hd);
 
+  // Optional per-stage wall time (LlamaModel::set_profiling), for tuning.
+  using clock = std::chrono::steady_clock;
+  auto t_last = clock::now();
+  auto mark = [&](int stage) {
+    if (!profiling_) return;
+    const auto now = clock::now();
+    profile_[stage] += std::chrono::duration<double>(now - t_last).count();
+    t_last = now;
+  };
+
   be.embed(w_.tok_embd, tokens, n, s.x);  // x (n, D)
+  mark(kStageOther);
 
   for (int l = 0; l < c.n_layer; ++l) {
     const LayerWeights& L = w_.layers[l];
@@ -135,23 +147,31 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int n, int pos0, bool all_
       const MatmulJob qkv[3] = {{&L.wq, s.q}, {&L.wk, s.k}, {&L.wv, s.v}};
       be.matmul_many(qkv, 3, s.xn, n);
     }
+    mark(kStageMatmul);
     if (L.bq) be.add_bias(s.q, L.bq, n, qd);
     if (L.bk) be.add_bias(s.k, L.bk, n, kvd);
     if (L.bv) be.add_bias(s.v, L.bv, n, kvd);
     be.rope(s.q, n, c.n_head, hd, pos0, c.rope);
     be.rope(s.k, n, c.n_head_kv, hd, pos0, c.rope);
     be.kv_write(kv_, l, pos0, n, s.k, s.v);
+    mark(kStageOther);
     be.attention(kv_, l, s.q, n, pos0, c.n_head, att_scale, s.att);  // (n, qd)
+    mark(kStageAttention);
     be.matmul(L.wo, s.att, n, s.xn);                                  // (n, D)
+    mark(kStageMatmul);
     be.add(s.x, s.xn, (size_t)n * D);
     // ---- feed-forward block ----
     be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
     {  // gate, up (n, n_ff) in one pass
       const MatmulJob gu[2] = {{&L.w_gate, s.gate}, {&L.w_up, s.up}};
+      mark(kStageOther);
       be.matmul_many(gu, 2, s.xn, n);
     }
+    mark(kStageMatmul);
     be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
+    mark(kStageOther);
     be.matmul(L.w_down, s.gate, n, s.xn);  // (n, D)
+    mark(kStageMatmul);
     be.add(s.x, s.xn, (size_t)n * D);
   }
 
@@ -160,7 +180,9 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int n, int pos0, bool all_
   const int first = all_logits ? 0 : n - 1;
   const int rows = n - first;
   be.rmsnorm(s.x + (size_t)first * D, w_.output_norm, rows, D, c.rms_eps, s.xn);
+  mark(kStageOther);
   be.matmul(w_.output, s.xn, rows, logits);
+  mark(kStageHead);
 }
 
 }  // namespace llmrt

@@ -64,6 +64,15 @@ class LlamaModel {
   // id is outside the vocabulary or the positions exceed n_ctx.
   void forward(const int32_t* tokens, int n, int n_past, bool all_logits, float* logits);
 
+  // Wall time per stage of forward() since profiling was switched on:
+  // [matmul, attention, output head, other].
+  enum Stage { kStageMatmul, kStageAttention, kStageHead, kStageOther, kStages };
+  void set_profiling(bool on) {
+    profiling_ = on;
+    for (double& t : profile_) t = 0.0;
+  }
+  const double* profile() const { return profile_; }
+
  private:
   struct Scratch;
   void forward_chunk(const int32_t* tokens, int n, int pos0, bool all_logits, float* logits);
@@ -75,6 +84,8 @@ class LlamaModel {
   KVCache kv_;
   std::unique_ptr<Scratch> s_;
   std::vector<const uint8_t*> replaced_;
+  bool profiling_ = false;
+  double profile_[kStages] = {};
 };
 
 }  // namespace llmrt

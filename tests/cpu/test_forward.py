@@ -89,15 +89,22 @@ def test_long_prompt_crosses_chunks(tmp_path):
     _check(tmp_path, wtype="Q8_0", n_tokens=300, n_layer=1)
 
 
-def test_incremental_decode_matches_full_forward(tmp_path):
-    m, W, cfg, tokens, full = _check(tmp_path, wtype="Q4_1", n_tokens=24)
+@pytest.mark.parametrize("activations", ["f32", "int8"])
+def test_incremental_decode_matches_full_forward(tmp_path, activations):
+    m, W, cfg, tokens, full = _check(tmp_path, wtype="Q4_1", n_tokens=24, activations=activations)
     native = m._native
     # prompt of 10, then one token at a time through the cache
     out = [native.forward(np.asarray(tokens[:10], np.int32), 0, True)]
     for i in range(10, len(tokens)):
         out.append(native.forward(np.asarray(tokens[i:i + 1], np.int32), i, True))
     step = np.concatenate(out)
-    assert np.abs(step - full).max() < 1e-4
+    per_pos = np.abs(step - full).max(axis=-1) / np.abs(full).max()
+    if activations == "f32":
+        assert per_pos.max() < 2e-6
+    else:
+        # one token at a time runs other kernels (other summation orders)
+        # than a batch: 8-bit rounding flips, as in _check
+        assert per_pos.mean() < MEAN and per_pos.max() < LOOSE
 
 
 def test_thread_counts_identical_logits(tmp_path):

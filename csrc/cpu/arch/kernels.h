@@ -57,6 +57,8 @@ struct Kernels {
   VecDotQFn vec_dot_q[kDTypeSlots];
   GemmQFn gemm_q[kDTypeSlots];
   void (*attention_block)(const AttnBlock& a);
+  // gate[i] = silu(gate[i]) * up[i]
+  void (*swiglu)(float* gate, const float* up, int64_t n);
   // sum_i a[i] * b[i]
   float (*dot_f32)(const float* a, const float* b, int64_t n);
   // y[i] += a * x[i]

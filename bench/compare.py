@@ -1,0 +1,136 @@
+"""llmrt next to llama-cpp-python on the same GGUF, same thread count, in one
+run: decode tokens/s (128 tokens after a short prompt, batch 1, greedy) and
+prompt tokens/s (a 512-token prompt from scratch), the ratio llmrt/llama.cpp,
+and the fraction of the machine's measured read bandwidth that decode uses.
+
+    python bench/compare.py [--model PATH] [--threads 2] [--runs 5]
+
+Both engines are driven the same way: one native call per token with the
+argmax taken in Python, so the numbers compare the engines, not samplers.
+Runs alternate between the engines and the medians are reported, as these
+machines are noisy. llama-cpp-python is optional: without it only llmrt runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_generate import TEXT, read_bandwidth  # noqa: E402
+
+import llmrt  # noqa: E402
+
+
+def weight_bytes_per_token(m: llmrt.Model) -> int:
+    t = m._gguf.tensors
+    total = sum(v[3].nbytes for k, v in t.items() if k != "token_embd.weight")
+    # the output head reads its whole matrix; the embedding only one row
+    if "output.weight" not in t:
+        total += t["token_embd.weight"][3].nbytes
+    return total
+
+
+class LlmrtRunner:
+    name = "llmrt"
+
+    def __init__(self, path, threads, n_ctx):
+        self.m = llmrt.Model(path, threads=threads, context_length=n_ctx)
+        self.nat = self.m._native
+
+    def decode(self, prompt, n):
+        logits = self.nat.forward(np.asarray(prompt, np.int32), 0, False)
+        pos = len(prompt)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            tok = int(np.argmax(logits))
+            logits = self.nat.forward(np.asarray([tok], np.int32), pos, False)
+            pos += 1
+        return n / (time.perf_counter() - t0)
+
+    def prompt(self, ids):
+        t0 = time.perf_counter()
+        self.nat.forward(np.asarray(ids, np.int32), 0, False)
+        return len(ids) / (time.perf_counter() - t0)
+
+
+class LlamaCppRunner:
+    name = "llama.cpp"
+
+    def __init__(self, path, threads, n_ctx):
+        from llama_cpp import Llama
+        self.llm = Llama(path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
+                         n_batch=512, n_ubatch=512, verbose=False)
+
+    def decode(self, prompt, n):
+        llm = self.llm
+        llm.reset()
+        llm.eval(prompt)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            llm.eval([tok])
+        return n / (time.perf_counter() - t0)
+
+    def prompt(self, ids):
+        self.llm.reset()
+        t0 = time.perf_counter()
+        self.llm.eval(ids)
+        return len(ids) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    a = ap.parse_args()
+    path = a.model or llmrt.default_model_path()
+    n_ctx = 1024
+
+    runners = [LlmrtRunner(path, a.threads, n_ctx)]
+    try:
+        runners.append(LlamaCppRunner(path, a.threads, n_ctx))
+    except ImportError:
+        print("llama-cpp-python not installed: llmrt only")
+    tok = runners[0].m
+    short = tok.tokenize("The capital of France is")
+    long_ids = tok.tokenize(TEXT * 64, add_special=False)[: a.prompt_tokens]
+    per_token = weight_bytes_per_token(tok)
+
+    res = {r.name: {"decode": [], "prompt": []} for r in runners}
+    for r in runners:  # warm-up
+        r.decode(short, 8)
+        r.prompt(long_ids[:64])
+    for _ in range(a.runs):
+        for r in runners:
+            res[r.name]["decode"].append(r.decode(short, a.decode_tokens))
+            res[r.name]["prompt"].append(r.prompt(long_ids))
+    bw = read_bandwidth(a.threads)
+
+    print(f"model {os.path.basename(path)}, {a.threads} threads, llmrt {llmrt.__version__} "
+          f"({llmrt.build_info()['cpu_isa']}), {per_token / 1e6:.1f} MB of weights per token, "
+          f"measured read bandwidth {bw:.1f} GB/s (bound {bw * 1e9 / per_token:.0f} tok/s)")
+    med = {n: {k: statistics.median(v) for k, v in d.items()} for n, d in res.items()}
+    for name, d in med.items():
+        runs = res[name]
+        print(f"{name:10s} decode {d['decode']:7.1f} tok/s ({d['decode'] * per_token / 1e9:5.1f} GB/s, "
+              f"{100 * d['decode'] * per_token / 1e9 / bw:3.0f}% of measured)   "
+              f"prompt {d['prompt']:7.1f} tok/s   "
+              f"[decode runs {' '.join(f'{x:.0f}' for x in runs['decode'])}; "
+              f"prompt runs {' '.join(f'{x:.0f}' for x in runs['prompt'])}]")
+    if len(med) == 2:
+        a_, b_ = med["llmrt"], med["llama.cpp"]
+        print(f"ratio llmrt/llama.cpp: decode {a_['decode'] / b_['decode']:.2f}x, "
+              f"prompt {a_['prompt'] / b_['prompt']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
