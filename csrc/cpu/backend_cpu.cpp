@@ -42,13 +42,13 @@ class CpuBackend final : public Backend {
     cpu::matmul_many(pool_, k_, jobs, count, x, n, act_, int8_);
   }
   void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override {
-    cpu::rmsnorm(pool_, x, w, n, dim, eps, y);
+    cpu::rmsnorm(pool_, k_, x, w, n, dim, eps, y);
   }
   void add_bias(float* y, const float* b, int n, int dim) override { cpu::add_bias(y, b, n, dim); }
   void add(float* y, const float* x, size_t count) override { cpu::add(y, x, count); }
   void swiglu(float* g, const float* u, size_t count) override { cpu::swiglu(pool_, k_, g, u, count); }
   void rope(float* x, int n, int n_heads, int head_dim, int pos0, const RopeParams& p) override {
-    cpu::rope(pool_, x, n, n_heads, head_dim, pos0, p);
+    cpu::rope(pool_, x, n, n_heads, head_dim, pos0, p, rope_);
   }
   void kv_write(KVCache& c, int layer, int pos0, int n, const float* k, const float* v) override {
     cpu::kv_write(c, layer, pos0, n, k, v);
@@ -63,6 +63,7 @@ class CpuBackend final : public Backend {
   const cpu::Kernels& k_;
   bool int8_;                  // quantize activations for the integer kernels
   cpu::ActBuffer act_;         // quantized activations, reused by every matmul
+  cpu::RopeTable rope_;        // cos / sin of the current chunk's positions
   std::vector<std::unique_ptr<uint8_t[]>> packed_;  // repacked weights
 };
 

@@ -6,15 +6,13 @@
 
 namespace llmrt::cpu {
 
-void rmsnorm(ThreadPool& pool, const float* x, const float* w, int n, int dim, float eps,
-             float* y) {
+void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w, int n, int dim,
+             float eps, float* y) {
   pool.parallel_for(n, 16, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* xt = x + t * dim;
+      const float inv = 1.f / std::sqrt(k.dot_f32(xt, xt, dim) / (float)dim + eps);
       float* yt = y + t * dim;
-      double ss = 0.0;
-      for (int i = 0; i < dim; ++i) ss += (double)xt[i] * xt[i];
-      const float inv = (float)(1.0 / std::sqrt(ss / dim + eps));
       for (int i = 0; i < dim; ++i) yt[i] = xt[i] * inv * w[i];
     }
   });
@@ -35,26 +33,48 @@ void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, si
   });
 }
 
-void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, int pos0,
-          const RopeParams& p) {
+// cos / sin of (pos0 + t) * inv_freq[i] for t < n, i < n_rot / 2, computed
+// once per forward chunk and reused by every layer's q and k.
+const RopeTable& rope_table(RopeTable& cache, int n, int pos0, const RopeParams& p) {
   const int half = p.n_rot / 2;
+  if (cache.n == n && cache.pos0 == pos0 && cache.half == half && cache.base == p.freq_base &&
+      cache.scale == p.pos_scale && cache.factors == p.freq_factors)
+    return cache;
   // inv_freq[i] = base^(-2i / n_rot) [/ freq_factors[i]], in float as the
-  // reference implementations compute it.
+  // reference implementations compute it
   std::vector<float> inv_freq(half);
   for (int i = 0; i < half; ++i) {
     float f = (float)(1.0 / std::pow((double)p.freq_base, (2.0 * i) / p.n_rot));
     if (p.freq_factors) f /= p.freq_factors[i];
     inv_freq[i] = f;
   }
-  pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
-    std::vector<float> cs(half), sn(half);
+  cache.cs.resize((size_t)n * half);
+  cache.sn.resize((size_t)n * half);
+  for (int t = 0; t < n; ++t) {
+    const float pos = (float)(pos0 + t) * p.pos_scale;
+    for (int i = 0; i < half; ++i) {
+      const float a = pos * inv_freq[i];
+      cache.cs[(size_t)t * half + i] = std::cos(a);
+      cache.sn[(size_t)t * half + i] = std::sin(a);
+    }
+  }
+  cache.n = n;
+  cache.pos0 = pos0;
+  cache.half = half;
+  cache.base = p.freq_base;
+  cache.scale = p.pos_scale;
+  cache.factors = p.freq_factors;
+  return cache;
+}
+
+void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, int pos0,
+          const RopeParams& p, RopeTable& cache) {
+  const int half = p.n_rot / 2;
+  const RopeTable& tab = rope_table(cache, n, pos0, p);
+  pool.parallel_for(n, 16, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
-      const float pos = (float)(pos0 + t) * p.pos_scale;
-      for (int i = 0; i < half; ++i) {
-        const float a = pos * inv_freq[i];
-        cs[i] = std::cos(a);
-        sn[i] = std::sin(a);
-      }
+      const float* cs = tab.cs.data() + (size_t)t * half;
+      const float* sn = tab.sn.data() + (size_t)t * half;
       for (int h = 0; h < n_heads; ++h) {
         float* v = x + ((size_t)t * n_heads + h) * head_dim;
         for (int i = 0; i < half; ++i) {

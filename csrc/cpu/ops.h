@@ -48,12 +48,19 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, int lay
                const float* q, int n, int pos0, int n_heads, float scale, float* out);
 
 // ---- elementwise.cpp ----
-void rmsnorm(ThreadPool& pool, const float* x, const float* w, int n, int dim, float eps,
-             float* y);
+void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w, int n, int dim,
+             float eps, float* y);
 void add_bias(float* y, const float* bias, int n, int dim);
 void add(float* y, const float* x, size_t count);
 void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count);
+// cos / sin table of a chunk's positions, kept between the layers' calls.
+struct RopeTable {
+  int n = -1, pos0 = -1, half = -1;
+  float base = 0.f, scale = 0.f;
+  const float* factors = nullptr;
+  std::vector<float> cs, sn;
+};
 void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, int pos0,
-          const RopeParams& p);
+          const RopeParams& p, RopeTable& cache);
 
 }  // namespace llmrt::cpu

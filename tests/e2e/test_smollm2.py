@@ -21,8 +21,12 @@ REF = json.load(open(os.path.join(DATA, "smollm2_reference.json"), encoding="utf
 # Golden greedy continuation of "The capital of France is" (ids), temperature 0.
 GOLDEN_PROMPT = "The capital of France is"
 GOLDEN_IDS_F32 = REF["prompts"][0]["greedy"][:16]  # = the transformers reference
-# int8 activations (default): " Paris.\n\nThe United States has a population of approximately 311"
-GOLDEN_IDS_INT8 = [7042, 30, 198, 198, 504, 1797, 1918, 553, 253, 2155, 282, 4723, 216, 35, 33, 33]
+# int8 activations (default): " Paris.\n\nThe United States has a population of approximately 321"
+# (the same with the generic and AVX2 kernels). A kernel change that moves
+# float rounding can flip an 8-bit rounding and so a late digit here: if the
+# statistical test below still passes, such a change is legitimate and this
+# list is updated with it.
+GOLDEN_IDS_INT8 = [7042, 30, 198, 198, 504, 1797, 1918, 553, 253, 2155, 282, 4723, 216, 35, 34, 33]
 
 
 def test_golden_greedy_tokens_f32(smollm2_f32):
