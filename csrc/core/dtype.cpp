@@ -15,6 +15,7 @@ const char* dtype_name(DType t) {
     case DType::Q6_K: return "Q6_K";
     case DType::Q4_0R: return "Q4_0R";
     case DType::Q4_1R: return "Q4_1R";
+    case DType::Q8_0R: return "Q8_0R";
   }
   return "unknown";
 }

@@ -29,6 +29,9 @@ enum class DType : uint32_t {
   // (high nibble). Rows need an even number of blocks; same size as the source.
   Q4_0R = 40,
   Q4_1R = 41,
+  // Q8_0 regrouped: [8 fp16 d][8 x 32 int8] per 8 blocks, then the remaining
+  // blocks as stored ([d][32 int8] each); same size as the source.
+  Q8_0R = 42,
 };
 
 constexpr int kQK = 32;   // weights per block of the 32-wide formats
@@ -108,7 +111,7 @@ static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block is 34 bytes");
 constexpr int block_elems(DType t) {
   switch (t) {
     case DType::Q4_0: case DType::Q4_1: case DType::Q8_0: return kQK;
-    case DType::Q4_0R: case DType::Q4_1R: return kQK;
+    case DType::Q4_0R: case DType::Q4_1R: case DType::Q8_0R: return kQK;
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return kQKK;
     default: return 1;
   }
@@ -117,7 +120,8 @@ constexpr int block_elems(DType t) {
 // activations quantized to 8 bits (QActs); the float types use float FMA.
 constexpr bool int8_dot(DType t) {
   return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::Q4_K ||
-         t == DType::Q5_K || t == DType::Q6_K || t == DType::Q4_0R || t == DType::Q4_1R;
+         t == DType::Q5_K || t == DType::Q6_K || t == DType::Q4_0R || t == DType::Q4_1R ||
+         t == DType::Q8_0R;
 }
 constexpr size_t block_bytes(DType t) {
   switch (t) {
@@ -132,6 +136,7 @@ constexpr size_t block_bytes(DType t) {
     case DType::Q6_K: return sizeof(BlockQ6_K);
     case DType::Q4_0R: return sizeof(BlockQ4_0);
     case DType::Q4_1R: return sizeof(BlockQ4_1);
+    case DType::Q8_0R: return sizeof(BlockQ8_0);
   }
   return 0;
 }

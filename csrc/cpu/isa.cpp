@@ -89,28 +89,41 @@ const char* isa_name(Isa isa) {
   return "?";
 }
 
-static const Kernels* compiled(Isa isa) {
+static bool compiled_in(Isa isa) {
   switch (isa) {
-    case Isa::Generic: return kernels_generic();
+    case Isa::Generic: return true;
+#if defined(LLMRT_HAVE_AVX2)
+    case Isa::Avx2: return true;
+#endif
+#if defined(LLMRT_HAVE_AVX512)
+    case Isa::Avx512: return true;
+#endif
+    default: return false;
+  }
+}
+
+// Only called once the CPU is known to run the variant: building a table runs
+// code compiled for that ISA.
+static const Kernels* table_of(Isa isa) {
+  switch (isa) {
 #if defined(LLMRT_HAVE_AVX2)
     case Isa::Avx2: return kernels_avx2();
 #endif
 #if defined(LLMRT_HAVE_AVX512)
     case Isa::Avx512: return kernels_avx512();
 #endif
-    default: break;
+    default: return kernels_generic();
   }
-  return nullptr;
 }
 
 const Kernels* kernels_for(Isa isa) {
-  const Kernels* k = compiled(isa);
-  if (!k) throw std::runtime_error(std::string("CPU kernels for '") + isa_name(isa) +
-                                   "' were not compiled into this build");
+  if (!compiled_in(isa))
+    throw std::runtime_error(std::string("CPU kernels for '") + isa_name(isa) +
+                             "' were not compiled into this build");
   if (!cpu_supports(isa))
     throw std::runtime_error(std::string("this CPU cannot run the '") + isa_name(isa) +
                              "' kernels (missing instructions or OS support)");
-  return k;
+  return table_of(isa);
 }
 
 Isa select_isa_from_env() {
@@ -126,7 +139,7 @@ Isa select_isa_from_env() {
     throw std::runtime_error("LLMRT_ISA='" + s + "' is not one of generic, avx2, avx512");
   }
   for (Isa isa : {Isa::Avx512, Isa::Avx2})
-    if (compiled(isa) && cpu_supports(isa)) return isa;
+    if (compiled_in(isa) && cpu_supports(isa)) return isa;
   return Isa::Generic;
 }
 

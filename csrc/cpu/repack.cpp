@@ -1,4 +1,4 @@
-// Load-time repacking of Q4_0 / Q4_1 weights into the layouts the integer
+// Load-time repacking of Q4_0 / Q4_1 / Q8_0 weights into the layouts the integer
 // kernels read fastest (DType::Q4_0R / Q4_1R, described in core/dtype.h).
 // Same size as the source; the copy replaces the file's bytes for the
 // model's lifetime.
@@ -10,6 +10,7 @@
 namespace llmrt::cpu {
 
 bool can_repack(const WeightView& w) {
+  if (w.type == DType::Q8_0) return true;
   return (w.type == DType::Q4_0 || w.type == DType::Q4_1) && (w.cols / kQK) % 2 == 0;
 }
 
@@ -52,19 +53,39 @@ void repack_row(const uint8_t* src, uint8_t* dst, int64_t nb, bool has_m) {
   }
 }
 
+void repack_row_q8(const uint8_t* src, uint8_t* dst, int64_t nb) {
+  const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(src);
+  const int64_t groups = nb / 8;
+  for (int64_t g = 0; g < groups; ++g) {
+    uint8_t* base = dst + g * 8 * sizeof(BlockQ8_0);
+    for (int i = 0; i < 8; ++i) {
+      std::memcpy(base + 2 * i, &b[8 * g + i].d, 2);
+      std::memcpy(base + 16 + kQK * i, b[8 * g + i].qs, kQK);
+    }
+  }
+  const size_t done = (size_t)groups * 8 * sizeof(BlockQ8_0);
+  std::memcpy(dst + done, src + done, (size_t)(nb - groups * 8) * sizeof(BlockQ8_0));
+}
+
 }  // namespace
 
 WeightView repack(ThreadPool& pool, const WeightView& w, std::unique_ptr<uint8_t[]>& storage) {
+  const bool q8 = w.type == DType::Q8_0;
   const bool has_m = w.type == DType::Q4_1;
   const size_t stride = w.row_stride();
   storage.reset(new uint8_t[stride * (size_t)w.rows]);
   uint8_t* out = storage.get();
   const int64_t nb = w.cols / kQK;
   pool.parallel_for(w.rows, 64, [&](int64_t b, int64_t e) {
-    for (int64_t r = b; r < e; ++r) repack_row(w.row(r), out + r * stride, nb, has_m);
+    for (int64_t r = b; r < e; ++r) {
+      if (q8)
+        repack_row_q8(w.row(r), out + r * stride, nb);
+      else
+        repack_row(w.row(r), out + r * stride, nb, has_m);
+    }
   });
   WeightView v = w;
-  v.type = has_m ? DType::Q4_1R : DType::Q4_0R;
+  v.type = q8 ? DType::Q8_0R : has_m ? DType::Q4_1R : DType::Q4_0R;
   v.data = out;
   return v;
 }

@@ -63,7 +63,9 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
   if (!w_.output_norm) throw std::invalid_argument("output_norm missing");
 
   // Matmul weights in the backend's preferred layout. The token embedding is
-  // left as stored (rows are looked up by id), and so is a tied output head.
+  // left as stored for row lookups; a tied output head gets its own copy when
+  // the backend wants another layout (the lookups then touch only the rows
+  // they need).
   auto prep = [&](WeightView& v) {
     const WeightView p = backend_->prepare_weight(v);
     if (p.data != v.data) replaced_.push_back(v.data);
@@ -71,7 +73,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
   };
   for (auto& L : w_.layers)
     for (WeightView* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) prep(*v);
-  if (w_.output.data != w_.tok_embd.data) prep(w_.output);
+  prep(w_.output);
 }
 
 LlamaModel::~LlamaModel() = default;

@@ -4,5 +4,10 @@
 #include "cpu/arch/kernels_impl.inc"
 
 namespace llmrt::cpu {
-const Kernels* kernels_avx2() { return &avx2::kTable; }
+// Built on first use, never at load time: code of this file may only run
+// once the CPU has been checked for the instructions it was compiled for.
+const Kernels* kernels_avx2() {
+  static const Kernels table = avx2::make_table();
+  return &table;
+}
 }  // namespace llmrt::cpu

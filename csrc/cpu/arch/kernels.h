@@ -16,7 +16,7 @@ namespace llmrt::cpu {
 enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
 
 // Number of DType slots in the per-type tables (max GGUF id we index + 1).
-constexpr int kDTypeSlots = 42;
+constexpr int kDTypeSlots = 43;
 
 using VecDotFn = float (*)(const void* row, const float* x, int64_t n);
 using DequantFn = void (*)(const void* row, float* out, int64_t n);
