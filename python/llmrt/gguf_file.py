@@ -159,6 +159,24 @@ class GGUFFile:
                                  f"aligned to {align}")
             info.offset += self.data_start
 
+    def release(self, views: list) -> None:
+        """Tell the OS these tensor views will not be read again: their pages
+        leave the resident set (they are file-backed, so nothing is lost; a
+        later read would fault them in again). Views that are not part of this
+        map (converted copies) are skipped."""
+        if not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        base = self.buf.ctypes.data
+        page = mmap.PAGESIZE
+        for v in views:
+            start = v.ctypes.data - base
+            if start < 0 or start + v.nbytes > self.size:
+                continue
+            lo = (start + page - 1) // page * page  # whole pages inside the view
+            hi = (start + v.nbytes) // page * page
+            if hi > lo:
+                self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
     def tensor_bytes(self, info: TensorInfo, nbytes: int) -> np.ndarray:
         """The nbytes of a tensor's data as a uint8 view, checked against the file."""
         if info.offset + nbytes > self.size:

@@ -114,6 +114,9 @@ class Model:
         self.activations = activations
         self._native = _core.LlamaModel(cfg, g.tensors, threads, activations == "int8")
         self._gguf = g  # keeps the memory map alive
+        # Tensors the backend copied into its own layout are not read from the
+        # file again: drop their pages from this process's resident set.
+        g.reader.release([g.tensors[n][3] for n in self._native.replaced_tensors])
         self._cached: list[int] = []  # tokens whose keys/values sit in the cache
         self._stop_ids = self._end_tokens()
 
