@@ -37,26 +37,29 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, int lay
   const int64_t head_blocks = n_heads / heads_per_task;
   if ((int64_t)tokens_per_task * heads_per_task > kMaxRows)
     throw std::invalid_argument("attention: GQA group too large");
-  pool.parallel_for(token_blocks * head_blocks, 1, [&](int64_t b, int64_t e) {
+  // One task per (token block, head block), handed out latest tokens first:
+  // causal rows get longer with the position, so the big tasks go first and
+  // the small ones even out the threads at the end.
+  const int64_t n_tasks = token_blocks * head_blocks;
+  pool.run((int)n_tasks, [&](int task_index) {
+    const int64_t task = n_tasks - 1 - task_index;
     const float* qr[kMaxRows];
     float* orow[kMaxRows];
     int nk[kMaxRows];
-    for (int64_t task = b; task < e; ++task) {
-      const int t0 = (int)(task / head_blocks) * tokens_per_task;
-      const int h0 = (int)(task % head_blocks) * heads_per_task;
-      const int t1 = std::min(n, t0 + tokens_per_task);
-      int rows = 0;
-      for (int t = t0; t < t1; ++t)
-        for (int h = h0; h < h0 + heads_per_task; ++h, ++rows) {
-          qr[rows] = q + ((size_t)t * n_heads + h) * hd;
-          orow[rows] = out + ((size_t)t * n_heads + h) * hd;
-          nk[rows] = pos0 + t + 1;  // causal: keys at positions <= the query's
-        }
-      const int kvh = h0 / group;
-      AttnBlock a{qr, orow, nk, rows, cache.k(layer, 0) + (size_t)kvh * hd,
-                  cache.v(layer, 0) + (size_t)kvh * hd, kv_stride, hd, scale};
-      k.attention_block(a);
-    }
+    const int t0 = (int)(task / head_blocks) * tokens_per_task;
+    const int h0 = (int)(task % head_blocks) * heads_per_task;
+    const int t1 = std::min(n, t0 + tokens_per_task);
+    int rows = 0;
+    for (int t = t0; t < t1; ++t)
+      for (int h = h0; h < h0 + heads_per_task; ++h, ++rows) {
+        qr[rows] = q + ((size_t)t * n_heads + h) * hd;
+        orow[rows] = out + ((size_t)t * n_heads + h) * hd;
+        nk[rows] = pos0 + t + 1;  // causal: keys at positions <= the query's
+      }
+    const int kvh = h0 / group;
+    AttnBlock a{qr, orow, nk, rows, cache.k(layer, 0) + (size_t)kvh * hd,
+                cache.v(layer, 0) + (size_t)kvh * hd, kv_stride, hd, scale};
+    k.attention_block(a);
   });
 }
 
