@@ -37,7 +37,9 @@ class ThreadPool {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
     int64_t max_tasks = (n + grain - 1) / grain;
-    int64_t n_tasks = std::min<int64_t>(max_tasks, (int64_t)n_threads_ * 4);
+    // 8 tasks a thread: dynamic hand-out keeps the threads within a small
+    // task of each other at the end of a region
+    int64_t n_tasks = std::min<int64_t>(max_tasks, (int64_t)n_threads_ * 8);
     if (n_threads_ == 1 || n_tasks <= 1) {
       fn(int64_t(0), n);
       return;

@@ -20,9 +20,8 @@ void kv_write(KVCache& cache, int layer, int pos0, int n, const float* k, const 
 // q (n, n_heads, hd) -> out (n, n_heads, hd)
 //
 // Work is split so that query rows sharing a kv head run together, reading
-// each key and value once for all of them: during a prompt, (kv head, block
-// of kTokens tokens) with the GQA group's heads; for a single token, one task
-// per head so every thread has work.
+// each key and value once for all of them: one task per (kv head, block of
+// kTokens tokens) with the GQA group's heads (one token when decoding).
 void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, int layer,
                const float* q, int n, int pos0, int n_heads, float scale, float* out) {
   const int hd = cache.head_dim();
@@ -32,7 +31,7 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, int lay
   constexpr int kTokens = 8;
   constexpr int kMaxRows = 8 * 64;  // query rows of one task: tokens x GQA group
   const int tokens_per_task = n == 1 ? 1 : kTokens;
-  const int heads_per_task = n == 1 ? 1 : group;
+  const int heads_per_task = group;
   const int64_t token_blocks = (n + tokens_per_task - 1) / tokens_per_task;
   const int64_t head_blocks = n_heads / heads_per_task;
   if ((int64_t)tokens_per_task * heads_per_task > kMaxRows)
