@@ -26,7 +26,7 @@ namespace {
 // Rows [r0, r1) of one job: y[t * rows + r] for every token t.
 void rows_int8(const Kernels& k, const WeightView& w, const QActs& x, int n, float* y,
                int64_t r0, int64_t r1) {
-  if (n == 1) {
+  if (n == 1) {  // decode: one row at a time, several blocks in flight
     VecDotQFn dot = k.vec_dot_q[(int)w.type];
     for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), x.qs, x.d, x.s, x.n);
     return;
