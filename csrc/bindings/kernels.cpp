@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 
 #include <stdexcept>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -152,7 +153,13 @@ void bind_kernels(py::module_& m) {
           const int64_t n = x.shape(0), nb = n / kQK;
           py::array_t<float> d(nb), s(nb);
           py::array_t<int8_t> qs({nb, (int64_t)kQK});
-          kernels(isa).quantize_act(x.data(), qs.mutable_data(), d.mutable_data(), s.mutable_data(), n);
+          std::vector<int8_t> q2((size_t)(2 * n));  // values, then absolute values
+          kernels(isa).quantize_act(x.data(), q2.data(), d.mutable_data(), s.mutable_data(), n);
+          for (int64_t i = 0; i < n; ++i) {
+            if (q2[(size_t)(n + i)] != (q2[(size_t)i] < 0 ? -q2[(size_t)i] : q2[(size_t)i]))
+              throw std::logic_error("quantize_act: absolute values inconsistent");
+          }
+          std::memcpy(qs.mutable_data(), q2.data(), (size_t)n);
           return py::make_tuple(d, s, qs);
         },
         py::arg("x"), py::arg("isa") = "",

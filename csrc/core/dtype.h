@@ -87,15 +87,16 @@ struct BlockQ6_K {
 #pragma pack(pop)
 
 // Activations quantized on the fly for the integer dot products, per row of
-// n values: qs (n int8), and per block of 32: d (x ~= d * q) and
+// n values: qs (n int8, followed by their n absolute values, which the
+// kernels of signed weights use), and per block of 32: d (x ~= d * q) and
 // s = d * sum(q) (for the formats with an offset). Rows of a batch follow
-// each other in each array.
+// each other in each array (qs rows are 2n bytes apart).
 struct QActs {
   const int8_t* qs;
   const float* d;
   const float* s;
   int64_t n;  // values per row
-  const int8_t* row_qs(int64_t t) const { return qs + t * n; }
+  const int8_t* row_qs(int64_t t) const { return qs + t * 2 * n; }
   const float* row_d(int64_t t) const { return d + t * (n / kQK); }
   const float* row_s(int64_t t) const { return s + t * (n / kQK); }
 };

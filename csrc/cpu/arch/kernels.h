@@ -21,7 +21,8 @@ constexpr int kDTypeSlots = 43;
 using VecDotFn = float (*)(const void* row, const float* x, int64_t n);
 using DequantFn = void (*)(const void* row, float* out, int64_t n);
 // Integer-dot forms against activations quantized to 8 bits: one row of n
-// values as qs (n), d and s (n / 32 each), see QActs.
+// values as qs (2n: values, then absolute values), d and s (n / 32 each),
+// see QActs.
 using VecDotQFn = float (*)(const uint8_t* row, const int8_t* qs, const float* d, const float* s,
                             int64_t n);
 // Tile: y[t * y_stride + r] = W row r . X row t, for r < nr, t < nt; W rows are
@@ -50,7 +51,7 @@ struct Kernels {
   VecDotFn vec_dot[kDTypeSlots];
   // One quantized row of n elements -> n floats.
   DequantFn dequant[kDTypeSlots];
-  // x (n floats, n % 32 == 0) -> qs (n), d and s (n / 32)
+  // x (n floats, n % 32 == 0) -> qs (n, then |qs| in qs[n..2n)), d and s (n / 32)
   void (*quantize_act)(const float* x, int8_t* qs, float* d, float* s, int64_t n);
   // per weight type (those with int8_dot(type)); the tile kernel reads each
   // weight block once for all the tokens of the tile
