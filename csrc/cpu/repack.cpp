@@ -65,6 +65,15 @@ void repack_row_q8(const uint8_t* src, uint8_t* dst, int64_t nb) {
   }
   const size_t done = (size_t)groups * 8 * sizeof(BlockQ8_0);
   std::memcpy(dst + done, src + done, (size_t)(nb - groups * 8) * sizeof(BlockQ8_0));
+  // The kernels negate weights by the activation's sign; -128 has no int8
+  // negation. Quantizers emit [-127, 127]; a file holding -128 gets -127.
+  for (int64_t k = 0; k < nb; ++k) {
+    int8_t* q = k < groups * 8
+                    ? reinterpret_cast<int8_t*>(dst + (k / 8) * 8 * sizeof(BlockQ8_0) + 16 + kQK * (k % 8))
+                    : reinterpret_cast<BlockQ8_0*>(dst)[k].qs;
+    for (int j = 0; j < kQK; ++j)
+      if (q[j] == -128) q[j] = -127;
+  }
 }
 
 }  // namespace

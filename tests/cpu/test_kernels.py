@@ -142,3 +142,18 @@ def test_bad_kernel_arguments_raise():
         _core.matmul(2, raw, 2, 32, np.zeros((1, 32), np.float32), "sse9")
     with pytest.raises(ValueError, match="multiple of 32"):
         _core.quantize_act(np.zeros(33, np.float32))
+
+
+def test_q8_0_minus_128_is_read_as_minus_127():
+    # Quantizers emit [-127, 127]; the integer kernels negate weights by the
+    # activation's sign, so a file holding -128 is read as -127 there.
+    rows, cols = 3, 64
+    raw = np.zeros((rows, cols // 32, 34), np.uint8)
+    raw[..., 0:2] = np.frombuffer(np.float16(0.5).tobytes(), np.uint8)
+    q = np.full((rows, cols // 32, 32), -128, np.int8)
+    raw[..., 2:] = q.view(np.uint8)
+    raw = raw.reshape(rows, -1)
+    x = -np.abs(np.random.default_rng(0).standard_normal((2, cols))).astype(np.float32)
+    got = _core.matmul(8, raw, rows, cols, x)
+    ref = quantize_act_ref(x) @ np.full((rows, cols), -127 * 0.5).T
+    assert np.allclose(got, ref, rtol=1e-5)
