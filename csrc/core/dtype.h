@@ -147,6 +147,8 @@ inline bool dtype_supported(uint32_t raw) {
     case DType::Q4_0: case DType::Q4_1: case DType::Q8_0:
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
       return true;
+    case DType::Q4_0R: case DType::Q4_1R: case DType::Q8_0R:
+      return false;  // internal layouts, never valid in a file
   }
   return false;
 }

@@ -55,18 +55,28 @@ def test_dequantize_matches_numpy(isa, type_name, rows, cols):
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("int8", [True, False], ids=["int8", "f32"])
+# int8 with the layout a model uses (Q4_0 / Q4_1 / Q8_0 repacked), int8 on the
+# layout as stored in the file (the kernels for rows that are not repacked),
+# and float activations
+MODES = {"int8": (True, True), "int8-stored": (True, False), "f32": (False, False)}
+
+
+MATMUL_CASES = [(mode, *case) for mode in MODES for case in _cases()
+                if mode != "int8-stored" or case[0] in ("Q4_0", "Q4_1", "Q8_0")]
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n", [1, 2, 5, 9])
-@pytest.mark.parametrize("type_name,rows,cols", list(_cases()))
-def test_matmul_matches_numpy(isa, n, type_name, rows, cols, int8):
+@pytest.mark.parametrize("mode,type_name,rows,cols", MATMUL_CASES)
+def test_matmul_matches_numpy(isa, n, type_name, rows, cols, mode):
+    int8, repack = MODES[mode]
     rng = np.random.default_rng(rows * 7 + cols + n)
     raw, w = _weights(type_name, rows, cols, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     quantized = int8 and type_name in INT8_TYPES
     xr = quantize_act_ref(x) if quantized else x.astype(np.float64)
     ref = xr @ w.T
-    got = _core.matmul(TYPE_IDS[type_name], raw, rows, cols, x, isa, 1, int8)
+    got = _core.matmul(TYPE_IDS[type_name], raw, rows, cols, x, isa, 1, int8, repack)
     scale = np.sqrt(cols) * np.abs(w).max() * np.abs(x).max()
     assert np.abs(got - ref).max() <= REL_TOL * scale
 
