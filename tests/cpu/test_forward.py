@@ -61,9 +61,15 @@ def test_kquant_models(tmp_path, wtype, activations):
            n_head_kv=2, n_layer=1, activations=activations)
 
 
-@pytest.mark.parametrize("n_head,n_head_kv", [(3, 3), (6, 2), (4, 1)])
-def test_gqa_ratios(tmp_path, n_head, n_head_kv):
-    _check(tmp_path, n_head=n_head, n_head_kv=n_head_kv, n_embd=96, wtype="Q8_0")
+@pytest.mark.parametrize("activations", ["int8", "f32"])
+@pytest.mark.parametrize("n_head,n_head_kv", [(3, 3), (4, 2), (6, 2), (4, 1)])
+@pytest.mark.parametrize("head_dim", [None, 32, 64])
+def test_gqa_ratios(tmp_path, n_head, n_head_kv, head_dim, activations):
+    # head_dim 32 / 64: the vectorized attention (groups of 1, 2 and 3 rows
+    # sharing keys); None gives 96 / n_head, partly the plain kernel. 70
+    # tokens: more than one 64-key chunk.
+    _check(tmp_path, n_head=n_head, n_head_kv=n_head_kv, n_embd=96, head_dim=head_dim,
+           wtype="Q8_0", n_tokens=70, activations=activations)
 
 
 def test_odd_sizes_float_weights(tmp_path):
