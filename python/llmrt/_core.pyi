@@ -13,7 +13,8 @@ def matmul(type: int, data: npt.NDArray[np.uint8], rows: int, cols: int,
            x: npt.NDArray[np.float32], isa: str = "", threads: int = 1,
            int8_activations: bool = True, repack: bool = True) -> npt.NDArray[np.float32]: ...
 def quantize_act(x: npt.NDArray[np.float32], isa: str = "") -> tuple[
-    npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int8]]: ...
+    npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int8],
+    npt.NDArray[np.int8]]: ...
 
 class PreparedMatmul:
     def __init__(self, type: int, data: npt.NDArray[np.uint8], rows: int, cols: int,

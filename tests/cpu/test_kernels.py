@@ -101,7 +101,8 @@ def test_quantize_act_matches_rule(isa):
     x = rng.standard_normal(32 * 37).astype(np.float32) * rng.random(32 * 37).astype(np.float32) * 5
     x[:32] = 0.0  # an all-zero block: d = 0, q = 0
     x[32:64] = 0.5  # exact .5 steps after scaling: round half to even
-    d, s, qs = _core.quantize_act(x, isa)
+    d, s, qs, qa = _core.quantize_act(x, isa)
+    np.testing.assert_array_equal(qa, np.abs(qs))
     b = x.reshape(-1, 32)
     amax = np.abs(b).max(axis=1)
     np.testing.assert_array_equal(d, amax / np.float32(127))
