@@ -27,6 +27,16 @@ TEXT = ("The history of the city begins in antiquity, when traders settled on th
         "Over the centuries it grew into a centre of commerce, learning and the arts. ")
 
 
+def weight_bytes_per_token(m: llmrt.Model) -> int:
+    """Weight bytes one decode step reads: every matrix once, the embedding
+    table one row (but all of it when it is also the output head)."""
+    t = m._gguf.tensors
+    total = sum(v[3].nbytes for k, v in t.items() if k != "token_embd.weight")
+    if "output.weight" not in t:
+        total += t["token_embd.weight"][3].nbytes
+    return total
+
+
 def read_bandwidth(threads: int, mb: int = 512) -> float:
     """GB/s of summing a buffer much larger than the caches, split over threads."""
     a = np.ones(mb * 1024 * 1024 // 8, dtype=np.float64)
@@ -50,11 +60,7 @@ def main() -> None:
     a = ap.parse_args()
 
     m = llmrt.Model(a.model, threads=a.threads)
-    weight_bytes = sum(t[3].nbytes for t in m._gguf.tensors.values())
-    if "output.weight" not in m._gguf.tensors:
-        weight_bytes += m._gguf.tensors["token_embd.weight"][3].nbytes  # tied: read as the head
-    emb = m._gguf.tensors["token_embd.weight"][3].nbytes
-    per_token = weight_bytes - emb  # the embedding table is read one row per token
+    per_token = weight_bytes_per_token(m)
     print(f"model: {os.path.basename(m.path)}  {m!r}")
     print(f"build: {llmrt.build_info()}")
 

@@ -22,18 +22,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_generate import TEXT, read_bandwidth  # noqa: E402
+from bench_generate import TEXT, read_bandwidth, weight_bytes_per_token  # noqa: E402
 
 import llmrt  # noqa: E402
-
-
-def weight_bytes_per_token(m: llmrt.Model) -> int:
-    t = m._gguf.tensors
-    total = sum(v[3].nbytes for k, v in t.items() if k != "token_embd.weight")
-    # the output head reads its whole matrix; the embedding only one row
-    if "output.weight" not in t:
-        total += t["token_embd.weight"][3].nbytes
-    return total
 
 
 class LlmrtRunner:
