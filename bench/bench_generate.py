@@ -68,7 +68,7 @@ def main() -> None:
     m.generate(short, max_new_tokens=8, ignore_eos=True)  # warm up
     dec = []
     for _ in range(a.runs):
-        m._cached = []
+        m.clear_prefix_cache()
         r = m.generate(short, max_new_tokens=a.decode_tokens, ignore_eos=True)
         dec.append(r.timings["decode_tokens_per_s"])
     long_ids = (m.tokenize(TEXT * 64, add_special=False))[: a.prompt_tokens]

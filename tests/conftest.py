@@ -26,4 +26,6 @@ def smollm2(default_model_path):
 @pytest.fixture(scope="session")
 def smollm2_f32(default_model_path):
     import llmrt
-    return llmrt.Model(default_model_path, threads=2, context_length=2048, activations="f32")
+    # float32 activations and cache: what the float32 reference computes
+    return llmrt.Model(default_model_path, threads=2, context_length=2048, activations="f32",
+                       kv_cache_dtype="f32")

@@ -256,11 +256,29 @@ def quantize_act_ref(x: np.ndarray) -> np.ndarray:
     return (q.astype(np.float64) * d.astype(np.float64)).reshape(shape)
 
 
-def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None) -> np.ndarray:
+def kv_round(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Keys / values (..., hd) as a KV cache of this dtype stores them."""
+    if dtype == "f32":
+        return x.astype(np.float32).astype(np.float64)
+    if dtype == "f16":
+        return x.astype(np.float32).astype(np.float16).astype(np.float64)
+    assert dtype == "q8_0"
+    b = x.astype(np.float32).reshape(*x.shape[:-1], -1, 32)
+    amax = np.abs(b).max(-1, keepdims=True)
+    d = amax / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d > 0, np.float32(1) / d, 0).astype(np.float32)
+    q = np.clip(np.rint(b * inv), -127, 127)
+    return (q * d.astype(np.float16).astype(np.float64)).reshape(x.shape)
+
+
+def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None,
+                     kv_dtype: str | None = None) -> np.ndarray:
     """softmax attention written out in full, float64: logits (n, vocab).
 
     types (tensor name -> type name) makes the inputs of matmuls whose weights
-    use an integer-dot type go through quantize_act_ref first, as llmrt does."""
+    use an integer-dot type go through quantize_act_ref first, as llmrt does;
+    kv_dtype rounds keys and values as a KV cache of that type stores them."""
     types = types or {}
 
     def mm(h, name):
@@ -284,6 +302,8 @@ def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None) -> n
         q = _rope(q.reshape(n, H, hd), pos, cfg["rope_base"], neox)
         k = _rope(k.reshape(n, KV, hd), pos, cfg["rope_base"], neox)
         v = v.reshape(n, KV, hd)
+        if kv_dtype is not None and kv_dtype != "f32":
+            k, v = kv_round(k, kv_dtype), kv_round(v, kv_dtype)
         out = np.empty((n, H, hd))
         for head in range(H):
             g = head // (H // KV)

@@ -4,6 +4,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <stdexcept>
 #include <cstring>
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "bindings/bindings.h"
 #include "core/dtype.h"
+#include "core/kv_cache.h"
 #include "core/threadpool.h"
 #include "cpu/arch/kernels.h"
 #include "cpu/ops.h"
@@ -86,7 +88,48 @@ WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& d
   return w;
 }
 
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// q (n, H, hd) against k, v (T, KV, hd), T >= n, the queries at the last n
+// positions: the keys and values are written into a paged cache of one layer
+// (block tables interleaved with another sequence's unless contiguous), and
+// the CPU attention runs over it.
+py::array_t<float> attention_paged(F32 q, F32 k, F32 v, int block_tokens,
+                                   const std::string& kv_type, const std::string& isa,
+                                   int threads, bool contiguous) {
+  if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
+    throw py::value_error("q, k, v must be 3-D");
+  const int n = (int)q.shape(0), H = (int)q.shape(1), hd = (int)q.shape(2);
+  const int T = (int)k.shape(0), KV = (int)k.shape(1);
+  if (k.shape(2) != hd || v.shape(0) != T || v.shape(1) != KV || v.shape(2) != hd)
+    throw py::value_error("k and v must both be (T, KV, hd)");
+  if (n < 1 || T < n || KV < 1 || H % KV != 0) throw py::value_error("bad shapes");
+  KVType t = kv_type == "f32" ? KVType::F32 : kv_type == "f16" ? KVType::F16 : KVType::Q8_0;
+  if (kv_type != "f32" && kv_type != "f16" && kv_type != "q8_0")
+    throw py::value_error("kv_type must be f32, f16 or q8_0");
+  const int nb = (T + block_tokens - 1) / block_tokens;
+  KVCache cache(1, KV, hd, block_tokens, 2 * nb, t, false);
+  const int seq = cache.create(), other = cache.create();
+  std::vector<int32_t> toks(block_tokens, 0);
+  for (int b = 0; b < nb; ++b) {
+    if (!contiguous) cache.append(other, toks.data(), block_tokens);
+    cache.append(seq, toks.data(), std::min(block_tokens, T - b * block_tokens));
+  }
+  const cpu::Kernels& kern = kernels(isa);
+  const int* table = cache.table(seq).data();
+  cpu::kv_write(kern, cache, table, 0, 0, T, k.data(), v.data());
+  py::array_t<float> out({n, H, hd});
+  ThreadPool pool(threads);
+  cpu::AttnScratch scr;
+  cpu::attention(pool, kern, cache, table, 0, q.data(), n, T - n, H,
+                 1.f / std::sqrt((float)hd), out.mutable_data(), scr);
+  return out;
+}
+
 void bind_kernels(py::module_& m) {
+  m.def("attention_paged", &attention_paged, py::arg("q"), py::arg("k"), py::arg("v"),
+        py::arg("block_tokens") = 32, py::arg("kv_type") = "f32", py::arg("isa") = "",
+        py::arg("threads") = 1, py::arg("contiguous") = false);
   py::class_<PreparedMatmul>(m, "PreparedMatmul")
       .def(py::init<uint32_t, Bytes, int64_t, int64_t, int, bool>(), py::arg("type"),
            py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("threads") = 1,

@@ -23,7 +23,8 @@ namespace {
 
 class PyLlamaModel {
  public:
-  PyLlamaModel(const py::dict& config, const py::dict& tensors, int threads, bool int8) {
+  PyLlamaModel(const py::dict& config, const py::dict& tensors, int threads, bool int8,
+               int kv_tokens, const std::string& kv_type, int block_tokens, bool prefix_caching) {
     if (threads < 1) throw py::value_error("threads must be >= 1");
     LlamaConfig c;
     auto geti = [&](const char* k) {
@@ -96,43 +97,121 @@ class PyLlamaModel {
       L.w_down = view(p + "ffn_down.weight", true);
       w.layers.push_back(L);
     }
+    CacheOptions co;
+    co.tokens = kv_tokens > 0 ? kv_tokens : c.n_ctx;
+    co.block_tokens = block_tokens;
+    co.prefix_caching = prefix_caching;
+    if (kv_type == "f16") co.type = KVType::F16;
+    else if (kv_type == "f32") co.type = KVType::F32;
+    else if (kv_type == "q8_0") co.type = KVType::Q8_0;
+    else throw py::value_error("kv_cache_dtype must be 'f16', 'f32' or 'q8_0', got '" + kv_type + "'");
     try {
-      model_ = std::make_unique<LlamaModel>(c, std::move(w), make_cpu_backend(threads, int8));
+      model_ = std::make_unique<LlamaModel>(c, std::move(w), make_cpu_backend(threads, int8), co);
     } catch (const std::invalid_argument& e) {
       throw py::value_error(e.what());
     }
+    default_seq_ = model_->cache().create();
   }
 
-  // tokens at positions [n_past, n_past + len) -> logits (len, vocab) or (vocab,)
+  // Appends tokens to a sequence (after truncating it to n_past when n_past
+  // >= 0) -> logits (len, vocab) or (vocab,).
   py::array_t<float> forward(py::array_t<int32_t, py::array::c_style | py::array::forcecast> tokens,
-                             int n_past, bool all_logits) {
+                             int n_past, bool all_logits, int seq) {
     if (tokens.ndim() != 1) throw py::value_error("tokens must be 1-D");
     const int n = (int)tokens.shape(0);
     if (n == 0) throw py::value_error("tokens is empty");
+    if (seq < 0) seq = default_seq_;
     const int V = model_->config().n_vocab;
     py::array_t<float> out = all_logits ? py::array_t<float>({(py::ssize_t)n, (py::ssize_t)V})
                                         : py::array_t<float>({(py::ssize_t)V});
     float* o = out.mutable_data();
     const int32_t* t = tokens.data();
-    std::string err;
     {
       py::gil_scoped_release nogil;
       std::lock_guard<std::mutex> lk(mu_);
+      KVCache& kv = model_->cache();
+      if (!kv.alive(seq)) throw py::value_error("no sequence " + std::to_string(seq));
+      if (n_past >= 0) {
+        if (n_past > kv.length(seq))
+          throw py::value_error("n_past " + std::to_string(n_past) + " is past the sequence's " +
+                                std::to_string(kv.length(seq)) + " positions");
+        kv.truncate(seq, n_past);
+      }
       try {
-        model_->forward(t, n, n_past, all_logits, o);
+        model_->forward(seq, t, n, all_logits, o);
       } catch (const std::out_of_range& e) {
-        err = e.what();
+        throw py::value_error(e.what());
       }
     }
-    if (!err.empty()) throw py::value_error(err);
     return out;
+  }
+
+  // ---- sequences of the KV cache ----
+  template <class F>
+  auto locked(F&& f) {
+    std::lock_guard<std::mutex> lk(mu_);
+    return f(model_->cache());
+  }
+  int new_sequence() { return locked([](KVCache& c) { return c.create(); }); }
+  void release_sequence(int seq) {
+    locked([&](KVCache& c) {
+      c.release(seq);
+      return 0;
+    });
+  }
+  int fork_sequence(int seq) { return locked([&](KVCache& c) { return c.fork(seq); }); }
+  int reuse_prefix(int seq, py::array_t<int32_t, py::array::c_style | py::array::forcecast> t) {
+    if (t.ndim() != 1) throw py::value_error("tokens must be 1-D");
+    return locked([&](KVCache& c) { return c.reuse_prefix(seq, t.data(), (int)t.shape(0)); });
+  }
+  void truncate(int seq, int n) {
+    locked([&](KVCache& c) {
+      c.truncate(seq, n);
+      return 0;
+    });
+  }
+  int seq_length(int seq) { return locked([&](KVCache& c) { return c.length(seq); }); }
+  std::vector<int32_t> seq_tokens(int seq) {
+    return locked([&](KVCache& c) { return c.tokens(seq); });
+  }
+  std::vector<int> block_table(int seq) { return locked([&](KVCache& c) { return c.table(seq); }); }
+  int blocks_needed(int seq, int n) { return locked([&](KVCache& c) { return c.blocks_needed(seq, n); }); }
+  int blocks_available() { return locked([](KVCache& c) { return c.blocks_available(); }); }
+  void clear_prefix_cache() {
+    locked([](KVCache& c) {
+      c.clear_prefix_cache();
+      return 0;
+    });
+  }
+  py::dict cache_stats() {
+    const KVCacheStats s = locked([](KVCache& c) { return c.stats(); });
+    const KVCache& c = model_->cache();
+    py::dict d;
+    d["tokens_computed"] = model_->tokens_computed();
+    d["hits"] = s.hits;
+    d["misses"] = s.misses;
+    d["tokens_reused"] = s.tokens_reused;
+    d["evictions"] = s.evictions;
+    d["copies"] = s.copies;
+    d["blocks_total"] = s.blocks_total;
+    d["blocks_in_use"] = s.blocks_in_use;
+    d["blocks_cached"] = s.blocks_cached;
+    d["blocks_free"] = s.blocks_free;
+    d["block_tokens"] = c.block_tokens();
+    d["block_bytes"] = c.block_bytes();
+    d["capacity_tokens"] = c.capacity_tokens();
+    d["pool_bytes"] = c.bytes();
+    d["dtype"] = std::string(kv_type_name(c.type()));
+    d["prefix_caching"] = c.prefix_caching();
+    return d;
   }
 
   int n_ctx() const { return model_->config().n_ctx; }
   int n_vocab() const { return model_->config().n_vocab; }
   int threads() { return model_->backend().threads(); }
   std::string backend_name() { return model_->backend().name(); }
-  size_t kv_cache_bytes() const { return model_->kv_cache_bytes(); }
+  size_t kv_cache_bytes() const { return model_->cache().bytes(); }
+  int default_sequence() const { return default_seq_; }
   void set_profiling(bool on) { model_->set_profiling(on); }
   py::dict profile() const {
     const double* p = model_->profile();
@@ -157,19 +236,42 @@ class PyLlamaModel {
   std::vector<py::object> keep_;  // numpy views the native weights point into
   std::map<const uint8_t*, std::string> names_;
   std::unique_ptr<LlamaModel> model_;
+  int default_seq_ = 0;  // the sequence forward() uses when none is named
   std::mutex mu_;
 };
 
 }  // namespace
 
 void bind_model(py::module_& m) {
+  py::register_exception<KVCacheFull>(m, "KVCacheFullError", PyExc_RuntimeError);
   py::class_<PyLlamaModel>(m, "LlamaModel")
-      .def(py::init<const py::dict&, const py::dict&, int, bool>(), py::arg("config"),
-           py::arg("tensors"), py::arg("threads"), py::arg("int8_activations") = true)
-      .def("forward", &PyLlamaModel::forward, py::arg("tokens"), py::arg("n_past"),
-           py::arg("all_logits") = false,
-           "Run tokens at positions [n_past, n_past + len); returns float32 logits, "
-           "(len, vocab) with all_logits else (vocab,) for the last token.")
+      .def(py::init<const py::dict&, const py::dict&, int, bool, int, const std::string&, int,
+                    bool>(),
+           py::arg("config"), py::arg("tensors"), py::arg("threads"),
+           py::arg("int8_activations") = true, py::arg("kv_tokens") = 0,
+           py::arg("kv_type") = "f16", py::arg("block_tokens") = 32,
+           py::arg("prefix_caching") = true)
+      .def("forward", &PyLlamaModel::forward, py::arg("tokens"), py::arg("n_past") = -1,
+           py::arg("all_logits") = false, py::arg("seq") = -1,
+           "Append tokens to a sequence of the KV cache (the default one unless seq is "
+           "given), first truncating it to n_past positions when n_past >= 0; returns "
+           "float32 logits, (len, vocab) with all_logits else (vocab,) for the last token.")
+      .def("new_sequence", &PyLlamaModel::new_sequence)
+      .def("release_sequence", &PyLlamaModel::release_sequence, py::arg("seq"))
+      .def("fork_sequence", &PyLlamaModel::fork_sequence, py::arg("seq"),
+           "A new sequence sharing seq's blocks, copied on write.")
+      .def("reuse_prefix", &PyLlamaModel::reuse_prefix, py::arg("seq"), py::arg("tokens"),
+           "Map the longest cached prefix of tokens onto an empty sequence; returns the "
+           "positions reused.")
+      .def("truncate", &PyLlamaModel::truncate, py::arg("seq"), py::arg("n"))
+      .def("seq_length", &PyLlamaModel::seq_length, py::arg("seq"))
+      .def("seq_tokens", &PyLlamaModel::seq_tokens, py::arg("seq"))
+      .def("block_table", &PyLlamaModel::block_table, py::arg("seq"))
+      .def("blocks_needed", &PyLlamaModel::blocks_needed, py::arg("seq"), py::arg("n_tokens"))
+      .def("blocks_available", &PyLlamaModel::blocks_available)
+      .def("clear_prefix_cache", &PyLlamaModel::clear_prefix_cache)
+      .def("cache_stats", &PyLlamaModel::cache_stats)
+      .def_property_readonly("default_sequence", &PyLlamaModel::default_sequence)
       .def_property_readonly("n_ctx", &PyLlamaModel::n_ctx)
       .def_property_readonly("n_vocab", &PyLlamaModel::n_vocab)
       .def_property_readonly("threads", &PyLlamaModel::threads)

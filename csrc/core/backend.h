@@ -66,14 +66,15 @@ class Backend {
   // Rotates x (n, n_heads, head_dim) in place; row t is at position pos0 + t.
   virtual void rope(float* x, int n, int n_heads, int head_dim, int pos0,
                     const RopeParams& p) = 0;
-  // Stores k, v (n, n_kv_heads, head_dim) at positions [pos0, pos0 + n) of a layer.
-  virtual void kv_write(KVCache& cache, int layer, int pos0, int n, const float* k,
-                        const float* v) = 0;
+  // Stores k, v (n, n_kv_heads, head_dim) at positions [pos0, pos0 + n) of a
+  // sequence of the cache whose block table is `table` (blocks allocated).
+  virtual void kv_write(KVCache& cache, const int* table, int layer, int pos0, int n,
+                        const float* k, const float* v) = 0;
   // out (n, n_heads, head_dim) = causal softmax(q k^T * scale) v, reading the
-  // layer's cache at positions [0, pos0 + t] for query row t. GQA: query head h
-  // reads kv head h / (n_heads / n_kv_heads).
-  virtual void attention(const KVCache& cache, int layer, const float* q, int n, int pos0,
-                         int n_heads, float scale, float* out) = 0;
+  // sequence's keys and values at positions [0, pos0 + t] for query row t.
+  // GQA: query head h reads kv head h / (n_heads / n_kv_heads).
+  virtual void attention(const KVCache& cache, const int* table, int layer, const float* q,
+                         int n, int pos0, int n_heads, float scale, float* out) = 0;
 };
 
 }  // namespace llmrt

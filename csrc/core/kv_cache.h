@@ -1,39 +1,155 @@
-// Key/value cache of one sequence: per layer, (n_ctx, n_kv_heads, head_dim)
-// float32 for keys and for values.
+// Paged key/value cache: a pool of fixed-size blocks shared by sequences.
 //
-// Pages are allocated untouched (no zero fill), so memory is committed only
-// as positions are written: a long context costs what the sequence uses.
+// Sections of the API:
+//   storage   - the pool: n_blocks blocks of block_tokens positions, each
+//               holding every layer's keys and values (F32, F16 or Q8_0 rows)
+//   sequences - create / release / fork; a sequence is a block table (its
+//               positions, block_tokens at a time) and its tokens
+//   writing   - append() makes room for new positions (allocating blocks,
+//               copying a shared last block first: copy-on-write) before the
+//               forward pass writes them; truncate() drops positions
+//   prefix    - full blocks are keyed by a hash of their tokens and of all
+//               the tokens before them; reuse_prefix() maps a new sequence's
+//               longest cached prefix onto those blocks. Blocks nobody
+//               references stay cached until the pool needs them back, least
+//               recently used first.
+//
+// Layout of block b: for each layer, block_tokens key rows then
+// block_tokens value rows; a row is one position's n_kv_heads x head_dim
+// values (Q8_0: head_dim / 32 blocks of 34 bytes per head).
+//
+// The pool is allocated once and its pages are committed as blocks are first
+// written, so an unused budget costs address space, not memory.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <list>
 #include <memory>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
 
 namespace llmrt {
 
+enum class KVType : int { F32 = 0, F16 = 1, Q8_0 = 2 };
+const char* kv_type_name(KVType t);
+
+// The pool has no room for a request (after evicting every cached block).
+class KVCacheFull : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct KVCacheStats {
+  int64_t hits = 0;           // full blocks reused from the prefix cache
+  int64_t misses = 0;         // full prompt blocks looked up and not found
+  int64_t tokens_reused = 0;  // positions not recomputed thanks to hits
+  int64_t evictions = 0;      // cached blocks reclaimed for new data
+  int64_t copies = 0;         // shared blocks copied before a write
+  int blocks_total = 0;
+  int blocks_in_use = 0;      // referenced by a sequence
+  int blocks_cached = 0;      // unreferenced, kept for the prefix cache
+  int blocks_free = 0;        // never written or reclaimed
+};
+
 class KVCache {
  public:
-  KVCache(int n_layer, int n_ctx, int n_kv_heads, int head_dim);
+  KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, int n_blocks, KVType type,
+          bool prefix_caching);
+  ~KVCache();
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
 
+  // ---- storage ----
   int n_layer() const { return n_layer_; }
-  int n_ctx() const { return n_ctx_; }
   int n_kv_heads() const { return n_kv_heads_; }
   int head_dim() const { return head_dim_; }
-  // Floats of one position (all kv heads).
-  size_t row_size() const { return (size_t)n_kv_heads_ * head_dim_; }
-  size_t bytes() const { return 2 * (size_t)n_layer_ * n_ctx_ * row_size() * sizeof(float); }
+  int block_tokens() const { return block_tokens_; }
+  int n_blocks() const { return n_blocks_; }
+  KVType type() const { return type_; }
+  bool prefix_caching() const { return prefix_caching_; }
+  size_t row_bytes() const { return row_bytes_; }      // one position, one layer, K or V
+  size_t block_bytes() const { return block_bytes_; }  // one block, all layers, K and V
+  size_t bytes() const { return block_bytes_ * (size_t)n_blocks_; }
+  int capacity_tokens() const { return n_blocks_ * block_tokens_; }
+  uint8_t* k_block(int block, int layer) const { return at(block, layer, 0); }
+  uint8_t* v_block(int block, int layer) const { return at(block, layer, 1); }
 
-  float* k(int layer, int pos) { return base(layer, pos, 0); }
-  float* v(int layer, int pos) { return base(layer, pos, 1); }
-  const float* k(int layer, int pos) const { return base(layer, pos, 0); }
-  const float* v(int layer, int pos) const { return base(layer, pos, 1); }
+  // ---- sequences ----
+  int create();
+  void release(int seq);
+  // A new sequence sharing all of seq's blocks (copied when either writes).
+  int fork(int seq);
+  bool alive(int seq) const;
+  int length(int seq) const { return (int)get(seq).tokens.size(); }
+  const std::vector<int32_t>& tokens(int seq) const { return get(seq).tokens; }
+  const std::vector<int>& table(int seq) const { return get(seq).table; }
+
+  // ---- writing ----
+  // Room for positions [length, length + n) with these tokens; the caller
+  // then writes their keys and values. Throws KVCacheFull (and changes
+  // nothing) when the blocks cannot be found.
+  void append(int seq, const int32_t* tokens, int n);
+  // Keeps the first n positions.
+  void truncate(int seq, int n);
+  // Offers the sequence's newly completed blocks to the prefix cache (call
+  // after their keys and values are written).
+  void commit(int seq);
+  // Blocks a sequence of n_tokens more positions would need right now, and
+  // how many the pool can provide (free + cached).
+  int blocks_needed(int seq, int n_tokens) const;
+  int blocks_available() const { return (int)free_.size() + (int)lru_.size(); }
+
+  // ---- prefix ----
+  // For an empty sequence: maps the longest cached prefix of tokens[0..n)
+  // onto cached blocks (whole blocks, leaving at least the last token to be
+  // computed) and returns the number of positions reused.
+  int reuse_prefix(int seq, const int32_t* tokens, int n);
+  // Drops every cached (unreferenced) block.
+  void clear_prefix_cache();
+  KVCacheStats stats() const;
 
  private:
-  float* base(int layer, int pos, int which) const {
-    return data_.get() + (((size_t)layer * 2 + which) * n_ctx_ + pos) * row_size();
+  struct Block {
+    int ref = 0;
+    bool hashed = false;  // registered in by_hash_ (its contents are final)
+    uint64_t hash = 0, parent = 0;
+    std::vector<int32_t> toks;  // the block's tokens, checked on every hit
+    std::list<int>::iterator lru;
+    bool in_lru = false;
+  };
+  struct Seq {
+    bool live = false;
+    std::vector<int> table;
+    std::vector<int32_t> tokens;
+    std::vector<uint64_t> hashes;  // chained hash of each full block
+  };
+
+  uint8_t* at(int block, int layer, int which) const {
+    return data_ + (size_t)block * block_bytes_ +
+           ((size_t)layer * 2 + which) * (size_t)block_tokens_ * row_bytes_;
   }
-  int n_layer_, n_ctx_, n_kv_heads_, head_dim_;
-  std::unique_ptr<float[]> data_;
+  const Seq& get(int seq) const;
+  Seq& get(int seq);
+  uint64_t block_hash(uint64_t parent, const int32_t* toks) const;
+  int take_block();
+  void unref(int block);
+  void drop_hash(int block);
+
+  int n_layer_, n_kv_heads_, head_dim_, block_tokens_, n_blocks_;
+  KVType type_;
+  bool prefix_caching_;
+  size_t row_bytes_, block_bytes_;
+  uint8_t* data_ = nullptr;
+  std::vector<Block> blocks_;
+  std::vector<int> free_;
+  std::list<int> lru_;  // front: least recently used
+  std::unordered_map<uint64_t, int> by_hash_;
+  std::vector<Seq> seqs_;
+  std::vector<int> free_seqs_;
+  KVCacheStats st_;
 };
 
 }  // namespace llmrt

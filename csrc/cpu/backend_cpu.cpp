@@ -50,12 +50,13 @@ class CpuBackend final : public Backend {
   void rope(float* x, int n, int n_heads, int head_dim, int pos0, const RopeParams& p) override {
     cpu::rope(pool_, x, n, n_heads, head_dim, pos0, p, rope_);
   }
-  void kv_write(KVCache& c, int layer, int pos0, int n, const float* k, const float* v) override {
-    cpu::kv_write(c, layer, pos0, n, k, v);
+  void kv_write(KVCache& c, const int* table, int layer, int pos0, int n, const float* k,
+                const float* v) override {
+    cpu::kv_write(k_, c, table, layer, pos0, n, k, v);
   }
-  void attention(const KVCache& c, int layer, const float* q, int n, int pos0, int n_heads,
-                 float scale, float* out) override {
-    cpu::attention(pool_, k_, c, layer, q, n, pos0, n_heads, scale, out);
+  void attention(const KVCache& c, const int* table, int layer, const float* q, int n, int pos0,
+                 int n_heads, float scale, float* out) override {
+    cpu::attention(pool_, k_, c, table, layer, q, n, pos0, n_heads, scale, out, attn_);
   }
 
  private:
@@ -64,6 +65,7 @@ class CpuBackend final : public Backend {
   bool int8_;                  // quantize activations for the integer kernels
   cpu::ActBuffer act_;         // quantized activations, reused by every matmul
   cpu::RopeTable rope_;        // cos / sin of the current chunk's positions
+  cpu::AttnScratch attn_;      // block pointers and split-KV partials
   std::vector<std::unique_ptr<uint8_t[]>> packed_;  // repacked weights
 };
 

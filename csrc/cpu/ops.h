@@ -43,9 +43,18 @@ bool can_repack(const WeightView& w);
 WeightView repack(ThreadPool& pool, const WeightView& w, std::unique_ptr<uint8_t[]>& storage);
 
 // ---- attention.cpp ----
-void kv_write(KVCache& cache, int layer, int pos0, int n, const float* k, const float* v);
-void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, int layer,
-               const float* q, int n, int pos0, int n_heads, float scale, float* out);
+// Stores k, v (n, kvd) at positions [pos0, pos0 + n) of a sequence whose
+// block table is `table`.
+void kv_write(const Kernels& k, KVCache& cache, const int* table, int layer, int pos0, int n,
+              const float* kx, const float* vx);
+// Buffers of attention(), reused across calls.
+struct AttnScratch {
+  std::vector<const uint8_t*> kp, vp;  // block pointers per kv head
+  std::vector<float> po, pm, pl;       // split-KV partials
+};
+void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const int* table,
+               int layer, const float* q, int n, int pos0, int n_heads, float scale, float* out,
+               AttnScratch& scr);
 
 // ---- elementwise.cpp ----
 void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w, int n, int dim,

@@ -33,12 +33,21 @@ struct LlamaModel::Scratch {
   }
 };
 
+namespace {
+int pool_blocks(const CacheOptions& o) {
+  if (o.tokens <= 0) throw std::invalid_argument("the KV cache needs at least one position");
+  if (o.block_tokens <= 0) throw std::invalid_argument("block_tokens must be positive");
+  return (o.tokens + o.block_tokens - 1) / o.block_tokens;
+}
+}  // namespace
+
 LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
-                       std::unique_ptr<Backend> backend)
+                       std::unique_ptr<Backend> backend, const CacheOptions& cache)
     : cfg_(cfg),
       w_(std::move(weights)),
       backend_(std::move(backend)),
-      kv_(cfg.n_layer, cfg.n_ctx, cfg.n_head_kv, cfg.head_dim) {
+      kv_(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cache.block_tokens, pool_blocks(cache),
+          cache.type, cache.prefix_caching) {
   const auto& c = cfg_;
   if (c.n_head <= 0 || c.n_head_kv <= 0 || c.n_head % c.n_head_kv != 0)
     throw std::invalid_argument("n_head must be a positive multiple of n_head_kv");
@@ -97,10 +106,10 @@ void LlamaModel::ensure_scratch(int n) {
   s_ = std::move(s);
 }
 
-void LlamaModel::forward(const int32_t* tokens, int n, int n_past, bool all_logits,
-                         float* logits) {
+void LlamaModel::forward(int seq, const int32_t* tokens, int n, bool all_logits, float* logits) {
   if (n <= 0) throw std::invalid_argument("forward: no tokens");
-  if (n_past < 0 || (int64_t)n_past + n > cfg_.n_ctx)
+  const int n_past = kv_.length(seq);
+  if ((int64_t)n_past + n > cfg_.n_ctx)
     throw std::out_of_range("forward: positions " + std::to_string(n_past) + ".." +
                             std::to_string((int64_t)n_past + n - 1) +
                             " exceed the context length " + std::to_string(cfg_.n_ctx));
@@ -109,17 +118,26 @@ void LlamaModel::forward(const int32_t* tokens, int n, int n_past, bool all_logi
       throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " +
                               std::to_string(i) + " is outside the vocabulary (size " +
                               std::to_string(cfg_.n_vocab) + ")");
-  for (int done = 0; done < n; done += kChunk) {
-    const int m = std::min(kChunk, n - done);
-    const bool last = done + m == n;
-    float* out = all_logits ? logits + (size_t)done * cfg_.n_vocab : (last ? logits : nullptr);
-    forward_chunk(tokens + done, m, n_past + done, all_logits, out);
+  kv_.append(seq, tokens, n);  // blocks for every new position (or KVCacheFull)
+  try {
+    const int* table = kv_.table(seq).data();
+    for (int done = 0; done < n; done += kChunk) {
+      const int m = std::min(kChunk, n - done);
+      const bool last = done + m == n;
+      float* out = all_logits ? logits + (size_t)done * cfg_.n_vocab : (last ? logits : nullptr);
+      forward_chunk(table, tokens + done, m, n_past + done, all_logits, out);
+    }
+  } catch (...) {
+    kv_.truncate(seq, n_past);
+    throw;
   }
+  kv_.commit(seq);
+  tokens_computed_ += n;
 }
 
 // One chunk of n tokens at positions [pos0, pos0 + n).
-void LlamaModel::forward_chunk(const int32_t* tokens, int n, int pos0, bool all_logits,
-                               float* logits) {
+void LlamaModel::forward_chunk(const int* table, const int32_t* tokens, int n, int pos0,
+                               bool all_logits, float* logits) {
   ensure_scratch(n);
   Backend& be = *backend_;
   Scratch& s = *s_;
@@ -155,9 +173,9 @@ void LlamaModel::forward_chunk(const int32_t* tokens, int n, int pos0, bool all_
     if (L.bv) be.add_bias(s.v, L.bv, n, kvd);
     be.rope(s.q, n, c.n_head, hd, pos0, c.rope);
     be.rope(s.k, n, c.n_head_kv, hd, pos0, c.rope);
-    be.kv_write(kv_, l, pos0, n, s.k, s.v);
+    be.kv_write(kv_, table, l, pos0, n, s.k, s.v);
     mark(kStageOther);
-    be.attention(kv_, l, s.q, n, pos0, c.n_head, att_scale, s.att);  // (n, qd)
+    be.attention(kv_, table, l, s.q, n, pos0, c.n_head, att_scale, s.att);  // (n, qd)
     mark(kStageAttention);
     be.matmul(L.wo, s.att, n, s.xn);                                  // (n, D)
     mark(kStageMatmul);

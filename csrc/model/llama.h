@@ -22,9 +22,17 @@ struct LlamaConfig {
   int n_head_kv = 0;
   int head_dim = 0;
   int n_ff = 0;
-  int n_ctx = 0;  // KV cache positions
+  int n_ctx = 0;  // positions of one sequence
   float rms_eps = 1e-5f;
   RopeParams rope;
+};
+
+// The paged KV cache's shape (see core/kv_cache.h).
+struct CacheOptions {
+  int tokens = 0;  // pool capacity in positions (rounded up to whole blocks)
+  KVType type = KVType::F16;
+  int block_tokens = 32;
+  bool prefix_caching = true;
 };
 
 struct LayerWeights {
@@ -48,7 +56,8 @@ class LlamaModel {
  public:
   // Shapes must have been validated by the loader; the constructor checks
   // them again (cheaply) and throws std::invalid_argument on a mismatch.
-  LlamaModel(const LlamaConfig& cfg, LlamaWeights weights, std::unique_ptr<Backend> backend);
+  LlamaModel(const LlamaConfig& cfg, LlamaWeights weights, std::unique_ptr<Backend> backend,
+             const CacheOptions& cache);
   ~LlamaModel();
 
   const LlamaConfig& config() const { return cfg_; }
@@ -56,13 +65,17 @@ class LlamaModel {
   // pages are no longer read).
   const std::vector<const uint8_t*>& replaced_weights() const { return replaced_; }
   Backend& backend() { return *backend_; }
-  size_t kv_cache_bytes() const { return kv_.bytes(); }
+  KVCache& cache() { return kv_; }
+  // Positions run through forward() so far (prompt and decode).
+  int64_t tokens_computed() const { return tokens_computed_; }
+  const KVCache& cache() const { return kv_; }
 
-  // Runs tokens[0..n) at positions [n_past, n_past + n), writing their keys
-  // and values into the cache. logits receives (n, n_vocab) when all_logits,
-  // else (n_vocab,) for the last token. Throws std::out_of_range when a token
-  // id is outside the vocabulary or the positions exceed n_ctx.
-  void forward(const int32_t* tokens, int n, int n_past, bool all_logits, float* logits);
+  // Appends tokens[0..n) to sequence seq of the cache (positions [len, len +
+  // n)), writing their keys and values. logits receives (n, n_vocab) when
+  // all_logits, else (n_vocab,) for the last token. Throws std::out_of_range
+  // when a token id is outside the vocabulary or the positions exceed n_ctx,
+  // KVCacheFull when the pool has no room (the sequence is then unchanged).
+  void forward(int seq, const int32_t* tokens, int n, bool all_logits, float* logits);
 
   // Wall time per stage of forward() since profiling was switched on:
   // [matmul, attention, output head, other].
@@ -75,7 +88,8 @@ class LlamaModel {
 
  private:
   struct Scratch;
-  void forward_chunk(const int32_t* tokens, int n, int pos0, bool all_logits, float* logits);
+  void forward_chunk(const int* table, const int32_t* tokens, int n, int pos0, bool all_logits,
+                     float* logits);
   void ensure_scratch(int n);
 
   LlamaConfig cfg_;
@@ -84,6 +98,7 @@ class LlamaModel {
   KVCache kv_;
   std::unique_ptr<Scratch> s_;
   std::vector<const uint8_t*> replaced_;
+  int64_t tokens_computed_ = 0;
   bool profiling_ = false;
   double profile_[kStages] = {};
 };

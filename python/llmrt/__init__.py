@@ -6,7 +6,7 @@
 """
 
 from . import _core
-from .errors import GGUFError, UnsupportedModelError
+from .errors import GGUFError, KVCacheFullError, UnsupportedModelError
 from .model import GenerationResult, Model, TextStream, default_model_path, physical_cores
 from .tokenizer import Tokenizer
 
@@ -26,5 +26,6 @@ def cuda_available() -> bool:
 
 __all__ = [
     "Model", "GenerationResult", "TextStream", "Tokenizer", "GGUFError", "UnsupportedModelError",
+    "KVCacheFullError",
     "default_model_path", "build_info", "cuda_available", "physical_cores", "__version__",
 ]

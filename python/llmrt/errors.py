@@ -10,3 +10,10 @@ class GGUFError(ValueError):
 
 class UnsupportedModelError(GGUFError):
     """The GGUF file is well formed but uses an architecture or type llmrt does not support."""
+
+
+from ._core import KVCacheFullError  # noqa: E402  (raised by the native KV cache)
+
+KVCacheFullError.__doc__ = (
+    "The KV cache has no room for a request: every block holds a live sequence. "
+    "Raise kv_cache_tokens, lower max_new_tokens, or release sequences.")

@@ -63,13 +63,31 @@ def default_model_path() -> str:
         "or pass the path of a GGUF file.")
 
 
+KV_DTYPES = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32}  # bytes per cached value
+
+
+def kv_bytes_per_token(cfg: dict, dtype: str) -> int:
+    """Bytes one position takes in the KV cache (keys and values, all layers)."""
+    kvd = cfg["n_head_kv"] * cfg["head_dim"]
+    return int(2 * cfg["n_layer"] * kvd * KV_DTYPES[dtype])
+
+
 class Model:
     """A GGUF language model (llama / qwen2 family) run by llmrt's native kernels.
 
     activations="int8" (default) quantizes activations to 8-bit blocks before
     each matmul with quantized weights, so the inner loops are integer dot
     products (as llama.cpp does); "f32" keeps them in float32 (slower, and
-    equal to a float32 reference up to rounding).
+    equal to a float32 reference up to rounding, with kv_cache_dtype="f32").
+
+    Keys and values live in a paged cache: a pool of blocks of
+    ``kv_block_tokens`` positions, ``kv_cache_tokens`` positions in all
+    (default: the context length; or give ``kv_cache_bytes``), stored as
+    ``kv_cache_dtype`` "f16" (default), "f32" or "q8_0" (half of f16's
+    memory, a little less accurate). With ``prefix_caching`` (default on), a
+    prompt that begins with whole blocks seen before (a system prompt, a chat
+    history, few-shot examples) reuses their keys and values and computes only
+    the rest; ``cache_stats()`` counts it.
 
     >>> m = llmrt.Model()                       # the default SmolLM2 model
     >>> m.generate("The capital of France is", max_new_tokens=8).text
@@ -77,7 +95,9 @@ class Model:
 
     def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu",
                  threads: int | None = None, context_length: int | None = None,
-                 activations: str = "int8"):
+                 activations: str = "int8", kv_cache_tokens: int | None = None,
+                 kv_cache_bytes: int | None = None, kv_cache_dtype: str = "f16",
+                 kv_block_tokens: int = 32, prefix_caching: bool = True):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
@@ -112,13 +132,42 @@ class Model:
         self.config = dict(g.config)
         cfg = dict(g.config, n_ctx=context_length)
         self.activations = activations
-        self._native = _core.LlamaModel(cfg, g.tensors, threads, activations == "int8")
+        kv_tokens = self._kv_tokens(cfg, kv_cache_tokens, kv_cache_bytes, kv_cache_dtype,
+                                    kv_block_tokens)
+        self._native = _core.LlamaModel(cfg, g.tensors, threads, activations == "int8",
+                                        kv_tokens, kv_cache_dtype, kv_block_tokens,
+                                        bool(prefix_caching))
         self._gguf = g  # keeps the memory map alive
         # Tensors the backend copied into its own layout are not read from the
         # file again: drop their pages from this process's resident set.
         g.reader.release([g.tensors[n][3] for n in self._native.replaced_tensors])
-        self._cached: list[int] = []  # tokens whose keys/values sit in the cache
+        self._seq: int | None = None  # the KV-cache sequence of the last generation
         self._stop_ids = self._end_tokens()
+
+    @staticmethod
+    def _kv_tokens(cfg: dict, tokens: int | None, nbytes: int | None, dtype: str,
+                   block: int) -> int:
+        def positive_int(name, v):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if dtype not in KV_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {sorted(KV_DTYPES)}, got {dtype!r}")
+        positive_int("kv_block_tokens", block)
+        if block % 8 or block > 64:
+            raise ValueError(f"kv_block_tokens must be a multiple of 8 up to 64, got {block}")
+        if tokens is not None and nbytes is not None:
+            raise ValueError("give kv_cache_tokens or kv_cache_bytes, not both")
+        if nbytes is not None:
+            positive_int("kv_cache_bytes", nbytes)
+            per_token = kv_bytes_per_token(cfg, dtype)
+            tokens = nbytes // per_token // block * block
+            if tokens < block:
+                raise ValueError(f"kv_cache_bytes={nbytes} holds less than one block of {block} "
+                                 f"positions ({per_token * block} bytes)")
+        if tokens is None:
+            tokens = cfg["n_ctx"]
+        positive_int("kv_cache_tokens", tokens)
+        return tokens
 
     # ---- properties -------------------------------------------------------------------
     @property
@@ -170,28 +219,38 @@ class Model:
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 logits (len(ids), vocab) for ids as a fresh sequence."""
         arr = self._ids(ids)
-        self._cached = []
-        out = self._native.forward(arr, 0, True)
-        self._cached = arr.tolist()
-        return out
+        self._new_sequence()
+        return self._native.forward(arr, -1, True, self._seq)
+
+    def _new_sequence(self) -> None:
+        # the previous sequence's full blocks stay in the prefix cache
+        if self._seq is not None:
+            self._native.release_sequence(self._seq)
+            self._seq = None
+        self._seq = self._native.new_sequence()
 
     def _prefill(self, prompt: list[int]) -> np.ndarray:
-        """Logits after the prompt, reusing cached keys/values of a common prefix."""
-        common = 0
-        for a, b in zip(self._cached, prompt):
-            if a != b:
-                break
-            common += 1
-        keep = min(common, len(prompt) - 1)  # at least one token runs, for its logits
-        self._cached = self._cached[:keep]
-        logits = self._native.forward(np.asarray(prompt[keep:], np.int32), keep, False)
-        self._cached = list(prompt)
-        return logits
+        """Logits after the prompt, reusing cached blocks of its prefix."""
+        self._new_sequence()
+        arr = np.asarray(prompt, np.int32)
+        reused = self._native.reuse_prefix(self._seq, arr)
+        return self._native.forward(arr[reused:], -1, False, self._seq)
 
     def _step(self, token: int) -> np.ndarray:
-        logits = self._native.forward(np.asarray([token], np.int32), len(self._cached), False)
-        self._cached.append(token)
-        return logits
+        return self._native.forward(np.asarray([token], np.int32), -1, False, self._seq)
+
+    # ---- KV cache -----------------------------------------------------------------------
+    def cache_stats(self) -> dict:
+        """Prefix-cache and block-pool counters: tokens_computed (positions run
+        through the model), hits / misses (full blocks found / not found at
+        prompt lookups), tokens_reused, evictions, copies
+        (copy-on-write), blocks_total / in_use / cached / free, block_tokens,
+        capacity_tokens, pool_bytes, dtype."""
+        return dict(self._native.cache_stats())
+
+    def clear_prefix_cache(self) -> None:
+        """Forget every cached block that no sequence uses."""
+        self._native.clear_prefix_cache()
 
     # ---- generation -------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128,
@@ -226,6 +285,13 @@ class Model:
         if len(ids) > self.context_length:
             raise ValueError(f"the prompt is {len(ids)} tokens, longer than the context length "
                              f"{self.context_length}")
+        # positions written: the prompt and every new token but the last
+        need = min(len(ids) + max(max_new_tokens - 1, 0), self.context_length)
+        cap = self._native.cache_stats()["capacity_tokens"]
+        if need > cap:
+            raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens={max_new_tokens} "
+                             f"need {need} KV-cache positions, but the cache holds {cap} "
+                             f"(kv_cache_tokens); raise it or lower max_new_tokens")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if any(not isinstance(s, str) or not s for s in stops):
             raise ValueError("stop must be a non-empty string or a list of non-empty strings")
@@ -331,7 +397,7 @@ class _Run:
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
-            if len(res.token_ids) >= self.max_new or len(m._cached) >= n_ctx:
+            if len(res.token_ids) >= self.max_new or len(self.prompt) + len(res.token_ids) > n_ctx:
                 finished = "length"
                 break
             logits = m._step(tok)

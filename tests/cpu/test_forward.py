@@ -21,28 +21,33 @@ from testutil import INT8_TYPES, reference_logits, write_model
 # LOOSE; the kernels themselves are checked tightly in test_kernels.py. A
 # real error (a wrong rope pair, mask, scale or nibble order) moves logits by
 # O(1) relative.
-RTOL = {"float": 1e-5}
+# A half-precision KV cache is emulated by the reference (values rounded to
+# f16 as stored), but float32 -> f16 can round the other way where float32
+# arithmetic differs in the last bit: 1e-4. A q8_0 cache is emulated too,
+# with the same .5-step caveat as int8 activations: MEAN / LOOSE.
+RTOL = {"float": 1e-5, "f16": 1e-4}
 MEAN = 5e-3
 LOOSE = 0.02
 
 
-def _check(tmp_path, tokens=None, n_tokens=29, threads=2, activations="int8", **kw):
+def _check(tmp_path, tokens=None, n_tokens=29, threads=2, activations="int8", kv="f32", **kw):
     path = str(tmp_path / "m.gguf")
     W, cfg = write_model(path, **kw)
-    m = llmrt.Model(path, threads=threads, activations=activations)
+    m = llmrt.Model(path, threads=threads, activations=activations, kv_cache_dtype=kv)
     if tokens is None:
         tokens = np.random.default_rng(5).integers(0, cfg["n_vocab"], n_tokens)
     got = m.logits(tokens)
     int8 = activations == "int8" and any(t in INT8_TYPES for t in m.tensor_types.values())
-    ref = reference_logits(W, cfg, tokens, m.tensor_types if int8 else None)
+    ref = reference_logits(W, cfg, tokens, m.tensor_types if int8 else None, kv_dtype=kv)
     assert got.shape == ref.shape and got.dtype == np.float32
     scale = np.abs(ref).max()
     per_pos = np.abs(got - ref).max(axis=-1)
-    if int8:
+    if int8 or kv == "q8_0":
         assert per_pos.mean() < MEAN * scale, per_pos / scale
         assert per_pos.max() < LOOSE * scale, per_pos / scale
     else:
-        assert per_pos.max() < RTOL["float"] * scale, f"max |diff| {per_pos.max()}"
+        tol = RTOL["f16"] if kv == "f16" else RTOL["float"]
+        assert per_pos.max() < tol * scale, f"max |diff| {per_pos.max()}"
     return m, W, cfg, tokens, got
 
 
@@ -51,6 +56,15 @@ def _check(tmp_path, tokens=None, n_tokens=29, threads=2, activations="int8", **
 @pytest.mark.parametrize("wtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
 def test_types_and_archs(tmp_path, arch, wtype, activations):
     _check(tmp_path, arch=arch, wtype=wtype, activations=activations)
+
+
+@pytest.mark.parametrize("kv", ["f16", "q8_0"])
+@pytest.mark.parametrize("activations", ["int8", "f32"])
+@pytest.mark.parametrize("n_head,n_head_kv,head_dim", [(4, 2, 32), (6, 2, 64), (3, 3, 32)])
+def test_kv_cache_types(tmp_path, kv, activations, n_head, n_head_kv, head_dim):
+    # 77 tokens: three cache blocks of 32, the last one partial
+    _check(tmp_path, kv=kv, activations=activations, n_tokens=77, n_head=n_head,
+           n_head_kv=n_head_kv, head_dim=head_dim, n_embd=96)
 
 
 @pytest.mark.parametrize("activations", ["int8", "f32"])
@@ -135,5 +149,8 @@ def test_bad_token_ids_and_positions(tmp_path):
         m.logits([])
     with pytest.raises(ValueError, match="outside the vocabulary"):
         m._native.forward(np.array([cfg["n_vocab"] + 5], np.int32), 0, False)
+    m._native.forward(np.ones(63, np.int32), 0, False)
     with pytest.raises(ValueError, match="exceed the context"):
         m._native.forward(np.array([1, 2], np.int32), 63, False)
+    with pytest.raises(ValueError, match="past the sequence"):
+        m._native.forward(np.array([1], np.int32), 64, False)

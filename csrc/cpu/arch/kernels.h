@@ -32,17 +32,27 @@ using GemmQFn = void (*)(const uint8_t* w, size_t w_stride, int64_t nr, const QA
 
 // Query rows that read the same kv head (one head's rows of several tokens,
 // or several heads of one token): out_i = softmax(q_i k^T * scale) v over the
-// first n_keys[i] keys, key j at k + j * kv_stride (v likewise).
+// keys [0, n_keys[i]) (causal), restricted to the cache blocks [b_begin,
+// b_end). Key j of this kv head is the row at k_blocks[j / block_tokens] +
+// (j % block_tokens) * row_bytes, of kv_type (KVType: F32, F16 or Q8_0 rows
+// of hd values); values likewise. With m_out / l_out set (split-KV), out_i is
+// left unnormalised and the row's running max and sum of exponentials are
+// stored for the merge; a row with no key in range gets -inf and 0.
 struct AttnBlock {
   const float* const* q_rows;
   float* const* out_rows;
   const int* n_keys;
   int n_q;
-  const float* k;
-  const float* v;
-  int64_t kv_stride;
+  const uint8_t* const* k_blocks;
+  const uint8_t* const* v_blocks;
+  int block_tokens;
+  size_t row_bytes;
+  int kv_type;
   int hd;
   float scale;
+  int b_begin, b_end;
+  float* m_out = nullptr;
+  float* l_out = nullptr;
 };
 
 struct Kernels {
@@ -66,6 +76,8 @@ struct Kernels {
   void (*axpy)(float a, const float* x, float* y, int64_t n);
   // y[i] *= a
   void (*scale)(float a, float* y, int64_t n);
+  // n floats -> IEEE half (round to nearest even)
+  void (*f32_to_f16)(const float* x, uint16_t* y, int64_t n);
 };
 
 const Kernels* kernels_generic();
