@@ -159,3 +159,14 @@ def test_block_sizes_agree(path):
                                                      ignore_eos=True).token_ids
             for bt in (8, 16, 32, 64)]
     assert all(o == outs[0] for o in outs)
+
+
+def test_an_abandoned_stream_cannot_write_into_a_later_generation(path):
+    m = model(path)
+    stream = m.generate(ids(12, 40), max_new_tokens=50, ignore_eos=True, stream=True)
+    next(stream)
+    want = model(path).generate(ids(13, 40), max_new_tokens=8, ignore_eos=True).token_ids
+    assert m.generate(ids(13, 40), max_new_tokens=8, ignore_eos=True).token_ids == want
+    with pytest.raises(ValueError, match="no sequence"):
+        list(stream)  # its sequence was released by the later generate()
+    assert m.cache_stats()["blocks_in_use"] == 0

@@ -56,36 +56,25 @@ KVCache::~KVCache() { std::free(data_); }
 // ---- sequences -------------------------------------------------------------------
 
 const KVCache::Seq& KVCache::get(int seq) const {
-  if (seq < 0 || seq >= (int)seqs_.size() || !seqs_[seq].live)
-    throw std::invalid_argument("KVCache: no sequence " + std::to_string(seq));
-  return seqs_[seq];
+  auto it = seqs_.find(seq);
+  if (it == seqs_.end()) throw std::invalid_argument("KVCache: no sequence " + std::to_string(seq));
+  return it->second;
 }
 KVCache::Seq& KVCache::get(int seq) {
   return const_cast<Seq&>(static_cast<const KVCache*>(this)->get(seq));
 }
-bool KVCache::alive(int seq) const {
-  return seq >= 0 && seq < (int)seqs_.size() && seqs_[seq].live;
-}
+bool KVCache::alive(int seq) const { return seqs_.count(seq) != 0; }
 
 int KVCache::create() {
-  int id;
-  if (!free_seqs_.empty()) {
-    id = free_seqs_.back();
-    free_seqs_.pop_back();
-  } else {
-    id = (int)seqs_.size();
-    seqs_.emplace_back();
-  }
-  seqs_[id] = Seq{};
-  seqs_[id].live = true;
+  const int id = next_seq_++;
+  seqs_.emplace(id, Seq{});
   return id;
 }
 
 void KVCache::release(int seq) {
   Seq& s = get(seq);
   for (int b : s.table) unref(b);
-  s = Seq{};
-  free_seqs_.push_back(seq);
+  seqs_.erase(seq);
 }
 
 int KVCache::fork(int seq) {

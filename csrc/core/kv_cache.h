@@ -121,7 +121,6 @@ class KVCache {
     bool in_lru = false;
   };
   struct Seq {
-    bool live = false;
     std::vector<int> table;
     std::vector<int32_t> tokens;
     std::vector<uint64_t> hashes;  // chained hash of each full block
@@ -147,8 +146,8 @@ class KVCache {
   std::vector<int> free_;
   std::list<int> lru_;  // front: least recently used
   std::unordered_map<uint64_t, int> by_hash_;
-  std::vector<Seq> seqs_;
-  std::vector<int> free_seqs_;
+  std::unordered_map<int, Seq> seqs_;  // ids are never reused
+  int next_seq_ = 0;
   KVCacheStats st_;
 };
 

@@ -220,13 +220,19 @@ class Model:
         """float32 logits (len(ids), vocab) for ids as a fresh sequence."""
         arr = self._ids(ids)
         self._new_sequence()
-        return self._native.forward(arr, -1, True, self._seq)
+        try:
+            return self._native.forward(arr, -1, True, self._seq)
+        finally:
+            self._release_sequence()
 
-    def _new_sequence(self) -> None:
-        # the previous sequence's full blocks stay in the prefix cache
+    def _release_sequence(self) -> None:
+        # its full blocks stay in the prefix cache until the pool needs them
         if self._seq is not None:
             self._native.release_sequence(self._seq)
             self._seq = None
+
+    def _new_sequence(self) -> None:
+        self._release_sequence()
         self._seq = self._native.new_sequence()
 
     def _prefill(self, prompt: list[int]) -> np.ndarray:
@@ -236,8 +242,8 @@ class Model:
         reused = self._native.reuse_prefix(self._seq, arr)
         return self._native.forward(arr[reused:], -1, False, self._seq)
 
-    def _step(self, token: int) -> np.ndarray:
-        return self._native.forward(np.asarray([token], np.int32), -1, False, self._seq)
+    def _step(self, token: int, seq: int) -> np.ndarray:
+        return self._native.forward(np.asarray([token], np.int32), -1, False, seq)
 
     # ---- KV cache -----------------------------------------------------------------------
     def cache_stats(self) -> dict:
@@ -374,6 +380,7 @@ class _Run:
             res.timings = {"prompt_ms": 0.0}
             return
         logits = m._prefill(self.prompt)
+        seq = m._seq  # this run's sequence (a later generate() releases it)
         t_prompt = time.perf_counter()
         finished = None
         cut_by_stop = False
@@ -400,7 +407,9 @@ class _Run:
             if len(res.token_ids) >= self.max_new or len(self.prompt) + len(res.token_ids) > n_ctx:
                 finished = "length"
                 break
-            logits = m._step(tok)
+            logits = m._step(tok, seq)
+        if m._seq == seq:
+            m._release_sequence()
         if not cut_by_stop:
             text += dec.flush()
         if len(text) > emitted:
