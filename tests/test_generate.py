@@ -105,7 +105,7 @@ def test_invalid_parameters_raise(tiny, kw, field):
 
 
 def test_unknown_keyword_raises(tiny):
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="unknown sampling parameter 'temprature'"):
         tiny.generate(PROMPT, temprature=0.5)
 
 

@@ -18,5 +18,6 @@ WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& d
 
 void bind_kernels(pybind11::module_& m);
 void bind_model(pybind11::module_& m);
+void bind_sampler(pybind11::module_& m);
 
 }  // namespace llmrt::bindings

@@ -43,4 +43,5 @@ PYBIND11_MODULE(_core, m) {
 
   bindings::bind_kernels(m);
   bindings::bind_model(m);
+  bindings::bind_sampler(m);
 }

@@ -13,17 +13,43 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
-    p.add_argument("--max-new-tokens", "-n", type=int, default=default_max)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=None)
+    s = p.add_argument_group("sampling (defaults: greedy; see llmrt.SamplingParams)")
+    s.add_argument("--max-new-tokens", "-n", type=int, default=default_max)
+    s.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--min-p", type=float, default=0.0)
+    s.add_argument("--typical-p", type=float, default=1.0)
+    s.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=1.0)
+    s.add_argument("--presence-penalty", type=float, default=0.0)
+    s.add_argument("--frequency-penalty", type=float, default=0.0)
+    s.add_argument("--penalty-last-n", "--repeat-last-n", type=int, default=64)
+    s.add_argument("--mirostat", type=int, default=0, choices=(0, 1, 2), help="mirostat mode")
+    s.add_argument("--mirostat-tau", type=float, default=5.0)
+    s.add_argument("--mirostat-eta", type=float, default=0.1)
+    s.add_argument("--logit-bias", action="append", default=[], metavar="TOKEN_ID=BIAS")
+    s.add_argument("--min-new-tokens", type=int, default=0)
+    s.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
+    s.add_argument("--ignore-eos", action="store_true")
+    s.add_argument("--seed", type=int, default=None)
 
 
 def _sampling_kwargs(a: argparse.Namespace) -> dict:
+    bias = {}
+    for item in a.logit_bias:
+        tok, _, val = item.partition("=")
+        try:
+            bias[int(tok)] = float(val)
+        except ValueError:
+            raise SystemExit(f"llmrt: --logit-bias wants TOKEN_ID=BIAS, got {item!r}")
     return dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                top_p=a.top_p, min_p=a.min_p, seed=a.seed)
+                top_p=a.top_p, min_p=a.min_p, typical_p=a.typical_p,
+                repetition_penalty=a.repetition_penalty, presence_penalty=a.presence_penalty,
+                frequency_penalty=a.frequency_penalty, penalty_last_n=a.penalty_last_n,
+                mirostat_mode=a.mirostat, mirostat_tau=a.mirostat_tau,
+                mirostat_eta=a.mirostat_eta, logit_bias=bias or None,
+                min_new_tokens=a.min_new_tokens, stop=a.stop, ignore_eos=a.ignore_eos,
+                seed=a.seed)
 
 
 def _load(a: argparse.Namespace):

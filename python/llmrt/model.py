@@ -12,8 +12,24 @@ import numpy as np
 from . import _core
 from .chat import CHATML_TEMPLATE, END_OF_TURN_TEXTS, render
 from .gguf_loader import load_gguf
-from .sampling import Sampler, SamplerSettings
+from .sampling import Sampler, SamplingParams, top_logprobs
 from .tokenizer import Tokenizer
+
+
+@dataclass
+class TokenLogprob:
+    """One generated token's log-probability under the model (log_softmax of
+    the raw logits, before penalties and temperature) and the top alternatives."""
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)  # (id, logprob), best first
+
+
+@dataclass
+class Beam:
+    text: str
+    token_ids: list[int]
+    score: float  # sum of logprobs / len(token_ids) ** length_penalty
 
 
 @dataclass
@@ -23,6 +39,8 @@ class GenerationResult:
     finish_reason: str  # "stop" (end token or stop string) or "length"
     prompt_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] | None = None  # with SamplingParams.logprobs
+    beams: list[Beam] | None = None  # beam search: every final beam, best first
 
     def __str__(self) -> str:
         return self.text
@@ -141,7 +159,7 @@ class Model:
         # Tensors the backend copied into its own layout are not read from the
         # file again: drop their pages from this process's resident set.
         g.reader.release([g.tensors[n][3] for n in self._native.replaced_tensors])
-        self._seq: int | None = None  # the KV-cache sequence of the last generation
+        self._live: set[int] = set()  # KV-cache sequences of running generations
         self._stop_ids = self._end_tokens()
 
     @staticmethod
@@ -219,28 +237,37 @@ class Model:
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """float32 logits (len(ids), vocab) for ids as a fresh sequence."""
         arr = self._ids(ids)
-        self._new_sequence()
+        seq = self._new_sequence()
         try:
-            return self._native.forward(arr, -1, True, self._seq)
+            return self._native.forward(arr, -1, True, seq)
         finally:
-            self._release_sequence()
+            self._release(seq)
 
-    def _release_sequence(self) -> None:
-        # its full blocks stay in the prefix cache until the pool needs them
-        if self._seq is not None:
-            self._native.release_sequence(self._seq)
-            self._seq = None
+    # Sequences of the KV cache this model's generations use. A generation
+    # releases its own when it ends; a new generate() also releases those of
+    # streams that were abandoned half-read (their full blocks stay in the
+    # prefix cache, and such a stream raises if resumed).
+    def _new_sequence(self) -> int:
+        for seq in list(self._live):
+            self._release(seq)
+        return self._track(self._native.new_sequence())
 
-    def _new_sequence(self) -> None:
-        self._release_sequence()
-        self._seq = self._native.new_sequence()
+    def _track(self, seq: int) -> int:
+        self._live.add(seq)
+        return seq
 
-    def _prefill(self, prompt: list[int]) -> np.ndarray:
-        """Logits after the prompt, reusing cached blocks of its prefix."""
-        self._new_sequence()
+    def _release(self, seq: int) -> None:
+        if seq in self._live:
+            self._live.discard(seq)
+            self._native.release_sequence(seq)
+
+    def _prefill(self, prompt: list[int]) -> tuple[int, np.ndarray]:
+        """A new sequence holding the prompt (reusing cached blocks of its
+        prefix) and the logits after it."""
+        seq = self._new_sequence()
         arr = np.asarray(prompt, np.int32)
-        reused = self._native.reuse_prefix(self._seq, arr)
-        return self._native.forward(arr[reused:], -1, False, self._seq)
+        reused = self._native.reuse_prefix(seq, arr)
+        return seq, self._native.forward(arr[reused:], -1, False, seq)
 
     def _step(self, token: int, seq: int) -> np.ndarray:
         return self._native.forward(np.asarray([token], np.int32), -1, False, seq)
@@ -259,29 +286,27 @@ class Model:
         self._native.clear_prefix_cache()
 
     # ---- generation -------------------------------------------------------------------
-    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128,
-                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                 min_p: float = 0.0, seed: int | None = None,
-                 stop: str | Sequence[str] | None = None,
-                 stop_token_ids: Sequence[int] | None = None, ignore_eos: bool = False,
-                 stream: bool = False, add_special: bool = True,
-                 ) -> GenerationResult | TextStream:
+    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
+                 stream: bool = False, add_special: bool = True, **kwargs: Any,
+                 ) -> GenerationResult | list[GenerationResult] | TextStream:
         """Continue a prompt (text, or token ids used as given).
 
-        Greedy at temperature 0; otherwise top-k -> top-p -> min-p ->
-        temperature sampling, reproducible with ``seed``. Stops at the model's
-        end token(s), at ``stop_token_ids``, at any of the ``stop`` strings
-        (not included in the text), or after ``max_new_tokens`` / at the end
-        of the context ("length"). With ``stream=True`` returns a TextStream:
-        iterate it for text pieces as they are made; its ``.result`` is the
-        GenerationResult once the iteration ends. Otherwise a GenerationResult.
+        ``params`` (a SamplingParams) and/or its fields as keywords
+        (``max_new_tokens`` / ``max_tokens``, ``temperature``, ``top_k``,
+        ``top_p``, ``min_p``, ``typical_p``, ``repetition_penalty``,
+        ``presence_penalty``, ``frequency_penalty``, ``penalty_last_n``,
+        ``logit_bias``, ``mirostat_mode`` / ``_tau`` / ``_eta``, ``seed``,
+        ``stop``, ``stop_token_ids``, ``ignore_eos``, ``min_new_tokens``,
+        ``logprobs``, ``n``, ``num_beams``, ``length_penalty``); keywords
+        override ``params``. Greedy by default (temperature 0).
+
+        Stops at the model's end token(s), at ``stop_token_ids``, at any of the
+        ``stop`` strings (not included in the text), or after
+        ``max_new_tokens`` / at the end of the context ("length"). Returns a
+        GenerationResult; a list of them for ``n > 1``; with ``stream=True`` a
+        TextStream (iterate it for text pieces; ``.result`` afterwards).
         """
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or \
-                max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-        settings = SamplerSettings(temperature=temperature, top_k=top_k, top_p=top_p,
-                                   min_p=min_p, seed=seed)
-        settings.validate()
+        p = SamplingParams.make(params, **kwargs)
         if isinstance(prompt, str):
             ids = self.tokenize(prompt, add_special=add_special)
         else:
@@ -292,25 +317,52 @@ class Model:
             raise ValueError(f"the prompt is {len(ids)} tokens, longer than the context length "
                              f"{self.context_length}")
         # positions written: the prompt and every new token but the last
-        need = min(len(ids) + max(max_new_tokens - 1, 0), self.context_length)
+        need = min(len(ids) + max(p.max_new_tokens - 1, 0), self.context_length)
         cap = self._native.cache_stats()["capacity_tokens"]
         if need > cap:
-            raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens={max_new_tokens} "
+            raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens={p.max_new_tokens} "
                              f"need {need} KV-cache positions, but the cache holds {cap} "
                              f"(kv_cache_tokens); raise it or lower max_new_tokens")
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if any(not isinstance(s, str) or not s for s in stops):
-            raise ValueError("stop must be a non-empty string or a list of non-empty strings")
-        end_ids = set() if ignore_eos else set(self._stop_ids)
-        end_ids.update(int(i) for i in (stop_token_ids or []))
-        run = _Run(self, ids, max_new_tokens, Sampler(settings), stops, end_ids)
-        if stream:
-            return TextStream(run)
-        for _ in run.pieces():
-            pass
-        return run.result
+        for t in p.stop_token_ids or []:
+            if t >= self.vocab_size:
+                raise ValueError(f"stop_token_ids: {t} is outside the vocabulary")
+        end_ids = set() if p.ignore_eos else set(self._stop_ids)
+        end_ids.update(int(i) for i in (p.stop_token_ids or []))
+        if (p.n > 1 or p.num_beams > 1) and stream:
+            raise ValueError("stream=True produces one sequence: use n=1 and num_beams=1")
+        if p.num_beams > 1:
+            return _beam_search(self, ids, p, end_ids)
+        if p.n == 1:
+            run = _Run(self, ids, p, Sampler(p, self.vocab_size, end_ids), end_ids)
+            if stream:
+                return TextStream(run)
+            for _ in run.pieces():
+                pass
+            return run.result
+        return self._generate_n(ids, p, end_ids)
 
-    def chat(self, messages: Sequence[dict[str, Any]], max_new_tokens: int = 256,
+    def _generate_n(self, ids: list[int], p: SamplingParams, end_ids: set[int]
+                    ) -> list[GenerationResult]:
+        """n samples of one prompt: the prompt runs once, the samples fork its
+        sequence (blocks shared, copied on write) and continue in turn."""
+        t0 = time.perf_counter()
+        if p.max_new_tokens == 0:
+            return [_Run(self, ids, p, None, end_ids).finish_empty() for _ in range(p.n)]
+        seq0, logits = self._prefill(ids)
+        prompt_s = time.perf_counter() - t0
+        base = p.seed if p.seed is not None else None
+        out = []
+        for i in range(p.n):
+            seq = seq0 if i == p.n - 1 else self._track(self._native.fork_sequence(seq0))
+            sampler = Sampler(p, self.vocab_size, end_ids,
+                              seed=None if base is None else base + i)
+            run = _Run(self, ids, p, sampler, end_ids, start=(seq, logits, prompt_s))
+            for _ in run.pieces():
+                pass
+            out.append(run.result)
+        return out
+
+    def chat(self, messages: Sequence[dict[str, Any]], params: SamplingParams | None = None, *,
              stream: bool = False, add_generation_prompt: bool = True, **kwargs: Any):
         """Render messages with the model's chat template and generate the reply,
         stopping at the template's end-of-turn token."""
@@ -319,8 +371,9 @@ class Model:
         bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
         # the template may already write BOS itself
         add_special = not (bos and prompt.startswith(bos))
-        return self.generate(prompt, max_new_tokens=max_new_tokens, stream=stream,
-                             add_special=add_special, **kwargs)
+        if params is None and "max_new_tokens" not in kwargs and "max_tokens" not in kwargs:
+            kwargs["max_new_tokens"] = 256
+        return self.generate(prompt, params, stream=stream, add_special=add_special, **kwargs)
 
     def apply_chat_template(self, messages: Sequence[dict[str, Any]],
                             add_generation_prompt: bool = True) -> str:
@@ -358,40 +411,72 @@ class TextStream:
 
 
 class _Run:
-    """One generation: the token loop, stop handling and streaming."""
+    """One sequence's generation: the token loop, stop handling and streaming.
 
-    def __init__(self, model: Model, prompt: list[int], max_new: int, sampler: Sampler,
-                 stops: list[str], end_ids: set[int]):
-        self.m, self.prompt, self.max_new = model, prompt, max_new
-        self.sampler, self.stops, self.end_ids = sampler, stops, end_ids
+    start: (seq, logits, prompt seconds) of a prompt already run (n > 1);
+    otherwise the run processes the prompt itself."""
+
+    def __init__(self, model: Model, prompt: list[int], p: SamplingParams,
+                 sampler: Sampler | None, end_ids: set[int],
+                 start: tuple[int, np.ndarray, float] | None = None):
+        self.m, self.prompt, self.p = model, prompt, p
+        self.sampler, self.end_ids, self.start = sampler, end_ids, start
+        self.stops = p.stop_strings
         self.result = GenerationResult(text="", token_ids=[], finish_reason="length",
-                                       prompt_tokens=len(prompt))
+                                       prompt_tokens=len(prompt),
+                                       logprobs=[] if p.logprobs is not None else None)
+
+    def finish_empty(self) -> GenerationResult:
+        self.result.timings = {"prompt_ms": 0.0}
+        return self.result
+
+    def _held(self, text: str, emitted: int) -> int:
+        """Length of the longest end of text (past emitted) that could begin a stop string."""
+        best = 0
+        for s in self.stops:
+            for k in range(min(len(s) - 1, len(text) - emitted), best, -1):
+                if text.endswith(s[:k]):
+                    best = k
+                    break
+        return best
 
     def pieces(self) -> Iterator[str]:
-        m, res = self.m, self.result
+        m, res, p = self.m, self.result, self.p
+        if p.max_new_tokens == 0:
+            self.finish_empty()
+            return
         dec = m.tokenizer.decoder(skip_special=True)
         text = ""       # everything decoded so far
         emitted = 0     # how much of it has been handed out
-        hold = max((len(s) for s in self.stops), default=1) - 1
         t0 = time.perf_counter()
+        if self.start is None:
+            seq, logits = m._prefill(self.prompt)
+            t_prompt = time.perf_counter()
+        else:
+            seq, logits, prompt_s = self.start
+            t0 -= prompt_s
+            t_prompt = time.perf_counter()
         t_first = None
         n_ctx = m.context_length
-        if self.max_new == 0:
-            res.timings = {"prompt_ms": 0.0}
-            return
-        logits = m._prefill(self.prompt)
-        seq = m._seq  # this run's sequence (a later generate() releases it)
-        t_prompt = time.perf_counter()
-        finished = None
+        # tokens so far, for the penalties
+        hist = np.zeros(len(self.prompt) + p.max_new_tokens, np.int32)
+        hist[:len(self.prompt)] = self.prompt
+        n_hist = len(self.prompt)
+        finished = "length"
         cut_by_stop = False
         while True:
-            tok = self.sampler(logits)
+            tok = self.sampler(logits, hist[:n_hist], len(res.token_ids))
             if t_first is None:
                 t_first = time.perf_counter()
+            if p.logprobs is not None:
+                lp, top = top_logprobs(logits, tok, p.logprobs)
+                res.logprobs.append(TokenLogprob(tok, lp, top))
             if tok in self.end_ids:
                 finished = "stop"
                 break
             res.token_ids.append(tok)
+            hist[n_hist] = tok
+            n_hist += 1
             text += dec.add(tok)
             cut = self._find_stop(text, emitted)
             if cut is not None:
@@ -400,16 +485,14 @@ class _Run:
                 cut_by_stop = True
                 break
             # hand out what can no longer begin a stop string
-            safe = len(text) - hold if self.stops else len(text)
+            safe = len(text) - self._held(text, emitted)
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
-            if len(res.token_ids) >= self.max_new or len(self.prompt) + len(res.token_ids) > n_ctx:
-                finished = "length"
+            if len(res.token_ids) >= p.max_new_tokens or n_hist > n_ctx:
                 break
             logits = m._step(tok, seq)
-        if m._seq == seq:
-            m._release_sequence()
+        m._release(seq)
         if not cut_by_stop:
             text += dec.flush()
         if len(text) > emitted:
@@ -436,3 +519,110 @@ class _Run:
             if i != -1 and (best is None or i < best):
                 best = i
         return best
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def _beam_search(m: Model, prompt: list[int], p: SamplingParams, end_ids: set[int]
+                 ) -> GenerationResult:
+    """Beam search over log-probabilities. Each beam is a KV-cache sequence;
+    a beam's children fork it (blocks shared, copied on write). A beam that
+    picks an end token becomes a finished hypothesis scored sum logprob /
+    length ** length_penalty (length: generated tokens); the search ends
+    when num_beams hypotheses are finished and no live beam can beat the
+    worst of them, or at max_new_tokens. Stop strings cut the final texts."""
+    B = p.num_beams
+    t0 = time.perf_counter()
+    res = GenerationResult(text="", token_ids=[], finish_reason="length",
+                           prompt_tokens=len(prompt))
+    if p.max_new_tokens == 0:
+        res.timings = {"prompt_ms": 0.0}
+        res.beams = []
+        return res
+    seq0, logits = m._prefill(prompt)
+    t_prompt = time.perf_counter()
+    lp_pen = p.length_penalty
+    beams = [(seq0, [], 0.0, logits)]  # (seq, tokens, sum logprob, logits)
+    done: list[tuple[float, list[int], bool]] = []  # (score, tokens, ended on an end token)
+    max_new = min(p.max_new_tokens, m.context_length - len(prompt) + 1)
+
+    def score(total: float, n: int) -> float:
+        return total / (max(n, 1) ** lp_pen)
+
+    for step in range(max_new):
+        cands = []
+        for bi, (_, toks, total, lg) in enumerate(beams):
+            lp = _log_softmax(lg)
+            k = min(2 * B, lp.size)
+            top = np.argpartition(-lp, k - 1)[:k]
+            cands.extend((total + float(lp[t]), bi, int(t)) for t in top)
+        cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+        chosen = []
+        for rank, (total, bi, t) in enumerate(cands):
+            if t in end_ids:
+                if rank < B:  # only end tokens among the best B candidates finish a beam
+                    done.append((score(total, len(beams[bi][1]) + 1), beams[bi][1], True))
+                continue
+            chosen.append((total, bi, t))
+            if len(chosen) == B:
+                break
+        last = step == max_new - 1
+        best_live = max((c[0] for c in chosen), default=-np.inf)
+        finished = len(done) >= B and (
+            not chosen or
+            min(sorted((d[0] for d in done), reverse=True)[:B]) >=
+            score(best_live, step + 1))
+        if finished or last or not chosen:
+            if not finished:
+                done.extend((score(total, step + 1), beams[bi][1] + [t], False)
+                            for total, bi, t in chosen)
+            break
+        # children: the first child of a beam takes over its sequence, the
+        # others fork it before it moves on
+        users: dict[int, int] = {}
+        for _, bi, _ in chosen:
+            users[bi] = users.get(bi, 0) + 1
+        new = []
+        seqs = {}
+        for total, bi, t in chosen:
+            parent = beams[bi][0]
+            users[bi] -= 1
+            seq = m._track(m._native.fork_sequence(parent)) if users[bi] > 0 else parent
+            seqs.setdefault(bi, []).append(seq)
+            new.append((seq, beams[bi][1] + [t], total, m._step(t, seq)))
+        for bi, b in enumerate(beams):
+            if bi not in seqs:
+                m._release(b[0])
+        beams = new
+    for b in beams:
+        m._release(b[0])
+
+    done.sort(key=lambda d: -d[0])
+    done = done[:B]
+    stops = p.stop_strings
+    out = []
+    for sc, toks, ended in done:
+        text = m.tokenizer.decode(toks, skip_special=True)
+        for s in stops:
+            i = text.find(s)
+            if i != -1:
+                text = text[:i]
+        out.append(Beam(text, list(toks), float(sc)))
+    best = out[0]
+    t_end = time.perf_counter()
+    res.text, res.token_ids = best.text, best.token_ids
+    res.finish_reason = "stop" if done[0][2] or any(s in m.tokenizer.decode(
+        best.token_ids, skip_special=True) for s in stops) else "length"
+    res.beams = out
+    res.timings = {
+        "prompt_ms": (t_prompt - t0) * 1e3,
+        "time_to_first_token_ms": (t_prompt - t0) * 1e3,
+        "decode_ms": (t_end - t_prompt) * 1e3,
+        "prompt_tokens_per_s": len(prompt) / max(t_prompt - t0, 1e-9),
+        "decode_tokens_per_s": 0.0,
+    }
+    return res

@@ -1,72 +1,203 @@
-"""Choosing the next token from logits.
+"""Sampling parameters and the sampler (the chain itself is native: csrc/core/sampler.cpp).
 
-Stages, in this order (the order llama.cpp's default chain uses, so that
-top-k / top-p / min-p cut on the model's own distribution and temperature
-only reshapes what survives): top-k -> top-p -> min-p -> temperature -> draw.
-Temperature 0 is greedy (argmax). Each stage works on the surviving
-candidates only, never on a full sort of the vocabulary.
+Stages, in this order:
+
+    penalties -> logit bias -> min_new_tokens -> top-k -> typical-p -> top-p
+    -> min-p -> temperature -> draw
+
+The filters (top-k .. min-p) cut on the model's own distribution and
+temperature only reshapes what survives, so a filter means the same at every
+temperature (llama.cpp's default chain has the same order). Temperature 0 is
+greedy. With ``mirostat_mode`` 1 or 2 the chain is penalties -> bias ->
+temperature -> mirostat -> draw (top-k .. min-p are not used, as in llama.cpp).
+
+Names follow vLLM and llama-cpp-python: ``max_tokens`` is accepted for
+``max_new_tokens``. The penalties follow llama.cpp: they see the last
+``penalty_last_n`` tokens of prompt and output (-1: all, 0: off);
+``repetition_penalty`` divides positive logits and multiplies negative ones,
+``presence_penalty`` is subtracted once from every token present and
+``frequency_penalty`` once per occurrence.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, fields, replace
+from typing import Any, Iterable
 
 import numpy as np
 
+from . import _core
+
+ALIASES = {"max_tokens": "max_new_tokens"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
 
 @dataclass
-class SamplerSettings:
-    temperature: float = 0.0
-    top_k: int = 0        # 0: off
-    top_p: float = 1.0    # 1: off
-    min_p: float = 0.0    # 0: off
-    seed: int | None = None
+class SamplingParams:
+    """What generate() does: how many tokens, how each is chosen, when to stop."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0         # 0: greedy
+    top_k: int = 0                   # 0: off
+    top_p: float = 1.0               # 1: off
+    min_p: float = 0.0               # 0: off
+    typical_p: float = 1.0           # 1: off
+    repetition_penalty: float = 1.0  # 1: off
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64         # -1: the whole context, 0: no penalties
+    logit_bias: dict[int, float] | None = None
+    mirostat_mode: int = 0           # 0 off, 1 or 2
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    seed: int | None = None          # None: a fresh random seed
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    min_new_tokens: int = 0
+    logprobs: int | None = None      # None: off; k >= 0: the chosen token's and the top k
+    n: int = 1                       # independent samples of the prompt
+    num_beams: int = 1               # > 1: beam search
+    length_penalty: float = 1.0      # beam score = sum logprob / length ** length_penalty
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def make(cls, base: "SamplingParams | None" = None, **kwargs: Any) -> "SamplingParams":
+        """base (or the defaults) with kwargs replaced; aliases accepted,
+        unknown names raise ValueError."""
+        names = {f.name for f in fields(cls)}
+        clean = {}
+        for k, v in kwargs.items():
+            k2 = ALIASES.get(k, k)
+            if k2 not in names:
+                raise ValueError(f"unknown sampling parameter {k!r}")
+            if k2 in clean:
+                raise ValueError(f"{k!r} given twice (as {k2!r} and an alias)")
+            clean[k2] = v
+        if base is not None and not isinstance(base, SamplingParams):
+            raise ValueError(f"params must be a SamplingParams, got {type(base).__name__}")
+        return replace(base, **clean) if base is not None else cls(**clean)
 
     def validate(self) -> None:
-        t = self.temperature
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {t!r}")
-        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        p = self.top_p
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 < p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {p!r}")
-        m = self.min_p
-        if not isinstance(m, (int, float)) or isinstance(m, bool) or not 0.0 <= m <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {m!r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
+        def bad(name: str, want: str) -> None:
+            raise ValueError(f"{name} must be {want}, got {getattr(self, name)!r}")
+
+        def num(name: str, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False, want: str = "") -> None:
+            v = getattr(self, name)
+            if not _is_num(v) or not math.isfinite(v) or \
+                    (lo is not None and (v <= lo if lo_open else v < lo)) or \
+                    (hi is not None and v > hi):
+                bad(name, want)
+
+        def integer(name: str, lo: int, want: str) -> None:
+            v = getattr(self, name)
+            if not _is_int(v) or v < lo:
+                bad(name, want)
+
+        integer("max_new_tokens", 0, "an integer >= 0")
+        num("temperature", 0.0, want="a finite number >= 0")
+        integer("top_k", 0, "an integer >= 0")
+        num("top_p", 0.0, 1.0, lo_open=True, want="in (0, 1]")
+        num("min_p", 0.0, 1.0, want="in [0, 1]")
+        num("typical_p", 0.0, 1.0, lo_open=True, want="in (0, 1]")
+        num("repetition_penalty", 0.0, lo_open=True, want="a finite number > 0")
+        num("presence_penalty", want="a finite number")
+        num("frequency_penalty", want="a finite number")
+        integer("penalty_last_n", -1, "an integer >= -1")
+        if self.logit_bias is not None:
+            if not isinstance(self.logit_bias, dict):
+                bad("logit_bias", "a dict {token id: bias}")
+            for t, b in self.logit_bias.items():
+                if not _is_int(t) or t < 0 or not _is_num(b) or math.isnan(b) or b == math.inf:
+                    raise ValueError(f"logit_bias must map token ids >= 0 to finite biases "
+                                     f"(or -inf), got {t!r}: {b!r}")
+        if self.mirostat_mode not in (0, 1, 2) or not _is_int(self.mirostat_mode):
+            bad("mirostat_mode", "0, 1 or 2")
+        num("mirostat_tau", 0.0, lo_open=True, want="a finite number > 0")
+        num("mirostat_eta", 0.0, lo_open=True, want="a finite number > 0")
+        if self.seed is not None and not _is_int(self.seed):
+            bad("seed", "an integer or None")
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop
+        if stops is not None and (not isinstance(stops, (list, tuple)) or
+                                  any(not isinstance(s, str) or not s for s in stops)):
+            bad("stop", "a non-empty string or a list of non-empty strings")
+        if self.stop_token_ids is not None and (
+                not isinstance(self.stop_token_ids, (list, tuple, set)) or
+                any(not _is_int(t) or t < 0 for t in self.stop_token_ids)):
+            bad("stop_token_ids", "a list of token ids")
+        if not isinstance(self.ignore_eos, bool):
+            bad("ignore_eos", "True or False")
+        integer("min_new_tokens", 0, "an integer >= 0")
+        if self.logprobs is not None and (not _is_int(self.logprobs) or
+                                          not 0 <= self.logprobs <= 20):
+            bad("logprobs", "None or an integer in [0, 20]")
+        integer("n", 1, "an integer >= 1")
+        integer("num_beams", 1, "an integer >= 1")
+        num("length_penalty", want="a finite number")
+        if self.num_beams > 1 and (self.temperature > 0 or self.n > 1 or self.mirostat_mode):
+            raise ValueError("num_beams > 1 is beam search over log-probabilities: it needs "
+                             "temperature=0, n=1 and no mirostat")
+
+    @property
+    def stop_strings(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def uses_penalties(self) -> bool:
+        return self.penalty_last_n != 0 and (self.repetition_penalty != 1.0 or
+                                             self.presence_penalty != 0.0 or
+                                             self.frequency_penalty != 0.0)
 
 
 class Sampler:
-    def __init__(self, settings: SamplerSettings):
-        settings.validate()
-        self.s = settings
-        self.rng = np.random.default_rng(settings.seed)
+    """The native sampler chain for one sequence (its own random state)."""
 
-    def __call__(self, logits: np.ndarray) -> int:
-        s = self.s
-        if s.temperature == 0.0 or s.top_k == 1:
-            return int(np.argmax(logits))
-        logits = np.asarray(logits, dtype=np.float64)
-        # top-k (argpartition: O(V)), then sort only the survivors
-        if 0 < s.top_k < logits.size:
-            cand = np.argpartition(-logits, s.top_k - 1)[: s.top_k]
-        else:
-            cand = np.arange(logits.size)
-        order = np.argsort(-logits[cand], kind="stable")
-        cand = cand[order]
-        z = logits[cand]
-        p = np.exp(z - z[0])
-        p /= p.sum()
-        keep = p.size
-        if s.top_p < 1.0:
-            # smallest prefix whose mass reaches top_p
-            keep = min(keep, int(np.searchsorted(np.cumsum(p), s.top_p)) + 1)
-        if s.min_p > 0.0:
-            keep = min(keep, max(1, int(np.count_nonzero(p >= s.min_p * p[0]))))
-        cand, z = cand[:keep], z[:keep]
-        q = np.exp((z - z[0]) / s.temperature)
-        q /= q.sum()
-        return int(cand[self.rng.choice(q.size, p=q)])
+    def __init__(self, params: SamplingParams, n_vocab: int, end_ids: Iterable[int] = (),
+                 seed: int | None = None):
+        if seed is None:
+            seed = params.seed if params.seed is not None else secrets.randbits(63)
+        for t in (params.logit_bias or {}):
+            if t >= n_vocab:
+                raise ValueError(f"logit_bias token {t} is outside the vocabulary "
+                                 f"(size {n_vocab})")
+        opts = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                    min_p=params.min_p, typical_p=params.typical_p,
+                    repetition_penalty=params.repetition_penalty,
+                    presence_penalty=params.presence_penalty,
+                    frequency_penalty=params.frequency_penalty,
+                    penalty_last_n=params.penalty_last_n,
+                    logit_bias={int(k): float(v) for k, v in (params.logit_bias or {}).items()},
+                    mirostat=params.mirostat_mode, mirostat_tau=params.mirostat_tau,
+                    mirostat_eta=params.mirostat_eta, min_new_tokens=params.min_new_tokens,
+                    end_ids=sorted(int(i) for i in end_ids if 0 <= i < n_vocab),
+                    seed=int(seed) & (2**64 - 1))
+        self.params = params
+        self._native = _core.Sampler(opts, n_vocab)
+        self._window = params.penalty_last_n if params.uses_penalties else 0
+        self._empty = np.zeros(0, np.int32)
+
+    def __call__(self, logits: np.ndarray, history: np.ndarray | None = None,
+                 n_generated: int = 0) -> int:
+        """history: int32 array of the tokens so far (prompt and generated)."""
+        h = self._empty
+        if self._window and history is not None:
+            h = history if self._window < 0 else history[-self._window:]
+        return self._native.sample(logits, h, n_generated)
+
+
+def top_logprobs(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
+    """log_softmax(logits)[token] and the k most likely (id, logprob), best first."""
+    lp, ids, lps = _core.top_logprobs(logits, token, k)
+    return lp, list(zip(ids, lps))

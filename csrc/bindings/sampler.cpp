@@ -1,0 +1,106 @@
+// Binding of the sampler chain (core/sampler.h). The Python layer
+// (llmrt/sampling.py) validates SamplingParams and passes one options dict.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "bindings/bindings.h"
+#include "core/sampler.h"
+
+namespace py = pybind11;
+
+namespace llmrt::bindings {
+
+namespace {
+
+using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+SamplingConfig config_from(const py::dict& d) {
+  SamplingConfig c;
+  for (auto item : d) {
+    const std::string k = item.first.cast<std::string>();
+    py::handle v = item.second;
+    if (k == "temperature") c.temperature = v.cast<float>();
+    else if (k == "top_k") c.top_k = v.cast<int>();
+    else if (k == "top_p") c.top_p = v.cast<float>();
+    else if (k == "min_p") c.min_p = v.cast<float>();
+    else if (k == "typical_p") c.typical_p = v.cast<float>();
+    else if (k == "repetition_penalty") c.repetition_penalty = v.cast<float>();
+    else if (k == "presence_penalty") c.presence_penalty = v.cast<float>();
+    else if (k == "frequency_penalty") c.frequency_penalty = v.cast<float>();
+    else if (k == "penalty_last_n") c.penalty_last_n = v.cast<int>();
+    else if (k == "logit_bias") {
+      for (auto kv : v.cast<py::dict>())
+        c.logit_bias.emplace_back(kv.first.cast<int32_t>(), kv.second.cast<float>());
+    } else if (k == "mirostat") c.mirostat = v.cast<int>();
+    else if (k == "mirostat_tau") c.mirostat_tau = v.cast<float>();
+    else if (k == "mirostat_eta") c.mirostat_eta = v.cast<float>();
+    else if (k == "min_new_tokens") c.min_new_tokens = v.cast<int>();
+    else if (k == "end_ids") c.end_ids = v.cast<std::vector<int32_t>>();
+    else if (k == "seed") c.seed = v.cast<uint64_t>();
+    else throw py::value_error("unknown sampler option '" + k + "'");
+  }
+  return c;
+}
+
+class PySampler {
+ public:
+  PySampler(const py::dict& options, int n_vocab) : n_vocab_(n_vocab) {
+    try {
+      s_ = std::make_unique<Sampler>(config_from(options), n_vocab);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }
+  int sample(F32 logits, I32 history, int n_generated) {
+    check(logits);
+    if (history.ndim() != 1) throw py::value_error("history must be 1-D");
+    try {
+      return s_->sample(logits.data(), history.data(), (int)history.shape(0), n_generated);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }
+  float mu() const { return s_->mirostat_mu(); }
+
+ private:
+  void check(const F32& logits) const {
+    if (logits.ndim() != 1 || logits.shape(0) != n_vocab())
+      throw py::value_error("logits must be 1-D of the vocabulary size " +
+                            std::to_string(n_vocab()));
+  }
+  int n_vocab() const { return n_vocab_; }
+  int n_vocab_;
+  std::unique_ptr<Sampler> s_;
+};
+
+}  // namespace
+
+void bind_sampler(py::module_& m) {
+  py::class_<PySampler>(m, "Sampler")
+      .def(py::init<const py::dict&, int>(), py::arg("options"), py::arg("n_vocab"))
+      .def("sample", &PySampler::sample, py::arg("logits"), py::arg("history"),
+           py::arg("n_generated"),
+           "The next token for these logits, given the tokens so far (prompt and "
+           "generated) and how many were generated.")
+      .def_property_readonly("mirostat_mu", &PySampler::mu);
+  m.def(
+      "top_logprobs",
+      [](F32 logits, int token, int n) {
+        if (logits.ndim() != 1) throw py::value_error("logits must be 1-D");
+        try {
+          const TopLogprobs r = top_logprobs(logits.data(), (int)logits.shape(0), token, n);
+          return py::make_tuple(r.token_logprob, r.ids, r.logprobs);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("logits"), py::arg("token"), py::arg("n"),
+      "log_softmax(logits)[token] and the n best (ids, logprobs), best first.");
+}
+
+}  // namespace llmrt::bindings

@@ -1,0 +1,89 @@
+// Choosing the next token from logits: a chain of small stages in one order.
+//
+//   penalties (repetition / presence / frequency over the last N tokens)
+//   -> logit bias -> min_new_tokens (end tokens masked)
+//   -> top-k -> typical-p -> top-p -> min-p -> temperature -> draw
+//
+// The filters cut on the model's own distribution (temperature 1), and
+// temperature only reshapes what survives, so a filter's meaning does not
+// change with the temperature (llama.cpp's default chain orders them the
+// same way). Temperature 0 (or top_k = 1) is greedy: argmax after penalties
+// and bias. Mirostat (v1 or v2) replaces top-k..min-p: penalties -> bias ->
+// temperature -> mirostat truncation -> draw.
+//
+// Every stage after top-k works on the surviving candidates; sorted prefixes
+// are grown on demand (64, 256, ... candidates), never a full sort of the
+// vocabulary unless a filter really needs it.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <utility>
+#include <vector>
+
+namespace llmrt {
+
+struct SamplingConfig {
+  float temperature = 0.f;  // 0: greedy
+  int top_k = 0;            // 0: off
+  float top_p = 1.f;        // 1: off
+  float min_p = 0.f;        // 0: off
+  float typical_p = 1.f;    // 1: off
+  float repetition_penalty = 1.f;  // 1: off; > 1 discourages repeats
+  float presence_penalty = 0.f;
+  float frequency_penalty = 0.f;
+  int penalty_last_n = 64;  // tokens of history the penalties see; -1: all
+  std::vector<std::pair<int32_t, float>> logit_bias;
+  int mirostat = 0;  // 0 off, 1 or 2
+  float mirostat_tau = 5.f;
+  float mirostat_eta = 0.1f;
+  int min_new_tokens = 0;
+  std::vector<int32_t> end_ids;  // masked until min_new_tokens are made
+  uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  Sampler(const SamplingConfig& cfg, int n_vocab);
+
+  // The next token. history: the tokens so far (prompt and generated);
+  // n_generated: how many of them were generated.
+  int32_t sample(const float* logits, const int32_t* history, int n_history, int n_generated);
+
+  const SamplingConfig& config() const { return cfg_; }
+  float mirostat_mu() const { return mu_; }
+
+ private:
+  struct Cand {
+    int32_t id;
+    float logit;
+    float p;
+  };
+  void apply_penalties(const int32_t* history, int n_history);
+  // Sorts cands_ by key (descending) until the sorted prefix holds `mass` of
+  // the probability, returning that prefix's length.
+  template <class Key>
+  size_t sorted_prefix_for_mass(Key key, float mass);
+  void softmax(float temperature);
+  int32_t draw();
+  int32_t mirostat_step();
+
+  SamplingConfig cfg_;
+  int n_vocab_;
+  std::mt19937_64 rng_;
+  float mu_;
+  std::vector<float> work_;  // logits after penalties and bias
+  std::vector<Cand> cands_;
+  std::vector<int> counts_;  // per token, in the penalty window
+};
+
+// Log-probabilities of the model's distribution (log_softmax of the raw
+// logits): the given token's and the top n (ids and values, best first).
+struct TopLogprobs {
+  float token_logprob;
+  std::vector<int32_t> ids;
+  std::vector<float> logprobs;
+};
+TopLogprobs top_logprobs(const float* logits, int n_vocab, int32_t token, int n);
+
+}  // namespace llmrt
