@@ -98,6 +98,17 @@ def test_top_k_1_is_greedy(tiny):
     (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k"),
     (dict(min_p=2.0), "min_p"), (dict(max_new_tokens=-1), "max_new_tokens"),
     (dict(seed="x"), "seed"), (dict(stop=[""]), "stop"),
+    (dict(typical_p=0.0), "typical_p"), (dict(repetition_penalty=0.0), "repetition_penalty"),
+    (dict(presence_penalty=float("inf")), "presence_penalty"),
+    (dict(frequency_penalty="a"), "frequency_penalty"), (dict(penalty_last_n=-2), "penalty_last_n"),
+    (dict(logit_bias={-1: 1.0}), "logit_bias"), (dict(logit_bias={10**6: 1.0}), "logit_bias"),
+    (dict(logit_bias=[1]), "logit_bias"), (dict(mirostat_mode=3), "mirostat_mode"),
+    (dict(mirostat_tau=0.0), "mirostat_tau"), (dict(mirostat_eta=-1.0), "mirostat_eta"),
+    (dict(min_new_tokens=-1), "min_new_tokens"), (dict(logprobs=21), "logprobs"),
+    (dict(n=0), "n"), (dict(num_beams=0), "num_beams"), (dict(length_penalty=float("nan")),
+                                                          "length_penalty"),
+    (dict(num_beams=2, temperature=0.7), "num_beams"), (dict(stop_token_ids=[-3]), "stop_token_ids"),
+    (dict(max_new_tokens=3, max_tokens=3), "given twice"), (dict(ignore_eos=1), "ignore_eos"),
 ])
 def test_invalid_parameters_raise(tiny, kw, field):
     with pytest.raises(ValueError, match=field):

@@ -8,17 +8,176 @@
 #include <stdexcept>
 #include <string>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace llmrt {
 
 namespace {
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-// Tokens more than this many nats below the best one are never candidates:
-// together they hold under n_vocab * e^-30 (~1e-8 for 100k tokens) of the
-// mass, below float32 resolution of the sum.
-constexpr float kCutoff = 30.f;
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw std::invalid_argument(what);
+}
+
+// ---- whole-vocabulary passes, written so the compiler vectorises them ----
+
+// max of x[0..n) (NaN never wins)
+float vmax(const float* x, int n) {
+  int i = 0;
+  float r = kNegInf;
+#if defined(__SSE2__)
+  __m128 m0 = _mm_set1_ps(kNegInf), m1 = m0, m2 = m0, m3 = m0;
+  for (; i + 16 <= n; i += 16) {
+    m0 = _mm_max_ps(_mm_loadu_ps(x + i), m0);  // max_ps(a, b) is b when a is NaN
+    m1 = _mm_max_ps(_mm_loadu_ps(x + i + 4), m1);
+    m2 = _mm_max_ps(_mm_loadu_ps(x + i + 8), m2);
+    m3 = _mm_max_ps(_mm_loadu_ps(x + i + 12), m3);
+  }
+  alignas(16) float t[4];
+  _mm_store_ps(t, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
+  for (float v : t) r = v > r ? v : r;
+#endif
+  for (; i < n; ++i) r = x[i] > r ? x[i] : r;
+  return r;
+}
+
+// e^x, relative error ~2e-7 (as expf), 0 below -87 (and for -inf); a plain
+// function of floats and ints so loops over it vectorise.
+inline float exp_fast(float x) {
+  const float xc = x < -87.f ? -87.f : (x > 88.f ? 88.f : x);
+  const float t = xc * 1.44269504f;
+  const float n = (t + 12582912.f) - 12582912.f;  // round to nearest
+  float r = xc - n * 0.693145752f;
+  r = r - n * 1.42860677e-6f;
+  float p = 1.f / 720;
+  p = p * r + 1.f / 120;
+  p = p * r + 1.f / 24;
+  p = p * r + 1.f / 6;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return x < -87.f ? 0.f : p * scale;
+}
+
+#if defined(__SSE2__)
+// exp_fast on 4 lanes
+inline __m128 exp4(__m128 x) {
+  const __m128 xc = _mm_min_ps(_mm_max_ps(x, _mm_set1_ps(-87.f)), _mm_set1_ps(88.f));
+  const __m128 magic = _mm_set1_ps(12582912.f);
+  const __m128 n = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(xc, _mm_set1_ps(1.44269504f)), magic), magic);
+  __m128 r = _mm_sub_ps(xc, _mm_mul_ps(n, _mm_set1_ps(0.693145752f)));
+  r = _mm_sub_ps(r, _mm_mul_ps(n, _mm_set1_ps(1.42860677e-6f)));
+  __m128 p = _mm_set1_ps(1.f / 720);
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.f / 120));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.f / 24));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.f / 6));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(0.5f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.f));
+  p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(1.f));
+  const __m128i e = _mm_slli_epi32(_mm_add_epi32(_mm_cvttps_epi32(n), _mm_set1_epi32(127)), 23);
+  const __m128 v = _mm_mul_ps(p, _mm_castsi128_ps(e));
+  return _mm_andnot_ps(_mm_cmplt_ps(x, _mm_set1_ps(-87.f)), v);  // 0 below -87 and for -inf
+}
+#endif
+
+// e[i] = exp((x[i] - mx) * s); returns sum e and (when wanted) sum e (x - mx).
+void exp_pass(const float* x, int n, float mx, float s, float* e, double& s0, double* s1) {
+  int i = 0;
+  double t0 = 0.0, t1 = 0.0;
+#if defined(__SSE2__)
+  const __m128 vmx = _mm_set1_ps(mx), vs = _mm_set1_ps(s);
+  __m128 a0 = _mm_setzero_ps(), a1 = _mm_setzero_ps();
+  for (; i + 4 <= n; i += 4) {
+    const __m128 d = _mm_sub_ps(_mm_loadu_ps(x + i), vmx);
+    const __m128 v = exp4(_mm_mul_ps(d, vs));
+    _mm_storeu_ps(e + i, v);
+    a0 = _mm_add_ps(a0, v);
+    // -inf logits: v = 0, and 0 * -inf must not make a NaN
+    a1 = _mm_add_ps(a1, _mm_and_ps(_mm_cmpgt_ps(v, _mm_setzero_ps()), _mm_mul_ps(v, d)));
+  }
+  alignas(16) float f0[4], f1[4];
+  _mm_store_ps(f0, a0);
+  _mm_store_ps(f1, a1);
+  for (int j = 0; j < 4; ++j) {
+    t0 += f0[j];
+    t1 += f1[j];
+  }
+#endif
+  for (; i < n; ++i) {
+    const float d = x[i] - mx;
+    e[i] = exp_fast(d * s);
+    t0 += e[i];
+    t1 += e[i] > 0.f ? (double)e[i] * d : 0.0;
+  }
+  s0 = t0;
+  if (s1) *s1 = t1;
+}
+
+// sum of e[i] over x[i] in [lo, hi]
+double window_mass(const float* x, const float* e, int n, float lo, float hi) {
+  int i = 0;
+  double t = 0.0;
+#if defined(__SSE2__)
+  const __m128 vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi);
+  __m128 a0 = _mm_setzero_ps(), a1 = a0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128 x0 = _mm_loadu_ps(x + i), x1 = _mm_loadu_ps(x + i + 4);
+    const __m128 k0 = _mm_and_ps(_mm_cmpge_ps(x0, vlo), _mm_cmple_ps(x0, vhi));
+    const __m128 k1 = _mm_and_ps(_mm_cmpge_ps(x1, vlo), _mm_cmple_ps(x1, vhi));
+    a0 = _mm_add_ps(a0, _mm_and_ps(k0, _mm_loadu_ps(e + i)));
+    a1 = _mm_add_ps(a1, _mm_and_ps(k1, _mm_loadu_ps(e + i + 4)));
+  }
+  alignas(16) float f[4];
+  _mm_store_ps(f, _mm_add_ps(a0, a1));
+  for (float v : f) t += v;
+#endif
+  for (; i < n; ++i) t += (x[i] >= lo && x[i] <= hi) ? e[i] : 0.f;
+  return t;
+}
+
+// tokens with x[i] in [lo, hi]
+int window_count(const float* x, int n, float lo, float hi) {
+  int i = 0, t = 0;
+#if defined(__SSE2__)
+  const __m128 vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi);
+  __m128i c = _mm_setzero_si128();
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(x + i);
+    const __m128 k = _mm_and_ps(_mm_cmpge_ps(v, vlo), _mm_cmple_ps(v, vhi));
+    c = _mm_sub_epi32(c, _mm_castps_si128(k));  // a true lane is -1
+  }
+  alignas(16) int32_t f[4];
+  _mm_store_si128((__m128i*)f, c);
+  t = f[0] + f[1] + f[2] + f[3];
+#endif
+  for (; i < n; ++i) t += (x[i] >= lo && x[i] <= hi) ? 1 : 0;
+  return t;
+}
+
+// calls f(i) for every x[i] in [lo, hi], in order; blocks of 4 with none
+// in the window cost one compare
+template <class F>
+void for_window(const float* x, int n, float lo, float hi, F&& f) {
+  int i = 0;
+#if defined(__SSE2__)
+  const __m128 vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi);
+  for (; i + 4 <= n; i += 4) {
+    const __m128 v = _mm_loadu_ps(x + i);
+    int bits = _mm_movemask_ps(_mm_and_ps(_mm_cmpge_ps(v, vlo), _mm_cmple_ps(v, vhi)));
+    while (bits) {
+      const int j = __builtin_ctz(bits);
+      f(i + j);
+      bits &= bits - 1;
+    }
+  }
+#endif
+  for (; i < n; ++i)
+    if (x[i] >= lo && x[i] <= hi) f(i);
 }
 }  // namespace
 
@@ -118,7 +277,7 @@ int32_t Sampler::draw() {
 // surprise -log2 p exceeds mu. v1: estimate the Zipf exponent from the top
 // 100 probabilities and keep the k that targets surprise tau. Then draw and
 // move mu by eta * (observed surprise - tau).
-int32_t Sampler::mirostat_step() {
+int32_t Sampler::mirostat_step(const float* L, double s0, float T) {
   const float tau = cfg_.mirostat_tau, eta = cfg_.mirostat_eta;
   if (cfg_.mirostat == 2) {
     const float pmin = std::exp2(-mu_);
@@ -151,9 +310,23 @@ int32_t Sampler::mirostat_step() {
                    : std::pow(eps * std::exp2((double)mu_) / (1.0 - std::pow((double)n_vocab_, -eps)),
                               1.0 / s_hat);
     if (!std::isfinite(k)) k = (double)cands_.size();
-    const size_t kk = (size_t)std::clamp<double>(std::round(k), 1.0, (double)cands_.size());
-    std::partial_sort(cands_.begin(), cands_.begin() + kk, cands_.end(), cmp);
-    cands_.resize(kk);
+    const int kk = (int)std::clamp<double>(std::round(k), 1.0, (double)n_vocab_);
+    if ((size_t)kk > cands_.size()) {  // more than the 100 gathered: the kk largest
+      const float mx = vmax(L, n_vocab_);
+      float lo = kNegInf;
+      for (float d = 1.f; d <= 64.f; d *= 2.f)
+        if (window_count(L, n_vocab_, mx - d, mx) >= kk) {
+          lo = mx - d;
+          break;
+        }
+      cands_.clear();
+      for_window(L, n_vocab_, lo, mx,
+                 [&](int i) { cands_.push_back({i, L[i], (float)(e_[i] / s0)}); });
+    }
+    if ((size_t)kk < cands_.size()) {
+      std::nth_element(cands_.begin(), cands_.begin() + (kk - 1), cands_.end(), cmp);
+      cands_.resize(kk);
+    }
   }
   double sum = 0.0;
   for (const Cand& c : cands_) sum += c.p;
@@ -185,39 +358,92 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int n_histo
     L = work_.data();
   }
 
+  const int V = n_vocab_;
+  const float mx = vmax(L, V);
+  if (!(mx > kNegInf)) throw std::invalid_argument("every token has -inf logit (or NaN logits)");
   // greedy: the first of the largest
   if (c.mirostat == 0 && (c.temperature == 0.f || c.top_k == 1)) {
-    int32_t best = 0;
-    for (int32_t i = 1; i < n_vocab_; ++i)
-      if (L[i] > L[best]) best = i;
-    return best;
+    for (int32_t i = 0; i < V; ++i)
+      if (L[i] == mx) return i;
   }
 
-  // candidates: every token within kCutoff nats of the best
-  float mx = kNegInf;
-  for (int32_t i = 0; i < n_vocab_; ++i) mx = std::max(mx, L[i]);
-  if (!(mx > kNegInf)) throw std::invalid_argument("every token has -inf logit (or NaN logits)");
-  cands_.clear();
-  const float floor = mx - kCutoff;
-  for (int32_t i = 0; i < n_vocab_; ++i)
-    if (L[i] >= floor) cands_.push_back({i, L[i], 0.f});
+  // The first filter runs on the whole vocabulary without materialising
+  // it: each one keeps the tokens whose logits fall in a window (the k
+  // largest, the most likely up to some mass, those closest to the
+  // entropy), so the window is widened until it provably holds the answer
+  // and only its tokens become candidates.
+  auto gather = [&](float lo, float hi) {
+    cands_.clear();
+    for_window(L, V, lo, hi, [&](int i) { cands_.push_back({i, L[i], 0.f}); });
+  };
+  auto gather_top = [&](int k) {  // the k largest logits
+    float lo = kNegInf;
+    for (float d = 1.f; d <= 64.f; d *= 2.f)
+      if (window_count(L, V, mx - d, mx) >= k) {
+        lo = mx - d;
+        break;
+      }
+    gather(lo, mx);
+    if ((size_t)k < cands_.size()) {
+      std::nth_element(cands_.begin(), cands_.begin() + (k - 1), cands_.end(),
+                       [](const Cand& a, const Cand& b) { return a.logit > b.logit; });
+      cands_.resize(k);
+    }
+  };
+  e_.resize(V);
 
   if (c.mirostat != 0) {
-    softmax(c.temperature > 0.f ? c.temperature : 1.f);
-    return mirostat_step();
+    const float T = c.temperature > 0.f ? c.temperature : 1.f;
+    double s0;
+    exp_pass(L, V, mx, 1.f / T, e_.data(), s0, nullptr);
+    if (c.mirostat == 2) {  // p >= 2^-mu  <=>  l >= mx + T (log s0 - mu ln 2)
+      gather(mx + T * (float)(std::log(s0) - mu_ * 0.69314718), mx);
+      if (cands_.empty()) gather_top(1);
+    } else {
+      gather_top(std::min(V, 100));
+    }
+    for (Cand& x : cands_) x.p = (float)(e_[x.id] / s0);
+    return mirostat_step(L, s0, T);
   }
 
-  // top-k: selection, not a sort
-  if (c.top_k > 0 && (size_t)c.top_k < cands_.size()) {
-    std::nth_element(cands_.begin(), cands_.begin() + (c.top_k - 1), cands_.end(),
-                     [](const Cand& a, const Cand& b) { return a.logit > b.logit; });
-    cands_.resize(c.top_k);
+  bool typical_done = false, top_p_done = false;
+  if (c.top_k > 0 && c.top_k < V) {
+    gather_top(c.top_k);
+  } else if (c.typical_p < 1.f || c.top_p < 1.f) {
+    double s0, s1;
+    exp_pass(L, V, mx, 1.f, e_.data(), s0, &s1);
+    const double need = (c.typical_p < 1.f ? c.typical_p : c.top_p) * s0;
+    // typical: -log p_i = mx + log s0 - l_i, entropy H = log s0 - s1 / s0, so
+    // the tokens closest to H have logits closest to mx + s1 / s0
+    const float center = c.typical_p < 1.f ? mx + (float)(s1 / s0) : mx;
+    float d = 2.f;
+    for (; d <= 64.f; d *= 2.f)
+      if (window_mass(L, e_.data(), V, center - d, center + d) >= need) break;
+    if (d > 64.f) gather(kNegInf, mx);
+    else gather(center - d, center + d);
+    for (Cand& x : cands_) x.p = (float)(e_[x.id] / s0);
+    const float mass = c.typical_p < 1.f ? c.typical_p : c.top_p;
+    if (c.typical_p < 1.f) {
+      auto closeness = [center](const Cand& x) { return -std::abs(x.logit - center); };
+      cands_.resize(sorted_prefix_for_mass(closeness, mass));
+      typical_done = true;
+    } else {
+      cands_.resize(sorted_prefix_for_mass([](const Cand& x) { return x.p; }, mass));
+      top_p_done = true;
+    }
+  } else if (c.min_p > 0.f) {
+    gather(mx + std::log(c.min_p), mx);  // p >= min_p p_max  <=>  l >= mx + log min_p
+  } else {
+    // temperature alone: draw from the whole vocabulary
+    double s0;
+    exp_pass(L, V, mx, 1.f / c.temperature, e_.data(), s0, nullptr);
+    return draw_all(s0);
   }
   softmax(1.f);
 
   // typical-p: the tokens whose surprise is closest to the entropy, up to
   // typical_p of the mass
-  if (c.typical_p < 1.f) {
+  if (c.typical_p < 1.f && !typical_done) {
     double H = 0.0;
     for (const Cand& x : cands_)
       if (x.p > 0.f) H -= (double)x.p * std::log((double)x.p);
@@ -229,7 +455,7 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int n_histo
     softmax(1.f);
   }
   // top-p: the most likely tokens up to top_p of the mass
-  if (c.top_p < 1.f) {
+  if (c.top_p < 1.f && !top_p_done) {
     cands_.resize(sorted_prefix_for_mass([](const Cand& x) { return x.p; }, c.top_p));
     softmax(1.f);
   }
@@ -245,6 +471,37 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int n_histo
   }
   softmax(c.temperature);
   return draw();
+}
+
+// A draw from weights e_[0..V) summing to total: block sums first, then
+// the one block.
+int32_t Sampler::draw_all(double total) {
+  const double u = (double)(rng_() >> 11) * 0x1.0p-53 * total;
+  constexpr int kBlock = 256;
+  double cum = 0.0;
+  const int V = n_vocab_;
+  for (int b0 = 0; b0 < V; b0 += kBlock) {
+    const int b1 = std::min(V, b0 + kBlock);
+    float part[8] = {};
+    int i = b0;
+    for (; i + 8 <= b1; i += 8)
+      for (int j = 0; j < 8; ++j) part[j] += e_[i + j];
+    double bs = 0.0;
+    for (float v : part) bs += v;
+    for (; i < b1; ++i) bs += e_[i];
+    if (u < cum + bs) {
+      for (i = b0; i < b1; ++i) {
+        cum += e_[i];
+        if (u < cum && e_[i] > 0.f) return i;
+      }
+      for (i = b1; i-- > b0;)  // rounding at the block's end
+        if (e_[i] > 0.f) return i;
+    }
+    cum += bs;
+  }
+  for (int i = V; i-- > 0;)
+    if (e_[i] > 0.f) return i;
+  return 0;
 }
 
 // ---- log-probabilities -------------------------------------------------------------

@@ -11,9 +11,10 @@
 // and bias. Mirostat (v1 or v2) replaces top-k..min-p: penalties -> bias ->
 // temperature -> mirostat truncation -> draw.
 //
-// Every stage after top-k works on the surviving candidates; sorted prefixes
-// are grown on demand (64, 256, ... candidates), never a full sort of the
-// vocabulary unless a filter really needs it.
+// The first filter scans the whole vocabulary in vectorised passes and keeps
+// only a window of logits that provably holds its result; later stages work
+// on those candidates, with sorted prefixes grown on demand (64, 256, ...),
+// never a sort of the vocabulary.
 #pragma once
 
 #include <cstdint>
@@ -66,7 +67,8 @@ class Sampler {
   size_t sorted_prefix_for_mass(Key key, float mass);
   void softmax(float temperature);
   int32_t draw();
-  int32_t mirostat_step();
+  int32_t draw_all(double total);
+  int32_t mirostat_step(const float* logits, double s0, float temperature);
 
   SamplingConfig cfg_;
   int n_vocab_;
@@ -74,6 +76,7 @@ class Sampler {
   float mu_;
   std::vector<float> work_;  // logits after penalties and bias
   std::vector<Cand> cands_;
+  std::vector<float> e_;     // exp(logit - max) of the whole vocabulary
   std::vector<int> counts_;  // per token, in the penalty window
 };
 
