@@ -5,15 +5,6 @@ import numpy as np
 import pytest
 
 import llmrt
-from testutil import write_model
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("gen") / "tiny.gguf")
-    # untied head: a tied one makes "repeat the last token" dominate random logits
-    write_model(path, wtype="Q8_0", n_layer=2, ctx=128, tied=False)
-    return llmrt.Model(path, threads=2)
 
 
 PROMPT = [5, 40, 77, 12, 99]

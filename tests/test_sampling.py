@@ -11,7 +11,6 @@ import pytest
 import llmrt
 from llmrt import SamplingParams
 from llmrt.sampling import Sampler
-from testutil import write_model
 
 DRAWS = 20000
 # Critical chi-square values at significance 0.001 (Wilson-Hilferty); a
@@ -205,13 +204,6 @@ def test_all_minus_inf_raises():
 
 # ---- through generate() ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("smp") / "tiny.gguf")
-    write_model(path, wtype="Q8_0", n_layer=2, ctx=256, tied=False)
-    return llmrt.Model(path, threads=2)
-
-
 PROMPT = [5, 40, 77, 12, 99]
 
 
@@ -286,6 +278,9 @@ def _beam_score(m, prompt, toks, lp):
 
 
 def test_beam_search(tiny):
+    with pytest.raises(ValueError, match="for 5 sequences"):  # 4 beams + 1 in flight
+        tiny.generate(PROMPT, max_new_tokens=100, num_beams=4)
+    tiny = llmrt.Model(tiny.path, threads=2, kv_cache_tokens=512)  # room for the beams
     g = tiny.generate(PROMPT, max_new_tokens=8, ignore_eos=True)
     b1 = tiny.generate(PROMPT, max_new_tokens=8, ignore_eos=True, num_beams=1)
     assert b1.token_ids == g.token_ids

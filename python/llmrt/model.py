@@ -307,6 +307,8 @@ class Model:
         TextStream (iterate it for text pieces; ``.result`` afterwards).
         """
         p = SamplingParams.make(params, **kwargs)
+        if (p.n > 1 or p.num_beams > 1) and stream:
+            raise ValueError("stream=True produces one sequence: use n=1 and num_beams=1")
         if isinstance(prompt, str):
             ids = self.tokenize(prompt, add_special=add_special)
         else:
@@ -318,18 +320,22 @@ class Model:
                              f"{self.context_length}")
         # positions written: the prompt and every new token but the last
         need = min(len(ids) + max(p.max_new_tokens - 1, 0), self.context_length)
-        cap = self._native.cache_stats()["capacity_tokens"]
-        if need > cap:
+        st = self._native.cache_stats()
+        cap, bt = st["capacity_tokens"], st["block_tokens"]
+        # n samples / beams share the prompt's full blocks and each need the rest
+        k = max(p.n, p.num_beams + (p.num_beams > 1))
+        blocks = len(ids) // bt + k * (-(-need // bt) - len(ids) // bt)
+        if need > cap or blocks * bt > cap:
+            what = f" for {k} sequences" if k > 1 else ""
             raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens={p.max_new_tokens} "
-                             f"need {need} KV-cache positions, but the cache holds {cap} "
-                             f"(kv_cache_tokens); raise it or lower max_new_tokens")
+                             f"need {max(need, blocks * bt)} KV-cache positions{what}, but the "
+                             f"cache holds {cap} (kv_cache_tokens); raise it or lower "
+                             f"max_new_tokens")
         for t in p.stop_token_ids or []:
             if t >= self.vocab_size:
                 raise ValueError(f"stop_token_ids: {t} is outside the vocabulary")
         end_ids = set() if p.ignore_eos else set(self._stop_ids)
         end_ids.update(int(i) for i in (p.stop_token_ids or []))
-        if (p.n > 1 or p.num_beams > 1) and stream:
-            raise ValueError("stream=True produces one sequence: use n=1 and num_beams=1")
         if p.num_beams > 1:
             return _beam_search(self, ids, p, end_ids)
         if p.n == 1:
