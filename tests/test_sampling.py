@@ -312,3 +312,38 @@ def test_stream_rejects_n_and_beams(tiny):
     for kw in (dict(n=2), dict(num_beams=2)):
         with pytest.raises(ValueError, match="stream"):
             tiny.generate(PROMPT, stream=True, **kw)
+
+
+# ---- speculative decoding: prompt lookup ------------------------------------------------
+
+def test_prompt_lookup_equals_greedy(tiny):
+    prompt = PROMPT + [30, 31, 32, 33, 34, 35] * 3 + [30, 31]
+    for kw in (dict(), dict(repetition_penalty=1.3), dict(stop_token_ids=[33]),
+               dict(logprobs=2)):
+        plain = tiny.generate(prompt, max_new_tokens=40, ignore_eos=True, **kw)
+        spec = tiny.generate(prompt, max_new_tokens=40, ignore_eos=True, draft="prompt_lookup",
+                             num_draft_tokens=5, **kw)
+        assert spec.token_ids == plain.token_ids and spec.text == plain.text, kw
+        assert spec.finish_reason == plain.finish_reason
+        if kw.get("logprobs"):
+            assert [(x.token_id, round(x.logprob, 3)) for x in spec.logprobs] == \
+                [(x.token_id, round(x.logprob, 3)) for x in plain.logprobs]
+    t = spec.timings
+    assert t["draft_tokens"] > 0 and 0 <= t["draft_acceptance"] <= 1
+    assert tiny.cache_stats()["blocks_in_use"] == 0
+
+
+def test_prompt_lookup_accepts_on_repetitive_output(tiny):
+    # greedy on this model settles into a 4-token loop after ~25 tokens:
+    # the lookup then drafts it (measured: 27% of drafted tokens accepted)
+    r = tiny.generate(PROMPT, max_new_tokens=60, ignore_eos=True, draft="prompt_lookup")
+    assert r.timings["draft_acceptance"] > 0.15 and r.timings["tokens_per_forward"] > 1.2
+    assert r.token_ids == tiny.generate(PROMPT, max_new_tokens=60, ignore_eos=True).token_ids
+
+
+def test_prompt_lookup_arguments(tiny):
+    for kw, msg in [(dict(draft="ngram"), "draft"), (dict(num_draft_tokens=0), "num_draft"),
+                    (dict(temperature=0.8), "greedy"), (dict(n=2), "greedy")]:
+        kw.setdefault("draft", "prompt_lookup")
+        with pytest.raises(ValueError, match=msg):
+            tiny.generate(PROMPT, **kw)

@@ -287,7 +287,8 @@ class Model:
 
     # ---- generation -------------------------------------------------------------------
     def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
-                 stream: bool = False, add_special: bool = True, **kwargs: Any,
+                 stream: bool = False, add_special: bool = True, draft: str | None = None,
+                 num_draft_tokens: int = 8, **kwargs: Any,
                  ) -> GenerationResult | list[GenerationResult] | TextStream:
         """Continue a prompt (text, or token ids used as given).
 
@@ -307,6 +308,15 @@ class Model:
         TextStream (iterate it for text pieces; ``.result`` afterwards).
         """
         p = SamplingParams.make(params, **kwargs)
+        if draft is not None:
+            if draft != "prompt_lookup":
+                raise ValueError(f"draft must be None or 'prompt_lookup', got {draft!r}")
+            if not isinstance(num_draft_tokens, int) or not 1 <= num_draft_tokens <= 64:
+                raise ValueError(f"num_draft_tokens must be in [1, 64], got {num_draft_tokens!r}")
+            greedy = (p.temperature == 0 or p.top_k == 1) and not p.mirostat_mode
+            if not greedy or p.n > 1 or p.num_beams > 1:
+                raise ValueError("draft='prompt_lookup' runs greedy decoding (temperature=0, "
+                                 "n=1, num_beams=1)")
         if (p.n > 1 or p.num_beams > 1) and stream:
             raise ValueError("stream=True produces one sequence: use n=1 and num_beams=1")
         if isinstance(prompt, str):
@@ -339,7 +349,8 @@ class Model:
         if p.num_beams > 1:
             return _beam_search(self, ids, p, end_ids)
         if p.n == 1:
-            run = _Run(self, ids, p, Sampler(p, self.vocab_size, end_ids), end_ids)
+            run = _Run(self, ids, p, Sampler(p, self.vocab_size, end_ids), end_ids,
+                       draft=draft, num_draft_tokens=num_draft_tokens)
             if stream:
                 return TextStream(run)
             for _ in run.pieces():
@@ -424,8 +435,10 @@ class _Run:
 
     def __init__(self, model: Model, prompt: list[int], p: SamplingParams,
                  sampler: Sampler | None, end_ids: set[int],
-                 start: tuple[int, np.ndarray, float] | None = None):
+                 start: tuple[int, np.ndarray, float] | None = None,
+                 draft: str | None = None, num_draft_tokens: int = 8):
         self.m, self.prompt, self.p = model, prompt, p
+        self.draft, self.num_draft = draft, num_draft_tokens
         self.sampler, self.end_ids, self.start = sampler, end_ids, start
         self.stops = p.stop_strings
         self.result = GenerationResult(text="", token_ids=[], finish_reason="length",
@@ -452,8 +465,6 @@ class _Run:
             self.finish_empty()
             return
         dec = m.tokenizer.decoder(skip_special=True)
-        text = ""       # everything decoded so far
-        emitted = 0     # how much of it has been handed out
         t0 = time.perf_counter()
         if self.start is None:
             seq, logits = m._prefill(self.prompt)
@@ -462,50 +473,85 @@ class _Run:
             seq, logits, prompt_s = self.start
             t0 -= prompt_s
             t_prompt = time.perf_counter()
-        t_first = None
         n_ctx = m.context_length
-        # tokens so far, for the penalties
-        hist = np.zeros(len(self.prompt) + p.max_new_tokens, np.int32)
+        # tokens so far, for the penalties and the prompt lookup
+        hist = np.zeros(len(self.prompt) + p.max_new_tokens + 1, np.int32)
         hist[:len(self.prompt)] = self.prompt
-        n_hist = len(self.prompt)
-        finished = "length"
-        cut_by_stop = False
-        while True:
-            tok = self.sampler(logits, hist[:n_hist], len(res.token_ids))
-            if t_first is None:
-                t_first = time.perf_counter()
-            if p.logprobs is not None:
-                lp, top = top_logprobs(logits, tok, p.logprobs)
-                res.logprobs.append(TokenLogprob(tok, lp, top))
+        st = dict(n_hist=len(self.prompt), text="", emitted=0, finished="length", cut=False,
+                  done=False, t_first=None)
+
+        def emit(tok: int) -> Iterator[str]:
+            """One chosen token: end and stop checks, text, streaming."""
+            if st["t_first"] is None:
+                st["t_first"] = time.perf_counter()
             if tok in self.end_ids:
-                finished = "stop"
-                break
+                st["finished"], st["done"] = "stop", True
+                return
             res.token_ids.append(tok)
-            hist[n_hist] = tok
-            n_hist += 1
-            text += dec.add(tok)
+            hist[st["n_hist"]] = tok
+            st["n_hist"] += 1
+            st["text"] += dec.add(tok)
+            text, emitted = st["text"], st["emitted"]
             cut = self._find_stop(text, emitted)
             if cut is not None:
-                text = text[:cut]
-                finished = "stop"
-                cut_by_stop = True
-                break
+                st["text"] = text[:cut]
+                st["finished"], st["cut"], st["done"] = "stop", True, True
+                return
             # hand out what can no longer begin a stop string
             safe = len(text) - self._held(text, emitted)
             if safe > emitted:
                 yield text[emitted:safe]
-                emitted = safe
-            if len(res.token_ids) >= p.max_new_tokens or n_hist > n_ctx:
+                st["emitted"] = safe
+            if len(res.token_ids) >= p.max_new_tokens or st["n_hist"] > n_ctx:
+                st["done"] = True
+
+        def choose(lg: np.ndarray) -> int:
+            tok = self.sampler(lg, hist[:st["n_hist"]], len(res.token_ids))
+            if p.logprobs is not None:
+                lp, top = top_logprobs(lg, tok, p.logprobs)
+                res.logprobs.append(TokenLogprob(tok, lp, top))
+            return tok
+
+        forwards = drafted = accepted = 0
+        while True:
+            tok = choose(logits)
+            yield from emit(tok)
+            if st["done"]:
                 break
-            logits = m._step(tok, seq)
+            n = st["n_hist"]  # the cache holds n - 1 positions; tok is hist[n - 1]
+            room = min(self.num_draft, p.max_new_tokens - len(res.token_ids) - 1, n_ctx - n)
+            draft = self._lookup(hist, n, room) if self.draft and room > 0 else []
+            forwards += 1
+            if not draft:
+                logits = m._step(tok, seq)
+                continue
+            # verify: tok and the draft in one forward; the model's own choice
+            # at each position decides how much of the draft stands
+            rows = m._native.forward(np.asarray([tok] + draft, np.int32), -1, True, seq)
+            drafted += len(draft)
+            a = 0
+            while a < len(draft) and not st["done"]:
+                if choose(rows[a]) != draft[a]:
+                    if p.logprobs is not None:
+                        res.logprobs.pop()  # chosen again from the same row below
+                    break
+                yield from emit(draft[a])
+                a += 1
+            accepted += a
+            if st["done"]:
+                break
+            m._native.truncate(seq, n + a)  # drop the rejected draft's keys and values
+            logits = rows[a]
         m._release(seq)
-        if not cut_by_stop:
+        text = st["text"]
+        if not st["cut"]:
             text += dec.flush()
-        if len(text) > emitted:
-            yield text[emitted:]
+        if len(text) > st["emitted"]:
+            yield text[st["emitted"]:]
         t_end = time.perf_counter()
+        t_first = st["t_first"]
         res.text = text
-        res.finish_reason = finished
+        res.finish_reason = st["finished"]
         n_dec = max(len(res.token_ids) - 1, 0)
         res.timings = {
             "prompt_ms": (t_prompt - t0) * 1e3,
@@ -514,6 +560,23 @@ class _Run:
             "prompt_tokens_per_s": len(self.prompt) / max(t_prompt - t0, 1e-9),
             "decode_tokens_per_s": n_dec / max(t_end - (t_first or t_end), 1e-9) if n_dec else 0.0,
         }
+        if self.draft:
+            res.timings["draft_tokens"] = drafted
+            res.timings["draft_acceptance"] = accepted / drafted if drafted else 0.0
+            res.timings["tokens_per_forward"] = n_dec / forwards if forwards else 0.0
+
+    @staticmethod
+    def _lookup(hist: np.ndarray, n: int, k: int, max_ngram: int = 3) -> list[int]:
+        """Prompt lookup: the tokens that followed the latest earlier
+        occurrence of the last 3 (or 2, or 1) tokens, up to k of them."""
+        for g in range(min(max_ngram, n - 1), 0, -1):
+            tail = hist[n - g:n]
+            win = np.lib.stride_tricks.sliding_window_view(hist[:n - 1], g)
+            hits = np.flatnonzero((win == tail).all(axis=1))
+            if hits.size:
+                start = int(hits[-1]) + g
+                return hist[start:min(start + k, n)].tolist()
+        return []
 
     def _find_stop(self, text: str, emitted: int) -> int | None:
         if not self.stops:
