@@ -43,7 +43,9 @@ def main() -> None:
     a = ap.parse_args()
     path = a.model or llmrt.default_model_path()
     n_train = llmrt.Model(path, threads=1, context_length=64).config["n_ctx_train"]
-    n_ctx = min(max(int(c) for c in a.contexts.split(",")) + a.decode_tokens + 8, n_train)
+    # room for the longest context and for the 2k prompt tests
+    n_ctx = min(max([int(c) for c in a.contexts.split(",")] + [2048]) + a.decode_tokens + 8,
+                n_train)
     # a context at the model's limit leaves room for the decoded tokens
     contexts = [min(int(c), n_ctx - a.decode_tokens - 8) for c in a.contexts.split(",")]
 
