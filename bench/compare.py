@@ -27,7 +27,28 @@ from bench_generate import TEXT, read_bandwidth, weight_bytes_per_token  # noqa:
 import llmrt  # noqa: E402
 
 
-class LlmrtRunner:
+class Runner:
+    """Greedy decode and prompt timing, the same loop for every engine:
+    fill() processes ids from an empty cache and keeps the last logits,
+    step(token, pos) runs one token and returns its logits."""
+
+    def decode_from(self, n_past, n):
+        """Greedy decode of n tokens after the first n_past cached positions."""
+        logits = self.logits
+        t0 = time.perf_counter()
+        for pos in range(n_past, n_past + n):
+            logits = self.step(int(np.argmax(logits)), pos)
+        return n / (time.perf_counter() - t0)
+
+    def decode(self, prompt, n):
+        self.fill(prompt)
+        return self.decode_from(len(prompt), n)
+
+    def prompt(self, ids):
+        return len(ids) / self.fill(ids)
+
+
+class LlmrtRunner(Runner):
     name = "llmrt"
 
     def __init__(self, path, threads, n_ctx, **kw):
@@ -40,26 +61,11 @@ class LlmrtRunner:
         self.logits = self.nat.forward(np.asarray(ids, np.int32), 0, False)
         return time.perf_counter() - t0
 
-    def decode_from(self, n_past, n):
-        """Greedy decode of n tokens after the first n_past cached positions."""
-        logits = self.logits
-        t0 = time.perf_counter()
-        pos = n_past
-        for _ in range(n):
-            tok = int(np.argmax(logits))
-            logits = self.nat.forward(np.asarray([tok], np.int32), pos, False)
-            pos += 1
-        return n / (time.perf_counter() - t0)
-
-    def decode(self, prompt, n):
-        self.fill(prompt)
-        return self.decode_from(len(prompt), n)
-
-    def prompt(self, ids):
-        return len(ids) / self.fill(ids)
+    def step(self, tok, pos):
+        return self.nat.forward(np.asarray([tok], np.int32), pos, False)
 
 
-class LlamaCppRunner:
+class LlamaCppRunner(Runner):
     name = "llama.cpp"
 
     def __init__(self, path, threads, n_ctx, **kw):
@@ -80,23 +86,10 @@ class LlamaCppRunner:
         self.logits = self._last_logits().copy()
         return dt
 
-    def decode_from(self, n_past, n):
-        llm = self.llm
-        llm.n_tokens = n_past  # eval() drops the cache after n_tokens
-        logits = self.logits
-        t0 = time.perf_counter()
-        for _ in range(n):
-            tok = int(np.argmax(logits))
-            llm.eval([tok])
-            logits = self._last_logits()
-        return n / (time.perf_counter() - t0)
-
-    def decode(self, prompt, n):
-        self.fill(prompt)
-        return self.decode_from(len(prompt), n)
-
-    def prompt(self, ids):
-        return len(ids) / self.fill(ids)
+    def step(self, tok, pos):
+        self.llm.n_tokens = pos  # eval() drops the cache from n_tokens on
+        self.llm.eval([tok])
+        return self._last_logits()
 
 
 def main() -> None:

@@ -272,29 +272,52 @@ int32_t Sampler::draw() {
   return cands_.front().id;
 }
 
-// ---- mirostat ----------------------------------------------------------------------
-// Candidates hold softmax(logit / temperature). v2: drop tokens whose
-// surprise -log2 p exceeds mu. v1: estimate the Zipf exponent from the top
-// 100 probabilities and keep the k that targets surprise tau. Then draw and
-// move mu by eta * (observed surprise - tau).
-int32_t Sampler::mirostat_step(const float* L, double s0, float T) {
-  const float tau = cfg_.mirostat_tau, eta = cfg_.mirostat_eta;
-  if (cfg_.mirostat == 2) {
-    const float pmin = std::exp2(-mu_);
-    size_t keep = 0;
-    for (size_t i = 0; i < cands_.size(); ++i)
-      if (cands_[i].p >= pmin) cands_[keep++] = cands_[i];
-    if (keep == 0) {  // the most likely token alone
-      const auto best = std::max_element(cands_.begin(), cands_.end(),
-                                         [](const Cand& a, const Cand& b) { return a.p < b.p; });
-      cands_[0] = *best;
-      keep = 1;
+// ---- candidates from the whole vocabulary -----------------------------------------
+
+void Sampler::gather(const float* L, float lo, float hi) {
+  cands_.clear();
+  for_window(L, n_vocab_, lo, hi, [&](int i) { cands_.push_back({i, L[i], 0.f}); });
+}
+
+// The k largest logits (mx: the largest): the narrowest window below mx
+// that holds k of them, then a selection.
+void Sampler::gather_top(const float* L, float mx, int k) {
+  float lo = kNegInf;
+  for (float d = 1.f; d <= 64.f; d *= 2.f)
+    if (window_count(L, n_vocab_, mx - d, mx) >= k) {
+      lo = mx - d;
+      break;
     }
-    cands_.resize(keep);
+  gather(L, lo, mx);
+  if ((size_t)k < cands_.size()) {
+    std::nth_element(cands_.begin(), cands_.begin() + (k - 1), cands_.end(),
+                     [](const Cand& a, const Cand& b) { return a.logit > b.logit; });
+    cands_.resize(k);
+  }
+}
+
+// ---- mirostat ----------------------------------------------------------------------
+// p = softmax(logit / temperature). v2: keep the tokens whose surprise
+// -log2 p is within mu. v1: estimate the Zipf exponent from the top 100
+// probabilities and keep the k that targets surprise tau. Then draw and
+// move mu by eta * (observed surprise - tau).
+int32_t Sampler::mirostat_step(const float* L, float mx, float T) {
+  const float tau = cfg_.mirostat_tau, eta = cfg_.mirostat_eta;
+  double s0;
+  exp_pass(L, n_vocab_, mx, 1.f / T, e_.data(), s0, nullptr);
+  auto set_p = [&] {
+    for (Cand& x : cands_) x.p = (float)(e_[x.id] / s0);
+  };
+  if (cfg_.mirostat == 2) {  // p >= 2^-mu  <=>  l >= mx + T (log s0 - mu ln 2)
+    gather(L, mx + T * (float)(std::log(s0) - mu_ * 0.69314718), mx);
+    if (cands_.empty()) gather_top(L, mx, 1);  // the most likely token alone
+    set_p();
   } else {
-    const size_t m = std::min<size_t>(100, cands_.size());
+    gather_top(L, mx, std::min(n_vocab_, 100));
+    set_p();
+    const size_t m = cands_.size();
     auto cmp = [](const Cand& a, const Cand& b) { return a.p > b.p; };
-    std::partial_sort(cands_.begin(), cands_.begin() + m, cands_.end(), cmp);
+    std::sort(cands_.begin(), cands_.end(), cmp);
     double num = 0.0, den = 0.0;
     for (size_t i = 0; i + 1 < m; ++i) {
       if (cands_[i + 1].p <= 0.f) break;
@@ -306,26 +329,16 @@ int32_t Sampler::mirostat_step(const float* L, double s0, float T) {
     const double s_hat = den > 0.0 ? num / den : 1.0;
     const double eps = s_hat - 1.0;
     double k = std::abs(eps) < 1e-9
-                   ? (double)cands_.size()
+                   ? (double)n_vocab_
                    : std::pow(eps * std::exp2((double)mu_) / (1.0 - std::pow((double)n_vocab_, -eps)),
                               1.0 / s_hat);
-    if (!std::isfinite(k)) k = (double)cands_.size();
+    if (!std::isfinite(k)) k = (double)n_vocab_;
     const int kk = (int)std::clamp<double>(std::round(k), 1.0, (double)n_vocab_);
-    if ((size_t)kk > cands_.size()) {  // more than the 100 gathered: the kk largest
-      const float mx = vmax(L, n_vocab_);
-      float lo = kNegInf;
-      for (float d = 1.f; d <= 64.f; d *= 2.f)
-        if (window_count(L, n_vocab_, mx - d, mx) >= kk) {
-          lo = mx - d;
-          break;
-        }
-      cands_.clear();
-      for_window(L, n_vocab_, lo, mx,
-                 [&](int i) { cands_.push_back({i, L[i], (float)(e_[i] / s0)}); });
-    }
-    if ((size_t)kk < cands_.size()) {
-      std::nth_element(cands_.begin(), cands_.begin() + (kk - 1), cands_.end(), cmp);
-      cands_.resize(kk);
+    if ((size_t)kk > m) {  // more than the 100 gathered
+      gather_top(L, mx, kk);
+      set_p();
+    } else {
+      cands_.resize(kk);  // sorted: the kk most likely
     }
   }
   double sum = 0.0;
@@ -372,43 +385,12 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int n_histo
   // largest, the most likely up to some mass, those closest to the
   // entropy), so the window is widened until it provably holds the answer
   // and only its tokens become candidates.
-  auto gather = [&](float lo, float hi) {
-    cands_.clear();
-    for_window(L, V, lo, hi, [&](int i) { cands_.push_back({i, L[i], 0.f}); });
-  };
-  auto gather_top = [&](int k) {  // the k largest logits
-    float lo = kNegInf;
-    for (float d = 1.f; d <= 64.f; d *= 2.f)
-      if (window_count(L, V, mx - d, mx) >= k) {
-        lo = mx - d;
-        break;
-      }
-    gather(lo, mx);
-    if ((size_t)k < cands_.size()) {
-      std::nth_element(cands_.begin(), cands_.begin() + (k - 1), cands_.end(),
-                       [](const Cand& a, const Cand& b) { return a.logit > b.logit; });
-      cands_.resize(k);
-    }
-  };
   e_.resize(V);
-
-  if (c.mirostat != 0) {
-    const float T = c.temperature > 0.f ? c.temperature : 1.f;
-    double s0;
-    exp_pass(L, V, mx, 1.f / T, e_.data(), s0, nullptr);
-    if (c.mirostat == 2) {  // p >= 2^-mu  <=>  l >= mx + T (log s0 - mu ln 2)
-      gather(mx + T * (float)(std::log(s0) - mu_ * 0.69314718), mx);
-      if (cands_.empty()) gather_top(1);
-    } else {
-      gather_top(std::min(V, 100));
-    }
-    for (Cand& x : cands_) x.p = (float)(e_[x.id] / s0);
-    return mirostat_step(L, s0, T);
-  }
+  if (c.mirostat != 0) return mirostat_step(L, mx, c.temperature > 0.f ? c.temperature : 1.f);
 
   bool typical_done = false, top_p_done = false;
   if (c.top_k > 0 && c.top_k < V) {
-    gather_top(c.top_k);
+    gather_top(L, mx, c.top_k);
   } else if (c.typical_p < 1.f || c.top_p < 1.f) {
     double s0, s1;
     exp_pass(L, V, mx, 1.f, e_.data(), s0, &s1);
@@ -419,8 +401,8 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int n_histo
     float d = 2.f;
     for (; d <= 64.f; d *= 2.f)
       if (window_mass(L, e_.data(), V, center - d, center + d) >= need) break;
-    if (d > 64.f) gather(kNegInf, mx);
-    else gather(center - d, center + d);
+    if (d > 64.f) gather(L, kNegInf, mx);
+    else gather(L, center - d, center + d);
     for (Cand& x : cands_) x.p = (float)(e_[x.id] / s0);
     const float mass = c.typical_p < 1.f ? c.typical_p : c.top_p;
     if (c.typical_p < 1.f) {
@@ -432,7 +414,7 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int n_histo
       top_p_done = true;
     }
   } else if (c.min_p > 0.f) {
-    gather(mx + std::log(c.min_p), mx);  // p >= min_p p_max  <=>  l >= mx + log min_p
+    gather(L, mx + std::log(c.min_p), mx);  // p >= min_p p_max  <=>  l >= mx + log min_p
   } else {
     // temperature alone: draw from the whole vocabulary
     double s0;

@@ -68,7 +68,10 @@ class Sampler {
   void softmax(float temperature);
   int32_t draw();
   int32_t draw_all(double total);
-  int32_t mirostat_step(const float* logits, double s0, float temperature);
+  int32_t mirostat_step(const float* logits, float max_logit, float temperature);
+  // cands_ = tokens with logits in [lo, hi] / the k largest (p unset)
+  void gather(const float* logits, float lo, float hi);
+  void gather_top(const float* logits, float max_logit, int k);
 
   SamplingConfig cfg_;
   int n_vocab_;

@@ -655,17 +655,15 @@ def _beam_search(m: Model, prompt: list[int], p: SamplingParams, end_ids: set[in
         users: dict[int, int] = {}
         for _, bi, _ in chosen:
             users[bi] = users.get(bi, 0) + 1
+        for bi, b in enumerate(beams):
+            if bi not in users:  # no child: its blocks go back
+                m._release(b[0])
         new = []
-        seqs = {}
         for total, bi, t in chosen:
             parent = beams[bi][0]
             users[bi] -= 1
             seq = m._track(m._native.fork_sequence(parent)) if users[bi] > 0 else parent
-            seqs.setdefault(bi, []).append(seq)
             new.append((seq, beams[bi][1] + [t], total, m._step(t, seq)))
-        for bi, b in enumerate(beams):
-            if bi not in seqs:
-                m._release(b[0])
         beams = new
     for b in beams:
         m._release(b[0])

@@ -168,10 +168,6 @@ class Sampler:
                  seed: int | None = None):
         if seed is None:
             seed = params.seed if params.seed is not None else secrets.randbits(63)
-        for t in (params.logit_bias or {}):
-            if t >= n_vocab:
-                raise ValueError(f"logit_bias token {t} is outside the vocabulary "
-                                 f"(size {n_vocab})")
         opts = dict(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
                     min_p=params.min_p, typical_p=params.typical_p,
                     repetition_penalty=params.repetition_penalty,
