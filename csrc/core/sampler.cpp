@@ -275,8 +275,9 @@ int32_t Sampler::draw() {
 // ---- candidates from the whole vocabulary -----------------------------------------
 
 void Sampler::gather(const float* L, float lo, float hi) {
-  cands_.clear();
-  for_window(L, n_vocab_, lo, hi, [&](int i) { cands_.push_back({i, L[i], 0.f}); });
+  std::vector<Cand>& out = cands_;
+  out.clear();
+  for_window(L, n_vocab_, lo, hi, [&out, L](int i) { out.push_back({i, L[i], 0.f}); });
 }
 
 // The k largest logits (mx: the largest): the narrowest window below mx
