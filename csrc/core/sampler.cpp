@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <stdexcept>
 #include <string>
 
@@ -85,7 +84,8 @@ inline __m128 exp4(__m128 x) {
 }
 #endif
 
-// e[i] = exp((x[i] - mx) * s); returns sum e and (when wanted) sum e (x - mx).
+// e[i] = exp((x[i] - mx) * s) (unless e is null); returns sum e and (when
+// wanted) sum e (x - mx).
 void exp_pass(const float* x, int n, float mx, float s, float* e, double& s0, double* s1) {
   int i = 0;
   double t0 = 0.0, t1 = 0.0;
@@ -95,7 +95,7 @@ void exp_pass(const float* x, int n, float mx, float s, float* e, double& s0, do
   for (; i + 4 <= n; i += 4) {
     const __m128 d = _mm_sub_ps(_mm_loadu_ps(x + i), vmx);
     const __m128 v = exp4(_mm_mul_ps(d, vs));
-    _mm_storeu_ps(e + i, v);
+    if (e) _mm_storeu_ps(e + i, v);
     a0 = _mm_add_ps(a0, v);
     // -inf logits: v = 0, and 0 * -inf must not make a NaN
     a1 = _mm_add_ps(a1, _mm_and_ps(_mm_cmpgt_ps(v, _mm_setzero_ps()), _mm_mul_ps(v, d)));
@@ -110,9 +110,10 @@ void exp_pass(const float* x, int n, float mx, float s, float* e, double& s0, do
 #endif
   for (; i < n; ++i) {
     const float d = x[i] - mx;
-    e[i] = exp_fast(d * s);
-    t0 += e[i];
-    t1 += e[i] > 0.f ? (double)e[i] * d : 0.0;
+    const float v = exp_fast(d * s);
+    if (e) e[i] = v;
+    t0 += v;
+    t1 += v > 0.f ? (double)v * d : 0.0;
   }
   s0 = t0;
   if (s1) *s1 = t1;
@@ -491,24 +492,29 @@ int32_t Sampler::draw_all(double total) {
 
 TopLogprobs top_logprobs(const float* logits, int n_vocab, int32_t token, int n) {
   if (token < 0 || token >= n_vocab) throw std::invalid_argument("token outside the vocabulary");
-  float mx = kNegInf;
-  for (int i = 0; i < n_vocab; ++i) mx = std::max(mx, logits[i]);
-  double sum = 0.0;
-  for (int i = 0; i < n_vocab; ++i) sum += std::exp((double)(logits[i] - mx));
-  const float lse = mx + (float)std::log(sum);
+  const float mx = vmax(logits, n_vocab);
+  double s0;
+  exp_pass(logits, n_vocab, mx, 1.f, nullptr, s0, nullptr);
+  const float lse = mx + (float)std::log(s0);
   TopLogprobs r;
   r.token_logprob = logits[token] - lse;
   n = std::max(0, std::min(n, n_vocab));
-  if (n > 0) {
-    std::vector<int32_t> idx(n_vocab);
-    std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int32_t a, int32_t b) {
-      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-    });
-    for (int i = 0; i < n; ++i) {
-      r.ids.push_back(idx[i]);
-      r.logprobs.push_back(logits[idx[i]] - lse);
+  if (n == 0) return r;
+  // the n largest: the narrowest window below the max that holds them
+  float lo = kNegInf;
+  for (float d = 1.f; d <= 64.f; d *= 2.f)
+    if (window_count(logits, n_vocab, mx - d, mx) >= n) {
+      lo = mx - d;
+      break;
     }
+  std::vector<int32_t> idx;
+  for_window(logits, n_vocab, lo, mx, [&idx](int i) { idx.push_back(i); });
+  std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int i = 0; i < n; ++i) {
+    r.ids.push_back(idx[i]);
+    r.logprobs.push_back(logits[idx[i]] - lse);
   }
   return r;
 }

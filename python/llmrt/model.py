@@ -590,12 +590,6 @@ class _Run:
         return best
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z -= z.max()
-    return z - np.log(np.exp(z).sum())
-
-
 def _beam_search(m: Model, prompt: list[int], p: SamplingParams, end_ids: set[int]
                  ) -> GenerationResult:
     """Beam search over log-probabilities. Each beam is a KV-cache sequence;
@@ -625,10 +619,8 @@ def _beam_search(m: Model, prompt: list[int], p: SamplingParams, end_ids: set[in
     for step in range(max_new):
         cands = []
         for bi, (_, toks, total, lg) in enumerate(beams):
-            lp = _log_softmax(lg)
-            k = min(2 * B, lp.size)
-            top = np.argpartition(-lp, k - 1)[:k]
-            cands.extend((total + float(lp[t]), bi, int(t)) for t in top)
+            _, top = top_logprobs(lg, 0, 2 * B)  # the 2B most likely and their logprobs
+            cands.extend((total + lp, bi, t) for t, lp in top)
         cands.sort(key=lambda c: (-c[0], c[1], c[2]))
         chosen = []
         for rank, (total, bi, t) in enumerate(cands):
