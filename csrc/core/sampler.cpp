@@ -180,6 +180,13 @@ void for_window(const float* x, int n, float lo, float hi, F&& f) {
   for (; i < n; ++i)
     if (x[i] >= lo && x[i] <= hi) f(i);
 }
+// The lower end of the narrowest window [mx - d, mx], d = 1, 2, 4 ... 64,
+// holding at least k logits (-inf: all of them).
+float top_window_low(const float* x, int n, float mx, int k) {
+  for (float d = 1.f; d <= 64.f; d *= 2.f)
+    if (window_count(x, n, mx - d, mx) >= k) return mx - d;
+  return kNegInf;
+}
 }  // namespace
 
 Sampler::Sampler(const SamplingConfig& c, int n_vocab) : cfg_(c), n_vocab_(n_vocab), rng_(c.seed) {
@@ -284,13 +291,7 @@ void Sampler::gather(const float* L, float lo, float hi) {
 // The k largest logits (mx: the largest): the narrowest window below mx
 // that holds k of them, then a selection.
 void Sampler::gather_top(const float* L, float mx, int k) {
-  float lo = kNegInf;
-  for (float d = 1.f; d <= 64.f; d *= 2.f)
-    if (window_count(L, n_vocab_, mx - d, mx) >= k) {
-      lo = mx - d;
-      break;
-    }
-  gather(L, lo, mx);
+  gather(L, top_window_low(L, n_vocab_, mx, k), mx);
   if ((size_t)k < cands_.size()) {
     std::nth_element(cands_.begin(), cands_.begin() + (k - 1), cands_.end(),
                      [](const Cand& a, const Cand& b) { return a.logit > b.logit; });
@@ -500,15 +501,9 @@ TopLogprobs top_logprobs(const float* logits, int n_vocab, int32_t token, int n)
   r.token_logprob = logits[token] - lse;
   n = std::max(0, std::min(n, n_vocab));
   if (n == 0) return r;
-  // the n largest: the narrowest window below the max that holds them
-  float lo = kNegInf;
-  for (float d = 1.f; d <= 64.f; d *= 2.f)
-    if (window_count(logits, n_vocab, mx - d, mx) >= n) {
-      lo = mx - d;
-      break;
-    }
-  std::vector<int32_t> idx;
-  for_window(logits, n_vocab, lo, mx, [&idx](int i) { idx.push_back(i); });
+  std::vector<int32_t> idx;  // the n largest and some ties below them
+  for_window(logits, n_vocab, top_window_low(logits, n_vocab, mx, n), mx,
+             [&idx](int i) { idx.push_back(i); });
   std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int32_t a, int32_t b) {
     return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
   });
