@@ -341,7 +341,8 @@ def test_prompt_lookup_accepts_on_repetitive_output(tiny):
 
 def test_prompt_lookup_arguments(tiny):
     for kw, msg in [(dict(draft="ngram"), "draft"), (dict(num_draft_tokens=0), "num_draft"),
-                    (dict(temperature=0.8), "greedy"), (dict(n=2), "greedy")]:
+                    (dict(temperature=0.8, mirostat_mode=2), "mirostat"), (dict(n=2), "n=1"),
+                    (dict(num_beams=2), "num_beams=1"), (dict(draft=tiny), "another model")]:
         kw.setdefault("draft", "prompt_lookup")
         with pytest.raises(ValueError, match=msg):
             tiny.generate(PROMPT, **kw)

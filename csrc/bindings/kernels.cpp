@@ -121,8 +121,9 @@ py::array_t<float> attention_paged(F32 q, F32 k, F32 v, int block_tokens,
   py::array_t<float> out({n, H, hd});
   ThreadPool pool(threads);
   cpu::AttnScratch scr;
-  cpu::attention(pool, kern, cache, table, 0, q.data(), n, T - n, H,
-                 1.f / std::sqrt((float)hd), out.mutable_data(), scr);
+  const AttnSeq one{table, n, T - n};
+  cpu::attention(pool, kern, cache, &one, 1, 0, q.data(), H, 1.f / std::sqrt((float)hd),
+                 out.mutable_data(), scr);
   return out;
 }
 

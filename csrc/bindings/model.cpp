@@ -24,7 +24,8 @@ namespace {
 class PyLlamaModel {
  public:
   PyLlamaModel(const py::dict& config, const py::dict& tensors, int threads, bool int8,
-               int kv_tokens, const std::string& kv_type, int block_tokens, bool prefix_caching) {
+               int kv_tokens, const std::string& kv_type, int block_tokens, bool prefix_caching,
+               bool batch_invariant) {
     if (threads < 1) throw py::value_error("threads must be >= 1");
     LlamaConfig c;
     auto geti = [&](const char* k) {
@@ -106,7 +107,8 @@ class PyLlamaModel {
     else if (kv_type == "q8_0") co.type = KVType::Q8_0;
     else throw py::value_error("kv_cache_dtype must be 'f16', 'f32' or 'q8_0', got '" + kv_type + "'");
     try {
-      model_ = std::make_unique<LlamaModel>(c, std::move(w), make_cpu_backend(threads, int8), co);
+      model_ = std::make_unique<LlamaModel>(c, std::move(w), make_cpu_backend(threads, int8, batch_invariant),
+                                            co);
     } catch (const std::invalid_argument& e) {
       throw py::value_error(e.what());
     }
@@ -139,6 +141,51 @@ class PyLlamaModel {
       }
       try {
         model_->forward(seq, t, n, all_logits, o);
+      } catch (const std::out_of_range& e) {
+        throw py::value_error(e.what());
+      }
+    }
+    return out;
+  }
+
+  // Several sequences in shared passes: entries (seq, tokens, logits) with
+  // logits "none", "last" or "all" -> float32 (rows, vocab), the wanted rows
+  // entry after entry.
+  py::array_t<float> forward_batch(const py::list& entries) {
+    using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+    const int count = (int)py::len(entries);
+    if (count == 0) throw py::value_error("forward_batch: no entries");
+    std::vector<I32> keep;  // the token arrays, alive until the call returns
+    keep.reserve(count);
+    std::vector<BatchEntry> es(count);
+    for (int i = 0; i < count; ++i) {
+      const py::tuple e = entries[i].cast<py::tuple>();
+      if (e.size() != 3) throw py::value_error("forward_batch: entries are (seq, tokens, logits)");
+      keep.push_back(e[1].cast<I32>());
+      const I32& t = keep.back();
+      if (t.ndim() != 1 || t.shape(0) == 0)
+        throw py::value_error("forward_batch: entry " + std::to_string(i) +
+                              ": tokens must be a non-empty 1-D array");
+      const std::string mode = e[2].cast<std::string>();
+      es[i].seq = e[0].cast<int>();
+      es[i].tokens = t.data();
+      es[i].n = (int)t.shape(0);
+      if (mode == "none") es[i].logits = BatchEntry::kNone;
+      else if (mode == "last") es[i].logits = BatchEntry::kLast;
+      else if (mode == "all") es[i].logits = BatchEntry::kAll;
+      else throw py::value_error("forward_batch: logits must be 'none', 'last' or 'all', got '" +
+                                 mode + "'");
+    }
+    const int64_t rows = LlamaModel::logit_rows(es.data(), count);
+    py::array_t<float> out({(py::ssize_t)rows, (py::ssize_t)model_->config().n_vocab});
+    float* o = rows ? out.mutable_data() : nullptr;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lk(mu_);
+      for (const BatchEntry& e : es)
+        if (!model_->cache().alive(e.seq)) throw py::value_error("no sequence " + std::to_string(e.seq));
+      try {
+        model_->forward_batch(es.data(), count, o);
       } catch (const std::out_of_range& e) {
         throw py::value_error(e.what());
       }
@@ -246,16 +293,20 @@ void bind_model(py::module_& m) {
   py::register_exception<KVCacheFull>(m, "KVCacheFullError", PyExc_RuntimeError);
   py::class_<PyLlamaModel>(m, "LlamaModel")
       .def(py::init<const py::dict&, const py::dict&, int, bool, int, const std::string&, int,
-                    bool>(),
+                    bool, bool>(),
            py::arg("config"), py::arg("tensors"), py::arg("threads"),
            py::arg("int8_activations") = true, py::arg("kv_tokens") = 0,
            py::arg("kv_type") = "f16", py::arg("block_tokens") = 32,
-           py::arg("prefix_caching") = true)
+           py::arg("prefix_caching") = true, py::arg("batch_invariant") = false)
       .def("forward", &PyLlamaModel::forward, py::arg("tokens"), py::arg("n_past") = -1,
            py::arg("all_logits") = false, py::arg("seq") = -1,
            "Append tokens to a sequence of the KV cache (the default one unless seq is "
            "given), first truncating it to n_past positions when n_past >= 0; returns "
            "float32 logits, (len, vocab) with all_logits else (vocab,) for the last token.")
+      .def("forward_batch", &PyLlamaModel::forward_batch, py::arg("entries"),
+           "Run several sequences in shared passes over the weights: entries are "
+           "(seq, tokens, logits) with logits 'none', 'last' or 'all'; returns float32 "
+           "(rows, vocab), the wanted rows entry after entry.")
       .def("new_sequence", &PyLlamaModel::new_sequence)
       .def("release_sequence", &PyLlamaModel::release_sequence, py::arg("seq"))
       .def("fork_sequence", &PyLlamaModel::fork_sequence, py::arg("seq"),

@@ -65,6 +65,18 @@ class PySampler {
       throw py::value_error(e.what());
     }
   }
+  py::array_t<float> distribution(F32 logits, I32 history, int n_generated) {
+    check(logits);
+    if (history.ndim() != 1) throw py::value_error("history must be 1-D");
+    py::array_t<float> out(n_vocab());
+    try {
+      s_->distribution(logits.data(), history.data(), (int)history.shape(0), n_generated,
+                       out.mutable_data());
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+    return out;
+  }
   float mu() const { return s_->mirostat_mu(); }
 
  private:
@@ -87,6 +99,10 @@ void bind_sampler(py::module_& m) {
            py::arg("n_generated"),
            "The next token for these logits, given the tokens so far (prompt and "
            "generated) and how many were generated.")
+      .def("distribution", &PySampler::distribution, py::arg("logits"), py::arg("history"),
+           py::arg("n_generated"),
+           "The probabilities sample() would draw from (float32, vocabulary size; one-hot "
+           "when greedy). Not for mirostat.")
       .def_property_readonly("mirostat_mu", &PySampler::mu);
   m.def(
       "top_logprobs",

@@ -23,6 +23,14 @@ struct RopeParams {
   const float* freq_factors = nullptr;  // optional (n_rot/2,) divisors (Llama 3.1)
 };
 
+// One sequence's query rows in an attention call: n rows at positions
+// [pos0, pos0 + n) of the sequence whose block table is `table`.
+struct AttnSeq {
+  const int* table;
+  int n;
+  int pos0;
+};
+
 // One output of a matmul_many call: y (n, w->rows).
 struct MatmulJob {
   const WeightView* w;
@@ -63,18 +71,21 @@ class Backend {
   virtual void add(float* y, const float* x, size_t count) = 0;
   // gate = silu(gate) * up, count elements.
   virtual void swiglu(float* gate, const float* up, size_t count) = 0;
-  // Rotates x (n, n_heads, head_dim) in place; row t is at position pos0 + t.
-  virtual void rope(float* x, int n, int n_heads, int head_dim, int pos0,
+  // Rotates x (n, n_heads, head_dim) in place; row t is at position pos[t].
+  virtual void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
                     const RopeParams& p) = 0;
   // Stores k, v (n, n_kv_heads, head_dim) at positions [pos0, pos0 + n) of a
   // sequence of the cache whose block table is `table` (blocks allocated).
   virtual void kv_write(KVCache& cache, const int* table, int layer, int pos0, int n,
                         const float* k, const float* v) = 0;
-  // out (n, n_heads, head_dim) = causal softmax(q k^T * scale) v, reading the
-  // sequence's keys and values at positions [0, pos0 + t] for query row t.
-  // GQA: query head h reads kv head h / (n_heads / n_kv_heads).
-  virtual void attention(const KVCache& cache, const int* table, int layer, const float* q,
-                         int n, int pos0, int n_heads, float scale, float* out) = 0;
+  // For each of `count` sequences, its n query rows (consecutive in q and
+  // out, sequence after sequence): out (n, n_heads, head_dim) = causal
+  // softmax(q k^T * scale) v, reading the sequence's keys and values at
+  // positions [0, pos0 + t] for its row t. GQA: query head h reads kv head
+  // h / (n_heads / n_kv_heads). A sequence's results do not depend on the
+  // other sequences of the call.
+  virtual void attention(const KVCache& cache, const AttnSeq* seqs, int count, int layer,
+                         const float* q, int n_heads, float scale, float* out) = 0;
 };
 
 }  // namespace llmrt

@@ -359,6 +359,38 @@ int32_t Sampler::mirostat_step(const float* L, float mx, float T) {
 
 int32_t Sampler::sample(const float* logits, const int32_t* history, int n_history,
                         int n_generated) {
+  double total = 0.0;
+  const int r = filter(logits, history, n_history, n_generated, total);
+  if (r >= 0) return r;
+  if (r == kFromVocab) return draw_all(total);
+  if (r == kMirostat) return mirostat_step(L_, mx_, mirostat_t_);
+  return draw();
+}
+
+void Sampler::distribution(const float* logits, const int32_t* history, int n_history,
+                           int n_generated, float* probs) {
+  if (cfg_.mirostat != 0)
+    throw std::invalid_argument("mirostat adapts as it draws: it has no fixed distribution");
+  double total = 0.0;
+  const int r = filter(logits, history, n_history, n_generated, total);
+  std::fill(probs, probs + n_vocab_, 0.f);
+  if (r >= 0) {
+    probs[r] = 1.f;
+  } else if (r == kFromVocab) {
+    const double inv = 1.0 / total;
+    for (int i = 0; i < n_vocab_; ++i) probs[i] = (float)(e_[i] * inv);
+  } else {
+    double sum = 0.0;
+    for (const Cand& c : cands_) sum += c.p;
+    for (const Cand& c : cands_) probs[c.id] = (float)(c.p / sum);
+  }
+}
+
+// Everything before the draw. Returns the token when the choice is made
+// (greedy), else where the draw's weights are: kFromVocab (e_, summing to
+// total), kFromCands (cands_' p) or kMirostat (L_, mx_).
+int Sampler::filter(const float* logits, const int32_t* history, int n_history, int n_generated,
+                    double& total) {
   const auto& c = cfg_;
   const bool penalize = c.penalty_last_n != 0 &&
                         (c.repetition_penalty != 1.f || c.presence_penalty != 0.f ||
@@ -389,7 +421,12 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int n_histo
   // entropy), so the window is widened until it provably holds the answer
   // and only its tokens become candidates.
   e_.resize(V);
-  if (c.mirostat != 0) return mirostat_step(L, mx, c.temperature > 0.f ? c.temperature : 1.f);
+  if (c.mirostat != 0) {
+    L_ = L;
+    mx_ = mx;
+    mirostat_t_ = c.temperature > 0.f ? c.temperature : 1.f;
+    return kMirostat;
+  }
 
   bool typical_done = false, top_p_done = false;
   if (c.top_k > 0 && c.top_k < V) {
@@ -420,9 +457,8 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int n_histo
     gather(L, mx + std::log(c.min_p), mx);  // p >= min_p p_max  <=>  l >= mx + log min_p
   } else {
     // temperature alone: draw from the whole vocabulary
-    double s0;
-    exp_pass(L, V, mx, 1.f / c.temperature, e_.data(), s0, nullptr);
-    return draw_all(s0);
+    exp_pass(L, V, mx, 1.f / c.temperature, e_.data(), total, nullptr);
+    return kFromVocab;
   }
   softmax(1.f);
 
@@ -455,7 +491,7 @@ int32_t Sampler::sample(const float* logits, const int32_t* history, int n_histo
     cands_.resize(keep);
   }
   softmax(c.temperature);
-  return draw();
+  return kFromCands;
 }
 
 // A draw from weights e_[0..V) summing to total: block sums first, then

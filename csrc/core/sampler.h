@@ -51,6 +51,11 @@ class Sampler {
   // n_generated: how many of them were generated.
   int32_t sample(const float* logits, const int32_t* history, int n_history, int n_generated);
 
+  // The distribution sample() draws from, without drawing: probs (n_vocab)
+  // sums to 1 (one-hot when greedy). Not for mirostat, whose truncation
+  // adapts with each draw.
+  void distribution(const float* logits, const int32_t* history, int n_history, int n_generated,
+                    float* probs);
   const SamplingConfig& config() const { return cfg_; }
   float mirostat_mu() const { return mu_; }
 
@@ -60,6 +65,9 @@ class Sampler {
     float logit;
     float p;
   };
+  enum { kFromVocab = -1, kFromCands = -2, kMirostat = -3 };
+  int filter(const float* logits, const int32_t* history, int n_history, int n_generated,
+             double& total);
   void apply_penalties(const int32_t* history, int n_history);
   // Sorts cands_ by key (descending) until the sorted prefix holds `mass` of
   // the probability, returning that prefix's length.
@@ -77,6 +85,8 @@ class Sampler {
   int n_vocab_;
   std::mt19937_64 rng_;
   float mu_;
+  const float* L_ = nullptr;  // mirostat's input, from filter()
+  float mx_ = 0.f, mirostat_t_ = 1.f;
   std::vector<float> work_;  // logits after penalties and bias
   std::vector<Cand> cands_;
   std::vector<float> e_;     // exp(logit - max) of the whole vocabulary

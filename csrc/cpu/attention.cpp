@@ -53,118 +53,205 @@ void kv_write(const Kernels& k, KVCache& cache, const int* table, int layer, int
   }
 }
 
-// q (n, n_heads, hd) -> out (n, n_heads, hd)
+namespace {
+
+// Keys are visited in ranges of this many positions; a row's result is the
+// left fold, range after range, of the ranges' partial results (running max,
+// sum and unnormalised output). Every path (one token or many, alone or
+// batched, any thread count) computes each range the same way and folds in
+// the same order, so a row's result depends only on its query and its keys.
+constexpr int kRangePositions = 256;
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// (O, L, M) <- (O, L, M) folded with the partial (o, l, m) of the next range.
+inline void fold(const Kernels& k, float* O, float& L, float& M, const float* o, float l, float m,
+                 int hd) {
+  if (m == kNegInf) return;  // no keys of this row in the range
+  const float mn = std::max(M, m);
+  const float a = std::exp(M - mn), b = std::exp(m - mn);
+  L = L * a + l * b;
+  k.scale(a, O, hd);
+  k.axpy(b, o, O, hd);
+  M = mn;
+}
+
+inline void finish(const Kernels& k, float* O, float L, int hd) {
+  k.scale(L > 0.f ? 1.f / L : 0.f, O, hd);
+}
+
+}  // namespace
+
+// q (rows, n_heads, hd) -> out (rows, n_heads, hd), the rows of every
+// sequence of `seqs` end to end.
 //
-// Work is split so that query rows sharing a kv head run together, reading
-// each key and value once for all of them: one task per (kv head, block of
-// kTokens tokens) with the GQA group's heads (one token when decoding). When
-// that gives the threads too few tasks (decoding, short prompts), the cache
-// blocks are split into ranges too (split-KV, as flash-decoding does): each
-// task leaves an unnormalised partial result with its running max and sum,
-// and the partials are merged at the end.
-void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const int* table,
-               int layer, const float* q, int n, int pos0, int n_heads, float scale, float* out,
+// Query rows sharing a kv head run together, reading each key and value once
+// for all of them. A sequence of several rows (a prompt chunk, a speculative
+// verification) gets one task per (block of kTokens tokens, kv head) with the
+// GQA group's heads, each task folding its rows over the key ranges in turn.
+// A one-row sequence (a decode step) gets one task per (kv head, key range),
+// as flash-decoding splits the keys, and its partials are folded afterwards.
+// All the sequences' tasks go to the threads in one pass.
+void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const AttnSeq* seqs,
+               int count, int layer, const float* q, int n_heads, float scale, float* out,
                AttnScratch& scr) {
   const int hd = cache.head_dim();
   const int n_kv = cache.n_kv_heads();
   const int group = n_heads / n_kv;
   const int bt = cache.block_tokens();
+  const int G = std::max(1, kRangePositions / bt);  // cache blocks per range
   constexpr int kTokens = 8;
   constexpr int kMaxRows = 8 * 64;  // query rows of one task: tokens x GQA group
-  const int tokens_per_task = n == 1 ? 1 : kTokens;
-  if ((int64_t)tokens_per_task * group > kMaxRows)
+  if ((int64_t)kTokens * group > kMaxRows)
     throw std::invalid_argument("attention: GQA group too large");
-  const int64_t token_blocks = (n + tokens_per_task - 1) / tokens_per_task;
-  const int64_t base_tasks = token_blocks * n_kv;
-  const int nb = (pos0 + n + bt - 1) / bt;  // cache blocks the last row reads
 
-  // block pointers of each kv head, [kvh][block]
+  using Plan = AttnPlan;
+  std::vector<Plan>& plans = scr.plans;
+  plans.resize(count);
+  size_t rows = 0, ptrs = 0, parts = 0;
+  int64_t tasks = 0;
+  for (int i = 0; i < count; ++i) {
+    Plan& P = plans[i];
+    P.n = seqs[i].n;
+    P.pos0 = seqs[i].pos0;
+    P.nb = (P.pos0 + P.n + bt - 1) / bt;  // cache blocks the last row reads
+    P.splits = (P.nb + G - 1) / G;        // key ranges
+    P.tokens_per_task = P.n == 1 ? 1 : kTokens;
+    P.row0 = rows;
+    P.ptr0 = ptrs;
+    P.part0 = parts;
+    P.task0 = tasks;
+    if (P.n == 1) {
+      P.tasks = (int64_t)n_kv * P.splits;
+      parts += (size_t)P.splits * n_heads;
+    } else {
+      P.tasks = (int64_t)((P.n + kTokens - 1) / kTokens) * n_kv;
+    }
+    rows += (size_t)P.n * n_heads;
+    ptrs += (size_t)n_kv * P.nb;
+    tasks += P.tasks;
+  }
+
+  // block pointers of each sequence and kv head, [seq][kvh][block]
   const size_t head_off = cache.row_bytes() / n_kv;
-  scr.kp.resize((size_t)n_kv * nb);
-  scr.vp.resize((size_t)n_kv * nb);
-  for (int b = 0; b < nb; ++b) {
-    const uint8_t* kb = cache.k_block(table[b], layer);
-    const uint8_t* vb = cache.v_block(table[b], layer);
-    for (int h = 0; h < n_kv; ++h) {
-      scr.kp[(size_t)h * nb + b] = kb + h * head_off;
-      scr.vp[(size_t)h * nb + b] = vb + h * head_off;
+  scr.kp.resize(ptrs);
+  scr.vp.resize(ptrs);
+  for (int i = 0; i < count; ++i) {
+    const Plan& P = plans[i];
+    const int* table = seqs[i].table;
+    for (int b = 0; b < P.nb; ++b) {
+      const uint8_t* kb = cache.k_block(table[b], layer);
+      const uint8_t* vb = cache.v_block(table[b], layer);
+      for (int h = 0; h < n_kv; ++h) {
+        scr.kp[P.ptr0 + (size_t)h * P.nb + b] = kb + h * head_off;
+        scr.vp[P.ptr0 + (size_t)h * P.nb + b] = vb + h * head_off;
+      }
     }
   }
+  scr.po.resize(parts * hd);
+  scr.pm.resize(parts);
+  scr.pl.resize(parts);
+  scr.task_seq.resize(tasks);
+  for (int i = 0; i < count; ++i)
+    std::fill(scr.task_seq.begin() + plans[i].task0,
+              scr.task_seq.begin() + plans[i].task0 + plans[i].tasks, i);
 
-  // split the blocks when there are few tasks; the split depends on the
-  // shapes only, never on the thread count, so every thread count gives the
-  // same sums in the same order (identical results)
-  constexpr int64_t want = 16;
-  int splits = 1;
-  if (base_tasks < want && nb > 1)
-    splits = (int)std::min<int64_t>(nb, (want + base_tasks - 1) / base_tasks);
-  const size_t rows_all = (size_t)n * n_heads;
-  if (splits > 1) {
-    scr.po.resize((size_t)splits * rows_all * hd);
-    scr.pm.resize((size_t)splits * rows_all);
-    scr.pl.resize((size_t)splits * rows_all);
-  }
-
-  // One task per (token block, split, kv head), latest tokens first: causal
-  // rows get longer with the position, so the big tasks go first and the
-  // small ones even out the threads at the end.
-  const int64_t n_tasks = base_tasks * splits;
-  pool.run((int)n_tasks, [&](int task_index) {
-    const int64_t task = n_tasks - 1 - task_index;
+  // A sequence's tasks run latest tokens / ranges first: causal rows get
+  // longer with the position, so the big tasks go first and the small ones
+  // even out the threads at the end.
+  pool.run((int)tasks, [&](int task_index) {
+    const int si = scr.task_seq[task_index];
+    const Plan& P = plans[si];
+    const int64_t task = P.tasks - 1 - (task_index - P.task0);
+    const int n = P.n, nb = P.nb;
     const int kvh = (int)(task % n_kv);
-    const int split = (int)((task / n_kv) % splits);
-    const int t0 = (int)(task / ((int64_t)n_kv * splits)) * tokens_per_task;
-    const int t1 = std::min(n, t0 + tokens_per_task);
+    AttnBlock a{nullptr, nullptr, nullptr, 0, scr.kp.data() + P.ptr0 + (size_t)kvh * nb,
+                scr.vp.data() + P.ptr0 + (size_t)kvh * nb, bt, cache.row_bytes(),
+                (int)cache.type(), hd, scale, 0, nb};
     const float* qr[kMaxRows];
     float* orow[kMaxRows];
     int nk[kMaxRows];
-    int rows = 0;
-    for (int t = t0; t < t1; ++t)
-      for (int h = kvh * group; h < (kvh + 1) * group; ++h, ++rows) {
-        const size_t r = (size_t)t * n_heads + h;
-        qr[rows] = q + r * hd;
-        orow[rows] = splits > 1 ? scr.po.data() + ((size_t)split * rows_all + r) * hd : out + r * hd;
-        nk[rows] = pos0 + t + 1;  // causal: keys at positions <= the query's
-      }
-    AttnBlock a{qr, orow, nk, rows, scr.kp.data() + (size_t)kvh * nb,
-                scr.vp.data() + (size_t)kvh * nb, bt, cache.row_bytes(), (int)cache.type(),
-                hd, scale, 0, nb};
     float ms[kMaxRows], ls[kMaxRows];
-    if (splits > 1) {
-      a.b_begin = (int)((int64_t)nb * split / splits);
-      a.b_end = (int)((int64_t)nb * (split + 1) / splits);
-      a.m_out = ms;
-      a.l_out = ls;
+    a.q_rows = qr;
+    a.out_rows = orow;
+    a.n_keys = nk;
+    a.m_out = ms;
+    a.l_out = ls;
+    if (n == 1) {  // one range of one decode row's keys -> a partial
+      const int range = (int)(task / n_kv);
+      int r = 0;
+      for (int h = kvh * group; h < (kvh + 1) * group; ++h, ++r) {
+        const size_t pr = P.part0 + (size_t)range * n_heads + h;
+        qr[r] = q + (P.row0 + h) * hd;
+        orow[r] = scr.po.data() + pr * hd;
+        nk[r] = P.pos0 + 1;
+      }
+      a.n_q = r;
+      a.b_begin = range * G;
+      a.b_end = std::min(nb, (range + 1) * G);
+      k.attention_block(a);
+      for (int i = 0; i < r; ++i) {
+        const size_t pr = P.part0 + (size_t)range * n_heads + kvh * group + i;
+        scr.pm[pr] = ms[i];
+        scr.pl[pr] = ls[i];
+      }
+      return;
     }
-    k.attention_block(a);
-    if (splits > 1) {
-      int i = 0;
-      for (int t = t0; t < t1; ++t)
-        for (int h = kvh * group; h < (kvh + 1) * group; ++h, ++i) {
-          const size_t r = (size_t)split * rows_all + (size_t)t * n_heads + h;
-          scr.pm[r] = ms[i];
-          scr.pl[r] = ls[i];
-        }
+    // several rows: every range in turn, folded into the output rows
+    const int t0 = (int)(task / n_kv) * kTokens;
+    const int t1 = std::min(n, t0 + kTokens);
+    int r = 0;
+    for (int t = t0; t < t1; ++t)
+      for (int h = kvh * group; h < (kvh + 1) * group; ++h, ++r) {
+        const size_t row = P.row0 + (size_t)t * n_heads + h;
+        qr[r] = q + row * hd;
+        orow[r] = out + row * hd;
+        nk[r] = P.pos0 + t + 1;  // causal: keys at positions <= the query's
+      }
+    a.n_q = r;
+    const int ranges = (P.pos0 + t1 + G * bt - 1) / (G * bt);  // those the last row reads
+    a.b_end = std::min(nb, G);
+    k.attention_block(a);  // range 0 straight into the output rows
+    float M[kMaxRows], L[kMaxRows];
+    std::copy(ms, ms + r, M);
+    std::copy(ls, ls + r, L);
+    if (ranges > 1) {
+      thread_local std::vector<float> tmp;
+      tmp.resize((size_t)r * hd);
+      float* O[kMaxRows];
+      std::copy(orow, orow + r, O);
+      for (int i = 0; i < r; ++i) orow[i] = tmp.data() + (size_t)i * hd;
+      for (int j = 1; j < ranges; ++j) {
+        a.b_begin = j * G;
+        a.b_end = std::min(nb, (j + 1) * G);
+        k.attention_block(a);
+        for (int i = 0; i < r; ++i) fold(k, O[i], L[i], M[i], orow[i], ls[i], ms[i], hd);
+      }
+      std::copy(O, O + r, orow);
+    }
+    for (int i = 0; i < r; ++i) finish(k, orow[i], L[i], hd);
+  });
+
+  // decode rows: fold the ranges' partials in order
+  std::vector<int>& dec = scr.task_seq;  // reused: the one-row sequences
+  dec.clear();
+  for (int si = 0; si < count; ++si)
+    if (plans[si].n == 1) dec.push_back(si);
+  pool.parallel_for((int64_t)dec.size() * n_heads, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const Plan& P = plans[dec[r / n_heads]];
+      const int h = (int)(r % n_heads);
+      float* O = out + (P.row0 + h) * hd;
+      const size_t p0 = P.part0 + h;
+      std::copy(scr.po.data() + p0 * hd, scr.po.data() + (p0 + 1) * hd, O);
+      float M = scr.pm[p0], L = scr.pl[p0];
+      for (int j = 1; j < P.splits; ++j) {
+        const size_t pj = p0 + (size_t)j * n_heads;
+        fold(k, O, L, M, scr.po.data() + pj * hd, scr.pl[pj], scr.pm[pj], hd);
+      }
+      finish(k, O, L, hd);
     }
   });
-  if (splits == 1) return;
-
-  // merge: out = sum_s e^(m_s - M) o_s / sum_s e^(m_s - M) l_s
-  for (size_t r = 0; r < rows_all; ++r) {
-    float M = -std::numeric_limits<float>::infinity();
-    for (int s = 0; s < splits; ++s) M = std::max(M, scr.pm[s * rows_all + r]);
-    float* o = out + r * hd;
-    std::fill(o, o + hd, 0.f);
-    float L = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const float m = scr.pm[s * rows_all + r];
-      if (m == -std::numeric_limits<float>::infinity()) continue;  // no keys in range
-      const float w = std::exp(m - M);
-      L += w * scr.pl[s * rows_all + r];
-      k.axpy(w, scr.po.data() + (s * rows_all + r) * hd, o, hd);
-    }
-    k.scale(1.f / L, o, hd);
-  }
 }
 
 }  // namespace llmrt::cpu

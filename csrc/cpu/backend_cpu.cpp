@@ -13,10 +13,12 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend(int threads, bool int8) : pool_(threads), k_(*cpu::active_kernels()), int8_(int8) {}
+  CpuBackend(int threads, bool int8, bool invariant)
+      : pool_(threads), k_(*cpu::active_kernels()), int8_(int8), invariant_(invariant) {}
 
   std::string name() const override {
-    return std::string("cpu/") + k_.name + (int8_ ? "/int8" : "/f32");
+    return std::string("cpu/") + k_.name + (int8_ ? "/int8" : "/f32") +
+           (invariant_ ? "/invariant" : "");
   }
   int threads() const override { return pool_.size(); }
 
@@ -39,7 +41,7 @@ class CpuBackend final : public Backend {
   }
 
   void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) override {
-    cpu::matmul_many(pool_, k_, jobs, count, x, n, act_, int8_);
+    cpu::matmul_many(pool_, k_, jobs, count, x, n, act_, int8_, invariant_);
   }
   void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override {
     cpu::rmsnorm(pool_, k_, x, w, n, dim, eps, y);
@@ -47,32 +49,35 @@ class CpuBackend final : public Backend {
   void add_bias(float* y, const float* b, int n, int dim) override { cpu::add_bias(y, b, n, dim); }
   void add(float* y, const float* x, size_t count) override { cpu::add(y, x, count); }
   void swiglu(float* g, const float* u, size_t count) override { cpu::swiglu(pool_, k_, g, u, count); }
-  void rope(float* x, int n, int n_heads, int head_dim, int pos0, const RopeParams& p) override {
-    cpu::rope(pool_, x, n, n_heads, head_dim, pos0, p, rope_);
+  void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
+            const RopeParams& p) override {
+    cpu::rope(pool_, x, n, n_heads, head_dim, pos, p, rope_);
   }
   void kv_write(KVCache& c, const int* table, int layer, int pos0, int n, const float* k,
                 const float* v) override {
     cpu::kv_write(k_, c, table, layer, pos0, n, k, v);
   }
-  void attention(const KVCache& c, const int* table, int layer, const float* q, int n, int pos0,
+  void attention(const KVCache& c, const AttnSeq* seqs, int count, int layer, const float* q,
                  int n_heads, float scale, float* out) override {
-    cpu::attention(pool_, k_, c, table, layer, q, n, pos0, n_heads, scale, out, attn_);
+    cpu::attention(pool_, k_, c, seqs, count, layer, q, n_heads, scale, out, attn_);
   }
 
  private:
   ThreadPool pool_;
   const cpu::Kernels& k_;
   bool int8_;                  // quantize activations for the integer kernels
+  bool invariant_;             // one-token matmuls in the several-token order
   cpu::ActBuffer act_;         // quantized activations, reused by every matmul
-  cpu::RopeTable rope_;        // cos / sin of the current chunk's positions
+  cpu::RopeTable rope_;        // cos / sin of the current rows' positions
   cpu::AttnScratch attn_;      // block pointers and split-KV partials
   std::vector<std::unique_ptr<uint8_t[]>> packed_;  // repacked weights
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(int threads, bool int8_activations) {
-  return std::make_unique<CpuBackend>(threads, int8_activations);
+std::unique_ptr<Backend> make_cpu_backend(int threads, bool int8_activations,
+                                          bool batch_invariant) {
+  return std::make_unique<CpuBackend>(threads, int8_activations, batch_invariant);
 }
 
 }  // namespace llmrt

@@ -1,4 +1,5 @@
 // RMSNorm, RoPE, SwiGLU and residual adds.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -33,12 +34,13 @@ void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, si
   });
 }
 
-// cos / sin of (pos0 + t) * inv_freq[i] for t < n, i < n_rot / 2, computed
-// once per forward chunk and reused by every layer's q and k.
-const RopeTable& rope_table(RopeTable& cache, int n, int pos0, const RopeParams& p) {
+// cos / sin of pos[t] * inv_freq[i] for t < n, i < n_rot / 2, computed
+// once per forward pass and reused by every layer's q and k.
+const RopeTable& rope_table(RopeTable& cache, int n, const int32_t* pos, const RopeParams& p) {
   const int half = p.n_rot / 2;
-  if (cache.n == n && cache.pos0 == pos0 && cache.half == half && cache.base == p.freq_base &&
-      cache.scale == p.pos_scale && cache.factors == p.freq_factors)
+  if ((int)cache.pos.size() == n && std::equal(pos, pos + n, cache.pos.begin()) &&
+      cache.half == half && cache.base == p.freq_base && cache.scale == p.pos_scale &&
+      cache.factors == p.freq_factors)
     return cache;
   // inv_freq[i] = base^(-2i / n_rot) [/ freq_factors[i]], in float as the
   // reference implementations compute it
@@ -51,15 +53,14 @@ const RopeTable& rope_table(RopeTable& cache, int n, int pos0, const RopeParams&
   cache.cs.resize((size_t)n * half);
   cache.sn.resize((size_t)n * half);
   for (int t = 0; t < n; ++t) {
-    const float pos = (float)(pos0 + t) * p.pos_scale;
+    const float pt = (float)pos[t] * p.pos_scale;
     for (int i = 0; i < half; ++i) {
-      const float a = pos * inv_freq[i];
+      const float a = pt * inv_freq[i];
       cache.cs[(size_t)t * half + i] = std::cos(a);
       cache.sn[(size_t)t * half + i] = std::sin(a);
     }
   }
-  cache.n = n;
-  cache.pos0 = pos0;
+  cache.pos.assign(pos, pos + n);
   cache.half = half;
   cache.base = p.freq_base;
   cache.scale = p.pos_scale;
@@ -67,10 +68,10 @@ const RopeTable& rope_table(RopeTable& cache, int n, int pos0, const RopeParams&
   return cache;
 }
 
-void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, int pos0,
+void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, const int32_t* pos,
           const RopeParams& p, RopeTable& cache) {
   const int half = p.n_rot / 2;
-  const RopeTable& tab = rope_table(cache, n, pos0, p);
+  const RopeTable& tab = rope_table(cache, n, pos, p);
   pool.parallel_for(n, 16, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* cs = tab.cs.data() + (size_t)t * half;

@@ -25,21 +25,24 @@ namespace {
 
 // Rows [r0, r1) of one job: y[t * rows + r] for every token t.
 void rows_int8(const Kernels& k, const WeightView& w, const QActs& x, int n, float* y,
-               int64_t r0, int64_t r1) {
-  if (n == 1) {  // decode: one row at a time, several blocks in flight
+               int64_t r0, int64_t r1, bool invariant) {
+  if (n == 1 && !invariant) {  // decode: one row at a time, several blocks in flight
     VecDotQFn dot = k.vec_dot_q[(int)w.type];
     for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), x.qs, x.d, x.s, x.n);
     return;
   }
   // the tile kernel reads each weight block once for all n tokens; the
-  // quantized activations stay in cache
+  // quantized activations stay in cache. A token's sums run in the same
+  // order whatever tile it falls in, so rows of several tokens get the same
+  // results alone or among others (one token alone takes the matrix-vector
+  // kernel above, whose order differs).
   k.gemm_q[(int)w.type](w.row(r0), w.row_stride(), r1 - r0, x, n, y + r0, w.rows);
 }
 
 void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, float* y,
-                int64_t r0, int64_t r1) {
+                int64_t r0, int64_t r1, bool invariant) {
   const int64_t rows = w.rows, cols = w.cols;
-  if (n == 1) {
+  if (n == 1 && !invariant) {
     VecDotFn dot = k.vec_dot[(int)w.type];
     for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), x, cols);
     return;
@@ -62,7 +65,7 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
 }  // namespace
 
 void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
-                 const float* x, int n, ActBuffer& act, bool int8) {
+                 const float* x, int n, ActBuffer& act, bool int8, bool invariant) {
   if (count <= 0 || n <= 0) return;
   const int64_t cols = jobs[0].w->cols;
   bool any_int8 = false;
@@ -97,9 +100,9 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
       if (lo >= hi) continue;
       const WeightView& w = *jobs[i].w;
       if (int8 && int8_dot(w.type))
-        rows_int8(k, w, xq, n, jobs[i].y, lo - start[i], hi - start[i]);
+        rows_int8(k, w, xq, n, jobs[i].y, lo - start[i], hi - start[i], invariant);
       else
-        rows_float(k, w, x, n, jobs[i].y, lo - start[i], hi - start[i]);
+        rows_float(k, w, x, n, jobs[i].y, lo - start[i], hi - start[i], invariant);
     }
   });
 }

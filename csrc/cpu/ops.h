@@ -27,13 +27,16 @@ struct ActBuffer {
 // y_i (n, W_i.rows) = x (n, cols) @ W_i^T for each job, in one parallel pass.
 // With int8 set, integer-dot types use x quantized once into `act` and the
 // int8 kernels; otherwise (and for the float types) weights are widened to
-// float and multiplied with float FMA.
+// float and multiplied with float FMA. With invariant set, one token (n ==
+// 1) goes through the same kernels and summation order as several, so a
+// row's result never depends on how many tokens share the call (a little
+// slower for one token: the matrix-vector kernels sum in another order).
 void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
-                 const float* x, int n, ActBuffer& act, bool int8);
+                 const float* x, int n, ActBuffer& act, bool int8, bool invariant = false);
 inline void matmul(ThreadPool& pool, const Kernels& k, const WeightView& w, const float* x, int n,
-                   float* y, ActBuffer& act, bool int8 = true) {
+                   float* y, ActBuffer& act, bool int8 = true, bool invariant = false) {
   const MatmulJob job{&w, y};
-  matmul_many(pool, k, &job, 1, x, n, act, int8);
+  matmul_many(pool, k, &job, 1, x, n, act, int8, invariant);
 }
 
 // ---- repack.cpp ----
@@ -48,12 +51,20 @@ WeightView repack(ThreadPool& pool, const WeightView& w, std::unique_ptr<uint8_t
 void kv_write(const Kernels& k, KVCache& cache, const int* table, int layer, int pos0, int n,
               const float* kx, const float* vx);
 // Buffers of attention(), reused across calls.
-struct AttnScratch {
-  std::vector<const uint8_t*> kp, vp;  // block pointers per kv head
-  std::vector<float> po, pm, pl;       // split-KV partials
+// How one sequence's rows are split into tasks.
+struct AttnPlan {
+  int n, pos0, nb, tokens_per_task, splits;
+  size_t row0, ptr0, part0;  // first row, first block pointer, first partial row
+  int64_t task0, tasks;
 };
-void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const int* table,
-               int layer, const float* q, int n, int pos0, int n_heads, float scale, float* out,
+struct AttnScratch {
+  std::vector<const uint8_t*> kp, vp;  // block pointers per sequence and kv head
+  std::vector<float> po, pm, pl;       // split-KV partials
+  std::vector<AttnPlan> plans;
+  std::vector<int> task_seq;           // sequence of each task
+};
+void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const AttnSeq* seqs,
+               int count, int layer, const float* q, int n_heads, float scale, float* out,
                AttnScratch& scr);
 
 // ---- elementwise.cpp ----
@@ -64,12 +75,13 @@ void add(float* y, const float* x, size_t count);
 void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count);
 // cos / sin table of a chunk's positions, kept between the layers' calls.
 struct RopeTable {
-  int n = -1, pos0 = -1, half = -1;
+  std::vector<int32_t> pos;
+  int half = -1;
   float base = 0.f, scale = 0.f;
   const float* factors = nullptr;
   std::vector<float> cs, sn;
 };
-void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, int pos0,
+void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, const int32_t* pos,
           const RopeParams& p, RopeTable& cache);
 
 }  // namespace llmrt::cpu

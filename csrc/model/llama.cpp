@@ -27,6 +27,8 @@ struct LlamaModel::Scratch {
   int cap = 0;
   float *x = nullptr, *xn = nullptr, *q = nullptr, *k = nullptr, *v = nullptr,
         *att = nullptr, *gate = nullptr, *up = nullptr;
+  std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
+  std::vector<AttnSeq> attn;      // the pass's sequences, for attention
   ~Scratch() {
     for (float* p : {x, xn, q, k, v, att, gate, up})
       if (p) be->free_floats(p);
@@ -106,38 +108,106 @@ void LlamaModel::ensure_scratch(int n) {
   s_ = std::move(s);
 }
 
-void LlamaModel::forward(int seq, const int32_t* tokens, int n, bool all_logits, float* logits) {
-  if (n <= 0) throw std::invalid_argument("forward: no tokens");
-  const int n_past = kv_.length(seq);
-  if ((int64_t)n_past + n > cfg_.n_ctx)
-    throw std::out_of_range("forward: positions " + std::to_string(n_past) + ".." +
-                            std::to_string((int64_t)n_past + n - 1) +
-                            " exceed the context length " + std::to_string(cfg_.n_ctx));
-  for (int i = 0; i < n; ++i)
-    if (tokens[i] < 0 || tokens[i] >= cfg_.n_vocab)
-      throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at index " +
-                              std::to_string(i) + " is outside the vocabulary (size " +
-                              std::to_string(cfg_.n_vocab) + ")");
-  kv_.append(seq, tokens, n);  // blocks for every new position (or KVCacheFull)
-  try {
-    const int* table = kv_.table(seq).data();
-    for (int done = 0; done < n; done += kChunk) {
-      const int m = std::min(kChunk, n - done);
-      const bool last = done + m == n;
-      float* out = all_logits ? logits + (size_t)done * cfg_.n_vocab : (last ? logits : nullptr);
-      forward_chunk(table, tokens + done, m, n_past + done, all_logits, out);
-    }
-  } catch (...) {
-    kv_.truncate(seq, n_past);
-    throw;
-  }
-  kv_.commit(seq);
-  tokens_computed_ += n;
+// A piece of one entry of a batched forward: n tokens at positions
+// [pos0, pos0 + n) of the sequence whose block table is `table`; rows from
+// first_logit on need logits (first_logit == n: none).
+struct LlamaModel::Segment {
+  const int* table;
+  const int32_t* tokens;
+  int n, pos0, first_logit;
+};
+
+int64_t LlamaModel::logit_rows(const BatchEntry* entries, int count) {
+  int64_t rows = 0;
+  for (int i = 0; i < count; ++i)
+    rows += entries[i].logits == BatchEntry::kAll ? entries[i].n
+            : entries[i].logits == BatchEntry::kLast ? 1 : 0;
+  return rows;
 }
 
-// One chunk of n tokens at positions [pos0, pos0 + n).
-void LlamaModel::forward_chunk(const int* table, const int32_t* tokens, int n, int pos0,
-                               bool all_logits, float* logits) {
+void LlamaModel::forward(int seq, const int32_t* tokens, int n, bool all_logits, float* logits) {
+  const BatchEntry e{seq, tokens, n,
+                     all_logits ? BatchEntry::kAll : logits ? BatchEntry::kLast : BatchEntry::kNone};
+  forward_batch(&e, 1, logits);
+}
+
+void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logits) {
+  if (count <= 0) throw std::invalid_argument("forward: no sequences");
+  std::vector<int> past(count);
+  for (int i = 0; i < count; ++i) {
+    const BatchEntry& e = entries[i];
+    const std::string which = count > 1 ? " (entry " + std::to_string(i) + ")" : "";
+    if (e.n <= 0 || !e.tokens) throw std::invalid_argument("forward: no tokens" + which);
+    for (int j = 0; j < i; ++j)
+      if (entries[j].seq == e.seq)
+        throw std::invalid_argument("forward: sequence " + std::to_string(e.seq) +
+                                    " appears twice in one batch");
+    past[i] = kv_.length(e.seq);
+    if ((int64_t)past[i] + e.n > cfg_.n_ctx)
+      throw std::out_of_range("forward: positions " + std::to_string(past[i]) + ".." +
+                              std::to_string((int64_t)past[i] + e.n - 1) +
+                              " exceed the context length " + std::to_string(cfg_.n_ctx) + which);
+    for (int t = 0; t < e.n; ++t)
+      if (e.tokens[t] < 0 || e.tokens[t] >= cfg_.n_vocab)
+        throw std::out_of_range("token id " + std::to_string(e.tokens[t]) + " at index " +
+                                std::to_string(t) + " is outside the vocabulary (size " +
+                                std::to_string(cfg_.n_vocab) + ")" + which);
+  }
+  if (!logits && logit_rows(entries, count) > 0)
+    throw std::invalid_argument("forward: logits wanted but no buffer given");
+  // blocks for every new position (or KVCacheFull, with nothing changed)
+  int appended = 0;
+  auto undo = [&] {
+    for (int j = 0; j < appended; ++j) kv_.truncate(entries[j].seq, past[j]);
+  };
+  try {
+    for (; appended < count; ++appended)
+      kv_.append(entries[appended].seq, entries[appended].tokens, entries[appended].n);
+  } catch (...) {
+    undo();
+    throw;
+  }
+  try {
+    // pieces of at most kChunk tokens, in passes of kChunk rows plus one row
+    // for each other sequence: a long prompt runs chunk by chunk, while the
+    // one-token steps of other sequences ride along with a chunk
+    std::vector<Segment> segs;
+    for (int i = 0; i < count; ++i) {
+      const BatchEntry& e = entries[i];
+      const int* table = kv_.table(e.seq).data();
+      for (int done = 0; done < e.n; done += kChunk) {
+        const int m = std::min(kChunk, e.n - done);
+        const int first = e.logits == BatchEntry::kAll                        ? 0
+                          : e.logits == BatchEntry::kLast && done + m == e.n ? m - 1
+                                                                               : m;
+        segs.push_back({table, e.tokens + done, m, past[i] + done, first});
+      }
+    }
+    const int cap = kChunk + count - 1;
+    float* out = logits;
+    for (size_t i = 0; i < segs.size();) {
+      size_t j = i;
+      int rows = 0;
+      while (j < segs.size() && (j == i || rows + segs[j].n <= cap)) rows += segs[j++].n;
+      forward_pass(segs.data() + i, (int)(j - i), out);
+      for (size_t k = i; k < j; ++k)
+        if (out) out += (size_t)(segs[k].n - segs[k].first_logit) * cfg_.n_vocab;
+      i = j;
+    }
+  } catch (...) {
+    undo();
+    throw;
+  }
+  for (int i = 0; i < count; ++i) {
+    kv_.commit(entries[i].seq);
+    tokens_computed_ += entries[i].n;
+  }
+}
+
+// One pass over the weights for the rows of every segment, end to end.
+void LlamaModel::forward_pass(const Segment* segs, int count, float* logits) {
+  int n = 0;
+  for (int i = 0; i < count; ++i) n += segs[i].n;
   ensure_scratch(n);
   Backend& be = *backend_;
   Scratch& s = *s_;
@@ -156,7 +226,20 @@ void LlamaModel::forward_chunk(const int* table, const int32_t* tokens, int n, i
     t_last = now;
   };
 
-  be.embed(w_.tok_embd, tokens, n, s.x);  // x (n, D)
+  // token ids, positions and attention rows of the pass
+  s.ids.resize(n);
+  s.pos.resize(n);
+  s.attn.resize(count);
+  for (int i = 0, r = 0; i < count; ++i) {
+    const Segment& g = segs[i];
+    for (int t = 0; t < g.n; ++t, ++r) {
+      s.ids[r] = g.tokens[t];
+      s.pos[r] = g.pos0 + t;
+    }
+    s.attn[i] = AttnSeq{g.table, g.n, g.pos0};
+  }
+
+  be.embed(w_.tok_embd, s.ids.data(), n, s.x);  // x (n, D)
   mark(kStageOther);
 
   for (int l = 0; l < c.n_layer; ++l) {
@@ -171,11 +254,13 @@ void LlamaModel::forward_chunk(const int* table, const int32_t* tokens, int n, i
     if (L.bq) be.add_bias(s.q, L.bq, n, qd);
     if (L.bk) be.add_bias(s.k, L.bk, n, kvd);
     if (L.bv) be.add_bias(s.v, L.bv, n, kvd);
-    be.rope(s.q, n, c.n_head, hd, pos0, c.rope);
-    be.rope(s.k, n, c.n_head_kv, hd, pos0, c.rope);
-    be.kv_write(kv_, table, l, pos0, n, s.k, s.v);
+    be.rope(s.q, n, c.n_head, hd, s.pos.data(), c.rope);
+    be.rope(s.k, n, c.n_head_kv, hd, s.pos.data(), c.rope);
+    for (int i = 0, r = 0; i < count; r += segs[i].n, ++i)
+      be.kv_write(kv_, segs[i].table, l, segs[i].pos0, segs[i].n, s.k + (size_t)r * kvd,
+                  s.v + (size_t)r * kvd);
     mark(kStageOther);
-    be.attention(kv_, table, l, s.q, n, pos0, c.n_head, att_scale, s.att);  // (n, qd)
+    be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head, att_scale, s.att);  // (n, qd)
     mark(kStageAttention);
     be.matmul(L.wo, s.att, n, s.xn);                                  // (n, D)
     mark(kStageMatmul);
@@ -195,11 +280,24 @@ void LlamaModel::forward_chunk(const int* table, const int32_t* tokens, int n, i
     be.add(s.x, s.xn, (size_t)n * D);
   }
 
-  if (!logits) return;
-  // Output head only on the rows whose logits are wanted.
-  const int first = all_logits ? 0 : n - 1;
-  const int rows = n - first;
-  be.rmsnorm(s.x + (size_t)first * D, w_.output_norm, rows, D, c.rms_eps, s.xn);
+  // Output head only on the rows whose logits are wanted, gathered end to
+  // end (the rows of one segment are consecutive already).
+  int rows = 0;
+  const float* src = nullptr;
+  for (int i = 0, r = 0; i < count; r += segs[i].n, ++i) {
+    const int m = segs[i].n - segs[i].first_logit;
+    if (m == 0) continue;
+    const float* row = s.x + (size_t)(r + segs[i].first_logit) * D;
+    if (rows == 0 && count == 1) {
+      src = row;  // one segment: no copy
+    } else {
+      std::copy(row, row + (size_t)m * D, s.att + (size_t)rows * D);
+      src = s.att;
+    }
+    rows += m;
+  }
+  if (rows == 0) return;
+  be.rmsnorm(src, w_.output_norm, rows, D, c.rms_eps, s.xn);
   mark(kStageOther);
   be.matmul(w_.output, s.xn, rows, logits);
   mark(kStageHead);

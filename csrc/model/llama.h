@@ -52,6 +52,16 @@ struct LlamaWeights {
   std::vector<LayerWeights> layers;
 };
 
+// One sequence's part of a batched forward: n tokens appended to sequence
+// seq, and which of their logits are wanted.
+struct BatchEntry {
+  enum Logits { kNone, kLast, kAll };
+  int seq = 0;
+  const int32_t* tokens = nullptr;
+  int n = 0;
+  Logits logits = kLast;
+};
+
 class LlamaModel {
  public:
   // Shapes must have been validated by the loader; the constructor checks
@@ -77,6 +87,19 @@ class LlamaModel {
   // KVCacheFull when the pool has no room (the sequence is then unchanged).
   void forward(int seq, const int32_t* tokens, int n, bool all_logits, float* logits);
 
+  // Several sequences at once: the rows of all entries go through each
+  // matmul together (the weights are read once per pass, not once per
+  // sequence); every sequence attends to its own cache blocks. logits
+  // receives, entry after entry, n rows (kAll), one (kLast) or none (kNone)
+  // of n_vocab floats. A sequence's results do not depend on the others in
+  // the batch except through the matmuls' summation order for rows that
+  // would otherwise run alone (one-token steps use the matrix-vector kernels).
+  // Checks everything before changing anything; on an error every sequence
+  // is left as it was (KVCacheFull included).
+  void forward_batch(const BatchEntry* entries, int count, float* logits);
+  // Rows forward_batch writes to logits.
+  static int64_t logit_rows(const BatchEntry* entries, int count);
+
   // Wall time per stage of forward() since profiling was switched on:
   // [matmul, attention, output head, other].
   enum Stage { kStageMatmul, kStageAttention, kStageHead, kStageOther, kStages };
@@ -88,8 +111,8 @@ class LlamaModel {
 
  private:
   struct Scratch;
-  void forward_chunk(const int* table, const int32_t* tokens, int n, int pos0, bool all_logits,
-                     float* logits);
+  struct Segment;  // up to kChunk tokens of one entry
+  void forward_pass(const Segment* segs, int count, float* logits);
   void ensure_scratch(int n);
 
   LlamaConfig cfg_;

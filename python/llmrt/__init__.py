@@ -7,7 +7,7 @@
 
 from . import _core
 from .errors import GGUFError, KVCacheFullError, UnsupportedModelError
-from .model import (Beam, GenerationResult, Model, TextStream, TokenLogprob, default_model_path,
+from .model import (BatchStream, Beam, GenerationResult, Model, TextStream, TokenLogprob, default_model_path,
                     physical_cores)
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
@@ -27,7 +27,7 @@ def cuda_available() -> bool:
 
 
 __all__ = [
-    "Model", "SamplingParams", "GenerationResult", "TokenLogprob", "Beam", "TextStream", "Tokenizer", "GGUFError", "UnsupportedModelError",
+    "Model", "SamplingParams", "GenerationResult", "TokenLogprob", "Beam", "TextStream", "BatchStream", "Tokenizer", "GGUFError", "UnsupportedModelError",
     "KVCacheFullError",
     "default_model_path", "build_info", "cuda_available", "physical_cores", "__version__",
 ]

@@ -107,6 +107,16 @@ class Model:
     history, few-shot examples) reuses their keys and values and computes only
     the rest; ``cache_stats()`` counts it.
 
+    A sequence's logits do not depend on the other sequences batched with it,
+    on how its prompt is chunked, or on the thread count, except that a lone
+    one-token step uses faster matrix-vector kernels whose sums run in another
+    order than several tokens' (differences at float rounding, which int8
+    activations can amplify to an occasional flip between near-equal
+    tokens). ``batch_invariant=True`` runs one-token steps through the
+    several-token kernels too, so batched, chunked and speculative decoding
+    give bit-identical results to plain one-at-a-time decoding (one-token
+    steps a little slower).
+
     >>> m = llmrt.Model()                       # the default SmolLM2 model
     >>> m.generate("The capital of France is", max_new_tokens=8).text
     """
@@ -115,7 +125,8 @@ class Model:
                  threads: int | None = None, context_length: int | None = None,
                  activations: str = "int8", kv_cache_tokens: int | None = None,
                  kv_cache_bytes: int | None = None, kv_cache_dtype: str = "f16",
-                 kv_block_tokens: int = 32, prefix_caching: bool = True):
+                 kv_block_tokens: int = 32, prefix_caching: bool = True,
+                 batch_invariant: bool = False):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
@@ -154,7 +165,7 @@ class Model:
                                     kv_block_tokens)
         self._native = _core.LlamaModel(cfg, g.tensors, threads, activations == "int8",
                                         kv_tokens, kv_cache_dtype, kv_block_tokens,
-                                        bool(prefix_caching))
+                                        bool(prefix_caching), bool(batch_invariant))
         self._gguf = g  # keeps the memory map alive
         # Tensors the backend copied into its own layout are not read from the
         # file again: drop their pages from this process's resident set.
@@ -286,11 +297,13 @@ class Model:
         self._native.clear_prefix_cache()
 
     # ---- generation -------------------------------------------------------------------
-    def generate(self, prompt: str | Sequence[int], params: SamplingParams | None = None, *,
-                 stream: bool = False, add_special: bool = True, draft: str | None = None,
-                 num_draft_tokens: int = 8, **kwargs: Any,
-                 ) -> GenerationResult | list[GenerationResult] | TextStream:
-        """Continue a prompt (text, or token ids used as given).
+    def generate(self, prompt: str | Sequence[int] | Sequence[str | Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                 stream: bool = False, add_special: bool = True,
+                 draft: "str | Model | None" = None, num_draft_tokens: int = 8,
+                 max_batch_size: int = 64, **kwargs: Any) -> Any:
+        """Continue a prompt (text, or token ids used as given), or a list of
+        prompts.
 
         ``params`` (a SamplingParams) and/or its fields as keywords
         (``max_new_tokens`` / ``max_tokens``, ``temperature``, ``top_k``,
@@ -306,46 +319,44 @@ class Model:
         ``max_new_tokens`` / at the end of the context ("length"). Returns a
         GenerationResult; a list of them for ``n > 1``; with ``stream=True`` a
         TextStream (iterate it for text pieces; ``.result`` afterwards).
+
+        A list of prompts runs as one continuously batched job: every step is
+        one pass over the weights for all running requests (prompts in chunks
+        alongside other requests' decoding), at most ``max_batch_size`` at a
+        time, requests waiting while the KV cache is short and joining as
+        others finish. ``params`` may then be a list, one per prompt. Returns
+        one result per prompt (a list of n for ``n > 1``); with
+        ``stream=True`` a BatchStream yielding (prompt index, text piece).
+
+        Speculative decoding (one prompt, n = 1, no beams): ``draft=
+        "prompt_lookup"`` drafts from the prompt and text so far (no second
+        model; for input-grounded work), ``draft=other_model`` from a smaller
+        model with the same vocabulary; ``num_draft_tokens`` per step. Greedy
+        output is exactly plain greedy decoding's; sampled output follows the
+        same distribution (accept / resample rule). The result's timings
+        report draft_tokens, draft_acceptance and tokens_per_forward.
         """
+        if isinstance(prompt, (list, tuple)) and prompt and \
+                all(isinstance(x, str) or (isinstance(x, (list, tuple, np.ndarray))
+                                           and not isinstance(x, str)) for x in prompt):
+            if draft is not None:
+                raise ValueError("speculative decoding (draft=) runs one prompt at a time")
+            return self._generate_batch(list(prompt), params, stream=stream,
+                                        add_special=add_special, max_batch_size=max_batch_size,
+                                        **kwargs)
+        if not isinstance(params, (SamplingParams, type(None))):
+            raise ValueError("params must be a SamplingParams for one prompt (a list of them "
+                             "goes with a list of prompts)")
         p = SamplingParams.make(params, **kwargs)
         if draft is not None:
-            if draft != "prompt_lookup":
-                raise ValueError(f"draft must be None or 'prompt_lookup', got {draft!r}")
-            if not isinstance(num_draft_tokens, int) or not 1 <= num_draft_tokens <= 64:
-                raise ValueError(f"num_draft_tokens must be in [1, 64], got {num_draft_tokens!r}")
-            greedy = (p.temperature == 0 or p.top_k == 1) and not p.mirostat_mode
-            if not greedy or p.n > 1 or p.num_beams > 1:
-                raise ValueError("draft='prompt_lookup' runs greedy decoding (temperature=0, "
-                                 "n=1, num_beams=1)")
+            self._check_draft(draft, p, num_draft_tokens)
         if (p.n > 1 or p.num_beams > 1) and stream:
             raise ValueError("stream=True produces one sequence: use n=1 and num_beams=1")
-        if isinstance(prompt, str):
-            ids = self.tokenize(prompt, add_special=add_special)
-        else:
-            ids = self._ids(prompt).tolist()
-        if not ids:
-            raise ValueError("the prompt is empty (no tokens); pass text or add_special=True")
-        if len(ids) > self.context_length:
-            raise ValueError(f"the prompt is {len(ids)} tokens, longer than the context length "
-                             f"{self.context_length}")
-        # positions written: the prompt and every new token but the last
-        need = min(len(ids) + max(p.max_new_tokens - 1, 0), self.context_length)
-        st = self._native.cache_stats()
-        cap, bt = st["capacity_tokens"], st["block_tokens"]
-        # n samples / beams share the prompt's full blocks and each need the rest
-        k = max(p.n, p.num_beams + (p.num_beams > 1))
-        blocks = len(ids) // bt + k * (-(-need // bt) - len(ids) // bt)
-        if need > cap or blocks * bt > cap:
-            what = f" for {k} sequences" if k > 1 else ""
-            raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens={p.max_new_tokens} "
-                             f"need {max(need, blocks * bt)} KV-cache positions{what}, but the "
-                             f"cache holds {cap} (kv_cache_tokens); raise it or lower "
-                             f"max_new_tokens")
-        for t in p.stop_token_ids or []:
-            if t >= self.vocab_size:
-                raise ValueError(f"stop_token_ids: {t} is outside the vocabulary")
-        end_ids = set() if p.ignore_eos else set(self._stop_ids)
-        end_ids.update(int(i) for i in (p.stop_token_ids or []))
+        ids = self._prompt_ids(prompt, add_special)
+        self._check_budget(ids, p)
+        if isinstance(draft, Model):
+            draft._check_budget(ids, p, what="the draft model's")
+        end_ids = self._end_ids(p)
         if p.num_beams > 1:
             return _beam_search(self, ids, p, end_ids)
         if p.n == 1:
@@ -357,6 +368,104 @@ class Model:
                 pass
             return run.result
         return self._generate_n(ids, p, end_ids)
+
+    def _check_draft(self, draft: Any, p: SamplingParams, num_draft_tokens: int) -> None:
+        if isinstance(draft, Model):
+            if draft is self:
+                raise ValueError("draft must be another model than the one it drafts for")
+            if draft.vocab_size != self.vocab_size or \
+                    draft.tokenizer.tokens != self.tokenizer.tokens:
+                raise ValueError("the draft model must have the same vocabulary as the model "
+                                 f"({draft.vocab_size} vs {self.vocab_size} tokens, or "
+                                 "different token texts)")
+        elif draft != "prompt_lookup":
+            raise ValueError(f"draft must be None, 'prompt_lookup' or a Model, got {draft!r}")
+        if not isinstance(num_draft_tokens, int) or not 1 <= num_draft_tokens <= 64:
+            raise ValueError(f"num_draft_tokens must be in [1, 64], got {num_draft_tokens!r}")
+        if p.n > 1 or p.num_beams > 1:
+            raise ValueError("speculative decoding (draft=) makes one sequence: use n=1 and "
+                             "num_beams=1")
+        if p.mirostat_mode:
+            raise ValueError("speculative decoding cannot run with mirostat, whose "
+                             "distribution adapts with every draw")
+
+    def _prompt_ids(self, prompt: str | Sequence[int], add_special: bool) -> list[int]:
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt, add_special=add_special)
+        else:
+            ids = self._ids(prompt).tolist()
+        if not ids:
+            raise ValueError("the prompt is empty (no tokens); pass text or add_special=True")
+        if len(ids) > self.context_length:
+            raise ValueError(f"the prompt is {len(ids)} tokens, longer than the context length "
+                             f"{self.context_length}")
+        return ids
+
+    def _kv_need(self, ids: list[int], p: SamplingParams) -> tuple[int, int]:
+        """(positions, blocks) a request needs at most: the prompt and every
+        new token but the last; n samples / beams share the prompt's full
+        blocks and each need the rest."""
+        need = min(len(ids) + max(p.max_new_tokens - 1, 0), self.context_length)
+        bt = self._native.cache_stats()["block_tokens"]
+        k = max(p.n, p.num_beams + (p.num_beams > 1))
+        blocks = len(ids) // bt + k * (-(-need // bt) - len(ids) // bt)
+        return need, blocks
+
+    def _check_budget(self, ids: list[int], p: SamplingParams, what: str = "the") -> None:
+        need, blocks = self._kv_need(ids, p)
+        st = self._native.cache_stats()
+        cap, bt = st["capacity_tokens"], st["block_tokens"]
+        if need > cap or blocks * bt > cap:
+            k = max(p.n, p.num_beams + (p.num_beams > 1))
+            many = f" for {k} sequences" if k > 1 else ""
+            raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens={p.max_new_tokens} "
+                             f"need {max(need, blocks * bt)} KV-cache positions{many}, but "
+                             f"{what} cache holds {cap} (kv_cache_tokens); raise it or lower "
+                             f"max_new_tokens")
+
+    def _end_ids(self, p: SamplingParams) -> set[int]:
+        for t in p.stop_token_ids or []:
+            if t >= self.vocab_size:
+                raise ValueError(f"stop_token_ids: {t} is outside the vocabulary")
+        end_ids = set() if p.ignore_eos else set(self._stop_ids)
+        end_ids.update(int(i) for i in (p.stop_token_ids or []))
+        return end_ids
+
+    def _generate_batch(self, prompts: list, params: Any, *, stream: bool, add_special: bool,
+                        max_batch_size: int, **kwargs: Any) -> Any:
+        if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or \
+                max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
+        if isinstance(params, (list, tuple)):
+            if len(params) != len(prompts):
+                raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
+            plist = [SamplingParams.make(q, **kwargs) for q in params]
+        else:
+            plist = [SamplingParams.make(params, **kwargs)] * len(prompts)
+        runs: list[_Run] = []
+        owner: list[int] = []  # prompt index of each run
+        for i, (prompt, p) in enumerate(zip(prompts, plist)):
+            if p.num_beams > 1:
+                raise ValueError("beam search runs one prompt at a time (num_beams > 1)")
+            try:
+                ids = self._prompt_ids(prompt, add_special)
+                self._check_budget(ids, SamplingParams.make(p, n=1))
+            except ValueError as e:
+                raise ValueError(f"prompt {i}: {e}") from None
+            end_ids = self._end_ids(p)
+            for j in range(p.n):  # n samples: separate requests, seeds seed + j
+                q = SamplingParams.make(p, n=1)
+                seed = None if p.seed is None else p.seed + j
+                runs.append(_Run(self, ids, q, Sampler(q, self.vocab_size, end_ids, seed=seed),
+                                 end_ids))
+                owner.append(i)
+        batch = _Batch(self, runs, max_batch_size)
+        out = BatchStream(batch, owner, [p.n for p in plist])
+        if stream:
+            return out
+        for _ in out:
+            pass
+        return out.results
 
     def _generate_n(self, ids: list[int], p: SamplingParams, end_ids: set[int]
                     ) -> list[GenerationResult]:
@@ -427,8 +536,143 @@ class TextStream:
         return self._run.result
 
 
+class BatchStream:
+    """(prompt index, text piece) pairs of a batched generation as they are
+    produced; ``results`` holds one result per prompt (a list of n for
+    n > 1) once iteration has finished."""
+
+    def __init__(self, batch: "_Batch", owner: list[int], ns: list[int]):
+        self._batch, self._owner, self._ns = batch, owner, ns
+        self._it = batch.events()
+        self.done = False
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> tuple[int, str]:
+        try:
+            r, piece = next(self._it)
+        except StopIteration:
+            self.done = True
+            raise
+        return self._owner[r], piece
+
+    @property
+    def results(self) -> list:
+        if not self.done:
+            raise RuntimeError("the stream has not been read to the end yet")
+        out: list = [[] for _ in self._ns]
+        for run, i in zip(self._batch.runs, self._owner):
+            out[i].append(run.result)
+        return [r if n > 1 else r[0] for r, n in zip(out, self._ns)]
+
+
+class _Slot:
+    """A running request of a batch: its KV-cache sequence and where it is."""
+    __slots__ = ("i", "run", "seq", "pos", "tok", "blocks")
+
+    def __init__(self, i: int, run: "_Run", seq: int, pos: int, blocks: int):
+        self.i, self.run, self.seq, self.pos, self.blocks = i, run, seq, pos, blocks
+        self.tok = -1  # the token to feed next (once the prompt is in)
+
+
+class _Batch:
+    """Continuous batching. Each step is one native forward over every
+    running request: a one-token row for each decoding request and prompt
+    chunks (up to `chunk` prompt tokens a step, in the same 256-token pieces a
+    lone prompt runs in) for those starting. Requests start in order as long
+    as the KV-cache blocks they may need (prompt and max_new_tokens) are
+    free, so a running request never runs out of cache; the others wait."""
+
+    chunk = 256
+
+    def __init__(self, model: Model, runs: list[_Run], max_batch: int):
+        self.m, self.runs, self.max_batch = model, runs, max_batch
+        self.bt = model._native.cache_stats()["block_tokens"]
+
+    def _blocks(self, run: _Run) -> int:
+        need = min(len(run.prompt) + max(run.p.max_new_tokens - 1, 0), self.m.context_length)
+        return -(-need // self.bt) + 1  # + 1: a copy-on-write of a shared last block
+
+    def events(self) -> Iterator[tuple[int, str]]:
+        m, nat = self.m, self.m._native
+        for seq in list(m._live):  # sequences of abandoned generations
+            m._release(seq)
+        queue = list(range(len(self.runs)))[::-1]  # next request last
+        active: list[_Slot] = []
+        try:
+            while queue or active:
+                # admit in order while the blocks they may need are there
+                reserved = sum(s.blocks - -(-nat.seq_length(s.seq) // self.bt) for s in active)
+                while queue and len(active) < self.max_batch:
+                    run = self.runs[queue[-1]]
+                    if run.p.max_new_tokens == 0:
+                        queue.pop()
+                        run.finish_empty()
+                        continue
+                    need = self._blocks(run)
+                    if active and nat.blocks_available() - reserved < need:
+                        break
+                    i = queue.pop()
+                    seq = m._track(nat.new_sequence())
+                    reused = nat.reuse_prefix(seq, np.asarray(run.prompt, np.int32))
+                    run.t_admit = time.perf_counter()
+                    active.append(_Slot(i, run, seq, reused, need))
+                    reserved += need - -(-reused // self.bt)
+                # one step: decode rows, then prompt chunks within the budget
+                entries, owners = [], []
+                budget = self.chunk
+                for s in active:
+                    left = len(s.run.prompt) - s.pos
+                    if left == 0:
+                        entries.append((s.seq, np.asarray([s.tok], np.int32), "last"))
+                        owners.append((s, 0))
+                for s in active:
+                    left = len(s.run.prompt) - s.pos
+                    c = min(self.chunk, left)
+                    if left == 0 or c > budget:
+                        continue
+                    budget -= c
+                    last = c == left
+                    entries.append((s.seq, np.asarray(s.run.prompt[s.pos:s.pos + c], np.int32),
+                                    "last" if last else "none"))
+                    owners.append((s, c))
+                logits = nat.forward_batch(entries)
+                row = 0
+                finished = []
+                for s, c in owners:
+                    run = s.run
+                    if c:  # a prompt chunk
+                        s.pos += c
+                        if s.pos < len(run.prompt):
+                            continue
+                        run.t_prompt = time.perf_counter()
+                    lg = logits[row]
+                    row += 1
+                    run.forwards += 1
+                    tok = run.choose(lg)
+                    piece = run.emit(tok)
+                    if piece:
+                        yield s.i, piece
+                    if run.done:
+                        finished.append(s)
+                    else:
+                        s.tok = tok
+                for s in finished:
+                    active.remove(s)
+                    m._release(s.seq)
+                    piece = s.run.close()
+                    if piece:
+                        yield s.i, piece
+        finally:
+            for s in active:
+                m._release(s.seq)
+
+
 class _Run:
-    """One sequence's generation: the token loop, stop handling and streaming.
+    """One sequence's generation: choosing tokens, end and stop checks,
+    streaming text, logprobs and timings. pieces() drives one request's token
+    loop itself; _Batch drives many, feeding each run its rows of logits.
 
     start: (seq, logits, prompt seconds) of a prompt already run (n > 1);
     otherwise the run processes the prompt itself."""
@@ -436,7 +680,7 @@ class _Run:
     def __init__(self, model: Model, prompt: list[int], p: SamplingParams,
                  sampler: Sampler | None, end_ids: set[int],
                  start: tuple[int, np.ndarray, float] | None = None,
-                 draft: str | None = None, num_draft_tokens: int = 8):
+                 draft: "str | Model | None" = None, num_draft_tokens: int = 8):
         self.m, self.prompt, self.p = model, prompt, p
         self.draft, self.num_draft = draft, num_draft_tokens
         self.sampler, self.end_ids, self.start = sampler, end_ids, start
@@ -444,10 +688,201 @@ class _Run:
         self.result = GenerationResult(text="", token_ids=[], finish_reason="length",
                                        prompt_tokens=len(prompt),
                                        logprobs=[] if p.logprobs is not None else None)
+        self.greedy = (p.temperature == 0 or p.top_k == 1) and not p.mirostat_mode
+        # tokens so far, for the penalties and the prompt lookup
+        self.hist = np.zeros(len(prompt) + p.max_new_tokens + 1, np.int32)
+        self.hist[:len(prompt)] = prompt
+        self.n_hist = len(prompt)
+        self.text, self.emitted = "", 0
+        self.finished, self.cut, self.done = "length", False, False
+        self.t0 = time.perf_counter()
+        self.t_admit: float | None = None  # when its prompt began to run (batches)
+        self.t_prompt: float | None = None
+        self.t_first: float | None = None
+        self.forwards = self.drafted = self.accepted = 0
+        self._dec = None
 
     def finish_empty(self) -> GenerationResult:
         self.result.timings = {"prompt_ms": 0.0}
+        self.done = True
         return self.result
+
+    # ---- one token at a time ----------------------------------------------------------
+    def choose(self, lg: np.ndarray) -> int:
+        """The next token from one row of logits (the sampler chain), with its
+        logprobs when asked for."""
+        tok = self.sampler(lg, self.hist[:self.n_hist], len(self.result.token_ids))
+        self.note_logprob(lg, tok)
+        return tok
+
+    def note_logprob(self, lg: np.ndarray, tok: int) -> None:
+        if self.p.logprobs is not None:
+            lp, top = top_logprobs(lg, tok, self.p.logprobs)
+            self.result.logprobs.append(TokenLogprob(tok, lp, top))
+
+    def emit(self, tok: int) -> str:
+        """One chosen token: end and stop checks, text. Returns the text that
+        can be handed out now (none while it could still begin a stop string)."""
+        res, p = self.result, self.p
+        if self.t_first is None:
+            self.t_first = time.perf_counter()
+        if self._dec is None:
+            self._dec = self.m.tokenizer.decoder(skip_special=True)
+        if tok in self.end_ids:
+            self.finished, self.done = "stop", True
+            return ""
+        res.token_ids.append(tok)
+        self.hist[self.n_hist] = tok
+        self.n_hist += 1
+        self.text += self._dec.add(tok)
+        text, emitted = self.text, self.emitted
+        cut = self._find_stop(text, emitted)
+        if cut is not None:
+            self.text = text[:cut]
+            self.finished, self.cut, self.done = "stop", True, True
+            return ""
+        piece = ""
+        safe = len(text) - self._held(text, emitted)
+        if safe > emitted:
+            piece = text[emitted:safe]
+            self.emitted = safe
+        if len(res.token_ids) >= p.max_new_tokens or self.n_hist > self.m.context_length:
+            self.done = True
+        return piece
+
+    def close(self) -> str:
+        """The end of the generation: the text still held back, and the
+        result's text, finish reason and timings."""
+        res = self.result
+        text = self.text
+        if not self.cut and self._dec is not None:
+            text += self._dec.flush()
+        piece = text[self.emitted:] if len(text) > self.emitted else ""
+        self.emitted = len(text)
+        t_end = time.perf_counter()
+        t0 = self.t0
+        t_admit = self.t_admit if self.t_admit is not None else t0
+        t_prompt = self.t_prompt if self.t_prompt is not None else t_end
+        t_first = self.t_first or t_end
+        res.text = text
+        res.finish_reason = self.finished
+        n_dec = max(len(res.token_ids) - 1, 0)
+        res.timings = {
+            "prompt_ms": (t_prompt - t_admit) * 1e3,
+            "time_to_first_token_ms": (t_first - t0) * 1e3,
+            "decode_ms": (t_end - t_first) * 1e3,
+            "prompt_tokens_per_s": len(self.prompt) / max(t_prompt - t_admit, 1e-9),
+            "decode_tokens_per_s": n_dec / max(t_end - t_first, 1e-9) if n_dec else 0.0,
+        }
+        if self.t_admit is not None:
+            res.timings["queue_ms"] = (self.t_admit - t0) * 1e3
+        if self.draft is not None:
+            res.timings["draft_tokens"] = self.drafted
+            res.timings["draft_acceptance"] = (self.accepted / self.drafted
+                                               if self.drafted else 0.0)
+            res.timings["tokens_per_forward"] = n_dec / self.forwards if self.forwards else 0.0
+        return piece
+
+    # ---- one request's loop -------------------------------------------------------------
+    def pieces(self) -> Iterator[str]:
+        m, p = self.m, self.p
+        if p.max_new_tokens == 0:
+            self.finish_empty()
+            return
+        if self.start is None:
+            seq, logits = m._prefill(self.prompt)
+        else:
+            seq, logits, prompt_s = self.start
+            self.t0 -= prompt_s
+        self.t_prompt = time.perf_counter()
+        try:
+            if self.draft is None:
+                while True:
+                    tok = self.choose(logits)
+                    piece = self.emit(tok)
+                    if piece:
+                        yield piece
+                    if self.done:
+                        break
+                    self.forwards += 1
+                    logits = m._step(tok, seq)
+            else:
+                yield from self._speculate(seq, logits)
+        finally:
+            m._release(seq)
+        piece = self.close()
+        if piece:
+            yield piece
+
+    def _speculate(self, seq: int, logits: np.ndarray) -> Iterator[str]:
+        """Speculative decoding: a draft proposes up to num_draft tokens, the
+        model scores them all in one forward, and the standard accept /
+        resample rule (Leviathan et al. 2023, Chen et al. 2023) keeps the
+        output distribution exactly the model's own; when greedy, the draft
+        stands as far as it matches the model's own choices."""
+        m, p, res = self.m, self.p, self.result
+        n_ctx = m.context_length
+        src = (_PromptLookup() if isinstance(self.draft, str)
+               else _DraftModel(self.draft, self, self.sampler_seed))
+        rng = np.random.default_rng(self.sampler_seed)
+        try:
+            tok = self.choose(logits)
+            while True:
+                piece = self.emit(tok)
+                if piece:
+                    yield piece
+                if self.done:
+                    break
+                n = self.n_hist  # the cache holds n - 1 positions; tok is hist[n - 1]
+                room = min(self.num_draft, p.max_new_tokens - len(res.token_ids) - 1, n_ctx - n)
+                drafts, qs = src.propose(self.hist, n, room, self.greedy, rng) \
+                    if room > 0 else ([], [])
+                self.forwards += 1
+                if not drafts:
+                    tok = self.choose(m._step(tok, seq))
+                    continue
+                rows = m._native.forward(np.asarray([tok] + drafts, np.int32), -1, True, seq)
+                self.drafted += len(drafts)
+                a, nxt = 0, None
+                for i, x in enumerate(drafts):
+                    if self.greedy:
+                        y = self.choose(rows[i])
+                        if y != x:
+                            nxt = y
+                            break
+                    else:
+                        y = _accept_or_resample(self.distribution(rows[i]), qs[i], x, rng)
+                        self.note_logprob(rows[i], y)
+                        if y != x:
+                            nxt = y
+                            break
+                    a += 1
+                    piece = self.emit(x)
+                    if piece:
+                        yield piece
+                    if self.done:
+                        break
+                self.accepted += a
+                if self.done:
+                    break
+                if nxt is None:  # every draft token stood: one more from the last row
+                    nxt = (self.choose(rows[a]) if self.greedy
+                           else _draw(self.distribution(rows[a]), rng))
+                    if not self.greedy:
+                        self.note_logprob(rows[a], nxt)
+                m._native.truncate(seq, n + a)  # drop the rejected draft's keys and values
+                src.keep(n + a)
+                tok = nxt
+        finally:
+            src.close()
+
+    @property
+    def sampler_seed(self) -> int:
+        return self.p.seed if self.p.seed is not None else int(np.random.SeedSequence().entropy
+                                                                % (2**63))
+
+    def distribution(self, lg: np.ndarray) -> np.ndarray:
+        return self.sampler.distribution(lg, self.hist[:self.n_hist], len(self.result.token_ids))
 
     def _held(self, text: str, emitted: int) -> int:
         """Length of the longest end of text (past emitted) that could begin a stop string."""
@@ -459,125 +894,6 @@ class _Run:
                     break
         return best
 
-    def pieces(self) -> Iterator[str]:
-        m, res, p = self.m, self.result, self.p
-        if p.max_new_tokens == 0:
-            self.finish_empty()
-            return
-        dec = m.tokenizer.decoder(skip_special=True)
-        t0 = time.perf_counter()
-        if self.start is None:
-            seq, logits = m._prefill(self.prompt)
-            t_prompt = time.perf_counter()
-        else:
-            seq, logits, prompt_s = self.start
-            t0 -= prompt_s
-            t_prompt = time.perf_counter()
-        n_ctx = m.context_length
-        # tokens so far, for the penalties and the prompt lookup
-        hist = np.zeros(len(self.prompt) + p.max_new_tokens + 1, np.int32)
-        hist[:len(self.prompt)] = self.prompt
-        st = dict(n_hist=len(self.prompt), text="", emitted=0, finished="length", cut=False,
-                  done=False, t_first=None)
-
-        def emit(tok: int) -> Iterator[str]:
-            """One chosen token: end and stop checks, text, streaming."""
-            if st["t_first"] is None:
-                st["t_first"] = time.perf_counter()
-            if tok in self.end_ids:
-                st["finished"], st["done"] = "stop", True
-                return
-            res.token_ids.append(tok)
-            hist[st["n_hist"]] = tok
-            st["n_hist"] += 1
-            st["text"] += dec.add(tok)
-            text, emitted = st["text"], st["emitted"]
-            cut = self._find_stop(text, emitted)
-            if cut is not None:
-                st["text"] = text[:cut]
-                st["finished"], st["cut"], st["done"] = "stop", True, True
-                return
-            # hand out what can no longer begin a stop string
-            safe = len(text) - self._held(text, emitted)
-            if safe > emitted:
-                yield text[emitted:safe]
-                st["emitted"] = safe
-            if len(res.token_ids) >= p.max_new_tokens or st["n_hist"] > n_ctx:
-                st["done"] = True
-
-        def choose(lg: np.ndarray) -> int:
-            tok = self.sampler(lg, hist[:st["n_hist"]], len(res.token_ids))
-            if p.logprobs is not None:
-                lp, top = top_logprobs(lg, tok, p.logprobs)
-                res.logprobs.append(TokenLogprob(tok, lp, top))
-            return tok
-
-        forwards = drafted = accepted = 0
-        while True:
-            tok = choose(logits)
-            yield from emit(tok)
-            if st["done"]:
-                break
-            n = st["n_hist"]  # the cache holds n - 1 positions; tok is hist[n - 1]
-            room = min(self.num_draft, p.max_new_tokens - len(res.token_ids) - 1, n_ctx - n)
-            draft = self._lookup(hist, n, room) if self.draft and room > 0 else []
-            forwards += 1
-            if not draft:
-                logits = m._step(tok, seq)
-                continue
-            # verify: tok and the draft in one forward; the model's own choice
-            # at each position decides how much of the draft stands
-            rows = m._native.forward(np.asarray([tok] + draft, np.int32), -1, True, seq)
-            drafted += len(draft)
-            a = 0
-            while a < len(draft) and not st["done"]:
-                if choose(rows[a]) != draft[a]:
-                    if p.logprobs is not None:
-                        res.logprobs.pop()  # chosen again from the same row below
-                    break
-                yield from emit(draft[a])
-                a += 1
-            accepted += a
-            if st["done"]:
-                break
-            m._native.truncate(seq, n + a)  # drop the rejected draft's keys and values
-            logits = rows[a]
-        m._release(seq)
-        text = st["text"]
-        if not st["cut"]:
-            text += dec.flush()
-        if len(text) > st["emitted"]:
-            yield text[st["emitted"]:]
-        t_end = time.perf_counter()
-        t_first = st["t_first"]
-        res.text = text
-        res.finish_reason = st["finished"]
-        n_dec = max(len(res.token_ids) - 1, 0)
-        res.timings = {
-            "prompt_ms": (t_prompt - t0) * 1e3,
-            "time_to_first_token_ms": ((t_first or t_end) - t0) * 1e3,
-            "decode_ms": (t_end - (t_first or t_end)) * 1e3,
-            "prompt_tokens_per_s": len(self.prompt) / max(t_prompt - t0, 1e-9),
-            "decode_tokens_per_s": n_dec / max(t_end - (t_first or t_end), 1e-9) if n_dec else 0.0,
-        }
-        if self.draft:
-            res.timings["draft_tokens"] = drafted
-            res.timings["draft_acceptance"] = accepted / drafted if drafted else 0.0
-            res.timings["tokens_per_forward"] = n_dec / forwards if forwards else 0.0
-
-    @staticmethod
-    def _lookup(hist: np.ndarray, n: int, k: int, max_ngram: int = 3) -> list[int]:
-        """Prompt lookup: the tokens that followed the latest earlier
-        occurrence of the last 3 (or 2, or 1) tokens, up to k of them."""
-        for g in range(min(max_ngram, n - 1), 0, -1):
-            tail = hist[n - g:n]
-            win = np.lib.stride_tricks.sliding_window_view(hist[:n - 1], g)
-            hits = np.flatnonzero((win == tail).all(axis=1))
-            if hits.size:
-                start = int(hits[-1]) + g
-                return hist[start:min(start + k, n)].tolist()
-        return []
-
     def _find_stop(self, text: str, emitted: int) -> int | None:
         if not self.stops:
             return None
@@ -588,6 +904,107 @@ class _Run:
             if i != -1 and (best is None or i < best):
                 best = i
         return best
+
+
+def _accept_or_resample(p: np.ndarray, q: np.ndarray | None, x: int,
+                        rng: np.random.Generator) -> int:
+    """Speculative sampling at one position: the draft token x, drawn from q
+    (None: proposed deterministically, q one-hot at x), stands with
+    probability min(1, p[x] / q[x]); otherwise a token drawn from
+    max(p - q, 0), renormalised, takes its place. The token that stands is
+    distributed as p whatever q is."""
+    qx = 1.0 if q is None else float(q[x])
+    if rng.random() * qx < p[x]:
+        return x
+    return _draw(_residual(p, q, x), rng)
+
+
+def _draw(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """One token drawn from probabilities (any non-negative weights)."""
+    c = np.cumsum(probs, dtype=np.float64)
+    i = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+    return min(i, len(c) - 1)
+
+
+def _residual(p: np.ndarray, q: np.ndarray | None, x: int) -> np.ndarray:
+    """Where a rejected draft token x sends the draw: max(p - q, 0),
+    renormalised (q one-hot at x when the draft is deterministic)."""
+    if q is None:
+        r = p.astype(np.float64)
+        r[x] = 0.0
+    else:
+        r = np.maximum(p.astype(np.float64) - q, 0.0)
+    return r if r.sum() > 0 else p.astype(np.float64)
+
+
+class _PromptLookup:
+    """Drafts copied from the sequence itself: the tokens that followed the
+    latest earlier occurrence of its last 3 (or 2, or 1) tokens."""
+
+    max_ngram = 3
+
+    def propose(self, hist: np.ndarray, n: int, k: int, greedy: bool,
+                rng: np.random.Generator) -> tuple[list[int], list[None]]:
+        for g in range(min(self.max_ngram, n - 1), 0, -1):
+            tail = hist[n - g:n]
+            win = np.lib.stride_tricks.sliding_window_view(hist[:n - 1], g)
+            hits = np.flatnonzero((win == tail).all(axis=1))
+            if hits.size:
+                start = int(hits[-1]) + g
+                d = hist[start:min(start + k, n)].tolist()
+                return d, [None] * len(d)
+        return [], []
+
+    def keep(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _DraftModel:
+    """Drafts from a second, smaller model sharing the vocabulary: it keeps its
+    own KV-cache sequence, drawn from with the same sampling parameters."""
+
+    def __init__(self, dm: Model, run: _Run, seed: int):
+        self.dm, self.run = dm, run
+        self.sampler = Sampler(run.p, dm.vocab_size, run.end_ids, seed=seed + 1)
+        self.seq = dm._new_sequence()
+        self.len = dm._native.reuse_prefix(self.seq, np.asarray(run.prompt, np.int32))
+
+    def propose(self, hist: np.ndarray, n: int, k: int, greedy: bool,
+                rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
+        nat = self.dm._native
+        lg = nat.forward(hist[self.len:n], -1, False, self.seq)  # what it has not seen
+        self.len = n
+        h = hist[:n + k].copy()
+        n_gen = len(self.run.result.token_ids)
+        drafts: list[int] = []
+        qs: list[np.ndarray | None] = []
+        for i in range(k):
+            if greedy:
+                x, q = self.sampler(lg, h[:n + i], n_gen + i), None
+            else:
+                q = self.sampler.distribution(lg, h[:n + i], n_gen + i).astype(np.float64)
+                x = _draw(q, rng)
+            if x in self.run.end_ids:
+                break
+            drafts.append(x)
+            qs.append(q)
+            h[n + i] = x
+            if i < k - 1:
+                lg = nat.forward(np.asarray([x], np.int32), -1, False, self.seq)
+                self.len += 1
+        return drafts, qs
+
+    def keep(self, n: int) -> None:
+        """The first n positions stand; the rest of the draft's are dropped."""
+        if self.len > n:
+            self.dm._native.truncate(self.seq, n)
+            self.len = n
+
+    def close(self) -> None:
+        self.dm._release(self.seq)
 
 
 def _beam_search(m: Model, prompt: list[int], p: SamplingParams, end_ids: set[int]

@@ -192,6 +192,15 @@ class Sampler:
             h = history if self._window < 0 else history[-self._window:]
         return self._native.sample(logits, h, n_generated)
 
+    def distribution(self, logits: np.ndarray, history: np.ndarray | None = None,
+                     n_generated: int = 0) -> np.ndarray:
+        """The probabilities (float32, vocabulary size) a call with the same
+        arguments draws from: one-hot when greedy. Not for mirostat."""
+        h = self._empty
+        if self._window and history is not None:
+            h = history if self._window < 0 else history[-self._window:]
+        return self._native.distribution(logits, h, n_generated)
+
 
 def top_logprobs(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
     """log_softmax(logits)[token] and the k most likely (id, logprob), best first."""

@@ -1,0 +1,334 @@
+"""Continuous batching (generate over a list of prompts, forward_batch) and
+speculative decoding with a draft model, on tiny random models."""
+import numpy as np
+import pytest
+import llmrt
+from llmrt.model import _accept_or_resample
+from llmrt.sampling import Sampler
+from test_sampling import assert_follows, chi2_critical
+from testutil import write_model
+
+PROMPTS = [[1, 5, 9, 13], [2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51],
+           [3] + list(range(60, 100)), [4, 7], list(range(100, 170)), [6, 8, 10, 12, 14, 16]]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    d = tmp_path_factory.mktemp("batch")
+    target, draft = str(d / "target.gguf"), str(d / "draft.gguf")
+    write_model(target, wtype="Q8_0", n_layer=2, ctx=512, tied=False, seed=0)
+    # the draft: same vocabulary, other (random) weights, one layer
+    write_model(draft, wtype="Q4_0", n_layer=1, ctx=512, tied=False, seed=1)
+    return target, draft
+
+
+@pytest.fixture(scope="module")
+def inv(paths):
+    """The target with batch-invariant kernels: exact comparisons."""
+    return llmrt.Model(paths[0], threads=2, kv_cache_tokens=4096, batch_invariant=True)
+
+
+@pytest.fixture(scope="module")
+def fast(paths):
+    """The target with the default (matrix-vector) one-token kernels."""
+    return llmrt.Model(paths[0], threads=2, kv_cache_tokens=4096)
+
+
+@pytest.fixture(scope="module")
+def draft(paths):
+    return llmrt.Model(paths[1], threads=2, kv_cache_tokens=4096)
+
+
+def alone(m, prompts, **kw):
+    return [m.generate(p, **kw) for p in prompts]
+
+
+# ---- forward_batch ----------------------------------------------------------------------
+
+def test_forward_batch_prompts_equal_alone(fast):
+    # several-token rows use the same kernels and summation order alone or
+    # batched (default mode too): bit-identical logits
+    nat = fast._native
+    ps = [np.asarray(p, np.int32) for p in PROMPTS[:4]]
+    ref = []
+    for p in ps:
+        s = nat.new_sequence()
+        ref.append(nat.forward(p, -1, True, s))
+        nat.release_sequence(s)
+    seqs = [nat.new_sequence() for _ in ps]
+    out = nat.forward_batch([(s, p, "all") for s, p in zip(seqs, ps)])
+    assert out.shape == (sum(len(p) for p in ps), fast.vocab_size)
+    assert np.array_equal(out, np.concatenate(ref))
+    # modes: none / last / all pick the rows
+    more = [np.asarray([7, 8], np.int32), np.asarray([9], np.int32), np.asarray([10, 11, 12], np.int32)]
+    out2 = nat.forward_batch([(seqs[0], more[0], "none"), (seqs[1], more[1], "last"),
+                              (seqs[2], more[2], "all")])
+    assert out2.shape == (1 + 3, fast.vocab_size)
+    assert [nat.seq_length(s) for s in seqs[:3]] == [len(ps[0]) + 2, len(ps[1]) + 1,
+                                                   len(ps[2]) + 3]
+    for s in seqs:
+        nat.release_sequence(s)
+
+
+def test_forward_batch_one_token_rows(inv, fast):
+    # one-token rows: bit-identical with batch_invariant; at float rounding
+    # otherwise (matrix-vector alone vs the tile kernels in a batch)
+    for m, exact in ((inv, True), (fast, False)):
+        nat = m._native
+        p = np.asarray(PROMPTS[1], np.int32)
+        a, b, c = nat.new_sequence(), nat.new_sequence(), nat.new_sequence()
+        for s in (a, b, c):
+            nat.forward(p, -1, False, s)
+        t = np.asarray([77], np.int32)
+        lone = nat.forward(t, -1, False, a)
+        out = nat.forward_batch([(b, t, "last"), (c, np.asarray([5, 6, 7], np.int32), "last")])
+        if exact:
+            assert np.array_equal(out[0], lone)
+        else:
+            np.testing.assert_allclose(out[0], lone, atol=0.05 * np.abs(lone).max())
+        for s in (a, b, c):
+            nat.release_sequence(s)
+
+
+def test_forward_batch_long_prompt_chunks_equal_alone(inv):
+    # a 300-token prompt runs in 256 + 44 token pieces, alone or beside others
+    nat = inv._native
+    long = np.asarray((np.arange(300) * 7) % 250 + 3, np.int32)
+    s = nat.new_sequence()
+    ref = nat.forward(long, -1, True, s)
+    nat.release_sequence(s)
+    s1, s2 = nat.new_sequence(), nat.new_sequence()
+    nat.forward(np.asarray(PROMPTS[0], np.int32), -1, False, s2)
+    out = nat.forward_batch([(s2, np.asarray([3], np.int32), "last"), (s1, long, "all")])
+    assert np.array_equal(out[1:], ref)
+    nat.release_sequence(s1)
+    nat.release_sequence(s2)
+
+
+def test_forward_batch_errors_leave_sequences_unchanged(paths):
+    m = llmrt.Model(paths[0], threads=1, kv_cache_tokens=96, kv_block_tokens=32)
+    nat = m._native
+    a, b = nat.new_sequence(), nat.new_sequence()
+    nat.forward(np.arange(1, 41, dtype=np.int32), -1, False, a)  # 2 blocks
+    with pytest.raises(ValueError, match="twice"):
+        nat.forward_batch([(a, np.asarray([1], np.int32), "last"),
+                           (a, np.asarray([2], np.int32), "last")])
+    with pytest.raises(ValueError, match="'none', 'last' or 'all'"):
+        nat.forward_batch([(a, np.asarray([1], np.int32), "first")])
+    with pytest.raises(ValueError, match="vocabulary"):
+        nat.forward_batch([(a, np.asarray([1], np.int32), "last"),
+                           (b, np.asarray([10**6], np.int32), "last")])
+    # a fits, b does not: neither is changed
+    with pytest.raises(llmrt.KVCacheFullError):
+        nat.forward_batch([(a, np.asarray([1, 2], np.int32), "last"),
+                           (b, np.arange(1, 60, dtype=np.int32), "last")])
+    assert nat.seq_length(a) == 40 and nat.seq_length(b) == 0
+
+
+# ---- generate over a list of prompts ----------------------------------------------------
+
+def test_batch_equals_one_at_a_time(inv):
+    kw = dict(max_new_tokens=20, ignore_eos=True)
+    ref = alone(inv, PROMPTS, **kw)
+    # at most 3 at a time: the later prompts join as earlier ones finish
+    for mb in (64, 3, 1):
+        got = inv.generate(PROMPTS, max_batch_size=mb, **kw)
+        assert [r.token_ids for r in got] == [r.token_ids for r in ref], mb
+        assert [r.text for r in got] == [r.text for r in ref]
+    assert inv.cache_stats()["blocks_in_use"] == 0
+
+
+def test_batch_joins_mid_way_with_different_lengths(inv):
+    # different max_new_tokens: short requests finish and queued ones take
+    # their place while long ones are still decoding
+    ps = [SP(max_new_tokens=n, ignore_eos=True) for n in (3, 30, 5, 25, 1, 12)]
+    ref = [inv.generate(p, q) for p, q in zip(PROMPTS, ps)]
+    got = inv.generate(PROMPTS, ps, max_batch_size=2)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+    assert [len(r.token_ids) for r in got] == [3, 30, 5, 25, 1, 12]
+    assert all(r.timings["queue_ms"] >= 0 for r in got)
+
+
+def SP(**kw):
+    return llmrt.SamplingParams(**kw)
+
+
+def test_batch_per_request_parameters(inv):
+    ps = [SP(max_new_tokens=15, temperature=0.9, seed=5, ignore_eos=True),
+          SP(max_new_tokens=15, repetition_penalty=1.5, ignore_eos=True),
+          SP(max_new_tokens=15, top_k=5, temperature=1.2, seed=9, ignore_eos=True, logprobs=2),
+          SP(max_new_tokens=0)]
+    ref = [inv.generate(p, q) for p, q in zip(PROMPTS, ps)]
+    got = inv.generate(PROMPTS[:4], ps)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+    assert got[3].token_ids == [] and got[3].text == ""
+    assert [(x.token_id, x.logprob) for x in got[2].logprobs] == \
+        [(x.token_id, x.logprob) for x in ref[2].logprobs]
+
+
+def test_batch_stop_strings_and_n(inv):
+    text = inv.generate(PROMPTS[0], max_new_tokens=20, ignore_eos=True).text
+    stop = text[5:8]
+    got = inv.generate([PROMPTS[0], PROMPTS[1]], max_new_tokens=20, ignore_eos=True, stop=[stop])
+    assert got[0].text == text[:text.find(stop)] and got[0].finish_reason == "stop"
+    # n samples of each prompt: a list of n per prompt, sample j with seed + j
+    got = inv.generate([PROMPTS[0], PROMPTS[3]], n=3, temperature=1.0, seed=11,
+                       max_new_tokens=8, ignore_eos=True)
+    assert [len(g) for g in got] == [3, 3]
+    for j in range(3):
+        one = inv.generate(PROMPTS[3], temperature=1.0, seed=11 + j, max_new_tokens=8,
+                           ignore_eos=True)
+        assert got[1][j].token_ids == one.token_ids
+
+
+def test_batch_stream_yields_index_and_pieces(inv):
+    ref = alone(inv, PROMPTS[:3], max_new_tokens=12, ignore_eos=True)
+    s = inv.generate(PROMPTS[:3], max_new_tokens=12, ignore_eos=True, stream=True)
+    assert isinstance(s, llmrt.BatchStream)
+    with pytest.raises(RuntimeError):
+        s.results
+    texts = ["", "", ""]
+    order = []
+    for i, piece in s:
+        texts[i] += piece
+        order.append(i)
+    assert texts == [r.text for r in ref]
+    assert len(set(order[:3])) > 1  # interleaved, not one after another
+    assert [r.text for r in s.results] == texts
+
+
+def test_queue_larger_than_kv_budget(paths):
+    # 12 requests of up to 2 blocks each in a 6-block cache: they wait for
+    # room instead of failing, and the outputs are those of running alone
+    m = llmrt.Model(paths[0], threads=2, kv_cache_tokens=6 * 32, batch_invariant=True)
+    prompts = [[1 + i, 20 + i, 30 + i] + list(range(40, 40 + 2 * i)) for i in range(12)]
+    ref = alone(m, prompts, max_new_tokens=25, ignore_eos=True)
+    got = m.generate(prompts, max_new_tokens=25, ignore_eos=True)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+    assert max(r.timings["queue_ms"] for r in got) > 0
+    assert m.cache_stats()["blocks_in_use"] == 0
+    # one request larger than the whole cache: a clear error up front
+    with pytest.raises(ValueError, match="prompt 1"):
+        m.generate([prompts[0], list(range(1, 200))], max_new_tokens=10)
+
+
+def test_batch_arguments(inv):
+    with pytest.raises(ValueError, match="max_batch_size"):
+        inv.generate(PROMPTS, max_batch_size=0)
+    with pytest.raises(ValueError, match="2 SamplingParams for 6 prompts"):
+        inv.generate(PROMPTS, [SP(), SP()])
+    with pytest.raises(ValueError, match="num_beams"):
+        inv.generate(PROMPTS, num_beams=2)
+    with pytest.raises(ValueError, match="one prompt at a time"):
+        inv.generate(PROMPTS, draft="prompt_lookup")
+    with pytest.raises(ValueError, match="prompt 2"):
+        inv.generate(["ok", "fine", ""], add_special=False)
+
+
+def test_batch_text_prompts_match_and_default_kernels_agree(inv, fast):
+    prompts = ["hello world", "abc abc abc", "the end"]
+    ref = alone(inv, prompts, max_new_tokens=10, ignore_eos=True)
+    assert [r.text for r in inv.generate(prompts, max_new_tokens=10, ignore_eos=True)] == \
+        [r.text for r in ref]
+    # the default kernels differ from batch-invariant ones only at rounding:
+    # on this model the greedy tokens agree
+    got = fast.generate(prompts, max_new_tokens=10, ignore_eos=True)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+
+
+# ---- speculative decoding ---------------------------------------------------------------
+
+def test_draft_model_greedy_equals_plain(inv, draft):
+    for kw in (dict(), dict(repetition_penalty=1.3), dict(stop_token_ids=[33]), dict(logprobs=2),
+               dict(min_new_tokens=5)):
+        plain = inv.generate(PROMPTS[2], max_new_tokens=30, ignore_eos=True, **kw)
+        for k in (1, 4, 7):
+            spec = inv.generate(PROMPTS[2], max_new_tokens=30, ignore_eos=True, draft=draft,
+                                num_draft_tokens=k, **kw)
+            assert spec.token_ids == plain.token_ids and spec.text == plain.text, (kw, k)
+            if kw.get("logprobs"):
+                assert [(x.token_id, x.logprob) for x in spec.logprobs] == \
+                    [(x.token_id, x.logprob) for x in plain.logprobs]
+    t = spec.timings
+    assert t["draft_tokens"] > 0 and 0 <= t["draft_acceptance"] <= 1
+    assert t["tokens_per_forward"] >= 1
+    assert inv.cache_stats()["blocks_in_use"] == 0 and draft.cache_stats()["blocks_in_use"] == 0
+
+
+def test_draft_model_drafting_itself_accepts_everything(paths, inv):
+    # a copy of the target as its own draft: every drafted token stands
+    twin = llmrt.Model(paths[0], threads=2, kv_cache_tokens=4096, batch_invariant=True)
+    r = inv.generate(PROMPTS[1], max_new_tokens=40, ignore_eos=True, draft=twin,
+                     num_draft_tokens=4)
+    assert r.timings["draft_acceptance"] == 1.0
+    assert r.timings["tokens_per_forward"] > 4
+    assert r.token_ids == inv.generate(PROMPTS[1], max_new_tokens=40, ignore_eos=True).token_ids
+
+
+def test_draft_model_arguments(inv, paths, tmp_path):
+    other = str(tmp_path / "other_vocab.gguf")
+    write_model(other, n_layer=1, extra_tokens=3)
+    with pytest.raises(ValueError, match="same vocabulary"):
+        inv.generate(PROMPTS[0], draft=llmrt.Model(other, threads=1))
+    small = llmrt.Model(paths[1], threads=1, kv_cache_tokens=32)
+    with pytest.raises(ValueError, match="draft model's cache"):
+        inv.generate(PROMPTS[0], draft=small, max_new_tokens=100)
+
+
+def test_accept_or_resample_keeps_the_target_distribution():
+    # whatever the draft's distribution q, the token that stands follows p
+    rng = np.random.default_rng(0)
+    V, N = 12, 60000
+    p = rng.dirichlet(np.ones(V) * 0.7)
+    for q in (rng.dirichlet(np.ones(V) * 0.7), np.full(V, 1.0 / V), p.copy(), None):
+        counts = np.zeros(V)
+        for _ in range(N):
+            if q is None:  # a deterministic draft (prompt lookup): always token 3
+                x = 3
+            else:
+                x = int(rng.choice(V, p=q))
+            counts[_accept_or_resample(p.astype(np.float32), q, x, rng)] += 1
+        assert_follows(counts, p)
+    # and the check can fail: a rule that always keeps the draft does
+    q = rng.dirichlet(np.ones(V) * 0.7)
+    counts = np.bincount(rng.choice(V, size=N, p=q), minlength=V)
+    with pytest.raises(AssertionError):
+        assert_follows(counts, p)
+
+
+@pytest.mark.parametrize("draft_kind", ["model", "prompt_lookup"])
+def test_speculative_sampling_matches_plain_distribution(inv, draft, draft_kind):
+    # tokens 2 and 3 come out of speculation (token 1 comes from the prompt's
+    # forward): each follows the model's own sampling distribution given the
+    # tokens before it, checked on the most common prefixes
+    base = PROMPTS[5]
+    # the prompt repeats itself after its greedy continuation: the lookup
+    # drafts that continuation, which sampling often (not always) follows
+    cont = inv.generate(base, max_new_tokens=6, ignore_eos=True).token_ids
+    prompt = base + cont + base
+    # the lookup's drafts need the sampled text to follow the greedy one often
+    temp = 1.3 if draft_kind == "model" else 0.6
+    kw = dict(temperature=temp, top_k=30, max_new_tokens=3, ignore_eos=True)
+    d = draft if draft_kind == "model" else "prompt_lookup"
+    N = 4000
+    outs, drafted, accepted = [], 0, 0.0
+    for seed in range(N):
+        r = inv.generate(prompt, draft=d, num_draft_tokens=2, seed=seed, **kw)
+        outs.append(tuple(r.token_ids))
+        drafted += r.timings["draft_tokens"]
+        accepted += r.timings["draft_acceptance"] * r.timings["draft_tokens"]
+    # both the accepting and the resampling branches ran many times
+    assert drafted > N / 8 and 100 < accepted < drafted - 100, (drafted, accepted)
+    sp = Sampler(llmrt.SamplingParams(temperature=temp, top_k=30), inv.vocab_size)
+    V = inv.vocab_size
+    firsts = [o[0] for o in outs]
+    t0 = max(set(firsts), key=firsts.count)
+    seconds = [o[1] for o in outs if o[0] == t0]
+    assert len(seconds) > 150
+    assert_follows(np.bincount(seconds, minlength=V),
+                   sp.distribution(inv.logits(prompt + [t0])[-1]))
+    pairs = [o[:2] for o in outs]
+    t01 = max(set(pairs), key=pairs.count)
+    thirds = [o[2] for o in outs if o[:2] == t01]
+    assert_follows(np.bincount(thirds, minlength=V),
+                   sp.distribution(inv.logits(prompt + list(t01))[-1]))
