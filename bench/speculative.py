@@ -1,16 +1,24 @@
-"""Speculative decoding with prompt lookup on an input-grounded task (the
-model is asked to repeat a paragraph; the drafts come from the prompt):
-decode tokens/s with and without it, the speed-up, acceptance rate and
-tokens per target forward, and whether the greedy outputs are identical.
+"""Speculative decoding, decode tokens/s with and without it, the speed-up,
+acceptance rate, tokens per target forward, and whether the greedy outputs
+are identical:
+
+- prompt lookup on an input-grounded task (the model is asked to repeat a
+  paragraph; the drafts come from the prompt);
+- with --draft-model: an F16 copy of the model (made by bench/f16_copy.py)
+  as the target and the Q4_1 model itself as the draft, on open-ended chat
+  prompts, greedy and sampled (temperature 0.7).
 
     python bench/speculative.py [--model PATH] [--threads 2] [--runs 3]
-        [--activations int8|f32]
+        [--activations int8|f32] [--batch-invariant] [--draft-model]
+        [--f16 PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 
 import llmrt
 
@@ -27,8 +35,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--activations", default="int8")
     ap.add_argument("--num-draft-tokens", type=int, default=8)
+    ap.add_argument("--batch-invariant", action="store_true")
+    ap.add_argument("--draft-model", action="store_true")
+    ap.add_argument("--f16", default=os.path.join(tempfile.gettempdir(), "llmrt_bench_f16.gguf"))
     a = ap.parse_args()
-    m = llmrt.Model(a.model, threads=a.threads, context_length=2048, activations=a.activations)
+    if a.draft_model:
+        draft_model(a)
+        return
+    m = llmrt.Model(a.model, threads=a.threads, context_length=2048, activations=a.activations,
+                    batch_invariant=a.batch_invariant)
     prompt = m.apply_chat_template([{"role": "user",
                                      "content": "Repeat this text exactly:\n\n" + TEXT}])
     kw = dict(max_new_tokens=100, add_special=False)
@@ -52,6 +67,42 @@ def main() -> None:
     print(f"acceptance {t['draft_acceptance']:.2f}, {t['tokens_per_forward']:.2f} tokens per "
           f"target forward; outputs identical: {same}"
           + ("" if same else f" (first difference at token {first})"))
+
+
+CHATS = ["Write a short story about a robot who learns to paint.",
+         "Explain how a rainbow forms.",
+         "What are the benefits of regular exercise?"]
+
+
+def draft_model(a) -> None:
+    from f16_copy import f16_copy
+    src = a.model or llmrt.default_model_path()
+    if not os.path.exists(a.f16):
+        f16_copy(src, a.f16)
+    target = llmrt.Model(a.f16, threads=a.threads, context_length=2048,
+                         batch_invariant=a.batch_invariant)
+    draft = llmrt.Model(src, threads=a.threads, context_length=2048)
+    k = min(a.num_draft_tokens, 4) if a.num_draft_tokens == 8 else a.num_draft_tokens
+    print(f"target {target!r}\ndraft  {draft!r}\nk={k}, 100 new tokens a prompt, "
+          f"{len(CHATS)} prompts, medians of {a.runs} runs")
+    for label, kw in (("greedy", dict()), ("sampled T=0.7", dict(temperature=0.7, seed=1))):
+        plain, spec, same, acc, tpf = [], [], 0, [], []
+        for _ in range(a.runs):
+            for q in CHATS:
+                prompt = target.apply_chat_template([{"role": "user", "content": q}])
+                args = dict(max_new_tokens=100, add_special=False, ignore_eos=True, **kw)
+                r0 = target.generate(prompt, **args)
+                r1 = target.generate(prompt, draft=draft, num_draft_tokens=k, **args)
+                plain.append(r0.timings["decode_tokens_per_s"])
+                spec.append(r1.timings["decode_tokens_per_s"])
+                same += r0.token_ids == r1.token_ids
+                acc.append(r1.timings["draft_acceptance"])
+                tpf.append(r1.timings["tokens_per_forward"])
+        p, s_ = statistics.median(plain), statistics.median(spec)
+        print(f"{label:14s} plain {p:6.1f} tok/s   with draft {s_:6.1f} tok/s   "
+              f"speed-up {s_ / p:.2f}x   acceptance {statistics.median(acc):.2f}, "
+              f"{statistics.median(tpf):.2f} tokens per target forward"
+              + (f"; outputs identical {same}/{len(plain)}" if not kw else ""))
 
 
 if __name__ == "__main__":

@@ -332,3 +332,31 @@ def test_speculative_sampling_matches_plain_distribution(inv, draft, draft_kind)
     thirds = [o[2] for o in outs if o[:2] == t01]
     assert_follows(np.bincount(thirds, minlength=V),
                    sp.distribution(inv.logits(prompt + list(t01))[-1]))
+
+
+def test_invariance_with_odd_sizes(tmp_path):
+    # float weights with sizes that are no multiple of the vector width
+    # (n_embd 72, n_ff 100, head size 18: float-tile tails, the plain
+    # attention kernel, SwiGLU tails): a sequence's logits are the same bits
+    # alone, batched, chunked or in a speculative verification
+    path = str(tmp_path / "odd.gguf")
+    write_model(path, wtype="F32", n_embd=72, n_head=4, n_head_kv=2, n_ff=100, n_layer=2,
+                ctx=512, tied=False)
+    m = llmrt.Model(path, threads=2, kv_cache_tokens=2048, batch_invariant=True)
+    nat = m._native
+    p = np.asarray((np.arange(150) * 11) % 250 + 2, np.int32)
+    s = nat.new_sequence()
+    ref = nat.forward(p, -1, True, s)
+    nat.release_sequence(s)
+    a, b = nat.new_sequence(), nat.new_sequence()
+    nat.forward(np.asarray(PROMPTS[1], np.int32), -1, False, b)
+    rows = [nat.forward_batch([(a, p[:1], "all"), (b, np.asarray([9], np.int32), "last")])[:1]]
+    for lo, hi in ((1, 2), (2, 7), (7, 8), (8, 150)):  # one token, chunks, one token, the rest
+        rows.append(nat.forward_batch([(b, np.asarray([9], np.int32), "last"),
+                                       (a, p[lo:hi], "all")])[1:])
+    assert np.array_equal(np.concatenate(rows), ref)
+    r = m.generate(list(p[:20]), max_new_tokens=25, ignore_eos=True)
+    assert m.generate([list(p[:20]), list(p[5:9])], max_new_tokens=25,
+                      ignore_eos=True)[0].token_ids == r.token_ids
+    assert m.generate(list(p[:20]), max_new_tokens=25, ignore_eos=True,
+                      draft="prompt_lookup").token_ids == r.token_ids

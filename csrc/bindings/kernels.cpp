@@ -164,7 +164,7 @@ void bind_kernels(py::module_& m) {
   m.def("matmul",
         [](uint32_t type, Bytes data, int64_t rows,
            int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
-           const std::string& isa, int threads, bool int8, bool repack) {
+           const std::string& isa, int threads, bool int8, bool repack, bool invariant) {
           WeightView w = weight_view(type, rows, cols, data, "weight");
           if (x.ndim() != 2 || x.shape(1) != cols)
             throw py::value_error("x must have shape (n, cols)");
@@ -181,13 +181,13 @@ void bind_kernels(py::module_& m) {
             // as in a model: Q4_0 / Q4_1 take the repacked layout when they can
             std::unique_ptr<uint8_t[]> packed;
             if (repack && int8 && cpu::can_repack(w)) w = cpu::repack(pool, w, packed);
-            cpu::matmul(pool, k, w, xp, n, yp, act, int8);
+            cpu::matmul(pool, k, w, xp, n, yp, act, int8, invariant);
           }
           return y;
         },
         py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"),
         py::arg("isa") = "", py::arg("threads") = 1, py::arg("int8_activations") = true,
-        py::arg("repack") = true,
+        py::arg("repack") = true, py::arg("batch_invariant") = false,
         "y (n, rows) = x (n, cols) @ W^T for a GGUF-typed weight W (quantized types "
         "quantize x to 8-bit blocks first).");
 

@@ -47,18 +47,16 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
     for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), x, cols);
     return;
   }
-  // each row is widened once (4 at a time) and dotted with every token
+  // rows are widened to float 4 at a time, then a register-tiled product
+  // with every token (the same sums for a token alone or among others)
   constexpr int64_t kGroup = 4;
   DequantFn dq = k.dequant[(int)w.type];
-  std::vector<float> buf((size_t)(kGroup * cols));
+  thread_local std::vector<float> buf;
+  buf.resize((size_t)(kGroup * cols));
   for (int64_t g = r0; g < r1; g += kGroup) {
     const int64_t nr = std::min<int64_t>(kGroup, r1 - g);
     for (int64_t i = 0; i < nr; ++i) dq(w.row(g + i), buf.data() + i * cols, cols);
-    for (int64_t t = 0; t < n; ++t) {
-      const float* xt = x + t * cols;
-      float* yt = y + t * rows + g;
-      for (int64_t i = 0; i < nr; ++i) yt[i] = k.dot_f32(buf.data() + i * cols, xt, cols);
-    }
+    k.gemm_f32(buf.data(), nr, cols, x, n, y + g, rows);
   }
 }
 

@@ -124,6 +124,27 @@ def test_thread_counts_give_identical_results(type_name, n):
         assert np.array_equal(one, _core.matmul(t, raw, rows, cols, x, "", threads))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("int8", [True, False])
+@pytest.mark.parametrize("type_name", list(TYPE_IDS))
+def test_token_results_do_not_depend_on_the_batch(isa, int8, type_name):
+    # a token's outputs are the same bits whichever tokens share the call and
+    # whatever tile it falls in (several tokens); with batch_invariant, also
+    # when it is alone
+    rng = np.random.default_rng(5)
+    rows, cols = 37, 512
+    raw, _ = _weights(type_name, rows, cols, rng)
+    x = rng.standard_normal((11, cols)).astype(np.float32)
+    t = TYPE_IDS[type_name]
+    full = _core.matmul(t, raw, rows, cols, x, isa, 1, int8)
+    for lo, hi in ((0, 2), (3, 7), (6, 11), (4, 9)):
+        assert np.array_equal(_core.matmul(t, raw, rows, cols, x[lo:hi], isa, 1, int8),
+                              full[lo:hi]), (lo, hi)
+    for i in (0, 5, 10):
+        one = _core.matmul(t, raw, rows, cols, x[i:i + 1], isa, 1, int8, batch_invariant=True)
+        assert np.array_equal(one[0], full[i]), i
+
+
 @pytest.mark.parametrize("type_name", list(TYPE_IDS))
 def test_isa_variants_agree_with_generic(type_name):
     rng = np.random.default_rng(11)

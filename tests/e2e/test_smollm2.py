@@ -120,14 +120,21 @@ def test_cli_bad_model_path():
     assert r.returncode == 2 and "not found" in r.stderr
 
 
-def test_prompt_lookup_on_an_input_grounded_task(smollm2_f32):
-    # float32 activations: the verifying forward (several tokens at once)
-    # and plain decoding (one token) then agree to rounding, and the greedy
-    # tokens are equal. With int8 activations the batched and single-token
-    # kernels sum in different orders; on this prompt a near-tie then flips
-    # at the 31st token (both continuations are the model's greedy choice
-    # under its own rounding).
-    smollm2 = smollm2_f32
+@pytest.fixture(scope="module")
+def smollm2_inv(default_model_path):
+    import llmrt
+    return llmrt.Model(default_model_path, threads=2, context_length=2048,
+                       kv_cache_tokens=8192, batch_invariant=True)
+
+
+def test_prompt_lookup_on_an_input_grounded_task(smollm2_inv):
+    # batch-invariant kernels: the verifying forward (several tokens at once)
+    # computes each token exactly as plain decoding (one token) does, so the
+    # greedy tokens are equal. (With the default one-token kernels, which
+    # sum in another order, a near-tie on this prompt flips at the 31st
+    # token: both continuations are the model's greedy choice under its own
+    # rounding.)
+    smollm2 = smollm2_inv
     text = ("The committee met on Tuesday to review the budget for the new library. After a "
             "long discussion, the members agreed to increase funding for children's programs "
             "and hire two additional librarians for the evening shift.")
@@ -139,3 +146,30 @@ def test_prompt_lookup_on_an_input_grounded_task(smollm2_f32):
     assert text[:40] in spec.text
     assert spec.timings["draft_acceptance"] > 0.7  # 0.85 measured
     assert spec.timings["tokens_per_forward"] > 3
+
+
+def test_batched_generation_equals_one_at_a_time(smollm2_inv):
+    # continuous batching on the real model: prompts of different lengths,
+    # at most 3 running at once, token for token what each gives alone
+    prompts = [smollm2_inv.apply_chat_template([{"role": "user", "content": q}])
+               for q in ("What is the capital of France?", "Name three colors.",
+                         "Write a haiku about the sea.", "What is 12 times 7?",
+                         "Tell me a fact about owls.")]
+    kw = dict(max_new_tokens=30, add_special=False)
+    alone = [smollm2_inv.generate(p, **kw) for p in prompts]
+    batch = smollm2_inv.generate(prompts, max_batch_size=3, **kw)
+    assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
+    assert all(r.token_ids for r in batch)
+
+
+def test_draft_model_on_the_real_model(smollm2_inv, default_model_path):
+    # the default model (int8 kernels) drafting for its batch-invariant twin:
+    # nearly every draft stands and greedy output is plain greedy's
+    import llmrt
+    draft = llmrt.Model(default_model_path, threads=2, context_length=2048)
+    prompt = smollm2_inv.apply_chat_template([{"role": "user", "content": "Explain rain."}])
+    kw = dict(max_new_tokens=40, add_special=False)
+    plain = smollm2_inv.generate(prompt, **kw)
+    spec = smollm2_inv.generate(prompt, draft=draft, num_draft_tokens=4, **kw)
+    assert spec.token_ids == plain.token_ids
+    assert spec.timings["draft_acceptance"] > 0.7

@@ -72,6 +72,11 @@ struct Kernels {
   void (*swiglu)(float* gate, const float* up, int64_t n);
   // sum_i a[i] * b[i]
   float (*dot_f32)(const float* a, const float* b, int64_t n);
+  // y[t * ys + r] = w_r . x_t for nr float rows w (stride cols) and n tokens x
+  // (stride cols), register-tiled; a (row, token)'s sum runs in the same
+  // order whatever the tile shape.
+  void (*gemm_f32)(const float* w, int64_t nr, int64_t cols, const float* x, int64_t n,
+                   float* y, int64_t ys);
   // y[i] += a * x[i]
   void (*axpy)(float a, const float* x, float* y, int64_t n);
   // y[i] *= a
