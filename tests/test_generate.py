@@ -158,3 +158,16 @@ def test_chat_template_is_sandboxed():
         render(evil, [{"role": "user", "content": "x"}])
     with pytest.raises(ValueError, match="nope"):
         render("{{ raise_exception('nope') }}", [{"role": "user", "content": "x"}])
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(tiny):
+    import llmrt
+    info = llmrt.build_info()
+    assert isinstance(info["cuda"], bool) and isinstance(info["cuda_devices"], list)
+    assert llmrt.cuda_available() == (info["cuda"] and len(info["cuda_devices"]) > 0)
+    if llmrt.cuda_available():
+        pytest.skip("a GPU is present: tests/cuda covers it")
+    with pytest.raises(RuntimeError, match="CUDA"):
+        llmrt.Model(tiny.path, device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        llmrt.Model(tiny.path, device="tpu")

@@ -13,6 +13,9 @@
 
 #include "bindings/bindings.h"
 #include "cpu/backend_cpu.h"
+#if defined(LLMRT_WITH_CUDA)
+#include "cuda/backend_cuda.h"
+#endif
 #include "model/llama.h"
 
 namespace py = pybind11;
@@ -25,7 +28,7 @@ class PyLlamaModel {
  public:
   PyLlamaModel(const py::dict& config, const py::dict& tensors, int threads, bool int8,
                int kv_tokens, const std::string& kv_type, int block_tokens, bool prefix_caching,
-               bool batch_invariant) {
+               bool batch_invariant, const std::string& device) {
     if (threads < 1) throw py::value_error("threads must be >= 1");
     LlamaConfig c;
     auto geti = [&](const char* k) {
@@ -106,9 +109,20 @@ class PyLlamaModel {
     else if (kv_type == "f32") co.type = KVType::F32;
     else if (kv_type == "q8_0") co.type = KVType::Q8_0;
     else throw py::value_error("kv_cache_dtype must be 'f16', 'f32' or 'q8_0', got '" + kv_type + "'");
+    std::unique_ptr<Backend> backend;
+    if (device == "cpu") {
+      backend = make_cpu_backend(threads, int8, batch_invariant);
+    } else if (device == "cuda") {
+#if defined(LLMRT_WITH_CUDA)
+      backend = make_cuda_backend(0);
+#else
+      throw py::value_error("this llmrt build has no CUDA backend (built without a CUDA compiler)");
+#endif
+    } else {
+      throw py::value_error("device must be 'cpu' or 'cuda', got '" + device + "'");
+    }
     try {
-      model_ = std::make_unique<LlamaModel>(c, std::move(w), make_cpu_backend(threads, int8, batch_invariant),
-                                            co);
+      model_ = std::make_unique<LlamaModel>(c, std::move(w), std::move(backend), co);
     } catch (const std::invalid_argument& e) {
       throw py::value_error(e.what());
     }
@@ -293,11 +307,12 @@ void bind_model(py::module_& m) {
   py::register_exception<KVCacheFull>(m, "KVCacheFullError", PyExc_RuntimeError);
   py::class_<PyLlamaModel>(m, "LlamaModel")
       .def(py::init<const py::dict&, const py::dict&, int, bool, int, const std::string&, int,
-                    bool, bool>(),
+                    bool, bool, const std::string&>(),
            py::arg("config"), py::arg("tensors"), py::arg("threads"),
            py::arg("int8_activations") = true, py::arg("kv_tokens") = 0,
            py::arg("kv_type") = "f16", py::arg("block_tokens") = 32,
-           py::arg("prefix_caching") = true, py::arg("batch_invariant") = false)
+           py::arg("prefix_caching") = true, py::arg("batch_invariant") = false,
+           py::arg("device") = "cpu")
       .def("forward", &PyLlamaModel::forward, py::arg("tokens"), py::arg("n_past") = -1,
            py::arg("all_logits") = false, py::arg("seq") = -1,
            "Append tokens to a sequence of the KV cache (the default one unless seq is "

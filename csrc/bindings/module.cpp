@@ -5,6 +5,9 @@
 
 #include "bindings/bindings.h"
 #include "cpu/arch/kernels.h"
+#if defined(LLMRT_WITH_CUDA)
+#include "cuda/backend_cuda.h"
+#endif
 
 namespace py = pybind11;
 using namespace llmrt;
@@ -34,7 +37,16 @@ PYBIND11_MODULE(_core, m) {
       if (cpu::cpu_supports(isa)) supported.append(cpu::isa_name(isa));
     d["cpu_isa_supported"] = supported;
     d["cpu_isa"] = cpu::isa_name(cpu::active_isa());
-    d["cuda"] = false;  // CUDA kernels are not part of this build yet
+#if defined(LLMRT_WITH_CUDA)
+    d["cuda"] = true;  // the CUDA backend is compiled in
+    const int n = cuda_device_count();
+    py::list devs;
+    for (int i = 0; i < n; ++i) devs.append(cuda_device_name(i));
+    d["cuda_devices"] = devs;
+#else
+    d["cuda"] = false;
+    d["cuda_devices"] = py::list();
+#endif
 #if defined(__VERSION__)
     d["compiler"] = __VERSION__;
 #endif

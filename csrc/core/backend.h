@@ -46,12 +46,22 @@ class Backend {
   // Device memory for activations (float32). Freed by free_floats.
   virtual float* alloc_floats(size_t n) = 0;
   virtual void free_floats(float* p) = 0;
+  // Whether alloc_floats and the KV pool are host memory (the CPU backend):
+  // the model then writes logits straight to the caller's buffer.
+  virtual bool host_memory() const { return true; }
+  // The KV pool's memory (nullptr: host memory).
+  virtual PoolMemory* pool_memory() { return nullptr; }
+  // dst = src, n floats, both in backend memory.
+  virtual void copy(float* dst, const float* src, size_t n) = 0;
+  // host = src (backend memory), n floats; waits for the device.
+  virtual void download(float* host, const float* src, size_t n) = 0;
 
   // The view the backend wants for a matmul weight: w itself, or a copy in a
   // layout of its own (owned by the backend, alive as long as it is).
   virtual WeightView prepare_weight(const WeightView& w) { return w; }
 
-  // out (n, table.cols) = rows ids[i] of the table.
+  // out (n, table.cols) = rows ids[i] of the table (ids: host memory; the
+  // table as stored in the file).
   virtual void embed(const WeightView& table, const int32_t* ids, int n, float* out) = 0;
   // y (n, W.rows) = x (n, W.cols) @ W^T.
   void matmul(const WeightView& w, const float* x, int n, float* y) {
@@ -71,14 +81,17 @@ class Backend {
   virtual void add(float* y, const float* x, size_t count) = 0;
   // gate = silu(gate) * up, count elements.
   virtual void swiglu(float* gate, const float* up, size_t count) = 0;
-  // Rotates x (n, n_heads, head_dim) in place; row t is at position pos[t].
+  // Rotates x (n, n_heads, head_dim) in place; row t is at position pos[t]
+  // (pos: host memory).
   virtual void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
                     const RopeParams& p) = 0;
   // Stores k, v (n, n_kv_heads, head_dim) at positions [pos0, pos0 + n) of a
-  // sequence of the cache whose block table is `table` (blocks allocated).
+  // sequence of the cache whose block table is `table` (host memory; blocks
+  // allocated).
   virtual void kv_write(KVCache& cache, const int* table, int layer, int pos0, int n,
                         const float* k, const float* v) = 0;
-  // For each of `count` sequences, its n query rows (consecutive in q and
+  // For each of `count` sequences (seqs and their block tables: host
+  // memory), its n query rows (consecutive in q and
   // out, sequence after sequence): out (n, n_heads, head_dim) = causal
   // softmax(q k^T * scale) v, reading the sequence's keys and values at
   // positions [0, pos0 + t] for its row t. GQA: query head h reads kv head

@@ -17,7 +17,7 @@ const char* kv_type_name(KVType t) {
 }
 
 KVCache::KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, int n_blocks,
-                 KVType type, bool prefix_caching)
+                 KVType type, bool prefix_caching, PoolMemory* mem)
     : n_layer_(n_layer),
       n_kv_heads_(n_kv_heads),
       head_dim_(head_dim),
@@ -43,7 +43,8 @@ KVCache::KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, in
   block_bytes_ = (size_t)n_layer * 2 * block_tokens * row_bytes_;
   // 64-byte aligned; no fill, so pages are committed when blocks are written
   const size_t total = (bytes() + 63) / 64 * 64;
-  data_ = static_cast<uint8_t*>(std::aligned_alloc(64, total));
+  mem_ = mem;
+  data_ = static_cast<uint8_t*>(mem_ ? mem_->alloc(total) : std::aligned_alloc(64, total));
   if (!data_) throw std::bad_alloc();
   blocks_.resize(n_blocks);
   free_.reserve(n_blocks);
@@ -51,7 +52,12 @@ KVCache::KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, in
   for (int b = n_blocks - 1; b >= 0; --b) free_.push_back(b);
 }
 
-KVCache::~KVCache() { std::free(data_); }
+KVCache::~KVCache() {
+  if (mem_)
+    mem_->free(data_);
+  else
+    std::free(data_);
+}
 
 // ---- sequences -------------------------------------------------------------------
 
@@ -172,8 +178,12 @@ void KVCache::append(int seq, const int32_t* tokens, int n) {
     const int old = s.table.back();
     if (blocks_[old].ref > 1 || blocks_[old].hashed) {  // copy-on-write
       const int b = take_block();
-      std::memcpy(data_ + (size_t)b * block_bytes_, data_ + (size_t)old * block_bytes_,
-                  block_bytes_);
+      uint8_t* dst = data_ + (size_t)b * block_bytes_;
+      const uint8_t* src = data_ + (size_t)old * block_bytes_;
+      if (mem_)
+        mem_->copy(dst, src, block_bytes_);
+      else
+        std::memcpy(dst, src, block_bytes_);
       s.table.back() = b;
       unref(old);
       ++st_.copies;

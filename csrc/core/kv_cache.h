@@ -34,6 +34,17 @@
 namespace llmrt {
 
 enum class KVType : int { F32 = 0, F16 = 1, Q8_0 = 2 };
+
+// Where a pool lives: host memory by default, a device's when a backend
+// gives its own. The cache only does pointer arithmetic on the pool and
+// copies blocks through copy(); the kernels read and write it.
+class PoolMemory {
+ public:
+  virtual ~PoolMemory() = default;
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void free(void* p) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+};
 const char* kv_type_name(KVType t);
 
 // The pool has no room for a request (after evicting every cached block).
@@ -56,8 +67,9 @@ struct KVCacheStats {
 
 class KVCache {
  public:
+  // mem: the pool's memory (nullptr: host memory); must outlive the cache.
   KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, int n_blocks, KVType type,
-          bool prefix_caching);
+          bool prefix_caching, PoolMemory* mem = nullptr);
   ~KVCache();
   KVCache(const KVCache&) = delete;
   KVCache& operator=(const KVCache&) = delete;
@@ -142,6 +154,7 @@ class KVCache {
   bool prefix_caching_;
   size_t row_bytes_, block_bytes_;
   uint8_t* data_ = nullptr;
+  PoolMemory* mem_ = nullptr;
   std::vector<Block> blocks_;
   std::vector<int> free_;
   std::list<int> lru_;  // front: least recently used

@@ -1,6 +1,7 @@
 // The CPU implementation of core's Backend interface: a thread pool and the
 // kernel table chosen at import (cpu/isa.cpp).
 #include <cstdlib>
+#include <cstring>
 #include <new>
 #include <vector>
 
@@ -29,6 +30,10 @@ class CpuBackend final : public Backend {
     return static_cast<float*>(p);
   }
   void free_floats(float* p) override { std::free(p); }
+  void copy(float* dst, const float* src, size_t n) override {
+    std::memcpy(dst, src, n * sizeof(float));
+  }
+  void download(float* host, const float* src, size_t n) override { copy(host, src, n); }
 
   void embed(const WeightView& t, const int32_t* ids, int n, float* out) override {
     cpu::embed(pool_, k_, t, ids, n, out);

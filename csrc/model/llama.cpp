@@ -27,10 +27,12 @@ struct LlamaModel::Scratch {
   int cap = 0;
   float *x = nullptr, *xn = nullptr, *q = nullptr, *k = nullptr, *v = nullptr,
         *att = nullptr, *gate = nullptr, *up = nullptr;
+  float* logits = nullptr;  // device backends: the head's output before download
+  size_t logits_cap = 0;
   std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
   std::vector<AttnSeq> attn;      // the pass's sequences, for attention
   ~Scratch() {
-    for (float* p : {x, xn, q, k, v, att, gate, up})
+    for (float* p : {x, xn, q, k, v, att, gate, up, logits})
       if (p) be->free_floats(p);
   }
 };
@@ -49,7 +51,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
       w_(std::move(weights)),
       backend_(std::move(backend)),
       kv_(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cache.block_tokens, pool_blocks(cache),
-          cache.type, cache.prefix_caching) {
+          cache.type, cache.prefix_caching, backend_->pool_memory()) {
   const auto& c = cfg_;
   if (c.n_head <= 0 || c.n_head_kv <= 0 || c.n_head % c.n_head_kv != 0)
     throw std::invalid_argument("n_head must be a positive multiple of n_head_kv");
@@ -291,7 +293,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits) {
     if (rows == 0 && count == 1) {
       src = row;  // one segment: no copy
     } else {
-      std::copy(row, row + (size_t)m * D, s.att + (size_t)rows * D);
+      be.copy(s.att + (size_t)rows * D, row, (size_t)m * D);
       src = s.att;
     }
     rows += m;
@@ -299,7 +301,17 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits) {
   if (rows == 0) return;
   be.rmsnorm(src, w_.output_norm, rows, D, c.rms_eps, s.xn);
   mark(kStageOther);
-  be.matmul(w_.output, s.xn, rows, logits);
+  if (be.host_memory()) {
+    be.matmul(w_.output, s.xn, rows, logits);
+  } else {  // computed in device memory, then copied out
+    if (s.logits_cap < (size_t)rows * c.n_vocab) {
+      if (s.logits) be.free_floats(s.logits);
+      s.logits = be.alloc_floats((size_t)rows * c.n_vocab);
+      s.logits_cap = (size_t)rows * c.n_vocab;
+    }
+    be.matmul(w_.output, s.xn, rows, s.logits);
+    be.download(logits, s.logits, (size_t)rows * c.n_vocab);
+  }
   mark(kStageHead);
 }
 

@@ -17,13 +17,16 @@ __version__ = _core.build_info()["version"]
 
 def build_info() -> dict:
     """What this build contains: version, compiled CPU ISA variants, the one in
-    use (LLMRT_ISA forces it), and whether CUDA kernels are present."""
+    use (LLMRT_ISA forces it), whether the CUDA backend is compiled in
+    ("cuda") and the GPUs it sees ("cuda_devices")."""
     return dict(_core.build_info())
 
 
 def cuda_available() -> bool:
-    """Whether a CUDA device can be used (this build has no CUDA kernels yet)."""
-    return bool(_core.build_info()["cuda"])
+    """Whether Model(device="cuda") can run: the CUDA backend is compiled in
+    and the CUDA driver sees a GPU."""
+    info = _core.build_info()
+    return bool(info["cuda"]) and len(info["cuda_devices"]) > 0
 
 
 __all__ = [

@@ -117,6 +117,10 @@ class Model:
     give bit-identical results to plain one-at-a-time decoding (one-token
     steps a little slower).
 
+    device="cuda" runs the same forward pass on the first GPU: weights as
+    stored in the file, dequantised in the kernels' registers, float32
+    activations (``activations`` and ``batch_invariant`` apply to the CPU).
+
     >>> m = llmrt.Model()                       # the default SmolLM2 model
     >>> m.generate("The capital of France is", max_new_tokens=8).text
     """
@@ -130,7 +134,13 @@ class Model:
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
-            raise RuntimeError("this llmrt build has no CUDA backend yet; use device='cpu'")
+            info = _core.build_info()
+            if not info["cuda"]:
+                raise RuntimeError("this llmrt build has no CUDA backend (it was built without "
+                                   "a CUDA compiler); use device='cpu'")
+            if not info["cuda_devices"]:
+                raise RuntimeError("no CUDA device is available (no GPU or no driver); use "
+                                   "device='cpu'")
         if activations not in ("int8", "f32"):
             raise ValueError(f"activations must be 'int8' or 'f32', got {activations!r}")
         if threads is None:
@@ -165,7 +175,7 @@ class Model:
                                     kv_block_tokens)
         self._native = _core.LlamaModel(cfg, g.tensors, threads, activations == "int8",
                                         kv_tokens, kv_cache_dtype, kv_block_tokens,
-                                        bool(prefix_caching), bool(batch_invariant))
+                                        bool(prefix_caching), bool(batch_invariant), device)
         self._gguf = g  # keeps the memory map alive
         # Tensors the backend copied into its own layout are not read from the
         # file again: drop their pages from this process's resident set.

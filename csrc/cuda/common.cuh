@@ -1,0 +1,109 @@
+// Shared pieces of the CUDA kernels: error checks, half/bfloat conversion,
+// warp reductions, and the dequantisation of one 32-weight sub-block of
+// every GGUF type (the layouts of core/dtype.h).
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace llmrt::cuda {
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+}
+#define LLMRT_CUDA_CHECK(x) ::llmrt::cuda::check((x), #x)
+#define LLMRT_CUDA_LAUNCHED(what) ::llmrt::cuda::check(cudaGetLastError(), what)
+
+__device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block.
+__device__ __forceinline__ void kscale(const uint8_t* q, int j, int& sc, int& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// Weights [32 sb, 32 sb + 32) of a row of type T -> w[0..32).
+template <DType T>
+__device__ __forceinline__ void load_sub(const uint8_t* row, int sb, float* w) {
+  if constexpr (T == DType::F32) {
+    const float* p = reinterpret_cast<const float*>(row) + 32 * sb;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) w[i] = p[i];
+  } else if constexpr (T == DType::F16 || T == DType::BF16) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + 32 * sb;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) w[i] = T == DType::F16 ? h2f(p[i]) : bf2f(p[i]);
+  } else if constexpr (T == DType::Q8_0) {
+    const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(row) + sb;
+    const float d = h2f(b->d);
+#pragma unroll
+    for (int i = 0; i < 32; ++i) w[i] = d * (float)b->qs[i];
+  } else if constexpr (T == DType::Q4_0) {
+    const BlockQ4_0* b = reinterpret_cast<const BlockQ4_0*>(row) + sb;
+    const float d = h2f(b->d);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      w[i] = d * (float)((b->qs[i] & 0x0f) - 8);
+      w[i + 16] = d * (float)((b->qs[i] >> 4) - 8);
+    }
+  } else if constexpr (T == DType::Q4_1) {
+    const BlockQ4_1* b = reinterpret_cast<const BlockQ4_1*>(row) + sb;
+    const float d = h2f(b->d), m = h2f(b->m);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      w[i] = d * (float)(b->qs[i] & 0x0f) + m;
+      w[i + 16] = d * (float)(b->qs[i] >> 4) + m;
+    }
+  } else if constexpr (T == DType::Q4_K || T == DType::Q5_K) {
+    using B = std::conditional_t<T == DType::Q4_K, BlockQ4_K, BlockQ5_K>;
+    const B* b = reinterpret_cast<const B*>(row) + sb / 8;
+    const int j = sb % 8;
+    int sc, mn;
+    kscale(b->scales, j, sc, mn);
+    const float d = h2f(b->d) * (float)sc, m = h2f(b->dmin) * (float)mn;
+    const uint8_t* q = b->qs + 32 * (j / 2);
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+      int v = (j & 1) ? (q[l] >> 4) : (q[l] & 0x0f);
+      if constexpr (T == DType::Q5_K) v |= ((b->qh[l] >> j) & 1) << 4;
+      w[l] = d * (float)v - m;
+    }
+  } else if constexpr (T == DType::Q6_K) {
+    const BlockQ6_K* b = reinterpret_cast<const BlockQ6_K*>(row) + sb / 8;
+    const int j0 = 32 * (sb % 8);  // first weight of the sub-block in its block
+    const int h = j0 / 128, k = (j0 % 128) / 32;
+    const uint8_t* ql = b->ql + 64 * h + (k & 1) * 32;
+    const uint8_t* qh = b->qh + 32 * h;
+    const float d = h2f(b->d);
+#pragma unroll
+    for (int l = 0; l < 32; ++l) {
+      const int lo = (k < 2) ? (ql[l] & 0x0f) : (ql[l] >> 4);
+      const int q = lo | (((qh[l] >> (2 * k)) & 3) << 4);
+      w[l] = d * (float)b->scales[8 * h + 2 * k + l / 16] * (float)(q - 32);
+    }
+  }
+}
+
+}  // namespace llmrt::cuda

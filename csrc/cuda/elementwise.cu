@@ -1,0 +1,131 @@
+// Embedding rows, RMSNorm, bias and residual adds, SwiGLU and RoPE.
+#include <cmath>
+
+#include "cuda/common.cuh"
+#include "cuda/ops.h"
+
+namespace llmrt::cuda {
+
+namespace {
+
+template <DType T>
+__global__ void embed_kernel(const uint8_t* __restrict__ table, size_t row_stride, int cols,
+                             const int32_t* __restrict__ ids, float* __restrict__ out) {
+  // one block per token, one 32-weight sub-block per thread
+  const int t = blockIdx.x;
+  const uint8_t* row = table + (size_t)ids[t] * row_stride;
+  float w[32];
+  for (int sb = threadIdx.x; sb < cols / 32; sb += blockDim.x) {
+    load_sub<T>(row, sb, w);
+    float* o = out + (size_t)t * cols + 32 * sb;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) o[i] = w[i];
+  }
+}
+
+// one block of 256 threads per row
+__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, int dim,
+                               float eps, float* __restrict__ y) {
+  __shared__ float part[8];
+  const float* xr = x + (size_t)blockIdx.x * dim;
+  float* yr = y + (size_t)blockIdx.x * dim;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i] * xr[i];
+  s = warp_sum(s);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+  __syncthreads();
+  float total = 0.f;
+  for (int i = 0; i < (int)(blockDim.x >> 5); ++i) total += part[i];
+  const float inv = rsqrtf(total / (float)dim + eps);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
+}
+
+__global__ void add_bias_kernel(float* y, const float* b, int dim, size_t count) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < count) y[i] += b[i % dim];
+}
+
+__global__ void add_kernel(float* y, const float* x, size_t count) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < count) y[i] += x[i];
+}
+
+__global__ void swiglu_kernel(float* g, const float* u, size_t count) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < count) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
+}
+
+// one block per (token, head), one thread per rotated pair
+__global__ void rope_kernel(float* x, int n_heads, int head_dim, const int32_t* pos,
+                            const float* inv_freq, int half, float pos_scale, bool neox) {
+  const int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
+  float* v = x + ((size_t)t * n_heads + h) * head_dim;
+  const float p = (float)pos[t] * pos_scale;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    float sn, cs;
+    sincosf(p * inv_freq[i], &sn, &cs);
+    const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+    const float a = v[i0], c = v[i1];
+    v[i0] = a * cs - c * sn;
+    v[i1] = a * sn + c * cs;
+  }
+}
+
+unsigned blocks_for(size_t count, int threads) { return (unsigned)((count + threads - 1) / threads); }
+
+}  // namespace
+
+void embed(const WeightView& table, const int32_t* ids, int n, float* out, cudaStream_t stream) {
+  if (table.cols % 32 != 0) throw std::invalid_argument("CUDA embed: cols must be a multiple of 32");
+  const int threads = 64;
+  switch (table.type) {
+#define LLMRT_EMBED(T)                                                                     \
+  case T:                                                                                  \
+    embed_kernel<T><<<n, threads, 0, stream>>>(table.data, table.row_stride(), (int)table.cols, \
+                                               ids, out);                                  \
+    break;
+    LLMRT_EMBED(DType::F32)
+    LLMRT_EMBED(DType::F16)
+    LLMRT_EMBED(DType::BF16)
+    LLMRT_EMBED(DType::Q8_0)
+    LLMRT_EMBED(DType::Q4_0)
+    LLMRT_EMBED(DType::Q4_1)
+    LLMRT_EMBED(DType::Q4_K)
+    LLMRT_EMBED(DType::Q5_K)
+    LLMRT_EMBED(DType::Q6_K)
+#undef LLMRT_EMBED
+    default: throw std::invalid_argument("CUDA embed: unsupported table type");
+  }
+  LLMRT_CUDA_LAUNCHED("embed");
+}
+
+void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y,
+             cudaStream_t stream) {
+  rmsnorm_kernel<<<n, 256, 0, stream>>>(x, w, dim, eps, y);
+  LLMRT_CUDA_LAUNCHED("rmsnorm");
+}
+
+void add_bias(float* y, const float* bias, int n, int dim, cudaStream_t stream) {
+  const size_t count = (size_t)n * dim;
+  add_bias_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(y, bias, dim, count);
+  LLMRT_CUDA_LAUNCHED("add_bias");
+}
+
+void add(float* y, const float* x, size_t count, cudaStream_t stream) {
+  add_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(y, x, count);
+  LLMRT_CUDA_LAUNCHED("add");
+}
+
+void swiglu(float* gate, const float* up, size_t count, cudaStream_t stream) {
+  swiglu_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(gate, up, count);
+  LLMRT_CUDA_LAUNCHED("swiglu");
+}
+
+void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, const float* inv_freq,
+          int n_rot, float pos_scale, bool neox, cudaStream_t stream) {
+  rope_kernel<<<n * n_heads, 64, 0, stream>>>(x, n_heads, head_dim, pos, inv_freq, n_rot / 2,
+                                              pos_scale, neox);
+  LLMRT_CUDA_LAUNCHED("rope");
+}
+
+}  // namespace llmrt::cuda

@@ -1,0 +1,53 @@
+// Launchers of the CUDA kernels (matmul.cu, attention.cu, elementwise.cu),
+// used by backend_cuda.cu. Every pointer is device memory unless named
+// host_*; every launch goes to `stream`.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/backend.h"
+#include "core/kv_cache.h"
+
+namespace llmrt::cuda {
+
+// ---- matmul.cu ----
+// y (n, w.rows) = x (n, w.cols) @ W^T, W dequantised in registers.
+void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t stream);
+// Whether a weight type has a kernel.
+bool matmul_supported(DType t);
+
+// ---- elementwise.cu ----
+void embed(const WeightView& table, const int32_t* ids, int n, float* out, cudaStream_t stream);
+void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y,
+             cudaStream_t stream);
+void add_bias(float* y, const float* bias, int n, int dim, cudaStream_t stream);
+void add(float* y, const float* x, size_t count, cudaStream_t stream);
+void swiglu(float* gate, const float* up, size_t count, cudaStream_t stream);
+// inv_freq: (n_rot / 2) frequencies (already divided by any factors).
+void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, const float* inv_freq,
+          int n_rot, float pos_scale, bool neox, cudaStream_t stream);
+
+// ---- attention.cu ----
+// Where one layer's keys and values live in the pool: block b's key row at
+// slot j of kv head h is at k + b * block_bytes + j * row_bytes + h * head_bytes.
+struct KVLayout {
+  uint8_t* k;
+  uint8_t* v;
+  size_t block_bytes, row_bytes, head_bytes;
+  int block_tokens, n_kv_heads, head_dim;
+  int type;  // KVType
+};
+// k, v (n, n_kv_heads * head_dim) -> the rows at byte offsets offs[t] (from
+// the layer's k / v base).
+void kv_write(const KVLayout& L, const int64_t* offs, int n, const float* k, const float* v,
+              cudaStream_t stream);
+// q (rows, n_heads, head_dim) -> out: row t attends to positions
+// [0, info[2t]] of the sequence whose block table starts at
+// tables + info[2t + 1].
+void attention(const KVLayout& L, const int* tables, const int* info, int rows, int n_heads,
+               float scale, const float* q, float* out, cudaStream_t stream);
+
+}  // namespace llmrt::cuda
