@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <functional>
 #include <string>
 
 #include "core/kv_cache.h"
@@ -60,6 +61,28 @@ class Backend {
   // layout of its own (owned by the backend, alive as long as it is).
   virtual WeightView prepare_weight(const WeightView& w) { return w; }
 
+  // A forward pass begins: its rows' token ids and positions and its
+  // sequences (host memory), the same for every layer's calls until the
+  // next begin_pass. A device backend uploads them once here.
+  virtual void begin_pass(const KVCache& cache, const AttnSeq* seqs, int count,
+                          const int32_t* ids, const int32_t* pos, int rows) {
+    (void)cache, (void)seqs, (void)count, (void)ids, (void)pos, (void)rows;
+  }
+  // Graphs captured so far hold device addresses of buffers about to be
+  // freed: drop them.
+  virtual void forget_graphs() {}
+  // Whether run_graph may be used for passes of one-token rows.
+  virtual bool graphs() const { return false; }
+  // Runs fn, a pass of `rows` one-token rows, as a device graph: captured
+  // the second time such a pass is seen (the first runs as usual and warms
+  // every cache a capture cannot fill) and replayed afterwards. Returns
+  // false when fn ran directly.
+  virtual bool run_graph(int rows, const std::function<void()>& fn) {
+    (void)rows;
+    fn();
+    return false;
+  }
+
   // out (n, table.cols) = rows ids[i] of the table (ids: host memory; the
   // table as stored in the file).
   virtual void embed(const WeightView& table, const int32_t* ids, int n, float* out) = 0;
@@ -85,10 +108,10 @@ class Backend {
   // (pos: host memory).
   virtual void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
                     const RopeParams& p) = 0;
-  // Stores k, v (n, n_kv_heads, head_dim) at positions [pos0, pos0 + n) of a
-  // sequence of the cache whose block table is `table` (host memory; blocks
-  // allocated).
-  virtual void kv_write(KVCache& cache, const int* table, int layer, int pos0, int n,
+  // For each of `count` sequences (host memory), stores its n rows of k, v
+  // (rows of all sequences end to end, (rows, n_kv_heads, head_dim)) at
+  // positions [pos0, pos0 + n) of the sequence (blocks allocated).
+  virtual void kv_write(KVCache& cache, const AttnSeq* seqs, int count, int layer,
                         const float* k, const float* v) = 0;
   // For each of `count` sequences (seqs and their block tables: host
   // memory), its n query rows (consecutive in q and

@@ -58,9 +58,12 @@ class CpuBackend final : public Backend {
             const RopeParams& p) override {
     cpu::rope(pool_, x, n, n_heads, head_dim, pos, p, rope_);
   }
-  void kv_write(KVCache& c, const int* table, int layer, int pos0, int n, const float* k,
+  void kv_write(KVCache& c, const AttnSeq* seqs, int count, int layer, const float* k,
                 const float* v) override {
-    cpu::kv_write(k_, c, table, layer, pos0, n, k, v);
+    const size_t kvd = (size_t)c.n_kv_heads() * c.head_dim();
+    for (int i = 0, r = 0; i < count; r += seqs[i].n, ++i)
+      cpu::kv_write(k_, c, seqs[i].table, layer, seqs[i].pos0, seqs[i].n, k + r * kvd,
+                    v + r * kvd);
   }
   void attention(const KVCache& c, const AttnSeq* seqs, int count, int layer, const float* q,
                  int n_heads, float scale, float* out) override {

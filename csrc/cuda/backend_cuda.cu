@@ -1,9 +1,12 @@
 // The CUDA backend: weights copied to the GPU once (as stored: the kernels
 // dequantise in registers), activations and the KV pool in device memory,
-// every kernel on one stream; host data (token ids, positions, block
-// tables) is uploaded once per distinct content.
+// every kernel on one stream; a pass's host data (token ids, positions,
+// block tables) is uploaded once, to fixed addresses, so that decode steps
+// can be captured as CUDA graphs and replayed.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <unordered_map>
 #include <vector>
 
@@ -53,55 +56,40 @@ class DevicePool : public PoolMemory {
   cudaStream_t stream_;
 };
 
-// Device copies of small host arrays, reused while their content repeats
-// (a pass's positions and block tables are the same for every layer).
-class Uploads {
- public:
-  explicit Uploads(cudaStream_t s) : stream_(s) {}
-  ~Uploads() {
-    for (auto& e : entries_) cudaFree(e.dev);
+// A pass's host data at fixed device addresses (so that a captured graph
+// can be replayed with new values): token ids, positions, (position, table
+// offset) per row, byte offsets of each row's K/V slot within a layer, and
+// the sequences' block tables at a fixed stride. Staged in pinned memory,
+// copied with two asynchronous copies per pass.
+struct PassBuffers {
+  int rows_cap = 0, seqs_cap = 0, stride = 0;
+  uint8_t* host = nullptr;  // pinned
+  uint8_t* dev = nullptr;
+  size_t bytes = 0;
+  // byte offsets of the regions
+  size_t ids = 0, pos = 0, info = 0, offs = 0, tables = 0;
+  void release() {
+    if (host) cudaFreeHost(host);
+    if (dev) cudaFree(dev);
+    host = dev = nullptr;
+  }
+  void layout(int rows, int seqs, int stride_) {
+    rows_cap = rows;
+    seqs_cap = seqs;
+    stride = stride_;
+    offs = 0;  // int64 first: aligned
+    ids = offs + sizeof(int64_t) * rows;
+    pos = ids + sizeof(int32_t) * rows;
+    info = pos + sizeof(int32_t) * rows;
+    tables = info + sizeof(int32_t) * 2 * rows;
+    bytes = tables + sizeof(int32_t) * (size_t)seqs * stride;
+    LLMRT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), bytes, cudaHostAllocDefault));
+    LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dev), bytes));
   }
   template <class T>
-  const T* get(const std::vector<T>& host) {
-    const size_t bytes = host.size() * sizeof(T);
-    for (auto& e : entries_)
-      if (e.host.size() == bytes && std::memcmp(e.host.data(), host.data(), bytes) == 0) {
-        e.used = ++clock_;
-        return static_cast<const T*>(e.dev);
-      }
-    Entry* slot = nullptr;
-    if (entries_.size() < kEntries) {
-      entries_.push_back({});
-      slot = &entries_.back();
-    } else {
-      slot = &entries_[0];
-      for (auto& e : entries_)
-        if (e.used < slot->used) slot = &e;
-    }
-    if (slot->cap < bytes) {
-      if (slot->dev) cudaFree(slot->dev);
-      LLMRT_CUDA_CHECK(cudaMalloc(&slot->dev, bytes ? bytes : 1));
-      slot->cap = bytes;
-    }
-    slot->host.assign(reinterpret_cast<const uint8_t*>(host.data()),
-                      reinterpret_cast<const uint8_t*>(host.data()) + bytes);
-    slot->used = ++clock_;
-    LLMRT_CUDA_CHECK(cudaMemcpyAsync(slot->dev, host.data(), bytes, cudaMemcpyHostToDevice,
-                                     stream_));
-    return static_cast<const T*>(slot->dev);
-  }
-
- private:
-  static constexpr size_t kEntries = 256;
-  struct Entry {
-    std::vector<uint8_t> host;
-    void* dev = nullptr;
-    size_t cap = 0;
-    uint64_t used = 0;
-  };
-  cudaStream_t stream_;
-  std::vector<Entry> entries_;
-  uint64_t clock_ = 0;
+  T* h(size_t off) const { return reinterpret_cast<T*>(host + off); }
+  template <class T>
+  T* d(size_t off) const { return reinterpret_cast<T*>(dev + off); }
 };
 
 class CudaBackend : public Backend {
@@ -112,10 +100,11 @@ class CudaBackend : public Backend {
     LLMRT_CUDA_CHECK(cudaSetDevice(device));
     LLMRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     pool_ = std::make_unique<DevicePool>(stream_);
-    up_ = std::make_unique<Uploads>(stream_);
   }
   ~CudaBackend() override {
-    up_.reset();
+    cudaStreamSynchronize(stream_);
+    forget_graphs();
+    pass_.release();
     for (void* p : owned_) cudaFree(p);
     cudaStreamDestroy(stream_);
   }
@@ -128,7 +117,10 @@ class CudaBackend : public Backend {
     LLMRT_CUDA_CHECK(cudaMalloc(&p, n * sizeof(float)));
     return static_cast<float*>(p);
   }
-  void free_floats(float* p) override { cudaFree(p); }
+  void free_floats(float* p) override {
+    cudaStreamSynchronize(stream_);
+    cudaFree(p);
+  }
   bool host_memory() const override { return false; }
   PoolMemory* pool_memory() override { return pool_.get(); }
   void copy(float* dst, const float* src, size_t n) override {
@@ -150,15 +142,89 @@ class CudaBackend : public Backend {
     return d;
   }
 
+  void begin_pass(const KVCache& c, const AttnSeq* seqs, int count, const int32_t* ids,
+                  const int32_t* pos, int rows) override {
+    const int stride = c.n_blocks();  // no table is longer than the pool
+    if (rows > pass_.rows_cap || count > pass_.seqs_cap || stride != pass_.stride) {
+      // the device addresses change: graphs captured with the old ones go
+      cudaStreamSynchronize(stream_);
+      forget_graphs();
+      pass_.release();
+      const int cap = std::max(64, std::max(rows, 2 * pass_.rows_cap));
+      pass_.layout(cap, cap, stride);
+    }
+    cudaStreamSynchronize(stream_);  // the staging buffer may still be read
+    const int bt = c.block_tokens();
+    int64_t* offs = pass_.h<int64_t>(pass_.offs);
+    int32_t* info = pass_.h<int32_t>(pass_.info);
+    int32_t* tables = pass_.h<int32_t>(pass_.tables);
+    for (int i = 0, r = 0; i < count; ++i) {
+      const AttnSeq& q = seqs[i];
+      const int nb = (q.pos0 + q.n + bt - 1) / bt;
+      std::memcpy(tables + (size_t)i * stride, q.table, sizeof(int32_t) * nb);
+      for (int t = 0; t < q.n; ++t, ++r) {
+        const int p = q.pos0 + t;
+        offs[r] = (int64_t)q.table[p / bt] * (int64_t)c.block_bytes() +
+                  (int64_t)(p % bt) * (int64_t)c.row_bytes();
+        info[2 * r] = p;
+        info[2 * r + 1] = i * stride;
+      }
+    }
+    std::memcpy(pass_.h<int32_t>(pass_.ids), ids, sizeof(int32_t) * rows);
+    std::memcpy(pass_.h<int32_t>(pass_.pos), pos, sizeof(int32_t) * rows);
+    // rows' data, then the used part of the tables
+    LLMRT_CUDA_CHECK(cudaMemcpyAsync(pass_.dev, pass_.host, pass_.tables,
+                                     cudaMemcpyHostToDevice, stream_));
+    LLMRT_CUDA_CHECK(cudaMemcpyAsync(pass_.dev + pass_.tables, pass_.host + pass_.tables,
+                                     sizeof(int32_t) * (size_t)count * stride,
+                                     cudaMemcpyHostToDevice, stream_));
+    pass_rows_ = rows;
+  }
+
+  bool graphs() const override { return true; }
+  bool run_graph(int rows, const std::function<void()>& fn) override {
+    Graph& g = graphs_[rows];
+    if (g.exec) {
+      LLMRT_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+      return true;
+    }
+    if (g.seen++ == 0) {  // first time: run directly, filling every cache
+      fn();
+      return false;
+    }
+    LLMRT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+    try {
+      fn();
+    } catch (...) {
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(stream_, &broken);
+      if (broken) cudaGraphDestroy(broken);
+      throw;
+    }
+    cudaGraph_t graph = nullptr;
+    LLMRT_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+    const cudaError_t e = cudaGraphInstantiate(&g.exec, graph, 0);
+    cudaGraphDestroy(graph);
+    LLMRT_CUDA_CHECK(e);
+    LLMRT_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
+    return true;
+  }
+  void forget_graphs() override {
+    for (auto& [rows, g] : graphs_)
+      if (g.exec) cudaGraphExecDestroy(g.exec);
+    graphs_.clear();
+  }
+
   void embed(const WeightView& t, const int32_t* ids, int n, float* out) override {
+    (void)ids;  // the pass's, uploaded by begin_pass
+    check_pass(n);
     // the table stays as stored in the file: its device copy is made once
     auto it = tables_.find(t.data);
     if (it == tables_.end())
       it = tables_.emplace(t.data, upload_bytes(t.data, t.row_stride() * (size_t)t.rows)).first;
     WeightView d = t;
     d.data = it->second;
-    ids_.assign(ids, ids + n);
-    cuda::embed(d, up_->get(ids_), n, out, stream_);
+    cuda::embed(d, pass_.d<int32_t>(pass_.ids), n, out, stream_);
   }
   void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) override {
     for (int i = 0; i < count; ++i) cuda::matmul(*jobs[i].w, x, n, jobs[i].y, stream_);
@@ -175,50 +241,36 @@ class CudaBackend : public Backend {
   }
   void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
             const RopeParams& p) override {
-    const int half = p.n_rot / 2;
-    std::vector<float> f(half);  // as the CPU backend computes them
-    for (int i = 0; i < half; ++i) {
-      float v = (float)(1.0 / std::pow((double)p.freq_base, (2.0 * i) / p.n_rot));
-      if (p.freq_factors) v /= p.freq_factors[i];
-      f[i] = v;
-    }
-    pos_.assign(pos, pos + n);
-    cuda::rope(x, n, n_heads, head_dim, up_->get(pos_), up_->get(f), p.n_rot, p.pos_scale,
-               p.neox, stream_);
+    (void)pos;
+    check_pass(n);
+    cuda::rope(x, n, n_heads, head_dim, pass_.d<int32_t>(pass_.pos), inv_freq(p), p.n_rot,
+               p.pos_scale, p.neox, stream_);
   }
-  void kv_write(KVCache& c, const int* table, int layer, int pos0, int n, const float* k,
+  void kv_write(KVCache& c, const AttnSeq* seqs, int count, int layer, const float* k,
                 const float* v) override {
-    const int bt = c.block_tokens();
-    offs_.resize(n);
-    for (int t = 0; t < n; ++t) {
-      const int p = pos0 + t;
-      offs_[t] = (int64_t)table[p / bt] * (int64_t)c.block_bytes() +
-                 (int64_t)(p % bt) * (int64_t)c.row_bytes();
-    }
-    cuda::kv_write(layout(c, layer), up_->get(offs_), n, k, v, stream_);
+    int n = 0;
+    for (int i = 0; i < count; ++i) n += seqs[i].n;
+    check_pass(n);
+    cuda::kv_write(layout(c, layer), pass_.d<int64_t>(pass_.offs), n, k, v, stream_);
   }
   void attention(const KVCache& c, const AttnSeq* seqs, int count, int layer, const float* q,
                  int n_heads, float scale, float* out) override {
-    const int bt = c.block_tokens();
-    tables_h_.clear();
-    info_.clear();
-    int rows = 0;
-    for (int i = 0; i < count; ++i) {
-      const int off = (int)tables_h_.size();
-      const int nb = (seqs[i].pos0 + seqs[i].n + bt - 1) / bt;
-      tables_h_.insert(tables_h_.end(), seqs[i].table, seqs[i].table + nb);
-      for (int t = 0; t < seqs[i].n; ++t) {
-        info_.push_back(seqs[i].pos0 + t);
-        info_.push_back(off);
-      }
-      rows += seqs[i].n;
-    }
-    const int* tables = up_->get(tables_h_);
-    cuda::attention(layout(c, layer), tables, up_->get(info_), rows, n_heads, scale, q, out,
-                    stream_);
+    int n = 0;
+    for (int i = 0; i < count; ++i) n += seqs[i].n;
+    check_pass(n);
+    cuda::attention(layout(c, layer), pass_.d<int32_t>(pass_.tables),
+                    pass_.d<int32_t>(pass_.info), n, n_heads, scale, q, out, stream_);
   }
 
  private:
+  struct Graph {
+    int seen = 0;
+    cudaGraphExec_t exec = nullptr;
+  };
+  void check_pass(int n) const {
+    if (n != pass_rows_)
+      throw std::logic_error("CUDA backend: a pass's rows differ from begin_pass's");
+  }
   uint8_t* upload_bytes(const uint8_t* host, size_t bytes) {
     void* p = nullptr;
     LLMRT_CUDA_CHECK(cudaMalloc(&p, bytes));
@@ -235,6 +287,21 @@ class CudaBackend : public Backend {
                .first;
     return it->second;
   }
+  // RoPE frequencies, computed as the CPU backend computes them, copied once
+  const float* inv_freq(const RopeParams& p) {
+    const int half = p.n_rot / 2;
+    std::vector<float> f(half);
+    for (int i = 0; i < half; ++i) {
+      float v = (float)(1.0 / std::pow((double)p.freq_base, (2.0 * i) / p.n_rot));
+      if (p.freq_factors) v /= p.freq_factors[i];
+      f[i] = v;
+    }
+    for (auto& [h, d] : freqs_)
+      if (h == f) return d;
+    freqs_.emplace_back(f, reinterpret_cast<float*>(upload_bytes(
+                               reinterpret_cast<const uint8_t*>(f.data()), half * sizeof(float))));
+    return freqs_.back().second;
+  }
   static cuda::KVLayout layout(const KVCache& c, int layer) {
     return cuda::KVLayout{c.k_block(0, layer), c.v_block(0, layer), c.block_bytes(),
                           c.row_bytes(), c.row_bytes() / c.n_kv_heads(), c.block_tokens(),
@@ -244,12 +311,13 @@ class CudaBackend : public Backend {
   int device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<DevicePool> pool_;
-  std::unique_ptr<Uploads> up_;
   std::vector<void*> owned_;
   std::unordered_map<const void*, uint8_t*> tables_;
   std::unordered_map<const float*, float*> vectors_;
-  std::vector<int32_t> ids_, pos_, tables_h_, info_;
-  std::vector<int64_t> offs_;
+  std::vector<std::pair<std::vector<float>, float*>> freqs_;
+  PassBuffers pass_;
+  int pass_rows_ = -1;
+  std::unordered_map<int, Graph> graphs_;
 };
 
 }  // namespace

@@ -93,6 +93,7 @@ LlamaModel::~LlamaModel() = default;
 
 void LlamaModel::ensure_scratch(int n) {
   if (s_ && s_->cap >= n) return;
+  backend_->forget_graphs();  // they refer to the buffers about to go
   s_.reset();
   auto s = std::make_unique<Scratch>();
   s->be = backend_.get();
@@ -241,78 +242,93 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits) {
     s.attn[i] = AttnSeq{g.table, g.n, g.pos0};
   }
 
-  be.embed(w_.tok_embd, s.ids.data(), n, s.x);  // x (n, D)
-  mark(kStageOther);
-
-  for (int l = 0; l < c.n_layer; ++l) {
-    const LayerWeights& L = w_.layers[l];
-    // ---- attention block ----
-    be.rmsnorm(s.x, L.attn_norm, n, D, c.rms_eps, s.xn);
-    {  // q (n, qd), k (n, kvd), v (n, kvd) in one pass
-      const MatmulJob qkv[3] = {{&L.wq, s.q}, {&L.wk, s.k}, {&L.wv, s.v}};
-      be.matmul_many(qkv, 3, s.xn, n);
-    }
-    mark(kStageMatmul);
-    if (L.bq) be.add_bias(s.q, L.bq, n, qd);
-    if (L.bk) be.add_bias(s.k, L.bk, n, kvd);
-    if (L.bv) be.add_bias(s.v, L.bv, n, kvd);
-    be.rope(s.q, n, c.n_head, hd, s.pos.data(), c.rope);
-    be.rope(s.k, n, c.n_head_kv, hd, s.pos.data(), c.rope);
-    for (int i = 0, r = 0; i < count; r += segs[i].n, ++i)
-      be.kv_write(kv_, segs[i].table, l, segs[i].pos0, segs[i].n, s.k + (size_t)r * kvd,
-                  s.v + (size_t)r * kvd);
-    mark(kStageOther);
-    be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head, att_scale, s.att);  // (n, qd)
-    mark(kStageAttention);
-    be.matmul(L.wo, s.att, n, s.xn);                                  // (n, D)
-    mark(kStageMatmul);
-    be.add(s.x, s.xn, (size_t)n * D);
-    // ---- feed-forward block ----
-    be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
-    {  // gate, up (n, n_ff) in one pass
-      const MatmulJob gu[2] = {{&L.w_gate, s.gate}, {&L.w_up, s.up}};
-      mark(kStageOther);
-      be.matmul_many(gu, 2, s.xn, n);
-    }
-    mark(kStageMatmul);
-    be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
-    mark(kStageOther);
-    be.matmul(L.w_down, s.gate, n, s.xn);  // (n, D)
-    mark(kStageMatmul);
-    be.add(s.x, s.xn, (size_t)n * D);
-  }
-
-  // Output head only on the rows whose logits are wanted, gathered end to
-  // end (the rows of one segment are consecutive already).
+  // rows whose logits are wanted; a device backend computes them in its own
+  // memory and copies them out at the end
   int rows = 0;
-  const float* src = nullptr;
-  for (int i = 0, r = 0; i < count; r += segs[i].n, ++i) {
-    const int m = segs[i].n - segs[i].first_logit;
-    if (m == 0) continue;
-    const float* row = s.x + (size_t)(r + segs[i].first_logit) * D;
-    if (rows == 0 && count == 1) {
-      src = row;  // one segment: no copy
-    } else {
-      be.copy(s.att + (size_t)rows * D, row, (size_t)m * D);
-      src = s.att;
-    }
-    rows += m;
-  }
-  if (rows == 0) return;
-  be.rmsnorm(src, w_.output_norm, rows, D, c.rms_eps, s.xn);
-  mark(kStageOther);
-  if (be.host_memory()) {
-    be.matmul(w_.output, s.xn, rows, logits);
-  } else {  // computed in device memory, then copied out
+  for (int i = 0; i < count; ++i) rows += segs[i].n - segs[i].first_logit;
+  const bool host = be.host_memory();
+  float* head_out = logits;
+  if (!host && rows > 0) {
     if (s.logits_cap < (size_t)rows * c.n_vocab) {
+      be.forget_graphs();
       if (s.logits) be.free_floats(s.logits);
       s.logits = be.alloc_floats((size_t)rows * c.n_vocab);
       s.logits_cap = (size_t)rows * c.n_vocab;
     }
-    be.matmul(w_.output, s.xn, rows, s.logits);
-    be.download(logits, s.logits, (size_t)rows * c.n_vocab);
+    head_out = s.logits;
   }
-  mark(kStageHead);
+  be.begin_pass(kv_, s.attn.data(), count, s.ids.data(), s.pos.data(), n);
+
+  auto body = [&] {
+    be.embed(w_.tok_embd, s.ids.data(), n, s.x);  // x (n, D)
+    mark(kStageOther);
+
+    for (int l = 0; l < c.n_layer; ++l) {
+      const LayerWeights& L = w_.layers[l];
+      // ---- attention block ----
+      be.rmsnorm(s.x, L.attn_norm, n, D, c.rms_eps, s.xn);
+      {  // q (n, qd), k (n, kvd), v (n, kvd) in one pass
+        const MatmulJob qkv[3] = {{&L.wq, s.q}, {&L.wk, s.k}, {&L.wv, s.v}};
+        be.matmul_many(qkv, 3, s.xn, n);
+      }
+      mark(kStageMatmul);
+      if (L.bq) be.add_bias(s.q, L.bq, n, qd);
+      if (L.bk) be.add_bias(s.k, L.bk, n, kvd);
+      if (L.bv) be.add_bias(s.v, L.bv, n, kvd);
+      be.rope(s.q, n, c.n_head, hd, s.pos.data(), c.rope);
+      be.rope(s.k, n, c.n_head_kv, hd, s.pos.data(), c.rope);
+      be.kv_write(kv_, s.attn.data(), count, l, s.k, s.v);
+      mark(kStageOther);
+      be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head, att_scale, s.att);  // (n, qd)
+      mark(kStageAttention);
+      be.matmul(L.wo, s.att, n, s.xn);  // (n, D)
+      mark(kStageMatmul);
+      be.add(s.x, s.xn, (size_t)n * D);
+      // ---- feed-forward block ----
+      be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
+      {  // gate, up (n, n_ff) in one pass
+        const MatmulJob gu[2] = {{&L.w_gate, s.gate}, {&L.w_up, s.up}};
+        mark(kStageOther);
+        be.matmul_many(gu, 2, s.xn, n);
+      }
+      mark(kStageMatmul);
+      be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
+      mark(kStageOther);
+      be.matmul(L.w_down, s.gate, n, s.xn);  // (n, D)
+      mark(kStageMatmul);
+      be.add(s.x, s.xn, (size_t)n * D);
+    }
+
+    // Output head only on the rows whose logits are wanted, gathered end to
+    // end (the rows of one segment are consecutive already).
+    if (rows == 0) return;
+    int done = 0;
+    const float* src = nullptr;
+    for (int i = 0, r = 0; i < count; r += segs[i].n, ++i) {
+      const int m = segs[i].n - segs[i].first_logit;
+      if (m == 0) continue;
+      const float* row = s.x + (size_t)(r + segs[i].first_logit) * D;
+      if (done == 0 && count == 1) {
+        src = row;  // one segment: no copy
+      } else {
+        be.copy(s.att + (size_t)done * D, row, (size_t)m * D);
+        src = s.att;
+      }
+      done += m;
+    }
+    be.rmsnorm(src, w_.output_norm, rows, D, c.rms_eps, s.xn);
+    mark(kStageOther);
+    be.matmul(w_.output, s.xn, rows, head_out);
+    mark(kStageHead);
+  };
+
+  // a pass of one-token rows (decoding), each with its logits, may replay a
+  // device graph
+  if (be.graphs() && n == count && rows == count)
+    be.run_graph(n, body);
+  else
+    body();
+  if (!host && rows > 0) be.download(logits, s.logits, (size_t)rows * c.n_vocab);
 }
 
 }  // namespace llmrt

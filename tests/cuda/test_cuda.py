@@ -136,3 +136,24 @@ def test_default_model_matches_cpu(default_model_path):
     assert np.abs(g - c).max() <= 1e-3 * np.abs(c).max()
     # the golden greedy continuation
     assert gpu.generate("The capital of France is", max_new_tokens=3).text.startswith(" Paris")
+
+
+def test_graph_replay_survives_buffer_changes(tmp_path):
+    # decode steps replay a captured graph; a long prompt in between
+    # reallocates the activation buffers, which must drop the graph
+    path, W, cfg = _model(tmp_path, wtype="Q8_0", n_embd=64, tied=False, ctx=1024)
+    ref_model = llmrt.Model(path, activations="f32", kv_cache_dtype="f32")
+    m = llmrt.Model(path, device="cuda", kv_cache_dtype="f32", kv_cache_tokens=4096)
+    nat, rn = m._native, ref_model._native
+    a, ra = nat.new_sequence(), rn.new_sequence()
+    p = np.arange(1, 9, dtype=np.int32)
+    nat.forward(p, -1, False, a)
+    rn.forward(p, -1, False, ra)
+    for step in range(12):
+        t = np.asarray([10 + step], np.int32)
+        g, c = nat.forward(t, -1, False, a), rn.forward(t, -1, False, ra)
+        assert np.abs(g - c).max() <= 1e-4 * np.abs(c).max(), step
+        if step == 5:  # 600 prompt rows in another sequence: bigger buffers
+            b = nat.new_sequence()
+            nat.forward(np.arange(600, dtype=np.int32) % 200 + 3, -1, False, b)
+            nat.release_sequence(b)
