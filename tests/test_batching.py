@@ -66,6 +66,13 @@ def test_forward_batch_prompts_equal_alone(fast):
     assert out2.shape == (1 + 3, fast.vocab_size)
     assert [nat.seq_length(s) for s in seqs[:3]] == [len(ps[0]) + 2, len(ps[1]) + 1,
                                                    len(ps[2]) + 3]
+    # greedy=True: the argmax ids of the same rows (the first of equal maxima)
+    # instead of the logits
+    for s, p in zip(seqs[:3], more):
+        nat.truncate(s, nat.seq_length(s) - len(p))
+    ids = nat.forward_batch([(seqs[0], more[0], "none"), (seqs[1], more[1], "last"),
+                             (seqs[2], more[2], "all")], greedy=True)
+    assert ids.dtype == np.int32 and ids.tolist() == out2.argmax(axis=1).tolist()
     for s in seqs:
         nat.release_sequence(s)
 

@@ -165,7 +165,7 @@ class PyLlamaModel {
   // Several sequences in shared passes: entries (seq, tokens, logits) with
   // logits "none", "last" or "all" -> float32 (rows, vocab), the wanted rows
   // entry after entry.
-  py::array_t<float> forward_batch(const py::list& entries) {
+  py::object forward_batch(const py::list& entries, bool greedy) {
     using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
     const int count = (int)py::len(entries);
     if (count == 0) throw py::value_error("forward_batch: no entries");
@@ -191,19 +191,24 @@ class PyLlamaModel {
                                  mode + "'");
     }
     const int64_t rows = LlamaModel::logit_rows(es.data(), count);
-    py::array_t<float> out({(py::ssize_t)rows, (py::ssize_t)model_->config().n_vocab});
-    float* o = rows ? out.mutable_data() : nullptr;
+    py::array_t<float> out(greedy ? std::vector<py::ssize_t>{0, (py::ssize_t)model_->config().n_vocab}
+                                  : std::vector<py::ssize_t>{(py::ssize_t)rows,
+                                                             (py::ssize_t)model_->config().n_vocab});
+    py::array_t<int32_t> ids(greedy ? (py::ssize_t)rows : 0);
+    float* o = rows && !greedy ? out.mutable_data() : nullptr;
+    int32_t* g = rows && greedy ? ids.mutable_data() : nullptr;
     {
       py::gil_scoped_release nogil;
       std::lock_guard<std::mutex> lk(mu_);
       for (const BatchEntry& e : es)
         if (!model_->cache().alive(e.seq)) throw py::value_error("no sequence " + std::to_string(e.seq));
       try {
-        model_->forward_batch(es.data(), count, o);
+        model_->forward_batch(es.data(), count, o, greedy ? (g ? g : &dummy_) : nullptr);
       } catch (const std::out_of_range& e) {
         throw py::value_error(e.what());
       }
     }
+    if (greedy) return ids;
     return out;
   }
 
@@ -299,6 +304,7 @@ class PyLlamaModel {
   std::unique_ptr<LlamaModel> model_;
   int default_seq_ = 0;  // the sequence forward() uses when none is named
   std::mutex mu_;
+  int32_t dummy_ = 0;
 };
 
 }  // namespace
@@ -319,9 +325,11 @@ void bind_model(py::module_& m) {
            "given), first truncating it to n_past positions when n_past >= 0; returns "
            "float32 logits, (len, vocab) with all_logits else (vocab,) for the last token.")
       .def("forward_batch", &PyLlamaModel::forward_batch, py::arg("entries"),
+           py::arg("greedy") = false,
            "Run several sequences in shared passes over the weights: entries are "
            "(seq, tokens, logits) with logits 'none', 'last' or 'all'; returns float32 "
-           "(rows, vocab), the wanted rows entry after entry.")
+           "(rows, vocab), the wanted rows entry after entry, or with greedy=True their "
+           "argmax token ids (int32, rows), the logits staying in the backend.")
       .def("new_sequence", &PyLlamaModel::new_sequence)
       .def("release_sequence", &PyLlamaModel::release_sequence, py::arg("seq"))
       .def("fork_sequence", &PyLlamaModel::fork_sequence, py::arg("seq"),

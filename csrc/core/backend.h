@@ -56,6 +56,10 @@ class Backend {
   virtual void copy(float* dst, const float* src, size_t n) = 0;
   // host = src (backend memory), n floats; waits for the device.
   virtual void download(float* host, const float* src, size_t n) = 0;
+  // host[r] = the first index of the largest of row r of x (rows, cols), in
+  // backend memory; waits for the device. Greedy decoding without the
+  // logits leaving the device.
+  virtual void argmax(const float* x, int rows, int cols, int32_t* host) = 0;
 
   // The view the backend wants for a matmul weight: w itself, or a copy in a
   // layout of its own (owned by the backend, alive as long as it is).

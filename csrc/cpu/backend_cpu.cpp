@@ -34,6 +34,15 @@ class CpuBackend final : public Backend {
     std::memcpy(dst, src, n * sizeof(float));
   }
   void download(float* host, const float* src, size_t n) override { copy(host, src, n); }
+  void argmax(const float* x, int rows, int cols, int32_t* host) override {
+    for (int r = 0; r < rows; ++r) {
+      const float* row = x + (size_t)r * cols;
+      int best = 0;
+      for (int i = 1; i < cols; ++i)
+        if (row[i] > row[best]) best = i;
+      host[r] = best;
+    }
+  }
 
   void embed(const WeightView& t, const int32_t* ids, int n, float* out) override {
     cpu::embed(pool_, k_, t, ids, n, out);

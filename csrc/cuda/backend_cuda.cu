@@ -105,6 +105,7 @@ class CudaBackend : public Backend {
     cudaStreamSynchronize(stream_);
     forget_graphs();
     pass_.release();
+    if (argmax_dev_) cudaFree(argmax_dev_);
     for (void* p : owned_) cudaFree(p);
     cudaStreamDestroy(stream_);
   }
@@ -130,6 +131,19 @@ class CudaBackend : public Backend {
   void download(float* host, const float* src, size_t n) override {
     LLMRT_CUDA_CHECK(
         cudaMemcpyAsync(host, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    LLMRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  void argmax(const float* x, int rows, int cols, int32_t* host) override {
+    if (argmax_cap_ < rows) {
+      cudaStreamSynchronize(stream_);
+      if (argmax_dev_) cudaFree(argmax_dev_);
+      LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&argmax_dev_), sizeof(int32_t) * rows));
+      argmax_cap_ = rows;
+    }
+    cuda::argmax(x, rows, cols, argmax_dev_, stream_);
+    LLMRT_CUDA_CHECK(cudaMemcpyAsync(host, argmax_dev_, sizeof(int32_t) * rows,
+                                     cudaMemcpyDeviceToHost, stream_));
     LLMRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -317,6 +331,8 @@ class CudaBackend : public Backend {
   std::vector<std::pair<std::vector<float>, float*>> freqs_;
   PassBuffers pass_;
   int pass_rows_ = -1;
+  int32_t* argmax_dev_ = nullptr;
+  int argmax_cap_ = 0;
   std::unordered_map<int, Graph> graphs_;
 };
 

@@ -71,6 +71,35 @@ __global__ void rope_kernel(float* x, int n_heads, int head_dim, const int32_t* 
   }
 }
 
+// one block of 256 threads per row; ties go to the first index
+__global__ void argmax_kernel(const float* __restrict__ x, int cols, int32_t* __restrict__ out) {
+  __shared__ float bv[256];
+  __shared__ int bi[256];
+  const float* row = x + (size_t)blockIdx.x * cols;
+  float v = -INFINITY;
+  int idx = 0x7fffffff;
+  for (int i = threadIdx.x; i < cols; i += blockDim.x)
+    if (row[i] > v) {  // i grows: the first of equal values stays
+      v = row[i];
+      idx = i;
+    }
+  bv[threadIdx.x] = v;
+  bi[threadIdx.x] = idx;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if ((int)threadIdx.x < s) {
+      const float ov = bv[threadIdx.x + s];
+      const int oi = bi[threadIdx.x + s];
+      if (ov > bv[threadIdx.x] || (ov == bv[threadIdx.x] && oi < bi[threadIdx.x])) {
+        bv[threadIdx.x] = ov;
+        bi[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = bi[0] == 0x7fffffff ? 0 : bi[0];
+}
+
 unsigned blocks_for(size_t count, int threads) { return (unsigned)((count + threads - 1) / threads); }
 
 }  // namespace
@@ -97,6 +126,11 @@ void embed(const WeightView& table, const int32_t* ids, int n, float* out, cudaS
     default: throw std::invalid_argument("CUDA embed: unsupported table type");
   }
   LLMRT_CUDA_LAUNCHED("embed");
+}
+
+void argmax(const float* x, int rows, int cols, int32_t* out, cudaStream_t stream) {
+  argmax_kernel<<<rows, 256, 0, stream>>>(x, cols, out);
+  LLMRT_CUDA_LAUNCHED("argmax");
 }
 
 void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y,

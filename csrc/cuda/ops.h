@@ -20,6 +20,8 @@ void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t s
 bool matmul_supported(DType t);
 
 // ---- elementwise.cu ----
+// out[r] = first index of the largest of row r of x (rows, cols)
+void argmax(const float* x, int rows, int cols, int32_t* out, cudaStream_t stream);
 void embed(const WeightView& table, const int32_t* ids, int n, float* out, cudaStream_t stream);
 void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y,
              cudaStream_t stream);

@@ -134,7 +134,8 @@ void LlamaModel::forward(int seq, const int32_t* tokens, int n, bool all_logits,
   forward_batch(&e, 1, logits);
 }
 
-void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logits) {
+void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logits,
+                               int32_t* greedy) {
   if (count <= 0) throw std::invalid_argument("forward: no sequences");
   std::vector<int> past(count);
   for (int i = 0; i < count; ++i) {
@@ -156,7 +157,7 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logi
                                 std::to_string(t) + " is outside the vocabulary (size " +
                                 std::to_string(cfg_.n_vocab) + ")" + which);
   }
-  if (!logits && logit_rows(entries, count) > 0)
+  if (!logits && !greedy && logit_rows(entries, count) > 0)
     throw std::invalid_argument("forward: logits wanted but no buffer given");
   // blocks for every new position (or KVCacheFull, with nothing changed)
   int appended = 0;
@@ -187,14 +188,18 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logi
       }
     }
     const int cap = kChunk + count - 1;
-    float* out = logits;
+    float* out = greedy ? nullptr : logits;
+    int32_t* ids = greedy;
     for (size_t i = 0; i < segs.size();) {
       size_t j = i;
       int rows = 0;
       while (j < segs.size() && (j == i || rows + segs[j].n <= cap)) rows += segs[j++].n;
-      forward_pass(segs.data() + i, (int)(j - i), out);
-      for (size_t k = i; k < j; ++k)
-        if (out) out += (size_t)(segs[k].n - segs[k].first_logit) * cfg_.n_vocab;
+      forward_pass(segs.data() + i, (int)(j - i), out, ids);
+      for (size_t k = i; k < j; ++k) {
+        const int wanted = segs[k].n - segs[k].first_logit;
+        if (out) out += (size_t)wanted * cfg_.n_vocab;
+        if (ids) ids += wanted;
+      }
       i = j;
     }
   } catch (...) {
@@ -208,7 +213,7 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logi
 }
 
 // One pass over the weights for the rows of every segment, end to end.
-void LlamaModel::forward_pass(const Segment* segs, int count, float* logits) {
+void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int32_t* greedy) {
   int n = 0;
   for (int i = 0; i < count; ++i) n += segs[i].n;
   ensure_scratch(n);
@@ -248,7 +253,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits) {
   for (int i = 0; i < count; ++i) rows += segs[i].n - segs[i].first_logit;
   const bool host = be.host_memory();
   float* head_out = logits;
-  if (!host && rows > 0) {
+  if ((!host || greedy) && rows > 0) {
     if (s.logits_cap < (size_t)rows * c.n_vocab) {
       be.forget_graphs();
       if (s.logits) be.free_floats(s.logits);
@@ -328,7 +333,12 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits) {
     be.run_graph(n, body);
   else
     body();
-  if (!host && rows > 0) be.download(logits, s.logits, (size_t)rows * c.n_vocab);
+  if (rows > 0) {
+    if (greedy)
+      be.argmax(s.logits, rows, c.n_vocab, greedy);
+    else if (!host)
+      be.download(logits, s.logits, (size_t)rows * c.n_vocab);
+  }
 }
 
 }  // namespace llmrt

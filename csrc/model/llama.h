@@ -96,7 +96,10 @@ class LlamaModel {
   // would otherwise run alone (one-token steps use the matrix-vector kernels).
   // Checks everything before changing anything; on an error every sequence
   // is left as it was (KVCacheFull included).
-  void forward_batch(const BatchEntry* entries, int count, float* logits);
+  // With `greedy` given, the wanted rows' argmax token ids go there instead
+  // (logits may then be null): the logits never leave the backend.
+  void forward_batch(const BatchEntry* entries, int count, float* logits,
+                     int32_t* greedy = nullptr);
   // Rows forward_batch writes to logits.
   static int64_t logit_rows(const BatchEntry* entries, int count);
 
@@ -112,7 +115,7 @@ class LlamaModel {
  private:
   struct Scratch;
   struct Segment;  // up to kChunk tokens of one entry
-  void forward_pass(const Segment* segs, int count, float* logits);
+  void forward_pass(const Segment* segs, int count, float* logits, int32_t* greedy);
   void ensure_scratch(int n);
 
   LlamaConfig cfg_;

@@ -647,7 +647,10 @@ class _Batch:
                     entries.append((s.seq, np.asarray(s.run.prompt[s.pos:s.pos + c], np.int32),
                                     "last" if last else "none"))
                     owners.append((s, c))
-                logits = nat.forward_batch(entries)
+                # all plain greedy: only the argmax token ids come back
+                greedy = all(s.run.plain_greedy for s, c in owners
+                             if not c or s.pos + c == len(s.run.prompt))
+                out = nat.forward_batch(entries, greedy)
                 row = 0
                 finished = []
                 for s, c in owners:
@@ -657,10 +660,9 @@ class _Batch:
                         if s.pos < len(run.prompt):
                             continue
                         run.t_prompt = time.perf_counter()
-                    lg = logits[row]
                     row += 1
                     run.forwards += 1
-                    tok = run.choose(lg)
+                    tok = int(out[row - 1]) if greedy else run.choose(out[row - 1])
                     piece = run.emit(tok)
                     if piece:
                         yield s.i, piece
@@ -699,6 +701,10 @@ class _Run:
                                        prompt_tokens=len(prompt),
                                        logprobs=[] if p.logprobs is not None else None)
         self.greedy = (p.temperature == 0 or p.top_k == 1) and not p.mirostat_mode
+        # greedy with nothing that reshapes the logits first: the argmax can be
+        # taken where the logits are (they need not come back to Python)
+        self.plain_greedy = (self.greedy and not p.uses_penalties and not p.logit_bias and
+                             not p.min_new_tokens and p.logprobs is None)
         # tokens so far, for the penalties and the prompt lookup
         self.hist = np.zeros(len(prompt) + p.max_new_tokens + 1, np.int32)
         self.hist[:len(prompt)] = prompt
@@ -807,15 +813,19 @@ class _Run:
         self.t_prompt = time.perf_counter()
         try:
             if self.draft is None:
+                tok = self.choose(logits)
                 while True:
-                    tok = self.choose(logits)
                     piece = self.emit(tok)
                     if piece:
                         yield piece
                     if self.done:
                         break
                     self.forwards += 1
-                    logits = m._step(tok, seq)
+                    if self.plain_greedy:
+                        tok = int(m._native.forward_batch(
+                            [(seq, np.asarray([tok], np.int32), "last")], True)[0])
+                    else:
+                        tok = self.choose(m._step(tok, seq))
             else:
                 yield from self._speculate(seq, logits)
         finally:
