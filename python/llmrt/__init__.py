@@ -7,12 +7,27 @@
 
 from . import _core
 from .errors import GGUFError, KVCacheFullError, UnsupportedModelError
-from .model import (BatchStream, Beam, GenerationResult, Model, TextStream, TokenLogprob, default_model_path,
+from .model import (BatchStream, Beam, GenerationResult, Model, PerplexityResult, TextStream, TokenLogprob, default_model_path,
                     physical_cores)
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 
 __version__ = _core.build_info()["version"]
+
+
+def perplexity(model: "Model | str", text: str, window: int = 512,
+               max_windows: int | None = None, progress: bool | None = None):
+    """Perplexity of a text under a model (a Model or a GGUF path); see
+    Model.perplexity."""
+    m = model if isinstance(model, Model) else Model(model, context_length=max(window, 16))
+    return m.perplexity(text, window=window, max_windows=max_windows, progress=progress)
+
+
+def quantize(src: str, dst: str, type: str, progress: bool | None = None) -> dict:
+    """Requantize a GGUF model file to `type` (f32, f16, bf16, q8_0, q4_0,
+    q4_1, q4_k, q6_k); returns the type chosen per tensor."""
+    from .quantization import quantize_file
+    return quantize_file(src, dst, type, progress=progress)
 
 
 def build_info() -> dict:
@@ -30,7 +45,7 @@ def cuda_available() -> bool:
 
 
 __all__ = [
-    "Model", "SamplingParams", "GenerationResult", "TokenLogprob", "Beam", "TextStream", "BatchStream", "Tokenizer", "GGUFError", "UnsupportedModelError",
+    "Model", "SamplingParams", "GenerationResult", "TokenLogprob", "Beam", "TextStream", "BatchStream", "PerplexityResult", "perplexity", "quantize", "Tokenizer", "GGUFError", "UnsupportedModelError",
     "KVCacheFullError",
     "default_model_path", "build_info", "cuda_available", "physical_cores", "__version__",
 ]

@@ -1,4 +1,5 @@
-"""Command line: ``llmrt generate "prompt"``, ``llmrt chat``, ``llmrt info``."""
+"""Command line: ``llmrt generate "prompt"``, ``llmrt chat``, ``llmrt info``,
+``llmrt quantize``, ``llmrt perplexity``, ``llmrt convert``."""
 
 from __future__ import annotations
 
@@ -72,12 +73,33 @@ def main(argv: list[str] | None = None) -> int:
     _sampling_args(c, 256)
     i = sub.add_parser("info", help="build and model information")
     i.add_argument("--model", "-m")
+    from .quantization import TYPES
+    q = sub.add_parser("quantize", help="requantize a GGUF model")
+    q.add_argument("input")
+    q.add_argument("output")
+    q.add_argument("--type", required=True, choices=sorted(TYPES))
+    pp = sub.add_parser("perplexity", help="perplexity of a text file under a model")
+    pp.add_argument("model")
+    pp.add_argument("--file", "-f", required=True, help="UTF-8 text")
+    pp.add_argument("--window", type=int, default=512, help="tokens per window (default 512)")
+    pp.add_argument("--max-windows", type=int, default=None)
+    pp.add_argument("--threads", "-t", type=int, default=None)
+    cv = sub.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF")
+    cv.add_argument("hf_dir")
+    cv.add_argument("--output", "-o", required=True)
+    cv.add_argument("--type", default="f16", choices=sorted(TYPES))
     a = ap.parse_args(argv)
 
     from .errors import GGUFError
     try:
         if a.cmd == "info":
             return _info(a)
+        if a.cmd == "quantize":
+            return _quantize(a)
+        if a.cmd == "perplexity":
+            return _perplexity(a)
+        if a.cmd == "convert":
+            return _convert(a)
         model = _load(a)
         if a.cmd == "generate":
             return _generate(model, a)
@@ -148,4 +170,36 @@ def _info(a) -> int:
         print(f"model: {Model(a.model)!r}")
     except FileNotFoundError as e:
         print(f"model: {e}")
+    return 0
+
+
+def _quantize(a) -> int:
+    import os
+    from .quantization import quantize_file
+    chosen = quantize_file(a.input, a.output, a.type, progress=None)
+    kinds = {}
+    for t in chosen.values():
+        kinds[t] = kinds.get(t, 0) + 1
+    print(f"wrote {a.output} ({os.path.getsize(a.output) / 1e6:.1f} MB): "
+          + ", ".join(f"{n} x {t}" for t, n in sorted(kinds.items())))
+    return 0
+
+
+def _perplexity(a) -> int:
+    from .model import Model
+    with open(a.file, encoding="utf-8") as f:
+        text = f.read()
+    m = Model(a.model, threads=a.threads, context_length=max(a.window, 16))
+    r = m.perplexity(text, window=a.window, max_windows=a.max_windows)
+    print(f"perplexity {r.perplexity:.4f} (mean NLL {r.nll:.4f} nats) over {r.tokens} tokens: "
+          f"{r.windows} windows of {r.window}, second halves scored; {r.seconds:.1f} s")
+    return 0
+
+
+def _convert(a) -> int:
+    import os
+    from .convert import convert
+    info = convert(a.hf_dir, a.output, a.type, progress=None)
+    print(f"wrote {a.output} ({os.path.getsize(a.output) / 1e6:.1f} MB): {info['arch']}, "
+          f"{info['tensors']} tensors, vocabulary {info['vocab']}")
     return 0

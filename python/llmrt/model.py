@@ -90,6 +90,16 @@ def kv_bytes_per_token(cfg: dict, dtype: str) -> int:
     return int(2 * cfg["n_layer"] * kvd * KV_DTYPES[dtype])
 
 
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    nll: float        # mean negative log-likelihood per scored token (nats)
+    tokens: int       # tokens scored
+    windows: int
+    window: int
+    seconds: float
+
+
 class Model:
     """A GGUF language model (llama / qwen2 family) run by llmrt's native kernels.
 
@@ -263,6 +273,57 @@ class Model:
             return self._native.forward(arr, -1, True, seq)
         finally:
             self._release(seq)
+
+    def perplexity(self, text: str | Sequence[int], window: int = 512,
+                   max_windows: int | None = None, progress: bool | None = None
+                   ) -> "PerplexityResult":
+        """Perplexity of a text (or token ids) under the model, as llama.cpp's
+        perplexity tool measures it: the tokens are cut into consecutive
+        windows of `window` tokens (a shorter rest is dropped), each window
+        runs as a fresh sequence (its first token replaced by BOS when the
+        vocabulary adds one), and the second half of each window is scored:
+        exp of the mean negative log-likelihood of each token given the ones
+        before it in its window."""
+        from .quantization import Progress
+        if not isinstance(window, int) or isinstance(window, bool) or window < 4:
+            raise ValueError(f"window must be an integer of at least 4 tokens, got {window!r}")
+        if window > self.context_length:
+            raise ValueError(f"window {window} exceeds the context length {self.context_length}")
+        if isinstance(text, str):
+            ids = self.tokenize(text, add_special=False)
+        else:
+            arr = np.asarray(list(text))
+            if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+                raise ValueError("text must be a string or a 1-D sequence of token ids")
+            if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+                raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+            ids = arr.tolist()
+        n_win = len(ids) // window
+        if max_windows is not None:
+            n_win = min(n_win, max_windows)
+        if n_win < 1:
+            raise ValueError(f"the text is {len(ids)} tokens: perplexity needs at least one "
+                             f"window of {window}")
+        bos = self.tokenizer.bos_id if self.tokenizer.add_bos else None
+        first = window // 2
+        nll, count = 0.0, 0
+        bar = Progress(n_win, "perplexity", progress)
+        t0 = time.perf_counter()
+        for w in range(n_win):
+            chunk = list(ids[w * window:(w + 1) * window])
+            if bos is not None:
+                chunk[0] = bos
+            lg = self.logits(chunk)[first:-1].astype(np.float64)
+            target = np.asarray(chunk[first + 1:])
+            mx = lg.max(axis=1)
+            lse = mx + np.log(np.exp(lg - mx[:, None]).sum(axis=1))
+            nll += float((lse - lg[np.arange(len(target)), target]).sum())
+            count += len(target)
+            bar.update(1, f"ppl {np.exp(nll / count):.4f}")
+        bar.close()
+        return PerplexityResult(perplexity=float(np.exp(nll / count)), nll=nll / count,
+                                tokens=count, windows=n_win, window=window,
+                                seconds=time.perf_counter() - t0)
 
     # Sequences of the KV cache this model's generations use. A generation
     # releases its own when it ends; a new generate() also releases those of

@@ -1,0 +1,235 @@
+"""Quantization to the GGUF block formats llmrt runs, and requantization of
+GGUF files: ``llmrt quantize in.gguf out.gguf --type q4_k``.
+
+Encoders for F16, BF16, Q8_0, Q4_0 and Q4_1 are gguf-py's; Q4_K and Q6_K are
+written here from the block layouts (llmrt/csrc/core/dtype.h): per 256-weight
+super-block, 6-bit (Q4_K) or 8-bit (Q6_K) sub-block scales relative to a
+half-precision super-block scale, each sub-block's scale chosen from its
+range, and the weights rounded with the scales as stored.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+# name -> (GGML type name, weights per block, bytes per block)
+TYPES = {
+    "f32": ("F32", 1, 4), "f16": ("F16", 1, 2), "bf16": ("BF16", 1, 2),
+    "q8_0": ("Q8_0", 32, 34), "q4_0": ("Q4_0", 32, 18), "q4_1": ("Q4_1", 32, 20),
+    "q4_k": ("Q4_K", 256, 144), "q6_k": ("Q6_K", 256, 210),
+}
+# llama.cpp's general.file_type values ("mostly" this type)
+_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q4_k": 15, "q6_k": 18,
+              "bf16": 32}
+
+
+def _f16(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float16)
+
+
+def _q6_k(x: np.ndarray) -> np.ndarray:
+    """(rows, cols) float32, cols % 256 == 0 -> (rows, cols / 256 * 210) uint8."""
+    rows, cols = x.shape
+    b = x.reshape(-1, 256).astype(np.float32)               # super-blocks
+    sub = b.reshape(-1, 16, 16)                             # 16 sub-blocks of 16
+    amax = np.abs(sub).max(axis=2)                          # (nb, 16)
+    # q - 32 in [-32, 31]: the sub-block's largest magnitude maps to 31
+    scale = amax / 31.0
+    d = scale.max(axis=1) / 127.0                           # super-block scale
+    d16 = d.astype(np.float16)
+    d = d16.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, np.rint(scale / d[:, None]), 0)
+    sc = np.clip(sc, -128, 127).astype(np.int8)
+    eff = d[:, None] * sc.astype(np.float32)                # (nb, 16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(eff[:, :, None] > 0, np.rint(sub / eff[:, :, None]), 0)
+    q = (np.clip(q, -32, 31) + 32).astype(np.uint8).reshape(-1, 2, 4, 32)  # [h][k][l]
+    lo, hi = q & 0x0F, q >> 4
+    ql = (lo[:, :, 0:2, :] | (lo[:, :, 2:4, :] << 4)).reshape(-1, 128)     # [h][k&1][l]
+    qh = (hi[:, :, 0] | (hi[:, :, 1] << 2) | (hi[:, :, 2] << 4) | (hi[:, :, 3] << 6))
+    out = np.concatenate([ql, qh.reshape(-1, 64), sc.view(np.uint8),
+                          d16.view(np.uint8).reshape(-1, 2)], axis=1)
+    return out.reshape(rows, -1)
+
+
+def _q4_k(x: np.ndarray) -> np.ndarray:
+    """(rows, cols) float32, cols % 256 == 0 -> (rows, cols / 256 * 144) uint8."""
+    rows, cols = x.shape
+    sub = x.reshape(-1, 8, 32).astype(np.float32)           # 8 sub-blocks of 32
+    lo_v = np.minimum(sub.min(axis=2), 0.0)                 # w = s q - m, q in [0, 15]
+    mn = -lo_v                                              # m >= 0
+    scale = (sub.max(axis=2) + mn) / 15.0
+    d = scale.max(axis=1) / 63.0
+    dmin = mn.max(axis=1) / 63.0
+    d16, dmin16 = d.astype(np.float16), dmin.astype(np.float16)
+    d, dmin = d16.astype(np.float32), dmin16.astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d[:, None] > 0, np.rint(scale / d[:, None]), 0)
+        m = np.where(dmin[:, None] > 0, np.rint(mn / dmin[:, None]), 0)
+    sc = np.clip(sc, 0, 63).astype(np.uint8)
+    m = np.clip(m, 0, 63).astype(np.uint8)
+    s_eff = d[:, None] * sc
+    m_eff = dmin[:, None] * m
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(s_eff[:, :, None] > 0,
+                     np.rint((sub + m_eff[:, :, None]) / s_eff[:, :, None]), 0)
+    q = np.clip(q, 0, 15).astype(np.uint8).reshape(-1, 4, 2, 32)  # [pair][j & 1][l]
+    qs = (q[:, :, 0, :] | (q[:, :, 1, :] << 4)).reshape(-1, 128)
+    # 12 scale bytes: sub-blocks 0-3 in the low 6 bits of bytes 0-3 (scales)
+    # and 4-7 (mins); 4-7 in bytes 8-11 (low nibble scale, high nibble min)
+    # with their top 2 bits in the top bits of bytes 0-3 / 4-7
+    packed = np.empty((sc.shape[0], 12), np.uint8)
+    packed[:, 0:4] = sc[:, 0:4] | ((sc[:, 4:8] >> 4) << 6)
+    packed[:, 4:8] = m[:, 0:4] | ((m[:, 4:8] >> 4) << 6)
+    packed[:, 8:12] = (sc[:, 4:8] & 0x0F) | ((m[:, 4:8] & 0x0F) << 4)
+    out = np.concatenate([d16.view(np.uint8).reshape(-1, 2), dmin16.view(np.uint8).reshape(-1, 2),
+                          packed, qs], axis=1)
+    return out.reshape(rows, -1)
+
+
+def quantize_array(x: np.ndarray, type_name: str) -> np.ndarray:
+    """A float matrix (rows, cols) in a GGUF type: float16 / float32 arrays
+    for f16 / f32, else uint8 (rows, row bytes)."""
+    from gguf import GGMLQuantizationType as QT
+    from gguf.quants import quantize
+    if type_name not in TYPES:
+        raise ValueError(f"unknown type {type_name!r}; one of {', '.join(TYPES)}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    per = TYPES[type_name][1]
+    if x.shape[-1] % per:
+        raise ValueError(f"{type_name}: rows of {x.shape[-1]} values are not whole "
+                         f"{per}-value blocks")
+    if type_name == "f32":
+        return x
+    if type_name == "f16":
+        return _f16(x)
+    if type_name == "q4_k":
+        return _q4_k(x)
+    if type_name == "q6_k":
+        return _q6_k(x)
+    return np.asarray(quantize(x, QT[TYPES[type_name][0]]))
+
+
+def dequantize_array(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A GGUF tensor's data -> float32 of the given numpy shape."""
+    from gguf.quants import dequantize
+    return np.asarray(dequantize(np.asarray(raw), ggml_type), np.float32).reshape(shape)
+
+
+def tensor_type(name: str, shape: tuple[int, ...], target: str, tied: bool) -> str:
+    """The type a tensor gets when a model is quantized to `target`: norms,
+    biases and other vectors stay float32; the output head (and a tied
+    embedding, which is also the head) and the token embedding keep more
+    precision than 4-bit targets (Q6_K under a K target, Q8_0 otherwise);
+    rows that are not whole blocks of the type fall back to a type whose
+    blocks fit (K types: Q4_1 for q4_k, Q8_0 for q6_k)."""
+    if len(shape) < 2:
+        return "f32"
+    cols = shape[-1]
+    t = target
+    is_head = name == "output.weight" or (tied and name == "token_embd.weight")
+    if name == "token_embd.weight" or is_head:
+        if target in ("q4_0", "q4_1"):
+            t = "q8_0"
+        elif target == "q4_k":
+            t = "q6_k"
+    if cols % TYPES[t][1]:
+        t = {"q4_k": "q4_1", "q6_k": "q8_0"}.get(t, t)
+        if cols % TYPES[t][1]:
+            t = "f16"
+    return t
+
+
+class Progress:
+    """A one-line progress bar on stderr (when it is a terminal or forced)."""
+
+    def __init__(self, total: int, what: str, enabled: bool | None = None):
+        self.total, self.what, self.done = max(total, 1), what, 0
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = time.perf_counter()
+
+    def update(self, n: int = 1, note: str = "") -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        f = min(self.done / self.total, 1.0)
+        bar = "#" * int(30 * f) + "-" * (30 - int(30 * f))
+        sys.stderr.write(f"\r{self.what} [{bar}] {100 * f:5.1f}% "
+                         f"{time.perf_counter() - self.t0:6.1f}s {note[:40]:40s}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def copy_metadata(reader, writer, skip: Callable[[str], bool] = lambda k: False) -> None:
+    """Every key of a GGUF reader into a writer (architecture and the
+    GGUF.* bookkeeping excepted: the writer adds its own)."""
+    from gguf import GGUFValueType
+    for name, f in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or skip(name):
+            continue
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(name, f.contents(), vtype, sub_type=sub)
+
+
+def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name: str,
+                  progress: bool | None = None) -> dict[str, str]:
+    """Requantize a GGUF model: every matrix dequantized from its stored type
+    and encoded in `type_name` (with the exceptions of tensor_type); returns
+    the type chosen per tensor."""
+    from gguf import GGMLQuantizationType as QT
+    from gguf import GGUFReader, GGUFWriter
+    from .errors import GGUFError
+    if type_name not in TYPES:
+        raise ValueError(f"--type must be one of {', '.join(TYPES)}, got {type_name!r}")
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.abspath(src) == os.path.abspath(dst):
+        raise ValueError("the output file must differ from the input file")
+    try:
+        r = GGUFReader(src)
+    except Exception as e:  # noqa: BLE001 - any parse failure of the input
+        raise GGUFError(f"{src}: not a readable GGUF file ({e})") from None
+    arch = r.fields["general.architecture"].contents()
+    names = {t.name for t in r.tensors}
+    tied = "output.weight" not in names
+    w = GGUFWriter(dst, arch)
+    copy_metadata(r, w, skip=lambda k: k == "general.file_type")
+    w.add_file_type(_FILE_TYPE[type_name])
+    chosen = {}
+    bar = Progress(sum(int(t.n_elements) for t in r.tensors), f"quantize {type_name}", progress)
+    for t in r.tensors:
+        shape = tuple(int(x) for x in reversed(t.shape))  # numpy order
+        x = dequantize_array(t.data, t.tensor_type, shape)
+        tt = tensor_type(t.name, shape, type_name, tied)
+        chosen[t.name] = tt
+        if tt == "f32":
+            w.add_tensor(t.name, x.astype(np.float32))
+        elif tt == "f16":
+            w.add_tensor(t.name, x.astype(np.float16))
+        else:
+            rows = int(np.prod(shape[:-1]))
+            enc = quantize_array(x.reshape(rows, shape[-1]), tt)
+            if tt == "bf16":
+                w.add_tensor(t.name, enc, raw_dtype=QT.BF16)
+            else:
+                enc = enc.reshape(*shape[:-1], -1)
+                w.add_tensor(t.name, np.ascontiguousarray(enc), raw_dtype=QT[TYPES[tt][0]])
+        bar.update(int(t.n_elements), t.name)
+    bar.close()
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return chosen
