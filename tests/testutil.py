@@ -113,7 +113,8 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
                 n_ff: int = 96, head_dim: int | None = None, tied: bool = True,
                 extra_tokens: int = 0, ctx: int = 512, rope_base: float = 10000.0,
                 seed: int = 0, tokenizer: str = "bpe", spm_vocab=None,
-                bias: bool | None = None, norm_type: str = "F32"):
+                bias: bool | None = None, norm_type: str = "F32", n_expert: int = 0,
+                n_expert_used: int = 2):
     """Write a random model; returns (reference weights float64 dict, config dict).
 
     The reference weights are the dequantized values actually stored, so the
@@ -139,6 +140,9 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
         w.add_key_length(hd)
         w.add_value_length(hd)
     w.add_rope_dimension_count(hd)
+    if n_expert:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_expert_used)
     if tokenizer == "bpe":
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("default")
@@ -199,9 +203,25 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
             vec(p + "attn_v.bias", n_head_kv * hd, 0.0, 0.1)
         mat(p + "attn_output.weight", n_embd, n_head * hd, wtype, 1.0 / np.sqrt(n_head * hd))
         vec(p + "ffn_norm.weight", n_embd, 1.0, 0.1)
-        mat(p + "ffn_gate.weight", n_ff, n_embd, wtype, s_in)
-        mat(p + "ffn_up.weight", n_ff, n_embd, wtype, s_in)
-        mat(p + "ffn_down.weight", n_embd, n_ff, wtype, 1.0 / np.sqrt(n_ff))
+        if n_expert:  # Mixtral layout: a router and (E, rows, cols) expert tensors
+            mat(p + "ffn_gate_inp.weight", n_expert, n_embd, "F32", 1.0)
+            for name, rows, cols, sc in (("ffn_gate_exps", n_ff, n_embd, s_in),
+                                         ("ffn_up_exps", n_ff, n_embd, s_in),
+                                         ("ffn_down_exps", n_embd, n_ff, 1.0 / np.sqrt(n_ff))):
+                x3 = (rng.standard_normal((n_expert, rows, cols)) * sc).astype(np.float32)
+                enc = np.stack([np.asarray(encode_tensor(x3[e], wtype)) for e in range(n_expert)])
+                if wtype in ("F32", "F16"):
+                    w.add_tensor(p + name + ".weight", enc)
+                else:
+                    w.add_tensor(p + name + ".weight", np.ascontiguousarray(enc),
+                                 raw_dtype=QT[wtype])
+                ref[p + name + ".weight"] = np.stack([
+                    dequantize_ref(np.asarray(enc[e]).view(np.uint8), wtype, rows, cols)
+                    for e in range(n_expert)])
+        else:
+            mat(p + "ffn_gate.weight", n_ff, n_embd, wtype, s_in)
+            mat(p + "ffn_up.weight", n_ff, n_embd, wtype, s_in)
+            mat(p + "ffn_down.weight", n_embd, n_ff, wtype, 1.0 / np.sqrt(n_ff))
     vec("output_norm.weight", n_embd, 1.0, 0.1)
     if not tied:
         mat("output.weight", V, n_embd, wtype, s_in)
@@ -210,7 +230,8 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
     w.write_tensors_to_file()
     w.close()
     cfg = dict(arch=arch, n_vocab=V, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
-               n_head_kv=n_head_kv, head_dim=hd, n_ff=n_ff, rope_base=rope_base, eps=1e-5)
+               n_head_kv=n_head_kv, head_dim=hd, n_ff=n_ff, rope_base=rope_base, eps=1e-5,
+               n_expert=n_expert, n_expert_used=n_expert_used)
     return ref, cfg
 
 
@@ -281,10 +302,10 @@ def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None,
     kv_dtype rounds keys and values as a KV cache of that type stores them."""
     types = types or {}
 
-    def mm(h, name):
+    def mm(h, name, w=None):
         if types.get(name) in INT8_TYPES:
             h = quantize_act_ref(h)
-        return h @ W[name].T
+        return h @ (W[name] if w is None else w).T
 
     tokens = np.asarray(tokens)
     n = len(tokens)
@@ -313,9 +334,32 @@ def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None,
             out[:, head] = s @ v[:, g]
         x = x + mm(out.reshape(n, H * hd), p + "attn_output.weight")
         h = _rmsnorm(x, W[p + "ffn_norm.weight"], cfg["eps"])
-        gate = mm(h, p + "ffn_gate.weight")
-        up = mm(h, p + "ffn_up.weight")
-        x = x + mm(gate / (1 + np.exp(-gate)) * up, p + "ffn_down.weight")
+        if cfg.get("n_expert"):
+            x = x + _moe_ref(W, p, h, cfg["n_expert_used"], mm)
+        else:
+            gate = mm(h, p + "ffn_gate.weight")
+            up = mm(h, p + "ffn_up.weight")
+            x = x + mm(gate / (1 + np.exp(-gate)) * up, p + "ffn_down.weight")
     x = _rmsnorm(x, W["output_norm.weight"], cfg["eps"])
     head = "output.weight" if "output.weight" in W else "token_embd.weight"
     return mm(x, head)
+
+
+def _moe_ref(W: dict, p: str, h: np.ndarray, k: int, mm) -> np.ndarray:
+    """Mixtral's sparse FFN: softmax over the router's logits, the k largest
+    kept and renormalised, the chosen experts' SwiGLU FFNs mixed."""
+    logits = mm(h, p + "ffn_gate_inp.weight")
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    out = np.zeros_like(h)
+    for t in range(len(h)):
+        top = np.argsort(-probs[t], kind="stable")[:k]
+        w = probs[t, top] / probs[t, top].sum()
+        for e, we in zip(top, w):
+            ht = h[t:t + 1]
+            g = mm(ht, p + "ffn_gate_exps.weight", W[p + "ffn_gate_exps.weight"][e])
+            u = mm(ht, p + "ffn_up_exps.weight", W[p + "ffn_up_exps.weight"][e])
+            a = g / (1 + np.exp(-g)) * u
+            out[t] += we * mm(a, p + "ffn_down_exps.weight", W[p + "ffn_down_exps.weight"][e])[0]
+    return out
+

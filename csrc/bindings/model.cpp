@@ -51,6 +51,8 @@ class PyLlamaModel {
     c.rope.freq_base = getf("rope_freq_base", 10000.f);
     c.rope.pos_scale = getf("rope_pos_scale", 1.f);
     c.rope.neox = config.contains("rope_neox") && config["rope_neox"].cast<bool>();
+    c.n_expert = config.contains("n_expert") ? config["n_expert"].cast<int>() : 0;
+    c.n_expert_used = config.contains("n_expert_used") ? config["n_expert_used"].cast<int>() : 0;
     for (int v : {c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.n_ctx})
       if (v <= 0) throw py::value_error("config values must be positive");
 
@@ -96,9 +98,31 @@ class PyLlamaModel {
       L.bk = vec(p + "attn_k.bias", kvd, false);
       L.bv = vec(p + "attn_v.bias", kvd, false);
       L.ffn_norm = vec(p + "ffn_norm.weight", c.n_embd, true);
-      L.w_gate = view(p + "ffn_gate.weight", true);
-      L.w_up = view(p + "ffn_up.weight", true);
-      L.w_down = view(p + "ffn_down.weight", true);
+      if (c.n_expert > 0) {
+        L.router = view(p + "ffn_gate_inp.weight", true);
+        // (n_expert, rows, cols) tensors: one view per expert
+        auto experts = [&](const std::string& name, std::vector<WeightView>& out) {
+          const WeightView all = view(name, true);
+          names_.erase(all.data);  // slices: the tensor's pages stay mapped
+          if (all.rows % c.n_expert != 0)
+            throw py::value_error("tensor '" + name + "' does not split into " +
+                                  std::to_string(c.n_expert) + " experts");
+          const int64_t rows = all.rows / c.n_expert;
+          for (int e = 0; e < c.n_expert; ++e) {
+            WeightView v = all;
+            v.rows = rows;
+            v.data = all.data + (size_t)e * rows * all.row_stride();
+            out.push_back(v);
+          }
+        };
+        experts(p + "ffn_gate_exps.weight", L.e_gate);
+        experts(p + "ffn_up_exps.weight", L.e_up);
+        experts(p + "ffn_down_exps.weight", L.e_down);
+      } else {
+        L.w_gate = view(p + "ffn_gate.weight", true);
+        L.w_up = view(p + "ffn_up.weight", true);
+        L.w_down = view(p + "ffn_down.weight", true);
+      }
       w.layers.push_back(L);
     }
     CacheOptions co;

@@ -106,6 +106,13 @@ class Backend {
   virtual void add_bias(float* y, const float* bias, int n, int dim) = 0;
   // y += x, count elements.
   virtual void add(float* y, const float* x, size_t count) = 0;
+  // dst row i = src row rows[i], i < count (rows: host memory).
+  virtual void gather_rows(float* dst, const float* src, const int32_t* rows, int count,
+                           int dim) = 0;
+  // dst row rows[i] += weights[i] * src row i, i < count (rows, weights:
+  // host memory; rows distinct).
+  virtual void scatter_add_rows(float* dst, const float* src, const int32_t* rows,
+                                const float* weights, int count, int dim) = 0;
   // gate = silu(gate) * up, count elements.
   virtual void swiglu(float* gate, const float* up, size_t count) = 0;
   // Rotates x (n, n_heads, head_dim) in place; row t is at position pos[t]

@@ -62,6 +62,16 @@ class CpuBackend final : public Backend {
   }
   void add_bias(float* y, const float* b, int n, int dim) override { cpu::add_bias(y, b, n, dim); }
   void add(float* y, const float* x, size_t count) override { cpu::add(y, x, count); }
+  void gather_rows(float* dst, const float* src, const int32_t* rows, int count,
+                   int dim) override {
+    for (int i = 0; i < count; ++i)
+      std::memcpy(dst + (size_t)i * dim, src + (size_t)rows[i] * dim, sizeof(float) * dim);
+  }
+  void scatter_add_rows(float* dst, const float* src, const int32_t* rows, const float* weights,
+                        int count, int dim) override {
+    for (int i = 0; i < count; ++i) k_.axpy(weights[i], src + (size_t)i * dim,
+                                            dst + (size_t)rows[i] * dim, dim);
+  }
   void swiglu(float* g, const float* u, size_t count) override { cpu::swiglu(pool_, k_, g, u, count); }
   void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
             const RopeParams& p) override {

@@ -106,6 +106,8 @@ class CudaBackend : public Backend {
     forget_graphs();
     pass_.release();
     if (argmax_dev_) cudaFree(argmax_dev_);
+    for (int32_t* p : small_)
+      if (p) cudaFree(p);
     for (void* p : owned_) cudaFree(p);
     cudaStreamDestroy(stream_);
   }
@@ -253,6 +255,19 @@ class CudaBackend : public Backend {
   void swiglu(float* g, const float* u, size_t count) override {
     cuda::swiglu(g, u, count, stream_);
   }
+  // mixture of experts: the routing comes from the host (no graph is
+  // captured for such models)
+  void gather_rows(float* dst, const float* src, const int32_t* rows, int count,
+                   int dim) override {
+    cuda::gather_rows(dst, src, upload_small(rows, count, 0), count, dim, stream_);
+  }
+  void scatter_add_rows(float* dst, const float* src, const int32_t* rows, const float* weights,
+                        int count, int dim) override {
+    const int32_t* r = upload_small(rows, count, 0);
+    const float* w = reinterpret_cast<const float*>(
+        upload_small(reinterpret_cast<const int32_t*>(weights), count, 1));
+    cuda::scatter_add_rows(dst, src, r, w, count, dim, stream_);
+  }
   void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
             const RopeParams& p) override {
     (void)pos;
@@ -284,6 +299,18 @@ class CudaBackend : public Backend {
   void check_pass(int n) const {
     if (n != pass_rows_)
       throw std::logic_error("CUDA backend: a pass's rows differ from begin_pass's");
+  }
+  // small host arrays into one of two reusable device buffers (slot 0 / 1),
+  // after the work that may still read them
+  const int32_t* upload_small(const int32_t* host, int n, int slot) {
+    LLMRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (small_cap_[slot] < n) {
+      if (small_[slot]) cudaFree(small_[slot]);
+      LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&small_[slot]), sizeof(int32_t) * n));
+      small_cap_[slot] = n;
+    }
+    LLMRT_CUDA_CHECK(cudaMemcpy(small_[slot], host, sizeof(int32_t) * n, cudaMemcpyHostToDevice));
+    return small_[slot];
   }
   uint8_t* upload_bytes(const uint8_t* host, size_t bytes) {
     void* p = nullptr;
@@ -333,6 +360,8 @@ class CudaBackend : public Backend {
   int pass_rows_ = -1;
   int32_t* argmax_dev_ = nullptr;
   int argmax_cap_ = 0;
+  int32_t* small_[2] = {nullptr, nullptr};
+  int small_cap_[2] = {0, 0};
   std::unordered_map<int, Graph> graphs_;
 };
 

@@ -71,6 +71,20 @@ __global__ void rope_kernel(float* x, int n_heads, int head_dim, const int32_t* 
   }
 }
 
+__global__ void gather_rows_kernel(float* dst, const float* src, const int32_t* rows, int dim) {
+  const float* s = src + (size_t)rows[blockIdx.x] * dim;
+  float* d = dst + (size_t)blockIdx.x * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) d[i] = s[i];
+}
+
+__global__ void scatter_add_rows_kernel(float* dst, const float* src, const int32_t* rows,
+                                        const float* w, int dim) {
+  float* d = dst + (size_t)rows[blockIdx.x] * dim;
+  const float* s = src + (size_t)blockIdx.x * dim;
+  const float a = w[blockIdx.x];
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) d[i] += a * s[i];
+}
+
 // one block of 256 threads per row; ties go to the first index
 __global__ void argmax_kernel(const float* __restrict__ x, int cols, int32_t* __restrict__ out) {
   __shared__ float bv[256];
@@ -126,6 +140,18 @@ void embed(const WeightView& table, const int32_t* ids, int n, float* out, cudaS
     default: throw std::invalid_argument("CUDA embed: unsupported table type");
   }
   LLMRT_CUDA_LAUNCHED("embed");
+}
+
+void gather_rows(float* dst, const float* src, const int32_t* rows, int count, int dim,
+                 cudaStream_t stream) {
+  gather_rows_kernel<<<count, 128, 0, stream>>>(dst, src, rows, dim);
+  LLMRT_CUDA_LAUNCHED("gather_rows");
+}
+
+void scatter_add_rows(float* dst, const float* src, const int32_t* rows, const float* weights,
+                      int count, int dim, cudaStream_t stream) {
+  scatter_add_rows_kernel<<<count, 128, 0, stream>>>(dst, src, rows, weights, dim);
+  LLMRT_CUDA_LAUNCHED("scatter_add_rows");
 }
 
 void argmax(const float* x, int rows, int cols, int32_t* out, cudaStream_t stream) {

@@ -28,6 +28,11 @@ void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y
 void add_bias(float* y, const float* bias, int n, int dim, cudaStream_t stream);
 void add(float* y, const float* x, size_t count, cudaStream_t stream);
 void swiglu(float* gate, const float* up, size_t count, cudaStream_t stream);
+// dst row i = src row rows[i]; dst row rows[i] += weights[i] * src row i
+void gather_rows(float* dst, const float* src, const int32_t* rows, int count, int dim,
+                 cudaStream_t stream);
+void scatter_add_rows(float* dst, const float* src, const int32_t* rows, const float* weights,
+                      int count, int dim, cudaStream_t stream);
 // inv_freq: (n_rot / 2) frequencies (already divided by any factors).
 void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, const float* inv_freq,
           int n_rot, float pos_scale, bool neox, cudaStream_t stream);

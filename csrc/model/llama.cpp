@@ -29,10 +29,12 @@ struct LlamaModel::Scratch {
         *att = nullptr, *gate = nullptr, *up = nullptr;
   float* logits = nullptr;  // device backends: the head's output before download
   size_t logits_cap = 0;
+  float *router = nullptr, *ex = nullptr, *ey = nullptr;  // mixture of experts
+  std::vector<float> router_host;
   std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
   std::vector<AttnSeq> attn;      // the pass's sequences, for attention
   ~Scratch() {
-    for (float* p : {x, xn, q, k, v, att, gate, up, logits})
+    for (float* p : {x, xn, q, k, v, att, gate, up, logits, router, ex, ey})
       if (p) be->free_floats(p);
   }
 };
@@ -68,12 +70,28 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
     check_view(L.wk, kvd, c.n_embd, p + "attn_k");
     check_view(L.wv, kvd, c.n_embd, p + "attn_v");
     check_view(L.wo, c.n_embd, qd, p + "attn_output");
-    check_view(L.w_gate, c.n_ff, c.n_embd, p + "ffn_gate");
-    check_view(L.w_up, c.n_ff, c.n_embd, p + "ffn_up");
-    check_view(L.w_down, c.n_embd, c.n_ff, p + "ffn_down");
+    if (c.n_expert > 0) {
+      check_view(L.router, c.n_expert, c.n_embd, p + "ffn_gate_inp");
+      if ((int)L.e_gate.size() != c.n_expert || (int)L.e_up.size() != c.n_expert ||
+          (int)L.e_down.size() != c.n_expert)
+        throw std::invalid_argument(p + "experts: expected " + std::to_string(c.n_expert));
+      for (int e = 0; e < c.n_expert; ++e) {
+        check_view(L.e_gate[e], c.n_ff, c.n_embd, p + "ffn_gate_exps");
+        check_view(L.e_up[e], c.n_ff, c.n_embd, p + "ffn_up_exps");
+        check_view(L.e_down[e], c.n_embd, c.n_ff, p + "ffn_down_exps");
+      }
+    } else {
+      check_view(L.w_gate, c.n_ff, c.n_embd, p + "ffn_gate");
+      check_view(L.w_up, c.n_ff, c.n_embd, p + "ffn_up");
+      check_view(L.w_down, c.n_embd, c.n_ff, p + "ffn_down");
+    }
     if (!L.attn_norm || !L.ffn_norm) throw std::invalid_argument(p + "norm weights missing");
   }
   if (!w_.output_norm) throw std::invalid_argument("output_norm missing");
+  if (c.n_expert < 0 || c.n_expert > 256 ||
+      (c.n_expert > 0 && (c.n_expert_used < 1 || c.n_expert_used > c.n_expert)))
+    throw std::invalid_argument("expert counts: " + std::to_string(c.n_expert_used) + " used of " +
+                                std::to_string(c.n_expert));
 
   // Matmul weights in the backend's preferred layout. The token embedding is
   // left as stored for row lookups; a tied output head gets its own copy when
@@ -84,8 +102,13 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
     if (p.data != v.data) replaced_.push_back(v.data);
     v = p;
   };
-  for (auto& L : w_.layers)
-    for (WeightView* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) prep(*v);
+  for (auto& L : w_.layers) {
+    for (WeightView* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
+      if (!v->empty()) prep(*v);
+    if (!L.router.empty()) prep(L.router);
+    for (auto* ex : {&L.e_gate, &L.e_up, &L.e_down})
+      for (WeightView& v : *ex) prep(v);
+  }
   prep(w_.output);
 }
 
@@ -108,6 +131,11 @@ void LlamaModel::ensure_scratch(int n) {
   s->att = backend_->alloc_floats((size_t)n * std::max<size_t>(qd, c.n_embd));
   s->gate = backend_->alloc_floats((size_t)n * c.n_ff);
   s->up = backend_->alloc_floats((size_t)n * c.n_ff);
+  if (c.n_expert > 0) {
+    s->router = backend_->alloc_floats((size_t)n * c.n_expert);
+    s->ex = backend_->alloc_floats((size_t)n * c.n_embd);
+    s->ey = backend_->alloc_floats((size_t)n * c.n_embd);
+  }
   s_ = std::move(s);
 }
 
@@ -291,6 +319,11 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
       be.add(s.x, s.xn, (size_t)n * D);
       // ---- feed-forward block ----
       be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
+      if (!L.router.empty()) {
+        moe_ffn(L, n);
+        mark(kStageMatmul);
+        continue;
+      }
       {  // gate, up (n, n_ff) in one pass
         const MatmulJob gu[2] = {{&L.w_gate, s.gate}, {&L.w_up, s.up}};
         mark(kStageOther);
@@ -329,7 +362,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
 
   // a pass of one-token rows (decoding), each with its logits, may replay a
   // device graph
-  if (be.graphs() && n == count && rows == count)
+  if (be.graphs() && n == count && rows == count && c.n_expert == 0)
     be.run_graph(n, body);
   else
     body();
@@ -338,6 +371,50 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
       be.argmax(s.logits, rows, c.n_vocab, greedy);
     else if (!host)
       be.download(logits, s.logits, (size_t)rows * c.n_vocab);
+  }
+}
+
+// Mixture of experts: the router's logits pick each token's n_expert_used
+// best experts (ties to the lower index), weighted by the softmax over the
+// chosen ones; tokens are grouped by expert so that each expert's weights
+// are read once for all its tokens, and each result is added to x.
+void LlamaModel::moe_ffn(const LayerWeights& L, int n) {
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const auto& c = cfg_;
+  const int E = c.n_expert, K = c.n_expert_used, D = c.n_embd, F = c.n_ff;
+  be.matmul(L.router, s.xn, n, s.router);  // (n, E)
+  const float* R = s.router;
+  if (!be.host_memory()) {
+    s.router_host.resize((size_t)n * E);
+    be.download(s.router_host.data(), s.router, (size_t)n * E);
+    R = s.router_host.data();
+  }
+  std::vector<std::vector<int32_t>> rows(E);
+  std::vector<std::vector<float>> weights(E);
+  std::vector<int> order(E);
+  for (int t = 0; t < n; ++t) {
+    const float* r = R + (size_t)t * E;
+    for (int e = 0; e < E; ++e) order[e] = e;
+    std::partial_sort(order.begin(), order.begin() + K, order.end(),
+                      [r](int a, int b) { return r[a] > r[b] || (r[a] == r[b] && a < b); });
+    const float mx = r[order[0]];
+    float sum = 0.f;
+    for (int k = 0; k < K; ++k) sum += std::exp(r[order[k]] - mx);
+    for (int k = 0; k < K; ++k) {
+      rows[order[k]].push_back(t);
+      weights[order[k]].push_back(std::exp(r[order[k]] - mx) / sum);
+    }
+  }
+  for (int e = 0; e < E; ++e) {
+    const int m = (int)rows[e].size();
+    if (m == 0) continue;
+    be.gather_rows(s.ex, s.xn, rows[e].data(), m, D);
+    const MatmulJob gu[2] = {{&L.e_gate[e], s.gate}, {&L.e_up[e], s.up}};
+    be.matmul_many(gu, 2, s.ex, m);
+    be.swiglu(s.gate, s.up, (size_t)m * F);
+    be.matmul(L.e_down[e], s.gate, m, s.ey);
+    be.scatter_add_rows(s.x, s.ey, rows[e].data(), weights[e].data(), m, D);
   }
 }
 

@@ -23,6 +23,8 @@ struct LlamaConfig {
   int head_dim = 0;
   int n_ff = 0;
   int n_ctx = 0;  // positions of one sequence
+  int n_expert = 0;       // Mixture-of-Experts FFN: experts per layer (0: dense)
+  int n_expert_used = 0;  // experts each token goes through
   float rms_eps = 1e-5f;
   RopeParams rope;
 };
@@ -43,6 +45,10 @@ struct LayerWeights {
   const float* bv = nullptr;
   const float* ffn_norm = nullptr;   // (n_embd,)
   WeightView w_gate, w_up, w_down;   // (n_ff, n_embd), (n_ff, n_embd), (n_embd, n_ff)
+  // Mixture of experts (instead of w_gate / w_up / w_down): the router
+  // (n_expert, n_embd) and each expert's FFN.
+  WeightView router;
+  std::vector<WeightView> e_gate, e_up, e_down;
 };
 
 struct LlamaWeights {
@@ -116,6 +122,8 @@ class LlamaModel {
   struct Scratch;
   struct Segment;  // up to kChunk tokens of one entry
   void forward_pass(const Segment* segs, int count, float* logits, int32_t* greedy);
+  // x += the layer's mixture-of-experts FFN of xn, n rows
+  void moe_ffn(const LayerWeights& L, int n);
   void ensure_scratch(int n);
 
   LlamaConfig cfg_;

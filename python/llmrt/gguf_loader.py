@@ -134,6 +134,14 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
     else:
         raise UnsupportedModelError(
             f"{os.path.basename(path)}: RoPE scaling type {scaling!r} is not supported (only linear)")
+    # Mixture of experts (Mixtral): experts per layer and per token
+    cfg["n_expert"] = _get(meta, path, f"{a}.expert_count", int, default=0, required=False)
+    cfg["n_expert_used"] = _get(meta, path, f"{a}.expert_used_count", int, default=0,
+                                required=False)
+    if cfg["n_expert"]:
+        if not 0 < cfg["n_expert"] <= 256 or not 0 < cfg["n_expert_used"] <= cfg["n_expert"]:
+            raise _err(path, f"expert counts out of range: {cfg['n_expert_used']} used of "
+                             f"{cfg['n_expert']}")
     # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
     # qwen2 keeps the Hugging Face order, which rotates (i, i + n_rot/2).
     cfg["rope_neox"] = arch == "qwen2"
@@ -185,10 +193,21 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
             p + "attn_k.bias": ([kvd], False),
             p + "attn_v.bias": ([kvd], False),
             p + "ffn_norm.weight": ([D], True),
-            p + "ffn_gate.weight": ([D, F], True),
-            p + "ffn_up.weight": ([D, F], True),
-            p + "ffn_down.weight": ([F, D], True),
         })
+        E = cfg["n_expert"]
+        if E:
+            expected.update({
+                p + "ffn_gate_inp.weight": ([D, E], True),
+                p + "ffn_gate_exps.weight": ([D, F, E], True),
+                p + "ffn_up_exps.weight": ([D, F, E], True),
+                p + "ffn_down_exps.weight": ([F, D, E], True),
+            })
+        else:
+            expected.update({
+                p + "ffn_gate.weight": ([D, F], True),
+                p + "ffn_up.weight": ([D, F], True),
+                p + "ffn_down.weight": ([F, D], True),
+            })
 
     tensors: dict[str, tuple[int, int, int, np.ndarray]] = {}
     types: dict[str, str] = {}
@@ -217,7 +236,7 @@ def _tensor(f: GGUFFile, t: TensorInfo, shape: list[int]):
             f"{os.path.basename(path)}: tensor {name!r} has type {_type_name(type_id)}, which "
             f"llmrt does not support (supported: {', '.join(TYPE_IDS)})")
     cols = shape[0]
-    rows = shape[1] if len(shape) > 1 else 1
+    rows = int(np.prod(shape[1:])) if len(shape) > 1 else 1  # 3-D: the experts' rows end to end
     elems, _ = BLOCK[type_id]
     if cols % elems:
         raise _err(path, f"tensor {name!r}: row length {cols} is not a multiple of the "

@@ -154,3 +154,13 @@ def test_bad_token_ids_and_positions(tmp_path):
         m._native.forward(np.array([1, 2], np.int32), 63, False)
     with pytest.raises(ValueError, match="past the sequence"):
         m._native.forward(np.array([1], np.int32), 64, False)
+
+
+@pytest.mark.parametrize("activations", ["int8", "f32"])
+@pytest.mark.parametrize("wtype", ["F32", "Q8_0", "Q4_1"])
+@pytest.mark.parametrize("n_expert,used", [(4, 2), (8, 2), (3, 1), (4, 4)])
+def test_mixture_of_experts(tmp_path, wtype, n_expert, used, activations):
+    # Mixtral-style FFN: router, top-k experts renormalised; 29 tokens spread
+    # over the experts, so each expert's tokens run as one batched matmul
+    _check(tmp_path, wtype=wtype, n_embd=64, n_ff=96, n_layer=2, n_expert=n_expert,
+           n_expert_used=used, tied=False, activations=activations)
