@@ -1,0 +1,352 @@
+"""Hugging Face checkpoint -> GGUF: ``llmrt convert HF_DIR -o model.gguf --type f16``.
+
+Reads config.json, the *.safetensors files (lazily: one tensor in memory at
+a time, so a checkpoint larger than RAM converts), the tokenizer
+(tokenizer.model for SentencePiece vocabularies, tokenizer.json for
+byte-level BPE) and the chat template, and writes a GGUF file with the
+standard key and tensor names (llama.cpp reads the same layout).
+Architectures: Llama, Mistral, Qwen2, Mixtral.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import UnsupportedModelError
+from .quantization import _FILE_TYPE, TYPES, Progress, quantize_array, tensor_type
+
+ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
+         "Qwen2ForCausalLM": "qwen2", "MixtralForCausalLM": "llama"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be converted: missing or malformed files or
+    tensors."""
+
+
+def _json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """q / k rows from Hugging Face's order (each head's first half rotated
+    with its second half) to GGUF llama's (adjacent pairs rotated)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+class _Tensors:
+    """Lazy access to the tensors of a directory's safetensors files."""
+
+    def __init__(self, d: str):
+        try:
+            from safetensors import safe_open
+        except ImportError:
+            raise ImportError("llmrt convert reads checkpoints with the safetensors package: "
+                              "pip install safetensors (or llmrt[convert])") from None
+        files = sorted(glob.glob(os.path.join(d, "*.safetensors")))
+        if not files:
+            raise CheckpointError(f"{d}: no *.safetensors files")
+        self.where: dict[str, str] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._open = safe_open
+        for f in files:
+            try:
+                with safe_open(f, "np") as h:
+                    for k in h.keys():
+                        self.where[k] = f
+                        self.shapes[k] = tuple(h.get_slice(k).get_shape())
+            except Exception as e:  # noqa: BLE001 - a broken file
+                raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+
+    def get(self, name: str) -> np.ndarray:
+        with self._open(self.where[name], "np") as h:
+            return np.asarray(h.get_tensor(name)).astype(np.float32)
+
+
+def _hparams(cfg: dict, d: str) -> dict[str, Any]:
+    arch_names = cfg.get("architectures") or []
+    hf = arch_names[0] if arch_names else "?"
+    if hf not in ARCHS:
+        raise UnsupportedModelError(f"{d}: architecture {hf!r} is not supported "
+                                    f"(supported: {', '.join(sorted(ARCHS))})")
+
+    def need(k: str) -> Any:
+        if k not in cfg:
+            raise CheckpointError(f"{d}/config.json: missing {k!r}")
+        return cfg[k]
+    n_embd, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
+    hp = dict(hf=hf, arch=ARCHS[hf], n_embd=n_embd, n_layer=int(need("num_hidden_layers")),
+              n_head=n_head, n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
+              n_ff=int(need("intermediate_size")), n_vocab=int(need("vocab_size")),
+              eps=float(cfg.get("rms_norm_eps", 1e-6)),
+              rope_theta=float(cfg.get("rope_theta", 10000.0)),
+              ctx=int(cfg.get("max_position_embeddings", 4096)),
+              head_dim=int(cfg.get("head_dim") or n_embd // n_head),
+              tied=bool(cfg.get("tie_word_embeddings", False)),
+              n_expert=int(cfg.get("num_local_experts", 0) if hf == "MixtralForCausalLM" else 0),
+              n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None)
+    rs = cfg.get("rope_scaling")
+    if rs:
+        kind = rs.get("rope_type", rs.get("type"))
+        if kind == "linear":
+            hp["rope_linear"] = float(rs["factor"])
+        elif kind not in (None, "default"):
+            raise UnsupportedModelError(f"{d}: RoPE scaling {kind!r} is not supported (linear only)")
+    return hp
+
+
+def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
+    """(GGUF name, numpy shape, loader) for every tensor, after checking that
+    the checkpoint has each one with the shape the config implies."""
+    D, L, F, V = hp["n_embd"], hp["n_layer"], hp["n_ff"], hp["n_vocab"]
+    H, KV, hd, E = hp["n_head"], hp["n_head_kv"], hp["head_dim"], hp["n_expert"]
+    llama = hp["arch"] == "llama"
+
+    def src(name: str, shape: tuple[int, ...]) -> str:
+        if name not in ts.shapes:
+            raise CheckpointError(f"the checkpoint has no tensor {name!r}")
+        if ts.shapes[name] != shape:
+            raise CheckpointError(f"tensor {name!r} has shape {ts.shapes[name]}, the config "
+                                  f"implies {shape}")
+        return name
+
+    plan = []
+
+    def add(gname, name, shape, fix=None):
+        src(name, shape)
+        plan.append((gname, shape, lambda: fix(ts.get(name)) if fix else ts.get(name)))
+
+    add("token_embd.weight", "model.embed_tokens.weight", (V, D))
+    for i in range(L):
+        p, h = f"blk.{i}.", f"model.layers.{i}."
+        add(p + "attn_norm.weight", h + "input_layernorm.weight", (D,))
+        add(p + "attn_q.weight", h + "self_attn.q_proj.weight", (H * hd, D),
+            (lambda w: _permute(w, H)) if llama else None)
+        add(p + "attn_k.weight", h + "self_attn.k_proj.weight", (KV * hd, D),
+            (lambda w: _permute(w, KV)) if llama else None)
+        add(p + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * hd, D))
+        add(p + "attn_output.weight", h + "self_attn.o_proj.weight", (D, H * hd))
+        if hp["arch"] == "qwen2":
+            add(p + "attn_q.bias", h + "self_attn.q_proj.bias", (H * hd,))
+            add(p + "attn_k.bias", h + "self_attn.k_proj.bias", (KV * hd,))
+            add(p + "attn_v.bias", h + "self_attn.v_proj.bias", (KV * hd,))
+        add(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", (D,))
+        if E:
+            m = h + "block_sparse_moe."
+            add(p + "ffn_gate_inp.weight", m + "gate.weight", (E, D))
+            for gname, w, shape in (("ffn_gate_exps", "w1", (F, D)), ("ffn_up_exps", "w3", (F, D)),
+                                    ("ffn_down_exps", "w2", (D, F))):
+                names = [src(f"{m}experts.{e}.{w}.weight", shape) for e in range(E)]
+                plan.append((p + gname + ".weight", (E, *shape),
+                             lambda names=names: np.stack([ts.get(n) for n in names])))
+        else:
+            add(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", (F, D))
+            add(p + "ffn_up.weight", h + "mlp.up_proj.weight", (F, D))
+            add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
+    add("output_norm.weight", "model.norm.weight", (D,))
+    if not hp["tied"] and "lm_head.weight" in ts.shapes:
+        add("output.weight", "lm_head.weight", (V, D))
+    elif not hp["tied"]:
+        raise CheckpointError("the checkpoint has no tensor 'lm_head.weight' (and the config "
+                              "does not tie it to the embeddings)")
+    return plan
+
+
+# ---- tokenizers --------------------------------------------------------------------------
+
+_NORMAL, _UNKNOWN, _CONTROL, _USER, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+
+
+def _token_id(tok: Any, lookup: dict[str, int]) -> int | None:
+    if isinstance(tok, dict):
+        tok = tok.get("content")
+    return lookup.get(tok) if isinstance(tok, str) else None
+
+
+def _tokenizer(d: str, hp: dict, w) -> int:
+    """Writes the tokenizer keys; returns the vocabulary size."""
+    tc_path = os.path.join(d, "tokenizer_config.json")
+    tc = _json(tc_path) if os.path.exists(tc_path) else {}
+    V = hp["n_vocab"]
+    sp_path, tj_path = os.path.join(d, "tokenizer.model"), os.path.join(d, "tokenizer.json")
+    if os.path.exists(sp_path) and hp["arch"] == "llama":
+        import sentencepiece as spm
+        sp = spm.SentencePieceProcessor(model_file=sp_path)
+        n = sp.get_piece_size()
+        tokens, scores, types = [], [], []
+        for i in range(max(V, n)):
+            if i < n:
+                tokens.append(sp.id_to_piece(i))
+                scores.append(float(sp.get_score(i)))
+                types.append(_UNKNOWN if sp.is_unknown(i) else _CONTROL if sp.is_control(i)
+                             else _UNUSED if sp.is_unused(i) else _BYTE if sp.is_byte(i)
+                             else _NORMAL)
+            else:
+                tokens.append(f"[PAD{i}]")
+                scores.append(-1000.0)
+                types.append(_UNUSED)
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens[:V])
+        w.add_token_scores(scores[:V])
+        w.add_token_types(types[:V])
+        for key, v in (("bos", sp.bos_id()), ("eos", sp.eos_id()), ("unk", sp.unk_id())):
+            if v >= 0:
+                getattr(w, f"add_{key}_token_id")(v)
+        w.add_add_bos_token(bool(tc.get("add_bos_token", True)))
+        w.add_add_eos_token(bool(tc.get("add_eos_token", False)))
+    elif os.path.exists(tj_path):
+        tj = _json(tj_path)
+        model = tj.get("model", {})
+        if model.get("type") != "BPE":
+            raise UnsupportedModelError(f"{tj_path}: tokenizer model {model.get('type')!r} "
+                                        "(byte-level BPE only)")
+        vocab: dict[str, int] = dict(model["vocab"])
+        added = {a["content"]: a for a in tj.get("added_tokens", [])}
+        for a in added.values():
+            vocab[a["content"]] = a["id"]
+        size = max(V, max(vocab.values()) + 1)
+        tokens = [f"[PAD{i}]" for i in range(size)]
+        types = [_UNUSED] * size
+        for t, i in vocab.items():
+            tokens[i] = t
+            a = added.get(t)
+            types[i] = _NORMAL if a is None else _CONTROL if a.get("special") else _USER
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(_pre_name(tj, hp))
+        w.add_token_list(tokens[:V])
+        w.add_token_types(types[:V])
+        w.add_token_merges(merges)
+        lookup = {t: i for i, t in enumerate(tokens)}
+        cfg = _json(os.path.join(d, "config.json"))
+        bos = _token_id(tc.get("bos_token"), lookup)
+        eos = _token_id(tc.get("eos_token"), lookup)
+        bos = bos if bos is not None else cfg.get("bos_token_id")
+        eos = eos if eos is not None else cfg.get("eos_token_id")
+        if isinstance(eos, list):
+            eos = eos[0]
+        if bos is not None:
+            w.add_bos_token_id(int(bos))
+        if eos is not None:
+            w.add_eos_token_id(int(eos))
+        w.add_add_bos_token(bool(tc.get("add_bos_token", False)))
+    else:
+        raise CheckpointError(f"{d}: no tokenizer.model or tokenizer.json")
+    tmpl = tc.get("chat_template")
+    if isinstance(tmpl, list):  # named templates: the default one
+        tmpl = next((t.get("template") for t in tmpl if t.get("name") == "default"), None)
+    if isinstance(tmpl, str):
+        w.add_chat_template(tmpl)
+    return V
+
+
+def _pre_name(tj: dict, hp: dict) -> str:
+    """tokenizer.ggml.pre: the name of the pre-tokenizer tokenizer.json uses,
+    recognised by its split pattern."""
+    from .tokenizer import _LLAMA3, _QWEN2
+    text = json.dumps(tj.get("pre_tokenizer"))
+    pats = []
+
+    def walk(x):
+        if isinstance(x, dict):
+            if x.get("type") == "Split" and isinstance(x.get("pattern"), dict):
+                pats.append(x["pattern"].get("Regex") or x["pattern"].get("String"))
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, list):
+            for v in x:
+                walk(v)
+    walk(tj.get("pre_tokenizer"))
+    if _LLAMA3 in pats:
+        return "llama-bpe"
+    if _QWEN2 in pats:
+        return "qwen2"
+    if not pats and '"ByteLevel"' in text:
+        return "smollm" if '"individual_digits": true' in text else "default"
+    warnings.warn("unrecognised pre-tokenizer in tokenizer.json; the file says 'default' "
+                  "(GPT-2 splitting)", stacklevel=3)
+    return "default"
+
+
+# ---- the file --------------------------------------------------------------------------
+
+def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = "f16",
+            progress: bool | None = None) -> dict[str, Any]:
+    """Convert a Hugging Face checkpoint directory to a GGUF file; returns a
+    summary (arch, tensors, vocab, types)."""
+    from gguf import GGMLQuantizationType as QT
+    from gguf import GGUFWriter
+    d = os.fspath(hf_dir)
+    if type_name not in TYPES:
+        raise ValueError(f"--type must be one of {', '.join(TYPES)}, got {type_name!r}")
+    if not os.path.isfile(os.path.join(d, "config.json")):
+        raise CheckpointError(f"{d}: no config.json (not a Hugging Face checkpoint directory)")
+    hp = _hparams(_json(os.path.join(d, "config.json")), d)
+    ts = _Tensors(d)
+    plan = _plan(hp, ts)
+    a = hp["arch"]
+    w = GGUFWriter(os.fspath(out), a)
+    w.add_name(os.path.basename(os.path.normpath(d)))
+    w.add_context_length(hp["ctx"])
+    w.add_embedding_length(hp["n_embd"])
+    w.add_block_count(hp["n_layer"])
+    w.add_feed_forward_length(hp["n_ff"])
+    w.add_head_count(hp["n_head"])
+    w.add_head_count_kv(hp["n_head_kv"])
+    w.add_layer_norm_rms_eps(hp["eps"])
+    w.add_rope_freq_base(hp["rope_theta"])
+    w.add_rope_dimension_count(hp["head_dim"])
+    if hp["head_dim"] != hp["n_embd"] // hp["n_head"]:
+        w.add_key_length(hp["head_dim"])
+        w.add_value_length(hp["head_dim"])
+    if hp["rope_linear"]:
+        from gguf import RopeScalingType
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(hp["rope_linear"])
+    if hp["n_expert"]:
+        w.add_expert_count(hp["n_expert"])
+        w.add_expert_used_count(hp["n_expert_used"])
+    w.add_vocab_size(hp["n_vocab"])
+    w.add_file_type(_FILE_TYPE[type_name])
+    _tokenizer(d, hp, w)
+    # tensor infos first, then the data one tensor at a time
+    chosen, total = {}, 0
+    for name, shape, _ in plan:
+        tt = tensor_type(name, shape, type_name, hp["tied"])
+        chosen[name] = tt
+        per, nb = TYPES[tt][1], TYPES[tt][2]
+        nbytes = int(np.prod(shape)) // per * nb
+        if tt in ("f32", "f16"):
+            w.add_tensor_info(name, shape, np.dtype(np.float32 if tt == "f32" else np.float16),
+                              nbytes)
+        else:  # raw block bytes: the shape is given in bytes per row
+            w.add_tensor_info(name, (*shape[:-1], shape[-1] // per * nb), np.dtype(np.uint8),
+                              nbytes, raw_dtype=QT[TYPES[tt][0]])
+        total += int(np.prod(shape))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    bar = Progress(total, f"convert {type_name}", progress)
+    for name, shape, load in plan:
+        x = load()
+        tt = chosen[name]
+        if tt == "f32":
+            data = x.astype(np.float32)
+        elif tt == "f16":
+            data = x.astype(np.float16)
+        else:
+            data = quantize_array(x.reshape(-1, shape[-1]), tt)
+        w.write_tensor_data(np.ascontiguousarray(data))
+        bar.update(int(np.prod(shape)), name)
+        del x, data
+    bar.close()
+    w.close()
+    return dict(arch=hp["hf"], tensors=len(plan), vocab=hp["n_vocab"], types=chosen)

@@ -1,0 +1,284 @@
+"""`llmrt convert`: tiny random Hugging Face checkpoints written here (config,
+safetensors shards, a SentencePiece tokenizer trained here or a byte-level
+BPE tokenizer.json built here) convert, load, tokenize like their source
+tokenizers, and give the logits of a numpy forward written from the Hugging
+Face conventions (rotate-half RoPE on the unpermuted q/k weights)."""
+import json
+import os
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+
+import llmrt
+from llmrt.convert import CheckpointError, convert
+
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+TEXT = ("The quick brown fox jumps over the lazy dog. A stitch in time saves nine. "
+        "Numbers like 12345 and 678 appear here; so do symbols: #, $, %, &!\n") * 20
+TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+
+
+def _hf_config(arch, V, **kw):
+    c = dict(architectures=[arch], hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, intermediate_size=96, vocab_size=V, rms_norm_eps=1e-5,
+             rope_theta=10000.0, max_position_embeddings=256, tie_word_embeddings=False)
+    c.update(kw)
+    return c
+
+
+def _hf_weights(c, rng, qwen_bias=False):
+    D, L, F, V = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
+    H, KV = c["num_attention_heads"], c["num_key_value_heads"]
+    hd = D // H
+    w = {"model.embed_tokens.weight": rng.standard_normal((V, D)),
+         "model.norm.weight": 1 + 0.1 * rng.standard_normal(D)}
+    if not c["tie_word_embeddings"]:
+        w["lm_head.weight"] = rng.standard_normal((V, D)) / np.sqrt(D)
+    for i in range(L):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = 1 + 0.1 * rng.standard_normal(D)
+        w[p + "post_attention_layernorm.weight"] = 1 + 0.1 * rng.standard_normal(D)
+        w[p + "self_attn.q_proj.weight"] = rng.standard_normal((H * hd, D)) / np.sqrt(D)
+        w[p + "self_attn.k_proj.weight"] = rng.standard_normal((KV * hd, D)) / np.sqrt(D)
+        w[p + "self_attn.v_proj.weight"] = rng.standard_normal((KV * hd, D)) / np.sqrt(D)
+        w[p + "self_attn.o_proj.weight"] = rng.standard_normal((D, H * hd)) / np.sqrt(H * hd)
+        if qwen_bias:
+            for n, rows in (("q", H * hd), ("k", KV * hd), ("v", KV * hd)):
+                w[p + f"self_attn.{n}_proj.bias"] = 0.1 * rng.standard_normal(rows)
+        E = c.get("num_local_experts", 0)
+        if E:
+            m = p + "block_sparse_moe."
+            w[m + "gate.weight"] = rng.standard_normal((E, D))
+            for e in range(E):
+                w[m + f"experts.{e}.w1.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
+                w[m + f"experts.{e}.w3.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
+                w[m + f"experts.{e}.w2.weight"] = rng.standard_normal((D, F)) / np.sqrt(F)
+        else:
+            w[p + "mlp.gate_proj.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
+            w[p + "mlp.up_proj.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
+            w[p + "mlp.down_proj.weight"] = rng.standard_normal((D, F)) / np.sqrt(F)
+    return {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def _save(d, c, w, shards=2):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(c, f)
+    names = sorted(w)
+    for s in range(shards):
+        part = {k: w[k] for k in names[s::shards]}
+        safetensors_numpy.save_file(part, os.path.join(d, f"model-{s + 1:05d}-of-{shards:05d}"
+                                                          ".safetensors"))
+
+
+def _rmsnorm(x, w, eps):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def hf_reference(c, w, ids):
+    """float64 forward with Hugging Face's conventions."""
+    D, H, KV = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd, eps, n = D // H, c["rms_norm_eps"], len(ids)
+    W = {k: v.astype(np.float64) for k, v in w.items()}
+    inv = 1.0 / c["rope_theta"] ** (np.arange(0, hd, 2) / hd)
+    ang = np.arange(n)[:, None] * inv[None, :]
+    cos, sin = np.concatenate([np.cos(ang)] * 2, -1), np.concatenate([np.sin(ang)] * 2, -1)
+
+    def rope(x):  # (n, heads, hd): x * cos + rotate_half(x) * sin
+        half = hd // 2
+        rot = np.concatenate([-x[..., half:], x[..., :half]], -1)
+        return x * cos[:, None] + rot * sin[:, None]
+
+    x = W["model.embed_tokens.weight"][ids]
+    mask = np.triu(np.full((n, n), -np.inf), 1)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        h = _rmsnorm(x, W[p + "input_layernorm.weight"], eps)
+        q = h @ W[p + "self_attn.q_proj.weight"].T + W.get(p + "self_attn.q_proj.bias", 0)
+        k = h @ W[p + "self_attn.k_proj.weight"].T + W.get(p + "self_attn.k_proj.bias", 0)
+        v = h @ W[p + "self_attn.v_proj.weight"].T + W.get(p + "self_attn.v_proj.bias", 0)
+        q, k, v = rope(q.reshape(n, H, hd)), rope(k.reshape(n, KV, hd)), v.reshape(n, KV, hd)
+        out = np.empty((n, H, hd))
+        for hh in range(H):
+            s = q[:, hh] @ k[:, hh // (H // KV)].T / np.sqrt(hd) + mask
+            s = np.exp(s - s.max(-1, keepdims=True))
+            out[:, hh] = (s / s.sum(-1, keepdims=True)) @ v[:, hh // (H // KV)]
+        x = x + out.reshape(n, -1) @ W[p + "self_attn.o_proj.weight"].T
+        h = _rmsnorm(x, W[p + "post_attention_layernorm.weight"], eps)
+        E = c.get("num_local_experts", 0)
+        if E:
+            m = p + "block_sparse_moe."
+            logits = h @ W[m + "gate.weight"].T
+            pr = np.exp(logits - logits.max(-1, keepdims=True))
+            pr /= pr.sum(-1, keepdims=True)
+            y = np.zeros_like(h)
+            for t in range(n):
+                top = np.argsort(-pr[t], kind="stable")[:c["num_experts_per_tok"]]
+                for e in top:
+                    g = h[t] @ W[m + f"experts.{e}.w1.weight"].T
+                    u = h[t] @ W[m + f"experts.{e}.w3.weight"].T
+                    y[t] += pr[t, e] / pr[t, top].sum() * (
+                        (g / (1 + np.exp(-g)) * u) @ W[m + f"experts.{e}.w2.weight"].T)
+            x = x + y
+        else:
+            g = h @ W[p + "mlp.gate_proj.weight"].T
+            u = h @ W[p + "mlp.up_proj.weight"].T
+            x = x + (g / (1 + np.exp(-g)) * u) @ W[p + "mlp.down_proj.weight"].T
+    x = _rmsnorm(x, W["model.norm.weight"], eps)
+    head = W["lm_head.weight"] if "lm_head.weight" in W else W["model.embed_tokens.weight"]
+    return x @ head.T
+
+
+@pytest.fixture(scope="module")
+def sp_model(tmp_path_factory):
+    spm = pytest.importorskip("sentencepiece")
+    d = tmp_path_factory.mktemp("sp")
+    txt = d / "corpus.txt"
+    txt.write_text(TEXT)
+    spm.SentencePieceTrainer.train(input=str(txt), model_prefix=str(d / "tok"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, minloglevel=2)
+    return str(d / "tok.model")
+
+
+def _llama_dir(root, sp_model, **kw):
+    import sentencepiece as spm
+    V = spm.SentencePieceProcessor(model_file=sp_model).get_piece_size()
+    c = _hf_config(kw.pop("arch", "LlamaForCausalLM"), V, **kw)
+    w = _hf_weights(c, np.random.default_rng(0))
+    d = str(root / "hf")
+    _save(d, c, w)
+    with open(sp_model, "rb") as f, open(os.path.join(d, "tokenizer.model"), "wb") as g:
+        g.write(f.read())
+    with open(os.path.join(d, "tokenizer_config.json"), "w") as f:
+        json.dump({"add_bos_token": True, "chat_template": TEMPLATE}, f)
+    return d, c, w
+
+
+@pytest.mark.parametrize("arch", ["LlamaForCausalLM", "MistralForCausalLM"])
+def test_llama_checkpoint_converts_and_matches_hf_reference(tmp_path, sp_model, arch):
+    d, c, w = _llama_dir(tmp_path, sp_model, arch=arch)
+    out = str(tmp_path / "m.gguf")
+    info = convert(d, out, "f32", progress=False)
+    assert info["arch"] == arch and info["vocab"] == c["vocab_size"]
+    # standard GGUF: gguf-py reads the expected keys
+    r = gguf.GGUFReader(out)
+    f = {k: r.fields[k].contents() for k in ("general.architecture", "llama.block_count",
+                                               "llama.embedding_length", "tokenizer.ggml.model",
+                                               "tokenizer.chat_template")}
+    assert f == {"general.architecture": "llama", "llama.block_count": 2,
+                 "llama.embedding_length": 64, "tokenizer.ggml.model": "llama",
+                 "tokenizer.chat_template": TEMPLATE}
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=sp_model)
+    text = "The lazy fox saves 678 stitches!"
+    ids = m.tokenize(text)
+    assert ids == [sp.bos_id()] + sp.encode(text)
+    ref = hf_reference(c, w, ids)
+    got = m.logits(ids)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_qwen2_checkpoint_with_bpe_tokenizer(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    tk = tokenizers.Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([TEXT], trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    d = tmp_path / "qwen"
+    d.mkdir()
+    tk.save(str(d / "tokenizer.json"))
+    V = tk.get_vocab_size()
+    c = _hf_config("Qwen2ForCausalLM", V, tie_word_embeddings=True)
+    w = _hf_weights(c, np.random.default_rng(1), qwen_bias=True)
+    _save(str(d), c, w, shards=1)
+    with open(d / "tokenizer_config.json", "w") as f:
+        json.dump({"eos_token": "<|im_end|>", "chat_template": TEMPLATE}, f)
+    out = str(tmp_path / "q.gguf")
+    convert(str(d), out, "f32", progress=False)
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    assert m.arch == "qwen2"
+    text = "Numbers like 12345 jump over symbols: #, $!"
+    assert m.tokenize(text) == tk.encode(text).ids
+    assert m.tokenizer.eos_id == tk.token_to_id("<|im_end|>")
+    ids = tk.encode(text).ids
+    ref = hf_reference(c, w, ids)
+    assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_mixtral_checkpoint(tmp_path, sp_model):
+    d, c, w = _llama_dir(tmp_path, sp_model, arch="MixtralForCausalLM", num_local_experts=4,
+                         num_experts_per_tok=2)
+    out = str(tmp_path / "x.gguf")
+    convert(d, out, "f32", progress=False)
+    r = gguf.GGUFReader(out)
+    assert r.fields["llama.expert_count"].contents() == 4
+    shapes = {t.name: list(t.shape) for t in r.tensors}
+    assert shapes["blk.0.ffn_gate_exps.weight"] == [64, 96, 4]
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    ids = m.tokenize("A stitch in time saves nine foxes.")
+    ref = hf_reference(c, w, ids)
+    assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("type_name,bound", [("f16", 2e-3), ("q8_0", 0.03), ("q4_0", 0.25)])
+def test_convert_to_quantized_types(tmp_path, sp_model, type_name, bound):
+    d, c, w = _llama_dir(tmp_path, sp_model)
+    out = str(tmp_path / f"m.{type_name}.gguf")
+    info = convert(d, out, type_name, progress=False)
+    assert info["types"]["blk.0.ffn_down.weight"] == type_name
+    assert info["types"]["blk.0.attn_norm.weight"] == "f32"
+    m = llmrt.Model(out, threads=2)
+    ids = m.tokenize("The quick brown fox")
+    ref = hf_reference(c, w, ids)
+    err = np.abs(m.logits(ids) - ref).max(axis=1).mean() / np.abs(ref).max()
+    assert err <= bound, err
+
+
+def test_bad_checkpoints(tmp_path, sp_model):
+    d, c, w = _llama_dir(tmp_path, sp_model)
+    out = str(tmp_path / "o.gguf")
+    # a missing tensor
+    w2 = dict(w)
+    del w2["model.layers.1.mlp.up_proj.weight"]
+    bad = tmp_path / "missing"
+    _save(str(bad), c, w2, shards=1)
+    with pytest.raises(CheckpointError, match="model.layers.1.mlp.up_proj.weight"):
+        convert(str(bad), out)
+    # a tensor whose shape disagrees with the config
+    w3 = dict(w)
+    w3["model.layers.0.self_attn.k_proj.weight"] = np.zeros((48, 64), np.float32)
+    bad = tmp_path / "shape"
+    _save(str(bad), c, w3, shards=1)
+    with pytest.raises(CheckpointError, match=r"k_proj.weight.*\(48, 64\).*\(32, 64\)"):
+        convert(str(bad), out)
+    # no tokenizer, an unsupported architecture, not a checkpoint
+    notok = tmp_path / "notok"
+    _save(str(notok), c, w, shards=1)
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        convert(str(notok), out)
+    other = tmp_path / "gpt"
+    _save(str(other), dict(c, architectures=["GPTNeoXForCausalLM"]), w, shards=1)
+    with pytest.raises(llmrt.UnsupportedModelError, match="GPTNeoXForCausalLM"):
+        convert(str(other), out)
+    with pytest.raises(CheckpointError, match="config.json"):
+        convert(str(tmp_path), out)
+
+
+def test_convert_cli(tmp_path, sp_model):
+    d, c, w = _llama_dir(tmp_path, sp_model)
+    out = str(tmp_path / "cli.gguf")
+    r = subprocess.run([sys.executable, "-m", "llmrt", "convert", d, "-o", out, "--type", "q8_0"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "LlamaForCausalLM" in r.stdout and os.path.exists(out)
+    r = subprocess.run([sys.executable, "-m", "llmrt", "convert", str(tmp_path / "nope"), "-o",
+                        out], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "config.json" in r.stderr
