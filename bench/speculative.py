@@ -4,7 +4,7 @@ are identical:
 
 - prompt lookup on an input-grounded task (the model is asked to repeat a
   paragraph; the drafts come from the prompt);
-- with --draft-model: an F16 copy of the model (made by bench/f16_copy.py)
+- with --draft-model: an F16 copy of the model (made by `llmrt quantize`)
   as the target and the Q4_1 model itself as the draft, on open-ended chat
   prompts, greedy and sampled (temperature 0.7).
 
@@ -75,10 +75,9 @@ CHATS = ["Write a short story about a robot who learns to paint.",
 
 
 def draft_model(a) -> None:
-    from f16_copy import f16_copy
     src = a.model or llmrt.default_model_path()
     if not os.path.exists(a.f16):
-        f16_copy(src, a.f16)
+        llmrt.quantize(src, a.f16, "f16")
     target = llmrt.Model(a.f16, threads=a.threads, context_length=2048,
                          batch_invariant=a.batch_invariant)
     draft = llmrt.Model(src, threads=a.threads, context_length=2048)

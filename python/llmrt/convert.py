@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import UnsupportedModelError
-from .quantization import _FILE_TYPE, TYPES, Progress, quantize_array, tensor_type
+from .quantization import _FILE_TYPE, TYPES, Progress, tensor_type, write_tensors
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
          "Qwen2ForCausalLM": "qwen2", "MixtralForCausalLM": "llama"}
@@ -282,7 +282,6 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
             progress: bool | None = None) -> dict[str, Any]:
     """Convert a Hugging Face checkpoint directory to a GGUF file; returns a
     summary (arch, tensors, vocab, types)."""
-    from gguf import GGMLQuantizationType as QT
     from gguf import GGUFWriter
     d = os.fspath(hf_dir)
     if type_name not in TYPES:
@@ -317,36 +316,8 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     w.add_vocab_size(hp["n_vocab"])
     w.add_file_type(_FILE_TYPE[type_name])
     _tokenizer(d, hp, w)
-    # tensor infos first, then the data one tensor at a time
-    chosen, total = {}, 0
-    for name, shape, _ in plan:
-        tt = tensor_type(name, shape, type_name, hp["tied"])
-        chosen[name] = tt
-        per, nb = TYPES[tt][1], TYPES[tt][2]
-        nbytes = int(np.prod(shape)) // per * nb
-        if tt in ("f32", "f16"):
-            w.add_tensor_info(name, shape, np.dtype(np.float32 if tt == "f32" else np.float16),
-                              nbytes)
-        else:  # raw block bytes: the shape is given in bytes per row
-            w.add_tensor_info(name, (*shape[:-1], shape[-1] // per * nb), np.dtype(np.uint8),
-                              nbytes, raw_dtype=QT[TYPES[tt][0]])
-        total += int(np.prod(shape))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    bar = Progress(total, f"convert {type_name}", progress)
-    for name, shape, load in plan:
-        x = load()
-        tt = chosen[name]
-        if tt == "f32":
-            data = x.astype(np.float32)
-        elif tt == "f16":
-            data = x.astype(np.float16)
-        else:
-            data = quantize_array(x.reshape(-1, shape[-1]), tt)
-        w.write_tensor_data(np.ascontiguousarray(data))
-        bar.update(int(np.prod(shape)), name)
-        del x, data
-    bar.close()
-    w.close()
+    chosen = {name: tensor_type(name, shape, type_name, hp["tied"]) for name, shape, _ in plan}
+    write_tensors(w, [(name, shape, chosen[name], load) for name, shape, load in plan],
+                  Progress(sum(int(np.prod(shape)) for _, shape, _ in plan),
+                           f"convert {type_name}", progress))
     return dict(arch=hp["hf"], tensors=len(plan), vocab=hp["n_vocab"], types=chosen)

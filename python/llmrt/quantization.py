@@ -184,12 +184,44 @@ def copy_metadata(reader, writer, skip: Callable[[str], bool] = lambda k: False)
         writer.add_key_value(name, f.contents(), vtype, sub_type=sub)
 
 
+def write_tensors(w, entries, bar: Progress) -> None:
+    """Writes a GGUF file's header and tensors: entries (name, numpy shape,
+    type name, loader returning float32), infos first, then each tensor
+    loaded, encoded and written in turn, so only one is in memory at a time.
+    Closes the writer."""
+    from gguf import GGMLQuantizationType as QT
+    for name, shape, tt, _ in entries:
+        per, nb = TYPES[tt][1], TYPES[tt][2]
+        nbytes = int(np.prod(shape)) // per * nb
+        if tt in ("f32", "f16"):
+            w.add_tensor_info(name, shape, np.dtype(np.float32 if tt == "f32" else np.float16),
+                              nbytes)
+        else:  # raw block bytes: the shape is given in bytes per row
+            w.add_tensor_info(name, (*shape[:-1], shape[-1] // per * nb), np.dtype(np.uint8),
+                              nbytes, raw_dtype=QT[TYPES[tt][0]])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for name, shape, tt, load in entries:
+        x = load()
+        if tt == "f32":
+            data = x.astype(np.float32)
+        elif tt == "f16":
+            data = x.astype(np.float16)
+        else:
+            data = quantize_array(x.reshape(-1, shape[-1]), tt)
+        w.write_tensor_data(np.ascontiguousarray(data.reshape(*shape[:-1], -1)))
+        bar.update(int(np.prod(shape)), name)
+        del x, data
+    bar.close()
+    w.close()
+
+
 def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name: str,
                   progress: bool | None = None) -> dict[str, str]:
     """Requantize a GGUF model: every matrix dequantized from its stored type
     and encoded in `type_name` (with the exceptions of tensor_type); returns
     the type chosen per tensor."""
-    from gguf import GGMLQuantizationType as QT
     from gguf import GGUFReader, GGUFWriter
     from .errors import GGUFError
     if type_name not in TYPES:
@@ -207,29 +239,12 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
     w = GGUFWriter(dst, arch)
     copy_metadata(r, w, skip=lambda k: k == "general.file_type")
     w.add_file_type(_FILE_TYPE[type_name])
-    chosen = {}
-    bar = Progress(sum(int(t.n_elements) for t in r.tensors), f"quantize {type_name}", progress)
+    chosen, entries = {}, []
     for t in r.tensors:
         shape = tuple(int(x) for x in reversed(t.shape))  # numpy order
-        x = dequantize_array(t.data, t.tensor_type, shape)
-        tt = tensor_type(t.name, shape, type_name, tied)
-        chosen[t.name] = tt
-        if tt == "f32":
-            w.add_tensor(t.name, x.astype(np.float32))
-        elif tt == "f16":
-            w.add_tensor(t.name, x.astype(np.float16))
-        else:
-            rows = int(np.prod(shape[:-1]))
-            enc = quantize_array(x.reshape(rows, shape[-1]), tt)
-            if tt == "bf16":
-                w.add_tensor(t.name, enc, raw_dtype=QT.BF16)
-            else:
-                enc = enc.reshape(*shape[:-1], -1)
-                w.add_tensor(t.name, np.ascontiguousarray(enc), raw_dtype=QT[TYPES[tt][0]])
-        bar.update(int(t.n_elements), t.name)
-    bar.close()
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+        chosen[t.name] = tensor_type(t.name, shape, type_name, tied)
+        entries.append((t.name, shape, chosen[t.name],
+                        lambda t=t, shape=shape: dequantize_array(t.data, t.tensor_type, shape)))
+    write_tensors(w, entries, Progress(sum(int(t.n_elements) for t in r.tensors),
+                                       f"quantize {type_name}", progress))
     return chosen
