@@ -60,7 +60,39 @@ def main() -> None:
                                          f" ({info[0]:.1f} s to write)")
         print(f"{name:9s} {size / 1e6:8.1f} {8 * size / n_params:7.2f} {r.perplexity:11.4f} "
               f"{100 * (r.perplexity / base - 1):+7.2f}%  {extra}")
+        if name == "original":
+            cross_check(m, path, text, a)
         del m
+
+
+def cross_check(m: llmrt.Model, path: str, text: str, a) -> None:
+    """The same windows, BOS and scoring through llama-cpp-python's logits,
+    when it is installed: an independent check of the perplexity code."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("          (llama-cpp-python not installed: no cross-check)")
+        return
+    import numpy as np
+    lc = Llama(path, n_threads=a.threads, n_ctx=a.window, n_batch=a.window, logits_all=True,
+               verbose=False)
+    ids = m.tokenize(text, add_special=False)
+    bos = m.tokenizer.bos_id if m.tokenizer.add_bos else None
+    half, nll, count = a.window // 2, 0.0, 0
+    for w in range(min(len(ids) // a.window, a.windows)):
+        chunk = list(ids[w * a.window:(w + 1) * a.window])
+        if bos is not None:
+            chunk[0] = bos
+        lc.reset()
+        lc.eval(chunk)
+        lg = np.array(lc.scores[half:a.window - 1], np.float64)
+        mx = lg.max(1)
+        lse = mx + np.log(np.exp(lg - mx[:, None]).sum(1))
+        tgt = np.asarray(chunk[half + 1:])
+        nll += float((lse - lg[np.arange(len(tgt)), tgt]).sum())
+        count += len(tgt)
+    print(f"{'llama.cpp':9s} {'':8s} {'':7s} {np.exp(nll / count):11.4f}           the original "
+          f"file through llama-cpp-python, same windows and scoring")
 
 
 if __name__ == "__main__":
