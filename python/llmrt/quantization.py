@@ -38,8 +38,21 @@ def _q6_k(x: np.ndarray) -> np.ndarray:
     b = x.reshape(-1, 256).astype(np.float32)               # super-blocks
     sub = b.reshape(-1, 16, 16)                             # 16 sub-blocks of 16
     amax = np.abs(sub).max(axis=2)                          # (nb, 16)
-    # q - 32 in [-32, 31]: the sub-block's largest magnitude maps to 31
-    scale = amax / 31.0
+    # q - 32 in [-32, 31]: the sub-block's largest magnitude maps to about
+    # 31; a few nearby scales are tried and the one with the least squared
+    # error kept (clipping the largest values a little can pay)
+    best_err, scale = None, None
+    for div in (31.0, 31.5, 32.0, 30.0, 29.0, 28.0):
+        cand = amax / div
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(cand[:, :, None] > 0, np.clip(np.rint(sub / cand[:, :, None]), -32, 31), 0)
+        err = ((q * cand[:, :, None] - sub) ** 2).sum(axis=2)
+        if best_err is None:
+            best_err, scale = err, cand
+        else:
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            scale = np.where(better, cand, scale)
     d = scale.max(axis=1) / 127.0                           # super-block scale
     d16 = d.astype(np.float16)
     d = d16.astype(np.float32)
@@ -65,6 +78,22 @@ def _q4_k(x: np.ndarray) -> np.ndarray:
     lo_v = np.minimum(sub.min(axis=2), 0.0)                 # w = s q - m, q in [0, 15]
     mn = -lo_v                                              # m >= 0
     scale = (sub.max(axis=2) + mn) / 15.0
+    # refit: with the weights' levels fixed, the least-squares scale and
+    # offset of each sub-block (kept where they lower its error)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q0 = np.where(scale[:, :, None] > 0,
+                      np.clip(np.rint((sub + mn[:, :, None]) / scale[:, :, None]), 0, 15), 0)
+        qm, xm = q0.mean(axis=2), sub.mean(axis=2)
+        var = ((q0 - qm[:, :, None]) ** 2).mean(axis=2)
+        a = np.where(var > 0, ((q0 - qm[:, :, None]) * (sub - xm[:, :, None])).mean(axis=2) / var,
+                     scale)
+    b = a * qm - xm                                         # w = a q - b
+    ok = (a > 0) & (b >= 0)
+    e0 = ((q0 * scale[:, :, None] - mn[:, :, None] - sub) ** 2).sum(axis=2)
+    e1 = ((q0 * a[:, :, None] - b[:, :, None] - sub) ** 2).sum(axis=2)
+    use = ok & (e1 < e0)
+    scale = np.where(use, a, scale)
+    mn = np.where(use, b, mn)
     d = scale.max(axis=1) / 63.0
     dmin = mn.max(axis=1) / 63.0
     d16, dmin16 = d.astype(np.float16), dmin.astype(np.float16)
