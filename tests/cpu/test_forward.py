@@ -164,3 +164,10 @@ def test_mixture_of_experts(tmp_path, wtype, n_expert, used, activations):
     # over the experts, so each expert's tokens run as one batched matmul
     _check(tmp_path, wtype=wtype, n_embd=64, n_ff=96, n_layer=2, n_expert=n_expert,
            n_expert_used=used, tied=False, activations=activations)
+
+
+def test_bad_expert_counts_are_clear_errors(tmp_path):
+    path = str(tmp_path / "bad.gguf")
+    write_model(path, n_expert=4, n_expert_used=5, n_layer=1)
+    with pytest.raises(llmrt.GGUFError, match="expert counts"):
+        llmrt.Model(path)
