@@ -367,3 +367,13 @@ def test_invariance_with_odd_sizes(tmp_path):
                       ignore_eos=True)[0].token_ids == r.token_ids
     assert m.generate(list(p[:20]), max_new_tokens=25, ignore_eos=True,
                       draft="prompt_lookup").token_ids == r.token_ids
+
+
+def test_batch_with_a_prompt_longer_than_a_chunk(inv):
+    # a 300-token prompt goes in 256 + 44 token pieces while the others decode
+    long = list((np.arange(300) * 13) % 250 + 3)
+    prompts = [PROMPTS[0], long, PROMPTS[3]]
+    ref = alone(inv, prompts, max_new_tokens=12, ignore_eos=True)
+    got = inv.generate(prompts, max_new_tokens=12, ignore_eos=True)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+    assert got[1].prompt_tokens == 300
