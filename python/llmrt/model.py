@@ -541,23 +541,23 @@ class Model:
     def _generate_n(self, ids: list[int], p: SamplingParams, end_ids: set[int]
                     ) -> list[GenerationResult]:
         """n samples of one prompt: the prompt runs once, the samples fork its
-        sequence (blocks shared, copied on write) and continue in turn."""
+        sequence (blocks shared, copied on write) and decode together, one
+        batched step for all of them; sample i draws with seed + i."""
         t0 = time.perf_counter()
         if p.max_new_tokens == 0:
             return [_Run(self, ids, p, None, end_ids).finish_empty() for _ in range(p.n)]
         seq0, logits = self._prefill(ids)
         prompt_s = time.perf_counter() - t0
         base = p.seed if p.seed is not None else None
-        out = []
+        runs = []
         for i in range(p.n):
             seq = seq0 if i == p.n - 1 else self._track(self._native.fork_sequence(seq0))
             sampler = Sampler(p, self.vocab_size, end_ids,
                               seed=None if base is None else base + i)
-            run = _Run(self, ids, p, sampler, end_ids, start=(seq, logits, prompt_s))
-            for _ in run.pieces():
-                pass
-            out.append(run.result)
-        return out
+            runs.append(_Run(self, ids, p, sampler, end_ids, start=(seq, logits, prompt_s)))
+        for _ in _Batch(self, runs, p.n).events():
+            pass
+        return [r.result for r in runs]
 
     def chat(self, messages: Sequence[dict[str, Any]], params: SamplingParams | None = None, *,
              stream: bool = False, add_generation_prompt: bool = True, **kwargs: Any):
@@ -667,8 +667,10 @@ class _Batch:
 
     def events(self) -> Iterator[tuple[int, str]]:
         m, nat = self.m, self.m._native
+        started = {r.start[0] for r in self.runs if r.start is not None}
         for seq in list(m._live):  # sequences of abandoned generations
-            m._release(seq)
+            if seq not in started:
+                m._release(seq)
         queue = list(range(len(self.runs)))[::-1]  # next request last
         active: list[_Slot] = []
         try:
@@ -685,6 +687,27 @@ class _Batch:
                     if active and nat.blocks_available() - reserved < need:
                         break
                     i = queue.pop()
+                    if run.start is not None:  # prompt already run (a forked sample)
+                        seq, lg, prompt_s = run.start
+                        run.t0 -= prompt_s
+                        run.t_admit = run.t0
+                        run.t_prompt = time.perf_counter()
+                        slot = _Slot(i, run, seq, len(run.prompt), need)
+                        active.append(slot)
+                        reserved += need - -(-len(run.prompt) // self.bt)
+                        run.forwards += 1
+                        tok = run.choose(lg)
+                        piece = run.emit(tok)
+                        if piece:
+                            yield i, piece
+                        slot.tok = tok
+                        if run.done:
+                            active.remove(slot)
+                            m._release(seq)
+                            piece = run.close()
+                            if piece:
+                                yield i, piece
+                        continue
                     seq = m._track(nat.new_sequence())
                     reused = nat.reuse_prefix(seq, np.asarray(run.prompt, np.int32))
                     run.t_admit = time.perf_counter()
