@@ -1114,7 +1114,8 @@ class _DraftModel:
 def _beam_search(m: Model, prompt: list[int], p: SamplingParams, end_ids: set[int]
                  ) -> GenerationResult:
     """Beam search over log-probabilities. Each beam is a KV-cache sequence;
-    a beam's children fork it (blocks shared, copied on write). A beam that
+    a beam's children fork it (blocks shared, copied on write), and all the
+    beams advance in one batched step. A beam that
     picks an end token becomes a finished hypothesis scored sum logprob /
     length ** length_penalty (length: generated tokens); the search ends
     when num_beams hypotheses are finished and no live beam can beat the
@@ -1176,8 +1177,11 @@ def _beam_search(m: Model, prompt: list[int], p: SamplingParams, end_ids: set[in
             parent = beams[bi][0]
             users[bi] -= 1
             seq = m._track(m._native.fork_sequence(parent)) if users[bi] > 0 else parent
-            new.append((seq, beams[bi][1] + [t], total, m._step(t, seq)))
-        beams = new
+            new.append((seq, beams[bi][1] + [t], total))
+        # every beam's next token in one batched step
+        rows = m._native.forward_batch([(seq, np.asarray(toks[-1:], np.int32), "last")
+                                        for seq, toks, _ in new])
+        beams = [(seq, toks, total, rows[i]) for i, (seq, toks, total) in enumerate(new)]
     for b in beams:
         m._release(b[0])
 
