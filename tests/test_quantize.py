@@ -188,3 +188,17 @@ def test_perplexity_cli(f32_model, tmp_path):
     ppl = float(r.stdout.split()[1])
     assert ppl == pytest.approx(llmrt.perplexity(f32_model, text.read_text(),
                                                  window=64).perplexity, rel=1e-6)
+
+
+def test_quantize_unreadable_type_is_a_clear_error(tmp_path):
+    # a file with a tensor type llmrt cannot read: a clear error, no output left
+    src, out = str(tmp_path / "iq.gguf"), str(tmp_path / "o.gguf")
+    w = gguf.GGUFWriter(src, "llama")
+    w.add_tensor("token_embd.weight", np.zeros((4, 72), np.uint8), raw_dtype=QT.IQ4_NL)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(llmrt.UnsupportedModelError, match="IQ4_NL"):
+        llmrt.quantize(src, out, "q8_0")
+    assert not os.path.exists(out)

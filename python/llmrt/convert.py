@@ -19,7 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import UnsupportedModelError
-from .quantization import _FILE_TYPE, TYPES, Progress, tensor_type, write_tensors
+from .quantization import (_FILE_TYPE, TYPES, Progress, tensor_type, write_or_remove,
+                           write_tensors)
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
          "Qwen2ForCausalLM": "qwen2", "MixtralForCausalLM": "llama"}
@@ -317,7 +318,8 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     w.add_file_type(_FILE_TYPE[type_name])
     _tokenizer(d, hp, w)
     chosen = {name: tensor_type(name, shape, type_name, hp["tied"]) for name, shape, _ in plan}
-    write_tensors(w, [(name, shape, chosen[name], load) for name, shape, load in plan],
-                  Progress(sum(int(np.prod(shape)) for _, shape, _ in plan),
-                           f"convert {type_name}", progress))
+    write_or_remove(os.fspath(out), lambda: write_tensors(
+        w, [(name, shape, chosen[name], load) for name, shape, load in plan],
+        Progress(sum(int(np.prod(shape)) for _, shape, _ in plan), f"convert {type_name}",
+                 progress)))
     return dict(arch=hp["hf"], tensors=len(plan), vocab=hp["n_vocab"], types=chosen)

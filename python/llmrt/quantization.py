@@ -246,13 +246,30 @@ def write_tensors(w, entries, bar: Progress) -> None:
     w.close()
 
 
+# GGUF types whose data the requantizer reads (through gguf-py)
+_READABLE = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K",
+             "Q6_K", "Q2_K", "Q3_K"}
+
+
+def write_or_remove(path: str, write: Callable[[], None]) -> None:
+    """Runs write; on any failure removes the partial file and re-raises."""
+    try:
+        write()
+    except BaseException:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        raise
+
+
 def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name: str,
                   progress: bool | None = None) -> dict[str, str]:
     """Requantize a GGUF model: every matrix dequantized from its stored type
     and encoded in `type_name` (with the exceptions of tensor_type); returns
     the type chosen per tensor."""
     from gguf import GGUFReader, GGUFWriter
-    from .errors import GGUFError
+    from .errors import GGUFError, UnsupportedModelError
     if type_name not in TYPES:
         raise ValueError(f"--type must be one of {', '.join(TYPES)}, got {type_name!r}")
     src, dst = os.fspath(src), os.fspath(dst)
@@ -271,9 +288,18 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
     chosen, entries = {}, []
     for t in r.tensors:
         shape = tuple(int(x) for x in reversed(t.shape))  # numpy order
+        if t.tensor_type.name not in _READABLE:
+            raise UnsupportedModelError(f"{src}: tensor {t.name!r} has type "
+                                        f"{t.tensor_type.name}, which llmrt cannot read")
         chosen[t.name] = tensor_type(t.name, shape, type_name, tied)
-        entries.append((t.name, shape, chosen[t.name],
-                        lambda t=t, shape=shape: dequantize_array(t.data, t.tensor_type, shape)))
-    write_tensors(w, entries, Progress(sum(int(t.n_elements) for t in r.tensors),
-                                       f"quantize {type_name}", progress))
+
+        def load(t=t, shape=shape):
+            try:
+                return dequantize_array(t.data, t.tensor_type, shape)
+            except Exception as e:  # noqa: BLE001 - malformed data in the input
+                raise GGUFError(f"{src}: tensor {t.name!r}: {e}") from None
+        entries.append((t.name, shape, chosen[t.name], load))
+    write_or_remove(dst, lambda: write_tensors(
+        w, entries, Progress(sum(int(t.n_elements) for t in r.tensors),
+                             f"quantize {type_name}", progress)))
     return chosen
