@@ -85,6 +85,15 @@ def hf_reference(c, w, ids):
     hd, eps, n = D // H, c["rms_norm_eps"], len(ids)
     W = {k: v.astype(np.float64) for k, v in w.items()}
     inv = 1.0 / c["rope_theta"] ** (np.arange(0, hd, 2) / hd)
+    rs = c.get("rope_scaling")
+    if rs and rs.get("rope_type") == "llama3":  # Hugging Face's formulation
+        old, lo, hi, f = (rs["original_max_position_embeddings"], rs["low_freq_factor"],
+                          rs["high_freq_factor"], rs["factor"])
+        wl = 2 * np.pi / inv
+        scaled = np.where(wl > old / lo, inv / f, inv)
+        sm = (old / wl - lo) / (hi - lo)
+        medium = ~(wl < old / hi) & ~(wl > old / lo)
+        inv = np.where(medium, (1 - sm) * scaled / f + sm * scaled, scaled)
     ang = np.arange(n)[:, None] * inv[None, :]
     cos, sin = np.concatenate([np.cos(ang)] * 2, -1), np.concatenate([np.sin(ang)] * 2, -1)
 
@@ -228,6 +237,28 @@ def test_mixtral_checkpoint(tmp_path, sp_model):
     assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+def test_llama3_rope_scaling(tmp_path, sp_model):
+    # Llama 3.1's scaling becomes rope_freqs.weight; head size 32 spans
+    # wavelengths on both sides of the original context (64) and between
+    rs = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
+    d, c, w = _llama_dir(tmp_path, sp_model, num_attention_heads=2, num_key_value_heads=1,
+                         rope_scaling=rs)
+    out = str(tmp_path / "l3.gguf")
+    convert(d, out, "f32", progress=False)
+    r = gguf.GGUFReader(out)
+    f = {t.name: np.asarray(t.data) for t in r.tensors}["rope_freqs.weight"]
+    assert f.shape == (16,) and f.min() == 1.0 and f.max() == 8.0 and ((f > 1) & (f < 8)).any()
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    ids = m.tokenize(TEXT[:200])[:60]
+    ref = hf_reference(c, w, ids)
+    assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
+    # without the factors the logits would be far off: the check can fail
+    c0 = dict(c)
+    del c0["rope_scaling"]
+    assert np.abs(m.logits(ids) - hf_reference(c0, w, ids)).max() > 1e-2 * np.abs(ref).max()
+
+
 @pytest.mark.parametrize("type_name,bound", [("f16", 2e-3), ("q8_0", 0.03), ("q4_0", 0.25)])
 def test_convert_to_quantized_types(tmp_path, sp_model, type_name, bound):
     d, c, w = _llama_dir(tmp_path, sp_model)
@@ -268,6 +299,10 @@ def test_bad_checkpoints(tmp_path, sp_model):
     _save(str(other), dict(c, architectures=["GPTNeoXForCausalLM"]), w, shards=1)
     with pytest.raises(llmrt.UnsupportedModelError, match="GPTNeoXForCausalLM"):
         convert(str(other), out)
+    yarn = tmp_path / "yarn"
+    _save(str(yarn), dict(c, rope_scaling={"rope_type": "yarn", "factor": 4.0}), w, shards=1)
+    with pytest.raises(llmrt.UnsupportedModelError, match="yarn"):
+        convert(str(yarn), out)
     with pytest.raises(CheckpointError, match="config.json"):
         convert(str(tmp_path), out)
 

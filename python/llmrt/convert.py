@@ -93,15 +93,35 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
               head_dim=int(cfg.get("head_dim") or n_embd // n_head),
               tied=bool(cfg.get("tie_word_embeddings", False)),
               n_expert=int(cfg.get("num_local_experts", 0) if hf == "MixtralForCausalLM" else 0),
-              n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None)
+              n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None,
+              rope_factors=None)
     rs = cfg.get("rope_scaling")
     if rs:
         kind = rs.get("rope_type", rs.get("type"))
         if kind == "linear":
             hp["rope_linear"] = float(rs["factor"])
+        elif kind == "llama3":
+            hp["rope_factors"] = _llama3_factors(rs, hp["head_dim"], hp["rope_theta"])
         elif kind not in (None, "default"):
-            raise UnsupportedModelError(f"{d}: RoPE scaling {kind!r} is not supported (linear only)")
+            raise UnsupportedModelError(f"{d}: RoPE scaling {kind!r} is not supported "
+                                        "(linear and llama3 are)")
     return hp
+
+
+def _llama3_factors(rs: dict, head_dim: int, theta: float) -> np.ndarray:
+    """Llama 3.1's RoPE scaling as per-frequency divisors (GGUF's
+    rope_freqs.weight): wavelengths longer than the original context divided
+    by `factor`, shorter than original / high_freq_factor kept, a smooth
+    blend between."""
+    factor, lo, hi = float(rs["factor"]), float(rs["low_freq_factor"]), float(rs["high_freq_factor"])
+    old_ctx = float(rs["original_max_position_embeddings"])
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    wavelen = 2 * np.pi / inv
+    smooth = (old_ctx / wavelen - lo) / (hi - lo)
+    div = np.where(wavelen < old_ctx / hi, 1.0,
+                   np.where(wavelen > old_ctx / lo, factor,
+                            1.0 / ((1 - smooth) / factor + smooth)))
+    return div.astype(np.float32)
 
 
 def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
@@ -153,6 +173,9 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
             add(p + "ffn_up.weight", h + "mlp.up_proj.weight", (F, D))
             add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
     add("output_norm.weight", "model.norm.weight", (D,))
+    if hp["rope_factors"] is not None:
+        f = hp["rope_factors"]
+        plan.append(("rope_freqs.weight", f.shape, lambda: f))
     if not hp["tied"] and "lm_head.weight" in ts.shapes:
         add("output.weight", "lm_head.weight", (V, D))
     elif not hp["tied"]:
