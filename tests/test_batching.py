@@ -377,3 +377,18 @@ def test_batch_with_a_prompt_longer_than_a_chunk(inv):
     got = inv.generate(prompts, max_new_tokens=12, ignore_eos=True)
     assert [r.token_ids for r in got] == [r.token_ids for r in ref]
     assert got[1].prompt_tokens == 300
+
+
+def test_abandoned_batch_stream_frees_its_blocks(inv):
+    s = inv.generate(PROMPTS, max_new_tokens=30, ignore_eos=True, stream=True)
+    for k, _ in enumerate(s):
+        if k == 5:
+            break
+    del s
+    import gc
+    gc.collect()
+    # the next job finds the whole cache and gives the usual outputs
+    ref = alone(inv, PROMPTS[:2], max_new_tokens=8, ignore_eos=True)
+    got = inv.generate(PROMPTS[:2], max_new_tokens=8, ignore_eos=True)
+    assert [r.token_ids for r in got] == [r.token_ids for r in ref]
+    assert inv.cache_stats()["blocks_in_use"] == 0
