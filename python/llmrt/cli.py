@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     _model_args(g)
     _sampling_args(g, 64)
     g.add_argument("--stats", action="store_true", help="print timings to stderr")
+    sd = g.add_argument_group("speculative decoding")
+    sd.add_argument("--prompt-lookup", action="store_true",
+                    help="draft from the prompt and text so far (no second model)")
+    sd.add_argument("--draft-model", help="a smaller GGUF model with the same vocabulary")
+    sd.add_argument("--num-draft-tokens", type=int, default=8)
     c = sub.add_parser("chat", help="chat with the model (one message, or interactive)")
     c.add_argument("message", nargs="?", help="one message; without it, read turns from stdin")
     c.add_argument("--system", help="system prompt")
@@ -121,14 +126,25 @@ def _stream(pieces) -> None:
 def _generate(model, a) -> int:
     sys.stdout.write(a.prompt)
     sys.stdout.flush()
-    it = model.generate(a.prompt, stream=True, **_sampling_kwargs(a))
+    draft = None
+    if a.prompt_lookup and a.draft_model:
+        raise ValueError("give --prompt-lookup or --draft-model, not both")
+    if a.prompt_lookup:
+        draft = "prompt_lookup"
+    elif a.draft_model:
+        from .model import Model
+        draft = Model(a.draft_model, threads=a.threads, context_length=model.context_length)
+    kw = dict(draft=draft, num_draft_tokens=a.num_draft_tokens) if draft is not None else {}
+    it = model.generate(a.prompt, stream=True, **kw, **_sampling_kwargs(a))
     _stream(it)
     if a.stats:
         res = it.result
         t = res.timings
         print(f"[prompt {res.prompt_tokens} tok, {t['prompt_tokens_per_s']:.1f} tok/s; "
               f"decode {len(res.token_ids)} tok, {t['decode_tokens_per_s']:.1f} tok/s; "
-              f"{model!r}]", file=sys.stderr)
+              + (f"draft acceptance {t['draft_acceptance']:.2f}, "
+                 f"{t['tokens_per_forward']:.2f} tokens per forward; " if draft else "")
+              + f"{model!r}]", file=sys.stderr)
     return 0
 
 

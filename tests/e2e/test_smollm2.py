@@ -107,6 +107,22 @@ def test_cli_generate(default_model_path):
     assert "tok/s" in r.stderr
 
 
+def test_cli_speculative_flags(default_model_path):
+    base = [sys.executable, "-m", "llmrt", "generate", GOLDEN_PROMPT, "-n", "12",
+            "--model", default_model_path, "--stats"]
+    for extra in (["--prompt-lookup"], ["--draft-model", default_model_path,
+                                        "--num-draft-tokens", "4"]):
+        r = subprocess.run(base + extra, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        # greedy: the golden continuation (exact equality of longer texts needs
+        # batch_invariant, tested above)
+        assert r.stdout.startswith(GOLDEN_PROMPT + " Paris")
+        assert "draft acceptance" in r.stderr
+    r = subprocess.run(base + ["--prompt-lookup", "--draft-model", default_model_path],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "not both" in r.stderr
+
+
 def test_cli_chat_one_message():
     r = subprocess.run([sys.executable, "-m", "llmrt", "chat", "Say hello.", "-n", "16"],
                        capture_output=True, text=True, timeout=300)
