@@ -50,11 +50,7 @@ def test_forward_batch_prompts_equal_alone(fast):
     # batched (default mode too): bit-identical logits
     nat = fast._native
     ps = [np.asarray(p, np.int32) for p in PROMPTS[:4]]
-    ref = []
-    for p in ps:
-        s = nat.new_sequence()
-        ref.append(nat.forward(p, -1, True, s))
-        nat.release_sequence(s)
+    ref = [fast.logits(p) for p in ps]
     seqs = [nat.new_sequence() for _ in ps]
     out = nat.forward_batch([(s, p, "all") for s, p in zip(seqs, ps)])
     assert out.shape == (sum(len(p) for p in ps), fast.vocab_size)
@@ -101,9 +97,7 @@ def test_forward_batch_long_prompt_chunks_equal_alone(inv):
     # a 300-token prompt runs in 256 + 44 token pieces, alone or beside others
     nat = inv._native
     long = np.asarray((np.arange(300) * 7) % 250 + 3, np.int32)
-    s = nat.new_sequence()
-    ref = nat.forward(long, -1, True, s)
-    nat.release_sequence(s)
+    ref = inv.logits(long)
     s1, s2 = nat.new_sequence(), nat.new_sequence()
     nat.forward(np.asarray(PROMPTS[0], np.int32), -1, False, s2)
     out = nat.forward_batch([(s2, np.asarray([3], np.int32), "last"), (s1, long, "all")])
@@ -352,9 +346,7 @@ def test_invariance_with_odd_sizes(tmp_path):
     m = llmrt.Model(path, threads=2, kv_cache_tokens=2048, batch_invariant=True)
     nat = m._native
     p = np.asarray((np.arange(150) * 11) % 250 + 2, np.int32)
-    s = nat.new_sequence()
-    ref = nat.forward(p, -1, True, s)
-    nat.release_sequence(s)
+    ref = m.logits(p)
     a, b = nat.new_sequence(), nat.new_sequence()
     nat.forward(np.asarray(PROMPTS[1], np.int32), -1, False, b)
     rows = [nat.forward_batch([(a, p[:1], "all"), (b, np.asarray([9], np.int32), "last")])[:1]]

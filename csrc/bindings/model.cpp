@@ -227,7 +227,7 @@ class PyLlamaModel {
       for (const BatchEntry& e : es)
         if (!model_->cache().alive(e.seq)) throw py::value_error("no sequence " + std::to_string(e.seq));
       try {
-        model_->forward_batch(es.data(), count, o, greedy ? (g ? g : &dummy_) : nullptr);
+        model_->forward_batch(es.data(), count, o, g);
       } catch (const std::out_of_range& e) {
         throw py::value_error(e.what());
       }
@@ -328,7 +328,6 @@ class PyLlamaModel {
   std::unique_ptr<LlamaModel> model_;
   int default_seq_ = 0;  // the sequence forward() uses when none is named
   std::mutex mu_;
-  int32_t dummy_ = 0;
 };
 
 }  // namespace

@@ -86,6 +86,25 @@ struct BlockQ6_K {
 };
 #pragma pack(pop)
 
+// Callable from host and CUDA device code alike.
+#if defined(__CUDACC__)
+#define LLMRT_HD __host__ __device__
+#else
+#define LLMRT_HD
+#endif
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block's
+// 12 scale bytes (layout above).
+LLMRT_HD inline void kq_scale_min(const uint8_t* q, int j, int& sc, int& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
 // Activations quantized on the fly for the integer dot products, per row of
 // n values: qs (n int8, followed by their n absolute values, which the
 // kernels of signed weights use), and per block of 32: d (x ~= d * q) and

@@ -115,15 +115,14 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
     P.n = seqs[i].n;
     P.pos0 = seqs[i].pos0;
     P.nb = (P.pos0 + P.n + bt - 1) / bt;  // cache blocks the last row reads
-    P.splits = (P.nb + G - 1) / G;        // key ranges
-    P.tokens_per_task = P.n == 1 ? 1 : kTokens;
+    P.ranges = (P.nb + G - 1) / G;
     P.row0 = rows;
     P.ptr0 = ptrs;
     P.part0 = parts;
     P.task0 = tasks;
     if (P.n == 1) {
-      P.tasks = (int64_t)n_kv * P.splits;
-      parts += (size_t)P.splits * n_heads;
+      P.tasks = (int64_t)n_kv * P.ranges;
+      parts += (size_t)P.ranges * n_heads;
     } else {
       P.tasks = (int64_t)((P.n + kTokens - 1) / kTokens) * n_kv;
     }
@@ -233,7 +232,7 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
   });
 
   // decode rows: fold the ranges' partials in order
-  std::vector<int>& dec = scr.task_seq;  // reused: the one-row sequences
+  std::vector<int>& dec = scr.decode;
   dec.clear();
   for (int si = 0; si < count; ++si)
     if (plans[si].n == 1) dec.push_back(si);
@@ -245,7 +244,7 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
       const size_t p0 = P.part0 + h;
       std::copy(scr.po.data() + p0 * hd, scr.po.data() + (p0 + 1) * hd, O);
       float M = scr.pm[p0], L = scr.pl[p0];
-      for (int j = 1; j < P.splits; ++j) {
+      for (int j = 1; j < P.ranges; ++j) {
         const size_t pj = p0 + (size_t)j * n_heads;
         fold(k, O, L, M, scr.po.data() + pj * hd, scr.pl[pj], scr.pm[pj], hd);
       }

@@ -53,7 +53,7 @@ void kv_write(const Kernels& k, KVCache& cache, const int* table, int layer, int
 // Buffers of attention(), reused across calls.
 // How one sequence's rows are split into tasks.
 struct AttnPlan {
-  int n, pos0, nb, tokens_per_task, splits;
+  int n, pos0, nb, ranges;   // rows, first position, cache blocks, key ranges
   size_t row0, ptr0, part0;  // first row, first block pointer, first partial row
   int64_t task0, tasks;
 };
@@ -62,6 +62,7 @@ struct AttnScratch {
   std::vector<float> po, pm, pl;       // split-KV partials
   std::vector<AttnPlan> plans;
   std::vector<int> task_seq;           // sequence of each task
+  std::vector<int> decode;             // the one-row sequences
 };
 void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const AttnSeq* seqs,
                int count, int layer, const float* q, int n_heads, float scale, float* out,

@@ -329,7 +329,11 @@ class CudaBackend : public Backend {
     return it->second;
   }
   // RoPE frequencies, computed as the CPU backend computes them, copied once
+  // per set of parameters
   const float* inv_freq(const RopeParams& p) {
+    if (freq_dev_ && p.n_rot == freq_key_.n_rot && p.freq_base == freq_key_.freq_base &&
+        p.freq_factors == freq_key_.freq_factors)
+      return freq_dev_;
     const int half = p.n_rot / 2;
     std::vector<float> f(half);
     for (int i = 0; i < half; ++i) {
@@ -337,11 +341,10 @@ class CudaBackend : public Backend {
       if (p.freq_factors) v /= p.freq_factors[i];
       f[i] = v;
     }
-    for (auto& [h, d] : freqs_)
-      if (h == f) return d;
-    freqs_.emplace_back(f, reinterpret_cast<float*>(upload_bytes(
-                               reinterpret_cast<const uint8_t*>(f.data()), half * sizeof(float))));
-    return freqs_.back().second;
+    freq_key_ = p;
+    freq_dev_ = reinterpret_cast<float*>(
+        upload_bytes(reinterpret_cast<const uint8_t*>(f.data()), half * sizeof(float)));
+    return freq_dev_;
   }
   static cuda::KVLayout layout(const KVCache& c, int layer) {
     return cuda::KVLayout{c.k_block(0, layer), c.v_block(0, layer), c.block_bytes(),
@@ -355,7 +358,8 @@ class CudaBackend : public Backend {
   std::vector<void*> owned_;
   std::unordered_map<const void*, uint8_t*> tables_;
   std::unordered_map<const float*, float*> vectors_;
-  std::vector<std::pair<std::vector<float>, float*>> freqs_;
+  RopeParams freq_key_;
+  float* freq_dev_ = nullptr;  // (owned_ frees it)
   PassBuffers pass_;
   int pass_rows_ = -1;
   int32_t* argmax_dev_ = nullptr;

@@ -33,16 +33,6 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// The 6-bit scale and min of sub-block j (0..7) of a Q4_K / Q5_K block.
-__device__ __forceinline__ void kscale(const uint8_t* q, int j, int& sc, int& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
 
 // Weights [32 sb, 32 sb + 32) of a row of type T -> w[0..32).
 template <DType T>
@@ -81,7 +71,7 @@ __device__ __forceinline__ void load_sub(const uint8_t* row, int sb, float* w) {
     const B* b = reinterpret_cast<const B*>(row) + sb / 8;
     const int j = sb % 8;
     int sc, mn;
-    kscale(b->scales, j, sc, mn);
+    kq_scale_min(b->scales, j, sc, mn);
     const float d = h2f(b->d) * (float)sc, m = h2f(b->dmin) * (float)mn;
     const uint8_t* q = b->qs + 32 * (j / 2);
 #pragma unroll

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
@@ -549,12 +550,13 @@ class Model:
         seq0, logits = self._prefill(ids)
         prompt_s = time.perf_counter() - t0
         base = p.seed if p.seed is not None else None
+        one = SamplingParams.make(p, n=1)  # each run is one sequence
         runs = []
         for i in range(p.n):
             seq = seq0 if i == p.n - 1 else self._track(self._native.fork_sequence(seq0))
             sampler = Sampler(p, self.vocab_size, end_ids,
                               seed=None if base is None else base + i)
-            runs.append(_Run(self, ids, p, sampler, end_ids, start=(seq, logits, prompt_s)))
+            runs.append(_Run(self, ids, one, sampler, end_ids, start=(seq, logits, prompt_s)))
         for _ in _Batch(self, runs, p.n).events():
             pass
         return [r.result for r in runs]
@@ -662,8 +664,8 @@ class _Batch:
         self.bt = model._native.cache_stats()["block_tokens"]
 
     def _blocks(self, run: _Run) -> int:
-        need = min(len(run.prompt) + max(run.p.max_new_tokens - 1, 0), self.m.context_length)
-        return -(-need // self.bt) + 1  # + 1: a copy-on-write of a shared last block
+        # + 1: a copy-on-write of a shared last block
+        return self.m._kv_need(run.prompt, run.p)[1] + 1
 
     def events(self) -> Iterator[tuple[int, str]]:
         m, nat = self.m, self.m._native
@@ -676,7 +678,8 @@ class _Batch:
         try:
             while queue or active:
                 # admit in order while the blocks they may need are there
-                reserved = sum(s.blocks - -(-nat.seq_length(s.seq) // self.bt) for s in active)
+                reserved = (sum(s.blocks - -(-nat.seq_length(s.seq) // self.bt) for s in active)
+                            if queue and len(active) < self.max_batch else 0)
                 while queue and len(active) < self.max_batch:
                     run = self.runs[queue[-1]]
                     if run.p.max_new_tokens == 0:
@@ -896,39 +899,29 @@ class _Run:
             self.t0 -= prompt_s
         self.t_prompt = time.perf_counter()
         try:
-            if self.draft is None:
-                tok = self.choose(logits)
-                while True:
-                    piece = self.emit(tok)
-                    if piece:
-                        yield piece
-                    if self.done:
-                        break
-                    self.forwards += 1
-                    if self.plain_greedy:
-                        tok = int(m._native.forward_batch(
-                            [(seq, np.asarray([tok], np.int32), "last")], True)[0])
-                    else:
-                        tok = self.choose(m._step(tok, seq))
-            else:
-                yield from self._speculate(seq, logits)
+            yield from self._decode(seq, logits)
         finally:
             m._release(seq)
         piece = self.close()
         if piece:
             yield piece
 
-    def _speculate(self, seq: int, logits: np.ndarray) -> Iterator[str]:
-        """Speculative decoding: a draft proposes up to num_draft tokens, the
-        model scores them all in one forward, and the standard accept /
-        resample rule (Leviathan et al. 2023, Chen et al. 2023) keeps the
-        output distribution exactly the model's own; when greedy, the draft
-        stands as far as it matches the model's own choices."""
+    def _decode(self, seq: int, logits: np.ndarray) -> Iterator[str]:
+        """The token loop, from the logits after the prompt. Without a draft,
+        one forward per token. With one, speculative decoding: the draft
+        proposes up to num_draft tokens, the model scores them all in one
+        forward, and the standard accept / resample rule (Leviathan et al.
+        2023, Chen et al. 2023) keeps the output distribution exactly the
+        model's own; when greedy, the draft stands as far as it matches the
+        model's own choices."""
         m, p, res = self.m, self.p, self.result
         n_ctx = m.context_length
-        src = (_PromptLookup() if isinstance(self.draft, str)
-               else _DraftModel(self.draft, self, self.sampler_seed))
-        rng = np.random.default_rng(self.sampler_seed)
+        src = rng = None
+        if self.draft is not None:
+            seed = p.seed if p.seed is not None else secrets.randbits(63)
+            rng = np.random.default_rng(seed)
+            src = (_PromptLookup() if isinstance(self.draft, str)
+                   else _DraftModel(self.draft, self, seed))
         try:
             tok = self.choose(logits)
             while True:
@@ -938,12 +931,15 @@ class _Run:
                 if self.done:
                     break
                 n = self.n_hist  # the cache holds n - 1 positions; tok is hist[n - 1]
-                room = min(self.num_draft, p.max_new_tokens - len(res.token_ids) - 1, n_ctx - n)
-                drafts, qs = src.propose(self.hist, n, room, self.greedy, rng) \
-                    if room > 0 else ([], [])
+                drafts, qs = [], []
+                if src is not None:
+                    room = min(self.num_draft, p.max_new_tokens - len(res.token_ids) - 1,
+                               n_ctx - n)
+                    if room > 0:
+                        drafts, qs = src.propose(self.hist, n, room, self.greedy, rng)
                 self.forwards += 1
                 if not drafts:
-                    tok = self.choose(m._step(tok, seq))
+                    tok = self._step(tok, seq)
                     continue
                 rows = m._native.forward(np.asarray([tok] + drafts, np.int32), -1, True, seq)
                 self.drafted += len(drafts)
@@ -951,15 +947,12 @@ class _Run:
                 for i, x in enumerate(drafts):
                     if self.greedy:
                         y = self.choose(rows[i])
-                        if y != x:
-                            nxt = y
-                            break
                     else:
                         y = _accept_or_resample(self.distribution(rows[i]), qs[i], x, rng)
                         self.note_logprob(rows[i], y)
-                        if y != x:
-                            nxt = y
-                            break
+                    if y != x:
+                        nxt = y
+                        break
                     a += 1
                     piece = self.emit(x)
                     if piece:
@@ -978,12 +971,16 @@ class _Run:
                 src.keep(n + a)
                 tok = nxt
         finally:
-            src.close()
+            if src is not None:
+                src.close()
 
-    @property
-    def sampler_seed(self) -> int:
-        return self.p.seed if self.p.seed is not None else int(np.random.SeedSequence().entropy
-                                                                % (2**63))
+    def _step(self, tok: int, seq: int) -> int:
+        """One plain step: tok in, the next token out (plain greedy takes the
+        argmax where the logits are)."""
+        if self.plain_greedy:
+            return int(self.m._native.forward_batch(
+                [(seq, np.asarray([tok], np.int32), "last")], True)[0])
+        return self.choose(self.m._step(tok, seq))
 
     def distribution(self, lg: np.ndarray) -> np.ndarray:
         return self.sampler.distribution(lg, self.hist[:self.n_hist], len(self.result.token_ids))
