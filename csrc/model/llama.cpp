@@ -168,8 +168,10 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logi
   std::vector<int> past(count);
   for (int i = 0; i < count; ++i) {
     const BatchEntry& e = entries[i];
-    const std::string which = count > 1 ? " (entry " + std::to_string(i) + ")" : "";
-    if (e.n <= 0 || !e.tokens) throw std::invalid_argument("forward: no tokens" + which);
+    auto which = [&] {  // built only for an error message
+      return count > 1 ? " (entry " + std::to_string(i) + ")" : std::string();
+    };
+    if (e.n <= 0 || !e.tokens) throw std::invalid_argument("forward: no tokens" + which());
     for (int j = 0; j < i; ++j)
       if (entries[j].seq == e.seq)
         throw std::invalid_argument("forward: sequence " + std::to_string(e.seq) +
@@ -178,12 +180,13 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logi
     if ((int64_t)past[i] + e.n > cfg_.n_ctx)
       throw std::out_of_range("forward: positions " + std::to_string(past[i]) + ".." +
                               std::to_string((int64_t)past[i] + e.n - 1) +
-                              " exceed the context length " + std::to_string(cfg_.n_ctx) + which);
+                              " exceed the context length " + std::to_string(cfg_.n_ctx) +
+                              which());
     for (int t = 0; t < e.n; ++t)
       if (e.tokens[t] < 0 || e.tokens[t] >= cfg_.n_vocab)
         throw std::out_of_range("token id " + std::to_string(e.tokens[t]) + " at index " +
                                 std::to_string(t) + " is outside the vocabulary (size " +
-                                std::to_string(cfg_.n_vocab) + ")" + which);
+                                std::to_string(cfg_.n_vocab) + ")" + which());
   }
   if (!logits && !greedy && logit_rows(entries, count) > 0)
     throw std::invalid_argument("forward: logits wanted but no buffer given");
