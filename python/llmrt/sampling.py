@@ -187,19 +187,19 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: np.ndarray | None = None,
                  n_generated: int = 0) -> int:
         """history: int32 array of the tokens so far (prompt and generated)."""
-        h = self._empty
-        if self._window and history is not None:
-            h = history if self._window < 0 else history[-self._window:]
-        return self._native.sample(logits, h, n_generated)
+        return self._native.sample(logits, self._penalized(history), n_generated)
 
     def distribution(self, logits: np.ndarray, history: np.ndarray | None = None,
                      n_generated: int = 0) -> np.ndarray:
         """The probabilities (float32, vocabulary size) a call with the same
         arguments draws from: one-hot when greedy. Not for mirostat."""
-        h = self._empty
-        if self._window and history is not None:
-            h = history if self._window < 0 else history[-self._window:]
-        return self._native.distribution(logits, h, n_generated)
+        return self._native.distribution(logits, self._penalized(history), n_generated)
+
+    def _penalized(self, history: np.ndarray | None) -> np.ndarray:
+        """The part of the history the penalties see (none without penalties)."""
+        if not self._window or history is None:
+            return self._empty
+        return history if self._window < 0 else history[-self._window:]
 
 
 def top_logprobs(logits: np.ndarray, token: int, k: int) -> tuple[float, list[tuple[int, float]]]:
