@@ -19,10 +19,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
 import llmrt  # noqa: E402
 from llmrt import _core  # noqa: E402
+from llmrt.ggml_types import TYPES as GGML_TYPES  # noqa: E402
 from testutil import encode_tensor, random_kquant  # noqa: E402
 
-TYPES = {"F16": 1, "BF16": 30, "Q8_0": 8, "Q4_0": 2, "Q4_1": 3, "Q4_K": 12, "Q5_K": 13,
-         "Q6_K": 14}
+TYPES = {name: t.id for name, t in GGML_TYPES.items() if name != "F32"}
 ROWS = COLS = 2048
 THREADS = llmrt.physical_cores()
 RESULTS = []
@@ -35,7 +35,7 @@ def _prepared(type_name):
     else:
         w = rng.standard_normal((ROWS, COLS)).astype(np.float32)
         raw = np.ascontiguousarray(np.asarray(encode_tensor(w, type_name))).view(np.uint8)
-    return _core.PreparedMatmul(TYPES[type_name], raw.reshape(ROWS, -1), ROWS, COLS, THREADS)
+    return _core.testing.PreparedMatmul(TYPES[type_name], raw.reshape(ROWS, -1), ROWS, COLS, THREADS)
 
 
 @pytest.mark.parametrize("type_name", list(TYPES))

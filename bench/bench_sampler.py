@@ -5,8 +5,10 @@ step of the same model measured in the same run.
 
     python bench/bench_sampler.py [--model PATH] [--threads 2] [--tokens 2000]
 
-The cost of a generate() step outside its forward pass (sampler call, stop
-checks, detokenizing, the Python loop) is printed too.
+The cost of a generate() step outside its forward pass (stop checks,
+detokenizing, the scheduler's Python) is printed too, greedy and sampled:
+the native step draws the token itself, so a step's logits never reach
+Python; what a sampled step costs beyond a greedy one is the chain.
 """
 
 from __future__ import annotations
@@ -40,21 +42,21 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2000)
     a = ap.parse_args()
     m = llmrt.Model(a.model, threads=a.threads, context_length=1024)
-    nat = m._native
+    eng = m.engine
     # real logits of 64 positions of text, and the decode step's time
     ids = m.tokenize("The history of the city begins in antiquity, when traders settled "
                      "on the river bank and the town grew around its market. " * 4)[:64]
     rows = m.logits(ids)
     logits = [np.ascontiguousarray(r) for r in rows]
     hist = np.asarray(ids, np.int32)
-    seq = nat.new_sequence()
-    nat.forward(np.asarray(ids[:8], np.int32), -1, False, seq)
+    seq = eng.new_sequence()
+    eng.forward(seq, ids[:8])
     steps = []
     for t in ids[8:40]:
         t0 = time.perf_counter()
-        nat.forward(np.asarray([t], np.int32), -1, False, seq)
+        eng.forward(seq, [t])
         steps.append(time.perf_counter() - t0)
-    nat.release_sequence(seq)
+    eng.release(seq)
     step = statistics.median(steps)
     print(f"{m!r}\ndecode step (median of {len(steps)}): {step * 1e3:.2f} ms")
     for name, kw in SETTINGS.items():
@@ -67,22 +69,22 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         us = statistics.median(times) * 1e6
         print(f"  {name:78s} {us:7.1f} us/token  {100 * us / 1e6 / step:5.2f}% of a step")
-    # what a generate() step costs beyond its forward pass (greedy)
-    orig, fwd = m._step, []
-
-    def timed(tok, seq):
+    # what a generate() step costs beyond its native forward (which draws
+    # the token): the engine counts the time spent in native steps
+    for name, kw in (("greedy", {}), ("sampled (llama.cpp defaults)",
+                                      SETTINGS["llama.cpp defaults: top-k 40, top-p 0.95, "
+                                               "min-p 0.05, T 0.8"])):
+        m.generate(ids, max_new_tokens=8, ignore_eos=True, seed=1, **kw)  # warm-up
+        s0, n0 = eng.step_seconds, eng.steps
         t0 = time.perf_counter()
-        out = orig(tok, seq)
-        fwd.append(time.perf_counter() - t0)
-        return out
+        m.generate(ids, max_new_tokens=64, ignore_eos=True, seed=1, **kw)
+        total = time.perf_counter() - t0
+        native, n = eng.step_seconds - s0, eng.steps - n0
+        rest = total - native
+        print(f"generate(), {name}: {1e6 * total / n:.0f} us a step, of which "
+              f"{1e6 * rest / n:.1f} us outside the native step (stop checks, detokenizer, "
+              f"scheduler): {100 * rest / native:.2f}% of the native steps")
 
-    m._step = timed
-    r = m.generate(ids, max_new_tokens=64, ignore_eos=True)
-    n = len(fwd)
-    rest = r.timings["decode_ms"] / 1e3 - sum(fwd)
-    print(f"generate(), greedy: {1e6 * rest / n:.1f} us per token outside the forward pass "
-          f"(sampler, stop checks, detokenizer, Python loop): "
-          f"{100 * rest / sum(fwd):.2f}% of the forward passes")
 
 if __name__ == "__main__":
     main()

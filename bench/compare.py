@@ -53,16 +53,23 @@ class LlmrtRunner(Runner):
 
     def __init__(self, path, threads, n_ctx, **kw):
         self.m = llmrt.Model(path, threads=threads, context_length=n_ctx, **kw)
-        self.nat = self.m._native
+        self.eng = self.m.engine
+        self.seq = self.eng.new_sequence()
 
     def fill(self, ids):
         """Process ids from an empty cache (no prefix reuse); returns seconds."""
+        self.eng.truncate(self.seq, 0)
         t0 = time.perf_counter()
-        self.logits = self.nat.forward(np.asarray(ids, np.int32), 0, False)
+        self.logits = self.eng.forward(self.seq, ids)
         return time.perf_counter() - t0
 
     def step(self, tok, pos):
-        return self.nat.forward(np.asarray([tok], np.int32), pos, False)
+        self.eng.truncate(self.seq, pos)
+        return self.eng.forward(self.seq, [tok])
+
+    def reset(self):
+        """Gives the sequence's blocks back to the pool."""
+        self.eng.truncate(self.seq, 0)
 
 
 class LlamaCppRunner(Runner):

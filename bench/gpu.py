@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 import llmrt
+from llmrt.sampling import Sampler
 
 
 def shaped_model(path: str) -> str:
@@ -36,24 +37,31 @@ def shaped_model(path: str) -> str:
 def weight_bytes(m: llmrt.Model) -> int:
     # every tensor but the embedding is read per step; a tied embedding is
     # read as the output head
-    return sum(int(t[3].nbytes) for name, t in m._gguf.tensors.items()
-               if name != "token_embd.weight" or "output.weight" not in m._gguf.tensors)
+    from gguf import GGUFReader
+    t = {x.name: int(x.n_bytes) for x in GGUFReader(m.path).tensors}
+    return sum(n for name, n in t.items() if name != "token_embd.weight" or "output.weight" not in t)
 
 
 def decode_rate(m: llmrt.Model, batch: int, steps: int) -> float:
-    nat = m._native
-    seqs = [nat.new_sequence() for _ in range(batch)]
+    """Native decode steps of `batch` sequences, each drawing its next token
+    greedily inside the step (the argmax on the device)."""
+    eng = m.engine
+    seqs = [eng.new_sequence() for _ in range(batch)]
+    greedy = [Sampler(llmrt.SamplingParams(), m.vocab_size) for _ in seqs]
     prompt = np.arange(1, 17, dtype=np.int32)
-    nat.forward_batch([(s, prompt, "last") for s in seqs])
+    eng.step([(s, prompt, "last") for s in seqs])
     tok = np.asarray([5], np.int32)
+
+    def step():
+        eng.step([(s, tok, "last", [g], 1) for s, g in zip(seqs, greedy)])
     for _ in range(4):  # warm-up
-        nat.forward_batch([(s, tok, "last") for s in seqs])
+        step()
     t = time.perf_counter()
     for _ in range(steps):
-        nat.forward_batch([(s, tok, "last") for s in seqs])
+        step()
     dt = time.perf_counter() - t
     for s in seqs:
-        nat.release_sequence(s)
+        eng.release(s)
     return batch * steps / dt
 
 
@@ -65,11 +73,11 @@ def prompt_rate(m: llmrt.Model, n: int, runs: int = 3) -> float:
     for _ in range(runs):
         m.clear_prefix_cache()
         t = time.perf_counter()
-        nat = m._native
-        s = nat.new_sequence()
-        nat.forward(ids, -1, False, s)
+        eng = m.engine
+        s = eng.new_sequence()
+        eng.forward(s, ids)
         out.append(n / (time.perf_counter() - t))
-        nat.release_sequence(s)
+        eng.release(s)
     return statistics.median(out)
 
 

@@ -29,7 +29,6 @@ from bench_generate import TEXT, weight_bytes_per_token  # noqa: E402
 from compare import LlamaCppRunner, LlmrtRunner  # noqa: E402
 
 import llmrt  # noqa: E402
-from llmrt.model import kv_bytes_per_token  # noqa: E402
 
 
 def main() -> None:
@@ -82,8 +81,7 @@ def main() -> None:
             record(r.name, "prompt@2048", 2048 / r.fill(text[:2048]))
     # time to first token, the same 2k prompt twice
     prompt = text[5000:7048]
-    nat = m._native
-    nat.truncate(nat.default_sequence, 0)  # give the fills' blocks back to the pool
+    runners[0].reset()  # give the fills' blocks back to the pool
     for _ in range(a.runs):
         m.clear_prefix_cache()
         for i in (1, 2):
@@ -97,7 +95,8 @@ def main() -> None:
             record(r.name, "ttft1", (time.perf_counter() - t0) * 1e3)
 
     per_w = weight_bytes_per_token(m)
-    per_kv = kv_bytes_per_token(m.config, "f16")
+    st = m.cache_stats()  # F16 cache: bytes of one position, every layer's keys and values
+    per_kv = st["block_bytes"] // st["block_tokens"]
     print(f"model {os.path.basename(path)}, {a.threads} threads, llmrt {llmrt.__version__} "
           f"({llmrt.build_info()['cpu_isa']}), weights {per_w / 1e6:.1f} MB/token, "
           f"F16 KV cache {per_kv / 1e3:.1f} kB/position; medians of {a.runs} runs")

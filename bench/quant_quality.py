@@ -52,7 +52,8 @@ def main() -> None:
     for name, path, info in rows:
         m = llmrt.Model(path, threads=a.threads, context_length=max(a.window, 16))
         if n_params is None:
-            n_params = sum(int(t[1]) * int(t[2]) for t in m._gguf.tensors.values())
+            from gguf import GGUFReader
+            n_params = sum(int(t.n_elements) for t in GGUFReader(path).tensors)
         r = m.perplexity(text, window=a.window, max_windows=a.windows, progress=False)
         base = base or r.perplexity
         size = os.path.getsize(path)

@@ -3,7 +3,7 @@ speculative decoding with a draft model, on tiny random models."""
 import numpy as np
 import pytest
 import llmrt
-from llmrt.model import _accept_or_resample
+from llmrt.speculative import accept_or_resample
 from llmrt.sampling import Sampler
 from test_sampling import assert_follows, chi2_critical
 from testutil import write_model
@@ -48,82 +48,116 @@ def alone(m, prompts, **kw):
 def test_forward_batch_prompts_equal_alone(fast):
     # several-token rows use the same kernels and summation order alone or
     # batched (default mode too): bit-identical logits
-    nat = fast._native
+    eng = fast.engine
     ps = [np.asarray(p, np.int32) for p in PROMPTS[:4]]
     ref = [fast.logits(p) for p in ps]
-    seqs = [nat.new_sequence() for _ in ps]
-    out = nat.forward_batch([(s, p, "all") for s, p in zip(seqs, ps)])
+    seqs = [eng.new_sequence() for _ in ps]
+    out = eng.step([(s, p, "all") for s, p in zip(seqs, ps)])[0]
     assert out.shape == (sum(len(p) for p in ps), fast.vocab_size)
     assert np.array_equal(out, np.concatenate(ref))
     # modes: none / last / all pick the rows
     more = [np.asarray([7, 8], np.int32), np.asarray([9], np.int32), np.asarray([10, 11, 12], np.int32)]
-    out2 = nat.forward_batch([(seqs[0], more[0], "none"), (seqs[1], more[1], "last"),
-                              (seqs[2], more[2], "all")])
+    out2 = eng.step([(seqs[0], more[0], "none"), (seqs[1], more[1], "last"),
+                     (seqs[2], more[2], "all")])[0]
     assert out2.shape == (1 + 3, fast.vocab_size)
-    assert [nat.seq_length(s) for s in seqs[:3]] == [len(ps[0]) + 2, len(ps[1]) + 1,
-                                                   len(ps[2]) + 3]
-    # greedy=True: the argmax ids of the same rows (the first of equal maxima)
-    # instead of the logits
+    assert [eng.length(s) for s in seqs[:3]] == [len(ps[0]) + 2, len(ps[1]) + 1,
+                                               len(ps[2]) + 3]
+    # an entry with samplers: its last row is drawn from inside the step (a
+    # greedy sampler takes the first of equal maxima), the rows of the
+    # others come back as before
     for s, p in zip(seqs[:3], more):
-        nat.truncate(s, nat.seq_length(s) - len(p))
-    ids = nat.forward_batch([(seqs[0], more[0], "none"), (seqs[1], more[1], "last"),
-                             (seqs[2], more[2], "all")], greedy=True)
-    assert ids.dtype == np.int32 and ids.tolist() == out2.argmax(axis=1).tolist()
+        eng.truncate(s, eng.length(s) - len(p))
+    greedy = [Sampler(SP(), fast.vocab_size) for _ in range(2)]
+    lg, ids, lps = eng.step([(seqs[0], more[0], "none"), (seqs[1], more[1], "last", greedy[:1], 0),
+                             (seqs[2], more[2], "all")])
+    assert np.array_equal(lg, out2[1:]) and lps is None
+    assert ids.dtype == np.int32 and ids.tolist() == [out2[0].argmax()]
+    for s, p in zip(seqs[:3], more):
+        eng.truncate(s, eng.length(s) - len(p))
+    lg, ids, _ = eng.step([(seqs[2], more[2], "last", greedy[1:], 0),
+                           (seqs[1], more[1], "last", greedy[:1], 0)])
+    assert lg.shape == (0, fast.vocab_size)
+    assert ids.tolist() == [out2[3].argmax(), out2[0].argmax()]
     for s in seqs:
-        nat.release_sequence(s)
+        eng.release(s)
+
+
+def test_sampling_inside_the_step_equals_sampling_the_logits(fast):
+    # a sampler drawing inside the step sees the same logits and the same
+    # history (the sequence's tokens) as one given them outside: same draws,
+    # same logprobs; several samplers may draw from one row (n samples)
+    eng = fast.engine
+    kw = dict(temperature=0.9, top_p=0.95, repetition_penalty=1.3, logprobs=3)
+    p = np.asarray(PROMPTS[2], np.int32)
+    a, b = eng.new_sequence(), eng.new_sequence()
+    lg = eng.forward(a, p)
+    inside = [Sampler(SP(seed=s, **kw), fast.vocab_size) for s in (1, 2, 3)]
+    outside = [Sampler(SP(seed=s, **kw), fast.vocab_size) for s in (1, 2, 3)]
+    _, ids, lps = eng.step([(b, p, "last", inside, 0)])
+    assert ids.tolist() == [o(lg, p, 0) for o in outside]
+    for tok, lp in zip(ids, lps):
+        want, top = llmrt.sampling.top_logprobs(lg, int(tok), 3)
+        assert lp[0] == want and list(zip(lp[1], lp[2])) == top
+    # and the next step: history = the prompt and the fed token
+    t = np.asarray([int(ids[0])], np.int32)
+    lg2 = eng.forward(a, t)
+    _, ids2, _ = eng.step([(b, t, "last", inside[:1], 1)])
+    assert ids2.tolist() == [outside[0](lg2, np.concatenate([p, t]), 1)]
+    eng.release(a)
+    eng.release(b)
 
 
 def test_forward_batch_one_token_rows(inv, fast):
     # one-token rows: bit-identical with batch_invariant; at float rounding
     # otherwise (matrix-vector alone vs the tile kernels in a batch)
     for m, exact in ((inv, True), (fast, False)):
-        nat = m._native
+        eng = m.engine
         p = np.asarray(PROMPTS[1], np.int32)
-        a, b, c = nat.new_sequence(), nat.new_sequence(), nat.new_sequence()
+        a, b, c = eng.new_sequence(), eng.new_sequence(), eng.new_sequence()
         for s in (a, b, c):
-            nat.forward(p, -1, False, s)
+            eng.forward(s, p)
         t = np.asarray([77], np.int32)
-        lone = nat.forward(t, -1, False, a)
-        out = nat.forward_batch([(b, t, "last"), (c, np.asarray([5, 6, 7], np.int32), "last")])
+        lone = eng.forward(a, t)
+        out = eng.step([(b, t, "last"), (c, np.asarray([5, 6, 7], np.int32), "last")])[0]
         if exact:
             assert np.array_equal(out[0], lone)
         else:
             np.testing.assert_allclose(out[0], lone, atol=0.05 * np.abs(lone).max())
         for s in (a, b, c):
-            nat.release_sequence(s)
+            eng.release(s)
 
 
 def test_forward_batch_long_prompt_chunks_equal_alone(inv):
     # a 300-token prompt runs in 256 + 44 token pieces, alone or beside others
-    nat = inv._native
+    eng = inv.engine
     long = np.asarray((np.arange(300) * 7) % 250 + 3, np.int32)
     ref = inv.logits(long)
-    s1, s2 = nat.new_sequence(), nat.new_sequence()
-    nat.forward(np.asarray(PROMPTS[0], np.int32), -1, False, s2)
-    out = nat.forward_batch([(s2, np.asarray([3], np.int32), "last"), (s1, long, "all")])
+    s1, s2 = eng.new_sequence(), eng.new_sequence()
+    eng.forward(s2, np.asarray(PROMPTS[0], np.int32))
+    out = eng.step([(s2, np.asarray([3], np.int32), "last"), (s1, long, "all")])[0]
     assert np.array_equal(out[1:], ref)
-    nat.release_sequence(s1)
-    nat.release_sequence(s2)
+    eng.release(s1)
+    eng.release(s2)
 
 
 def test_forward_batch_errors_leave_sequences_unchanged(paths):
     m = llmrt.Model(paths[0], threads=1, kv_cache_tokens=96, kv_block_tokens=32)
-    nat = m._native
-    a, b = nat.new_sequence(), nat.new_sequence()
-    nat.forward(np.arange(1, 41, dtype=np.int32), -1, False, a)  # 2 blocks
+    eng = m.engine
+    a, b = eng.new_sequence(), eng.new_sequence()
+    eng.forward(a, np.arange(1, 41, dtype=np.int32))  # 2 blocks
     with pytest.raises(ValueError, match="twice"):
-        nat.forward_batch([(a, np.asarray([1], np.int32), "last"),
+        eng.step([(a, np.asarray([1], np.int32), "last"),
                            (a, np.asarray([2], np.int32), "last")])
     with pytest.raises(ValueError, match="'none', 'last' or 'all'"):
-        nat.forward_batch([(a, np.asarray([1], np.int32), "first")])
+        eng.step([(a, np.asarray([1], np.int32), "first")])
     with pytest.raises(ValueError, match="vocabulary"):
-        nat.forward_batch([(a, np.asarray([1], np.int32), "last"),
+        eng.step([(a, np.asarray([1], np.int32), "last"),
                            (b, np.asarray([10**6], np.int32), "last")])
     # a fits, b does not: neither is changed
     with pytest.raises(llmrt.KVCacheFullError):
-        nat.forward_batch([(a, np.asarray([1, 2], np.int32), "last"),
+        eng.step([(a, np.asarray([1, 2], np.int32), "last"),
                            (b, np.arange(1, 60, dtype=np.int32), "last")])
-    assert nat.seq_length(a) == 40 and nat.seq_length(b) == 0
+    assert eng.length(a) == 40 and eng.length(b) == 0
 
 
 # ---- generate over a list of prompts ----------------------------------------------------
@@ -288,7 +322,7 @@ def test_accept_or_resample_keeps_the_target_distribution():
                 x = 3
             else:
                 x = int(rng.choice(V, p=q))
-            counts[_accept_or_resample(p.astype(np.float32), q, x, rng)] += 1
+            counts[accept_or_resample(p.astype(np.float32), q, x, rng)] += 1
         assert_follows(counts, p)
     # and the check can fail: a rule that always keeps the draft does
     q = rng.dirichlet(np.ones(V) * 0.7)
@@ -344,15 +378,15 @@ def test_invariance_with_odd_sizes(tmp_path):
     write_model(path, wtype="F32", n_embd=72, n_head=4, n_head_kv=2, n_ff=100, n_layer=2,
                 ctx=512, tied=False)
     m = llmrt.Model(path, threads=2, kv_cache_tokens=2048, batch_invariant=True)
-    nat = m._native
+    eng = m.engine
     p = np.asarray((np.arange(150) * 11) % 250 + 2, np.int32)
     ref = m.logits(p)
-    a, b = nat.new_sequence(), nat.new_sequence()
-    nat.forward(np.asarray(PROMPTS[1], np.int32), -1, False, b)
-    rows = [nat.forward_batch([(a, p[:1], "all"), (b, np.asarray([9], np.int32), "last")])[:1]]
+    a, b = eng.new_sequence(), eng.new_sequence()
+    eng.forward(b, np.asarray(PROMPTS[1], np.int32))
+    rows = [eng.step([(a, p[:1], "all"), (b, np.asarray([9], np.int32), "last")])[0][:1]]
     for lo, hi in ((1, 2), (2, 7), (7, 8), (8, 150)):  # one token, chunks, one token, the rest
-        rows.append(nat.forward_batch([(b, np.asarray([9], np.int32), "last"),
-                                       (a, p[lo:hi], "all")])[1:])
+        rows.append(eng.step([(b, np.asarray([9], np.int32), "last"),
+                                       (a, p[lo:hi], "all")])[0][1:])
     assert np.array_equal(np.concatenate(rows), ref)
     r = m.generate(list(p[:20]), max_new_tokens=25, ignore_eos=True)
     assert m.generate([list(p[:20]), list(p[5:9])], max_new_tokens=25,
@@ -384,3 +418,30 @@ def test_abandoned_batch_stream_frees_its_blocks(inv):
     got = inv.generate(PROMPTS[:2], max_new_tokens=8, ignore_eos=True)
     assert [r.token_ids for r in got] == [r.token_ids for r in ref]
     assert inv.cache_stats()["blocks_in_use"] == 0
+
+
+def test_decode_steps_return_no_logits(fast):
+    # sampled, penalised, logprob-reporting and greedy requests, alone and
+    # batched: every step's logits array is empty (the tokens are drawn in
+    # the native step); only speculative verification and beam search
+    # bring rows back
+    shapes = []
+    step = fast.engine.step
+
+    def spy(entries):
+        out = step(entries)
+        shapes.append(out[0].shape[0])
+        return out
+    fast.engine.step = spy
+    try:
+        kw = dict(max_new_tokens=12, ignore_eos=True)
+        fast.generate(PROMPTS[0], temperature=0.9, seed=1, repetition_penalty=1.2, logprobs=3,
+                      min_new_tokens=4, **kw)
+        fast.generate(PROMPTS[:4], [SP(temperature=0.8, top_p=0.9, seed=2, **kw), SP(**kw),
+                                    SP(logprobs=1, **kw), SP(n=2, temperature=1.0, **kw)])
+        assert len(shapes) > 20 and set(shapes) == {0}
+        shapes.clear()
+        fast.generate(PROMPTS[1], num_beams=2, **kw)
+        assert shapes and min(shapes) > 0
+    finally:
+        del fast.engine.step

@@ -55,29 +55,29 @@ def test_logits_equal_with_reused_prefix(path):
     prompt = ids(4, 100)
     full = m.logits(prompt)[-1]
     m.generate(prompt[:70] + [9, 9, 9], max_new_tokens=1)  # caches 2 blocks of prompt
-    nat = m._native
-    seq = nat.new_sequence()
-    reused = nat.reuse_prefix(seq, np.asarray(prompt, np.int32))
+    eng = m.engine
+    seq = eng.new_sequence()
+    reused = eng.reuse_prefix(seq, np.asarray(prompt, np.int32))
     assert reused == 96  # 3 blocks: the logits() call cached them too
-    got = nat.forward(np.asarray(prompt[reused:], np.int32), -1, False, seq)
+    got = eng.forward(seq, np.asarray(prompt[reused:], np.int32))
     # the rows of a block do not depend on the batch they were computed in
     np.testing.assert_allclose(got, full, rtol=0, atol=1e-4 * np.abs(full).max())
 
 
 def test_fork_copies_on_write(path):
     m = model(path, kv_cache_dtype="f32")
-    nat = m._native
+    eng = m.engine
     base = ids(5, 45)  # one full block and a partial one
-    a = nat.new_sequence()
-    nat.forward(np.asarray(base, np.int32), -1, False, a)
-    b = nat.fork_sequence(a)
-    assert nat.block_table(a) == nat.block_table(b)
-    la = nat.forward(np.asarray([7, 8], np.int32), -1, False, a)
-    lb = nat.forward(np.asarray([9], np.int32), -1, False, b)
+    a = eng.new_sequence()
+    eng.forward(a, np.asarray(base, np.int32))
+    b = eng.fork(a)
+    assert eng.block_table(a) == eng.block_table(b)
+    la = eng.forward(a, np.asarray([7, 8], np.int32))
+    lb = eng.forward(b, np.asarray([9], np.int32))
     s = m.cache_stats()
     assert s["copies"] == 1  # the shared partial block, copied once
-    assert nat.block_table(a)[0] == nat.block_table(b)[0]  # the full block stays shared
-    assert nat.block_table(a)[1] != nat.block_table(b)[1]
+    assert eng.block_table(a)[0] == eng.block_table(b)[0]  # the full block stays shared
+    assert eng.block_table(a)[1] != eng.block_table(b)[1]
     ref = model(path, kv_cache_dtype="f32", prefix_caching=False)
     # (other batch shapes: float32 rounding only)
     for want, got in [(ref.logits(base + [7, 8])[-1], la), (ref.logits(base + [9])[-1], lb)]:
@@ -89,17 +89,17 @@ def test_truncating_into_a_cached_block_does_not_corrupt_it(path):
     prompt = ids(6, 70)
     first = model(path, kv_cache_dtype="f32", prefix_caching=False).generate(
         prompt, max_new_tokens=5, ignore_eos=True).token_ids
-    nat = m._native
-    seq = nat.new_sequence()
-    nat.forward(np.asarray(prompt, np.int32), -1, False, seq)
-    nat.release_sequence(seq)  # its two full blocks stay cached, unreferenced
+    eng = m.engine
+    seq = eng.new_sequence()
+    eng.forward(seq, np.asarray(prompt, np.int32))
+    eng.release(seq)  # its two full blocks stay cached, unreferenced
     # a sequence holding them alone rewrites positions 40..: the cached
     # block must be copied, not written
-    seq = nat.new_sequence()
-    assert nat.reuse_prefix(seq, np.asarray(prompt, np.int32)) == 64
-    nat.truncate(seq, 40)
-    nat.forward(np.asarray(ids(7, 30), np.int32), -1, False, seq)
-    nat.release_sequence(seq)
+    seq = eng.new_sequence()
+    assert eng.reuse_prefix(seq, np.asarray(prompt, np.int32)) == 64
+    eng.truncate(seq, 40)
+    eng.forward(seq, np.asarray(ids(7, 30), np.int32))
+    eng.release(seq)
     assert m.cache_stats()["copies"] == 1
     assert m.generate(prompt, max_new_tokens=5, ignore_eos=True).token_ids == first
 
@@ -120,16 +120,16 @@ def test_budget_errors(path):
     m = model(path, kv_cache_tokens=64)
     with pytest.raises(ValueError, match="KV-cache positions"):
         m.generate(ids(8, 50), max_new_tokens=20)
-    nat = m._native
-    a, b = nat.new_sequence(), nat.new_sequence()
-    nat.forward(np.asarray(ids(9, 64), np.int32), -1, False, a)
+    eng = m.engine
+    a, b = eng.new_sequence(), eng.new_sequence()
+    eng.forward(a, np.asarray(ids(9, 64), np.int32))
     with pytest.raises(llmrt.KVCacheFullError, match="KV cache full"):
-        nat.forward(np.asarray(ids(9, 10), np.int32), -1, False, b)
-    assert nat.seq_length(b) == 0  # unchanged
-    nat.release_sequence(a)
-    nat.forward(np.asarray(ids(9, 10), np.int32), -1, False, b)  # fits now
+        eng.forward(b, np.asarray(ids(9, 10), np.int32))
+    assert eng.length(b) == 0  # unchanged
+    eng.release(a)
+    eng.forward(b, np.asarray(ids(9, 10), np.int32))  # fits now
     with pytest.raises(ValueError, match="no sequence"):
-        nat.forward(np.asarray([1], np.int32), -1, False, 99)
+        eng.forward(99, np.asarray([1], np.int32))
 
 
 def test_invalid_cache_options(path):
@@ -161,12 +161,32 @@ def test_block_sizes_agree(path):
     assert all(o == outs[0] for o in outs)
 
 
-def test_an_abandoned_stream_cannot_write_into_a_later_generation(path):
-    m = model(path)
+def test_a_half_read_stream_and_a_later_generation_run_together(path):
+    # a stream left half-read keeps its sequence; a later generate() joins
+    # its batch instead of touching it: both give what they give alone
+    m = model(path, batch_invariant=True)
+    alone = model(path, batch_invariant=True)
+    want_a = alone.generate(ids(12, 40), max_new_tokens=50, ignore_eos=True).token_ids
+    want_b = alone.generate(ids(13, 40), max_new_tokens=8, ignore_eos=True).token_ids
     stream = m.generate(ids(12, 40), max_new_tokens=50, ignore_eos=True, stream=True)
     next(stream)
-    want = model(path).generate(ids(13, 40), max_new_tokens=8, ignore_eos=True).token_ids
-    assert m.generate(ids(13, 40), max_new_tokens=8, ignore_eos=True).token_ids == want
-    with pytest.raises(ValueError, match="no sequence"):
-        list(stream)  # its sequence was released by the later generate()
+    assert m.generate(ids(13, 40), max_new_tokens=8, ignore_eos=True).token_ids == want_b
+    list(stream)
+    assert stream.result.token_ids == want_a
+    assert m.cache_stats()["blocks_in_use"] == 0
+
+
+def test_a_closed_or_dropped_stream_frees_its_blocks(path):
+    m = model(path)
+    stream = m.generate(ids(14, 40), max_new_tokens=50, ignore_eos=True, stream=True)
+    next(stream)
+    assert m.cache_stats()["blocks_in_use"] > 0
+    stream.close()
+    assert m.cache_stats()["blocks_in_use"] == 0
+    assert list(stream) == []
+    with pytest.raises(RuntimeError, match="read to the end"):
+        stream.result
+    stream = m.generate(ids(14, 40), max_new_tokens=50, ignore_eos=True, stream=True)
+    next(stream)
+    del stream  # dropped: cancelled at once
     assert m.cache_stats()["blocks_in_use"] == 0

@@ -181,7 +181,7 @@ def test_mirostat_tracks_its_target_surprise():
                                    mirostat_eta=0.1, seed=2), l.size)
         surprise = []
         for _ in range(4000):
-            mu = s._native.mirostat_mu
+            mu = s.mirostat_mu
             t = s(l)
             surprise.append(-math.log2(p[t]))
             if mode == 2:  # v2 draws only tokens whose surprise is within mu
@@ -191,7 +191,7 @@ def test_mirostat_tracks_its_target_surprise():
         # under the full one), far below the model's own
         m = np.mean(surprise[1000:])
         assert tau - 0.5 < m < tau + 1.5 < own, (mode, m, own)
-        assert 0 < s._native.mirostat_mu < 4 * tau
+        assert 0 < s.mirostat_mu < 4 * tau
 
 
 def test_all_minus_inf_raises():

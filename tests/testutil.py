@@ -10,6 +10,8 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
+from llmrt.ggml_types import TYPES as GGML_TYPES
+
 # ---- numpy reference dequantization (GGUF block layouts) ----------------------
 
 
@@ -44,7 +46,7 @@ def dequantize_ref(raw: np.ndarray, type_name: str, rows: int, cols: int) -> np.
     raise ValueError(type_name)
 
 
-KQUANT_BYTES = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}
+KQUANT_BYTES = {n: GGML_TYPES[n].nbytes for n in ("Q4_K", "Q5_K", "Q6_K")}
 
 
 def random_kquant(type_name: str, rows: int, cols: int, rng, scale: float = 1.0) -> np.ndarray:

@@ -1,3 +1,5 @@
+// Shared pieces of the pybind11 module llmrt._core: module.cpp plus one file
+// per bound class or group (tensors, model, sampler, testing).
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -6,6 +8,10 @@
 #include <string>
 
 #include "core/tensor.h"
+
+namespace llmrt::cpu {
+struct Kernels;
+}
 
 namespace llmrt::bindings {
 
@@ -16,8 +22,14 @@ using Bytes = pybind11::array_t<uint8_t, pybind11::array::c_style>;
 WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& data,
                        const std::string& what);
 
-void bind_kernels(pybind11::module_& m);
-void bind_model(pybind11::module_& m);
-void bind_sampler(pybind11::module_& m);
+// The CPU kernel table of an ISA by name ("generic", "avx2", "avx512"), or
+// the active one for ""; ValueError for an unknown name, RuntimeError when
+// the CPU lacks it.
+const cpu::Kernels& kernels_named(const std::string& isa);
+
+void bind_tensors(pybind11::module_& m);   // ggml_types, dequantize
+void bind_model(pybind11::module_& m);     // ModelOptions, LlamaModel
+void bind_sampler(pybind11::module_& m);   // Sampler, top_logprobs
+void bind_testing(pybind11::module_& m);   // single kernels, for tests and microbenchmarks
 
 }  // namespace llmrt::bindings

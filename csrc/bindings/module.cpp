@@ -53,7 +53,10 @@ PYBIND11_MODULE(_core, m) {
     return d;
   }, "What this build contains and which CPU kernel variant is in use.");
 
-  bindings::bind_kernels(m);
+  bindings::bind_tensors(m);
   bindings::bind_model(m);
   bindings::bind_sampler(m);
+  py::module_ testing = m.def_submodule(
+      "testing", "Single kernels with the ISA to use, for tests and microbenchmarks.");
+  bindings::bind_testing(testing);
 }

@@ -1,5 +1,6 @@
 // Binding of the sampler chain (core/sampler.h). The Python layer
-// (llmrt/sampling.py) validates SamplingParams and passes one options dict.
+// (llmrt/sampling.py) validates SamplingParams and passes one options dict;
+// std::invalid_argument from the chain becomes ValueError.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -42,78 +43,61 @@ SamplingConfig config_from(const py::dict& d) {
     else if (k == "min_new_tokens") c.min_new_tokens = v.cast<int>();
     else if (k == "end_ids") c.end_ids = v.cast<std::vector<int32_t>>();
     else if (k == "seed") c.seed = v.cast<uint64_t>();
+    else if (k == "logprobs") c.logprobs = v.cast<int>();
     else throw py::value_error("unknown sampler option '" + k + "'");
   }
   return c;
 }
 
-class PySampler {
- public:
-  PySampler(const py::dict& options, int n_vocab) : n_vocab_(n_vocab) {
-    try {
-      s_ = std::make_unique<Sampler>(config_from(options), n_vocab);
-    } catch (const std::invalid_argument& e) {
-      throw py::value_error(e.what());
-    }
-  }
-  int sample(F32 logits, I32 history, int n_generated) {
-    check(logits);
-    if (history.ndim() != 1) throw py::value_error("history must be 1-D");
-    try {
-      return s_->sample(logits.data(), history.data(), (int)history.shape(0), n_generated);
-    } catch (const std::invalid_argument& e) {
-      throw py::value_error(e.what());
-    }
-  }
-  py::array_t<float> distribution(F32 logits, I32 history, int n_generated) {
-    check(logits);
-    if (history.ndim() != 1) throw py::value_error("history must be 1-D");
-    py::array_t<float> out(n_vocab());
-    try {
-      s_->distribution(logits.data(), history.data(), (int)history.shape(0), n_generated,
-                       out.mutable_data());
-    } catch (const std::invalid_argument& e) {
-      throw py::value_error(e.what());
-    }
-    return out;
-  }
-  float mu() const { return s_->mirostat_mu(); }
+void check_logits(const Sampler& s, const F32& logits) {
+  if (logits.ndim() != 1 || logits.shape(0) != s.n_vocab())
+    throw py::value_error("logits must be 1-D of the vocabulary size " +
+                          std::to_string(s.n_vocab()));
+}
 
- private:
-  void check(const F32& logits) const {
-    if (logits.ndim() != 1 || logits.shape(0) != n_vocab())
-      throw py::value_error("logits must be 1-D of the vocabulary size " +
-                            std::to_string(n_vocab()));
-  }
-  int n_vocab() const { return n_vocab_; }
-  int n_vocab_;
-  std::unique_ptr<Sampler> s_;
-};
+void check_history(const I32& history) {
+  if (history.ndim() != 1) throw py::value_error("history must be 1-D");
+}
 
 }  // namespace
 
 void bind_sampler(py::module_& m) {
-  py::class_<PySampler>(m, "Sampler")
-      .def(py::init<const py::dict&, int>(), py::arg("options"), py::arg("n_vocab"))
-      .def("sample", &PySampler::sample, py::arg("logits"), py::arg("history"),
-           py::arg("n_generated"),
+  // Python subclasses it (llmrt.sampling.Sampler); forward_batch takes
+  // instances as the samplers of its entries.
+  py::class_<Sampler>(m, "Sampler")
+      .def(py::init([](const py::dict& options, int n_vocab) {
+             return std::make_unique<Sampler>(config_from(options), n_vocab);
+           }),
+           py::arg("options"), py::arg("n_vocab"))
+      .def("sample",
+           [](Sampler& s, F32 logits, I32 history, int n_generated) {
+             check_logits(s, logits);
+             check_history(history);
+             return s.sample(logits.data(), history.data(), (int)history.shape(0), n_generated);
+           },
+           py::arg("logits"), py::arg("history"), py::arg("n_generated"),
            "The next token for these logits, given the tokens so far (prompt and "
            "generated) and how many were generated.")
-      .def("distribution", &PySampler::distribution, py::arg("logits"), py::arg("history"),
-           py::arg("n_generated"),
+      .def("distribution",
+           [](Sampler& s, F32 logits, I32 history, int n_generated) {
+             check_logits(s, logits);
+             check_history(history);
+             py::array_t<float> out(s.n_vocab());
+             s.distribution(logits.data(), history.data(), (int)history.shape(0), n_generated,
+                            out.mutable_data());
+             return out;
+           },
+           py::arg("logits"), py::arg("history"), py::arg("n_generated"),
            "The probabilities sample() would draw from (float32, vocabulary size; one-hot "
            "when greedy). Not for mirostat.")
-      .def_property_readonly("mirostat_mu", &PySampler::mu);
+      .def_property_readonly("mirostat_mu", &Sampler::mirostat_mu)
+      .def_property_readonly("n_vocab", &Sampler::n_vocab);
   m.def(
       "top_logprobs",
       [](F32 logits, int token, int n) {
         if (logits.ndim() != 1) throw py::value_error("logits must be 1-D");
-        try {
-          const TopLogprobs r = top_logprobs(logits.data(), (int)logits.shape(0), token, n);
-          return py::make_tuple(r.token_logprob, r.ids, r.logprobs);
-        } catch (const std::invalid_argument& e) {
-          throw py::value_error(e.what());
-        }
+        const TopLogprobs r = top_logprobs(logits.data(), (int)logits.shape(0), token, n);
+        return py::make_tuple(r.token_logprob, r.ids, r.logprobs);
       },
       py::arg("logits"), py::arg("token"), py::arg("n"),
       "log_softmax(logits)[token] and the n best (ids, logprobs), best first.");

@@ -60,6 +60,12 @@ class Backend {
   // backend memory; waits for the device. Greedy decoding without the
   // logits leaving the device.
   virtual void argmax(const float* x, int rows, int cols, int32_t* host) = 0;
+  // Calls fn(i) for every i in [0, n) on the host, spread over the
+  // backend's threads where it has a pool (host work between passes, such
+  // as drawing each row's next token).
+  virtual void host_parallel(int n, const std::function<void(int)>& fn) {
+    for (int i = 0; i < n; ++i) fn(i);
+  }
 
   // The view the backend wants for a matmul weight: w itself, or a copy in a
   // layout of its own (owned by the backend, alive as long as it is).

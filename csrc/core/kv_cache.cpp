@@ -16,6 +16,26 @@ const char* kv_type_name(KVType t) {
   return "?";
 }
 
+KVType kv_type_from_name(const std::string& name) {
+  for (KVType t : {KVType::F16, KVType::F32, KVType::Q8_0})
+    if (name == kv_type_name(t)) return t;
+  throw std::invalid_argument("kv_cache_dtype must be one of 'f16', 'f32', 'q8_0', got '" +
+                              name + "'");
+}
+
+size_t KVCache::position_bytes(int n_kv_heads, int head_dim, KVType type) {
+  const size_t kvd = (size_t)n_kv_heads * head_dim;
+  switch (type) {
+    case KVType::F32: return kvd * 4;
+    case KVType::F16: return kvd * 2;
+    case KVType::Q8_0:
+      if (head_dim % 32 != 0)
+        throw std::invalid_argument("a q8_0 KV cache needs head_dim to be a multiple of 32");
+      return kvd / 32 * 34;
+  }
+  throw std::invalid_argument("KVCache: unknown type");
+}
+
 KVCache::KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, int n_blocks,
                  KVType type, bool prefix_caching, PoolMemory* mem)
     : n_layer_(n_layer),
@@ -29,17 +49,7 @@ KVCache::KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, in
     throw std::invalid_argument("KVCache: sizes must be positive");
   if (block_tokens < 8 || block_tokens > 64 || block_tokens % 8 != 0)
     throw std::invalid_argument("KVCache: block_tokens must be 8, 16, 24, ... or 64");
-  const size_t kvd = (size_t)n_kv_heads * head_dim;
-  switch (type) {
-    case KVType::F32: row_bytes_ = kvd * 4; break;
-    case KVType::F16: row_bytes_ = kvd * 2; break;
-    case KVType::Q8_0:
-      if (head_dim % 32 != 0)
-        throw std::invalid_argument("KVCache: a q8_0 cache needs head_dim to be a multiple of 32");
-      row_bytes_ = kvd / 32 * 34;
-      break;
-    default: throw std::invalid_argument("KVCache: unknown type");
-  }
+  row_bytes_ = position_bytes(n_kv_heads, head_dim, type);
   block_bytes_ = (size_t)n_layer * 2 * block_tokens * row_bytes_;
   // 64-byte aligned; no fill, so pages are committed when blocks are written
   const size_t total = (bytes() + 63) / 64 * 64;

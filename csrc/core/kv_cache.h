@@ -46,6 +46,8 @@ class PoolMemory {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
 };
 const char* kv_type_name(KVType t);
+// The type of a name kv_type_name gives; std::invalid_argument otherwise.
+KVType kv_type_from_name(const std::string& name);
 
 // The pool has no room for a request (after evicting every cached block).
 class KVCacheFull : public std::runtime_error {
@@ -75,6 +77,8 @@ class KVCache {
   KVCache& operator=(const KVCache&) = delete;
 
   // ---- storage ----
+  // Bytes of one position of one layer's keys (or values).
+  static size_t position_bytes(int n_kv_heads, int head_dim, KVType type);
   int n_layer() const { return n_layer_; }
   int n_kv_heads() const { return n_kv_heads_; }
   int head_dim() const { return head_dim_; }

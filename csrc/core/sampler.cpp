@@ -212,7 +212,24 @@ Sampler::Sampler(const SamplingConfig& c, int n_vocab) : cfg_(c), n_vocab_(n_voc
             "logit_bias values must be finite or -inf");
   }
   for (int32_t id : c.end_ids) require(id >= 0 && id < n_vocab, "end token outside the vocabulary");
+  require(c.logprobs >= -1 && c.logprobs <= 64, "logprobs must be in [-1, 64]");
   mu_ = 2.f * c.mirostat_tau;
+}
+
+bool Sampler::penalizes() const {
+  const auto& c = cfg_;
+  return c.penalty_last_n != 0 && (c.repetition_penalty != 1.f || c.presence_penalty != 0.f ||
+                                   c.frequency_penalty != 0.f);
+}
+
+bool Sampler::masks_end(int n_generated) const {
+  return n_generated < cfg_.min_new_tokens && !cfg_.end_ids.empty();
+}
+
+bool Sampler::argmax_only(int n_generated) const {
+  const auto& c = cfg_;
+  return c.mirostat == 0 && (c.temperature == 0.f || c.top_k == 1) && !penalizes() &&
+         c.logit_bias.empty() && !masks_end(n_generated) && c.logprobs < 0;
 }
 
 // ---- penalties -------------------------------------------------------------------
@@ -392,10 +409,8 @@ void Sampler::distribution(const float* logits, const int32_t* history, int n_hi
 int Sampler::filter(const float* logits, const int32_t* history, int n_history, int n_generated,
                     double& total) {
   const auto& c = cfg_;
-  const bool penalize = c.penalty_last_n != 0 &&
-                        (c.repetition_penalty != 1.f || c.presence_penalty != 0.f ||
-                         c.frequency_penalty != 0.f);
-  const bool mask_end = n_generated < c.min_new_tokens && !c.end_ids.empty();
+  const bool penalize = penalizes();
+  const bool mask_end = masks_end(n_generated);
   const float* L = logits;
   if (penalize || !c.logit_bias.empty() || mask_end) {
     work_.assign(logits, logits + n_vocab_);

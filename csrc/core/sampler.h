@@ -41,6 +41,9 @@ struct SamplingConfig {
   int min_new_tokens = 0;
   std::vector<int32_t> end_ids;  // masked until min_new_tokens are made
   uint64_t seed = 0;
+  // Not a stage: when >= 0, a step that draws with this sampler also reports
+  // the drawn token's log-probability and the top `logprobs` alternatives.
+  int logprobs = -1;
 };
 
 class Sampler {
@@ -57,7 +60,13 @@ class Sampler {
   void distribution(const float* logits, const int32_t* history, int n_history, int n_generated,
                     float* probs);
   const SamplingConfig& config() const { return cfg_; }
+  int n_vocab() const { return n_vocab_; }
   float mirostat_mu() const { return mu_; }
+  // Whether the next draw (after n_generated tokens) is the first index of
+  // the largest raw logit: greedy with nothing reshaping the logits and no
+  // log-probabilities wanted, so a device may take the argmax where the
+  // logits are.
+  bool argmax_only(int n_generated) const;
 
  private:
   struct Cand {
@@ -66,6 +75,8 @@ class Sampler {
     float p;
   };
   enum { kFromVocab = -1, kFromCands = -2, kMirostat = -3 };
+  bool penalizes() const;                   // any penalty is active
+  bool masks_end(int n_generated) const;    // min_new_tokens not reached yet
   int filter(const float* logits, const int32_t* history, int n_history, int n_generated,
              double& total);
   void apply_penalties(const int32_t* history, int n_history);

@@ -44,6 +44,13 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void host_parallel(int n, const std::function<void(int)>& fn) override {
+    if (n > 1)
+      pool_.run(n, fn);
+    else if (n == 1)
+      fn(0);
+  }
+
   void embed(const WeightView& t, const int32_t* ids, int n, float* out) override {
     cpu::embed(pool_, k_, t, ids, n, out);
   }
@@ -97,7 +104,7 @@ class CpuBackend final : public Backend {
   cpu::ActBuffer act_;         // quantized activations, reused by every matmul
   cpu::RopeTable rope_;        // cos / sin of the current rows' positions
   cpu::AttnScratch attn_;      // block pointers and split-KV partials
-  std::vector<std::unique_ptr<uint8_t[]>> packed_;  // repacked weights
+  std::vector<cpu::PackedBytes> packed_;  // repacked weights
 };
 
 }  // namespace

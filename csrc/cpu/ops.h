@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -39,11 +40,18 @@ inline void matmul(ThreadPool& pool, const Kernels& k, const WeightView& w, cons
   matmul_many(pool, k, &job, 1, x, n, act, int8, invariant);
 }
 
+// Storage of repacked weights, 64-byte aligned, so the kernels' vector loads
+// meet cache lines the same way in every run (malloc gives 16 bytes).
+struct AlignedFree {
+  void operator()(uint8_t* p) const { std::free(p); }
+};
+using PackedBytes = std::unique_ptr<uint8_t[], AlignedFree>;
+
 // ---- repack.cpp ----
 // Whether w can take the faster repacked layout (Q4_0 / Q4_1, even block count).
 bool can_repack(const WeightView& w);
 // A repacked copy of w (Q4_0R / Q4_1R) in `storage`.
-WeightView repack(ThreadPool& pool, const WeightView& w, std::unique_ptr<uint8_t[]>& storage);
+WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage);
 
 // ---- attention.cpp ----
 // Stores k, v (n, kvd) at positions [pos0, pos0 + n) of a sequence whose

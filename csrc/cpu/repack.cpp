@@ -2,7 +2,9 @@
 // kernels read fastest (DType::Q4_0R / Q4_1R, described in core/dtype.h).
 // Same size as the source; the copy replaces the file's bytes for the
 // model's lifetime.
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <new>
 
 #include "cpu/ops.h"
@@ -78,11 +80,13 @@ void repack_row_q8(const uint8_t* src, uint8_t* dst, int64_t nb) {
 
 }  // namespace
 
-WeightView repack(ThreadPool& pool, const WeightView& w, std::unique_ptr<uint8_t[]>& storage) {
+WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage) {
   const bool q8 = w.type == DType::Q8_0;
   const bool has_m = w.type == DType::Q4_1;
   const size_t stride = w.row_stride();
-  storage.reset(new uint8_t[stride * (size_t)w.rows]);
+  const size_t bytes = (stride * (size_t)w.rows + 63) / 64 * 64;
+  storage.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
+  if (!storage) throw std::bad_alloc();
   uint8_t* out = storage.get();
   const int64_t nb = w.cols / kQK;
   pool.parallel_for(w.rows, 64, [&](int64_t b, int64_t e) {

@@ -1,7 +1,8 @@
 #include "model/llama.h"
 
 #include <algorithm>
-#include <chrono>
+#include <exception>
+#include <mutex>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -33,6 +34,8 @@ struct LlamaModel::Scratch {
   std::vector<float> router_host;
   std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
   std::vector<AttnSeq> attn;      // the pass's sequences, for attention
+  std::vector<float> host_logits; // device backends: the head's output, downloaded to draw
+  std::vector<int32_t> argmax;    // device backends: each row's argmax
   ~Scratch() {
     for (float* p : {x, xn, q, k, v, att, gate, up, logits, router, ex, ey})
       if (p) be->free_floats(p);
@@ -40,10 +43,32 @@ struct LlamaModel::Scratch {
 };
 
 namespace {
-int pool_blocks(const CacheOptions& o) {
-  if (o.tokens <= 0) throw std::invalid_argument("the KV cache needs at least one position");
-  if (o.block_tokens <= 0) throw std::invalid_argument("block_tokens must be positive");
-  return (o.tokens + o.block_tokens - 1) / o.block_tokens;
+// Blocks of the pool: from its size in positions (default: the context) or
+// in bytes.
+int pool_blocks(const CacheOptions& o, const LlamaConfig& c) {
+  const int bt = o.block_tokens;
+  if (bt < 8 || bt > 64 || bt % 8 != 0)
+    throw std::invalid_argument("kv_block_tokens must be a multiple of 8 up to 64, got " +
+                                std::to_string(bt));
+  if (o.tokens < 0 || o.bytes < 0)
+    throw std::invalid_argument("kv_cache_tokens and kv_cache_bytes must be positive");
+  if (o.tokens > 0 && o.bytes > 0)
+    throw std::invalid_argument("give kv_cache_tokens or kv_cache_bytes, not both");
+  int64_t blocks;
+  if (o.bytes > 0) {
+    const int64_t per_block = (int64_t)KVCache::position_bytes(c.n_head_kv, c.head_dim, o.type) *
+                              2 * c.n_layer * bt;
+    blocks = o.bytes / per_block;
+    if (blocks < 1)
+      throw std::invalid_argument("kv_cache_bytes=" + std::to_string(o.bytes) +
+                                  " holds less than one block of " + std::to_string(bt) +
+                                  " positions (" + std::to_string(per_block) + " bytes)");
+  } else {
+    const int64_t tokens = o.tokens > 0 ? o.tokens : c.n_ctx;
+    blocks = (tokens + bt - 1) / bt;
+  }
+  if (blocks > (1 << 24)) throw std::invalid_argument("the KV cache is too large");
+  return (int)blocks;
 }
 }  // namespace
 
@@ -52,7 +77,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
     : cfg_(cfg),
       w_(std::move(weights)),
       backend_(std::move(backend)),
-      kv_(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cache.block_tokens, pool_blocks(cache),
+      kv_(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cache.block_tokens, pool_blocks(cache, cfg),
           cache.type, cache.prefix_caching, backend_->pool_memory()) {
   const auto& c = cfg_;
   if (c.n_head <= 0 || c.n_head_kv <= 0 || c.n_head % c.n_head_kv != 0)
@@ -141,29 +166,36 @@ void LlamaModel::ensure_scratch(int n) {
 
 // A piece of one entry of a batched forward: n tokens at positions
 // [pos0, pos0 + n) of the sequence whose block table is `table`; rows from
-// first_logit on need logits (first_logit == n: none).
+// first_logit on need logits (first_logit == n: none). Their logits go to
+// `logits`, or, when the entry has samplers, the draws from its last row go
+// to `drawn` (and `logprobs`).
 struct LlamaModel::Segment {
   const int* table;
   const int32_t* tokens;
   int n, pos0, first_logit;
+  const BatchEntry* entry;
+  float* logits;
+  int32_t* drawn;
+  TopLogprobs* logprobs;
+  int wanted() const { return n - first_logit; }
 };
 
 int64_t LlamaModel::logit_rows(const BatchEntry* entries, int count) {
   int64_t rows = 0;
   for (int i = 0; i < count; ++i)
-    rows += entries[i].logits == BatchEntry::kAll ? entries[i].n
-            : entries[i].logits == BatchEntry::kLast ? 1 : 0;
+    if (entries[i].n_samplers == 0)
+      rows += entries[i].logits == BatchEntry::kAll ? entries[i].n
+              : entries[i].logits == BatchEntry::kLast ? 1 : 0;
   return rows;
 }
 
-void LlamaModel::forward(int seq, const int32_t* tokens, int n, bool all_logits, float* logits) {
-  const BatchEntry e{seq, tokens, n,
-                     all_logits ? BatchEntry::kAll : logits ? BatchEntry::kLast : BatchEntry::kNone};
-  forward_batch(&e, 1, logits);
+int64_t LlamaModel::draws(const BatchEntry* entries, int count) {
+  int64_t n = 0;
+  for (int i = 0; i < count; ++i) n += entries[i].n_samplers;
+  return n;
 }
 
-void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logits,
-                               int32_t* greedy) {
+void LlamaModel::forward_batch(const BatchEntry* entries, int count, const BatchOutput& out) {
   if (count <= 0) throw std::invalid_argument("forward: no sequences");
   std::vector<int> past(count);
   for (int i = 0; i < count; ++i) {
@@ -187,9 +219,16 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logi
         throw std::out_of_range("token id " + std::to_string(e.tokens[t]) + " at index " +
                                 std::to_string(t) + " is outside the vocabulary (size " +
                                 std::to_string(cfg_.n_vocab) + ")" + which());
+    if (e.n_samplers < 0 || (e.n_samplers > 0 && (e.logits != BatchEntry::kLast || !e.samplers)))
+      throw std::invalid_argument("forward: samplers draw from the last row only" + which());
+    for (int j = 0; j < e.n_samplers; ++j)
+      if (!e.samplers[j] || e.samplers[j]->n_vocab() != cfg_.n_vocab)
+        throw std::invalid_argument("forward: a sampler for another vocabulary size" + which());
   }
-  if (!logits && !greedy && logit_rows(entries, count) > 0)
+  if (!out.logits && logit_rows(entries, count) > 0)
     throw std::invalid_argument("forward: logits wanted but no buffer given");
+  if (!out.tokens && draws(entries, count) > 0)
+    throw std::invalid_argument("forward: draws wanted but no buffer given");
   // blocks for every new position (or KVCacheFull, with nothing changed)
   int appended = 0;
   auto undo = [&] {
@@ -207,6 +246,9 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logi
     // for each other sequence: a long prompt runs chunk by chunk, while the
     // one-token steps of other sequences ride along with a chunk
     std::vector<Segment> segs;
+    float* lg = out.logits;
+    int32_t* drawn = out.tokens;
+    TopLogprobs* lps = out.logprobs;
     for (int i = 0; i < count; ++i) {
       const BatchEntry& e = entries[i];
       const int* table = kv_.table(e.seq).data();
@@ -215,22 +257,18 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logi
         const int first = e.logits == BatchEntry::kAll                        ? 0
                           : e.logits == BatchEntry::kLast && done + m == e.n ? m - 1
                                                                                : m;
-        segs.push_back({table, e.tokens + done, m, past[i] + done, first});
+        segs.push_back({table, e.tokens + done, m, past[i] + done, first, &e, lg, drawn, lps});
+        if (e.n_samplers == 0 && lg) lg += (size_t)(m - first) * cfg_.n_vocab;
       }
+      drawn += e.n_samplers;
+      if (lps) lps += e.n_samplers;
     }
     const int cap = kChunk + count - 1;
-    float* out = greedy ? nullptr : logits;
-    int32_t* ids = greedy;
     for (size_t i = 0; i < segs.size();) {
       size_t j = i;
       int rows = 0;
       while (j < segs.size() && (j == i || rows + segs[j].n <= cap)) rows += segs[j++].n;
-      forward_pass(segs.data() + i, (int)(j - i), out, ids);
-      for (size_t k = i; k < j; ++k) {
-        const int wanted = segs[k].n - segs[k].first_logit;
-        if (out) out += (size_t)wanted * cfg_.n_vocab;
-        if (ids) ids += wanted;
-      }
+      forward_pass(segs.data() + i, (int)(j - i));
       i = j;
     }
   } catch (...) {
@@ -244,7 +282,7 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, float* logi
 }
 
 // One pass over the weights for the rows of every segment, end to end.
-void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int32_t* greedy) {
+void LlamaModel::forward_pass(const Segment* segs, int count) {
   int n = 0;
   for (int i = 0; i < count; ++i) n += segs[i].n;
   ensure_scratch(n);
@@ -254,16 +292,6 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
   const int D = c.n_embd, hd = c.head_dim;
   const int qd = c.n_head * hd, kvd = c.n_head_kv * hd;
   const float att_scale = 1.f / std::sqrt((float)hd);
-
-  // Optional per-stage wall time (LlamaModel::set_profiling), for tuning.
-  using clock = std::chrono::steady_clock;
-  auto t_last = clock::now();
-  auto mark = [&](int stage) {
-    if (!profiling_) return;
-    const auto now = clock::now();
-    profile_[stage] += std::chrono::duration<double>(now - t_last).count();
-    t_last = now;
-  };
 
   // token ids, positions and attention rows of the pass
   s.ids.resize(n);
@@ -278,13 +306,22 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
     s.attn[i] = AttnSeq{g.table, g.n, g.pos0};
   }
 
-  // rows whose logits are wanted; a device backend computes them in its own
-  // memory and copies them out at the end
+  // Rows whose logits are wanted. They go straight to the caller's buffer
+  // when the backend's memory is the host's and no row is drawn from;
+  // otherwise to a buffer of the backend's, from which they are copied out
+  // or drawn from.
   int rows = 0;
-  for (int i = 0; i < count; ++i) rows += segs[i].n - segs[i].first_logit;
-  const bool host = be.host_memory();
-  float* head_out = logits;
-  if ((!host || greedy) && rows > 0) {
+  bool drawing = false;
+  float* direct = nullptr;
+  for (int i = 0; i < count; ++i) {
+    if (segs[i].wanted() == 0) continue;
+    rows += segs[i].wanted();
+    if (segs[i].entry->n_samplers > 0) drawing = true;
+    else if (!direct) direct = segs[i].logits;
+  }
+  float* head_out = direct;
+  if (!be.host_memory() || drawing) head_out = nullptr;
+  if (rows > 0 && !head_out) {
     if (s.logits_cap < (size_t)rows * c.n_vocab) {
       be.forget_graphs();
       if (s.logits) be.free_floats(s.logits);
@@ -297,7 +334,6 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
 
   auto body = [&] {
     be.embed(w_.tok_embd, s.ids.data(), n, s.x);  // x (n, D)
-    mark(kStageOther);
 
     for (int l = 0; l < c.n_layer; ++l) {
       const LayerWeights& L = w_.layers[l];
@@ -307,36 +343,27 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
         const MatmulJob qkv[3] = {{&L.wq, s.q}, {&L.wk, s.k}, {&L.wv, s.v}};
         be.matmul_many(qkv, 3, s.xn, n);
       }
-      mark(kStageMatmul);
       if (L.bq) be.add_bias(s.q, L.bq, n, qd);
       if (L.bk) be.add_bias(s.k, L.bk, n, kvd);
       if (L.bv) be.add_bias(s.v, L.bv, n, kvd);
       be.rope(s.q, n, c.n_head, hd, s.pos.data(), c.rope);
       be.rope(s.k, n, c.n_head_kv, hd, s.pos.data(), c.rope);
       be.kv_write(kv_, s.attn.data(), count, l, s.k, s.v);
-      mark(kStageOther);
       be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head, att_scale, s.att);  // (n, qd)
-      mark(kStageAttention);
       be.matmul(L.wo, s.att, n, s.xn);  // (n, D)
-      mark(kStageMatmul);
       be.add(s.x, s.xn, (size_t)n * D);
       // ---- feed-forward block ----
       be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
       if (!L.router.empty()) {
         moe_ffn(L, n);
-        mark(kStageMatmul);
         continue;
       }
       {  // gate, up (n, n_ff) in one pass
         const MatmulJob gu[2] = {{&L.w_gate, s.gate}, {&L.w_up, s.up}};
-        mark(kStageOther);
         be.matmul_many(gu, 2, s.xn, n);
       }
-      mark(kStageMatmul);
       be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
-      mark(kStageOther);
       be.matmul(L.w_down, s.gate, n, s.xn);  // (n, D)
-      mark(kStageMatmul);
       be.add(s.x, s.xn, (size_t)n * D);
     }
 
@@ -346,7 +373,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
     int done = 0;
     const float* src = nullptr;
     for (int i = 0, r = 0; i < count; r += segs[i].n, ++i) {
-      const int m = segs[i].n - segs[i].first_logit;
+      const int m = segs[i].wanted();
       if (m == 0) continue;
       const float* row = s.x + (size_t)(r + segs[i].first_logit) * D;
       if (done == 0 && count == 1) {
@@ -358,9 +385,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
       done += m;
     }
     be.rmsnorm(src, w_.output_norm, rows, D, c.rms_eps, s.xn);
-    mark(kStageOther);
     be.matmul(w_.output, s.xn, rows, head_out);
-    mark(kStageHead);
   };
 
   // a pass of one-token rows (decoding), each with its logits, may replay a
@@ -369,12 +394,77 @@ void LlamaModel::forward_pass(const Segment* segs, int count, float* logits, int
     be.run_graph(n, body);
   else
     body();
-  if (rows > 0) {
-    if (greedy)
-      be.argmax(s.logits, rows, c.n_vocab, greedy);
-    else if (!host)
-      be.download(logits, s.logits, (size_t)rows * c.n_vocab);
+  if (rows == 0 || head_out == direct) return;
+  // rows wanted as logits: out of the backend's buffer
+  for (int i = 0, r = 0; i < count; r += segs[i].wanted(), ++i) {
+    const Segment& g = segs[i];
+    if (g.wanted() == 0 || g.entry->n_samplers > 0) continue;
+    be.download(g.logits, s.logits + (size_t)r * c.n_vocab, (size_t)g.wanted() * c.n_vocab);
   }
+  if (drawing) draw(segs, count, rows);
+}
+
+// The samplers of the pass's entries draw from their rows of s.logits, in
+// parallel (each sampler is used once a pass, its row read only). On a
+// device, argmax-only draws take the argmax there and the other draws need
+// the rows on the host.
+void LlamaModel::draw(const Segment* segs, int count, int rows) {
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const int V = cfg_.n_vocab;
+  struct Task {
+    Sampler* sampler;
+    const Segment* seg;
+    int row, j;
+  };
+  std::vector<Task> tasks;
+  bool need_host = false, need_argmax = false;
+  for (int i = 0, r = 0; i < count; r += segs[i].wanted(), ++i) {
+    const Segment& g = segs[i];
+    if (g.wanted() == 0) continue;
+    for (int j = 0; j < g.entry->n_samplers; ++j) {
+      Sampler* sp = g.entry->samplers[j];
+      tasks.push_back({sp, &g, r, j});
+      const bool am = !be.host_memory() && sp->argmax_only(g.entry->n_generated);
+      need_argmax |= am;
+      need_host |= !am;
+    }
+  }
+  const float* host_rows = s.logits;
+  if (!be.host_memory()) {
+    if (need_argmax) {
+      s.argmax.resize(rows);
+      be.argmax(s.logits, rows, V, s.argmax.data());
+    }
+    if (need_host) {
+      s.host_logits.resize((size_t)rows * V);
+      be.download(s.host_logits.data(), s.logits, (size_t)rows * V);
+      host_rows = s.host_logits.data();
+    }
+  }
+  std::exception_ptr error;
+  std::mutex error_mu;
+  be.host_parallel((int)tasks.size(), [&](int t) {
+    const Task& k = tasks[t];
+    const BatchEntry& e = *k.seg->entry;
+    try {
+      int32_t tok;
+      if (!be.host_memory() && k.sampler->argmax_only(e.n_generated)) {
+        tok = s.argmax[k.row];
+      } else {
+        const float* row = host_rows + (size_t)k.row * V;
+        const std::vector<int32_t>& hist = kv_.tokens(e.seq);
+        tok = k.sampler->sample(row, hist.data(), (int)hist.size(), e.n_generated);
+        const int lp = k.sampler->config().logprobs;
+        if (lp >= 0 && k.seg->logprobs) k.seg->logprobs[k.j] = top_logprobs(row, V, tok, lp);
+      }
+      k.seg->drawn[k.j] = tok;
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(error_mu);
+      if (!error) error = std::current_exception();
+    }
+  });
+  if (error) std::rethrow_exception(error);
 }
 
 // Mixture of experts: the router's logits pick each token's n_expert_used

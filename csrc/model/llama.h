@@ -10,6 +10,7 @@
 
 #include "core/backend.h"
 #include "core/kv_cache.h"
+#include "core/sampler.h"
 #include "core/tensor.h"
 
 namespace llmrt {
@@ -31,7 +32,8 @@ struct LlamaConfig {
 
 // The paged KV cache's shape (see core/kv_cache.h).
 struct CacheOptions {
-  int tokens = 0;  // pool capacity in positions (rounded up to whole blocks)
+  int64_t tokens = 0;  // pool capacity in positions, rounded up to whole blocks (0: n_ctx)
+  int64_t bytes = 0;   // or the pool's size in bytes, rounded down to whole blocks
   KVType type = KVType::F16;
   int block_tokens = 32;
   bool prefix_caching = true;
@@ -66,6 +68,21 @@ struct BatchEntry {
   const int32_t* tokens = nullptr;
   int n = 0;
   Logits logits = kLast;
+  // With kLast: instead of returning the last row's logits, each of these
+  // samplers draws a next token from them (the penalties see the sequence's
+  // tokens; n_generated of them were generated), so the row never leaves
+  // the model. Several samplers draw independently from the same row (n
+  // samples of one prompt).
+  Sampler* const* samplers = nullptr;
+  int n_samplers = 0;
+  int n_generated = 0;
+};
+
+// Where forward_batch puts its results, entry after entry.
+struct BatchOutput {
+  float* logits = nullptr;      // the wanted rows of entries without samplers (n_vocab each)
+  int32_t* tokens = nullptr;    // one token per sampler
+  TopLogprobs* logprobs = nullptr;  // one per sampler, filled where its config asks
 };
 
 class LlamaModel {
@@ -86,42 +103,29 @@ class LlamaModel {
   int64_t tokens_computed() const { return tokens_computed_; }
   const KVCache& cache() const { return kv_; }
 
-  // Appends tokens[0..n) to sequence seq of the cache (positions [len, len +
-  // n)), writing their keys and values. logits receives (n, n_vocab) when
-  // all_logits, else (n_vocab,) for the last token. Throws std::out_of_range
-  // when a token id is outside the vocabulary or the positions exceed n_ctx,
-  // KVCacheFull when the pool has no room (the sequence is then unchanged).
-  void forward(int seq, const int32_t* tokens, int n, bool all_logits, float* logits);
-
   // Several sequences at once: the rows of all entries go through each
   // matmul together (the weights are read once per pass, not once per
-  // sequence); every sequence attends to its own cache blocks. logits
+  // sequence); every sequence attends to its own cache blocks. out.logits
   // receives, entry after entry, n rows (kAll), one (kLast) or none (kNone)
-  // of n_vocab floats. A sequence's results do not depend on the others in
-  // the batch except through the matmuls' summation order for rows that
-  // would otherwise run alone (one-token steps use the matrix-vector kernels).
-  // Checks everything before changing anything; on an error every sequence
-  // is left as it was (KVCacheFull included).
-  // With `greedy` given, the wanted rows' argmax token ids go there instead
-  // (logits may then be null): the logits never leave the backend.
-  void forward_batch(const BatchEntry* entries, int count, float* logits,
-                     int32_t* greedy = nullptr);
-  // Rows forward_batch writes to logits.
+  // of n_vocab floats, except for entries with samplers, whose draws go to
+  // out.tokens (and out.logprobs). A sequence's results do not depend on
+  // the others in the batch except through the matmuls' summation order for
+  // rows that would otherwise run alone (one-token steps use the
+  // matrix-vector kernels). Throws std::out_of_range when a token id is
+  // outside the vocabulary or positions exceed n_ctx, KVCacheFull when the
+  // pool has no room. Checks everything before changing anything; on an
+  // error every sequence is left as it was.
+  void forward_batch(const BatchEntry* entries, int count, const BatchOutput& out);
+  // Rows forward_batch writes to out.logits, and tokens to out.tokens.
   static int64_t logit_rows(const BatchEntry* entries, int count);
-
-  // Wall time per stage of forward() since profiling was switched on:
-  // [matmul, attention, output head, other].
-  enum Stage { kStageMatmul, kStageAttention, kStageHead, kStageOther, kStages };
-  void set_profiling(bool on) {
-    profiling_ = on;
-    for (double& t : profile_) t = 0.0;
-  }
-  const double* profile() const { return profile_; }
+  static int64_t draws(const BatchEntry* entries, int count);
 
  private:
   struct Scratch;
   struct Segment;  // up to kChunk tokens of one entry
-  void forward_pass(const Segment* segs, int count, float* logits, int32_t* greedy);
+  void forward_pass(const Segment* segs, int count);
+  // the draws of a pass's entries with samplers, from its head output
+  void draw(const Segment* segs, int count, int rows);
   // x += the layer's mixture-of-experts FFN of xn, n rows
   void moe_ffn(const LayerWeights& L, int n);
   void ensure_scratch(int n);
@@ -133,8 +137,6 @@ class LlamaModel {
   std::unique_ptr<Scratch> s_;
   std::vector<const uint8_t*> replaced_;
   int64_t tokens_computed_ = 0;
-  bool profiling_ = false;
-  double profile_[kStages] = {};
 };
 
 }  // namespace llmrt

@@ -7,10 +7,12 @@
 
 from . import _core
 from .errors import GGUFError, KVCacheFullError, UnsupportedModelError
-from .model import (BatchStream, Beam, GenerationResult, Model, PerplexityResult, TextStream, TokenLogprob, default_model_path,
-                    physical_cores)
+from .model import Model
+from .outputs import (BatchStream, Beam, GenerationResult, PerplexityResult, TextStream,
+                      TokenLogprob)
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
+from .utils import default_model_path, physical_cores
 
 __version__ = _core.build_info()["version"]
 
@@ -45,7 +47,8 @@ def cuda_available() -> bool:
 
 
 __all__ = [
-    "Model", "SamplingParams", "GenerationResult", "TokenLogprob", "Beam", "TextStream", "BatchStream", "PerplexityResult", "perplexity", "quantize", "Tokenizer", "GGUFError", "UnsupportedModelError",
-    "KVCacheFullError",
-    "default_model_path", "build_info", "cuda_available", "physical_cores", "__version__",
+    "Model", "SamplingParams", "GenerationResult", "TokenLogprob", "Beam", "TextStream",
+    "BatchStream", "PerplexityResult", "perplexity", "quantize", "Tokenizer", "GGUFError",
+    "UnsupportedModelError", "KVCacheFullError", "default_model_path", "build_info",
+    "cuda_available", "physical_cores", "__version__",
 ]

@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     _sampling_args(c, 256)
     i = sub.add_parser("info", help="build and model information")
     i.add_argument("--model", "-m")
-    from .quantization import TYPES
+    from .ggml_types import WRITABLE
     q = sub.add_parser("quantize", help="requantize a GGUF model")
     q.add_argument("input")
     q.add_argument("output")
-    q.add_argument("--type", required=True, choices=sorted(TYPES))
+    q.add_argument("--type", required=True, choices=sorted(WRITABLE))
     pp = sub.add_parser("perplexity", help="perplexity of a text file under a model")
     pp.add_argument("model")
     pp.add_argument("--file", "-f", required=True, help="UTF-8 text")
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     cv = sub.add_parser("convert", help="convert a Hugging Face checkpoint to GGUF")
     cv.add_argument("hf_dir")
     cv.add_argument("--output", "-o", required=True)
-    cv.add_argument("--type", default="f16", choices=sorted(TYPES))
+    cv.add_argument("--type", default="f16", choices=sorted(WRITABLE))
     a = ap.parse_args(argv)
 
     from .errors import GGUFError

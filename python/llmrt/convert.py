@@ -19,7 +19,8 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import UnsupportedModelError
-from .quantization import (_FILE_TYPE, TYPES, Progress, tensor_type, write_or_remove,
+from .ggml_types import FILE_TYPES, writable
+from .quantization import (progress_bar, tensor_type, write_or_remove,
                            write_tensors)
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
@@ -275,7 +276,7 @@ def _tokenizer(d: str, hp: dict, w) -> int:
 def _pre_name(tj: dict, hp: dict) -> str:
     """tokenizer.ggml.pre: the name of the pre-tokenizer tokenizer.json uses,
     recognised by its split pattern."""
-    from .tokenizer import _LLAMA3, _QWEN2
+    from .tokenizer import LLAMA3_SPLIT, QWEN2_SPLIT
     text = json.dumps(tj.get("pre_tokenizer"))
     pats = []
 
@@ -289,9 +290,9 @@ def _pre_name(tj: dict, hp: dict) -> str:
             for v in x:
                 walk(v)
     walk(tj.get("pre_tokenizer"))
-    if _LLAMA3 in pats:
+    if LLAMA3_SPLIT in pats:
         return "llama-bpe"
-    if _QWEN2 in pats:
+    if QWEN2_SPLIT in pats:
         return "qwen2"
     if not pats and '"ByteLevel"' in text:
         return "smollm" if '"individual_digits": true' in text else "default"
@@ -308,8 +309,7 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     summary (arch, tensors, vocab, types)."""
     from gguf import GGUFWriter
     d = os.fspath(hf_dir)
-    if type_name not in TYPES:
-        raise ValueError(f"--type must be one of {', '.join(TYPES)}, got {type_name!r}")
+    writable(type_name)
     if not os.path.isfile(os.path.join(d, "config.json")):
         raise CheckpointError(f"{d}: no config.json (not a Hugging Face checkpoint directory)")
     hp = _hparams(_json(os.path.join(d, "config.json")), d)
@@ -338,11 +338,11 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
         w.add_expert_count(hp["n_expert"])
         w.add_expert_used_count(hp["n_expert_used"])
     w.add_vocab_size(hp["n_vocab"])
-    w.add_file_type(_FILE_TYPE[type_name])
+    w.add_file_type(FILE_TYPES[type_name])
     _tokenizer(d, hp, w)
     chosen = {name: tensor_type(name, shape, type_name, hp["tied"]) for name, shape, _ in plan}
     write_or_remove(os.fspath(out), lambda: write_tensors(
         w, [(name, shape, chosen[name], load) for name, shape, load in plan],
-        Progress(sum(int(np.prod(shape)) for _, shape, _ in plan), f"convert {type_name}",
-                 progress)))
+        progress_bar(sum(int(np.prod(shape)) for _, shape, _ in plan), f"convert {type_name}",
+                     progress)))
     return dict(arch=hp["hf"], tensors=len(plan), vocab=hp["n_vocab"], types=chosen)

@@ -16,14 +16,8 @@ from typing import Any
 import numpy as np
 
 from .errors import GGUFError, UnsupportedModelError
+from .ggml_types import BY_ID, TYPES, name_of
 from .gguf_file import GGUFFile, TensorInfo
-
-# GGUF ggml_type ids of the tensor types llmrt runs, with (elements, bytes) per block.
-TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13,
-            "Q6_K": 14, "BF16": 30}
-BLOCK = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 8: (32, 34), 12: (256, 144),
-         13: (256, 176), 14: (256, 210), 30: (1, 2)}
-TYPE_NAMES = {v: k for k, v in TYPE_IDS.items()}
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 
@@ -38,11 +32,6 @@ _LIMITS = {
 }
 
 
-def row_bytes(type_id: int, cols: int) -> int:
-    elems, nbytes = BLOCK[type_id]
-    return (cols // elems) * nbytes
-
-
 @dataclass
 class LoadedGGUF:
     """A validated GGUF model: hyperparameters, tensors and metadata."""
@@ -50,7 +39,7 @@ class LoadedGGUF:
     path: str
     arch: str
     config: dict[str, Any]
-    # name -> (type id, rows, cols, uint8 view of the bytes) as _core.LlamaModel expects
+    # name -> (type id, rows, cols, uint8 view of the bytes) as the engine takes them
     tensors: dict[str, tuple[int, int, int, np.ndarray]]
     metadata: dict[str, Any]
     tensor_types: dict[str, str] = field(default_factory=dict)
@@ -218,7 +207,7 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
                 raise _err(path, f"missing tensor {name!r}")
             continue
         tensors[name] = _tensor(f, t, shape)
-        types[name] = TYPE_NAMES[t.type_id]
+        types[name] = BY_ID[t.type_id].name
     return LoadedGGUF(path=path, arch=arch, config=cfg, tensors=tensors, metadata=meta,
                       tensor_types=types, reader=f)
 
@@ -231,33 +220,25 @@ def _tensor(f: GGUFFile, t: TensorInfo, shape: list[int]):
         got.pop()
     if got != shape:
         raise _err(path, f"tensor {name!r} has shape {got}, expected {shape}")
-    if type_id not in BLOCK:
+    gt = BY_ID.get(type_id)
+    if gt is None:
         raise UnsupportedModelError(
-            f"{os.path.basename(path)}: tensor {name!r} has type {_type_name(type_id)}, which "
-            f"llmrt does not support (supported: {', '.join(TYPE_IDS)})")
+            f"{os.path.basename(path)}: tensor {name!r} has type {name_of(type_id)}, which "
+            f"llmrt does not support (supported: {', '.join(TYPES)})")
     cols = shape[0]
     rows = int(np.prod(shape[1:])) if len(shape) > 1 else 1  # 3-D: the experts' rows end to end
-    elems, _ = BLOCK[type_id]
-    if cols % elems:
+    if cols % gt.block:
         raise _err(path, f"tensor {name!r}: row length {cols} is not a multiple of the "
-                         f"{TYPE_NAMES[type_id]} block size {elems}")
-    nbytes = rows * row_bytes(type_id, cols)
+                         f"{gt.name} block size {gt.block}")
+    nbytes = rows * gt.row_bytes(cols)
     buf = f.tensor_bytes(t, nbytes)
     if len(shape) == 1:
         # Small vectors (norms, biases): the native side takes float32.
         vec = _to_f32(buf, type_id, cols)
         if not np.all(np.isfinite(vec)):
             raise _err(path, f"tensor {name!r} contains non-finite values")
-        return (TYPE_IDS["F32"], 1, cols, vec.view(np.uint8))
+        return (TYPES["F32"].id, 1, cols, vec.view(np.uint8))
     return (type_id, rows, cols, buf)
-
-
-def _type_name(type_id: int) -> str:
-    try:
-        import gguf
-        return gguf.GGMLQuantizationType(type_id).name
-    except Exception:
-        return f"#{type_id}"
 
 
 def _to_f32(buf: np.ndarray, type_id: int, n: int) -> np.ndarray:

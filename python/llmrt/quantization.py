@@ -11,21 +11,11 @@ range, and the weights rounded with the scales as stored.
 from __future__ import annotations
 
 import os
-import sys
-import time
 from typing import Callable
 
 import numpy as np
 
-# name -> (GGML type name, weights per block, bytes per block)
-TYPES = {
-    "f32": ("F32", 1, 4), "f16": ("F16", 1, 2), "bf16": ("BF16", 1, 2),
-    "q8_0": ("Q8_0", 32, 34), "q4_0": ("Q4_0", 32, 18), "q4_1": ("Q4_1", 32, 20),
-    "q4_k": ("Q4_K", 256, 144), "q6_k": ("Q6_K", 256, 210),
-}
-# llama.cpp's general.file_type values ("mostly" this type)
-_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q4_k": 15, "q6_k": 18,
-              "bf16": 32}
+from .ggml_types import FILE_TYPES, writable
 
 
 def _f16(x: np.ndarray) -> np.ndarray:
@@ -127,12 +117,11 @@ def quantize_array(x: np.ndarray, type_name: str) -> np.ndarray:
     for f16 / f32, else uint8 (rows, row bytes)."""
     from gguf import GGMLQuantizationType as QT
     from gguf.quants import quantize
-    if type_name not in TYPES:
-        raise ValueError(f"unknown type {type_name!r}; one of {', '.join(TYPES)}")
+    gt = writable(type_name)
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
-    per = TYPES[type_name][1]
+    per = gt.block
     if x.shape[-1] % per:
         raise ValueError(f"{type_name}: rows of {x.shape[-1]} values are not whole "
                          f"{per}-value blocks")
@@ -144,7 +133,7 @@ def quantize_array(x: np.ndarray, type_name: str) -> np.ndarray:
         return _q4_k(x)
     if type_name == "q6_k":
         return _q6_k(x)
-    return np.asarray(quantize(x, QT[TYPES[type_name][0]]))
+    return np.asarray(quantize(x, QT[gt.name]))
 
 
 def dequantize_array(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
@@ -170,35 +159,19 @@ def tensor_type(name: str, shape: tuple[int, ...], target: str, tied: bool) -> s
             t = "q8_0"
         elif target == "q4_k":
             t = "q6_k"
-    if cols % TYPES[t][1]:
+    if cols % writable(t).block:
         t = {"q4_k": "q4_1", "q6_k": "q8_0"}.get(t, t)
-        if cols % TYPES[t][1]:
+        if cols % writable(t).block:
             t = "f16"
     return t
 
 
-class Progress:
-    """A one-line progress bar on stderr (when it is a terminal or forced)."""
-
-    def __init__(self, total: int, what: str, enabled: bool | None = None):
-        self.total, self.what, self.done = max(total, 1), what, 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.t0 = time.perf_counter()
-
-    def update(self, n: int = 1, note: str = "") -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        f = min(self.done / self.total, 1.0)
-        bar = "#" * int(30 * f) + "-" * (30 - int(30 * f))
-        sys.stderr.write(f"\r{self.what} [{bar}] {100 * f:5.1f}% "
-                         f"{time.perf_counter() - self.t0:6.1f}s {note[:40]:40s}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+def progress_bar(total: int, what: str, enabled: bool | None = None):
+    """A tqdm bar on stderr: shown when stderr is a terminal (enabled=None)
+    or as forced."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=what, disable=None if enabled is None else not enabled,
+                unit_scale=True, leave=False, dynamic_ncols=True)
 
 
 def copy_metadata(reader, writer, skip: Callable[[str], bool] = lambda k: False) -> None:
@@ -213,21 +186,22 @@ def copy_metadata(reader, writer, skip: Callable[[str], bool] = lambda k: False)
         writer.add_key_value(name, f.contents(), vtype, sub_type=sub)
 
 
-def write_tensors(w, entries, bar: Progress) -> None:
+def write_tensors(w, entries, bar) -> None:
     """Writes a GGUF file's header and tensors: entries (name, numpy shape,
     type name, loader returning float32), infos first, then each tensor
     loaded, encoded and written in turn, so only one is in memory at a time.
     Closes the writer."""
     from gguf import GGMLQuantizationType as QT
     for name, shape, tt, _ in entries:
-        per, nb = TYPES[tt][1], TYPES[tt][2]
+        gt = writable(tt)
+        per, nb = gt.block, gt.nbytes
         nbytes = int(np.prod(shape)) // per * nb
         if tt in ("f32", "f16"):
             w.add_tensor_info(name, shape, np.dtype(np.float32 if tt == "f32" else np.float16),
                               nbytes)
         else:  # raw block bytes: the shape is given in bytes per row
             w.add_tensor_info(name, (*shape[:-1], shape[-1] // per * nb), np.dtype(np.uint8),
-                              nbytes, raw_dtype=QT[TYPES[tt][0]])
+                              nbytes, raw_dtype=QT[gt.name])
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
@@ -240,7 +214,8 @@ def write_tensors(w, entries, bar: Progress) -> None:
         else:
             data = quantize_array(x.reshape(-1, shape[-1]), tt)
         w.write_tensor_data(np.ascontiguousarray(data.reshape(*shape[:-1], -1)))
-        bar.update(int(np.prod(shape)), name)
+        bar.set_postfix_str(name, refresh=False)
+        bar.update(int(np.prod(shape)))
         del x, data
     bar.close()
     w.close()
@@ -270,8 +245,7 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
     the type chosen per tensor."""
     from gguf import GGUFReader, GGUFWriter
     from .errors import GGUFError, UnsupportedModelError
-    if type_name not in TYPES:
-        raise ValueError(f"--type must be one of {', '.join(TYPES)}, got {type_name!r}")
+    writable(type_name)
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError("the output file must differ from the input file")
@@ -284,7 +258,7 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
     tied = "output.weight" not in names
     w = GGUFWriter(dst, arch)
     copy_metadata(r, w, skip=lambda k: k == "general.file_type")
-    w.add_file_type(_FILE_TYPE[type_name])
+    w.add_file_type(FILE_TYPES[type_name])
     chosen, entries = {}, []
     for t in r.tensors:
         shape = tuple(int(x) for x in reversed(t.shape))  # numpy order
@@ -300,6 +274,6 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
                 raise GGUFError(f"{src}: tensor {t.name!r}: {e}") from None
         entries.append((t.name, shape, chosen[t.name], load))
     write_or_remove(dst, lambda: write_tensors(
-        w, entries, Progress(sum(int(t.n_elements) for t in r.tensors),
-                             f"quantize {type_name}", progress)))
+        w, entries, progress_bar(sum(int(t.n_elements) for t in r.tensors),
+                                 f"quantize {type_name}", progress)))
     return chosen

@@ -161,8 +161,11 @@ class SamplingParams:
                                              self.frequency_penalty != 0.0)
 
 
-class Sampler:
-    """The native sampler chain for one sequence (its own random state)."""
+class Sampler(_core.Sampler):
+    """The native sampler chain for one sequence (its own random state).
+
+    A model step draws with it natively (the logits stay in native code);
+    calling it draws from logits given here."""
 
     def __init__(self, params: SamplingParams, n_vocab: int, end_ids: Iterable[int] = (),
                  seed: int | None = None):
@@ -178,22 +181,23 @@ class Sampler:
                     mirostat=params.mirostat_mode, mirostat_tau=params.mirostat_tau,
                     mirostat_eta=params.mirostat_eta, min_new_tokens=params.min_new_tokens,
                     end_ids=sorted(int(i) for i in end_ids if 0 <= i < n_vocab),
-                    seed=int(seed) & (2**64 - 1))
+                    seed=int(seed) & (2**64 - 1),
+                    logprobs=-1 if params.logprobs is None else params.logprobs)
+        super().__init__(opts, n_vocab)
         self.params = params
-        self._native = _core.Sampler(opts, n_vocab)
         self._window = params.penalty_last_n if params.uses_penalties else 0
         self._empty = np.zeros(0, np.int32)
 
     def __call__(self, logits: np.ndarray, history: np.ndarray | None = None,
                  n_generated: int = 0) -> int:
         """history: int32 array of the tokens so far (prompt and generated)."""
-        return self._native.sample(logits, self._penalized(history), n_generated)
+        return self.sample(logits, self._penalized(history), n_generated)
 
     def distribution(self, logits: np.ndarray, history: np.ndarray | None = None,
                      n_generated: int = 0) -> np.ndarray:
         """The probabilities (float32, vocabulary size) a call with the same
         arguments draws from: one-hot when greedy. Not for mirostat."""
-        return self._native.distribution(logits, self._penalized(history), n_generated)
+        return super().distribution(logits, self._penalized(history), n_generated)
 
     def _penalized(self, history: np.ndarray | None) -> np.ndarray:
         """The part of the history the penalties see (none without penalties)."""

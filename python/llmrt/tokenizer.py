@@ -26,10 +26,10 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 # ---- pre-tokenizer splits, keyed by tokenizer.ggml.pre ----------------------------
 # The GPT-2 pattern (what ByteLevel(use_regex=True) applies).
 _GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
-          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+               r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _DIGITS = r"\p{N}"
 
 # name -> list of split patterns applied in order (each isolating its matches)
@@ -40,9 +40,9 @@ PRE_TOKENIZERS: dict[str, list[str]] = {
     "smollm": [_DIGITS, _GPT2], "starcoder": [_DIGITS, _GPT2], "refact": [_DIGITS, _GPT2],
     "command-r": [_DIGITS, _GPT2], "codeshell": [_DIGITS, _GPT2], "exaone": [_DIGITS, _GPT2],
     "minerva-7b": [_DIGITS, _GPT2],
-    "llama3": [_LLAMA3], "llama-v3": [_LLAMA3], "llama-bpe": [_LLAMA3], "smaug-bpe": [_LLAMA3],
-    "falcon3": [_LLAMA3], "dbrx": [_LLAMA3],
-    "qwen2": [_QWEN2], "deepseek-r1-qwen": [_QWEN2], "megrez": [_QWEN2],
+    "llama3": [LLAMA3_SPLIT], "llama-v3": [LLAMA3_SPLIT], "llama-bpe": [LLAMA3_SPLIT], "smaug-bpe": [LLAMA3_SPLIT],
+    "falcon3": [LLAMA3_SPLIT], "dbrx": [LLAMA3_SPLIT],
+    "qwen2": [QWEN2_SPLIT], "deepseek-r1-qwen": [QWEN2_SPLIT], "megrez": [QWEN2_SPLIT],
 }
 # Vocabularies whose reference tokenizer uses a whole word found in the vocab
 # before trying merges.

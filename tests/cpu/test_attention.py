@@ -9,7 +9,7 @@ import pytest
 from llmrt import _core
 from testutil import kv_round
 
-ISAS = [i for i in ("generic", "avx2", "avx512") if _core.isa_available(i)]
+ISAS = [i for i in ("generic", "avx2", "avx512") if _core.testing.isa_available(i)]
 
 
 def reference(q, k, v, kv_dtype):
@@ -32,7 +32,7 @@ def run(n, T, H, KV, hd, bt, kv, isa, threads=2, contiguous=False, seed=0):
     q = rng.standard_normal((n, H, hd)).astype(np.float32)
     k = rng.standard_normal((T, KV, hd)).astype(np.float32)
     v = rng.standard_normal((T, KV, hd)).astype(np.float32)
-    got = _core.attention_paged(q, k, v, bt, kv, isa, threads, contiguous)
+    got = _core.testing.attention_paged(q, k, v, bt, kv, isa, threads, contiguous)
     return got, reference(q, k, v, kv)
 
 
@@ -92,6 +92,6 @@ def test_large_scores_do_not_overflow():
     k = (rng.standard_normal((70, 1, 32)) + 6).astype(np.float32)
     v = rng.standard_normal((70, 1, 32)).astype(np.float32)
     for isa in ISAS:
-        got = _core.attention_paged(q, k, v, 16, "f32", isa, 2, False)
+        got = _core.testing.attention_paged(q, k, v, 16, "f32", isa, 2, False)
         assert np.isfinite(got).all()
         assert np.abs(got - reference(q, k, v, "f32")).max() < 1e-4

@@ -112,11 +112,12 @@ def test_long_prompt_crosses_chunks(tmp_path):
 @pytest.mark.parametrize("activations", ["f32", "int8"])
 def test_incremental_decode_matches_full_forward(tmp_path, activations):
     m, W, cfg, tokens, full = _check(tmp_path, wtype="Q4_1", n_tokens=24, activations=activations)
-    native = m._native
+    eng = m.engine
+    seq = eng.new_sequence()
     # prompt of 10, then one token at a time through the cache
-    out = [native.forward(np.asarray(tokens[:10], np.int32), 0, True)]
+    out = [eng.forward(seq, tokens[:10], "all")]
     for i in range(10, len(tokens)):
-        out.append(native.forward(np.asarray(tokens[i:i + 1], np.int32), i, True))
+        out.append(eng.forward(seq, tokens[i:i + 1], "all"))
     step = np.concatenate(out)
     per_pos = np.abs(step - full).max(axis=-1) / np.abs(full).max()
     if activations == "f32":
@@ -147,13 +148,15 @@ def test_bad_token_ids_and_positions(tmp_path):
         m.logits([1] * 65)
     with pytest.raises(ValueError):
         m.logits([])
+    eng = m.engine
+    seq = eng.new_sequence()
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        m._native.forward(np.array([cfg["n_vocab"] + 5], np.int32), 0, False)
-    m._native.forward(np.ones(63, np.int32), 0, False)
+        eng.forward(seq, [cfg["n_vocab"] + 5])
+    eng.forward(seq, np.ones(63, np.int32))
     with pytest.raises(ValueError, match="exceed the context"):
-        m._native.forward(np.array([1, 2], np.int32), 63, False)
+        eng.forward(seq, [1, 2])
     with pytest.raises(ValueError, match="past the sequence"):
-        m._native.forward(np.array([1], np.int32), 64, False)
+        eng.truncate(seq, 64)
 
 
 @pytest.mark.parametrize("activations", ["int8", "f32"])

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from llmrt import _core
+from llmrt.ggml_types import TYPES
 from testutil import INT8_TYPES, dequantize_ref, encode_tensor, quantize_act_ref, random_kquant
 
-TYPE_IDS = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q5_K": 13,
-            "Q6_K": 14, "BF16": 30}
-ISAS = [i for i in ("generic", "avx2", "avx512") if _core.isa_available(i)]
+TYPE_IDS = {name: t.id for name, t in TYPES.items()}
+ISAS = [i for i in ("generic", "avx2", "avx512") if _core.testing.isa_available(i)]
 # (rows, cols): row counts not multiples of the 2-row tiles, 16-row grains or
 # thread splits; lengths that are odd multiples of the block
 SHAPES = [(1, 32), (7, 96), (13, 160), (33, 288), (130, 544),
@@ -76,7 +76,7 @@ def test_matmul_matches_numpy(isa, n, type_name, rows, cols, mode):
     quantized = int8 and type_name in INT8_TYPES
     xr = quantize_act_ref(x) if quantized else x.astype(np.float64)
     ref = xr @ w.T
-    got = _core.matmul(TYPE_IDS[type_name], raw, rows, cols, x, isa, 1, int8, repack)
+    got = _core.testing.matmul(TYPE_IDS[type_name], raw, rows, cols, x, isa, 1, int8, repack)
     scale = np.sqrt(cols) * np.abs(w).max() * np.abs(x).max()
     assert np.abs(got - ref).max() <= REL_TOL * scale
 
@@ -89,7 +89,7 @@ def test_activation_quantization_error_is_bounded(type_name):
     rows, cols = 17, 512
     raw, w = _weights(type_name, rows, cols, rng)
     x = rng.standard_normal((3, cols)).astype(np.float32)
-    got = _core.matmul(TYPE_IDS[type_name], raw, rows, cols, x)
+    got = _core.testing.matmul(TYPE_IDS[type_name], raw, rows, cols, x)
     exact = x.astype(np.float64) @ w.T
     bound = 4 * np.sqrt(cols) * np.abs(w).max() * np.abs(x).max() / 254
     assert np.abs(got - exact).max() < bound
@@ -101,7 +101,7 @@ def test_quantize_act_matches_rule(isa):
     x = rng.standard_normal(32 * 37).astype(np.float32) * rng.random(32 * 37).astype(np.float32) * 5
     x[:32] = 0.0  # an all-zero block: d = 0, q = 0
     x[32:64] = 0.5  # exact .5 steps after scaling: round half to even
-    d, s, qs, qa = _core.quantize_act(x, isa)
+    d, s, qs, qa = _core.testing.quantize_act(x, isa)
     np.testing.assert_array_equal(qa, np.abs(qs))
     b = x.reshape(-1, 32)
     amax = np.abs(b).max(axis=1)
@@ -119,9 +119,9 @@ def test_thread_counts_give_identical_results(type_name, n):
     raw, _ = _weights(type_name, rows, cols, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
     t = TYPE_IDS[type_name]
-    one = _core.matmul(t, raw, rows, cols, x, "", 1)
+    one = _core.testing.matmul(t, raw, rows, cols, x, "", 1)
     for threads in (2, 3):
-        assert np.array_equal(one, _core.matmul(t, raw, rows, cols, x, "", threads))
+        assert np.array_equal(one, _core.testing.matmul(t, raw, rows, cols, x, "", threads))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -136,12 +136,12 @@ def test_token_results_do_not_depend_on_the_batch(isa, int8, type_name):
     raw, _ = _weights(type_name, rows, cols, rng)
     x = rng.standard_normal((11, cols)).astype(np.float32)
     t = TYPE_IDS[type_name]
-    full = _core.matmul(t, raw, rows, cols, x, isa, 1, int8)
+    full = _core.testing.matmul(t, raw, rows, cols, x, isa, 1, int8)
     for lo, hi in ((0, 2), (3, 7), (6, 11), (4, 9)):
-        assert np.array_equal(_core.matmul(t, raw, rows, cols, x[lo:hi], isa, 1, int8),
+        assert np.array_equal(_core.testing.matmul(t, raw, rows, cols, x[lo:hi], isa, 1, int8),
                               full[lo:hi]), (lo, hi)
     for i in (0, 5, 10):
-        one = _core.matmul(t, raw, rows, cols, x[i:i + 1], isa, 1, int8, batch_invariant=True)
+        one = _core.testing.matmul(t, raw, rows, cols, x[i:i + 1], isa, 1, int8, batch_invariant=True)
         assert np.array_equal(one[0], full[i]), i
 
 
@@ -154,9 +154,9 @@ def test_isa_variants_agree_with_generic(type_name):
     t = TYPE_IDS[type_name]
     scale = np.sqrt(cols) * np.abs(w).max() * np.abs(x).max()
     for n in (1, 3):
-        base = _core.matmul(t, raw, rows, cols, x[:n], "generic", 1)
+        base = _core.testing.matmul(t, raw, rows, cols, x[:n], "generic", 1)
         for isa in ISAS[1:]:
-            got = _core.matmul(t, raw, rows, cols, x[:n], isa, 1)
+            got = _core.testing.matmul(t, raw, rows, cols, x[:n], isa, 1)
             assert np.abs(got - base).max() <= REL_TOL * scale, isa
 
 
@@ -169,11 +169,11 @@ def test_bad_kernel_arguments_raise():
     with pytest.raises(ValueError, match="multiple of the block"):
         _core.dequantize(2, raw, 2, 33)
     with pytest.raises(ValueError, match="shape"):
-        _core.matmul(2, raw, 2, 32, np.zeros((1, 31), np.float32))
+        _core.testing.matmul(2, raw, 2, 32, np.zeros((1, 31), np.float32))
     with pytest.raises(ValueError, match="unknown ISA"):
-        _core.matmul(2, raw, 2, 32, np.zeros((1, 32), np.float32), "sse9")
+        _core.testing.matmul(2, raw, 2, 32, np.zeros((1, 32), np.float32), "sse9")
     with pytest.raises(ValueError, match="multiple of 32"):
-        _core.quantize_act(np.zeros(33, np.float32))
+        _core.testing.quantize_act(np.zeros(33, np.float32))
 
 
 def test_q8_0_minus_128_is_read_as_minus_127():
@@ -186,6 +186,6 @@ def test_q8_0_minus_128_is_read_as_minus_127():
     raw[..., 2:] = q.view(np.uint8)
     raw = raw.reshape(rows, -1)
     x = -np.abs(np.random.default_rng(0).standard_normal((2, cols))).astype(np.float32)
-    got = _core.matmul(8, raw, rows, cols, x)
+    got = _core.testing.matmul(8, raw, rows, cols, x)
     ref = quantize_act_ref(x) @ np.full((rows, cols), -127 * 0.5).T
     assert np.allclose(got, ref, rtol=1e-5)

@@ -73,11 +73,11 @@ def test_incremental_decoding_equals_one_pass(tmp_path):
     m = llmrt.Model(path, device="cuda", kv_cache_dtype="f32")
     tokens = np.random.default_rng(4).integers(0, cfg["n_vocab"], 40).astype(np.int32)
     full = m.logits(tokens)
-    nat = m._native
-    s = nat.new_sequence()
-    rows = [nat.forward(tokens[:25], -1, True, s)]
+    eng = m.engine
+    s = eng.new_sequence()
+    rows = [eng.forward(s, tokens[:25], "all")]
     for t in tokens[25:]:
-        rows.append(nat.forward(np.asarray([t], np.int32), -1, True, s))
+        rows.append(eng.forward(s, np.asarray([t], np.int32), "all"))
     np.testing.assert_allclose(np.concatenate(rows), full, rtol=0, atol=1e-4 * np.abs(full).max())
 
 
@@ -144,16 +144,16 @@ def test_graph_replay_survives_buffer_changes(tmp_path):
     path, W, cfg = _model(tmp_path, wtype="Q8_0", n_embd=64, tied=False, ctx=1024)
     ref_model = llmrt.Model(path, activations="f32", kv_cache_dtype="f32")
     m = llmrt.Model(path, device="cuda", kv_cache_dtype="f32", kv_cache_tokens=4096)
-    nat, rn = m._native, ref_model._native
-    a, ra = nat.new_sequence(), rn.new_sequence()
+    eng, rn = m.engine, ref_model.engine
+    a, ra = eng.new_sequence(), rn.new_sequence()
     p = np.arange(1, 9, dtype=np.int32)
-    nat.forward(p, -1, False, a)
-    rn.forward(p, -1, False, ra)
+    eng.forward(a, p)
+    rn.forward(ra, p)
     for step in range(12):
         t = np.asarray([10 + step], np.int32)
-        g, c = nat.forward(t, -1, False, a), rn.forward(t, -1, False, ra)
+        g, c = eng.forward(a, t), rn.forward(ra, t)
         assert np.abs(g - c).max() <= 1e-4 * np.abs(c).max(), step
         if step == 5:  # 600 prompt rows in another sequence: bigger buffers
-            b = nat.new_sequence()
-            nat.forward(np.arange(600, dtype=np.int32) % 200 + 3, -1, False, b)
-            nat.release_sequence(b)
+            b = eng.new_sequence()
+            eng.forward(b, np.arange(600, dtype=np.int32) % 200 + 3)
+            eng.release(b)

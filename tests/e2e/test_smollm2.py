@@ -189,3 +189,31 @@ def test_draft_model_on_the_real_model(smollm2_inv, default_model_path):
     spec = smollm2_inv.generate(prompt, draft=draft, num_draft_tokens=4, **kw)
     assert spec.token_ids == plain.token_ids
     assert spec.timings["draft_acceptance"] > 0.7
+
+
+def test_chat_from_several_threads(smollm2_inv):
+    # chat() from four threads at once (greedy, seeded sampling, a stop
+    # string, logprobs): each reply is what the same call gives alone
+    import threading
+    qs = ["What is the capital of France?", "Name three colors.", "Write a haiku about rain.",
+          "What is 12 times 7?"]
+    kws = [dict(), dict(temperature=0.8, top_p=0.95, seed=7), dict(stop=["\n"]),
+           dict(logprobs=2)]
+    msgs = [[{"role": "user", "content": q}] for q in qs]
+    alone = [smollm2_inv.chat(m, max_new_tokens=24, **k) for m, k in zip(msgs, kws)]
+    out = [None] * 4
+    go = threading.Barrier(4)
+
+    def run(i):
+        go.wait()
+        out[i] = smollm2_inv.chat(msgs[i], max_new_tokens=24, **kws[i])
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+    assert [r.token_ids for r in out] == [r.token_ids for r in alone]
+    assert [r.text for r in out] == [r.text for r in alone]
+    assert [(x.token_id, x.logprob) for x in out[3].logprobs] == \
+        [(x.token_id, x.logprob) for x in alone[3].logprobs]
+    assert all(r.token_ids for r in out)

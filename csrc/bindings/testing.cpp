@@ -1,6 +1,6 @@
-// Direct entry points to single CPU kernels, for tests and microbenchmarks.
-// Each takes the ISA to use, so every compiled variant can be checked
-// against the plain C++ one and against numpy.
+// llmrt._core.testing: direct entry points to single CPU kernels, for tests
+// and microbenchmarks. Each takes the ISA to use, so every compiled variant
+// can be checked against the plain C++ one and against numpy.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -22,17 +22,6 @@ namespace py = pybind11;
 namespace llmrt::bindings {
 
 namespace {
-
-cpu::Isa parse_isa(const std::string& s) {
-  for (auto isa : {cpu::Isa::Generic, cpu::Isa::Avx2, cpu::Isa::Avx512})
-    if (s == cpu::isa_name(isa)) return isa;
-  throw py::value_error("unknown ISA '" + s + "' (generic, avx2, avx512)");
-}
-
-const cpu::Kernels& kernels(const std::string& isa) {
-  if (isa.empty()) return *cpu::active_kernels();
-  return *cpu::kernels_for(parse_isa(isa));
-}
 
 // A weight prepared once (repacked as a model would) with its own thread pool,
 // multiplied many times: for microbenchmarks.
@@ -63,30 +52,11 @@ class PreparedMatmul {
   ThreadPool pool_;
   bool int8_;
   WeightView w_;
-  std::unique_ptr<uint8_t[]> packed_;
+  cpu::PackedBytes packed_;
   cpu::ActBuffer act_;
 };
 
 }  // namespace
-
-WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& data,
-                       const std::string& what) {
-  if (!dtype_supported(type))
-    throw py::value_error(what + ": unsupported tensor type id " + std::to_string(type));
-  const DType t = static_cast<DType>(type);
-  if (rows <= 0 || cols <= 0 || cols % block_elems(t) != 0)
-    throw py::value_error(what + ": cols must be a positive multiple of the block size");
-  const size_t want = (size_t)rows * row_bytes(t, cols);
-  if ((size_t)data.nbytes() != want)
-    throw py::value_error(what + ": buffer has " + std::to_string(data.nbytes()) +
-                          " bytes, expected " + std::to_string(want));
-  WeightView w;
-  w.type = t;
-  w.rows = rows;
-  w.cols = cols;
-  w.data = data.data();
-  return w;
-}
 
 using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
@@ -104,9 +74,7 @@ py::array_t<float> attention_paged(F32 q, F32 k, F32 v, int block_tokens,
   if (k.shape(2) != hd || v.shape(0) != T || v.shape(1) != KV || v.shape(2) != hd)
     throw py::value_error("k and v must both be (T, KV, hd)");
   if (n < 1 || T < n || KV < 1 || H % KV != 0) throw py::value_error("bad shapes");
-  KVType t = kv_type == "f32" ? KVType::F32 : kv_type == "f16" ? KVType::F16 : KVType::Q8_0;
-  if (kv_type != "f32" && kv_type != "f16" && kv_type != "q8_0")
-    throw py::value_error("kv_type must be f32, f16 or q8_0");
+  const KVType t = kv_type_from_name(kv_type);
   const int nb = (T + block_tokens - 1) / block_tokens;
   KVCache cache(1, KV, hd, block_tokens, 2 * nb, t, false);
   const int seq = cache.create(), other = cache.create();
@@ -115,7 +83,7 @@ py::array_t<float> attention_paged(F32 q, F32 k, F32 v, int block_tokens,
     if (!contiguous) cache.append(other, toks.data(), block_tokens);
     cache.append(seq, toks.data(), std::min(block_tokens, T - b * block_tokens));
   }
-  const cpu::Kernels& kern = kernels(isa);
+  const cpu::Kernels& kern = kernels_named(isa);
   const int* table = cache.table(seq).data();
   cpu::kv_write(kern, cache, table, 0, 0, T, k.data(), v.data());
   py::array_t<float> out({n, H, hd});
@@ -127,7 +95,7 @@ py::array_t<float> attention_paged(F32 q, F32 k, F32 v, int block_tokens,
   return out;
 }
 
-void bind_kernels(py::module_& m) {
+void bind_testing(py::module_& m) {
   m.def("attention_paged", &attention_paged, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("block_tokens") = 32, py::arg("kv_type") = "f32", py::arg("isa") = "",
         py::arg("threads") = 1, py::arg("contiguous") = false);
@@ -141,25 +109,12 @@ void bind_kernels(py::module_& m) {
 
   m.def("isa_available", [](const std::string& isa) {
     try {
-      cpu::kernels_for(parse_isa(isa));
+      kernels_named(isa);
       return true;
     } catch (const std::runtime_error&) {
       return false;
     }
   }, py::arg("isa"), "Whether the ISA variant is compiled in and runs on this CPU.");
-
-  m.def("dequantize",
-        [](uint32_t type, Bytes data, int64_t rows,
-           int64_t cols, const std::string& isa) {
-          WeightView w = weight_view(type, rows, cols, data, "weight");
-          const auto& k = kernels(isa);
-          py::array_t<float> out({rows, cols});
-          float* o = out.mutable_data();
-          for (int64_t r = 0; r < rows; ++r) k.dequant[(int)w.type](w.row(r), o + r * cols, cols);
-          return out;
-        },
-        py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("isa") = "",
-        "Dequantize a (rows, cols) weight matrix stored as GGUF blocks.");
 
   m.def("matmul",
         [](uint32_t type, Bytes data, int64_t rows,
@@ -170,7 +125,7 @@ void bind_kernels(py::module_& m) {
             throw py::value_error("x must have shape (n, cols)");
           const int n = (int)x.shape(0);
           if (n <= 0) throw py::value_error("x has no rows");
-          const auto& k = kernels(isa);
+          const auto& k = kernels_named(isa);
           py::array_t<float> y({(int64_t)n, rows});
           float* yp = y.mutable_data();
           const float* xp = x.data();
@@ -179,7 +134,7 @@ void bind_kernels(py::module_& m) {
             ThreadPool pool(threads);
             cpu::ActBuffer act;
             // as in a model: Q4_0 / Q4_1 take the repacked layout when they can
-            std::unique_ptr<uint8_t[]> packed;
+            cpu::PackedBytes packed;
             if (repack && int8 && cpu::can_repack(w)) w = cpu::repack(pool, w, packed);
             cpu::matmul(pool, k, w, xp, n, yp, act, int8, invariant);
           }
@@ -199,7 +154,7 @@ void bind_kernels(py::module_& m) {
           py::array_t<float> d(nb), s(nb);
           py::array_t<int8_t> qs({nb, (int64_t)kQK});
           std::vector<int8_t> q2((size_t)(2 * n));  // values, then absolute values
-          kernels(isa).quantize_act(x.data(), q2.data(), d.mutable_data(), s.mutable_data(), n);
+          kernels_named(isa).quantize_act(x.data(), q2.data(), d.mutable_data(), s.mutable_data(), n);
           py::array_t<int8_t> qa({nb, (int64_t)kQK});
           std::memcpy(qs.mutable_data(), q2.data(), (size_t)n);
           std::memcpy(qa.mutable_data(), q2.data() + n, (size_t)n);

@@ -1,0 +1,138 @@
+#include "model/llama_gguf.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace llmrt {
+
+namespace {
+
+int int_value(const ConfigValues& v, const char* key, bool required, int dflt = 0) {
+  auto it = v.find(key);
+  if (it == v.end()) {
+    if (required) throw std::invalid_argument(std::string("config is missing '") + key + "'");
+    return dflt;
+  }
+  const double x = it->second;
+  if (!(x == std::floor(x)) || x < -2147483648.0 || x > 2147483647.0)
+    throw std::invalid_argument(std::string("config '") + key + "' must be an integer");
+  return (int)x;
+}
+
+float float_value(const ConfigValues& v, const char* key, float dflt) {
+  auto it = v.find(key);
+  if (it == v.end()) return dflt;
+  if (!std::isfinite(it->second))
+    throw std::invalid_argument(std::string("config '") + key + "' must be finite");
+  return (float)it->second;
+}
+
+// Expert tensors are sliced into one view per expert: their pages are
+// shared by several views.
+bool sliced(const std::string& name) {
+  return name.size() > 12 && name.compare(name.size() - 12, 12, "_exps.weight") == 0;
+}
+
+}  // namespace
+
+LlamaConfig llama_config(const ConfigValues& v) {
+  LlamaConfig c;
+  c.n_vocab = int_value(v, "n_vocab", true);
+  c.n_embd = int_value(v, "n_embd", true);
+  c.n_layer = int_value(v, "n_layer", true);
+  c.n_head = int_value(v, "n_head", true);
+  c.n_head_kv = int_value(v, "n_head_kv", true);
+  c.head_dim = int_value(v, "head_dim", true);
+  c.n_ff = int_value(v, "n_ff", true);
+  c.n_ctx = int_value(v, "n_ctx", true);
+  c.rms_eps = float_value(v, "rms_eps", 1e-5f);
+  c.rope.n_rot = int_value(v, "n_rot", true);
+  c.rope.freq_base = float_value(v, "rope_freq_base", 10000.f);
+  c.rope.pos_scale = float_value(v, "rope_pos_scale", 1.f);
+  c.rope.neox = int_value(v, "rope_neox", false) != 0;
+  c.n_expert = int_value(v, "n_expert", false);
+  c.n_expert_used = int_value(v, "n_expert_used", false);
+  for (int x : {c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.n_ctx})
+    if (x <= 0) throw std::invalid_argument("config values must be positive");
+  if (!(c.rms_eps > 0.f) || !(c.rope.freq_base > 0.f) || !(c.rope.pos_scale > 0.f))
+    throw std::invalid_argument("rms_eps, rope_freq_base and rope_pos_scale must be positive");
+  return c;
+}
+
+LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
+  auto view = [&](const std::string& name, bool required) -> WeightView {
+    auto it = tensors.find(name);
+    if (it == tensors.end()) {
+      if (required) throw std::invalid_argument("missing tensor '" + name + "'");
+      return WeightView{};
+    }
+    return it->second;
+  };
+  auto vec = [&](const std::string& name, int64_t n, bool required) -> const float* {
+    const WeightView w = view(name, required);
+    if (w.empty()) return nullptr;
+    if (w.type != DType::F32 || w.rows * w.cols != n)
+      throw std::invalid_argument("tensor '" + name + "' must be F32 with " + std::to_string(n) +
+                                  " elements");
+    return reinterpret_cast<const float*>(w.data);
+  };
+  // (n_expert x rows, cols) tensors: one view per expert
+  auto experts = [&](const std::string& name, std::vector<WeightView>& out) {
+    const WeightView all = view(name, true);
+    if (all.rows % c.n_expert != 0)
+      throw std::invalid_argument("tensor '" + name + "' does not split into " +
+                                  std::to_string(c.n_expert) + " experts");
+    const int64_t rows = all.rows / c.n_expert;
+    for (int e = 0; e < c.n_expert; ++e) {
+      WeightView v = all;
+      v.rows = rows;
+      v.data = all.data + (size_t)e * rows * all.row_stride();
+      out.push_back(v);
+    }
+  };
+
+  LlamaWeights w;
+  w.tok_embd = view("token_embd.weight", true);
+  w.output_norm = vec("output_norm.weight", c.n_embd, true);
+  w.output = view("output.weight", false);
+  if (w.output.empty()) w.output = w.tok_embd;  // tied embeddings
+  c.rope.freq_factors = vec("rope_freqs.weight", c.rope.n_rot / 2, false);
+  const int64_t qd = (int64_t)c.n_head * c.head_dim, kvd = (int64_t)c.n_head_kv * c.head_dim;
+  for (int i = 0; i < c.n_layer; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    LayerWeights L;
+    L.attn_norm = vec(p + "attn_norm.weight", c.n_embd, true);
+    L.wq = view(p + "attn_q.weight", true);
+    L.wk = view(p + "attn_k.weight", true);
+    L.wv = view(p + "attn_v.weight", true);
+    L.wo = view(p + "attn_output.weight", true);
+    L.bq = vec(p + "attn_q.bias", qd, false);
+    L.bk = vec(p + "attn_k.bias", kvd, false);
+    L.bv = vec(p + "attn_v.bias", kvd, false);
+    L.ffn_norm = vec(p + "ffn_norm.weight", c.n_embd, true);
+    if (c.n_expert > 0) {
+      L.router = view(p + "ffn_gate_inp.weight", true);
+      experts(p + "ffn_gate_exps.weight", L.e_gate);
+      experts(p + "ffn_up_exps.weight", L.e_up);
+      experts(p + "ffn_down_exps.weight", L.e_down);
+    } else {
+      L.w_gate = view(p + "ffn_gate.weight", true);
+      L.w_up = view(p + "ffn_up.weight", true);
+      L.w_down = view(p + "ffn_down.weight", true);
+    }
+    w.layers.push_back(std::move(L));
+  }
+  return w;
+}
+
+std::vector<std::string> released_tensors(const TensorTable& tensors,
+                                          const std::vector<const uint8_t*>& replaced) {
+  std::vector<std::string> out;
+  for (const auto& [name, w] : tensors)
+    if (!sliced(name) && std::find(replaced.begin(), replaced.end(), w.data) != replaced.end())
+      out.push_back(name);
+  return out;
+}
+
+}  // namespace llmrt

@@ -1,0 +1,298 @@
+"""Continuous batching: every running request of a model joins one batch.
+
+Each step is one native forward over every running task: a one-token row
+for each decoding sequence (speculative tasks add their drafts, beam search
+its beams) and prompt chunks (up to `chunk` prompt tokens a step, cut where
+a lone prompt is cut) for those starting. Tasks start in order as long as
+the KV-cache blocks they may need (prompt and max_new_tokens) are free, so a
+running task never runs out of cache; the others wait. Finished tasks free
+their blocks and waiting ones take their place.
+
+Any number of threads may submit jobs (one generate() call each) and read
+their events. There is no thread of its own: a reader whose job has no
+event ready runs the next step, for every job, while the others wait for
+it; a step's events go to each job's queue. One step at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .engine import Engine
+
+if TYPE_CHECKING:
+    from .request import Task
+
+
+class Job:
+    """The tasks of one generate() call and the events they produce:
+    (prompt index, text piece)."""
+
+    def __init__(self, scheduler: "Scheduler", max_batch: int):
+        self.scheduler, self.max_batch = scheduler, max_batch
+        self.tasks: list[Task] = []
+        self.events: deque[tuple[int, str]] = deque()
+        self.open = 0
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.t0 = time.perf_counter()
+
+    @property
+    def finished(self) -> bool:
+        return self.open == 0
+
+    def put(self, index: int, piece: str) -> None:
+        self.events.append((index, piece))
+
+    def next_event(self) -> tuple[int, str] | None:
+        """The next (index, piece), running steps until there is one; None
+        once the job is over."""
+        while True:
+            if self.events:
+                return self.events.popleft()
+            if self.error is not None:
+                err, self.error = self.error, None
+                self.cancelled = True
+                raise err
+            if self.finished:
+                return None
+            self.scheduler.run_until(self)
+
+    def run(self) -> list[list]:
+        """Runs to the end; per task, its results."""
+        try:
+            while self.next_event() is not None:
+                pass
+        finally:
+            if not self.finished:  # interrupted
+                self.cancel()
+        return self.results()
+
+    def results(self) -> list[list]:
+        return [t.results() for t in self.tasks]
+
+    def cancel(self) -> None:
+        """Stops the job now and frees its blocks."""
+        self.cancelled = True
+        self.scheduler.reap(self, wait=True)
+
+    def abandon(self) -> None:
+        """Its reader is gone: stop it (now if no step is running, else at
+        the next step)."""
+        if not self.finished:
+            self.cancelled = True
+            self.scheduler.reap(self, wait=False)
+
+
+class Scheduler:
+    chunk = 256
+
+    def __init__(self, engine: Engine, max_running: int = 256):
+        self.engine = engine
+        self.max_running = max_running
+        self.waiting: deque[Task] = deque()
+        self.active: list[Task] = []
+        self._lock = threading.Lock()      # held for a whole step
+        self._owner: int | None = None     # the thread running a step
+        self._queue_lock = threading.Lock()
+        self._reap_wanted = False          # a job was cancelled since the last reap
+
+    # ---- jobs -------------------------------------------------------------------------
+    def submit(self, job: Job, tasks: list["Task"]) -> Job:
+        job.tasks = tasks
+        job.open = len(tasks)
+        with self._queue_lock:
+            self.waiting.extend(tasks)
+        return job
+
+    def run_until(self, job: Job) -> None:
+        """Runs a step unless another thread's step gave the job an event or
+        ended it meanwhile."""
+        with self._lock:
+            if job.events or job.finished or job.error is not None:
+                return
+            self._owner = threading.get_ident()
+            try:
+                if not self._step() and not (job.events or job.finished):
+                    raise RuntimeError("the scheduler has nothing to run for a job that is "
+                                       "not finished")
+            finally:
+                self._owner = None
+
+    def reap(self, job: Job, wait: bool) -> None:
+        """Drops a cancelled job's tasks and frees their blocks: now, unless
+        a step is running (wait=False, or on the stepping thread itself), in
+        which case the next step does it."""
+        self._reap_wanted = True
+        if self._owner == threading.get_ident():
+            return
+        if not self._lock.acquire(blocking=wait):
+            return
+        try:
+            self._reap()
+        finally:
+            self._lock.release()
+
+    def _reap(self) -> None:
+        if not self._reap_wanted:
+            return
+        self._reap_wanted = False
+        with self._queue_lock:
+            if any(t.job.cancelled for t in self.waiting):
+                for t in [t for t in self.waiting if t.job.cancelled]:
+                    self.waiting.remove(t)
+                    self._close(t)
+        for t in [t for t in self.active if t.job.cancelled]:
+            self.active.remove(t)
+            t.release(self.engine)
+            self._close(t)
+
+    def _close(self, t: "Task") -> None:
+        t.done = True
+        t.job.open -= 1
+
+    def _fail(self, failed: list[tuple["Task", BaseException]]) -> None:
+        """Tasks that failed end their jobs (every task of them) with the error."""
+        if not failed:
+            return
+        for t, err in failed:
+            if t.job.error is None and not t.job.cancelled:
+                t.job.error = err
+            t.job.cancelled = True
+        self._reap_wanted = True
+        self._reap()
+
+    # ---- a step ------------------------------------------------------------------------
+    def _step(self) -> bool:
+        """Admits what fits, runs one forward for every active task and
+        applies its outputs. Returns whether there was anything to run."""
+        self._reap()
+        self._admit()
+        self._reap()  # a task that failed to start ends its job
+        if not self.active:
+            return False
+        eng = self.engine
+        entries: list = []
+        plan: list[tuple[Task, int, int]] = []  # task, its logit rows, its draws
+        failed: list[tuple[Task, BaseException]] = []
+        budget = self.chunk
+        for t in self.active:
+            if not t.started:
+                continue
+            try:
+                es = t.entries()
+            except Exception as err:  # noqa: BLE001 - the task's own failure (its draft model, ...)
+                failed.append((t, err))
+                continue
+            plan.append((t, *_outputs(es)))
+            entries.extend(es)
+        for t in self.active:  # prompt chunks after the decoding rows, within the budget
+            if t.started:
+                continue
+            left = len(t.prompt) - t.pos
+            c = min(self.chunk, left)
+            if c > budget:
+                continue
+            budget -= c
+            toks = np.asarray(t.prompt[t.pos:t.pos + c], np.int32)
+            if c == left:
+                entry = t.first_entry(toks)
+                plan.append((t, *_outputs([entry])))
+            else:
+                entry = (t.seq, toks, "none")
+            entries.append(entry)
+            t.pos += c
+        try:
+            if entries:
+                logits, tokens, lps = eng.step(entries)
+                row = draw = 0
+                for t, n_rows, n_draws in plan:
+                    try:
+                        t.apply(eng, logits[row:row + n_rows] if n_rows else logits,
+                                tokens[draw:draw + n_draws],
+                                lps[draw:draw + n_draws] if lps is not None else None)
+                    except Exception as err:  # noqa: BLE001 - the task's own failure
+                        failed.append((t, err))
+                    row += n_rows
+                    draw += n_draws
+        except BaseException as e:
+            # the batch failed as a whole (or was interrupted half-applied):
+            # every task in it ends with the error
+            self._fail([(t, e) for t in self.active])
+            if not isinstance(e, Exception):
+                raise
+            return True
+        self._fail(failed)
+        if any(t.done for t in self.active):
+            for t in [t for t in self.active if t.done]:
+                self.active.remove(t)
+                t.release(eng)
+                t.job.open -= 1
+        return True
+
+    def _admit(self) -> None:
+        """Starts waiting tasks, in order, while the blocks they may need are
+        there (and their job and the batch have room)."""
+        if not self.waiting:
+            return
+        eng = self.engine
+        running = sum(t.width for t in self.active)
+        per_job: dict[int, int] = {}
+        for t in self.active:
+            per_job[id(t.job)] = per_job.get(id(t.job), 0) + t.width
+        # blocks the running tasks may still take
+        reserved = sum(max(t.blocks - t.held(eng), 0) for t in self.active)
+        available = eng.blocks_available()
+        with self._queue_lock:
+            full: set[int] = set()  # jobs at their max_batch_size: their later tasks wait too
+            skipped: list[Task] = []
+            while self.waiting:
+                t = self.waiting[0]
+                mine = per_job.get(id(t.job), 0)
+                if id(t.job) in full or (mine and mine + t.width > t.job.max_batch):
+                    full.add(id(t.job))
+                    skipped.append(self.waiting.popleft())
+                    continue
+                if self.active and (running + t.width > self.max_running or
+                                    available - reserved < t.blocks):
+                    break
+                self.waiting.popleft()
+                if t.p.max_new_tokens == 0:
+                    t.finish_empty()
+                    t.job.open -= 1
+                    continue
+                try:
+                    t.admit(eng)
+                except Exception as err:  # noqa: BLE001 - fails its job, not the batch
+                    t.release(eng)
+                    self._close(t)
+                    if t.job.error is None:
+                        t.job.error = err
+                    t.job.cancelled = self._reap_wanted = True
+                    continue
+                self.active.append(t)
+                running += t.width
+                per_job[id(t.job)] = mine + t.width
+                available = eng.blocks_available()
+                reserved += max(t.blocks - t.held(eng), 0)
+            self.waiting.extendleft(reversed(skipped))
+
+
+def _outputs(entries: list) -> tuple[int, int]:
+    """(logit rows, draws) a list of entries produces."""
+    rows = draws = 0
+    for e in entries:
+        if len(e) > 3 and e[3]:
+            draws += len(e[3])
+        elif e[2] == "last":
+            rows += 1
+        elif e[2] == "all":
+            rows += len(e[1])
+    return rows, draws
+
+

@@ -1,0 +1,236 @@
+"""Speculative decoding: a draft proposes up to k tokens, the model scores
+them all in one forward (one entry of the batch step), and the standard
+accept / resample rule (Leviathan et al. 2023, Chen et al. 2023) keeps the
+output distribution exactly the model's own; when greedy, the draft stands as
+far as it matches the model's own choices.
+
+Drafts come from the text itself (prompt lookup: the tokens that followed the
+latest earlier occurrence of the last few tokens) or from a smaller model
+with the same vocabulary.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .request import Request, Task
+from .sampling import Sampler
+
+if TYPE_CHECKING:
+    from .engine import Engine, Entry
+    from .outputs import GenerationResult
+    from .scheduler import Job
+
+
+def accept_or_resample(p: np.ndarray, q: np.ndarray | None, x: int,
+                       rng: np.random.Generator) -> int:
+    """Speculative sampling at one position: the draft token x, drawn from q
+    (None: proposed deterministically, q one-hot at x), stands with
+    probability min(1, p[x] / q[x]); otherwise a token drawn from
+    max(p - q, 0), renormalised, takes its place. The token that stands is
+    distributed as p whatever q is."""
+    qx = 1.0 if q is None else float(q[x])
+    if rng.random() * qx < p[x]:
+        return x
+    return draw(_residual(p, q, x), rng)
+
+
+def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
+    """One token drawn from probabilities (any non-negative weights)."""
+    c = np.cumsum(probs, dtype=np.float64)
+    i = int(np.searchsorted(c, rng.random() * c[-1], side="right"))
+    return min(i, len(c) - 1)
+
+
+def _residual(p: np.ndarray, q: np.ndarray | None, x: int) -> np.ndarray:
+    """Where a rejected draft token x sends the draw: max(p - q, 0),
+    renormalised (q one-hot at x when the draft is deterministic)."""
+    if q is None:
+        r = p.astype(np.float64)
+        r[x] = 0.0
+    else:
+        r = np.maximum(p.astype(np.float64) - q, 0.0)
+    return r if r.sum() > 0 else p.astype(np.float64)
+
+
+class PromptLookup:
+    """Drafts copied from the sequence itself: the tokens that followed the
+    latest earlier occurrence of its last 3 (or 2, or 1) tokens."""
+
+    max_ngram = 3
+
+    def propose(self, hist: np.ndarray, n: int, k: int, greedy: bool,
+                rng: np.random.Generator) -> tuple[list[int], list[None]]:
+        for g in range(min(self.max_ngram, n - 1), 0, -1):
+            tail = hist[n - g:n]
+            win = np.lib.stride_tricks.sliding_window_view(hist[:n - 1], g)
+            hits = np.flatnonzero((win == tail).all(axis=1))
+            if hits.size:
+                start = int(hits[-1]) + g
+                d = hist[start:min(start + k, n)].tolist()
+                return d, [None] * len(d)
+        return [], []
+
+    def keep(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class DraftModel:
+    """Drafts from a second, smaller model sharing the vocabulary (its
+    engine): it keeps its own KV-cache sequence, drawn from with the same
+    sampling parameters."""
+
+    def __init__(self, engine: "Engine", r: Request, seed: int):
+        self.engine, self.r = engine, r
+        self.sampler = Sampler(r.p, engine.vocab_size, r.end_ids, seed=seed + 1)
+        self.seq = engine.new_sequence()
+        self.len = engine.reuse_prefix(self.seq, r.prompt)
+
+    def propose(self, hist: np.ndarray, n: int, k: int, greedy: bool,
+                rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
+        eng = self.engine
+        lg = eng.forward(self.seq, hist[self.len:n])  # what it has not seen
+        self.len = n
+        h = hist[:n + k].copy()
+        n_gen = self.r.n_generated
+        drafts: list[int] = []
+        qs: list[np.ndarray | None] = []
+        for i in range(k):
+            if greedy:
+                x, q = self.sampler(lg, h[:n + i], n_gen + i), None
+            else:
+                q = self.sampler.distribution(lg, h[:n + i], n_gen + i).astype(np.float64)
+                x = draw(q, rng)
+            if x in self.r.end_ids:
+                break
+            drafts.append(x)
+            qs.append(q)
+            h[n + i] = x
+            if i < k - 1:
+                lg = eng.forward(self.seq, [x])
+                self.len += 1
+        return drafts, qs
+
+    def keep(self, n: int) -> None:
+        """The first n positions stand; the rest of the draft's are dropped."""
+        if self.len > n:
+            self.engine.truncate(self.seq, n)
+            self.len = n
+
+    def close(self) -> None:
+        if self.seq >= 0:
+            self.engine.release(self.seq)
+            self.seq = -1
+
+
+class Speculative(Task):
+    """One sequence decoded speculatively: each step verifies the draft's
+    proposals (or, with none, takes one token drawn inside the step)."""
+
+    def __init__(self, job: "Job", index: int, r: Request, blocks: int,
+                 draft: "str | Engine", num_draft: int):
+        super().__init__(job, index, r.prompt, r.p, blocks)
+        self.r, self.draft, self.num_draft = r, draft, num_draft
+        seed = r.p.seed if r.p.seed is not None else secrets.randbits(63)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.src: Any = None
+        self.drafts: list[int] = []
+        self.qs: list = []
+        self.n = 0  # the sequence's tokens when the drafts were made
+
+    def admit(self, engine: "Engine") -> None:
+        super().admit(engine)
+        self.r.t_admit = time.perf_counter()
+        self.src = (PromptLookup() if isinstance(self.draft, str)
+                    else DraftModel(self.draft, self.r, self.seed))
+
+    def first_entry(self, tokens: np.ndarray) -> "Entry":
+        return (self.seq, tokens, "last", [self.r.sampler], 0)
+
+    def entries(self) -> list["Entry"]:
+        r = self.r
+        n = self.n = r.n_hist  # the cache holds n - 1 positions; r.tok is hist[n - 1]
+        room = min(self.num_draft, r.p.max_new_tokens - r.n_generated - 1, r.n_ctx - n)
+        self.drafts, self.qs = (self.src.propose(r.hist, n, room, r.greedy, self.rng)
+                                if room > 0 else ([], []))
+        if not self.drafts:
+            return [(self.seq, np.array([r.tok], np.int32), "last", [r.sampler], r.n_generated)]
+        return [(self.seq, np.asarray([r.tok] + self.drafts, np.int32), "all")]
+
+    def apply(self, engine: "Engine", logits: np.ndarray, tokens: np.ndarray,
+              logprobs: Sequence | None) -> None:
+        r = self.r
+        if not self.started:
+            self.started = True
+            r.t_prompt = time.perf_counter()
+            r.seq = self.seq
+        else:
+            r.forwards += 1
+        if not self.drafts:  # one token, drawn in the step
+            tok = int(tokens[0])
+            r.add_logprob(tok, logprobs[0] if logprobs else None)
+            self._emit(tok)
+            return
+        drafts, qs, n = self.drafts, self.qs, self.n
+        r.drafted += len(drafts)
+        a, nxt = 0, None
+        for i, x in enumerate(drafts):
+            if r.greedy:
+                y = r.choose(logits[i])
+            else:
+                y = accept_or_resample(r.distribution(logits[i]), qs[i], x, self.rng)
+                r.note_logprob(logits[i], y)
+            if y != x:
+                nxt = y
+                break
+            a += 1
+            if r.emit(x):
+                break
+        r.accepted += a
+        self.drafts = []
+        if r.done:
+            self._finish()
+            return
+        if nxt is None:  # every draft token stood: one more from the last row
+            if r.greedy:
+                nxt = r.choose(logits[a])
+            else:
+                nxt = draw(r.distribution(logits[a]), self.rng)
+                r.note_logprob(logits[a], nxt)
+        engine.truncate(self.seq, n + a)  # drop the rejected draft's keys and values
+        self.src.keep(n + a)
+        self._emit(nxt)
+
+    def _emit(self, tok: int) -> None:
+        if self.r.emit(tok):
+            self._finish()
+
+    def _finish(self) -> None:
+        self.r.close()
+        self.done = True
+
+    def held(self, engine: "Engine") -> int:
+        if not self.started:
+            return super().held(engine)
+        return -(-(self.r.n_hist - 1) // engine.block_tokens)
+
+    def release(self, engine: "Engine") -> None:
+        super().release(engine)
+        self.r.seq = -1
+        if self.src is not None:
+            self.src.close()
+
+    def finish_empty(self) -> None:
+        self.r.finish_empty()
+        self.done = True
+
+    def results(self) -> list["GenerationResult"]:
+        return [self.r.result]
