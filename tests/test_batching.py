@@ -445,3 +445,18 @@ def test_decode_steps_return_no_logits(fast):
         assert shapes and min(shapes) > 0
     finally:
         del fast.engine.step
+
+
+def test_samples_forked_from_a_partial_block_are_counted_right(paths):
+    # n samples share the prompt's last, partly filled block until each
+    # writes to it: two prompts of 8 samples in a 14-block cache need 9
+    # blocks each, so the second waits for the first instead of running the
+    # pool dry mid-way
+    m = llmrt.Model(paths[0], threads=2, kv_cache_tokens=14 * 32, batch_invariant=True)
+    prompts = [list(range(3, 43)), list(range(50, 90))]  # 40 tokens: one block and a part
+    kw = dict(n=8, temperature=1.0, seed=3, max_new_tokens=20, ignore_eos=True)
+    ref = [m.generate(p, **kw) for p in prompts]
+    got = m.generate(prompts, **kw)
+    assert [[r.token_ids for r in g] for g in got] == [[r.token_ids for r in g] for g in ref]
+    assert max(r.timings["queue_ms"] for r in got[1]) > 0
+    assert m.cache_stats()["blocks_in_use"] == 0

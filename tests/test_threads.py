@@ -163,3 +163,27 @@ def test_speculative_and_beams_join_the_batch(model):
         [b.token_ids for b in got[1].beams] == [b.token_ids for b in beam.beams]
     assert got[2] == model.generate(PROMPTS[3], **kw).token_ids
     assert model.cache_stats()["blocks_in_use"] == 0
+
+
+def test_a_failed_step_ends_the_jobs_in_it_and_frees_their_blocks(model):
+    # a step that raises (here: forced) ends every job in it, each with an
+    # error object of its own; the model then runs as usual
+    a = model.generate(PROMPTS[0], max_new_tokens=30, ignore_eos=True, stream=True)
+    b = model.generate(PROMPTS[1], max_new_tokens=30, ignore_eos=True, stream=True)
+    next(a)
+    next(b)
+    def boom(entries):
+        raise llmrt.KVCacheFullError("KV cache full (forced)")
+    model.engine.step = boom
+    errors = []
+    try:
+        for s in (a, b):
+            with pytest.raises(llmrt.KVCacheFullError, match="forced") as e:
+                list(s)
+            errors.append(e.value)
+    finally:
+        del model.engine.step
+    assert errors[0] is not errors[1]
+    assert model.cache_stats()["blocks_in_use"] == 0
+    ref = model.generate(PROMPTS[2], max_new_tokens=8, ignore_eos=True)
+    assert len(ref.token_ids) == 8

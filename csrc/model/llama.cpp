@@ -395,12 +395,24 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
   else
     body();
   if (rows == 0 || head_out == direct) return;
-  // rows wanted as logits: out of the backend's buffer
+  // rows wanted as logits: out of the backend's buffer, runs of rows that
+  // follow each other in both buffers in one copy
+  const size_t V = c.n_vocab;
+  float* dst = nullptr;
+  const float* src = nullptr;
+  size_t run = 0;
   for (int i = 0, r = 0; i < count; r += segs[i].wanted(), ++i) {
     const Segment& g = segs[i];
     if (g.wanted() == 0 || g.entry->n_samplers > 0) continue;
-    be.download(g.logits, s.logits + (size_t)r * c.n_vocab, (size_t)g.wanted() * c.n_vocab);
+    const float* from = s.logits + (size_t)r * V;
+    if (run && g.logits == dst + run * V && from == src + run * V) {
+      run += g.wanted();
+      continue;
+    }
+    if (run) be.download(dst, src, run * V);
+    dst = g.logits, src = from, run = g.wanted();
   }
+  if (run) be.download(dst, src, run * V);
   if (drawing) draw(segs, count, rows);
 }
 

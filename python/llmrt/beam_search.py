@@ -37,7 +37,8 @@ class BeamSearch(Task):
         self.step_i = 0
         self.result = GenerationResult(text="", token_ids=[], finish_reason="length",
                                        prompt_tokens=len(prompt))
-        self.t_admit = self.t_prompt = job.t0
+        self.t_admit: float | None = None
+        self.t_prompt: float | None = None
 
     def admit(self, engine: "Engine") -> None:
         super().admit(engine)
@@ -92,16 +93,22 @@ class BeamSearch(Task):
         users: dict[int, int] = {}
         for _, bi, _ in chosen:
             users[bi] = users.get(bi, 0) + 1
-        for bi, b in enumerate(self.beams):
+        new = []
+        try:
+            for total, bi, t in chosen:
+                parent = self.beams[bi][0]
+                users[bi] -= 1
+                seq = engine.fork(parent) if users[bi] > 0 else parent
+                new.append((seq, self.beams[bi][1] + [t], total))
+        except BaseException:
+            for seq, _, _ in new:  # the forks made so far
+                if seq not in (b[0] for b in self.beams):
+                    engine.release(seq)
+            raise
+        old, self.beams = self.beams, new
+        for bi, b in enumerate(old):
             if bi not in users:  # no child: its blocks go back
                 engine.release(b[0])
-        new = []
-        for total, bi, t in chosen:
-            parent = self.beams[bi][0]
-            users[bi] -= 1
-            seq = engine.fork(parent) if users[bi] > 0 else parent
-            new.append((seq, self.beams[bi][1] + [t], total))
-        self.beams = new
         self.step_i += 1
 
     def _finish(self) -> None:
@@ -122,13 +129,16 @@ class BeamSearch(Task):
         res.finish_reason = "stop" if done[0][2] or any(s in self.tokenizer.decode(
             best.token_ids, skip_special=True) for s in stops) else "length"
         res.beams = out
+        t0 = self.job.t0
+        t_admit = self.t_admit if self.t_admit is not None else t0
+        t_prompt = self.t_prompt if self.t_prompt is not None else t_admit
         res.timings = {
-            "prompt_ms": (self.t_prompt - self.t_admit) * 1e3,
-            "time_to_first_token_ms": (self.t_prompt - self.job.t0) * 1e3,
-            "decode_ms": (t_end - self.t_prompt) * 1e3,
-            "prompt_tokens_per_s": len(self.prompt) / max(self.t_prompt - self.t_admit, 1e-9),
+            "prompt_ms": (t_prompt - t_admit) * 1e3,
+            "time_to_first_token_ms": (t_prompt - t0) * 1e3,
+            "decode_ms": (t_end - t_prompt) * 1e3,
+            "prompt_tokens_per_s": len(self.prompt) / max(t_prompt - t_admit, 1e-9),
             "decode_tokens_per_s": 0.0,
-            "queue_ms": (self.t_admit - self.job.t0) * 1e3,
+            "queue_ms": (t_admit - t0) * 1e3,
         }
         self.done = True
 

@@ -105,8 +105,8 @@ class Engine:
         """One forward over every entry's tokens (shared passes over the
         weights) -> (logits of the wanted rows of entries without samplers,
         float32 (rows, vocab); drawn tokens, int32, one per sampler; logprobs:
-        None, or per sampler None / (logprob, top ids, top logprobs)). Nothing
-        changes when it raises."""
+        None, or per sampler None / (logprob, top ids, top logprobs)). The KV
+        cache is left as it was when it raises."""
         with self.lock:
             t0 = time.perf_counter()
             try:

@@ -270,7 +270,9 @@ class Model:
 
         Any number of threads may call generate() on one Model: their
         requests join the one running batch (one pass over the weights per
-        step for all of them) and each returns what it returns alone.
+        step for all of them) and each returns what it returns alone, as a
+        request in a list of prompts does (bit for bit with
+        ``batch_invariant=True``).
 
         Speculative decoding (one prompt, n = 1, no beams): ``draft=
         "prompt_lookup"`` drafts from the prompt and text so far (no second

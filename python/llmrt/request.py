@@ -49,7 +49,6 @@ class Request:
         self.tok = -1   # the token to feed next
         self.text, self.emitted = "", 0
         self.finished, self.cut, self.done = "length", False, False
-        self.t0 = job.t0
         self.t_admit: float | None = None
         self.t_prompt: float | None = None
         self.t_first: float | None = None
@@ -127,7 +126,7 @@ class Request:
             self.job.put(self.index, text[self.emitted:])
         self.emitted = len(text)
         t_end = time.perf_counter()
-        t0 = self.t0
+        t0 = self.job.t0
         t_admit = self.t_admit if self.t_admit is not None else t0
         t_prompt = self.t_prompt if self.t_prompt is not None else t_end
         t_first = self.t_first or t_end
@@ -245,8 +244,11 @@ class Decode(Task):
         super().__init__(job, index, requests[0].prompt, requests[0].p, blocks)
         self.reqs = requests
         self.live = list(requests)
-        self.width = len(requests)
         self.per_sample = per_sample  # blocks reserved for each sample's own positions
+
+    @property
+    def width(self) -> int:  # type: ignore[override]
+        return len(self.live)
 
     def admit(self, engine: "Engine") -> None:
         super().admit(engine)
@@ -266,9 +268,9 @@ class Decode(Task):
         if not self.started:
             self.started = True
             t = time.perf_counter()
+            self.reqs[0].seq = self.seq
             for r in self.reqs[1:]:
                 r.seq = engine.fork(self.seq)
-            self.reqs[0].seq = self.seq
             for r in self.reqs:
                 r.t_prompt = t
         finished = False
@@ -295,16 +297,20 @@ class Decode(Task):
     def held(self, engine: "Engine") -> int:
         if not self.started:
             return super().held(engine)
-        bt = engine.block_tokens
-        shared = len(self.prompt) // bt
-        # cache length: the prompt and every token but the last drawn
-        return shared + sum(-(-(len(self.prompt) + r.n_generated - 1) // bt) - shared
-                            for r in self.live)
+        if len(self.reqs) == 1:  # cache length: the prompt and every token but the last drawn
+            r = self.reqs[0]
+            return -(-(len(self.prompt) + r.n_generated - 1) // engine.block_tokens)
+        # samples share the prompt's blocks, the last one until each writes
+        # to it: the distinct blocks of their tables
+        blocks: set[int] = set()
+        for r in self.live:
+            blocks.update(engine.block_table(r.seq))
+        return len(blocks)
 
     def sequences(self) -> list[int]:
         if not self.started:
             return super().sequences()
-        return [r.seq for r in self.live if r.seq >= 0]
+        return [r.seq for r in self.reqs if r.seq >= 0]
 
     def release(self, engine: "Engine") -> None:
         for s in self.sequences():

@@ -106,6 +106,7 @@ class Scheduler:
     def submit(self, job: Job, tasks: list["Task"]) -> Job:
         job.tasks = tasks
         job.open = len(tasks)
+        job.t0 = time.perf_counter()  # timings count from here (queue_ms: until admitted)
         with self._queue_lock:
             self.waiting.extend(tasks)
         return job
@@ -149,12 +150,21 @@ class Scheduler:
                     self._close(t)
         for t in [t for t in self.active if t.job.cancelled]:
             self.active.remove(t)
-            t.release(self.engine)
             self._close(t)
+            self._release(t)
 
     def _close(self, t: "Task") -> None:
         t.done = True
         t.job.open -= 1
+
+    def _release(self, t: "Task") -> None:
+        """Gives a finished or dropped task's blocks back; a failure there
+        (a bookkeeping error) ends its job rather than the batch."""
+        try:
+            t.release(self.engine)
+        except Exception as err:  # noqa: BLE001
+            if t.job.error is None and not t.job.cancelled:
+                t.job.error = err
 
     def _fail(self, failed: list[tuple["Task", BaseException]]) -> None:
         """Tasks that failed end their jobs (every task of them) with the error."""
@@ -222,8 +232,8 @@ class Scheduler:
                     draw += n_draws
         except BaseException as e:
             # the batch failed as a whole (or was interrupted half-applied):
-            # every task in it ends with the error
-            self._fail([(t, e) for t in self.active])
+            # every task in it ends, each job with an error of its own
+            self._fail([(t, _error_for_others(e)) for t in self.active])
             if not isinstance(e, Exception):
                 raise
             return True
@@ -231,8 +241,8 @@ class Scheduler:
         if any(t.done for t in self.active):
             for t in [t for t in self.active if t.done]:
                 self.active.remove(t)
-                t.release(eng)
                 t.job.open -= 1
+                self._release(t)
         return True
 
     def _admit(self) -> None:
@@ -269,8 +279,8 @@ class Scheduler:
                 try:
                     t.admit(eng)
                 except Exception as err:  # noqa: BLE001 - fails its job, not the batch
-                    t.release(eng)
                     self._close(t)
+                    self._release(t)
                     if t.job.error is None:
                         t.job.error = err
                     t.job.cancelled = self._reap_wanted = True
@@ -296,3 +306,18 @@ def _outputs(entries: list) -> tuple[int, int]:
     return rows, draws
 
 
+def _error_for_others(e: BaseException) -> BaseException:
+    """The error a failed step gives each job in it: an exception of the
+    same type and message (one object raised in several threads would mix
+    their tracebacks), or, for an interruption of the stepping thread, a
+    RuntimeError saying so."""
+    if not isinstance(e, Exception):
+        err: BaseException = RuntimeError(f"the batch step was interrupted ({type(e).__name__}) "
+                                          f"in the thread running it")
+    else:
+        try:
+            err = type(e)(*e.args)
+        except Exception:  # noqa: BLE001 - an exception type that cannot be rebuilt
+            err = RuntimeError(str(e))
+    err.__cause__ = e
+    return err

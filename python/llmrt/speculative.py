@@ -91,7 +91,11 @@ class DraftModel:
         self.engine, self.r = engine, r
         self.sampler = Sampler(r.p, engine.vocab_size, r.end_ids, seed=seed + 1)
         self.seq = engine.new_sequence()
-        self.len = engine.reuse_prefix(self.seq, r.prompt)
+        try:
+            self.len = engine.reuse_prefix(self.seq, r.prompt)
+        except BaseException:
+            self.close()
+            raise
 
     def propose(self, hist: np.ndarray, n: int, k: int, greedy: bool,
                 rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
