@@ -460,3 +460,64 @@ def test_samples_forked_from_a_partial_block_are_counted_right(paths):
     assert [[r.token_ids for r in g] for g in got] == [[r.token_ids for r in g] for g in ref]
     assert max(r.timings["queue_ms"] for r in got[1]) > 0
     assert m.cache_stats()["blocks_in_use"] == 0
+
+
+def test_several_decode_steps_per_call_equal_single_steps(inv, paths):
+    # the native multi-step decode (used on GPUs) gives the tokens, texts,
+    # logprobs and finish reasons of one step a call: greedy, sampled, stop
+    # strings cut mid-call, end tokens, budgets that end mid-call, n samples
+    eng = inv.engine
+    p = np.asarray(PROMPTS[2], np.int32)
+    a, b = eng.new_sequence(), eng.new_sequence()
+    first = int(eng.forward(a, p).argmax())
+    eng.forward(b, p)
+    kw = dict(temperature=0.9, seed=4, logprobs=2)
+    s1, s2 = Sampler(SP(**kw), inv.vocab_size), Sampler(SP(**kw), inv.vocab_size)
+    tokens, lps = eng.decode([(a, first, s1, 1, 6)], 10)
+    assert tokens.shape == (6, 1)  # the budget ends it
+    want, tok = [], first
+    for i in range(6):
+        _, ids, lp = eng.step([(b, np.asarray([tok], np.int32), "last", [s2], 1 + i)])
+        tok = int(ids[0])
+        want.append(tok)
+        assert lps[i][0] == lp[0]
+    assert tokens[:, 0].tolist() == want
+    eng.release(a)
+    eng.release(b)
+
+    text = inv.generate(PROMPTS[0], max_new_tokens=20, ignore_eos=True).text
+    cases = [(PROMPTS[0], dict(max_new_tokens=20, ignore_eos=True, stop=[text[7:10]])),
+             (PROMPTS[1], dict(max_new_tokens=13, temperature=1.1, seed=2, logprobs=1)),
+             (PROMPTS[3], dict(max_new_tokens=30, stop_token_ids=[40, 41, 42, 43])),
+             (PROMPTS[4], dict(max_new_tokens=17, n=2, temperature=0.8, seed=8,
+                               ignore_eos=True)),
+             (PROMPTS[5], dict(max_new_tokens=9, repetition_penalty=1.5, min_new_tokens=3))]
+
+    def run(steps):
+        inv.scheduler.decode_steps = steps
+        calls = []
+        decode = inv.engine.decode
+
+        def spy(entries, k):
+            calls.append(k)
+            return decode(entries, k)
+        inv.engine.decode = spy
+        try:
+            single = [inv.generate(q, **k) for q, k in cases]
+            batch = inv.generate([q for q, _ in cases], [SP(**k) for _, k in cases])
+        finally:
+            inv.scheduler.decode_steps = 1
+            del inv.engine.decode
+        return single, batch, calls
+
+    def key(rs):
+        rs = rs if isinstance(rs, list) else [rs]
+        return [(r.token_ids, r.text, r.finish_reason,
+                 None if r.logprobs is None else [(x.token_id, x.logprob) for x in r.logprobs])
+                for r in rs]
+    one = run(1)
+    four = run(4)
+    assert one[2] == [] and four[2] and max(four[2]) == 4
+    assert [key(r) for r in four[0]] == [key(r) for r in one[0]]
+    assert [key(r) for r in four[1]] == [key(r) for r in one[1]]
+    assert one[0][0].finish_reason == "stop" and inv.cache_stats()["blocks_in_use"] == 0

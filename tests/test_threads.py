@@ -18,11 +18,14 @@ PARAMS = [dict(), dict(temperature=0.9, seed=3), dict(temperature=1.1, top_k=20,
           dict(temperature=0.7, top_p=0.9, seed=6, logprobs=2), dict(min_new_tokens=10)]
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
+@pytest.fixture(scope="module", params=[1, 4], ids=["1-step", "4-steps"])
+def model(tmp_path_factory, request):
+    # 4-steps: decode steps run four to a native call (as on a GPU)
     path = str(tmp_path_factory.mktemp("threads") / "m.gguf")
     write_model(path, wtype="Q8_0", n_layer=2, ctx=512, tied=False, seed=7)
-    return llmrt.Model(path, threads=2, kv_cache_tokens=4096, batch_invariant=True)
+    m = llmrt.Model(path, threads=2, kv_cache_tokens=4096, batch_invariant=True)
+    m.scheduler.decode_steps = request.param
+    return m
 
 
 def _key(r):
@@ -172,9 +175,9 @@ def test_a_failed_step_ends_the_jobs_in_it_and_frees_their_blocks(model):
     b = model.generate(PROMPTS[1], max_new_tokens=30, ignore_eos=True, stream=True)
     next(a)
     next(b)
-    def boom(entries):
+    def boom(*args):
         raise llmrt.KVCacheFullError("KV cache full (forced)")
-    model.engine.step = boom
+    model.engine.step = model.engine.decode = boom
     errors = []
     try:
         for s in (a, b):
@@ -182,7 +185,7 @@ def test_a_failed_step_ends_the_jobs_in_it_and_frees_their_blocks(model):
                 list(s)
             errors.append(e.value)
     finally:
-        del model.engine.step
+        del model.engine.step, model.engine.decode
     assert errors[0] is not errors[1]
     assert model.cache_stats()["blocks_in_use"] == 0
     ref = model.generate(PROMPTS[2], max_new_tokens=8, ignore_eos=True)

@@ -156,6 +156,65 @@ class PyLlamaModel {
     return py::make_tuple(logits, tokens, lp_out);
   }
 
+  // Entries (seq, token, sampler, n_generated, budget) -> up to `steps`
+  // decode steps in one call: (tokens int32 (steps run, entries), -1 where an
+  // entry had stopped; logprobs: None, or per step a list per entry of None /
+  // (logprob, top ids, top logprobs)).
+  py::tuple decode(const py::list& entries, int steps) {
+    const int count = (int)py::len(entries);
+    if (count == 0) throw py::value_error("decode: no entries");
+    if (steps < 1) throw py::value_error("decode: steps must be >= 1");
+    std::vector<DecodeEntry> es(count);
+    bool want_logprobs = false;
+    for (int i = 0; i < count; ++i) {
+      const py::tuple e = entries[i].cast<py::tuple>();
+      if (e.size() != 5)
+        throw py::value_error("decode: entries are (seq, token, sampler, n_generated, budget)");
+      es[i].seq = e[0].cast<int>();
+      es[i].token = e[1].cast<int32_t>();
+      es[i].sampler = e[2].cast<Sampler*>();
+      es[i].n_generated = e[3].cast<int>();
+      es[i].budget = e[4].cast<int>();
+      for (int j = 0; j < i; ++j)
+        if (es[j].sampler == es[i].sampler || es[j].seq == es[i].seq)
+          throw py::value_error("decode: a sampler or sequence appears twice");
+      want_logprobs |= es[i].sampler->config().logprobs >= 0;
+    }
+    std::vector<int32_t> tokens((size_t)count * steps);
+    std::vector<TopLogprobs> lps(want_logprobs ? tokens.size() : 0);
+    int ran = 0;
+    {
+      py::gil_scoped_release nogil;
+      std::lock_guard<std::mutex> lk(mu_);
+      for (const DecodeEntry& e : es)
+        if (!model_->cache().alive(e.seq))
+          throw py::value_error("no sequence " + std::to_string(e.seq));
+      try {
+        ran = model_->decode(es.data(), count, steps, tokens.data(),
+                             want_logprobs ? lps.data() : nullptr);
+      } catch (const std::out_of_range& e) {
+        throw py::value_error(e.what());
+      }
+    }
+    py::array_t<int32_t> out({(py::ssize_t)ran, (py::ssize_t)count});
+    std::copy(tokens.begin(), tokens.begin() + (size_t)ran * count, out.mutable_data());
+    py::object lp_out = py::none();
+    if (want_logprobs) {
+      py::list per_step;
+      for (int s = 0; s < ran; ++s) {
+        py::list row;
+        for (int i = 0; i < count; ++i) {
+          const size_t k = (size_t)s * count + i;
+          if (tokens[k] < 0 || es[i].sampler->config().logprobs < 0) row.append(py::none());
+          else row.append(py::make_tuple(lps[k].token_logprob, lps[k].ids, lps[k].logprobs));
+        }
+        per_step.append(row);
+      }
+      lp_out = per_step;
+    }
+    return py::make_tuple(out, lp_out);
+  }
+
   // ---- sequences of the KV cache ----
   template <class F>
   auto locked(F&& f) {
@@ -262,6 +321,12 @@ void bind_model(py::module_& m) {
            "row. Returns (logits: float32 (rows, vocab), the wanted rows of entries without "
            "samplers; tokens: int32, one per sampler; logprobs: None, or per sampler None "
            "or (logprob, top ids, top logprobs) where its options ask).")
+      .def("decode", &PyLlamaModel::decode, py::arg("entries"), py::arg("steps"),
+           "Up to `steps` decode steps in one call. Entries are (seq, token to feed, "
+           "sampler, tokens generated so far, tokens it may still draw); an entry stops "
+           "after one of its sampler's end tokens or its budget. Returns (tokens: int32 "
+           "(steps run, entries), -1 once an entry stopped; logprobs: None, or per step a "
+           "list per entry of None / (logprob, top ids, top logprobs)).")
       .def("new_sequence", &PyLlamaModel::new_sequence)
       .def("release_sequence", &PyLlamaModel::release_sequence, py::arg("seq"))
       .def("fork_sequence", &PyLlamaModel::fork_sequence, py::arg("seq"),

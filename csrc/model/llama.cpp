@@ -281,6 +281,66 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, const Batch
   }
 }
 
+int LlamaModel::decode(const DecodeEntry* entries, int count, int max_steps, int32_t* tokens,
+                       TopLogprobs* logprobs) {
+  if (count <= 0 || max_steps <= 0) throw std::invalid_argument("decode: nothing to run");
+  std::vector<int32_t> feed(count);
+  std::vector<int> left(count), gen(count);
+  for (int i = 0; i < count; ++i) {
+    const DecodeEntry& e = entries[i];
+    if (!e.sampler || e.budget < 1)
+      throw std::invalid_argument("decode: every entry needs a sampler and a budget >= 1");
+    feed[i] = e.token;
+    left[i] = e.budget;
+    gen[i] = e.n_generated;
+  }
+  std::fill(tokens, tokens + (size_t)count * max_steps, -1);
+  std::vector<BatchEntry> batch;
+  std::vector<int> which;
+  std::vector<int32_t> drawn(count);
+  std::vector<TopLogprobs> lps(logprobs ? count : 0);
+  int steps = 0;
+  for (; steps < max_steps; ++steps) {
+    batch.clear();
+    which.clear();
+    for (int i = 0; i < count; ++i) {
+      if (left[i] == 0) continue;
+      BatchEntry b;
+      b.seq = entries[i].seq;
+      b.tokens = &feed[i];
+      b.n = 1;
+      b.logits = BatchEntry::kLast;
+      b.samplers = &entries[i].sampler;
+      b.n_samplers = 1;
+      b.n_generated = gen[i];
+      batch.push_back(b);
+      which.push_back(i);
+    }
+    if (batch.empty()) break;
+    BatchOutput out;
+    out.tokens = drawn.data();
+    out.logprobs = logprobs ? lps.data() : nullptr;
+    try {
+      forward_batch(batch.data(), (int)batch.size(), out);
+    } catch (...) {
+      if (steps == 0) throw;
+      break;
+    }
+    for (size_t j = 0; j < which.size(); ++j) {
+      const int i = which[j];
+      const int32_t t = drawn[j];
+      tokens[(size_t)steps * count + i] = t;
+      if (logprobs) logprobs[(size_t)steps * count + i] = std::move(lps[j]);
+      ++gen[i];
+      --left[i];
+      const auto& ends = entries[i].sampler->config().end_ids;
+      if (std::find(ends.begin(), ends.end(), t) != ends.end()) left[i] = 0;
+      feed[i] = t;
+    }
+  }
+  return steps;
+}
+
 // One pass over the weights for the rows of every segment, end to end.
 void LlamaModel::forward_pass(const Segment* segs, int count) {
   int n = 0;

@@ -85,6 +85,17 @@ struct BatchOutput {
   TopLogprobs* logprobs = nullptr;  // one per sampler, filled where its config asks
 };
 
+// One sequence of a multi-step decode: the token to feed first (the last one
+// drawn), its sampler, how many tokens it has generated and how many more it
+// may draw (at least 1).
+struct DecodeEntry {
+  int seq = 0;
+  int32_t token = 0;
+  Sampler* sampler = nullptr;
+  int n_generated = 0;
+  int budget = 1;
+};
+
 class LlamaModel {
  public:
   // Shapes must have been validated by the loader; the constructor checks
@@ -116,6 +127,16 @@ class LlamaModel {
   // pool has no room. Checks everything before changing anything; on an
   // error every sequence is left as it was.
   void forward_batch(const BatchEntry* entries, int count, const BatchOutput& out);
+  // Up to max_steps decode steps of every entry in one call: each step feeds
+  // every running entry's token and draws its next one (as forward_batch
+  // with one sampler an entry); an entry stops after drawing one of its
+  // sampler's end tokens or its budget. tokens (max_steps, count) receives
+  // the draws, -1 where an entry had stopped; logprobs (same shape, may be
+  // null) where a sampler asks. Returns the steps run. An error in a step
+  // after the first ends the loop there (the steps before it stand); in the
+  // first it is thrown, nothing changed.
+  int decode(const DecodeEntry* entries, int count, int max_steps, int32_t* tokens,
+             TopLogprobs* logprobs);
   // Rows forward_batch writes to out.logits, and tokens to out.tokens.
   static int64_t logit_rows(const BatchEntry* entries, int count);
   static int64_t draws(const BatchEntry* entries, int count);

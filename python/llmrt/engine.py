@@ -115,6 +115,21 @@ class Engine:
                 self.step_seconds += time.perf_counter() - t0
                 self.steps += 1
 
+    def decode(self, entries: list[tuple], steps: int) -> tuple[np.ndarray, list | None]:
+        """Up to `steps` decode steps in one native call. entries: (seq, token
+        to feed, sampler, tokens generated, tokens it may still draw); an
+        entry stops after one of its sampler's end tokens or its budget ->
+        (tokens int32 (steps run, entries), -1 once stopped; logprobs: None,
+        or per step per entry None / (logprob, top ids, top logprobs))."""
+        with self.lock:
+            t0 = time.perf_counter()
+            try:
+                out = self._native.decode(entries, steps)
+            finally:
+                self.step_seconds += time.perf_counter() - t0
+            self.steps += out[0].shape[0]
+            return out
+
     def forward(self, seq: int, tokens: Sequence[int] | np.ndarray,
                 logits: str = "last") -> np.ndarray:
         """Appends tokens to a sequence -> the logits of its last token

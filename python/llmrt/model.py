@@ -116,7 +116,8 @@ class Model:
                              kv_cache_tokens=kv_cache_tokens or 0,
                              kv_cache_bytes=kv_cache_bytes or 0, kv_cache_dtype=kv_cache_dtype,
                              kv_block_tokens=kv_block_tokens, prefix_caching=bool(prefix_caching))
-        self.scheduler = Scheduler(self.engine)
+        # on a GPU, decode steps run 8 to a native call when nothing waits
+        self.scheduler = Scheduler(self.engine, decode_steps=8 if device == "cuda" else 1)
         self._stop_ids = self._end_tokens()
 
     # ---- properties -------------------------------------------------------------------

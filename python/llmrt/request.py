@@ -59,6 +59,11 @@ class Request:
     def n_generated(self) -> int:
         return len(self.result.token_ids)
 
+    def budget(self) -> int:
+        """Tokens it may still draw: up to max_new_tokens, and while the
+        context has room for the token that precedes each."""
+        return min(self.p.max_new_tokens - self.n_generated, self.n_ctx + 1 - self.n_hist)
+
     # ---- choosing -----------------------------------------------------------------------
     def choose(self, lg: np.ndarray) -> int:
         """The next token from a row of logits here (the sampler chain), with
@@ -191,6 +196,7 @@ class Task:
     tokens and logprobs (one per sampler), in entry order."""
 
     width = 1  # sequences it decodes at once (counted against max_batch_size)
+    multi_step = False  # its steps can run several to a native call (decode_entries)
 
     def __init__(self, job: "Job", index: int, prompt: list[int], p: SamplingParams,
                  blocks: int):
@@ -226,6 +232,16 @@ class Task:
             engine.release(s)
         self.seq = -1
 
+    def decode_entries(self) -> list[tuple]:
+        """With multi_step: its entries of a multi-step decode (Engine.decode)."""
+        raise NotImplementedError
+
+    def apply_decoded(self, engine: "Engine", tokens: np.ndarray,
+                      logprobs: Sequence | None) -> None:
+        """With multi_step: one step's draws of the entries decode_entries gave
+        (-1: stopped)."""
+        raise NotImplementedError
+
     def finish_empty(self) -> None:
         raise NotImplementedError
 
@@ -239,12 +255,15 @@ class Decode(Task):
     samples then fork its sequence (full blocks shared, the last one copied
     on write) and decode one token a step each, drawn inside the step."""
 
+    multi_step = True
+
     def __init__(self, job: "Job", index: int, requests: list[Request], blocks: int,
                  per_sample: int):
         super().__init__(job, index, requests[0].prompt, requests[0].p, blocks)
         self.reqs = requests
         self.live = list(requests)
         self.per_sample = per_sample  # blocks reserved for each sample's own positions
+        self._snap: list[Request] = []  # the requests of the last decode_entries()
 
     @property
     def width(self) -> int:  # type: ignore[override]
@@ -276,6 +295,27 @@ class Decode(Task):
         finished = False
         for i, r in enumerate(self.live):
             tok = int(tokens[i])
+            r.forwards += 1
+            if logprobs:
+                r.add_logprob(tok, logprobs[i])
+            if r.emit(tok):
+                self._finish(engine, r)
+                finished = True
+        if finished:
+            self.live = [r for r in self.live if not r.done]
+            self.done = not self.live
+
+    def decode_entries(self) -> list[tuple]:
+        self._snap = list(self.live)
+        return [(r.seq, r.tok, r.sampler, r.n_generated, r.budget()) for r in self._snap]
+
+    def apply_decoded(self, engine: "Engine", tokens: np.ndarray,
+                      logprobs: Sequence | None) -> None:
+        finished = False
+        for i, r in enumerate(self._snap):
+            tok = int(tokens[i])
+            if tok < 0 or r.done:  # stopped natively, or by a stop string here
+                continue
             r.forwards += 1
             if logprobs:
                 r.add_logprob(tok, logprobs[i])

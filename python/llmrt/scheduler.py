@@ -92,9 +92,12 @@ class Job:
 class Scheduler:
     chunk = 256
 
-    def __init__(self, engine: Engine, max_running: int = 256):
+    def __init__(self, engine: Engine, max_running: int = 256, decode_steps: int = 1):
         self.engine = engine
         self.max_running = max_running
+        # decode steps a native call may run while nothing waits and every
+        # task only decodes (GPU: fewer round trips through Python)
+        self.decode_steps = decode_steps
         self.waiting: deque[Task] = deque()
         self.active: list[Task] = []
         self._lock = threading.Lock()      # held for a whole step
@@ -186,6 +189,10 @@ class Scheduler:
         self._reap()  # a task that failed to start ends its job
         if not self.active:
             return False
+        if self.decode_steps > 1 and not self.waiting and \
+                all(t.started and t.multi_step for t in self.active):
+            self._decode_steps()
+            return True
         eng = self.engine
         entries: list = []
         plan: list[tuple[Task, int, int]] = []  # task, its logit rows, its draws
@@ -244,6 +251,43 @@ class Scheduler:
                 t.job.open -= 1
                 self._release(t)
         return True
+
+    def _decode_steps(self) -> None:
+        """Several decode steps in one native call, for a batch of tasks that
+        only decode; the draws are applied step after step, as single steps
+        would apply them (tokens drawn after a stop string are dropped)."""
+        eng = self.engine
+        plan: list[tuple[Task, int]] = []
+        entries: list[tuple] = []
+        for t in self.active:
+            es = t.decode_entries()
+            plan.append((t, len(es)))
+            entries.extend(es)
+        steps = min(self.decode_steps, max(e[4] for e in entries))
+        failed: list[tuple[Task, BaseException]] = []
+        try:
+            tokens, lps = eng.decode(entries, steps)
+            for s in range(tokens.shape[0]):
+                col = 0
+                for t, n in plan:
+                    if not t.done:
+                        try:
+                            t.apply_decoded(eng, tokens[s, col:col + n],
+                                            lps[s][col:col + n] if lps is not None else None)
+                        except Exception as err:  # noqa: BLE001 - the task's own failure
+                            failed.append((t, err))
+                            t.done = True
+                    col += n
+        except BaseException as e:
+            self._fail([(t, _error_for_others(e)) for t in self.active])
+            if not isinstance(e, Exception):
+                raise
+            return
+        self._fail(failed)
+        for t in [t for t in self.active if t.done]:
+            self.active.remove(t)
+            t.job.open -= 1
+            self._release(t)
 
     def _admit(self) -> None:
         """Starts waiting tasks, in order, while the blocks they may need are
