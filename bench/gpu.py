@@ -1,9 +1,23 @@
-"""llmrt on a GPU: decode tokens/s at batch 1 and 64, prompt tokens/s, and
-the achieved fraction of the GPU's memory bandwidth (weight bytes read per
-step), with the CPU backend's figures for the same model in the same run and
-llama-cpp-python (built with CUDA) when it is installed.
+"""llmrt on a GPU, side by side with Hugging Face transformers in one run.
 
-    python bench/gpu.py [--model PATH] [--peak-gbs 4800] [--steps 256]
+    python bench/gpu.py [--model PATH] [--peak-gbs 4800] [--no-cpu] [--no-peer]
+
+llmrt (device="cuda"):
+- generate() end to end at batch 1, 32-token prompt + 256 new tokens,
+  greedy and sampled (top-k 40, top-p 0.95, min-p 0.05, T 0.8);
+- the native decode step at context 64 / 512 / 2048 (one sequence, its
+  token drawn greedily in the step), with the fraction of HBM bandwidth the
+  weights' bytes give at that rate;
+- 64 sequences decoding together (native steps), and generate() over 64
+  prompts end to end;
+- a 2048-token prompt (tokens/s, time to first token).
+The CPU backend's batch-1 decode on the same model, unless --no-cpu.
+
+Peer (when torch and transformers import and see a GPU): LlamaForCausalLM of
+the same shapes in bf16 with a static cache (generate() compiles it and
+replays CUDA graphs), greedy 32 + 256 tokens at batch 1 and 64, and the
+2048-token prompt. Speed depends on the shapes, not the weights, so the peer
+is built from its config.
 
 Without --model it uses the default model when installed, else writes a
 random model of the default model's shapes (SmolLM2-135M: 30 layers, 576
@@ -25,60 +39,123 @@ import numpy as np
 import llmrt
 from llmrt.sampling import Sampler
 
+SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
+
 
 def shaped_model(path: str) -> str:
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-    from testutil import write_model
-    write_model(path, wtype="Q4_1", emb_type="Q8_0", n_embd=576, n_layer=30, n_head=9,
-                n_head_kv=3, n_ff=1536, tied=True, extra_tokens=49152 - 269, ctx=2048)
+    if not os.path.exists(path):
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+        from testutil import write_model
+        write_model(path + ".tmp", wtype="Q4_1", emb_type="Q8_0", n_embd=576, n_layer=30, n_head=9,
+                    n_head_kv=3, n_ff=1536, tied=True, extra_tokens=49152 - 269, ctx=8192)
+        os.replace(path + ".tmp", path)
     return path
 
 
-def weight_bytes(m: llmrt.Model) -> int:
+def weight_bytes(path: str) -> int:
     # every tensor but the embedding is read per step; a tied embedding is
     # read as the output head
     from gguf import GGUFReader
-    t = {x.name: int(x.n_bytes) for x in GGUFReader(m.path).tensors}
+    t = {x.name: int(x.n_bytes) for x in GGUFReader(path).tensors}
     return sum(n for name, n in t.items() if name != "token_embd.weight" or "output.weight" not in t)
 
 
-def decode_rate(m: llmrt.Model, batch: int, steps: int) -> float:
-    """Native decode steps of `batch` sequences, each drawing its next token
-    greedily inside the step (the argmax on the device)."""
+def step_time(m: llmrt.Model, batch: int, context: int, steps: int) -> float:
+    """Seconds per native decode step of `batch` sequences at `context`
+    positions, each drawing greedily in the step (the argmax on the device)."""
     eng = m.engine
     seqs = [eng.new_sequence() for _ in range(batch)]
     greedy = [Sampler(llmrt.SamplingParams(), m.vocab_size) for _ in seqs]
-    prompt = np.arange(1, 17, dtype=np.int32)
-    eng.step([(s, prompt, "last") for s in seqs])
+    prompt = (np.arange(context) * 7 % 1000 + 3).astype(np.int32)
+    for s in seqs:
+        eng.forward(s, prompt, "none")
     tok = np.asarray([5], np.int32)
 
     def step():
         eng.step([(s, tok, "last", [g], 1) for s, g in zip(seqs, greedy)])
-    for _ in range(4):  # warm-up
+    for _ in range(4):  # warm-up: the first run, the graph capture, replays
         step()
     t = time.perf_counter()
     for _ in range(steps):
         step()
-    dt = time.perf_counter() - t
+    dt = (time.perf_counter() - t) / steps
     for s in seqs:
         eng.release(s)
-    return batch * steps / dt
+    return dt
+
+
+def generate_rate(m: llmrt.Model, n_prompts: int, new: int, runs: int = 3, **kw) -> float:
+    prompts = [[(13 * i + j) % 1000 + 3 for j in range(32)] for i in range(n_prompts)]
+    m.generate(prompts[0], max_new_tokens=16, ignore_eos=True, **kw)  # warm-up
+    rates = []
+    for r in range(runs):
+        m.clear_prefix_cache()
+        t = time.perf_counter()
+        if n_prompts == 1:
+            out = [m.generate(prompts[0], max_new_tokens=new, ignore_eos=True, seed=r, **kw)]
+        else:
+            out = m.generate(prompts, max_new_tokens=new, ignore_eos=True, seed=r, **kw)
+        rates.append(sum(len(x.token_ids) for x in out) / (time.perf_counter() - t))
+    return statistics.median(rates)
 
 
 def prompt_rate(m: llmrt.Model, n: int, runs: int = 3) -> float:
     ids = (np.arange(n) * 7 % 1000 + 3).astype(np.int32)
-    m.clear_prefix_cache()
-    m.logits(ids[:32])
+    eng = m.engine
+    s = eng.new_sequence()
+    eng.forward(s, ids[:64], "none")
+    eng.release(s)
     out = []
     for _ in range(runs):
         m.clear_prefix_cache()
-        t = time.perf_counter()
-        eng = m.engine
         s = eng.new_sequence()
+        t = time.perf_counter()
         eng.forward(s, ids)
         out.append(n / (time.perf_counter() - t))
         eng.release(s)
     return statistics.median(out)
+
+
+def transformers_peer(batch_sizes=(1, 64), new: int = 256, prompt: int = 2048) -> dict:
+    """The same shapes in transformers, bf16, static cache (compiled)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    if not torch.cuda.is_available():
+        raise ImportError("torch sees no GPU")
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                      num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                      max_position_embeddings=4096, tie_word_embeddings=True,
+                      rms_norm_eps=1e-5, rope_theta=100000.0)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
+    out = {"version": __import__("transformers").__version__}
+    for b in batch_sizes:
+        ids = torch.randint(3, 1000, (b, 32), device="cuda")
+        kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                  cache_implementation="static", pad_token_id=0)
+        with torch.no_grad():
+            model.generate(ids, **kw)  # compile and capture
+            model.generate(ids, **kw)
+            torch.cuda.synchronize()
+            rates = []
+            for _ in range(3):
+                t = time.perf_counter()
+                model.generate(ids, **kw)
+                torch.cuda.synchronize()
+                rates.append(b * new / (time.perf_counter() - t))
+        out[f"generate_b{b}"] = statistics.median(rates)
+    ids = torch.randint(3, 1000, (1, prompt), device="cuda")
+    with torch.no_grad():
+        model(ids)
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(3):
+            t = time.perf_counter()
+            model(ids, logits_to_keep=1)
+            torch.cuda.synchronize()
+            ts.append(time.perf_counter() - t)
+    out["prompt"] = prompt / statistics.median(ts)
+    return out
 
 
 def main() -> None:
@@ -86,47 +163,63 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--peak-gbs", type=float, default=4800.0,
                     help="the GPU's memory bandwidth (H200: 4800 GB/s)")
-    ap.add_argument("--steps", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--no-cpu", action="store_true")
+    ap.add_argument("--no-peer", action="store_true")
     a = ap.parse_args()
     path = a.model
     if path is None:
         try:
             path = llmrt.default_model_path()
         except FileNotFoundError:
-            path = shaped_model(os.path.join(tempfile.gettempdir(), "llmrt_shaped_135m.gguf"))
+            path = shaped_model(os.path.join(tempfile.gettempdir(), "llmrt_shaped_135m_8k.gguf"))
     info = llmrt.build_info()
     print(f"llmrt {llmrt.__version__}, GPU: {', '.join(info['cuda_devices']) or 'none'}")
     if not llmrt.cuda_available():
         print("no CUDA device: nothing to measure")
         return
-    gpu = llmrt.Model(path, device="cuda", context_length=2048, kv_cache_tokens=64 * 512)
-    wb = weight_bytes(gpu)
+    gpu = llmrt.Model(path, device="cuda", context_length=4096, kv_cache_tokens=64 * 600)
+    wb = weight_bytes(path)
     print(f"model {os.path.basename(path)}: {wb / 1e6:.1f} MB of weights per step")
-    rows = []
-    for name, m in [("llmrt cuda", gpu)] + ([] if a.no_cpu else [
-            ("llmrt cpu", llmrt.Model(path, context_length=2048, kv_cache_tokens=64 * 512))]):
-        steps = a.steps if "cuda" in name else max(16, a.steps // 16)
-        d1 = decode_rate(m, 1, steps)
-        d64 = decode_rate(m, 64, max(8, steps // 8))
-        p = prompt_rate(m, 512)
-        rows.append((name, d1, d64, p))
-        gbs = d1 * wb / 1e9
-        print(f"{name:12s} decode batch 1 {d1:8.1f} tok/s ({gbs:7.1f} GB/s"
-              + (f", {100 * gbs / a.peak_gbs:4.1f}% of {a.peak_gbs:.0f} GB/s" if "cuda" in name
-                 else "") + f")   batch 64 {d64:9.1f} tok/s   prompt 512 {p:9.1f} tok/s")
+
+    res = {}
+    res["greedy"] = generate_rate(gpu, 1, 256)
+    res["sampled"] = generate_rate(gpu, 1, 256, **SAMPLED)
+    print(f"generate(), 32 + 256 tokens, batch 1: greedy {res['greedy']:8.1f} tok/s   "
+          f"sampled {res['sampled']:8.1f} tok/s")
+    steps = {}
+    for c in (64, 512, 2048):
+        steps[c] = step_time(gpu, 1, c, a.steps)
+        gbs = wb / steps[c] / 1e9
+        print(f"decode step at context {c:5d}: {steps[c] * 1e3:6.3f} ms = {1 / steps[c]:8.1f} tok/s "
+              f"({gbs:7.1f} GB/s of weights, {100 * gbs / a.peak_gbs:4.1f}% of {a.peak_gbs:.0f})")
+    print(f"  step at 2048 / step at 64: {steps[2048] / steps[64]:.2f}x")
+    res["step64"] = 64 / step_time(gpu, 64, 64, max(16, a.steps // 4))
+    res["batch64"] = generate_rate(gpu, 64, 256, runs=2, **SAMPLED)
+    print(f"batch 64: native steps {res['step64']:9.1f} tok/s   generate([64 prompts]) sampled "
+          f"{res['batch64']:9.1f} tok/s")
+    res["prompt"] = prompt_rate(gpu, 2048)
+    print(f"prompt, 2048 tokens: {res['prompt']:9.1f} tok/s (first token after "
+          f"{2048 / res['prompt'] * 1e3:.1f} ms)")
+    if not a.no_cpu:
+        cpu = llmrt.Model(path, context_length=4096)
+        c1 = generate_rate(cpu, 1, 64, runs=1)
+        print(f"CPU backend ({cpu.threads} threads), generate() batch 1 greedy: {c1:8.1f} tok/s   "
+              f"GPU / CPU {res['greedy'] / c1:.1f}x")
+    if a.no_peer:
+        return
     try:
-        from llama_cpp import Llama
-        llm = Llama(model_path=path, n_ctx=2048, n_gpu_layers=-1, verbose=False)
-        ids = llm.tokenize(b"The capital of France is")
-        llm.eval(ids)
-        t = time.perf_counter()
-        for _ in range(a.steps):
-            llm.eval([ids[-1]])
-        d = a.steps / (time.perf_counter() - t)
-        print(f"{'llama.cpp':12s} decode batch 1 {d:8.1f} tok/s   llmrt/llama.cpp {rows[0][1] / d:.2f}x")
-    except ImportError:
-        print("llama-cpp-python not installed: no peer in this run")
+        peer = transformers_peer()
+    except ImportError as e:
+        print(f"transformers peer not run: {e}")
+        return
+    print(f"transformers {peer['version']} (bf16, static cache, compiled), same shapes:")
+    print(f"  generate batch 1: {peer['generate_b1']:9.1f} tok/s   llmrt greedy / peer "
+          f"{res['greedy'] / peer['generate_b1']:.2f}x")
+    print(f"  generate batch 64: {peer['generate_b64']:9.1f} tok/s   llmrt sampled / peer "
+          f"{res['batch64'] / peer['generate_b64']:.2f}x")
+    print(f"  prompt 2048: {peer['prompt']:9.1f} tok/s   llmrt / peer "
+          f"{res['prompt'] / peer['prompt']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -83,12 +83,13 @@ class Backend {
   virtual void forget_graphs() {}
   // Whether run_graph may be used for passes of one-token rows.
   virtual bool graphs() const { return false; }
-  // Runs fn, a pass of `rows` one-token rows, as a device graph: captured
-  // the second time such a pass is seen (the first runs as usual and warms
-  // every cache a capture cannot fill) and replayed afterwards. Returns
-  // false when fn ran directly.
-  virtual bool run_graph(int rows, const std::function<void()>& fn) {
-    (void)rows;
+  // Runs fn, a pass of one-token rows, as a device graph: captured the
+  // second time a pass of the same shape (`key`: its rows and which of them
+  // want logits) is seen (the first runs as usual and warms every cache a
+  // capture cannot fill) and replayed afterwards. Returns false when fn ran
+  // directly.
+  virtual bool run_graph(uint64_t key, const std::function<void()>& fn) {
+    (void)key;
     fn();
     return false;
   }

@@ -1,7 +1,14 @@
-// KV-cache writes and causal GQA attention over the paged cache: one warp
-// per (query row, head); keys in chunks of 32, one lane per key for the
-// scores, an online softmax, and each lane accumulating its own output
-// dimensions over the chunk's values.
+// KV-cache writes and causal GQA attention over the paged cache.
+//
+// Attention is split-KV (flash-decoding): a block of 4 warps takes one query
+// row, one KV head with up to G query heads of its group (the keys and
+// values are read once for all of them) and one of S slices of the row's
+// keys; S is set from the rows of the pass so that a decode step of one
+// sequence still fills the GPU, and each row's keys are cut into S equal
+// slices whatever its context. Each warp runs an online softmax over its
+// keys (lanes over the head's dimensions), the block merges its warps, and
+// with S > 1 a second kernel merges the slices' (max, sum, output) partials.
+#include <algorithm>
 #include <cmath>
 
 #include "cuda/common.cuh"
@@ -102,6 +109,182 @@ __global__ void attention_kernel(KVLayout L, const int* __restrict__ tables,
   }
 }
 
+
+// ---- split-KV attention -------------------------------------------------------------
+
+constexpr int kWarps = 4;
+
+// Block (row t, kv head kvh and head tile, slice s): query heads
+// [h0, h0 + G) of the kv head's group, keys [k0, k1) of the row's slice s
+// of S. DPL: the head dimensions each lane holds (hd <= 32 * DPL).
+template <int G, int DPL>
+__global__ void __launch_bounds__(32 * kWarps)
+split_attention_kernel(KVLayout L, const int* __restrict__ tables, const int* __restrict__ info,
+                       int n_heads, int tiles, int S, float scale, const float* __restrict__ q,
+                       float* __restrict__ out, float* __restrict__ part_ml,
+                       float* __restrict__ part_acc) {
+  extern __shared__ float sh[];
+  const int t = blockIdx.x, s = blockIdx.z;
+  const int kvh = blockIdx.y / tiles, tile = blockIdx.y % tiles;
+  const int group = n_heads / L.n_kv_heads, hd = L.head_dim;
+  const int h0 = kvh * group + tile * G;
+  const int ng = min(G, group - tile * G);  // query heads of this tile
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* qs = sh;                                  // [G][hd]
+  float* wm = qs + G * hd;                         // [kWarps][G] maxima
+  float* wl = wm + kWarps * G;                     // [kWarps][G] sums
+  float* wacc = wl + kWarps * G;                   // [kWarps][G][hd]
+  for (int i = threadIdx.x; i < G * hd; i += blockDim.x) {
+    const int g = i / hd, d = i % hd;
+    qs[i] = g < ng ? q[((size_t)t * n_heads + h0 + g) * hd + d] : 0.f;
+  }
+  __syncthreads();
+
+  const int nk = info[2 * t] + 1;  // causal: positions [0, pos]
+  const int* table = tables + info[2 * t + 1];
+  const int chunk = (nk + S - 1) / S;
+  const int k0 = min(nk, s * chunk), k1 = min(nk, k0 + chunk);
+  const size_t head_off = (size_t)kvh * L.head_bytes;
+
+  float m[G], l[G], acc[G][DPL];
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.f;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) acc[g][i] = 0.f;
+  }
+  for (int p = k0 + warp; p < k1; p += kWarps) {
+    const size_t slot = (size_t)table[p / L.block_tokens] * L.block_bytes +
+                        (size_t)(p % L.block_tokens) * L.row_bytes + head_off;
+    float kv[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {
+      const int d = lane + 32 * i;
+      kv[i] = d < hd ? kv_elem(L.type, L.k + slot, d) : 0.f;
+    }
+    float pr[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      float dot = 0.f;
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) dot += qs[g * hd + d] * kv[i];
+      }
+      const float sc = warp_sum(dot) * scale;
+      const float mn = fmaxf(m[g], sc);
+      const float alpha = __expf(m[g] - mn);  // 0 on a warp's first key
+      pr[g] = __expf(sc - mn);
+      l[g] = l[g] * alpha + pr[g];
+      m[g] = mn;
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) acc[g][i] *= alpha;
+    }
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {
+      const int d = lane + 32 * i;
+      kv[i] = d < hd ? kv_elem(L.type, L.v + slot, d) : 0.f;
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+      for (int i = 0; i < DPL; ++i) acc[g][i] += pr[g] * kv[i];
+  }
+
+  // merge the warps
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    if (lane == 0) {
+      wm[warp * G + g] = m[g];
+      wl[warp * G + g] = l[g];
+    }
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) {
+      const int d = lane + 32 * i;
+      if (d < hd) wacc[(warp * G + g) * hd + d] = acc[g][i];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < ng * hd; i += blockDim.x) {
+    const int g = i / hd, d = i % hd;
+    float mx = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, wm[w * G + g]);
+    float sum = 0.f, o = 0.f;
+    if (mx > -INFINITY) {
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = __expf(wm[w * G + g] - mx);  // 0 for a warp without keys
+        sum += f * wl[w * G + g];
+        o += f * wacc[(w * G + g) * hd + d];
+      }
+    }
+    const size_t row_head = (size_t)t * n_heads + h0 + g;
+    if (S == 1) {
+      out[row_head * hd + d] = sum > 0.f ? o / sum : 0.f;
+    } else {
+      const size_t part = row_head * S + s;
+      part_acc[part * hd + d] = o;
+      if (d == 0) {
+        part_ml[2 * part] = mx;
+        part_ml[2 * part + 1] = sum;
+      }
+    }
+  }
+}
+
+// out (row t, head h) = the slices' outputs weighted by exp(m_s - M) and
+// normalised by the weighted sums.
+__global__ void combine_kernel(int n_heads, int hd, int S, const float* __restrict__ part_ml,
+                               const float* __restrict__ part_acc, float* __restrict__ out) {
+  const size_t row_head = (size_t)blockIdx.x * n_heads + blockIdx.y;
+  const float* ml = part_ml + 2 * row_head * S;
+  float mx = -INFINITY;
+  for (int s = 0; s < S; ++s) mx = fmaxf(mx, ml[2 * s]);
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float sum = 0.f, o = 0.f;
+    if (mx > -INFINITY) {
+      for (int s = 0; s < S; ++s) {
+        if (!(ml[2 * s] > -INFINITY)) continue;  // a slice without keys
+        const float f = __expf(ml[2 * s] - mx);
+        sum += f * ml[2 * s + 1];
+        o += f * part_acc[(row_head * S + s) * hd + d];
+      }
+    }
+    out[row_head * hd + d] = sum > 0.f ? o / sum : 0.f;
+  }
+}
+
+template <int G, int DPL>
+void launch_split(const KVLayout& L, const int* tables, const int* info, int rows, int n_heads,
+                  int S, float scale, const float* q, float* out, float* part_ml,
+                  float* part_acc, cudaStream_t stream) {
+  const int group = n_heads / L.n_kv_heads, tiles = (group + G - 1) / G;
+  const size_t shared = sizeof(float) * ((size_t)G * L.head_dim * (1 + kWarps) + 2 * kWarps * G);
+  const dim3 grid((unsigned)rows, (unsigned)(L.n_kv_heads * tiles), (unsigned)S);
+  split_attention_kernel<G, DPL><<<grid, 32 * kWarps, shared, stream>>>(
+      L, tables, info, n_heads, tiles, S, scale, q, out, part_ml, part_acc);
+  LLMRT_CUDA_LAUNCHED("split attention");
+  if (S > 1) {
+    combine_kernel<<<dim3((unsigned)rows, (unsigned)n_heads), 32, 0, stream>>>(
+        n_heads, L.head_dim, S, part_ml, part_acc, out);
+    LLMRT_CUDA_LAUNCHED("attention combine");
+  }
+}
+
+template <int DPL>
+void launch_split_dpl(const KVLayout& L, const int* tables, const int* info, int rows,
+                      int n_heads, int S, float scale, const float* q, float* out,
+                      float* part_ml, float* part_acc, cudaStream_t stream) {
+  // head tiles: the whole group when it is small, else tiles of 4 (the
+  // registers of G x DPL accumulators a lane)
+  const int group = n_heads / L.n_kv_heads;
+  if (group == 1)
+    launch_split<1, DPL>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+  else if (group == 2)
+    launch_split<2, DPL>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+  else
+    launch_split<4, DPL>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+}
 }  // namespace
 
 void kv_write(const KVLayout& L, const int64_t* offs, int n, const float* k, const float* v,
@@ -119,6 +302,28 @@ void attention(const KVLayout& L, const int* tables, const int* info, int rows, 
   const dim3 grid((unsigned)rows, (unsigned)n_heads);
   attention_kernel<<<grid, 32, 0, stream>>>(L, tables, info, n_heads, scale, q, out);
   LLMRT_CUDA_LAUNCHED("attention");
+}
+
+int attention_splits(int rows, int n_kv_heads, int n_heads, int sm_count) {
+  const int group = n_heads / n_kv_heads;
+  const int tiles = group <= 2 ? 1 : (group + 3) / 4;
+  const int blocks = rows * n_kv_heads * tiles;
+  const int want = (2 * sm_count + blocks - 1) / blocks;  // about two blocks an SM
+  return std::max(1, std::min(kMaxSplits, want));
+}
+
+void split_attention(const KVLayout& L, const int* tables, const int* info, int rows,
+                     int n_heads, int S, float scale, const float* q, float* out,
+                     float* part_ml, float* part_acc, cudaStream_t stream) {
+  if (L.head_dim > kMaxHeadDim)
+    throw std::invalid_argument("CUDA attention: head_dim above 256");
+  if (S < 1 || S > kMaxSplits) throw std::invalid_argument("CUDA attention: bad split count");
+  if (L.head_dim <= 64)
+    launch_split_dpl<2>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+  else if (L.head_dim <= 128)
+    launch_split_dpl<4>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+  else
+    launch_split_dpl<8>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
 }
 
 }  // namespace llmrt::cuda

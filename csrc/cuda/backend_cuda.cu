@@ -99,6 +99,7 @@ class CudaBackend : public Backend {
       throw std::runtime_error("no CUDA device " + std::to_string(device));
     LLMRT_CUDA_CHECK(cudaSetDevice(device));
     LLMRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    LLMRT_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device));
     pool_ = std::make_unique<DevicePool>(stream_);
   }
   ~CudaBackend() override {
@@ -106,6 +107,7 @@ class CudaBackend : public Backend {
     forget_graphs();
     pass_.release();
     if (argmax_dev_) cudaFree(argmax_dev_);
+    if (part_) cudaFree(part_);
     for (int32_t* p : small_)
       if (p) cudaFree(p);
     for (void* p : owned_) cudaFree(p);
@@ -198,8 +200,8 @@ class CudaBackend : public Backend {
   }
 
   bool graphs() const override { return true; }
-  bool run_graph(int rows, const std::function<void()>& fn) override {
-    Graph& g = graphs_[rows];
+  bool run_graph(uint64_t key, const std::function<void()>& fn) override {
+    Graph& g = graphs_[key];
     if (g.exec) {
       LLMRT_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
       return true;
@@ -226,7 +228,7 @@ class CudaBackend : public Backend {
     return true;
   }
   void forget_graphs() override {
-    for (auto& [rows, g] : graphs_)
+    for (auto& [key, g] : graphs_)
       if (g.exec) cudaGraphExecDestroy(g.exec);
     graphs_.clear();
   }
@@ -287,8 +289,26 @@ class CudaBackend : public Backend {
     int n = 0;
     for (int i = 0; i < count; ++i) n += seqs[i].n;
     check_pass(n);
-    cuda::attention(layout(c, layer), pass_.d<int32_t>(pass_.tables),
-                    pass_.d<int32_t>(pass_.info), n, n_heads, scale, q, out, stream_);
+    const cuda::KVLayout L = layout(c, layer);
+    const int S = cuda::attention_splits(n, L.n_kv_heads, n_heads, sm_count_);
+    float *ml = nullptr, *acc = nullptr;
+    if (S > 1) {
+      const size_t parts = (size_t)n * n_heads * S;
+      const size_t need = parts * (2 + (size_t)L.head_dim);
+      if (need > part_cap_) {
+        // the partials move: graphs that hold the old address go (a pass
+        // is first run without capture, so this never happens in a capture)
+        LLMRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+        forget_graphs();
+        if (part_) cudaFree(part_);
+        LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&part_), sizeof(float) * need));
+        part_cap_ = need;
+      }
+      ml = part_;
+      acc = part_ + 2 * parts;
+    }
+    cuda::split_attention(L, pass_.d<int32_t>(pass_.tables), pass_.d<int32_t>(pass_.info), n,
+                          n_heads, S, scale, q, out, ml, acc, stream_);
   }
 
  private:
@@ -366,7 +386,10 @@ class CudaBackend : public Backend {
   int argmax_cap_ = 0;
   int32_t* small_[2] = {nullptr, nullptr};
   int small_cap_[2] = {0, 0};
-  std::unordered_map<int, Graph> graphs_;
+  int sm_count_ = 1;
+  float* part_ = nullptr;  // split attention's partials
+  size_t part_cap_ = 0;
+  std::unordered_map<uint64_t, Graph> graphs_;
 };
 
 }  // namespace

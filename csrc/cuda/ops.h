@@ -56,5 +56,16 @@ void kv_write(const KVLayout& L, const int64_t* offs, int n, const float* k, con
 // tables + info[2t + 1].
 void attention(const KVLayout& L, const int* tables, const int* info, int rows, int n_heads,
                float scale, const float* q, float* out, cudaStream_t stream);
+// The same, split-KV: each row's keys cut into S slices run by separate
+// blocks (with the query heads of a KV head together), merged through
+// part_ml (rows * n_heads * S * 2 floats) and part_acc (rows * n_heads * S *
+// head_dim floats) when S > 1.
+constexpr int kMaxSplits = 32;
+void split_attention(const KVLayout& L, const int* tables, const int* info, int rows,
+                     int n_heads, int S, float scale, const float* q, float* out,
+                     float* part_ml, float* part_acc, cudaStream_t stream);
+// The slices for a pass of `rows` rows: enough blocks to fill the GPU (a
+// function of rows only, so a captured graph keeps its grid).
+int attention_splits(int rows, int n_kv_heads, int n_heads, int sm_count);
 
 }  // namespace llmrt::cuda

@@ -448,12 +448,17 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     be.matmul(w_.output, s.xn, rows, head_out);
   };
 
-  // a pass of one-token rows (decoding), each with its logits, may replay a
-  // device graph
-  if (be.graphs() && n == count && rows == count && c.n_expert == 0)
-    be.run_graph(n, body);
-  else
+  // a pass of one-token rows (decoding) may replay a device graph, keyed by
+  // its shape: the rows and which of them want logits
+  if (be.graphs() && n == count && c.n_expert == 0) {
+    uint64_t key = 1469598103934665603ull;  // FNV-1a over (rows, wanted flags)
+    auto mix = [&key](uint64_t v) { key = (key ^ v) * 1099511628211ull; };
+    mix((uint64_t)n);
+    for (int i = 0; i < count; ++i) mix((uint64_t)segs[i].wanted());
+    be.run_graph(key, body);
+  } else {
     body();
+  }
   if (rows == 0 || head_out == direct) return;
   // rows wanted as logits: out of the backend's buffer, runs of rows that
   // follow each other in both buffers in one copy

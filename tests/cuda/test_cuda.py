@@ -157,3 +157,92 @@ def test_graph_replay_survives_buffer_changes(tmp_path):
             b = eng.new_sequence()
             eng.forward(b, np.arange(600, dtype=np.int32) % 200 + 3)
             eng.release(b)
+
+
+# ---- split-KV decode attention, graph keys, several steps a call ------------------------
+
+@pytest.mark.parametrize("n_head,n_head_kv,head_dim", [(4, 2, 16), (6, 2, 32), (9, 3, 64),
+                                                       (8, 1, 64), (4, 4, 128), (16, 2, 80)])
+@pytest.mark.parametrize("kv", ["f32", "f16", "q8_0"])
+def test_split_kv_decode_matches_cpu(tmp_path, n_head, n_head_kv, head_dim, kv):
+    # a one-token step at context c (its keys cut into slices run by separate
+    # blocks and merged) against the CPU oracle's logits of the whole prefix,
+    # at slice and block edges; GQA groups of 1 to 8 (head tiles of 4),
+    # head sizes that fill 1, 2 or 4 dimensions a lane
+    if kv == "q8_0" and head_dim % 32:
+        pytest.skip("q8_0 caches need head_dim % 32 == 0")
+    path, W, cfg = _model(tmp_path, wtype="F16", n_embd=n_head * head_dim, n_head=n_head,
+                          n_head_kv=n_head_kv, head_dim=head_dim, n_ff=96, n_layer=2,
+                          tied=False, ctx=2048)
+    gpu = llmrt.Model(path, device="cuda", kv_cache_dtype=kv, kv_cache_tokens=4096)
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype=kv, kv_cache_tokens=4096)
+    tokens = np.random.default_rng(5).integers(0, cfg["n_vocab"], 2047).astype(np.int32)
+    ref = cpu.logits(tokens)  # row c - 1: the logits after the first c tokens
+    eng = gpu.engine
+    for c in (1, 31, 32, 33, 255, 256, 257, 2047):
+        s = eng.new_sequence()
+        if c > 1:
+            eng.forward(s, tokens[:c - 1], "none")
+        got = eng.forward(s, tokens[c - 1:c])
+        eng.release(s)
+        want = ref[c - 1]
+        err = np.abs(got - want).max() / np.abs(want).max()
+        assert err <= (LOOSE if kv == "q8_0" else RTOL[kv] * 10), (c, err)
+
+
+def test_decode_rows_of_different_contexts_in_one_step(tmp_path):
+    # one step of four sequences at contexts 3, 40, 300 and 1500: each row's
+    # slices are cut from its own context
+    path, W, cfg = _model(tmp_path, wtype="Q8_0", n_embd=96, n_head=6, n_head_kv=2,
+                          tied=False, ctx=2048)
+    gpu = llmrt.Model(path, device="cuda", kv_cache_dtype="f32", kv_cache_tokens=8192)
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32", kv_cache_tokens=8192)
+    rng = np.random.default_rng(6)
+    seqs = [rng.integers(0, cfg["n_vocab"], c).astype(np.int32) for c in (3, 40, 300, 1500)]
+    eng = gpu.engine
+    ids = [eng.new_sequence() for _ in seqs]
+    for s, t in zip(ids, seqs):
+        eng.forward(s, t[:-1], "none")
+    out = eng.step([(s, t[-1:], "last") for s, t in zip(ids, seqs)])[0]
+    for row, t in zip(out, seqs):
+        want = cpu.logits(t)[-1]
+        assert np.abs(row - want).max() <= RTOL["f32"] * 10 * np.abs(want).max()
+
+
+def test_graphs_keyed_by_the_rows_wanted(tmp_path):
+    # decode steps that want logits, none, or some rows' (captured and
+    # replayed as separate graphs) give the CPU oracle's logits
+    path, W, cfg = _model(tmp_path, wtype="Q8_0", n_embd=64, tied=False, ctx=512)
+    gpu = llmrt.Model(path, device="cuda", kv_cache_dtype="f32")
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32")
+    eng, ref = gpu.engine, cpu.engine
+    a, b, ra, rb = eng.new_sequence(), eng.new_sequence(), ref.new_sequence(), ref.new_sequence()
+    for e, x, y in ((eng, a, b), (ref, ra, rb)):
+        e.forward(x, np.arange(1, 9, dtype=np.int32), "none")
+        e.forward(y, np.arange(20, 25, dtype=np.int32), "none")
+    modes = ["last", "none", "last", "none", "last", "last", "none", "none", "last"]
+    for i, (ma, mb) in enumerate(zip(modes, modes[::-1])):
+        t = [np.asarray([30 + i], np.int32), np.asarray([60 + i], np.int32)]
+        g = eng.step([(a, t[0], ma), (b, t[1], mb)])[0]
+        c = ref.step([(ra, t[0], ma), (rb, t[1], mb)])[0]
+        assert g.shape == c.shape, i
+        if g.size:
+            assert np.abs(g - c).max() <= 1e-4 * np.abs(c).max(), i
+
+
+def test_several_decode_steps_a_call_equal_single_steps(tmp_path):
+    path, W, cfg = _model(tmp_path, wtype="Q4_1", n_embd=64, tied=False, ctx=512)
+    m = llmrt.Model(path, device="cuda", kv_cache_tokens=4096)
+    prompts = [[1, 5, 9], list(range(30, 70)), [7, 8]]
+    kws = [dict(max_new_tokens=30, ignore_eos=True),
+           dict(max_new_tokens=21, temperature=0.9, seed=3, logprobs=2),
+           dict(max_new_tokens=17, stop_token_ids=[40, 41, 42])]
+    runs = {}
+    for steps in (1, 8):
+        m.scheduler.decode_steps = steps
+        runs[steps] = [[(r.token_ids, r.finish_reason) for r in
+                        [m.generate(p, **k) for p, k in zip(prompts, kws)]],
+                       [(r.token_ids, r.finish_reason) for r in
+                        m.generate(prompts, [llmrt.SamplingParams(**k) for k in kws])]]
+    assert runs[1] == runs[8]
+    assert m.cache_stats()["blocks_in_use"] == 0
