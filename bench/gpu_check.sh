@@ -20,5 +20,11 @@ time $PY -m pip install --no-build-isolation --no-deps -q --target /tmp/llmrt . 
   -C build-dir=/tmp/llmrt-build 2>&1 | tee "$OUT/build.log" | tail -20
 export PYTHONPATH=/tmp/llmrt:${PYTHONPATH:-}
 $PY -c "import llmrt; print(llmrt.build_info())" 2>&1 | tee -a "$OUT/gpu.txt"
-$PY -m pytest tests/cuda -q -x -p no:cacheprovider 2>&1 | tee "$OUT/tests_cuda.log" | tail -30
+$PY -m pytest tests/cuda -q -o cache_dir=/tmp/llmrt-pytest 2>&1 | tee "$OUT/tests_cuda.log" | tail -30
+if grep -q "failed" "$OUT/tests_cuda.log"; then
+  # the failures again on one kernel per primitive (no fused kernels, no
+  # split attention): tells a fused kernel's fault from the rest
+  LLMRT_CUDA_FUSED=0 $PY -m pytest tests/cuda -q --lf -o cache_dir=/tmp/llmrt-pytest 2>&1 \
+    | tee "$OUT/tests_cuda_unfused.log" | tail -15
+fi
 $PY bench/gpu.py 2>&1 | tee "$OUT/bench_gpu.log"

@@ -32,10 +32,12 @@ struct AttnSeq {
   int pos0;
 };
 
-// One output of a matmul_many call: y (n, w->rows).
+// One output of a matmul_many call: y (n, w->rows), plus bias (w->rows,)
+// when given (the fused operations add it).
 struct MatmulJob {
   const WeightView* w;
   float* y;
+  const float* bias = nullptr;
 };
 
 class Backend {
@@ -88,7 +90,7 @@ class Backend {
   // want logits) is seen (the first runs as usual and warms every cache a
   // capture cannot fill) and replayed afterwards. Returns false when fn ran
   // directly.
-  virtual bool run_graph(uint64_t key, const std::function<void()>& fn) {
+  virtual bool run_graph(const std::string& key, const std::function<void()>& fn) {
     (void)key;
     fn();
     return false;
@@ -126,6 +128,45 @@ class Backend {
   // (pos: host memory).
   virtual void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
                     const RopeParams& p) = 0;
+
+  // ---- fused operations ----
+  // Each is a sequence of the primitives above (the defaults, which the CPU
+  // backend keeps: its results are those of the sequence to the bit); a
+  // device backend runs them as fewer kernels.
+
+  // xn (n, dim) = rmsnorm(x) * weight; then every job: y = xn @ W^T (+ bias).
+  virtual void norm_matmul_many(const float* x, const float* weight, int n, int dim, float eps,
+                                const MatmulJob* jobs, int count, float* xn) {
+    rmsnorm(x, weight, n, dim, eps, xn);
+    matmul_many(jobs, count, xn, n);
+    for (int i = 0; i < count; ++i)
+      if (jobs[i].bias) add_bias(jobs[i].y, jobs[i].bias, n, (int)jobs[i].w->rows);
+  }
+  // y (n, W.rows) += x (n, W.cols) @ W^T (tmp: n x W.rows floats of scratch).
+  virtual void matmul_add(const WeightView& w, const float* x, int n, float* y, float* tmp) {
+    matmul(w, x, n, tmp);
+    add(y, tmp, (size_t)n * w.rows);
+  }
+  // xn = rmsnorm(x) * weight; gate (n, W.rows) = silu(xn @ Wg^T) * (xn @ Wu^T)
+  // (up: scratch of the same size).
+  virtual void norm_gate_up(const float* x, const float* weight, int n, int dim, float eps,
+                            const WeightView& wg, const WeightView& wu, float* xn, float* gate,
+                            float* up) {
+    rmsnorm(x, weight, n, dim, eps, xn);
+    const MatmulJob gu[2] = {{&wg, gate}, {&wu, up}};
+    matmul_many(gu, 2, xn, n);
+    swiglu(gate, up, (size_t)n * wg.rows);
+  }
+  // RoPE on q (n, n_heads, head_dim) and k (n, n_kv_heads, head_dim), then k
+  // and v into the cache (as rope twice and kv_write).
+  virtual void rope_kv_write(KVCache& cache, const AttnSeq* seqs, int count, int layer,
+                             float* q, float* k, const float* v, int n, int n_heads,
+                             int n_kv_heads, int head_dim, const int32_t* pos,
+                             const RopeParams& p) {
+    rope(q, n, n_heads, head_dim, pos, p);
+    rope(k, n, n_kv_heads, head_dim, pos, p);
+    kv_write(cache, seqs, count, layer, k, v);
+  }
   // For each of `count` sequences (host memory), stores its n rows of k, v
   // (rows of all sequences end to end, (rows, n_kv_heads, head_dim)) at
   // positions [pos0, pos0 + n) of the sequence (blocks allocated).

@@ -28,6 +28,26 @@ __device__ __forceinline__ float kv_elem(int t, const uint8_t* row, int d) {
   return h2f(*reinterpret_cast<const uint16_t*>(b)) * (float)(int8_t)b[2 + d % 32];
 }
 
+// Values [32 c, 32 c + 32) of one position's row (x: this lane's value,
+// lane = its index in the chunk) into the cache row at `row` (F32, F16, or a
+// Q8_0 block of the 32). The whole warp calls it.
+__device__ __forceinline__ void store_chunk(int type, uint8_t* row, int c, int lane, int d,
+                                            int kvd, float x) {
+  if (type == 0) {
+    if (d < kvd) reinterpret_cast<float*>(row)[d] = x;
+  } else if (type == 1) {
+    if (d < kvd) reinterpret_cast<__half*>(row)[d] = __float2half_rn(x);
+  } else {
+    const float amax = warp_max(fabsf(x));
+    const float dq = amax / 127.f;
+    const float id = dq > 0.f ? 1.f / dq : 0.f;
+    uint8_t* b = row + (size_t)c * 34;
+    if (lane == 0) *reinterpret_cast<__half*>(b) = __float2half_rn(dq);
+    const float r = fminf(127.f, fmaxf(-127.f, rintf(x * id)));
+    b[2 + lane] = (uint8_t)(int8_t)r;
+  }
+}
+
 // one warp per (token, 32 values of the row); Q8_0 blocks are 32 values
 __global__ void kv_write_kernel(KVLayout L, const int64_t* __restrict__ offs, int kvd,
                                 const float* __restrict__ k, const float* __restrict__ v) {
@@ -35,21 +55,41 @@ __global__ void kv_write_kernel(KVLayout L, const int64_t* __restrict__ offs, in
   const int d = 32 * c + lane;
   for (int which = 0; which < 2; ++which) {
     const float* src = (which ? v : k) + (size_t)t * kvd;
-    uint8_t* row = (which ? L.v : L.k) + offs[t];
-    const float x = d < kvd ? src[d] : 0.f;
-    if (L.type == 0) {
-      if (d < kvd) reinterpret_cast<float*>(row)[d] = x;
-    } else if (L.type == 1) {
-      if (d < kvd) reinterpret_cast<__half*>(row)[d] = __float2half_rn(x);
-    } else {
-      const float amax = warp_max(fabsf(x));
-      const float dq = amax / 127.f;
-      const float id = dq > 0.f ? 1.f / dq : 0.f;
-      uint8_t* b = row + (size_t)c * 34;
-      if (lane == 0) *reinterpret_cast<__half*>(b) = __float2half_rn(dq);
-      const float r = fminf(127.f, fmaxf(-127.f, rintf(x * id)));
-      b[2 + lane] = (uint8_t)(int8_t)r;
-    }
+    store_chunk(L.type, (which ? L.v : L.k) + offs[t], c, lane, d, kvd, d < kvd ? src[d] : 0.f);
+  }
+}
+
+// RoPE of one row's q and k heads (in place; a thread a rotated pair), then
+// its k and v into the cache: one block a row.
+__global__ void rope_kv_write_kernel(KVLayout L, const int64_t* __restrict__ offs,
+                                     const int32_t* __restrict__ pos,
+                                     const float* __restrict__ inv_freq, int half,
+                                     float pos_scale, bool neox, int n_heads,
+                                     float* __restrict__ q, float* __restrict__ k,
+                                     const float* __restrict__ v) {
+  const int t = blockIdx.x, hd = L.head_dim, kvd = L.n_kv_heads * hd;
+  const float p = (float)pos[t] * pos_scale;
+  auto rotate = [&](float* head, int i) {
+    float sn, cs;
+    sincosf(p * inv_freq[i], &sn, &cs);
+    const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+    const float a = head[i0], b = head[i1];
+    head[i0] = a * cs - b * sn;
+    head[i1] = a * sn + b * cs;
+  };
+  float* qr = q + (size_t)t * n_heads * hd;
+  for (int e = threadIdx.x; e < n_heads * half; e += blockDim.x)
+    rotate(qr + (size_t)(e / half) * hd, e % half);
+  float* kr = k + (size_t)t * kvd;
+  for (int e = threadIdx.x; e < L.n_kv_heads * half; e += blockDim.x)
+    rotate(kr + (size_t)(e / half) * hd, e % half);
+  __syncthreads();  // the block's writes to kr are visible to the block
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const float* vr = v + (size_t)t * kvd;
+  for (int c = warp; c < (kvd + 31) / 32; c += warps) {
+    const int d = 32 * c + lane;
+    store_chunk(L.type, L.k + offs[t], c, lane, d, kvd, d < kvd ? kr[d] : 0.f);
+    store_chunk(L.type, L.v + offs[t], c, lane, d, kvd, d < kvd ? vr[d] : 0.f);
   }
 }
 
@@ -293,6 +333,14 @@ void kv_write(const KVLayout& L, const int64_t* offs, int n, const float* k, con
   const dim3 grid((unsigned)n, (unsigned)((kvd + 31) / 32));
   kv_write_kernel<<<grid, 32, 0, stream>>>(L, offs, kvd, k, v);
   LLMRT_CUDA_LAUNCHED("kv_write");
+}
+
+void rope_kv_write(const KVLayout& L, const int64_t* offs, int n, const int32_t* pos,
+                   const float* inv_freq, int n_rot, float pos_scale, bool neox, int n_heads,
+                   float* q, float* k, const float* v, cudaStream_t stream) {
+  rope_kv_write_kernel<<<n, 128, 0, stream>>>(L, offs, pos, inv_freq, n_rot / 2, pos_scale,
+                                               neox, n_heads, q, k, v);
+  LLMRT_CUDA_LAUNCHED("rope_kv_write");
 }
 
 void attention(const KVLayout& L, const int* tables, const int* info, int rows, int n_heads,

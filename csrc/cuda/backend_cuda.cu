@@ -5,8 +5,10 @@
 // can be captured as CUDA graphs and replayed.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -100,6 +102,10 @@ class CudaBackend : public Backend {
     LLMRT_CUDA_CHECK(cudaSetDevice(device));
     LLMRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     LLMRT_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device));
+    // LLMRT_CUDA_FUSED=0: one kernel per primitive and unsplit attention (the
+    // kernels before the fused ones, kept to tell a kernel's fault apart)
+    const char* fused = std::getenv("LLMRT_CUDA_FUSED");
+    fused_ = !(fused && std::string(fused) == "0");
     pool_ = std::make_unique<DevicePool>(stream_);
   }
   ~CudaBackend() override {
@@ -200,7 +206,7 @@ class CudaBackend : public Backend {
   }
 
   bool graphs() const override { return true; }
-  bool run_graph(uint64_t key, const std::function<void()>& fn) override {
+  bool run_graph(const std::string& key, const std::function<void()>& fn) override {
     Graph& g = graphs_[key];
     if (g.exec) {
       LLMRT_CUDA_CHECK(cudaGraphLaunch(g.exec, stream_));
@@ -270,6 +276,40 @@ class CudaBackend : public Backend {
         upload_small(reinterpret_cast<const int32_t*>(weights), count, 1));
     cuda::scatter_add_rows(dst, src, r, w, count, dim, stream_);
   }
+  // ---- fused operations: fewer kernels a layer ----
+  void norm_matmul_many(const float* x, const float* weight, int n, int dim, float eps,
+                        const MatmulJob* jobs, int count, float* xn) override {
+    if (!fused_ || !cuda::norm_fits_cols(n, dim))
+      return Backend::norm_matmul_many(x, weight, n, dim, eps, jobs, count, xn);
+    std::vector<MatmulJob> js(jobs, jobs + count);
+    for (MatmulJob& j : js)
+      if (j.bias) j.bias = device_copy(j.bias, (int)j.w->rows);
+    cuda::norm_matmul_many(x, device_copy(weight, dim), n, dim, eps, js.data(), count, stream_);
+  }
+  void matmul_add(const WeightView& w, const float* x, int n, float* y, float* tmp) override {
+    if (!fused_) return Backend::matmul_add(w, x, n, y, tmp);
+    cuda::matmul_add(w, x, n, y, stream_);
+  }
+  void norm_gate_up(const float* x, const float* weight, int n, int dim, float eps,
+                    const WeightView& wg, const WeightView& wu, float* xn, float* gate,
+                    float* up) override {
+    if (!fused_ || !cuda::fused_supported(wg, wu, n, dim))
+      return Backend::norm_gate_up(x, weight, n, dim, eps, wg, wu, xn, gate, up);
+    cuda::norm_gate_up(x, device_copy(weight, dim), n, dim, eps, wg, wu, gate, stream_);
+  }
+  void rope_kv_write(KVCache& c, const AttnSeq* seqs, int count, int layer, float* q, float* k,
+                     const float* v, int n, int n_heads, int n_kv_heads, int head_dim,
+                     const int32_t* pos, const RopeParams& p) override {
+    if (!fused_)
+      return Backend::rope_kv_write(c, seqs, count, layer, q, k, v, n, n_heads, n_kv_heads,
+                                    head_dim, pos, p);
+    (void)seqs, (void)count, (void)pos, (void)n_kv_heads, (void)head_dim;
+    check_pass(n);
+    cuda::rope_kv_write(layout(c, layer), pass_.d<int64_t>(pass_.offs), n,
+                        pass_.d<int32_t>(pass_.pos), inv_freq(p), p.n_rot, p.pos_scale, p.neox,
+                        n_heads, q, k, v, stream_);
+  }
+
   void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
             const RopeParams& p) override {
     (void)pos;
@@ -290,6 +330,11 @@ class CudaBackend : public Backend {
     for (int i = 0; i < count; ++i) n += seqs[i].n;
     check_pass(n);
     const cuda::KVLayout L = layout(c, layer);
+    if (!fused_) {
+      cuda::attention(L, pass_.d<int32_t>(pass_.tables), pass_.d<int32_t>(pass_.info), n,
+                      n_heads, scale, q, out, stream_);
+      return;
+    }
     const int S = cuda::attention_splits(n, L.n_kv_heads, n_heads, sm_count_);
     float *ml = nullptr, *acc = nullptr;
     if (S > 1) {
@@ -387,9 +432,10 @@ class CudaBackend : public Backend {
   int32_t* small_[2] = {nullptr, nullptr};
   int small_cap_[2] = {0, 0};
   int sm_count_ = 1;
+  bool fused_ = true;
   float* part_ = nullptr;  // split attention's partials
   size_t part_cap_ = 0;
-  std::unordered_map<uint64_t, Graph> graphs_;
+  std::unordered_map<std::string, Graph> graphs_;
 };
 
 }  // namespace

@@ -2,6 +2,8 @@
 // row and up to kTok tokens; lanes take consecutive 32-weight sub-blocks
 // (neighbouring memory), widen them in registers and dot them with each
 // token's activations; a warp sum gives each output.
+#include <algorithm>
+
 #include "cuda/common.cuh"
 #include "cuda/ops.h"
 
@@ -57,6 +59,175 @@ void launch(const WeightView& w, const float* x, int n, float* y, cudaStream_t s
   LLMRT_CUDA_LAUNCHED("matmul");
 }
 
+// The normed rows in shared memory: each 32-value chunk padded to 36 floats,
+// so the lanes' float4 reads of neighbouring chunks fall in different banks.
+constexpr int kPad = 36;
+__host__ __device__ constexpr size_t padded(int cols) { return (size_t)cols / 32 * kPad; }
+
+// Shared memory the normed prologue takes: a block's rows (at most kTok) of
+// the padded x; at most 96 KB (what every supported GPU grants a block).
+size_t norm_bytes(int n, int cols) {
+  return sizeof(float) * (size_t)std::min(n, kTok) * padded(cols);
+}
+bool norm_fits(int n, int cols) { return norm_bytes(n, cols) <= 96 * 1024; }
+
+// ---- fused products: the normed x in the prologue, several weights a
+// launch, bias / residual / SwiGLU in the epilogue ---------------------------------
+
+// Up to three weights of one type multiplied by the same x in one launch.
+struct Jobs {
+  const uint8_t* w[3];
+  size_t stride[3];
+  int rows[3];
+  float* y[3];
+  const float* bias[3];
+  int first_block[4];  // blocks of job j: [first_block[j], first_block[j + 1])
+  int count;
+};
+
+// NORM: x is rmsnorm'd (weight norm_w) into shared memory first, each
+// block for its own tokens. GLU: jobs 0 and 1 are gate and up, and the
+// output is silu(gate) * up into job 0's y. Otherwise each job's y gets
+// xW^T (+ bias), added to y when accumulate.
+template <DType T, bool NORM, bool GLU>
+__global__ void __launch_bounds__(32 * kWarps)
+fused_kernel(Jobs jobs, const float* __restrict__ x, const float* __restrict__ norm_w, float eps,
+             int cols, int n, bool accumulate) {
+  extern __shared__ float xs[];  // NORM: (tokens of the block, padded(cols))
+  const int lane = threadIdx.x & 31;
+  int j = 0;
+  while (j + 1 < jobs.count && (int)blockIdx.x >= jobs.first_block[j + 1]) ++j;
+  const int r = (blockIdx.x - jobs.first_block[j]) * kWarps + (threadIdx.x >> 5);
+  const int t0 = blockIdx.y * kTok;
+  const int nt = min(kTok, n - t0);
+  const float* xb = x + (size_t)t0 * cols;
+  if constexpr (NORM) {
+    __shared__ float part[kWarps];
+    for (int t = 0; t < nt; ++t) {
+      const float* xr = x + (size_t)(t0 + t) * cols;
+      float ss = 0.f;
+      for (int i = threadIdx.x; i < cols; i += blockDim.x) ss += xr[i] * xr[i];
+      ss = warp_sum(ss);
+      if (lane == 0) part[threadIdx.x >> 5] = ss;
+      __syncthreads();
+      float total = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) total += part[w];
+      const float inv = rsqrtf(total / (float)cols + eps);
+      for (int i = threadIdx.x; i < cols; i += blockDim.x)
+        xs[(size_t)t * padded(cols) + i / 32 * kPad + i % 32] = xr[i] * inv * norm_w[i];
+      __syncthreads();  // part is reused by the next token
+    }
+    xb = xs;
+  }
+  const int rows = jobs.rows[j];
+  if (r >= rows) return;  // after the block's barriers
+  const uint8_t* row = jobs.w[j] + (size_t)r * jobs.stride[j];
+  const uint8_t* row_up = GLU ? jobs.w[1] + (size_t)r * jobs.stride[1] : nullptr;
+  float acc[kTok], acc_up[GLU ? kTok : 1];
+#pragma unroll
+  for (int t = 0; t < kTok; ++t) {
+    acc[t] = 0.f;
+    if constexpr (GLU) acc_up[t] = 0.f;
+  }
+  float wv[32], uv[GLU ? 32 : 1];
+  for (int sb = lane; sb < cols / 32; sb += 32) {
+    load_sub<T>(row, sb, wv);
+    if constexpr (GLU) load_sub<T>(row_up, sb, uv);
+#pragma unroll
+    for (int t = 0; t < kTok; ++t) {
+      if (t >= nt) break;
+      const float4* xp = reinterpret_cast<const float4*>(
+          NORM ? xb + (size_t)t * padded(cols) + (size_t)kPad * sb : xb + (size_t)t * cols + 32 * sb);
+      float s = 0.f, su = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float4 v = xp[i];
+        s += wv[4 * i] * v.x + wv[4 * i + 1] * v.y + wv[4 * i + 2] * v.z + wv[4 * i + 3] * v.w;
+        if constexpr (GLU)
+          su += uv[4 * i] * v.x + uv[4 * i + 1] * v.y + uv[4 * i + 2] * v.z + uv[4 * i + 3] * v.w;
+      }
+      acc[t] += s;
+      if constexpr (GLU) acc_up[t] += su;
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kTok; ++t) {
+    if (t >= nt) break;
+    const float s = warp_sum(acc[t]);
+    if constexpr (GLU) {
+      const float u = warp_sum(acc_up[t]);
+      if (lane == 0) jobs.y[0][(size_t)(t0 + t) * rows + r] = s / (1.f + expf(-s)) * u;
+    } else {
+      if (lane == 0) {
+        float* o = jobs.y[j] + (size_t)(t0 + t) * rows + r;
+        const float v = s + (jobs.bias[j] ? jobs.bias[j][r] : 0.f);
+        *o = accumulate ? *o + v : v;
+      }
+    }
+  }
+}
+
+template <DType T, bool NORM, bool GLU>
+void launch_fused(const Jobs& jobs, int blocks, const float* x, const float* norm_w, float eps,
+                  int cols, int n, bool accumulate, cudaStream_t stream) {
+  const dim3 grid((unsigned)blocks, (unsigned)((n + kTok - 1) / kTok));
+  size_t shared = 0;
+  if constexpr (NORM) {
+    shared = norm_bytes(n, cols);
+    static size_t allowed = 48 * 1024;  // dynamic shared memory this instance may take
+    if (shared > allowed) {
+      LLMRT_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel<T, NORM, GLU>,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)shared));
+      allowed = shared;
+    }
+  }
+  fused_kernel<T, NORM, GLU><<<grid, 32 * kWarps, shared, stream>>>(jobs, x, norm_w, eps, cols,
+                                                                     n, accumulate);
+  LLMRT_CUDA_LAUNCHED("fused matmul");
+}
+
+template <bool NORM, bool GLU>
+void dispatch_fused(DType t, const Jobs& jobs, int blocks, const float* x, const float* norm_w,
+                    float eps, int cols, int n, bool accumulate, cudaStream_t stream) {
+  switch (t) {
+#define LLMRT_FUSED(D) \
+  case D: launch_fused<D, NORM, GLU>(jobs, blocks, x, norm_w, eps, cols, n, accumulate, stream); break;
+    LLMRT_FUSED(DType::F32)
+    LLMRT_FUSED(DType::F16)
+    LLMRT_FUSED(DType::BF16)
+    LLMRT_FUSED(DType::Q8_0)
+    LLMRT_FUSED(DType::Q4_0)
+    LLMRT_FUSED(DType::Q4_1)
+    LLMRT_FUSED(DType::Q4_K)
+    LLMRT_FUSED(DType::Q5_K)
+    LLMRT_FUSED(DType::Q6_K)
+#undef LLMRT_FUSED
+    default: throw std::invalid_argument("CUDA matmul: unsupported weight type");
+  }
+}
+
+// The jobs as one launch's table; blocks: the launch's x blocks.
+Jobs job_table(const MatmulJob* js, int count, int& blocks) {
+  Jobs t{};
+  t.count = count;
+  blocks = 0;
+  for (int i = 0; i < count; ++i) {
+    const WeightView& w = *js[i].w;
+    t.w[i] = w.data;
+    t.stride[i] = w.row_stride();
+    t.rows[i] = (int)w.rows;
+    t.y[i] = js[i].y;
+    t.bias[i] = js[i].bias;
+    t.first_block[i] = blocks;
+    blocks += (int)((w.rows + kWarps - 1) / kWarps);
+  }
+  t.first_block[count] = blocks;
+  return t;
+}
+
+
 }  // namespace
 
 bool matmul_supported(DType t) {
@@ -82,5 +253,49 @@ void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t s
     default: throw std::invalid_argument("CUDA matmul: unsupported weight type");
   }
 }
+
+void norm_matmul_many(const float* x, const float* norm_w, int n, int cols, float eps,
+                      const MatmulJob* jobs, int count, cudaStream_t stream) {
+  if (cols % 32 != 0) throw std::invalid_argument("CUDA matmul: cols must be a multiple of 32");
+  // weights of one type share a launch
+  for (int i = 0; i < count;) {
+    int k = i + 1;
+    while (k < count && k - i < 3 && jobs[k].w->type == jobs[i].w->type) ++k;
+    int blocks = 0;
+    const Jobs t = job_table(jobs + i, k - i, blocks);
+    if (norm_fits(n, cols))
+      dispatch_fused<true, false>(jobs[i].w->type, t, blocks, x, norm_w, eps, cols, n, false,
+                                  stream);
+    else
+      throw std::invalid_argument("CUDA norm_matmul: rows too wide for the normed prologue");
+    i = k;
+  }
+}
+
+void matmul_add(const WeightView& w, const float* x, int n, float* y, cudaStream_t stream) {
+  if (w.cols % 32 != 0) throw std::invalid_argument("CUDA matmul: cols must be a multiple of 32");
+  const MatmulJob job{&w, y};
+  int blocks = 0;
+  const Jobs t = job_table(&job, 1, blocks);
+  dispatch_fused<false, false>(w.type, t, blocks, x, nullptr, 0.f, (int)w.cols, n, true, stream);
+}
+
+void norm_gate_up(const float* x, const float* norm_w, int n, int cols, float eps,
+                  const WeightView& wg, const WeightView& wu, float* gate, cudaStream_t stream) {
+  if (cols % 32 != 0) throw std::invalid_argument("CUDA matmul: cols must be a multiple of 32");
+  const MatmulJob js[2] = {{&wg, gate}, {&wu, nullptr}};
+  int blocks = 0;
+  Jobs t = job_table(js, 2, blocks);
+  blocks = t.first_block[1];  // the grid runs over gate's rows; each warp does both
+  t.count = 1;
+  dispatch_fused<true, true>(wg.type, t, blocks, x, norm_w, eps, cols, n, false, stream);
+}
+
+bool fused_supported(const WeightView& a, const WeightView& b, int n, int cols) {
+  return a.type == b.type && a.rows == b.rows && a.cols == cols && b.cols == cols &&
+         cols % 32 == 0 && norm_fits(n, cols);
+}
+
+bool norm_fits_cols(int n, int cols) { return cols % 32 == 0 && norm_fits(n, cols); }
 
 }  // namespace llmrt::cuda

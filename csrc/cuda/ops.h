@@ -18,6 +18,18 @@ namespace llmrt::cuda {
 void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t stream);
 // Whether a weight type has a kernel.
 bool matmul_supported(DType t);
+// Fused products (see Backend's fused operations): every job's y = rmsnorm(x)
+// @ W^T (+ bias), weights of one type in one launch; y += x @ W^T; gate =
+// silu(rmsnorm(x) @ Wg^T) * (rmsnorm(x) @ Wu^T). The normed x lives in
+// shared memory: norm_fits_cols says whether n rows of `cols` fit, and
+// fused_supported whether gate and up can run together.
+void norm_matmul_many(const float* x, const float* norm_w, int n, int cols, float eps,
+                      const MatmulJob* jobs, int count, cudaStream_t stream);
+void matmul_add(const WeightView& w, const float* x, int n, float* y, cudaStream_t stream);
+void norm_gate_up(const float* x, const float* norm_w, int n, int cols, float eps,
+                  const WeightView& wg, const WeightView& wu, float* gate, cudaStream_t stream);
+bool norm_fits_cols(int n, int cols);
+bool fused_supported(const WeightView& a, const WeightView& b, int n, int cols);
 
 // ---- elementwise.cu ----
 // out[r] = first index of the largest of row r of x (rows, cols)
@@ -47,6 +59,11 @@ struct KVLayout {
   int block_tokens, n_kv_heads, head_dim;
   int type;  // KVType
 };
+// RoPE of q (n, n_heads, head_dim) and k (n, n_kv_heads, head_dim) in
+// place, then k and v into the cache rows at offs[t], one kernel.
+void rope_kv_write(const KVLayout& L, const int64_t* offs, int n, const int32_t* pos,
+                   const float* inv_freq, int n_rot, float pos_scale, bool neox, int n_heads,
+                   float* q, float* k, const float* v, cudaStream_t stream);
 // k, v (n, n_kv_heads * head_dim) -> the rows at byte offsets offs[t] (from
 // the layer's k / v base).
 void kv_write(const KVLayout& L, const int64_t* offs, int n, const float* k, const float* v,

@@ -350,7 +350,6 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
   Scratch& s = *s_;
   const auto& c = cfg_;
   const int D = c.n_embd, hd = c.head_dim;
-  const int qd = c.n_head * hd, kvd = c.n_head_kv * hd;
   const float att_scale = 1.f / std::sqrt((float)hd);
 
   // token ids, positions and attention rows of the pass
@@ -398,33 +397,23 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     for (int l = 0; l < c.n_layer; ++l) {
       const LayerWeights& L = w_.layers[l];
       // ---- attention block ----
-      be.rmsnorm(s.x, L.attn_norm, n, D, c.rms_eps, s.xn);
-      {  // q (n, qd), k (n, kvd), v (n, kvd) in one pass
-        const MatmulJob qkv[3] = {{&L.wq, s.q}, {&L.wk, s.k}, {&L.wv, s.v}};
-        be.matmul_many(qkv, 3, s.xn, n);
+      {  // q (n, qd), k (n, kvd), v (n, kvd) of the normed x, in one pass
+        const MatmulJob qkv[3] = {{&L.wq, s.q, L.bq}, {&L.wk, s.k, L.bk}, {&L.wv, s.v, L.bv}};
+        be.norm_matmul_many(s.x, L.attn_norm, n, D, c.rms_eps, qkv, 3, s.xn);
       }
-      if (L.bq) be.add_bias(s.q, L.bq, n, qd);
-      if (L.bk) be.add_bias(s.k, L.bk, n, kvd);
-      if (L.bv) be.add_bias(s.v, L.bv, n, kvd);
-      be.rope(s.q, n, c.n_head, hd, s.pos.data(), c.rope);
-      be.rope(s.k, n, c.n_head_kv, hd, s.pos.data(), c.rope);
-      be.kv_write(kv_, s.attn.data(), count, l, s.k, s.v);
+      be.rope_kv_write(kv_, s.attn.data(), count, l, s.q, s.k, s.v, n, c.n_head, c.n_head_kv,
+                       hd, s.pos.data(), c.rope);
       be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head, att_scale, s.att);  // (n, qd)
-      be.matmul(L.wo, s.att, n, s.xn);  // (n, D)
-      be.add(s.x, s.xn, (size_t)n * D);
+      be.matmul_add(L.wo, s.att, n, s.x, s.xn);  // x += o-proj (n, D)
       // ---- feed-forward block ----
-      be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
       if (!L.router.empty()) {
+        be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
         moe_ffn(L, n);
         continue;
       }
-      {  // gate, up (n, n_ff) in one pass
-        const MatmulJob gu[2] = {{&L.w_gate, s.gate}, {&L.w_up, s.up}};
-        be.matmul_many(gu, 2, s.xn, n);
-      }
-      be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
-      be.matmul(L.w_down, s.gate, n, s.xn);  // (n, D)
-      be.add(s.x, s.xn, (size_t)n * D);
+      // gate = silu(gate) * up, (n, n_ff), of the normed x
+      be.norm_gate_up(s.x, L.ffn_norm, n, D, c.rms_eps, L.w_gate, L.w_up, s.xn, s.gate, s.up);
+      be.matmul_add(L.w_down, s.gate, n, s.x, s.xn);  // x += down (n, D)
     }
 
     // Output head only on the rows whose logits are wanted, gathered end to
@@ -451,10 +440,9 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
   // a pass of one-token rows (decoding) may replay a device graph, keyed by
   // its shape: the rows and which of them want logits
   if (be.graphs() && n == count && c.n_expert == 0) {
-    uint64_t key = 1469598103934665603ull;  // FNV-1a over (rows, wanted flags)
-    auto mix = [&key](uint64_t v) { key = (key ^ v) * 1099511628211ull; };
-    mix((uint64_t)n);
-    for (int i = 0; i < count; ++i) mix((uint64_t)segs[i].wanted());
+    std::string key(count, '0');  // a character a row: whether it wants logits
+    for (int i = 0; i < count; ++i)
+      if (segs[i].wanted()) key[i] = '1';
     be.run_graph(key, body);
   } else {
     body();

@@ -246,3 +246,31 @@ def test_several_decode_steps_a_call_equal_single_steps(tmp_path):
                         m.generate(prompts, [llmrt.SamplingParams(**k) for k in kws])]]
     assert runs[1] == runs[8]
     assert m.cache_stats()["blocks_in_use"] == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("kv", ["f32", "q8_0"])
+def test_fused_kernels_equal_the_primitives(tmp_path, monkeypatch, arch, kv):
+    # norm + q/k/v (+ biases) in one launch, RoPE + KV write, o-proj and down
+    # with the residual add, norm + gate/up + SwiGLU, split attention:
+    # against the one-kernel-per-primitive path (LLMRT_CUDA_FUSED=0) and the
+    # CPU oracle, prompt and decode rows
+    path, W, cfg = _model(tmp_path, arch=arch, wtype="Q8_0", n_embd=128, n_head=4,
+                          n_head_kv=2, n_ff=160, tied=False, ctx=512)
+    tokens = np.random.default_rng(7).integers(0, cfg["n_vocab"], 70).astype(np.int32)
+
+    def run(model):
+        eng = model.engine
+        s = eng.new_sequence()
+        rows = [eng.forward(s, tokens[:60], "all")]
+        for t in tokens[60:]:
+            rows.append(eng.forward(s, [t], "all"))
+        eng.release(s)
+        return np.concatenate(rows)
+    fused = run(llmrt.Model(path, device="cuda", kv_cache_dtype=kv))
+    monkeypatch.setenv("LLMRT_CUDA_FUSED", "0")
+    plain = run(llmrt.Model(path, device="cuda", kv_cache_dtype=kv))
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype=kv).logits(tokens)
+    tol = LOOSE if kv == "q8_0" else RTOL[kv] * 10
+    for got in (fused, plain):
+        assert np.abs(got - cpu).max() <= tol * np.abs(cpu).max()
