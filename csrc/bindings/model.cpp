@@ -132,18 +132,7 @@ class PyLlamaModel {
     out.logits = rows ? logits.mutable_data() : nullptr;
     out.tokens = samplers.empty() ? nullptr : tokens.mutable_data();
     out.logprobs = want_logprobs ? lps.data() : nullptr;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lk(mu_);
-      for (const BatchEntry& e : es)
-        if (!model_->cache().alive(e.seq))
-          throw py::value_error("no sequence " + std::to_string(e.seq));
-      try {
-        model_->forward_batch(es.data(), count, out);
-      } catch (const std::out_of_range& e) {
-        throw py::value_error(e.what());
-      }
-    }
+    run_native(es, [&] { model_->forward_batch(es.data(), count, out); });
     py::object lp_out = py::none();
     if (want_logprobs) {
       py::list l;
@@ -183,19 +172,10 @@ class PyLlamaModel {
     std::vector<int32_t> tokens((size_t)count * steps);
     std::vector<TopLogprobs> lps(want_logprobs ? tokens.size() : 0);
     int ran = 0;
-    {
-      py::gil_scoped_release nogil;
-      std::lock_guard<std::mutex> lk(mu_);
-      for (const DecodeEntry& e : es)
-        if (!model_->cache().alive(e.seq))
-          throw py::value_error("no sequence " + std::to_string(e.seq));
-      try {
-        ran = model_->decode(es.data(), count, steps, tokens.data(),
-                             want_logprobs ? lps.data() : nullptr);
-      } catch (const std::out_of_range& e) {
-        throw py::value_error(e.what());
-      }
-    }
+    run_native(es, [&] {
+      ran = model_->decode(es.data(), count, steps, tokens.data(),
+                           want_logprobs ? lps.data() : nullptr);
+    });
     py::array_t<int32_t> out({(py::ssize_t)ran, (py::ssize_t)count});
     std::copy(tokens.begin(), tokens.begin() + (size_t)ran * count, out.mutable_data());
     py::object lp_out = py::none();
@@ -213,6 +193,23 @@ class PyLlamaModel {
       lp_out = per_step;
     }
     return py::make_tuple(out, lp_out);
+  }
+
+  // Runs f on the model without the GIL, under the model's lock, once every
+  // entry's sequence is known to exist; bad positions or token ids (out of
+  // range) become ValueError.
+  template <class Entries, class F>
+  void run_native(const Entries& es, F&& f) {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lk(mu_);
+    for (const auto& e : es)
+      if (!model_->cache().alive(e.seq))
+        throw py::value_error("no sequence " + std::to_string(e.seq));
+    try {
+      f();
+    } catch (const std::out_of_range& e) {
+      throw py::value_error(e.what());
+    }
   }
 
   // ---- sequences of the KV cache ----

@@ -69,20 +69,12 @@ __global__ void rope_kv_write_kernel(KVLayout L, const int64_t* __restrict__ off
                                      const float* __restrict__ v) {
   const int t = blockIdx.x, hd = L.head_dim, kvd = L.n_kv_heads * hd;
   const float p = (float)pos[t] * pos_scale;
-  auto rotate = [&](float* head, int i) {
-    float sn, cs;
-    sincosf(p * inv_freq[i], &sn, &cs);
-    const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
-    const float a = head[i0], b = head[i1];
-    head[i0] = a * cs - b * sn;
-    head[i1] = a * sn + b * cs;
-  };
   float* qr = q + (size_t)t * n_heads * hd;
   for (int e = threadIdx.x; e < n_heads * half; e += blockDim.x)
-    rotate(qr + (size_t)(e / half) * hd, e % half);
+    rotate_pair(qr + (size_t)(e / half) * hd, e % half, p, inv_freq, half, neox);
   float* kr = k + (size_t)t * kvd;
   for (int e = threadIdx.x; e < L.n_kv_heads * half; e += blockDim.x)
-    rotate(kr + (size_t)(e / half) * hd, e % half);
+    rotate_pair(kr + (size_t)(e / half) * hd, e % half, p, inv_freq, half, neox);
   __syncthreads();  // the block's writes to kr are visible to the block
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const float* vr = v + (size_t)t * kvd;

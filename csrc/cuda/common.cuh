@@ -34,6 +34,19 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 
+// RoPE: rotates pair i of one head (i, i + half when neox, else 2i, 2i + 1)
+// by the angle p * inv_freq[i].
+__device__ __forceinline__ void rotate_pair(float* head, int i, float p,
+                                            const float* __restrict__ inv_freq, int half,
+                                            bool neox) {
+  float sn, cs;
+  sincosf(p * inv_freq[i], &sn, &cs);
+  const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
+  const float a = head[i0], b = head[i1];
+  head[i0] = a * cs - b * sn;
+  head[i1] = a * sn + b * cs;
+}
+
 // Weights [32 sb, 32 sb + 32) of a row of type T -> w[0..32).
 template <DType T>
 __device__ __forceinline__ void load_sub(const uint8_t* row, int sb, float* w) {

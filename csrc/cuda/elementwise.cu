@@ -61,14 +61,7 @@ __global__ void rope_kernel(float* x, int n_heads, int head_dim, const int32_t* 
   const int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
   float* v = x + ((size_t)t * n_heads + h) * head_dim;
   const float p = (float)pos[t] * pos_scale;
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float sn, cs;
-    sincosf(p * inv_freq[i], &sn, &cs);
-    const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
-    const float a = v[i0], c = v[i1];
-    v[i0] = a * cs - c * sn;
-    v[i1] = a * sn + c * cs;
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x) rotate_pair(v, i, p, inv_freq, half, neox);
 }
 
 __global__ void gather_rows_kernel(float* dst, const float* src, const int32_t* rows, int dim) {

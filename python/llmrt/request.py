@@ -292,18 +292,7 @@ class Decode(Task):
                 r.seq = engine.fork(self.seq)
             for r in self.reqs:
                 r.t_prompt = t
-        finished = False
-        for i, r in enumerate(self.live):
-            tok = int(tokens[i])
-            r.forwards += 1
-            if logprobs:
-                r.add_logprob(tok, logprobs[i])
-            if r.emit(tok):
-                self._finish(engine, r)
-                finished = True
-        if finished:
-            self.live = [r for r in self.live if not r.done]
-            self.done = not self.live
+        self._take(engine, self.live, tokens, logprobs)
 
     def decode_entries(self) -> list[tuple]:
         self._snap = list(self.live)
@@ -311,10 +300,17 @@ class Decode(Task):
 
     def apply_decoded(self, engine: "Engine", tokens: np.ndarray,
                       logprobs: Sequence | None) -> None:
+        self._take(engine, self._snap, tokens, logprobs)
+
+    def _take(self, engine: "Engine", reqs: list[Request], tokens: np.ndarray,
+              logprobs: Sequence | None) -> None:
+        """Each request's drawn token (tokens[i] for reqs[i]; -1 or a request
+        already done: skipped, e.g. after a stop string within a multi-step
+        call)."""
         finished = False
-        for i, r in enumerate(self._snap):
+        for i, r in enumerate(reqs):
             tok = int(tokens[i])
-            if tok < 0 or r.done:  # stopped natively, or by a stop string here
+            if tok < 0 or r.done:
                 continue
             r.forwards += 1
             if logprobs:
