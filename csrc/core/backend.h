@@ -9,9 +9,11 @@
 #include <cstdint>
 #include <memory>
 #include <functional>
+#include <stdexcept>
 #include <string>
 
 #include "core/kv_cache.h"
+#include "core/sampler.h"
 #include "core/tensor.h"
 
 namespace llmrt {
@@ -62,6 +64,15 @@ class Backend {
   // backend memory; waits for the device. Greedy decoding without the
   // logits leaving the device.
   virtual void argmax(const float* x, int rows, int cols, int32_t* host) = 0;
+  // Sampled decoding without the logits leaving the device (where
+  // can_sample()): host[i] = the token draws[i] (host memory, as mods) draws
+  // from its row of x (rows, cols); -1 where no token can be drawn.
+  virtual bool can_sample() const { return false; }
+  virtual void sample_rows(const float* x, int cols, const DeviceDraw* draws, int n,
+                           const LogitMod* mods, int n_mods, int32_t* host) {
+    (void)x, (void)cols, (void)draws, (void)n, (void)mods, (void)n_mods, (void)host;
+    throw std::logic_error("this backend does not sample");
+  }
   // Calls fn(i) for every i in [0, n) on the host, spread over the
   // backend's threads where it has a pool (host work between passes, such
   // as drawing each row's next token).

@@ -226,6 +226,40 @@ bool Sampler::masks_end(int n_generated) const {
   return n_generated < cfg_.min_new_tokens && !cfg_.end_ids.empty();
 }
 
+DeviceDraw Sampler::device_draw(const int32_t* history, int n_history, int n_generated,
+                               std::vector<LogitMod>& mods) {
+  const auto& c = cfg_;
+  DeviceDraw d;
+  d.temperature = c.temperature;
+  d.top_k = c.top_k;
+  d.top_p = c.top_p;
+  d.min_p = c.min_p;
+  d.typical_p = c.typical_p;
+  d.repetition_penalty = c.repetition_penalty;
+  d.presence_penalty = c.presence_penalty;
+  d.frequency_penalty = c.frequency_penalty;
+  d.mods_begin = (int)mods.size();
+  if (penalizes()) {  // each distinct token of the window once, with its count
+    const int n = c.penalty_last_n < 0 ? n_history : std::min(c.penalty_last_n, n_history);
+    std::vector<int32_t> win(history + (n_history - n), history + n_history);
+    std::sort(win.begin(), win.end());
+    for (size_t i = 0; i < win.size();) {
+      size_t j = i;
+      while (j < win.size() && win[j] == win[i]) ++j;
+      if (win[i] >= 0 && win[i] < n_vocab_)
+        mods.push_back({win[i], LogitMod::kPenalty, (float)(j - i)});
+      i = j;
+    }
+  }
+  for (const auto& [id, b] : c.logit_bias) mods.push_back({id, LogitMod::kBias, b});
+  if (masks_end(n_generated))
+    for (int32_t id : c.end_ids) mods.push_back({id, LogitMod::kMask, 0.f});
+  d.mods_end = (int)mods.size();
+  // greedy takes no random number (as sample())
+  if (!(c.temperature == 0.f || c.top_k == 1)) d.u = (double)(rng_() >> 11) * 0x1.0p-53;
+  return d;
+}
+
 bool Sampler::argmax_only(int n_generated) const {
   const auto& c = cfg_;
   return c.mirostat == 0 && (c.temperature == 0.f || c.top_k == 1) && !penalizes() &&

@@ -46,6 +46,25 @@ struct SamplingConfig {
   int logprobs = -1;
 };
 
+// What a device needs to run the chain for one draw (cuda/sampler.cu): the
+// parameters, the uniform number the draw uses, and the sparse changes to
+// the row's logits (mods [mods_begin, mods_end) of a list).
+struct DeviceDraw {
+  int row = 0;  // the row of the logits it draws from
+  float temperature = 0.f;
+  int top_k = 0;
+  float top_p = 1.f, min_p = 0.f, typical_p = 1.f;
+  float repetition_penalty = 1.f, presence_penalty = 0.f, frequency_penalty = 0.f;
+  double u = 0.0;  // in [0, 1)
+  int mods_begin = 0, mods_end = 0;
+};
+struct LogitMod {
+  enum Kind : int32_t { kPenalty = 0, kBias = 1, kMask = 2 };
+  int32_t token;
+  int32_t kind;
+  float value;  // kPenalty: the token's count in the window; kBias: the bias
+};
+
 class Sampler {
  public:
   Sampler(const SamplingConfig& cfg, int n_vocab);
@@ -67,6 +86,14 @@ class Sampler {
   // log-probabilities wanted, so a device may take the argmax where the
   // logits are.
   bool argmax_only(int n_generated) const;
+  // Whether a device can run this sampler's chain (all but mirostat, and
+  // log-probabilities, which need the logits on the host).
+  bool device_capable() const { return cfg_.mirostat == 0 && cfg_.logprobs < 0; }
+  // The next draw as a device runs it: parameters, the sparse changes of the
+  // logits (appended to mods), and the uniform number (taken from this
+  // sampler's stream as sample() would take it).
+  DeviceDraw device_draw(const int32_t* history, int n_history, int n_generated,
+                         std::vector<LogitMod>& mods);
 
  private:
   struct Cand {

@@ -114,6 +114,8 @@ class CudaBackend : public Backend {
     pass_.release();
     if (argmax_dev_) cudaFree(argmax_dev_);
     if (part_) cudaFree(part_);
+    if (sample_buf_) cudaFree(sample_buf_);
+    if (work_) cudaFree(work_);
     for (int32_t* p : small_)
       if (p) cudaFree(p);
     for (void* p : owned_) cudaFree(p);
@@ -154,6 +156,37 @@ class CudaBackend : public Backend {
     cuda::argmax(x, rows, cols, argmax_dev_, stream_);
     LLMRT_CUDA_CHECK(cudaMemcpyAsync(host, argmax_dev_, sizeof(int32_t) * rows,
                                      cudaMemcpyDeviceToHost, stream_));
+    LLMRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+  bool can_sample() const override { return fused_; }
+  void sample_rows(const float* x, int cols, const DeviceDraw* draws, int n,
+                   const LogitMod* mods, int n_mods, int32_t* host) override {
+    // draws, mods and the ids in one device buffer; n rows of scratch
+    const size_t bytes_d = sizeof(DeviceDraw) * n, bytes_m = sizeof(LogitMod) * n_mods;
+    const size_t need = bytes_d + bytes_m + sizeof(int32_t) * n;
+    if (need > sample_cap_ || (size_t)n * cols > work_cap_) {
+      LLMRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      if (need > sample_cap_) {
+        if (sample_buf_) cudaFree(sample_buf_);
+        sample_cap_ = std::max(need, 2 * sample_cap_);
+        LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&sample_buf_), sample_cap_));
+      }
+      if ((size_t)n * cols > work_cap_) {
+        if (work_) cudaFree(work_);
+        work_cap_ = (size_t)n * cols;
+        LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&work_), sizeof(float) * work_cap_));
+      }
+    }
+    auto* d_draws = reinterpret_cast<DeviceDraw*>(sample_buf_);
+    auto* d_mods = reinterpret_cast<LogitMod*>(sample_buf_ + bytes_d);
+    auto* d_out = reinterpret_cast<int32_t*>(sample_buf_ + bytes_d + bytes_m);
+    LLMRT_CUDA_CHECK(cudaMemcpyAsync(d_draws, draws, bytes_d, cudaMemcpyHostToDevice, stream_));
+    if (n_mods)
+      LLMRT_CUDA_CHECK(cudaMemcpyAsync(d_mods, mods, bytes_m, cudaMemcpyHostToDevice, stream_));
+    cuda::sample(x, cols, d_draws, n, d_mods, work_, d_out, stream_);
+    LLMRT_CUDA_CHECK(
+        cudaMemcpyAsync(host, d_out, sizeof(int32_t) * n, cudaMemcpyDeviceToHost, stream_));
     LLMRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -435,6 +468,10 @@ class CudaBackend : public Backend {
   bool fused_ = true;
   float* part_ = nullptr;  // split attention's partials
   size_t part_cap_ = 0;
+  uint8_t* sample_buf_ = nullptr;  // device sampling: draws, mods, ids
+  size_t sample_cap_ = 0;
+  float* work_ = nullptr;  // device sampling: the rows' changed logits
+  size_t work_cap_ = 0;
   std::unordered_map<std::string, Graph> graphs_;
 };
 

@@ -10,6 +10,7 @@
 
 #include "core/backend.h"
 #include "core/kv_cache.h"
+#include "core/sampler.h"
 
 namespace llmrt::cuda {
 
@@ -48,6 +49,13 @@ void scatter_add_rows(float* dst, const float* src, const int32_t* rows, const f
 // inv_freq: (n_rot / 2) frequencies (already divided by any factors).
 void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, const float* inv_freq,
           int n_rot, float pos_scale, bool neox, cudaStream_t stream);
+
+// ---- sampler.cu ----
+// For each of n draws (device memory, like mods): the token its chain
+// draws from row draws[i].row of logits (rows, V) -> out[i] (-1 when every
+// token is masked or the logits are NaN); work: n * V floats of scratch.
+void sample(const float* logits, int V, const DeviceDraw* draws, int n, const LogitMod* mods,
+            float* work, int32_t* out, cudaStream_t stream);
 
 // ---- attention.cu ----
 // Where one layer's keys and values live in the pool: block b's key row at

@@ -469,34 +469,65 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
   if (drawing) draw(segs, count, rows);
 }
 
-// The samplers of the pass's entries draw from their rows of s.logits, in
-// parallel (each sampler is used once a pass, its row read only). On a
-// device, argmax-only draws take the argmax there and the other draws need
-// the rows on the host.
+// The samplers of the pass's entries draw from their rows of s.logits. On
+// the host, in parallel (each sampler is used once a pass, its row read
+// only). On a device: argmax-only draws take the argmax there, the other
+// chains run there too where the backend can (one id a draw comes back),
+// and the rest (mirostat, log-probabilities) need their rows on the host.
 void LlamaModel::draw(const Segment* segs, int count, int rows) {
   Backend& be = *backend_;
   Scratch& s = *s_;
   const int V = cfg_.n_vocab;
+  enum Where { kHost, kArgmax, kDevice };
   struct Task {
     Sampler* sampler;
     const Segment* seg;
     int row, j;
+    Where where;
   };
   std::vector<Task> tasks;
+  const bool device = !be.host_memory();
   bool need_host = false, need_argmax = false;
+  std::vector<DeviceDraw> dev;
+  std::vector<LogitMod> mods;
+  std::vector<int> dev_task;
   for (int i = 0, r = 0; i < count; r += segs[i].wanted(), ++i) {
     const Segment& g = segs[i];
     if (g.wanted() == 0) continue;
     for (int j = 0; j < g.entry->n_samplers; ++j) {
       Sampler* sp = g.entry->samplers[j];
-      tasks.push_back({sp, &g, r, j});
-      const bool am = !be.host_memory() && sp->argmax_only(g.entry->n_generated);
-      need_argmax |= am;
-      need_host |= !am;
+      Where w = kHost;
+      if (device && sp->argmax_only(g.entry->n_generated)) w = kArgmax;
+      else if (device && be.can_sample() && sp->device_capable()) w = kDevice;
+      tasks.push_back({sp, &g, r, j, w});
+      need_argmax |= w == kArgmax;
+      need_host |= w == kHost;
     }
   }
-  const float* host_rows = s.logits;
-  if (!be.host_memory()) {
+  if (device) {
+    // chains on the device (their random numbers are taken only if they run)
+    bool on_device = false;
+    for (const Task& k : tasks)
+      on_device |= k.where == kDevice;
+    if (on_device) {
+      for (size_t t = 0; t < tasks.size(); ++t) {
+        Task& k = tasks[t];
+        if (k.where != kDevice) continue;
+        const std::vector<int32_t>& hist = kv_.tokens(k.seg->entry->seq);
+        dev.push_back(k.sampler->device_draw(hist.data(), (int)hist.size(),
+                                             k.seg->entry->n_generated, mods));
+        dev.back().row = k.row;
+        dev_task.push_back((int)t);
+      }
+      std::vector<int32_t> ids(dev.size());
+      be.sample_rows(s.logits, V, dev.data(), (int)dev.size(), mods.data(), (int)mods.size(),
+                     ids.data());
+      for (size_t d = 0; d < ids.size(); ++d) {
+        const Task& k = tasks[dev_task[d]];
+        if (ids[d] < 0) throw std::invalid_argument("every token has -inf logit (or NaN logits)");
+        k.seg->drawn[k.j] = ids[d];
+      }
+    }
     if (need_argmax) {
       s.argmax.resize(rows);
       be.argmax(s.logits, rows, V, s.argmax.data());
@@ -504,17 +535,18 @@ void LlamaModel::draw(const Segment* segs, int count, int rows) {
     if (need_host) {
       s.host_logits.resize((size_t)rows * V);
       be.download(s.host_logits.data(), s.logits, (size_t)rows * V);
-      host_rows = s.host_logits.data();
     }
   }
+  const float* host_rows = device ? s.host_logits.data() : s.logits;
   std::exception_ptr error;
   std::mutex error_mu;
   be.host_parallel((int)tasks.size(), [&](int t) {
     const Task& k = tasks[t];
+    if (k.where == kDevice) return;  // drawn above
     const BatchEntry& e = *k.seg->entry;
     try {
       int32_t tok;
-      if (!be.host_memory() && k.sampler->argmax_only(e.n_generated)) {
+      if (k.where == kArgmax) {
         tok = s.argmax[k.row];
       } else {
         const float* row = host_rows + (size_t)k.row * V;

@@ -274,3 +274,53 @@ def test_fused_kernels_equal_the_primitives(tmp_path, monkeypatch, arch, kv):
     tol = LOOSE if kv == "q8_0" else RTOL[kv] * 10
     for got in (fused, plain):
         assert np.abs(got - cpu).max() <= tol * np.abs(cpu).max()
+
+
+# the device sampler: every stage's distribution against the CPU chain's
+DEVICE_CHAINS = [
+    dict(temperature=0.8),                                    # temperature alone
+    dict(temperature=1.0, top_k=7),
+    dict(temperature=0.7, top_p=0.8),
+    dict(temperature=1.2, min_p=0.1),
+    dict(temperature=1.0, typical_p=0.6),
+    dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05),  # llama.cpp's defaults
+    dict(temperature=0.9, top_k=20, typical_p=0.9, top_p=0.9, min_p=0.02),
+    dict(temperature=1.0, repetition_penalty=1.8, presence_penalty=0.5, frequency_penalty=0.3,
+         logit_bias={3: 2.0, 5: -1.0}),
+    dict(temperature=1.0, min_new_tokens=4),                  # end tokens masked
+]
+
+
+@pytest.mark.parametrize("chain", range(len(DEVICE_CHAINS)))
+def test_device_sampler_follows_the_cpu_chain(tmp_path, chain):
+    from llmrt.sampling import Sampler
+    from test_sampling import assert_follows
+    path, W, cfg = _model(tmp_path, wtype="F16", n_embd=64, tied=False)
+    m = llmrt.Model(path, device="cuda", kv_cache_dtype="f32")
+    kw = DEVICE_CHAINS[chain]
+    prompt = np.asarray([4, 9, 20, 9, 3, 9], np.int32)  # repeats: the penalties have counts
+    eng = m.engine
+    s = eng.new_sequence()
+    logits = eng.forward(s, prompt)  # the row every draw below comes from
+    eng.release(s)
+    end = [int(np.argsort(logits)[-1])]  # the likeliest token as the end token
+    p = Sampler(llmrt.SamplingParams(**kw), m.vocab_size, end_ids=end).distribution(
+        logits, prompt, 0)
+    counts = np.zeros(m.vocab_size)
+    for rep in range(8):  # 8 x 500 draws from the same row, one step each
+        samplers = [Sampler(llmrt.SamplingParams(seed=rep * 1000 + i, **kw), m.vocab_size,
+                            end_ids=end) for i in range(500)]
+        s = eng.new_sequence()
+        ids = eng.step([(s, prompt, "last", samplers, 0)])[1]
+        eng.release(s)
+        counts += np.bincount(ids, minlength=m.vocab_size)
+    assert_follows(counts, p)
+
+
+def test_device_sampler_greedy_with_penalties_and_bias(tmp_path):
+    # greedy after penalties / bias / masks runs on the device too
+    path, W, cfg = _model(tmp_path, wtype="F16", n_embd=64, tied=False)
+    gpu = llmrt.Model(path, device="cuda", kv_cache_dtype="f32")
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32")
+    kw = dict(max_new_tokens=24, ignore_eos=True, repetition_penalty=1.6, logit_bias={7: 3.0})
+    assert gpu.generate([4, 9, 20, 9], **kw).token_ids == cpu.generate([4, 9, 20, 9], **kw).token_ids
