@@ -251,7 +251,17 @@ DeviceDraw Sampler::device_draw(const int32_t* history, int n_history, int n_gen
       i = j;
     }
   }
-  for (const auto& [id, b] : c.logit_bias) mods.push_back({id, LogitMod::kBias, b});
+  // one entry a token (the device adds them in parallel): repeated biases summed
+  const size_t first_bias = mods.size();
+  for (const auto& [id, b] : c.logit_bias) {
+    bool merged = false;
+    for (size_t m = first_bias; m < mods.size() && !merged; ++m)
+      if (mods[m].token == id) {
+        mods[m].value += b;
+        merged = true;
+      }
+    if (!merged) mods.push_back({id, LogitMod::kBias, b});
+  }
   if (masks_end(n_generated))
     for (int32_t id : c.end_ids) mods.push_back({id, LogitMod::kMask, 0.f});
   d.mods_end = (int)mods.size();

@@ -94,6 +94,9 @@ class Sampler {
   // sampler's stream as sample() would take it).
   DeviceDraw device_draw(const int32_t* history, int n_history, int n_generated,
                          std::vector<LogitMod>& mods);
+  // The random stream's state, to put a draw that did not happen back.
+  const std::mt19937_64& stream() const { return rng_; }
+  void set_stream(const std::mt19937_64& s) { rng_ = s; }
 
  private:
   struct Cand {

@@ -169,13 +169,18 @@ class CudaBackend : public Backend {
       LLMRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
       if (need > sample_cap_) {
         if (sample_buf_) cudaFree(sample_buf_);
-        sample_cap_ = std::max(need, 2 * sample_cap_);
-        LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&sample_buf_), sample_cap_));
+        sample_buf_ = nullptr;
+        sample_cap_ = 0;
+        const size_t cap = std::max(need, 2 * need);
+        LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&sample_buf_), cap));
+        sample_cap_ = cap;
       }
       if ((size_t)n * cols > work_cap_) {
         if (work_) cudaFree(work_);
+        work_ = nullptr;
+        work_cap_ = 0;
+        LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&work_), sizeof(float) * n * cols));
         work_cap_ = (size_t)n * cols;
-        LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&work_), sizeof(float) * work_cap_));
       }
     }
     auto* d_draws = reinterpret_cast<DeviceDraw*>(sample_buf_);

@@ -124,9 +124,9 @@ sample_kernel(const float* __restrict__ logits, int V, const DeviceDraw* __restr
     for (int i = threadIdx.x; i < V; i += kThreads) {
       const float l = w[i];
       if (!c.in(l)) continue;
-      const float e = __expf(l - top);
+      const float e = expf(l - top);
       s0 += e;
-      t1 += e * (l - top);
+      t1 += e > 0.f ? e * (l - top) : 0.f;  // 0, not 0 * -inf
     }
     const double total = block_reduce((double)s0, ds, Sum());
     if (s1) *s1 = block_reduce((double)t1, ds, Sum());
@@ -234,10 +234,10 @@ sample_kernel(const float* __restrict__ logits, int V, const DeviceDraw* __restr
     }
   }
   __syncthreads();
-  if (pick < 0) {  // rounding at the top end: the last candidate
+  if (pick < 0) {  // rounding at the top end: the last candidate with any weight
     int last = -1;
     for (int i = threadIdx.x; i < V; i += kThreads)
-      if (C.in(w[i])) last = max(last, i);
+      if (C.in(w[i]) && exp((double)((w[i] - top) * inv_t)) > 0.0) last = max(last, i);
     last = block_reduce(last, is, [](int x, int y) { return max(x, y); });
     if (threadIdx.x == 0) pick = last;
     __syncthreads();

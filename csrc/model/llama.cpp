@@ -433,8 +433,8 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
       }
       done += m;
     }
-    be.rmsnorm(src, w_.output_norm, rows, D, c.rms_eps, s.xn);
-    be.matmul(w_.output, s.xn, rows, head_out);
+    const MatmulJob head{&w_.output, head_out};  // the final norm folded into the head
+    be.norm_matmul_many(src, w_.output_norm, rows, D, c.rms_eps, &head, 1, s.xn);
   };
 
   // a pass of one-token rows (decoding) may replay a device graph, keyed by
@@ -510,21 +510,36 @@ void LlamaModel::draw(const Segment* segs, int count, int rows) {
     for (const Task& k : tasks)
       on_device |= k.where == kDevice;
     if (on_device) {
+      std::vector<std::mt19937_64> streams;  // put back if the draws fail
       for (size_t t = 0; t < tasks.size(); ++t) {
         Task& k = tasks[t];
         if (k.where != kDevice) continue;
         const std::vector<int32_t>& hist = kv_.tokens(k.seg->entry->seq);
+        streams.push_back(k.sampler->stream());
         dev.push_back(k.sampler->device_draw(hist.data(), (int)hist.size(),
                                              k.seg->entry->n_generated, mods));
         dev.back().row = k.row;
         dev_task.push_back((int)t);
       }
       std::vector<int32_t> ids(dev.size());
-      be.sample_rows(s.logits, V, dev.data(), (int)dev.size(), mods.data(), (int)mods.size(),
-                     ids.data());
+      auto put_back = [&] {
+        for (size_t d = 0; d < dev_task.size(); ++d)
+          tasks[dev_task[d]].sampler->set_stream(streams[d]);
+      };
+      try {
+        be.sample_rows(s.logits, V, dev.data(), (int)dev.size(), mods.data(), (int)mods.size(),
+                       ids.data());
+      } catch (...) {
+        put_back();
+        throw;
+      }
+      for (size_t d = 0; d < ids.size(); ++d)
+        if (ids[d] < 0) {
+          put_back();
+          throw std::invalid_argument("every token has -inf logit (or NaN logits)");
+        }
       for (size_t d = 0; d < ids.size(); ++d) {
         const Task& k = tasks[dev_task[d]];
-        if (ids[d] < 0) throw std::invalid_argument("every token has -inf logit (or NaN logits)");
         k.seg->drawn[k.j] = ids[d];
       }
     }
