@@ -212,6 +212,39 @@ class PyLlamaModel {
     }
   }
 
+  // Entries (seq, tokens): the tokens appended to each sequence, their final
+  // normed hidden states -> float32 (rows, n_embd), entry after entry.
+  py::array_t<float> hidden_states(const py::list& entries) {
+    const int count = (int)py::len(entries);
+    if (count == 0) throw py::value_error("hidden_states: no entries");
+    std::vector<I32> keep;
+    keep.reserve(count);
+    std::vector<BatchEntry> es(count);
+    int64_t rows = 0;
+    for (int i = 0; i < count; ++i) {
+      const py::tuple e = entries[i].cast<py::tuple>();
+      if (e.size() != 2) throw py::value_error("hidden_states: entries are (seq, tokens)");
+      keep.push_back(e[1].cast<I32>());
+      const I32& t = keep.back();
+      if (t.ndim() != 1 || t.shape(0) == 0)
+        throw py::value_error("hidden_states: tokens must be a non-empty 1-D array");
+      es[i].seq = e[0].cast<int>();
+      es[i].tokens = t.data();
+      es[i].n = (int)t.shape(0);
+      es[i].logits = BatchEntry::kNone;
+      rows += es[i].n;
+    }
+    const int D = model_->config().n_embd;
+    py::array_t<float> out({(py::ssize_t)rows, (py::ssize_t)D});
+    float* o = out.mutable_data();
+    for (int i = 0; i < count; ++i) {
+      es[i].hidden = o;
+      o += (size_t)es[i].n * D;
+    }
+    run_native(es, [&] { model_->forward_batch(es.data(), count, BatchOutput{}); });
+    return out;
+  }
+
   // ---- sequences of the KV cache ----
   template <class F>
   auto locked(F&& f) {
@@ -324,6 +357,9 @@ void bind_model(py::module_& m) {
            "after one of its sampler's end tokens or its budget. Returns (tokens: int32 "
            "(steps run, entries), -1 once an entry stopped; logprobs: None, or per step a "
            "list per entry of None / (logprob, top ids, top logprobs)).")
+      .def("hidden_states", &PyLlamaModel::hidden_states, py::arg("entries"),
+           "Append (seq, tokens) entries in shared passes and return their rows' final "
+           "normed hidden states (the output head's input), float32 (rows, n_embd).")
       .def("new_sequence", &PyLlamaModel::new_sequence)
       .def("release_sequence", &PyLlamaModel::release_sequence, py::arg("seq"))
       .def("fork_sequence", &PyLlamaModel::fork_sequence, py::arg("seq"),

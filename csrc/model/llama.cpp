@@ -26,6 +26,7 @@ void check_view(const WeightView& w, int64_t rows, int64_t cols, const std::stri
 struct LlamaModel::Scratch {
   Backend* be = nullptr;
   int cap = 0;
+  float* hid = nullptr;  // final hidden states of a pass (device backends)
   float *x = nullptr, *xn = nullptr, *q = nullptr, *k = nullptr, *v = nullptr,
         *att = nullptr, *gate = nullptr, *up = nullptr;
   float* logits = nullptr;  // device backends: the head's output before download
@@ -37,7 +38,7 @@ struct LlamaModel::Scratch {
   std::vector<float> host_logits; // device backends: the head's output, downloaded to draw
   std::vector<int32_t> argmax;    // device backends: each row's argmax
   ~Scratch() {
-    for (float* p : {x, xn, q, k, v, att, gate, up, logits, router, ex, ey})
+    for (float* p : {x, xn, q, k, v, att, gate, up, logits, router, ex, ey, hid})
       if (p) be->free_floats(p);
   }
 };
@@ -154,6 +155,7 @@ void LlamaModel::ensure_scratch(int n) {
   s->k = backend_->alloc_floats((size_t)n * kvd);
   s->v = backend_->alloc_floats((size_t)n * kvd);
   s->att = backend_->alloc_floats((size_t)n * std::max<size_t>(qd, c.n_embd));
+  s->hid = backend_->alloc_floats((size_t)n * c.n_embd);
   s->gate = backend_->alloc_floats((size_t)n * c.n_ff);
   s->up = backend_->alloc_floats((size_t)n * c.n_ff);
   if (c.n_expert > 0) {
@@ -177,6 +179,7 @@ struct LlamaModel::Segment {
   float* logits;
   int32_t* drawn;
   TopLogprobs* logprobs;
+  float* hidden;  // its rows' final hidden states (host memory), or null
   int wanted() const { return n - first_logit; }
 };
 
@@ -257,7 +260,8 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, const Batch
         const int first = e.logits == BatchEntry::kAll                        ? 0
                           : e.logits == BatchEntry::kLast && done + m == e.n ? m - 1
                                                                                : m;
-        segs.push_back({table, e.tokens + done, m, past[i] + done, first, &e, lg, drawn, lps});
+        segs.push_back({table, e.tokens + done, m, past[i] + done, first, &e, lg, drawn, lps,
+                        e.hidden ? e.hidden + (size_t)done * cfg_.n_embd : nullptr});
         if (e.n_samplers == 0 && lg) lg += (size_t)(m - first) * cfg_.n_vocab;
       }
       drawn += e.n_samplers;
@@ -416,6 +420,12 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
       be.matmul_add(L.w_down, s.gate, n, s.x, s.xn);  // x += down (n, D)
     }
 
+    // final hidden states (embeddings): the head's norm of the rows
+    for (int i = 0, r = 0; i < count; r += segs[i].n, ++i)
+      if (segs[i].hidden)
+        be.rmsnorm(s.x + (size_t)r * D, w_.output_norm, segs[i].n, D, c.rms_eps,
+                   be.host_memory() ? segs[i].hidden : s.hid + (size_t)r * D);
+
     // Output head only on the rows whose logits are wanted, gathered end to
     // end (the rows of one segment are consecutive already).
     if (rows == 0) return;
@@ -437,9 +447,11 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     be.norm_matmul_many(src, w_.output_norm, rows, D, c.rms_eps, &head, 1, s.xn);
   };
 
+  bool hidden = false;
+  for (int i = 0; i < count; ++i) hidden |= segs[i].hidden != nullptr;
   // a pass of one-token rows (decoding) may replay a device graph, keyed by
   // its shape: the rows and which of them want logits
-  if (be.graphs() && n == count && c.n_expert == 0) {
+  if (be.graphs() && n == count && c.n_expert == 0 && !hidden) {
     std::string key(count, '0');  // a character a row: whether it wants logits
     for (int i = 0; i < count; ++i)
       if (segs[i].wanted()) key[i] = '1';
@@ -447,6 +459,10 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
   } else {
     body();
   }
+  if (hidden && !be.host_memory())
+    for (int i = 0, r = 0; i < count; r += segs[i].n, ++i)
+      if (segs[i].hidden)
+        be.download(segs[i].hidden, s.hid + (size_t)r * D, (size_t)segs[i].n * D);
   if (rows == 0 || head_out == direct) return;
   // rows wanted as logits: out of the backend's buffer, runs of rows that
   // follow each other in both buffers in one copy

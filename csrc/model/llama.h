@@ -76,6 +76,9 @@ struct BatchEntry {
   Sampler* const* samplers = nullptr;
   int n_samplers = 0;
   int n_generated = 0;
+  // When set (host memory): the final normed hidden states of the n rows
+  // (n, n_embd), the input of the output head (embeddings).
+  float* hidden = nullptr;
 };
 
 // Where forward_batch puts its results, entry after entry.

@@ -138,6 +138,13 @@ class Engine:
         out = self.step([(seq, np.asarray(tokens, np.int32), logits)])[0]
         return out[0] if logits == "last" else out
 
+    def hidden_states(self, entries: list[tuple[int, np.ndarray]]) -> np.ndarray:
+        """Appends (seq, tokens) entries in shared passes -> their rows' final
+        normed hidden states, float32 (rows, n_embd), entry after entry."""
+        with self.lock:
+            return self._native.hidden_states(
+                [(s, np.asarray(t, np.int32)) for s, t in entries])
+
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """float32 logits (len(ids), vocab) of ids as a fresh sequence."""
         with self.lock:

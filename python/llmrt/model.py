@@ -171,6 +171,44 @@ class Model:
         """float32 logits (len(ids), vocab) for ids as a fresh sequence."""
         return self.engine.logits(self._ids(ids))
 
+    def embed(self, texts: str | Sequence[str] | Sequence[Sequence[int]], pooling: str = "mean",
+              normalize: bool = True, add_special: bool = True) -> np.ndarray:
+        """Embeddings of texts (or token id lists) from the model's final
+        normed hidden states: their mean over the tokens (pooling="mean") or
+        the last token's ("last"), L2-normalised unless normalize=False ->
+        float32 (len(texts), n_embd). The texts run as one batch of fresh
+        sequences between the steps of running generations."""
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        single = isinstance(texts, str) or (
+            isinstance(texts, (list, tuple, np.ndarray)) and len(texts) > 0 and
+            not isinstance(texts[0], (str, list, tuple, np.ndarray)))
+        items = [texts] if single else list(texts)
+        if not items:
+            raise ValueError("texts is empty")
+        ids = [self._prompt_ids(t, add_special) for t in items]
+        bt = self.engine.block_tokens
+        blocks = sum(-(-len(t) // bt) for t in ids)
+
+        def run() -> np.ndarray:
+            eng = self.engine
+            seqs = [eng.new_sequence() for _ in ids]
+            try:
+                return eng.hidden_states(list(zip(seqs, ids)))
+            finally:
+                for s in seqs:
+                    eng.release(s)
+        h = self.scheduler.exclusive(blocks, run)
+        out = np.empty((len(ids), h.shape[1]), np.float32)
+        row = 0
+        for i, t in enumerate(ids):
+            rows = h[row:row + len(t)]
+            row += len(t)
+            out[i] = rows.mean(axis=0) if pooling == "mean" else rows[-1]
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return out
+
     def perplexity(self, text: str | Sequence[int], window: int = 512,
                    max_windows: int | None = None, progress: bool | None = None
                    ) -> PerplexityResult:

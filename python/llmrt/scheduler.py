@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from .engine import Engine
 
 if TYPE_CHECKING:
     from .request import Task
+
+T = TypeVar("T")
 
 
 class Job:
@@ -127,6 +129,23 @@ class Scheduler:
                                        "not finished")
             finally:
                 self._owner = None
+
+    def exclusive(self, blocks: int, fn: Callable[[], T]) -> T:
+        """Runs fn between steps (no step runs meanwhile) once `blocks` KV-cache
+        blocks are there beyond what running tasks may still take; until
+        then it runs steps for the others."""
+        while True:
+            with self._lock:
+                self._owner = threading.get_ident()
+                try:
+                    self._reap()
+                    eng = self.engine
+                    reserved = sum(max(t.blocks - t.held(eng), 0) for t in self.active)
+                    if not self.active or eng.blocks_available() - reserved >= blocks:
+                        return fn()
+                    self._step()
+                finally:
+                    self._owner = None
 
     def reap(self, job: Job, wait: bool) -> None:
         """Drops a cancelled job's tasks and frees their blocks: now, unless

@@ -324,3 +324,11 @@ def test_device_sampler_greedy_with_penalties_and_bias(tmp_path):
     cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32")
     kw = dict(max_new_tokens=24, ignore_eos=True, repetition_penalty=1.6, logit_bias={7: 3.0})
     assert gpu.generate([4, 9, 20, 9], **kw).token_ids == cpu.generate([4, 9, 20, 9], **kw).token_ids
+
+
+def test_embeddings_match_cpu(tmp_path):
+    path, W, cfg = _model(tmp_path, wtype="Q8_0", n_embd=64, tied=False)
+    texts = [[4, 9, 20], list(range(30, 300))]
+    gpu = llmrt.Model(path, device="cuda", kv_cache_dtype="f32").embed(texts, normalize=False)
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32").embed(texts, normalize=False)
+    np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4 * np.abs(cpu).max())
