@@ -43,6 +43,7 @@ class BeamSearch(Task):
     def admit(self, engine: "Engine") -> None:
         super().admit(engine)
         self.t_admit = time.perf_counter()
+        self.result.cached_tokens = self.pos
 
     def first_entry(self, tokens: np.ndarray) -> "Entry":
         return (self.seq, tokens, "last")

@@ -1,5 +1,5 @@
 """Command line: ``llmrt generate "prompt"``, ``llmrt chat``, ``llmrt info``,
-``llmrt quantize``, ``llmrt perplexity``, ``llmrt convert``."""
+``llmrt quantize``, ``llmrt perplexity``, ``llmrt convert``, ``llmrt serve``."""
 
 from __future__ import annotations
 
@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("hf_dir")
     cv.add_argument("--output", "-o", required=True)
     cv.add_argument("--type", default="f16", choices=sorted(WRITABLE))
+    from .serve import add_arguments as serve_arguments
+    sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (llmrt[server])")
+    serve_arguments(sv)
     a = ap.parse_args(argv)
 
     from .errors import GGUFError
@@ -105,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             return _perplexity(a)
         if a.cmd == "convert":
             return _convert(a)
+        if a.cmd == "serve":
+            from .serve import main as serve_main
+            return serve_main(a)
         model = _load(a)
         if a.cmd == "generate":
             return _generate(model, a)

@@ -22,6 +22,12 @@ from .tokenizer import Tokenizer
 from .utils import default_model_path
 
 
+def _is_batch(prompt: Any) -> bool:
+    """Whether generate()'s prompt is a list of prompts (texts or id lists)."""
+    return isinstance(prompt, (list, tuple)) and bool(prompt) and all(
+        isinstance(x, str) or isinstance(x, (list, tuple, np.ndarray)) for x in prompt)
+
+
 def _positive_int(name: str, v: Any) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -321,35 +327,53 @@ class Model:
         same distribution (accept / resample rule). The result's timings
         report draft_tokens, draft_acceptance and tokens_per_forward.
         """
-        if isinstance(prompt, (list, tuple)) and prompt and \
-                all(isinstance(x, str) or (isinstance(x, (list, tuple, np.ndarray))
-                                           and not isinstance(x, str)) for x in prompt):
+        if _is_batch(prompt):
             if draft is not None:
                 raise ValueError("speculative decoding (draft=) runs one prompt at a time")
             return self._generate_batch(list(prompt), params, stream=stream,
                                         add_special=add_special, max_batch_size=max_batch_size,
                                         **kwargs)
-        if not isinstance(params, (SamplingParams, type(None))):
-            raise ValueError("params must be a SamplingParams for one prompt (a list of them "
-                             "goes with a list of prompts)")
-        p = SamplingParams.make(params, **kwargs)
-        if draft is not None:
-            self._check_draft(draft, p, num_draft_tokens)
-        if (p.n > 1 or p.num_beams > 1) and stream:
+        p = SamplingParams.make(params, **kwargs) if isinstance(params, (SamplingParams,
+                                                                         type(None))) else None
+        if p is not None and (p.n > 1 or p.num_beams > 1) and stream:
             raise ValueError("stream=True produces one sequence: use n=1 and num_beams=1")
-        ids = self._prompt_ids(prompt, add_special)
-        self._check_budget(ids, p)
-        if isinstance(draft, Model):
-            draft._check_budget(ids, p, what="the draft model's")
-        job = Job(self.scheduler, max_batch=max(p.n, p.num_beams))
-        self.scheduler.submit(job, [self._task(job, 0, ids, p, draft, num_draft_tokens)])
-        many = p.n > 1
+        job = self.submit(prompt, params, add_special=add_special, draft=draft,
+                          num_draft_tokens=num_draft_tokens, **kwargs)
+        many = p is not None and p.n > 1
 
         def shape(results: list) -> Any:
             return results[0] if many else results[0][0]
         if stream:
             return TextStream(job, shape)
         return shape(job.run())
+
+    def submit(self, prompt: str | Sequence[int] | Sequence[str | Sequence[int]],
+               params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+               add_special: bool = True, draft: "str | Model | None" = None,
+               num_draft_tokens: int = 8, max_batch_size: int = 64, **kwargs: Any) -> Job:
+        """Queues a generation (as generate() takes it) without running it,
+        for a server whose own thread runs the steps (Scheduler.run_once):
+        the returned Job's ``events`` fill with (prompt index, text piece,
+        sample) as the steps run, ``finished`` / ``error`` tell its state,
+        ``results()`` gives each prompt's list of n results at the end, and
+        ``abandon()`` / ``cancel()`` stop it."""
+        if _is_batch(prompt):
+            if draft is not None:
+                raise ValueError("speculative decoding (draft=) runs one prompt at a time")
+            return self._batch_job(list(prompt), params, add_special=add_special,
+                                   max_batch_size=max_batch_size, **kwargs)
+        if not isinstance(params, (SamplingParams, type(None))):
+            raise ValueError("params must be a SamplingParams for one prompt (a list of them "
+                             "goes with a list of prompts)")
+        p = SamplingParams.make(params, **kwargs)
+        if draft is not None:
+            self._check_draft(draft, p, num_draft_tokens)
+        ids = self._prompt_ids(prompt, add_special)
+        self._check_budget(ids, p)
+        if isinstance(draft, Model):
+            draft._check_budget(ids, p, what="the draft model's")
+        job = Job(self.scheduler, max_batch=max(p.n, p.num_beams))
+        return self.scheduler.submit(job, [self._task(job, 0, ids, p, draft, num_draft_tokens)])
 
     def _task(self, job: Job, index: int, ids: list[int], p: SamplingParams,
               draft: "str | Model | None" = None, num_draft_tokens: int = 8) -> Task:
@@ -365,7 +389,7 @@ class Model:
             seed = None if p.seed is None else p.seed + j
             reqs.append(Request(self.tokenizer, ids, p, Sampler(p, self.vocab_size, end_ids, seed),
                                 end_ids, self.context_length, job, index,
-                                speculative=draft is not None))
+                                speculative=draft is not None, choice=j))
         if draft is not None:
             src = draft if isinstance(draft, str) else draft.engine
             return Speculative(job, index, reqs[0], blocks, src, num_draft_tokens)
@@ -431,6 +455,18 @@ class Model:
 
     def _generate_batch(self, prompts: list, params: Any, *, stream: bool, add_special: bool,
                         max_batch_size: int, **kwargs: Any) -> Any:
+        job = self._batch_job(prompts, params, add_special=add_special,
+                              max_batch_size=max_batch_size, **kwargs)
+        ns = [len(t.results()) for t in job.tasks]  # n samples a prompt
+
+        def shape(results: list) -> list:
+            return [r if n > 1 else r[0] for r, n in zip(results, ns)]
+        if stream:
+            return BatchStream(job, shape)
+        return shape(job.run())
+
+    def _batch_job(self, prompts: list, params: Any, *, add_special: bool, max_batch_size: int,
+                   **kwargs: Any) -> Job:
         _positive_int("max_batch_size", max_batch_size)
         if isinstance(params, (list, tuple)):
             if len(params) != len(prompts):
@@ -449,14 +485,7 @@ class Model:
                 tasks.append(self._task(job, i, ids, p))
             except ValueError as e:
                 raise ValueError(f"prompt {i}: {e}") from None
-        self.scheduler.submit(job, tasks)
-        ns = [p.n for p in plist]
-
-        def shape(results: list) -> list:
-            return [r if n > 1 else r[0] for r, n in zip(results, ns)]
-        if stream:
-            return BatchStream(job, shape)
-        return shape(job.run())
+        return self.scheduler.submit(job, tasks)
 
     def chat(self, messages: Sequence[dict[str, Any]], params: SamplingParams | None = None, *,
              stream: bool = False, add_generation_prompt: bool = True, **kwargs: Any):

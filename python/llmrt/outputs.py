@@ -36,6 +36,7 @@ class GenerationResult:
     timings: dict[str, float] = field(default_factory=dict)
     logprobs: list[TokenLogprob] | None = None  # with SamplingParams.logprobs
     beams: list[Beam] | None = None  # beam search: every final beam, best first
+    cached_tokens: int = 0  # prompt tokens whose keys and values the prefix cache held
 
     def __str__(self) -> str:
         return self.text
@@ -64,7 +65,7 @@ class _Stream:
     def __iter__(self):
         return self
 
-    def _next_event(self) -> tuple[int, str]:
+    def _next_event(self) -> tuple[int, str, int]:
         if self.done:
             raise StopIteration
         ev = self._job.next_event()
@@ -111,7 +112,7 @@ class BatchStream(_Stream):
     n > 1) once iteration has finished."""
 
     def __next__(self) -> tuple[int, str]:
-        return self._next_event()
+        return self._next_event()[:2]
 
     @property
     def results(self) -> list:

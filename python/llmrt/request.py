@@ -32,10 +32,11 @@ class Request:
 
     def __init__(self, tokenizer: "Tokenizer", prompt: list[int], p: SamplingParams,
                  sampler: Sampler, end_ids: set[int], context_length: int, job: "Job",
-                 index: int, speculative: bool = False):
+                 index: int, speculative: bool = False, choice: int = 0):
         self.tokenizer, self.prompt, self.p = tokenizer, prompt, p
         self.sampler, self.end_ids, self.n_ctx = sampler, end_ids, context_length
         self.job, self.index, self.speculative = job, index, speculative
+        self.choice = choice  # which of the prompt's n samples
         self.stops = p.stop_strings
         self.result = GenerationResult(text="", token_ids=[], finish_reason="length",
                                        prompt_tokens=len(prompt),
@@ -110,12 +111,12 @@ class Request:
                 return True
             safe = len(text) - self._held(text, emitted)
             if safe > emitted:
-                self.job.put(self.index, text[emitted:safe])
+                self.job.put(self.index, text[emitted:safe], self.choice)
                 self.emitted = safe
         elif piece:
             self.text += piece
             self.emitted = len(self.text)
-            self.job.put(self.index, piece)
+            self.job.put(self.index, piece, self.choice)
         if len(ids) >= self.p.max_new_tokens or self.n_hist > self.n_ctx:
             self.done = True
         return self.done
@@ -128,7 +129,7 @@ class Request:
         if not self.cut and self._dec is not None:
             text += self._dec.flush()
         if len(text) > self.emitted:
-            self.job.put(self.index, text[self.emitted:])
+            self.job.put(self.index, text[self.emitted:], self.choice)
         self.emitted = len(text)
         t_end = time.perf_counter()
         t0 = self.job.t0
@@ -274,6 +275,7 @@ class Decode(Task):
         t = time.perf_counter()
         for r in self.reqs:
             r.t_admit = t
+            r.result.cached_tokens = self.pos
 
     def first_entry(self, tokens: np.ndarray) -> "Entry":
         return (self.seq, tokens, "last", [r.sampler for r in self.reqs], 0)

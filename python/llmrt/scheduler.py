@@ -33,12 +33,12 @@ T = TypeVar("T")
 
 class Job:
     """The tasks of one generate() call and the events they produce:
-    (prompt index, text piece)."""
+    (prompt index, text piece, which of the prompt's n samples)."""
 
     def __init__(self, scheduler: "Scheduler", max_batch: int):
         self.scheduler, self.max_batch = scheduler, max_batch
         self.tasks: list[Task] = []
-        self.events: deque[tuple[int, str]] = deque()
+        self.events: deque[tuple[int, str, int]] = deque()
         self.open = 0
         self.error: BaseException | None = None
         self.cancelled = False
@@ -48,12 +48,12 @@ class Job:
     def finished(self) -> bool:
         return self.open == 0
 
-    def put(self, index: int, piece: str) -> None:
-        self.events.append((index, piece))
+    def put(self, index: int, piece: str, choice: int = 0) -> None:
+        self.events.append((index, piece, choice))
 
-    def next_event(self) -> tuple[int, str] | None:
-        """The next (index, piece), running steps until there is one; None
-        once the job is over."""
+    def next_event(self) -> tuple[int, str, int] | None:
+        """The next (index, piece, choice), running steps until there is one;
+        None once the job is over."""
         while True:
             if self.events:
                 return self.events.popleft()
@@ -106,6 +106,7 @@ class Scheduler:
         self._owner: int | None = None     # the thread running a step
         self._queue_lock = threading.Lock()
         self._reap_wanted = False          # a job was cancelled since the last reap
+        self.work = threading.Event()      # set when a job is submitted or dropped
 
     # ---- jobs -------------------------------------------------------------------------
     def submit(self, job: Job, tasks: list["Task"]) -> Job:
@@ -114,7 +115,24 @@ class Scheduler:
         job.t0 = time.perf_counter()  # timings count from here (queue_ms: until admitted)
         with self._queue_lock:
             self.waiting.extend(tasks)
+        self.work.set()
         return job
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.active or self._reap_wanted)
+
+    def run_once(self) -> bool:
+        """One step, for a thread that runs the steps of every job (a server):
+        returns whether there was anything to run."""
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                if not self.has_work():
+                    return False
+                self._step()
+                return True
+            finally:
+                self._owner = None
 
     def run_until(self, job: Job) -> None:
         """Runs a step unless another thread's step gave the job an event or
@@ -152,6 +170,7 @@ class Scheduler:
         a step is running (wait=False, or on the stepping thread itself), in
         which case the next step does it."""
         self._reap_wanted = True
+        self.work.set()
         if self._owner == threading.get_ident():
             return
         if not self._lock.acquire(blocking=wait):

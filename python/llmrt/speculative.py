@@ -153,6 +153,7 @@ class Speculative(Task):
     def admit(self, engine: "Engine") -> None:
         super().admit(engine)
         self.r.t_admit = time.perf_counter()
+        self.r.result.cached_tokens = self.pos
         self.src = (PromptLookup() if isinstance(self.draft, str)
                     else DraftModel(self.draft, self.r, self.seed))
 

@@ -1,0 +1,93 @@
+"""`llmrt serve`: the OpenAI-compatible server (FastAPI + uvicorn; optional
+extra ``llmrt[server]``) and its scale-out on Ray Serve (``llmrt[ray]``).
+
+    llmrt serve model.gguf --port 8000 [--api-key KEY] [--replicas N]
+
+In Python: ``create_app(model, ...)`` is the ASGI app over one Model;
+``ray_app(path, ...)`` is a Ray Serve application of N replicas behind one
+endpoint, for ``serve.run`` on an existing Ray cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+SERVER_EXTRA = "pip install 'llmrt[server]'"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="GGUF file (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("LLMRT_API_KEY"),
+                   help="required as 'Authorization: Bearer KEY' (default: $LLMRT_API_KEY)")
+    p.add_argument("--model-name", default=None, help="the model's id in the API "
+                                                      "(default: the file's name)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", "-t", type=int, default=None)
+    p.add_argument("--max-batch-size", type=int, default=64,
+                   help="sequences decoding together (default 64)")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests waiting beyond the batch before 503 (default 256)")
+    p.add_argument("--kv-cache-tokens", type=int, default=None,
+                   help="KV-cache positions (default: max(context, 32768))")
+    p.add_argument("--context-length", type=int, default=None)
+    p.add_argument("--default-max-tokens", type=int, default=512,
+                   help="max_tokens of a chat request that gives none (default 512)")
+    p.add_argument("--max-body-bytes", type=int, default=8 << 20)
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="results equal to a request sent alone, bit for bit")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="engine replicas behind one endpoint, on Ray Serve (llmrt[ray])")
+    p.add_argument("--log-level", default="warning")
+
+
+def model_kwargs(a: Any) -> dict:
+    return dict(device=a.device, threads=a.threads, context_length=a.context_length,
+                batch_invariant=a.batch_invariant)
+
+
+def load(path: str | None, kv_cache_tokens: int | None = None, **kw: Any):
+    """The server's Model: a KV cache of at least 32768 positions, so that
+    many requests run at once (memory is committed as it is used)."""
+    from ..gguf_loader import load_gguf
+    from ..model import Model
+    from ..utils import default_model_path
+    path = path or default_model_path()
+    if kv_cache_tokens is None:
+        n_ctx = kw.get("context_length") or load_gguf(path).config["n_ctx_train"]
+        kv_cache_tokens = max(n_ctx, 32768)
+    return Model(path, kv_cache_tokens=kv_cache_tokens, **kw)
+
+
+def create_app(*args: Any, **kwargs: Any):
+    try:
+        from .app import create_app as make
+    except ImportError as e:
+        raise ImportError(f"the server needs FastAPI, uvicorn and prometheus-client: "
+                          f"{SERVER_EXTRA} ({e})") from None
+    return make(*args, **kwargs)
+
+
+def ray_app(*args: Any, **kwargs: Any):
+    from .ray_serve import ray_app as make
+    return make(*args, **kwargs)
+
+
+def main(a: Any) -> int:
+    if a.replicas > 1:
+        from .ray_serve import run as run_ray
+        return run_ray(a)
+    try:
+        import uvicorn
+    except ImportError:
+        raise SystemExit(f"llmrt serve needs FastAPI and uvicorn: {SERVER_EXTRA}")
+    model = load(a.model, a.kv_cache_tokens, **model_kwargs(a))
+    app = create_app(model, model_name=a.model_name, api_key=a.api_key,
+                     max_batch_size=a.max_batch_size, max_queue=a.max_queue,
+                     max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)
+    print(f"llmrt serve: {model!r} on http://{a.host}:{a.port}/v1", flush=True)
+    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
+    return 0

@@ -1,0 +1,238 @@
+"""Scale-out on Ray Serve (optional extra ``llmrt[ray]``).
+
+Two deployments make one OpenAI endpoint:
+- ``Ingress`` (FastAPI): the API key, body limit, JSON and model checks,
+  then the request to a replica, its answer (JSON or a stream of
+  server-sent events) passed through;
+- ``Replica`` x N: each a Model (its own threads and KV cache) and the same
+  Service as a single server, behind a prefix-aware router: requests that
+  start alike (a conversation's first messages, a prompt's first 512
+  characters) go to the replica that served that start before, so its
+  prefix cache holds their blocks, unless it is busier than the least busy
+  replica by more than ``imbalance`` requests.
+
+``llmrt serve model.gguf --replicas N`` starts a local Ray instance and
+serves; ``ray_app(path, replicas=N, ...)`` is the application to pass to
+``serve.run`` on an existing cluster (``ray start --head`` on one node,
+``ray start --address=HEAD:6379`` on the others: the replicas spread over
+the nodes unchanged).
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import time
+from typing import Any, List, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
+
+from . import protocol as P
+from .app import install_errors, install_guard, read_json
+
+
+def prefix_key(endpoint: str, body: dict) -> Optional[str]:
+    """What requests of one conversation share: the first two messages of a
+    chat, the first 512 characters of a prompt."""
+    if endpoint == "chat":
+        msgs = body.get("messages")
+        start: Any = msgs[:2] if isinstance(msgs, list) else None
+    elif endpoint == "completions":
+        p = body.get("prompt")
+        start = p[:512] if isinstance(p, (str, list)) else None
+    else:
+        return None
+    if not start:
+        return None
+    return hashlib.blake2b(json.dumps(start, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+class PrefixAffinityRouter(RequestRouter):
+    """Rendezvous hashing of the request's prefix key over the replicas (the
+    same key finds the same replica while the set is unchanged), unless that
+    replica's queue is longer than the shortest by more than `imbalance`;
+    requests without a key, and the fallback, go to the least busy."""
+
+    imbalance = 8
+
+    async def choose_replicas(self, candidate_replicas: List[RunningReplica],
+                              pending_request: Optional[PendingRequest] = None
+                              ) -> List[List[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+
+        def load(r: RunningReplica) -> int:
+            q = self.replica_queue_len_cache.get(r.replica_id)
+            return q if q is not None else 0
+
+        by_load = sorted(candidate_replicas, key=load)
+        key = pending_request.kwargs.get("prefix_key") if pending_request is not None else None
+        if not key:
+            return [by_load]
+
+        def rank(r: RunningReplica) -> str:
+            return hashlib.blake2b(f"{key}/{r.replica_id.unique_id}".encode(),
+                                   digest_size=8).hexdigest()
+        home = max(candidate_replicas, key=rank)
+        if load(home) - load(by_load[0]) > self.imbalance:
+            return [by_load]
+        return [[home], [r for r in by_load if r is not home]]
+
+
+class Replica:
+    """One engine: a Model and its Service (the deployment's replicas)."""
+
+    def __init__(self, path: str, model_kwargs: dict, service_kwargs: dict):
+        from . import load
+        from .service import Service
+        self.service = Service(load(path, **model_kwargs), **service_kwargs)
+        self.started = False
+
+    def _start(self) -> None:
+        if not self.started:
+            self.service.start(asyncio.get_running_loop())
+            self.started = True
+
+    async def call(self, endpoint: str, body: dict, prefix_key: Optional[str] = None):
+        """The answer as a stream of items: ("json", body), ("sse", bytes)...
+        or ("error", status, body, headers)."""
+        self._start()
+        svc = self.service
+        try:
+            if endpoint == "completions":
+                out = await svc.completions(body)
+            elif endpoint == "chat":
+                out = await svc.chat(body)
+            elif endpoint == "embeddings":
+                out = await svc.embeddings(body)
+            else:
+                out = svc.models()
+        except P.APIError as e:
+            yield ("error", e.status, e.body(), e.headers)
+            return
+        if isinstance(out, dict):
+            yield ("json", out)
+            return
+        async for chunk in out:
+            yield ("sse", chunk)
+
+    async def metrics(self) -> bytes:
+        from prometheus_client import generate_latest
+        return generate_latest(self.service.metrics.registry)
+
+
+def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[str] = None,
+            api_key: Optional[str] = None, max_batch_size: int = 64, max_queue: int = 256,
+            max_body_bytes: int = 8 << 20, default_max_tokens: int = 512,
+            threads: Optional[int] = None, cpus_per_replica: Optional[float] = None,
+            **model_kwargs: Any):
+    """The OpenAI endpoint over `replicas` engines, as a Ray Serve
+    application (pass it to ``serve.run``)."""
+    from ..utils import default_model_path
+    path = os.path.abspath(path or default_model_path())
+    name = model_name or os.path.splitext(os.path.basename(path))[0]
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // replicas)
+    cpus = cpus_per_replica if cpus_per_replica is not None else float(threads)
+    replica = serve.deployment(
+        Replica, name="llmrt-replica", num_replicas=replicas,
+        ray_actor_options={"num_cpus": cpus},
+        max_ongoing_requests=max_batch_size + max_queue,
+        request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter),
+    ).bind(path, dict(model_kwargs, threads=threads),
+           dict(model_name=name, max_batch_size=max_batch_size, max_queue=max_queue,
+                default_max_tokens=default_max_tokens))
+
+    app = FastAPI(title="llmrt")
+    install_errors(app)
+    install_guard(app, api_key, max_body_bytes)
+
+    @serve.deployment(name="llmrt-ingress", ray_actor_options={"num_cpus": 0})
+    @serve.ingress(app)
+    class Ingress:
+        def __init__(self, handle: Any):
+            self.handle = handle
+
+        async def _forward(self, endpoint: str, request: Request) -> Any:
+            body = await read_json(request, max_body_bytes)
+            m = body.get("model")
+            if m is not None and m != name:
+                raise P.APIError(404, f"the model {m!r} does not exist (this server has "
+                                      f"{name!r})", param="model", code="model_not_found")
+            gen = self.handle.options(stream=True).call.remote(
+                endpoint, body, prefix_key=prefix_key(endpoint, body))
+            first = await gen.__anext__()
+            if first[0] == "error":
+                _, status, err, headers = first
+                return JSONResponse(err, status_code=status, headers=headers)
+            if first[0] == "json":
+                return JSONResponse(first[1])
+
+            async def rest():
+                yield first[1]
+                async for item in gen:
+                    yield item[1]
+            return StreamingResponse(rest(), media_type="text/event-stream")
+
+        @app.post("/v1/completions")
+        async def completions(self, request: Request) -> Any:
+            return await self._forward("completions", request)
+
+        @app.post("/v1/chat/completions")
+        async def chat(self, request: Request) -> Any:
+            return await self._forward("chat", request)
+
+        @app.post("/v1/embeddings")
+        async def embeddings(self, request: Request) -> Any:
+            return await self._forward("embeddings", request)
+
+        @app.get("/v1/models")
+        async def models(self) -> Any:
+            return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                                "owned_by": "llmrt"}]}
+
+        @app.get("/health")
+        async def health(self) -> Any:
+            return {"status": "ok"}
+
+        @app.get("/metrics")
+        async def metrics(self) -> Any:
+            # one replica's (each keeps its own; Ray's metrics cover the cluster)
+            return PlainTextResponse(await self.handle.metrics.remote())
+
+    return Ingress.bind(replica)
+
+
+def run(a: Any) -> int:
+    """``llmrt serve --replicas N``: a local Ray instance and the app on it."""
+    import ray
+    from . import model_kwargs
+    kw = model_kwargs(a)
+    threads = kw.pop("threads") or max(1, (os.cpu_count() or 1) // a.replicas)
+    ray.init(num_cpus=max(os.cpu_count() or 1, a.replicas * threads), include_dashboard=False,
+             log_to_driver=False)
+    serve.start(http_options={"host": a.host, "port": a.port})
+    app = ray_app(a.model, replicas=a.replicas, model_name=a.model_name, api_key=a.api_key,
+                  max_batch_size=a.max_batch_size, max_queue=a.max_queue,
+                  max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
+                  threads=threads, kv_cache_tokens=a.kv_cache_tokens, **kw)
+    serve.run(app, name="llmrt", route_prefix="/")
+    print(f"llmrt serve: {a.replicas} replicas on http://{a.host}:{a.port}/v1", flush=True)
+    stop = {"now": False}
+
+    def on_signal(*_: Any) -> None:
+        stop["now"] = True
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        while not stop["now"]:
+            time.sleep(0.2)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0

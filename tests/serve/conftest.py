@@ -1,0 +1,60 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+import llmrt  # noqa: E402
+from serve_util import KEY, start  # noqa: E402
+from testutil import write_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    p = str(tmp_path_factory.mktemp("serve") / "tiny.gguf")
+    write_model(p, wtype="Q8_0", n_layer=2, ctx=512, tied=False, seed=4)
+    return p
+
+
+@pytest.fixture(scope="session")
+def server(model_path):
+    s = start(model_path, "--api-key", KEY, "--batch-invariant", "--threads", "2",
+              "--max-batch-size", "16", "--kv-cache-tokens", "16384")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_server(model_path):
+    """Two replicas behind one endpoint on a local Ray instance."""
+    pytest.importorskip("ray.serve")
+    s = start(model_path, "--api-key", KEY, "--batch-invariant", "--threads", "1",
+              "--replicas", "2", "--max-batch-size", "16", "--kv-cache-tokens", "16384",
+              timeout=240)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session", params=["one process", "ray, 2 replicas"])
+def api(request, server):
+    """The client checks run against both: one process, and Ray Serve."""
+    if request.param == "one process":
+        return server
+    return request.getfixturevalue("ray_server")
+
+
+@pytest.fixture(scope="session")
+def small_server(model_path):
+    s = start(model_path, "--threads", "1", "--max-batch-size", "1", "--max-queue", "0")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def ref(model_path):
+    """The same model in-process: what each request gives alone."""
+    return llmrt.Model(model_path, threads=2, batch_invariant=True, kv_cache_tokens=16384)
