@@ -136,6 +136,11 @@ class Model:
         return self.engine.threads
 
     @property
+    def end_token_ids(self) -> frozenset[int]:
+        """The tokens that end a generation (end of text, end of turn)."""
+        return self._stop_ids
+
+    @property
     def chat_template(self) -> str | None:
         t = self.metadata.get("tokenizer.chat_template")
         return t if isinstance(t, str) else None

@@ -299,3 +299,22 @@ def test_prefix_router_ranks_replicas():
     loads[home.replica_id.unique_id] = 20  # overloaded: the least busy instead
     assert choose(k1)[0][0] is not home
     assert choose(None) == [sorted(reps, key=lambda r: loads[r.replica_id.unique_id])]
+
+
+def test_the_default_model_through_the_server(default_model_path):
+    # SmolLM2's own chat template (ChatML) and end-of-turn token over HTTP
+    from serve_util import start
+    s = start(default_model_path, "--batch-invariant", "--threads", "2",
+              "--context-length", "2048", "--kv-cache-tokens", "4096")
+    try:
+        ref = llmrt.Model(default_model_path, threads=2, context_length=2048,
+                          kv_cache_tokens=4096, batch_invariant=True)
+        msgs = [{"role": "user", "content": "What is the capital of France?"}]
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        r = c.chat.completions.create(model=s.name, messages=msgs, max_tokens=40, temperature=0)
+        want = ref.chat(msgs, max_new_tokens=40)
+        assert r.choices[0].message.content == want.text
+        assert r.choices[0].finish_reason == want.finish_reason
+        assert want.text
+    finally:
+        s.stop()
