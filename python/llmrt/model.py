@@ -8,16 +8,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _core
-from .beam_search import BeamSearch
+from . import _core, jobs
 from .chat import CHATML_TEMPLATE, END_OF_TURN_TEXTS, render
 from .engine import Engine
 from .gguf_loader import load_gguf
-from .outputs import BatchStream, GenerationResult, PerplexityResult, TextStream
-from .request import Decode, Request, Task
-from .sampling import Sampler, SamplingParams
+from .outputs import BatchStream, PerplexityResult, TextStream
+from .sampling import SamplingParams
 from .scheduler import Job, Scheduler
-from .speculative import Speculative
 from .tokenizer import Tokenizer
 from .utils import default_model_path
 
@@ -197,7 +194,7 @@ class Model:
         items = [texts] if single else list(texts)
         if not items:
             raise ValueError("texts is empty")
-        ids = [self._prompt_ids(t, add_special) for t in items]
+        ids = [self.prompt_ids(t, add_special) for t in items]
         bt = self.engine.block_tokens
         blocks = sum(-(-len(t) // bt) for t in ids)
 
@@ -365,70 +362,14 @@ class Model:
         if _is_batch(prompt):
             if draft is not None:
                 raise ValueError("speculative decoding (draft=) runs one prompt at a time")
-            return self._batch_job(list(prompt), params, add_special=add_special,
-                                   max_batch_size=max_batch_size, **kwargs)
-        if not isinstance(params, (SamplingParams, type(None))):
-            raise ValueError("params must be a SamplingParams for one prompt (a list of them "
-                             "goes with a list of prompts)")
-        p = SamplingParams.make(params, **kwargs)
-        if draft is not None:
-            self._check_draft(draft, p, num_draft_tokens)
-        ids = self._prompt_ids(prompt, add_special)
-        self._check_budget(ids, p)
-        if isinstance(draft, Model):
-            draft._check_budget(ids, p, what="the draft model's")
-        job = Job(self.scheduler, max_batch=max(p.n, p.num_beams))
-        return self.scheduler.submit(job, [self._task(job, 0, ids, p, draft, num_draft_tokens)])
+            return jobs.batch(self, list(prompt), params, add_special=add_special,
+                              max_batch_size=max_batch_size, **kwargs)
+        return jobs.single(self, prompt, params, add_special=add_special, draft=draft,
+                           num_draft_tokens=num_draft_tokens, **kwargs)
 
-    def _task(self, job: Job, index: int, ids: list[int], p: SamplingParams,
-              draft: "str | Model | None" = None, num_draft_tokens: int = 8) -> Task:
-        """The task that runs one prompt: beam search, speculative decoding,
-        or n samples decoded together."""
-        end_ids = self._end_ids(p)
-        blocks = self._kv_plan(ids, p)[2] + 1  # + 1: a copy-on-write of a shared last block
-        if p.num_beams > 1:
-            return BeamSearch(job, index, ids, p, end_ids, self.tokenizer, self.context_length,
-                              blocks)
-        reqs = []
-        for j in range(p.n):  # sample j draws with seed + j
-            seed = None if p.seed is None else p.seed + j
-            reqs.append(Request(self.tokenizer, ids, p, Sampler(p, self.vocab_size, end_ids, seed),
-                                end_ids, self.context_length, job, index,
-                                speculative=draft is not None, choice=j))
-        if draft is not None:
-            src = draft if isinstance(draft, str) else draft.engine
-            return Speculative(job, index, reqs[0], blocks, src, num_draft_tokens)
-        bt = self.engine.block_tokens
-        per_sample = -(-self.engine.kv_need(len(ids), p.max_new_tokens)[0] // bt) - len(ids) // bt
-        return Decode(job, index, reqs, blocks, per_sample)
-
-    def _kv_plan(self, ids: list[int], p: SamplingParams) -> tuple[int, int, int]:
-        """(sequences, positions, KV-cache blocks) a request needs at most: n
-        samples, or num_beams + 1 beams, share the prompt's full blocks."""
-        k = max(p.n, p.num_beams + (p.num_beams > 1))
-        return (k, *self.engine.kv_need(len(ids), p.max_new_tokens, k))
-
-    def _check_draft(self, draft: Any, p: SamplingParams, num_draft_tokens: int) -> None:
-        if isinstance(draft, Model):
-            if draft is self:
-                raise ValueError("draft must be another model than the one it drafts for")
-            if draft.vocab_size != self.vocab_size or \
-                    draft.tokenizer.tokens != self.tokenizer.tokens:
-                raise ValueError("the draft model must have the same vocabulary as the model "
-                                 f"({draft.vocab_size} vs {self.vocab_size} tokens, or "
-                                 "different token texts)")
-        elif draft != "prompt_lookup":
-            raise ValueError(f"draft must be None, 'prompt_lookup' or a Model, got {draft!r}")
-        if not isinstance(num_draft_tokens, int) or not 1 <= num_draft_tokens <= 64:
-            raise ValueError(f"num_draft_tokens must be in [1, 64], got {num_draft_tokens!r}")
-        if p.n > 1 or p.num_beams > 1:
-            raise ValueError("speculative decoding (draft=) makes one sequence: use n=1 and "
-                             "num_beams=1")
-        if p.mirostat_mode:
-            raise ValueError("speculative decoding cannot run with mirostat, whose "
-                             "distribution adapts with every draw")
-
-    def _prompt_ids(self, prompt: str | Sequence[int], add_special: bool) -> list[int]:
+    def prompt_ids(self, prompt: str | Sequence[int], add_special: bool = True) -> list[int]:
+        """A prompt's token ids (text tokenized, or ids checked), at most the
+        context length."""
         if isinstance(prompt, str):
             ids = self.tokenize(prompt, add_special=add_special)
         else:
@@ -440,28 +381,10 @@ class Model:
                              f"{self.context_length}")
         return ids
 
-    def _check_budget(self, ids: list[int], p: SamplingParams, what: str = "the") -> None:
-        k, need, blocks = self._kv_plan(ids, p)
-        cap, bt = self.engine.capacity_tokens, self.engine.block_tokens
-        if need > cap or blocks * bt > cap:
-            many = f" for {k} sequences" if k > 1 else ""
-            raise ValueError(f"the prompt ({len(ids)} tokens) and max_new_tokens={p.max_new_tokens} "
-                             f"need {max(need, blocks * bt)} KV-cache positions{many}, but "
-                             f"{what} cache holds {cap} (kv_cache_tokens); raise it or lower "
-                             f"max_new_tokens")
-
-    def _end_ids(self, p: SamplingParams) -> set[int]:
-        for t in p.stop_token_ids or []:
-            if t >= self.vocab_size:
-                raise ValueError(f"stop_token_ids: {t} is outside the vocabulary")
-        end_ids = set() if p.ignore_eos else set(self._stop_ids)
-        end_ids.update(int(i) for i in (p.stop_token_ids or []))
-        return end_ids
-
     def _generate_batch(self, prompts: list, params: Any, *, stream: bool, add_special: bool,
                         max_batch_size: int, **kwargs: Any) -> Any:
-        job = self._batch_job(prompts, params, add_special=add_special,
-                              max_batch_size=max_batch_size, **kwargs)
+        job = jobs.batch(self, prompts, params, add_special=add_special,
+                         max_batch_size=max_batch_size, **kwargs)
         ns = [len(t.results()) for t in job.tasks]  # n samples a prompt
 
         def shape(results: list) -> list:
@@ -469,28 +392,6 @@ class Model:
         if stream:
             return BatchStream(job, shape)
         return shape(job.run())
-
-    def _batch_job(self, prompts: list, params: Any, *, add_special: bool, max_batch_size: int,
-                   **kwargs: Any) -> Job:
-        _positive_int("max_batch_size", max_batch_size)
-        if isinstance(params, (list, tuple)):
-            if len(params) != len(prompts):
-                raise ValueError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
-            plist = [SamplingParams.make(q, **kwargs) for q in params]
-        else:
-            plist = [SamplingParams.make(params, **kwargs)] * len(prompts)
-        job = Job(self.scheduler, max_batch=max_batch_size)
-        tasks = []
-        for i, (prompt, p) in enumerate(zip(prompts, plist)):
-            if p.num_beams > 1:
-                raise ValueError("beam search runs one prompt at a time (num_beams > 1)")
-            try:
-                ids = self._prompt_ids(prompt, add_special)
-                self._check_budget(ids, p)
-                tasks.append(self._task(job, i, ids, p))
-            except ValueError as e:
-                raise ValueError(f"prompt {i}: {e}") from None
-        return self.scheduler.submit(job, tasks)
 
     def chat(self, messages: Sequence[dict[str, Any]], params: SamplingParams | None = None, *,
              stream: bool = False, add_generation_prompt: bool = True, **kwargs: Any):
