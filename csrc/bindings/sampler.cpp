@@ -73,6 +73,7 @@ void bind_sampler(py::module_& m) {
            [](Sampler& s, F32 logits, I32 history, int n_generated) {
              check_logits(s, logits);
              check_history(history);
+             py::gil_scoped_release nogil;  // it may wait for a mask another thread writes
              return s.sample(logits.data(), history.data(), (int)history.shape(0), n_generated);
            },
            py::arg("logits"), py::arg("history"), py::arg("n_generated"),
@@ -83,13 +84,37 @@ void bind_sampler(py::module_& m) {
              check_logits(s, logits);
              check_history(history);
              py::array_t<float> out(s.n_vocab());
-             s.distribution(logits.data(), history.data(), (int)history.shape(0), n_generated,
-                            out.mutable_data());
+             float* o = out.mutable_data();
+             {
+               py::gil_scoped_release nogil;
+               s.distribution(logits.data(), history.data(), (int)history.shape(0), n_generated,
+                              o);
+             }
              return out;
            },
            py::arg("logits"), py::arg("history"), py::arg("n_generated"),
            "The probabilities sample() would draw from (float32, vocabulary size; one-hot "
            "when greedy). Not for mirostat.")
+      .def("enable_mask", &Sampler::enable_mask,
+           "Gives the sampler a token mask (all tokens allowed until written).")
+      .def(
+          "mask",
+          [](py::object self) {
+            Sampler& s = self.cast<Sampler&>();
+            if (s.mask_word_count() == 0)
+              throw py::value_error("the sampler has no token mask (enable_mask)");
+            // a view of the words, kept alive by the sampler
+            return py::array_t<uint32_t>({(py::ssize_t)s.mask_word_count()}, {4},
+                                         s.mask_words(), self);
+          },
+          "The mask's words (uint32, a view): bit t % 32 of word t / 32 allows token t.")
+      .def("expect_mask", &Sampler::expect_mask,
+           "The next draw waits for mask_done() and draws only tokens the mask allows.")
+      .def("mask_done", &Sampler::mask_done, py::call_guard<py::gil_scoped_release>(),
+           "The mask's words are written: a draw waiting for them goes on.")
+      .def("clear_mask", &Sampler::clear_mask,
+           "Forgets an expected mask (the next draw is unmasked).")
+      .def_property_readonly("mask_expected", &Sampler::mask_expected)
       .def_property_readonly("mirostat_mu", &Sampler::mirostat_mu)
       .def_property_readonly("n_vocab", &Sampler::n_vocab);
   m.def(

@@ -1,6 +1,7 @@
 #include "core/sampler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -216,6 +217,64 @@ Sampler::Sampler(const SamplingConfig& c, int n_vocab) : cfg_(c), n_vocab_(n_voc
   mu_ = 2.f * c.mirostat_tau;
 }
 
+// ---- the token mask -----------------------------------------------------------------
+
+void Sampler::enable_mask() {
+  if (mask_.empty()) mask_.assign(((size_t)n_vocab_ + 31) / 32, 0xffffffffu);
+}
+
+void Sampler::expect_mask() {
+  if (mask_.empty()) throw std::logic_error("expect_mask: the sampler has no mask (enable_mask)");
+  std::lock_guard<std::mutex> lk(mask_mu_);
+  mask_state_.store(kMaskPending);
+}
+
+void Sampler::mask_done() {
+  {
+    std::lock_guard<std::mutex> lk(mask_mu_);
+    if (mask_state_.load() == kMaskPending) mask_state_.store(kMaskReady);
+  }
+  mask_cv_.notify_all();
+}
+
+void Sampler::clear_mask() {
+  std::lock_guard<std::mutex> lk(mask_mu_);
+  mask_state_.store(kMaskOff);
+}
+
+// Waits for the expected mask, then copies the logits with every token it
+// disallows at -inf. The mask is used once.
+const float* Sampler::apply_mask(const float* logits) {
+  {
+    std::unique_lock<std::mutex> lk(mask_mu_);
+    if (!mask_cv_.wait_for(lk, std::chrono::seconds(kMaskTimeoutSeconds),
+                           [this] { return mask_state_.load() != kMaskPending; }))
+      throw std::runtime_error("structured output: the token mask was not ready after " +
+                               std::to_string(kMaskTimeoutSeconds) + " s");
+    mask_state_.store(kMaskOff);
+  }
+  // -inf everywhere, then the allowed logits: a constraint usually allows
+  // few tokens (or, inside a string, whole words of them)
+  const int V = n_vocab_;
+  masked_.assign(V, kNegInf);
+  float* out = masked_.data();
+  for (int w = 0; w * 32 < V; ++w) {
+    uint32_t bits = mask_[w];
+    const int lo = w * 32;
+    if (bits == 0xffffffffu && lo + 32 <= V) {
+      std::memcpy(out + lo, logits + lo, sizeof(float) * 32);
+      continue;
+    }
+    while (bits) {
+      const int t = lo + __builtin_ctz(bits);
+      if (t < V) out[t] = logits[t];
+      bits &= bits - 1;
+    }
+  }
+  last_masked_ = true;
+  return masked_.data();
+}
+
 bool Sampler::penalizes() const {
   const auto& c = cfg_;
   return c.penalty_last_n != 0 && (c.repetition_penalty != 1.f || c.presence_penalty != 0.f ||
@@ -272,7 +331,7 @@ DeviceDraw Sampler::device_draw(const int32_t* history, int n_history, int n_gen
 
 bool Sampler::argmax_only(int n_generated) const {
   const auto& c = cfg_;
-  return c.mirostat == 0 && (c.temperature == 0.f || c.top_k == 1) && !penalizes() &&
+  return !mask_expected() && c.mirostat == 0 && (c.temperature == 0.f || c.top_k == 1) && !penalizes() &&
          c.logit_bias.empty() && !masks_end(n_generated) && c.logprobs < 0;
 }
 
@@ -455,9 +514,10 @@ int Sampler::filter(const float* logits, const int32_t* history, int n_history, 
   const auto& c = cfg_;
   const bool penalize = penalizes();
   const bool mask_end = masks_end(n_generated);
-  const float* L = logits;
+  last_masked_ = false;
+  const float* L = mask_state_.load() != kMaskOff ? apply_mask(logits) : logits;
   if (penalize || !c.logit_bias.empty() || mask_end) {
-    work_.assign(logits, logits + n_vocab_);
+    work_.assign(L, L + n_vocab_);
     if (penalize) apply_penalties(history, n_history);
     for (const auto& [id, b] : c.logit_bias) work_[id] += b;
     if (mask_end)
@@ -467,7 +527,11 @@ int Sampler::filter(const float* logits, const int32_t* history, int n_history, 
 
   const int V = n_vocab_;
   const float mx = vmax(L, V);
-  if (!(mx > kNegInf)) throw std::invalid_argument("every token has -inf logit (or NaN logits)");
+  if (!(mx > kNegInf))
+    throw std::invalid_argument(last_masked_ ? "structured output: no token the constraint allows "
+                                               "has a finite logit (a logit_bias or the end-token "
+                                               "mask removed them all)"
+                                             : "every token has -inf logit (or NaN logits)");
   // greedy: the first of the largest
   if (c.mirostat == 0 && (c.temperature == 0.f || c.top_k == 1)) {
     for (int32_t i = 0; i < V; ++i)
@@ -603,6 +667,7 @@ TopLogprobs top_logprobs(const float* logits, int n_vocab, int32_t token, int n)
     return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
   });
   for (int i = 0; i < n; ++i) {
+    if (!(logits[idx[i]] > kNegInf)) break;  // a token that cannot be drawn (masked) is no alternative
     r.ids.push_back(idx[i]);
     r.logprobs.push_back(logits[idx[i]] - lse);
   }

@@ -1,6 +1,7 @@
 // Choosing the next token from logits: a chain of small stages in one order.
 //
-//   penalties (repetition / presence / frequency over the last N tokens)
+//   [token mask of a structured-output constraint, when one is expected]
+//   -> penalties (repetition / presence / frequency over the last N tokens)
 //   -> logit bias -> min_new_tokens (end tokens masked)
 //   -> top-k -> typical-p -> top-p -> min-p -> temperature -> draw
 //
@@ -17,7 +18,10 @@
 // never a sort of the vocabulary.
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <mutex>
 #include <random>
 #include <utility>
 #include <vector>
@@ -86,9 +90,11 @@ class Sampler {
   // log-probabilities wanted, so a device may take the argmax where the
   // logits are.
   bool argmax_only(int n_generated) const;
-  // Whether a device can run this sampler's chain (all but mirostat, and
-  // log-probabilities, which need the logits on the host).
-  bool device_capable() const { return cfg_.mirostat == 0 && cfg_.logprobs < 0; }
+  // Whether a device can run this sampler's chain (all but mirostat,
+  // log-probabilities and a token mask, which need the logits on the host).
+  bool device_capable() const {
+    return cfg_.mirostat == 0 && cfg_.logprobs < 0 && !mask_expected();
+  }
   // The next draw as a device runs it: parameters, the sparse changes of the
   // logits (appended to mods), and the uniform number (taken from this
   // sampler's stream as sample() would take it).
@@ -97,6 +103,26 @@ class Sampler {
   // The random stream's state, to put a draw that did not happen back.
   const std::mt19937_64& stream() const { return rng_; }
   void set_stream(const std::mt19937_64& s) { rng_ = s; }
+
+  // ---- the token mask (structured output) ----
+  // A constraint's allowed tokens for the next draw: bit t % 32 of word
+  // t / 32 set when token t may be drawn. Another thread writes it while the
+  // forward pass runs: expect_mask() before the step, mask_done() once the
+  // words are written. The next draw waits for it (up to a timeout), applies
+  // it before every other stage (disallowed tokens get -inf, greedy
+  // included) and uses it once. Without expect_mask() a draw is unmasked.
+  void enable_mask();  // allocates the words (once; they never move)
+  uint32_t* mask_words() { return mask_.data(); }
+  int mask_word_count() const { return (int)mask_.size(); }
+  void expect_mask();
+  void mask_done();
+  void clear_mask();  // an expected mask that no draw will use
+  bool mask_expected() const { return mask_state_.load() != kMaskOff; }
+  // The logits the last draw started from: the masked copy when it was
+  // masked, else `raw` (its log-probabilities are those of this row).
+  const float* drawn_from(const float* raw) const { return last_masked_ ? masked_.data() : raw; }
+  // Seconds a draw waits for its mask before it fails.
+  static constexpr int kMaskTimeoutSeconds = 120;
 
  private:
   struct Cand {
@@ -132,10 +158,20 @@ class Sampler {
   std::vector<Cand> cands_;
   std::vector<float> e_;     // exp(logit - max) of the whole vocabulary
   std::vector<int> counts_;  // per token, in the penalty window
+
+  enum { kMaskOff = 0, kMaskPending = 1, kMaskReady = 2 };
+  const float* apply_mask(const float* logits);  // waits, then masks into masked_
+  std::vector<uint32_t> mask_;
+  std::vector<float> masked_;
+  std::atomic<int> mask_state_{kMaskOff};
+  std::mutex mask_mu_;
+  std::condition_variable mask_cv_;
+  bool last_masked_ = false;
 };
 
 // Log-probabilities of the model's distribution (log_softmax of the raw
-// logits): the given token's and the top n (ids and values, best first).
+// logits, or of the masked ones under a constraint): the given token's and
+// the top n (ids and values, best first; tokens at -inf are left out).
 struct TopLogprobs {
   float token_logprob;
   std::vector<int32_t> ids;

@@ -294,6 +294,9 @@ int LlamaModel::decode(const DecodeEntry* entries, int count, int max_steps, int
     const DecodeEntry& e = entries[i];
     if (!e.sampler || e.budget < 1)
       throw std::invalid_argument("decode: every entry needs a sampler and a budget >= 1");
+    if (e.sampler->mask_expected())  // a mask is for one draw: such samplers step singly
+      throw std::invalid_argument("decode: a sampler expecting a token mask runs one step at a "
+                                  "time (forward_batch)");
     feed[i] = e.token;
     left[i] = e.budget;
     gen[i] = e.n_generated;
@@ -584,7 +587,8 @@ void LlamaModel::draw(const Segment* segs, int count, int rows) {
         const std::vector<int32_t>& hist = kv_.tokens(e.seq);
         tok = k.sampler->sample(row, hist.data(), (int)hist.size(), e.n_generated);
         const int lp = k.sampler->config().logprobs;
-        if (lp >= 0 && k.seg->logprobs) k.seg->logprobs[k.j] = top_logprobs(row, V, tok, lp);
+        if (lp >= 0 && k.seg->logprobs)  // of the masked row when a constraint masked it
+          k.seg->logprobs[k.j] = top_logprobs(k.sampler->drawn_from(row), V, tok, lp);
       }
       k.seg->drawn[k.j] = tok;
     } catch (...) {

@@ -68,12 +68,15 @@ def task(model: "Model", job: Job, index: int, ids: list[int], p: SamplingParams
     blocks = kv_plan(model, ids, p)[2] + 1  # + 1: a copy-on-write of a shared last block
     if p.num_beams > 1:
         return BeamSearch(job, index, ids, p, ends, model.tokenizer, model.context_length, blocks)
+    grammar = model.grammars.compile(p.response_format)
     reqs = []
     for j in range(p.n):  # sample j draws with seed + j
         seed = None if p.seed is None else p.seed + j
-        reqs.append(Request(model.tokenizer, ids, p, Sampler(p, model.vocab_size, ends, seed),
-                            ends, model.context_length, job, index,
-                            speculative=draft is not None, choice=j))
+        sampler = Sampler(p, model.vocab_size, ends, seed)
+        if grammar is not None:
+            grammar.constraint(sampler, ends)
+        reqs.append(Request(model.tokenizer, ids, p, sampler, ends, model.context_length, job,
+                            index, speculative=draft is not None, choice=j))
     if draft is not None:
         src = draft if isinstance(draft, str) else draft.engine
         return Speculative(job, index, reqs[0], blocks, src, num_draft_tokens)

@@ -15,6 +15,7 @@ from .gguf_loader import load_gguf
 from .outputs import BatchStream, PerplexityResult, TextStream
 from .sampling import SamplingParams
 from .scheduler import Job, Scheduler
+from .structured import Grammars
 from .tokenizer import Tokenizer
 from .utils import default_model_path
 
@@ -122,6 +123,8 @@ class Model:
         # on a GPU, decode steps run 8 to a native call when nothing waits
         self.scheduler = Scheduler(self.engine, decode_steps=8 if device == "cuda" else 1)
         self._stop_ids = self._end_tokens()
+        # compiled response formats (structured output), built on first use
+        self.grammars = Grammars(self.tokenizer, self.vocab_size, self._stop_ids)
 
     # ---- properties -------------------------------------------------------------------
     @property
@@ -298,8 +301,18 @@ class Model:
         ``presence_penalty``, ``frequency_penalty``, ``penalty_last_n``,
         ``logit_bias``, ``mirostat_mode`` / ``_tau`` / ``_eta``, ``seed``,
         ``stop``, ``stop_token_ids``, ``ignore_eos``, ``min_new_tokens``,
-        ``logprobs``, ``n``, ``num_beams``, ``length_penalty``); keywords
-        override ``params``. Greedy by default (temperature 0).
+        ``logprobs``, ``n``, ``num_beams``, ``length_penalty``,
+        ``response_format``); keywords override ``params``. Greedy by
+        default (temperature 0).
+
+        ``response_format`` constrains the text to a JSON Schema
+        (``{"type": "json_schema", "json_schema": {"schema": {...}}}``, a
+        schema dict, a pydantic model class, or ``{"type": "json_object"}``),
+        a regex (``{"type": "regex", "pattern": ...}``), a Lark-style grammar
+        (``{"type": "grammar", "grammar": ...}``) or a list of choices; see
+        llmrt.structured. Tokens it disallows are never drawn, and the end
+        token only where it is complete; a generation cut by max_new_tokens
+        ends with finish_reason "length" and a valid prefix.
 
         Stops at the model's end token(s), at ``stop_token_ids``, at any of the
         ``stop`` strings (not included in the text), or after

@@ -55,6 +55,7 @@ class Request:
         self.t_first: float | None = None
         self.forwards = self.drafted = self.accepted = 0
         self._dec: IncrementalDecoder | None = None
+        self.constraint = sampler.constraint  # structured output, or None
 
     @property
     def n_generated(self) -> int:
@@ -67,8 +68,9 @@ class Request:
 
     # ---- choosing -----------------------------------------------------------------------
     def choose(self, lg: np.ndarray) -> int:
-        """The next token from a row of logits here (the sampler chain), with
-        its logprobs when asked for."""
+        """The next token from a row of logits here (the sampler chain, on
+        logits already masked by a constraint), with its logprobs when asked
+        for."""
         tok = self.sampler(lg, self.hist[:self.n_hist], self.n_generated)
         self.note_logprob(lg, tok)
         return tok
@@ -95,6 +97,8 @@ class Request:
         if tok in self.end_ids:
             self.finished, self.done = "stop", True
             return True
+        # a constraint that is complete and takes no more ends the generation
+        complete = self.constraint is not None and self.constraint.consume(tok)
         ids = self.result.token_ids
         ids.append(tok)
         self.hist[self.n_hist] = tok
@@ -117,7 +121,9 @@ class Request:
             self.text += piece
             self.emitted = len(self.text)
             self.job.put(self.index, piece, self.choice)
-        if len(ids) >= self.p.max_new_tokens or self.n_hist > self.n_ctx:
+        if complete:
+            self.finished, self.done = "stop", True
+        elif len(ids) >= self.p.max_new_tokens or self.n_hist > self.n_ctx:
             self.done = True
         return self.done
 
@@ -263,6 +269,8 @@ class Decode(Task):
         super().__init__(job, index, requests[0].prompt, requests[0].p, blocks)
         self.reqs = requests
         self.live = list(requests)
+        # a constraint's mask is for one draw: constrained samples step singly
+        self.multi_step = not any(r.constraint for r in requests)
         self.per_sample = per_sample  # blocks reserved for each sample's own positions
         self._snap: list[Request] = []  # the requests of the last decode_entries()
 

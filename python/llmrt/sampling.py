@@ -2,8 +2,8 @@
 
 Stages, in this order:
 
-    penalties -> logit bias -> min_new_tokens -> top-k -> typical-p -> top-p
-    -> min-p -> temperature -> draw
+    [structured-output mask] -> penalties -> logit bias -> min_new_tokens
+    -> top-k -> typical-p -> top-p -> min-p -> temperature -> draw
 
 The filters (top-k .. min-p) cut on the model's own distribution and
 temperature only reshapes what survives, so a filter means the same at every
@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import _core
+from . import _core, structured
 
 ALIASES = {"max_tokens": "max_new_tokens"}
 
@@ -68,6 +68,7 @@ class SamplingParams:
     n: int = 1                       # independent samples of the prompt
     num_beams: int = 1               # > 1: beam search
     length_penalty: float = 1.0      # beam score = sum logprob / length ** length_penalty
+    response_format: Any = None      # JSON Schema / regex / grammar the text follows (structured.py)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -149,6 +150,8 @@ class SamplingParams:
         if self.num_beams > 1 and (self.temperature > 0 or self.n > 1 or self.mirostat_mode):
             raise ValueError("num_beams > 1 is beam search over log-probabilities: it needs "
                              "temperature=0, n=1 and no mirostat")
+        if structured.normalize(self.response_format) is not None and self.num_beams > 1:
+            raise ValueError("response_format does not run with beam search (num_beams > 1)")
 
     @property
     def stop_strings(self) -> list[str]:
@@ -185,6 +188,7 @@ class Sampler(_core.Sampler):
                     logprobs=-1 if params.logprobs is None else params.logprobs)
         super().__init__(opts, n_vocab)
         self.params = params
+        self.constraint: structured.Constraint | None = None  # set by Grammar.constraint
         self._window = params.penalty_last_n if params.uses_penalties else 0
         self._empty = np.zeros(0, np.int32)
 

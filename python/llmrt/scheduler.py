@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 
+from . import structured
 from .engine import Engine
 
 if TYPE_CHECKING:
@@ -262,9 +263,15 @@ class Scheduler:
                 entry = (t.seq, toks, "none")
             entries.append(entry)
             t.pos += c
+        # constrained samplers drawing in this step: their masks are computed
+        # on the worker thread while the forward pass runs
+        masks = structured.start_masks(s for e in entries if len(e) > 3 and e[3] for s in e[3])
         try:
             if entries:
-                logits, tokens, lps = eng.step(entries)
+                try:
+                    logits, tokens, lps = eng.step(entries)
+                finally:
+                    structured.finish_masks(masks)
                 row = draw = 0
                 for t, n_rows, n_draws in plan:
                     try:

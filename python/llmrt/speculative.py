@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from . import structured
 from .request import Request, Task
 from .sampling import Sampler
 
@@ -149,6 +150,7 @@ class Speculative(Task):
         self.drafts: list[int] = []
         self.qs: list = []
         self.n = 0  # the sequence's tokens when the drafts were made
+        self.masks: structured.Pending | None = None  # a constraint's masks at the drafted positions
 
     def admit(self, engine: "Engine") -> None:
         super().admit(engine)
@@ -166,6 +168,15 @@ class Speculative(Task):
         room = min(self.num_draft, r.p.max_new_tokens - r.n_generated - 1, r.n_ctx - n)
         self.drafts, self.qs = (self.src.propose(r.hist, n, room, r.greedy, self.rng)
                                 if room > 0 else ([], []))
+        c = r.constraint
+        if c is not None and self.drafts:
+            # draft tokens the constraint rejects are cut before verification;
+            # the masks at the positions verified are computed during the step
+            k = c.valid_prefix(self.drafts)
+            self.drafts, self.qs = self.drafts[:k], self.qs[:k]
+            if self.drafts:
+                drafts = list(self.drafts)
+                self.masks = structured.submit(lambda: c.draft_masks(drafts))
         if not self.drafts:
             return [(self.seq, np.array([r.tok], np.int32), "last", [r.sampler], r.n_generated)]
         return [(self.seq, np.asarray([r.tok] + self.drafts, np.int32), "all")]
@@ -185,6 +196,10 @@ class Speculative(Task):
             self._emit(tok)
             return
         drafts, qs, n = self.drafts, self.qs, self.n
+        if self.masks is not None:  # the constrained distribution at each position
+            words, self.masks = self.masks.wait(), None
+            logits = np.stack([structured.masked(logits[i], words[i])
+                               for i in range(len(drafts) + 1)])
         r.drafted += len(drafts)
         a, nxt = 0, None
         for i, x in enumerate(drafts):

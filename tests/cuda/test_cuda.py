@@ -332,3 +332,24 @@ def test_embeddings_match_cpu(tmp_path):
     gpu = llmrt.Model(path, device="cuda", kv_cache_dtype="f32").embed(texts, normalize=False)
     cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32").embed(texts, normalize=False)
     np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-4 * np.abs(cpu).max())
+
+
+def test_constrained_rows_beside_device_sampled_ones(tmp_path):
+    # a masked draw takes its row to the host; the others stay on the device,
+    # and constrained requests never go through several steps a call
+    pytest.importorskip("llguidance")
+    import re
+    path, W, cfg = _model(tmp_path, wtype="Q8_0", n_embd=64, tied=False, ctx=256)
+    m = llmrt.Model(path, device="cuda", kv_cache_tokens=4096)
+    pat = "[0-9]{2}-[a-z]{2,3}"
+    rf = {"type": "regex", "pattern": pat}
+    prompts = [[1, 5, 9], [7, 8], list(range(30, 50)), [3, 3, 3]]
+    params = [llmrt.SamplingParams(max_new_tokens=12, temperature=1.0, seed=i,
+                                   response_format=rf if i % 2 == 0 else None,
+                                   ignore_eos=i % 2 == 1) for i in range(4)]
+    alone = [m.generate(p, q) for p, q in zip(prompts, params)]
+    batch = m.generate(prompts, params)
+    assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
+    for r in batch[::2]:
+        assert re.fullmatch(pat, r.text), r.text
+    assert m.cache_stats()["blocks_in_use"] == 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures as cf
 import json
+import re
 
 import httpx
 import numpy as np
@@ -113,6 +114,39 @@ def test_extras_and_min_tokens(api, ref):
     assert r.choices[0].text == want.text
 
 
+SCHEMA = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 8},
+    "n": {"type": "integer", "minimum": 0, "maximum": 99},
+    "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}},
+    "required": ["name", "n", "tags"], "additionalProperties": False}
+
+
+def test_response_format_on_both_endpoints(api, ref):
+    jsonschema = pytest.importorskip("jsonschema")
+    c = client(api)
+    rf = {"type": "json_schema", "json_schema": {"name": "thing", "schema": SCHEMA}}
+    r = c.chat.completions.create(model=api.name, messages=MSGS, max_tokens=80, temperature=0,
+                                  response_format=rf)
+    text = r.choices[0].message.content
+    jsonschema.validate(json.loads(text), SCHEMA)
+    assert r.choices[0].finish_reason == "stop"
+    assert text == ref.chat(MSGS, max_new_tokens=80, response_format=rf).text
+    # sampled and streamed, n = 2: each choice valid
+    r = c.chat.completions.create(model=api.name, messages=MSGS, max_tokens=80, temperature=1.0,
+                                  seed=3, n=2, response_format=rf)
+    for ch in r.choices:
+        jsonschema.validate(json.loads(ch.message.content), SCHEMA)
+    chunks = c.chat.completions.create(model=api.name, messages=MSGS, max_tokens=80,
+                                       temperature=1.0, seed=4, stream=True,
+                                       response_format={"type": "json_object"})
+    json.loads("".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices))
+    # completions take it too (a regex here)
+    r = c.completions.create(model=api.name, prompt="code:", max_tokens=12, temperature=1.0,
+                             seed=5, extra_body={"response_format": {
+                                 "type": "regex", "pattern": "[A-Z]{2}-[0-9]{3}"}})
+    assert re.fullmatch("[A-Z]{2}-[0-9]{3}", r.choices[0].text)
+
+
 def test_embeddings(api, ref):
     c = client(api)
     r = c.embeddings.create(model=api.name, input=["a cat", "a cat", "the stock market"])
@@ -158,6 +192,13 @@ def test_errors_in_openais_shape(err_server):
         (_post(server, "/v1/embeddings", {"input": "a", "encoding_format": "hex"}), 400,
          "encoding_format"),
         (_post(server, "/v1/completions", b"x" * (9 << 20), raw=True), 413, None),
+        (_post(server, "/v1/chat/completions", {"messages": MSGS, "response_format": {
+            "type": "json_schema", "json_schema": {"schema": {"type": "strin"}}}}), 400,
+         "response_format"),
+        (_post(server, "/v1/completions", {"prompt": "a", "response_format": {
+            "type": "regex", "pattern": "(a"}}), 400, "response_format"),
+        (_post(server, "/v1/completions", {"prompt": "a", "response_format": "json"}), 400,
+         "response_format"),
         (httpx.get(server.url + "/v1/nothing", headers={"Authorization": f"Bearer {KEY}"}), 404,
          None),
     ]
@@ -316,5 +357,15 @@ def test_the_default_model_through_the_server(default_model_path):
         assert r.choices[0].message.content == want.text
         assert r.choices[0].finish_reason == want.finish_reason
         assert want.text
+        # held to a JSON Schema over HTTP, as in Python
+        rf = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+            "type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                             "country": {"type": "string", "maxLength": 20}},
+            "required": ["city", "country"]}}}
+        r = c.chat.completions.create(model=s.name, messages=msgs, max_tokens=40, temperature=0,
+                                      response_format=rf)
+        assert r.choices[0].message.content == ref.chat(msgs, max_new_tokens=40,
+                                                        response_format=rf).text
+        assert set(json.loads(r.choices[0].message.content)) == {"city", "country"}
     finally:
         s.stop()

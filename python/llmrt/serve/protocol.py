@@ -42,13 +42,13 @@ FIELDS = {
     "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
     "logit_bias": "logit_bias", "top_k": "top_k", "min_p": "min_p", "typical_p": "typical_p",
     "repetition_penalty": "repetition_penalty", "min_tokens": "min_new_tokens",
-    "ignore_eos": "ignore_eos",
+    "ignore_eos": "ignore_eos", "response_format": "response_format",
 }
 BACK = {"max_new_tokens": "max_tokens", "min_new_tokens": "min_tokens"}
 # accepted and without effect here
 IGNORED = {"model", "user", "stream", "stream_options", "logprobs", "top_logprobs", "messages",
            "prompt", "input", "encoding_format", "dimensions", "echo", "best_of", "suffix",
-           "response_format", "tools", "tool_choice", "parallel_tool_calls", "service_tier",
+           "tools", "tool_choice", "parallel_tool_calls", "service_tier",
            "store", "metadata", "modalities", "reasoning_effort", "add_special"}
 MAX_N = 16
 
@@ -130,9 +130,6 @@ def parse_params(body: dict, *, chat: bool, default_max_tokens: int) -> Request:
         if not isinstance(opts, dict) or not stream:
             raise bad("stream_options", "stream_options is an object, with stream: true")
         include_usage = bool(opts.get("include_usage", False))
-    rf = body.get("response_format")
-    if rf is not None and not (isinstance(rf, dict) and rf.get("type") == "text"):
-        raise bad("response_format", "only response_format {\"type\": \"text\"} is supported")
     for name in ("tools", "echo", "suffix"):
         if body.get(name):
             raise bad(name, f"{name} is not supported")
@@ -143,7 +140,7 @@ def parse_params(body: dict, *, chat: bool, default_max_tokens: int) -> Request:
         params = SamplingParams(**kw)
     except ValueError as e:
         msg = str(e)
-        field_ = msg.split(" ", 1)[0]
+        field_ = msg.split(" ", 1)[0].rstrip(":")
         raise bad(BACK.get(field_, field_), msg.replace(field_, BACK.get(field_, field_), 1)) \
             from None
     return Request(params=params, stream=stream, include_usage=include_usage, logprobs=logprobs)

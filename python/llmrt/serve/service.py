@@ -149,7 +149,9 @@ class Service:
             msg = str(e)
             if msg.startswith("prompt 0: ") and len(prompts) == 1:
                 msg = msg[len("prompt 0: "):]
-            raise P.APIError(400, msg, param="messages" if chat else "prompt") from None
+            param = "response_format" if "response_format:" in msg else \
+                "messages" if chat else "prompt"
+            raise P.APIError(400, msg, param=param) from None
         self.inflight += 1
         return job
 

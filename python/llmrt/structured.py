@@ -1,0 +1,427 @@
+"""Structured output: text that follows a JSON Schema, a regular expression
+or a grammar.
+
+``response_format`` (a SamplingParams field) takes OpenAI's shapes and a
+few more:
+
+    {"type": "text"}                          no constraint
+    {"type": "json_object"}                   any JSON object ("schema": {...} narrows it)
+    {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}
+    a JSON Schema itself (a dict), or a pydantic model class
+    {"type": "regex", "pattern": "..."}
+    {"type": "grammar", "grammar": "..."}     a Lark-style grammar (or GBNF)
+    {"type": "choice", "choices": ["a", ...]} exactly one of these strings
+
+llguidance is the constraint engine. Its tokenizer is built once per model
+from the GGUF vocabulary's token bytes (control tokens marked special) and
+the model's end tokens. JSON is written compactly (", " and ": " between
+items, no other whitespace; a schema's "x-guidance" options override that).
+
+How a step uses it: before the forward pass, each constrained sampler that
+draws in the step expects a mask, and one worker thread computes the masks
+(the allowed next tokens given the tokens so far) while the forward pass
+runs; the native sampler waits for its mask and applies it before every
+other stage. The drawn token then advances the matcher; when the matcher can
+go no further the generation ends ("stop"). End tokens are allowed only
+where the constraint is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .sampling import Sampler
+    from .tokenizer import Tokenizer
+
+TYPES = ("text", "json_object", "json_schema", "regex", "grammar", "choice")
+# how JSON is laid out unless a schema's "x-guidance" says otherwise
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+_WHAT = {"json": "JSON Schema", "regex": "regex", "grammar": "grammar", "choice": "choices"}
+
+
+# A calendar date (RFC 3339 full-date) with February 29 only in leap years:
+# llguidance's "date" format knows month lengths but not leap years.
+DATE_PATTERN = (
+    r"^(?:(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)-02-29"
+    r"|[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8])))$")
+_DATA_KEYS = ("enum", "const", "default", "examples")  # values there are data, not schemas
+
+
+def _strict_dates(node: Any) -> Any:
+    """A schema with each {"format": "date"} string (without a pattern of
+    its own) given DATE_PATTERN instead."""
+    if isinstance(node, list):
+        return [_strict_dates(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: (v if k in _DATA_KEYS else _strict_dates(v)) for k, v in node.items()}
+    if out.get("format") == "date" and "pattern" not in out and \
+            out.get("type", "string") == "string":
+        del out["format"]
+        out["pattern"] = DATE_PATTERN
+    return out
+
+
+def _bad(msg: str) -> ValueError:
+    return ValueError(f"response_format: {msg}")
+
+
+def normalize(rf: Any) -> tuple[str, Any] | None:
+    """response_format -> (kind, source) with kind "json" (a schema dict),
+    "regex", "grammar" (text) or "choice" (a list of strings); None for
+    plain text. Raises ValueError for a malformed one (the source itself is
+    checked when it is compiled)."""
+    if rf is None:
+        return None
+    if isinstance(rf, type) and hasattr(rf, "model_json_schema"):  # a pydantic model
+        return "json", rf.model_json_schema()
+    if isinstance(rf, str):
+        raise _bad(f"give a dict such as {{\"type\": \"json_object\"}}, not the string {rf!r}")
+    if not isinstance(rf, dict):
+        raise _bad(f"must be a dict (or a pydantic model class), got {type(rf).__name__}")
+    t = rf.get("type")
+    if t not in TYPES:  # a bare JSON Schema ("type": "object", "anyOf": [...], ...)
+        return "json", rf
+
+    def field(name: str, kind: type, alt: str | None = None) -> Any:
+        v = rf.get(name, rf.get(alt) if alt else None)
+        if not isinstance(v, kind) or (isinstance(v, (str, list)) and not v):
+            raise _bad(f"type {t!r} needs a non-empty {name!r} "
+                       f"({'a string' if kind is str else kind.__name__})")
+        return v
+
+    if t == "text":
+        return None
+    if t == "json_object":
+        schema = rf.get("schema")
+        if schema is None:
+            return "json", {"type": "object"}
+        if not isinstance(schema, dict):
+            raise _bad("json_object's 'schema' must be a JSON Schema object")
+        return "json", schema
+    if t == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, dict):
+            raise _bad("type 'json_schema' needs 'json_schema': {\"name\": ..., "
+                       "\"schema\": {...}}")
+        schema = js.get("schema", js.get("json_schema"))
+        if schema is None:  # the schema given directly under json_schema
+            schema = {k: v for k, v in js.items() if k not in ("name", "description", "strict")}
+        if not isinstance(schema, dict):
+            raise _bad("json_schema.schema must be a JSON Schema object")
+        return "json", schema
+    if t == "regex":
+        return "regex", field("pattern", str, "regex")
+    if t == "grammar":
+        return "grammar", field("grammar", str)
+    choices = field("choices", list)
+    if not all(isinstance(c, str) and c for c in choices):
+        raise _bad("'choices' must be non-empty strings")
+    return "choice", choices
+
+
+def _lark_source(kind: str, src: Any) -> str:
+    """The llguidance grammar for a normalized response_format."""
+    import llguidance as llg
+    if kind == "json":
+        try:
+            return llg.LLMatcher.grammar_from_json_schema(_strict_dates(src),
+                                                          defaults=JSON_LAYOUT)
+        except (ValueError, TypeError) as e:
+            raise _bad(f"the JSON Schema is invalid: {e}") from None
+    if kind == "regex":
+        return llg.LLMatcher.grammar_from_regex(src)
+    if kind == "grammar":
+        try:
+            return llg.grammar_from("grammar", src)
+        except ValueError as e:
+            raise _bad(f"the grammar is invalid: {e}") from None
+    return llg.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in src))
+
+
+# ---- the mask worker -------------------------------------------------------------------
+class Pending:
+    """Work handed to the mask worker: wait() blocks until it has run and
+    returns its result (or raises its error)."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn = fn
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.constraints: list[Constraint] = []
+        self._latch = threading.Lock()
+        self._latch.acquire()  # released when it has run
+
+    def run(self) -> None:
+        try:
+            self.value = self.fn()
+        except BaseException as e:  # noqa: BLE001 - handed to wait()
+            self.error = e
+        finally:
+            self._latch.release()
+
+    def wait(self) -> Any:
+        with self._latch:
+            pass
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class _Worker:
+    """One daemon thread running Pending work in order. (A plain queue and
+    a lock a job: a step hands it work every time, so it is kept cheap.)"""
+
+    def __init__(self) -> None:
+        self._q: queue.SimpleQueue[Pending] = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="llmrt-masks", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self._q.get().run()
+
+    def submit(self, fn: Callable[[], Any]) -> Pending:
+        p = Pending(fn)
+        self._q.put(p)
+        return p
+
+
+_worker: _Worker | None = None
+_worker_lock = threading.Lock()
+
+
+def submit(fn: Callable[[], Any]) -> Pending:
+    """Runs fn on the mask worker thread (one per process; llguidance drops
+    the GIL while it computes)."""
+    global _worker
+    if _worker is None:
+        with _worker_lock:
+            if _worker is None:
+                _worker = _Worker()
+    return _worker.submit(fn)
+
+
+def start_masks(samplers: Iterable["Sampler"]) -> Pending | None:
+    """Before a step: the constrained samplers among those drawing in it
+    expect their masks, which the worker computes while the step runs.
+    Returns the work to finish (finish_masks) or None."""
+    cs = [s.constraint for s in samplers if s.constraint is not None]
+    if not cs:
+        return None
+    for c in cs:
+        c.sampler.expect_mask()
+
+    def fill() -> None:
+        for c in cs:
+            c.fill()
+    p = submit(fill)
+    p.constraints = cs
+    return p
+
+
+def finish_masks(p: Pending | None) -> None:
+    """After the step (run or failed): the worker is done with the masks,
+    and a mask no draw used is forgotten."""
+    if p is None:
+        return
+    p.wait()
+    for c in p.constraints:
+        c.sampler.clear_mask()
+
+
+def masked(logits: np.ndarray, words: np.ndarray) -> np.ndarray:
+    """A copy of a row of logits with the tokens the mask's words disallow at -inf."""
+    allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[:logits.shape[-1]]
+    out = np.array(logits, np.float32, copy=True)
+    out[allowed == 0] = -np.inf
+    return out
+
+
+# ---- compiled response formats ----------------------------------------------------------
+class Grammars:
+    """One model's llguidance tokenizer and its compiled response formats
+    (the most recent 64; a matcher per sequence is a copy of one)."""
+
+    capacity = 64
+
+    def __init__(self, tokenizer: "Tokenizer", n_vocab: int, end_ids: Iterable[int]):
+        self._tok, self._n_vocab = tokenizer, n_vocab
+        self._ends = sorted(set(end_ids))
+        self._lltok: Any = None
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _tokenizer(self) -> Any:
+        if self._lltok is None:
+            self._lltok = _lltokenizer(self._tok, self._n_vocab, self._ends)
+        return self._lltok
+
+    @property
+    def eos(self) -> frozenset[int]:
+        """The token llguidance allows where a constraint is complete."""
+        return frozenset([_llg_eos(self._tok, self._ends)])
+
+    def compile(self, rf: Any) -> "Grammar | None":
+        """The response_format, compiled (None: plain text). Raises
+        ValueError when it is malformed or its schema, regex or grammar is
+        invalid or unsupported."""
+        norm = normalize(rf)
+        if norm is None:
+            return None
+        kind, src = norm
+        try:
+            key = kind + "\0" + json.dumps(src, sort_keys=True)
+        except (TypeError, ValueError):
+            raise _bad(f"the {_WHAT[kind]} is not JSON-serialisable") from None
+        with self._lock:
+            g = self._cache.get(key)
+            if g is not None:
+                self._cache.move_to_end(key)
+                return g
+            try:
+                import llguidance as llg
+            except ImportError:
+                raise ImportError("response_format needs the llguidance package: pip install "
+                                  "'llmrt[structured]'") from None
+            lltok = self._tokenizer()
+            m = llg.LLMatcher(lltok, _lark_source(kind, src), log_level=0)
+            if m.is_error():
+                raise _bad(f"the {_WHAT[kind]} is invalid or unsupported: "
+                           f"{m.get_error().strip()}")
+            g = Grammar(m, self.eos)
+            self._cache[key] = g
+            if len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+            return g
+
+
+class Grammar:
+    """A compiled response format: a fresh matcher to copy for each sequence."""
+
+    def __init__(self, matcher: Any, eos: frozenset[int]):
+        self._m, self.eos = matcher, eos
+
+    def constraint(self, sampler: "Sampler", end_ids: Iterable[int]) -> "Constraint":
+        c = Constraint(self._m.deep_copy(), sampler, set(end_ids), self.eos)
+        sampler.constraint = c
+        return c
+
+
+class Constraint:
+    """One sequence's constraint: its matcher and its sampler's mask."""
+
+    def __init__(self, matcher: Any, sampler: "Sampler", end_ids: set[int],
+                 eos: frozenset[int]):
+        self.m, self.sampler = matcher, sampler
+        sampler.enable_mask()
+        self.words = sampler.mask()
+        # llguidance allows its end tokens where the constraint is complete;
+        # this sequence's own end tokens (stop_token_ids, none with
+        # ignore_eos) take their place
+        self._drop = sorted(eos - end_ids)
+        self._add = sorted(end_ids - eos)
+        self.error: BaseException | None = None
+
+    # ---- on the worker thread ----
+    def fill(self) -> None:
+        """Computes the mask for the next draw into the sampler's words. A
+        failure allows every token for this draw and ends the generation when
+        the token is consumed (its own error, not the batch's)."""
+        try:
+            self.compute(self.words)
+        except BaseException as e:  # noqa: BLE001 - reported by consume()
+            self.error = e
+            self.words[:] = 0xFFFFFFFF
+        finally:
+            self.sampler.mask_done()
+
+    def compute(self, words: np.ndarray) -> None:
+        m = self.m
+        m.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
+        if m.is_error():
+            raise RuntimeError(f"structured output: {m.get_error().strip()}")
+        for t in self._drop:
+            words[t >> 5] &= np.uint32(~(1 << (t & 31)) & 0xFFFFFFFF)
+        if self._add and m.is_accepting():
+            for t in self._add:
+                words[t >> 5] |= np.uint32(1 << (t & 31))
+
+    def draft_masks(self, drafts: Sequence[int]) -> np.ndarray:
+        """The masks at each position of a draft being verified: row i for
+        the token after drafts[:i] (len(drafts) + 1 rows); the matcher is
+        left where it was."""
+        out = np.empty((len(drafts) + 1, len(self.words)), np.uint32)
+        n = 0
+        try:
+            for i in range(len(drafts) + 1):
+                self.compute(out[i])
+                if i < len(drafts):
+                    if not self.m.consume_token(int(drafts[i])):
+                        raise RuntimeError(f"structured output: draft token {drafts[i]} "
+                                           f"does not fit ({self.m.get_error().strip()})")
+                    n += 1
+        finally:
+            if n:
+                self.m.rollback(n)
+        return out
+
+    # ---- on the stepping thread ----
+    def valid_prefix(self, tokens: Sequence[int]) -> int:
+        """How many of the tokens, in order, the constraint accepts next."""
+        return int(self.m.validate_tokens([int(t) for t in tokens])) if tokens else 0
+
+    def consume(self, tok: int) -> bool:
+        """A drawn token advances the matcher. Returns whether the
+        constraint is complete and can take no more."""
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+        if not self.m.consume_token(int(tok)):
+            raise RuntimeError(f"structured output: token {tok} does not fit the constraint "
+                               f"({self.m.get_error().strip()})")
+        return bool(self.m.is_stopped())
+
+
+def _lltokenizer(tok: "Tokenizer", n_vocab: int, ends: Sequence[int]) -> Any:
+    """llguidance's tokenizer for a vocabulary: each token's bytes, control
+    tokens (and <...> user-defined ones) marked special by a 0xFF prefix,
+    padding up to the model's vocabulary size as empty tokens."""
+    import llguidance as llg
+
+    from .tokenizer import CONTROL, USER_DEFINED
+    toks: list[bytes] = []
+    for i in range(tok.vocab_size):
+        b = tok.token_bytes(i)
+        t = tok.types[i]
+        if t == CONTROL or (t == USER_DEFINED and b.startswith(b"<") and b.endswith(b">")):
+            b = b"\xff" + b
+        toks.append(b)
+    toks += [b""] * (n_vocab - len(toks))
+    eos = _llg_eos(tok, ends)
+
+    class Vocab:
+        eos_token_id = eos
+        bos_token_id = tok.bos_id
+        tokens = toks
+        special_token_ids: list[int] = []
+
+        def __call__(self, text: Any) -> list[int]:
+            if isinstance(text, bytes):
+                text = text.decode("utf-8", errors="replace")
+            return tok.encode(text, add_special=False)
+
+    return llg.LLTokenizer(llg.TokenizerWrapper(Vocab()), n_vocab=n_vocab, eos_token=eos)
+
+
+def _llg_eos(tok: "Tokenizer", ends: Sequence[int]) -> int:
+    """The one end token llguidance knows; a sequence's other end tokens
+    are allowed by Constraint.compute."""
+    return ends[0] if ends else (tok.eos_id if tok.eos_id is not None else 0)
