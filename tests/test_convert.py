@@ -14,6 +14,7 @@ import pytest
 
 import llmrt
 from llmrt.convert import CheckpointError, convert
+from llmrt.quantization import quantize_file
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -235,6 +236,29 @@ def test_mixtral_checkpoint(tmp_path, sp_model):
     ids = m.tokenize("A stitch in time saves nine foxes.")
     ref = hf_reference(c, w, ids)
     assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_quantized_mixtral_keeps_its_routers_in_f32(tmp_path, sp_model):
+    """Routers stay F32 (as llama.cpp keeps them): a q8_0 Mixtral's logits
+    then move against the original about as much as a q8_0 Llama's."""
+    errs = {}
+    for arch, kw in (("LlamaForCausalLM", {}),
+                     ("MixtralForCausalLM", dict(num_local_experts=4, num_experts_per_tok=2))):
+        d, c, w = _llama_dir(tmp_path / arch, sp_model, arch=arch, **kw)
+        out = str(tmp_path / f"{arch}.gguf")
+        convert(d, out, "q8_0", progress=False)
+        types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+        if kw:
+            assert types["blk.0.ffn_gate_inp.weight"] == "F32"
+            assert types["blk.0.ffn_gate_exps.weight"] == "Q8_0"
+            requant = str(tmp_path / "requant.gguf")
+            chosen = quantize_file(out, requant, "q4_0", progress=False)
+            assert chosen["blk.1.ffn_gate_inp.weight"] == "f32"
+        m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+        ids = m.tokenize(TEXT[:300])[:48]
+        ref = hf_reference(c, w, ids)
+        errs[arch] = float(np.abs(m.logits(ids) - ref).max() / np.abs(ref).max())
+    assert errs["MixtralForCausalLM"] <= max(3 * errs["LlamaForCausalLM"], 0.02), errs
 
 
 def test_llama3_rope_scaling(tmp_path, sp_model):

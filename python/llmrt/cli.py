@@ -14,12 +14,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
-    s = p.add_argument_group("sampling (defaults: greedy; see llmrt.SamplingParams)")
+    s = p.add_argument_group("sampling (llama.cpp's defaults; --temperature 0 for greedy; "
+                             "see llmrt.SamplingParams)")
     s.add_argument("--max-new-tokens", "-n", type=int, default=default_max)
-    s.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--min-p", type=float, default=0.0)
+    s.add_argument("--temperature", "--temp", type=float, default=0.8, help="0: greedy (default 0.8)")
+    s.add_argument("--top-k", type=int, default=40, help="0: off (default 40)")
+    s.add_argument("--top-p", type=float, default=0.95, help="1: off (default 0.95)")
+    s.add_argument("--min-p", type=float, default=0.05, help="0: off (default 0.05)")
     s.add_argument("--typical-p", type=float, default=1.0)
     s.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=1.0)
     s.add_argument("--presence-penalty", type=float, default=0.0)
@@ -32,10 +33,14 @@ def _sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
     s.add_argument("--min-new-tokens", type=int, default=0)
     s.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     s.add_argument("--ignore-eos", action="store_true")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: a new one each run, printed with --stats)")
 
 
 def _sampling_kwargs(a: argparse.Namespace) -> dict:
+    if a.seed is None:  # drawn here, so that --stats can print it
+        import random
+        a.seed = random.SystemRandom().randrange(2**32)
     bias = {}
     for item in a.logit_bias:
         tok, _, val = item.partition("=")
@@ -150,7 +155,7 @@ def _generate(model, a) -> int:
               f"decode {len(res.token_ids)} tok, {t['decode_tokens_per_s']:.1f} tok/s; "
               + (f"draft acceptance {t['draft_acceptance']:.2f}, "
                  f"{t['tokens_per_forward']:.2f} tokens per forward; " if draft else "")
-              + f"{model!r}]", file=sys.stderr)
+              + f"seed {a.seed}; {model!r}]", file=sys.stderr)
     return 0
 
 

@@ -144,12 +144,14 @@ def dequantize_array(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) ->
 
 def tensor_type(name: str, shape: tuple[int, ...], target: str, tied: bool) -> str:
     """The type a tensor gets when a model is quantized to `target`: norms,
-    biases and other vectors stay float32; the output head (and a tied
+    biases, other vectors and mixture-of-experts routers (ffn_gate_inp: a
+    small matrix whose rounding moves which experts are picked) stay
+    float32; the output head (and a tied
     embedding, which is also the head) and the token embedding keep more
     precision than 4-bit targets (Q6_K under a K target, Q8_0 otherwise);
     rows that are not whole blocks of the type fall back to a type whose
     blocks fit (K types: Q4_1 for q4_k, Q8_0 for q6_k)."""
-    if len(shape) < 2:
+    if len(shape) < 2 or name.endswith("ffn_gate_inp.weight"):
         return "f32"
     cols = shape[-1]
     t = target

@@ -9,6 +9,7 @@ against the reference statistically, and by a golden token list of its own."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -100,16 +101,58 @@ def test_chat_answers(smollm2_f32):
 
 def test_cli_generate(default_model_path):
     r = subprocess.run([sys.executable, "-m", "llmrt", "generate", GOLDEN_PROMPT, "-n", "8",
-                        "--model", default_model_path, "--stats"],
+                        "--model", default_model_path, "--stats", "--temperature", "0"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(GOLDEN_PROMPT + " Paris")
     assert "tok/s" in r.stderr
 
 
+def test_cli_samples_with_llama_cpp_defaults_and_prints_the_seed(default_model_path, monkeypatch,
+                                                                  capsys):
+    from llmrt import cli
+    seen = []
+
+    class Fake:
+        def generate(self, prompt, stream, **kw):
+            seen.append(kw)
+            return iter(["."])
+    monkeypatch.setattr(cli, "_load", lambda a: Fake())
+    assert cli.main(["generate", "x"]) == 0
+    kw = seen[-1]
+    assert (kw["temperature"], kw["top_k"], kw["top_p"], kw["min_p"]) == (0.8, 40, 0.95, 0.05)
+    assert isinstance(kw["seed"], int)
+    assert cli.main(["generate", "x", "--temperature", "0", "--seed", "7"]) == 0
+    assert seen[-1]["temperature"] == 0 and seen[-1]["seed"] == 7
+    # --stats names the seed a run drew, so that the run can be repeated
+    base = [sys.executable, "-m", "llmrt", "generate", "Once upon a time", "-n", "24",
+            "--model", default_model_path]
+    r = subprocess.run(base + ["--stats"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    seed = int(r.stderr.split("seed ")[1].split(";")[0])
+    again = subprocess.run(base + ["--seed", str(seed)], capture_output=True, text=True,
+                           timeout=300)
+    assert again.stdout == r.stdout
+
+
+def test_readme_run_command_answers_without_repeating(default_model_path):
+    """The README's run command: a correct answer, and sampling (the CLI's
+    default) instead of greedy's loops: no sentence twice."""
+    import re
+    ci = open(os.path.join(os.path.dirname(__file__), "..", "..", ".ci", "run")).read()
+    cmd = shlex.split(ci.split("RUN_GEN='")[1].split("'")[0])
+    assert cmd[:3] == ["llmrt", "generate", "The capital of France is"]
+    r = subprocess.run([sys.executable, "-m", "llmrt"] + cmd[1:], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("The capital of France is Paris"), r.stdout
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", r.stdout) if len(s.strip()) > 20]
+    assert len(sentences) == len(set(sentences)), r.stdout
+
+
 def test_cli_speculative_flags(default_model_path):
     base = [sys.executable, "-m", "llmrt", "generate", GOLDEN_PROMPT, "-n", "12",
-            "--model", default_model_path, "--stats"]
+            "--model", default_model_path, "--stats", "--temperature", "0"]
     for extra in (["--prompt-lookup"], ["--draft-model", default_model_path,
                                         "--num-draft-tokens", "4"]):
         r = subprocess.run(base + extra, capture_output=True, text=True, timeout=300)
