@@ -22,7 +22,7 @@ using Bytes = pybind11::array_t<uint8_t, pybind11::array::c_style>;
 WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& data,
                        const std::string& what);
 
-// The CPU kernel table of an ISA by name ("generic", "avx2", "avx512"), or
+// The CPU kernel table of an ISA by name ("generic", "avx2", "avx512", "avx512_vnni"), or
 // the active one for ""; ValueError for an unknown name, RuntimeError when
 // the CPU lacks it.
 const cpu::Kernels& kernels_named(const std::string& isa);

@@ -23,18 +23,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", [] {
     py::dict d;
     d["version"] = LLMRT_VERSION;
-    py::list compiled;
-    compiled.append("generic");
-#if defined(LLMRT_HAVE_AVX2)
-    compiled.append("avx2");
-#endif
-#if defined(LLMRT_HAVE_AVX512)
-    compiled.append("avx512");
-#endif
-    d["cpu_isa_compiled"] = compiled;
-    py::list supported;
-    for (auto isa : {cpu::Isa::Generic, cpu::Isa::Avx2, cpu::Isa::Avx512})
+    py::list compiled, supported;
+    for (auto isa : cpu::kAllIsas) {
+      if (cpu::compiled_in(isa)) compiled.append(cpu::isa_name(isa));
       if (cpu::cpu_supports(isa)) supported.append(cpu::isa_name(isa));
+    }
+    d["cpu_isa_compiled"] = compiled;
     d["cpu_isa_supported"] = supported;
     d["cpu_isa"] = cpu::isa_name(cpu::active_isa());
 #if defined(LLMRT_WITH_CUDA)

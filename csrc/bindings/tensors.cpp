@@ -34,9 +34,9 @@ WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& d
 
 const cpu::Kernels& kernels_named(const std::string& isa) {
   if (isa.empty()) return *cpu::active_kernels();
-  for (auto i : {cpu::Isa::Generic, cpu::Isa::Avx2, cpu::Isa::Avx512})
+  for (auto i : cpu::kAllIsas)
     if (isa == cpu::isa_name(i)) return *cpu::kernels_for(i);
-  throw py::value_error("unknown ISA '" + isa + "' (generic, avx2, avx512)");
+  throw py::value_error("unknown ISA '" + isa + "' (generic, avx2, avx512, avx512_vnni)");
 }
 
 void bind_tensors(py::module_& m) {

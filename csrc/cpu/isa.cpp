@@ -18,7 +18,7 @@ namespace {
 #if LLMRT_X86
 struct CpuFlags {
   bool avx2 = false, fma = false, f16c = false;
-  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false, avx512vnni = false;
   bool os_ymm = false, os_zmm = false;
 };
 
@@ -48,6 +48,7 @@ CpuFlags read_flags() {
     f.avx512dq = (b >> 17) & 1;
     f.avx512bw = (b >> 30) & 1;
     f.avx512vl = (b >> 31) & 1;
+    f.avx512vnni = (c >> 11) & 1;
   }
   return f;
 }
@@ -72,6 +73,10 @@ bool cpu_supports(Isa isa) {
       return f.avx2 && f.fma && f.f16c && f.os_ymm && f.os_zmm && f.avx512f && f.avx512bw &&
              f.avx512vl && f.avx512dq;
     }
+    case Isa::Avx512Vnni: {
+      static const CpuFlags f = read_flags();
+      return cpu_supports(Isa::Avx512) && f.avx512vnni;
+    }
 #else
     default:
       return false;
@@ -85,11 +90,12 @@ const char* isa_name(Isa isa) {
     case Isa::Generic: return "generic";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Avx512Vnni: return "avx512_vnni";
   }
   return "?";
 }
 
-static bool compiled_in(Isa isa) {
+bool compiled_in(Isa isa) {
   switch (isa) {
     case Isa::Generic: return true;
 #if defined(LLMRT_HAVE_AVX2)
@@ -97,6 +103,7 @@ static bool compiled_in(Isa isa) {
 #endif
 #if defined(LLMRT_HAVE_AVX512)
     case Isa::Avx512: return true;
+    case Isa::Avx512Vnni: return true;
 #endif
     default: return false;
   }
@@ -111,6 +118,7 @@ static const Kernels* table_of(Isa isa) {
 #endif
 #if defined(LLMRT_HAVE_AVX512)
     case Isa::Avx512: return kernels_avx512();
+    case Isa::Avx512Vnni: return kernels_avx512_vnni();
 #endif
     default: return kernels_generic();
   }
@@ -130,15 +138,16 @@ Isa select_isa_from_env() {
   const char* env = std::getenv("LLMRT_ISA");
   if (env && *env) {
     std::string s(env);
-    for (Isa isa : {Isa::Generic, Isa::Avx2, Isa::Avx512}) {
+    for (Isa isa : kAllIsas) {
       if (s == isa_name(isa)) {
         kernels_for(isa);  // throws when unusable
         return isa;
       }
     }
-    throw std::runtime_error("LLMRT_ISA='" + s + "' is not one of generic, avx2, avx512");
+    throw std::runtime_error("LLMRT_ISA='" + s +
+                             "' is not one of generic, avx2, avx512, avx512_vnni");
   }
-  for (Isa isa : {Isa::Avx512, Isa::Avx2})
+  for (Isa isa : {Isa::Avx512Vnni, Isa::Avx512, Isa::Avx2})
     if (compiled_in(isa) && cpu_supports(isa)) return isa;
   return Isa::Generic;
 }

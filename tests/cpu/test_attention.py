@@ -9,7 +9,7 @@ import pytest
 from llmrt import _core
 from testutil import kv_round
 
-ISAS = [i for i in ("generic", "avx2", "avx512") if _core.testing.isa_available(i)]
+ISAS = [i for i in ("generic", "avx2", "avx512", "avx512_vnni") if _core.testing.isa_available(i)]
 
 
 def reference(q, k, v, kv_dtype):

@@ -29,7 +29,7 @@ def test_build_info():
     assert info["version"] == llmrt.__version__
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512", "avx512_vnni"])
 def test_forced_isa(isa):
     r = _run(isa)
     if _core.testing.isa_available(isa):

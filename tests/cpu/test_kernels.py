@@ -9,7 +9,7 @@ from llmrt.ggml_types import TYPES
 from testutil import INT8_TYPES, dequantize_ref, encode_tensor, quantize_act_ref, random_kquant
 
 TYPE_IDS = {name: t.id for name, t in TYPES.items()}
-ISAS = [i for i in ("generic", "avx2", "avx512") if _core.testing.isa_available(i)]
+ISAS = [i for i in ("generic", "avx2", "avx512", "avx512_vnni") if _core.testing.isa_available(i)]
 # (rows, cols): row counts not multiples of the 2-row tiles, 16-row grains or
 # thread splits; lengths that are odd multiples of the block
 SHAPES = [(1, 32), (7, 96), (13, 160), (33, 288), (130, 544),

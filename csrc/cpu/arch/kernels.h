@@ -13,7 +13,11 @@
 
 namespace llmrt::cpu {
 
-enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
+// Avx512Vnni: AVX-512 (F, BW, VL, DQ) with VNNI's vpdpbusd and 512-bit tiles
+// in the integer-dot kernels.
+enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3 };
+// Every variant, narrowest first.
+inline constexpr Isa kAllIsas[] = {Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni};
 
 // Number of DType slots in the per-type tables (max GGUF id we index + 1).
 constexpr int kDTypeSlots = 43;
@@ -88,10 +92,13 @@ struct Kernels {
 const Kernels* kernels_generic();
 const Kernels* kernels_avx2();    // nullptr when not compiled in
 const Kernels* kernels_avx512();  // nullptr when not compiled in
+const Kernels* kernels_avx512_vnni();
 
 // What the running CPU (and OS) can execute.
 bool cpu_supports(Isa isa);
 const char* isa_name(Isa isa);
+// Whether the variant's kernels were compiled into this build.
+bool compiled_in(Isa isa);
 // Best ISA the CPU runs, or the one named by LLMRT_ISA (throws
 // std::runtime_error if the name is unknown or the CPU cannot run it).
 Isa select_isa_from_env();
