@@ -3,7 +3,7 @@ speculative decoding with a draft model, on tiny random models."""
 import numpy as np
 import pytest
 import llmrt
-from llmrt.speculative import accept_or_resample
+from llmrt.speculative import DraftLength, accept_or_resample
 from llmrt.sampling import Sampler
 from test_sampling import assert_follows, chi2_critical
 from testutil import write_model
@@ -290,8 +290,11 @@ def test_draft_model_greedy_equals_plain(inv, draft):
     assert inv.cache_stats()["blocks_in_use"] == 0 and draft.cache_stats()["blocks_in_use"] == 0
 
 
-def test_draft_model_drafting_itself_accepts_everything(paths, inv):
-    # a copy of the target as its own draft: every drafted token stands
+def test_draft_model_drafting_itself_accepts_everything(paths, inv, monkeypatch):
+    # a copy of the target as its own draft: every drafted token stands. (A
+    # draft as slow as the target never pays, so the adaptive length would
+    # stop drafting: a fixed length here, to check the verification.)
+    monkeypatch.setattr(DraftLength, "choose", lambda self, room: room)
     twin = llmrt.Model(paths[0], threads=2, kv_cache_tokens=4096, batch_invariant=True)
     r = inv.generate(PROMPTS[1], max_new_tokens=40, ignore_eos=True, draft=twin,
                      num_draft_tokens=4)

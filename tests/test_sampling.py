@@ -346,3 +346,61 @@ def test_prompt_lookup_arguments(tiny):
         kw.setdefault("draft", "prompt_lookup")
         with pytest.raises(ValueError, match=msg):
             tiny.generate(PROMPT, **kw)
+
+
+# ---- speculative decoding: the adaptive draft length ------------------------------------
+
+def _simulate(alpha, t0, c, k_max=8, steps=4000, seed=0):
+    """Tokens per unit time of DraftLength on a simulated sequence: each
+    drafted token stands with probability alpha (if those before it did), a
+    step with k drafts takes t0 + c * k."""
+    from llmrt.speculative import DraftLength
+    rng = np.random.default_rng(seed)
+    dl = DraftLength(k_max)
+    tokens = time = 0.0
+    ks = []
+    for _ in range(steps):
+        k = dl.choose(k_max)
+        a = 0
+        while a < k and rng.random() < alpha:
+            a += 1
+        dt = t0 + c * k
+        dl.observe(k, a, dt)
+        tokens += a + 1
+        time += dt
+        ks.append(k)
+    return tokens / time * t0, np.array(ks)  # relative to plain decoding
+
+
+@pytest.mark.parametrize("alpha,c", [(0.0, 0.2), (0.15, 0.2), (0.15, 0.6), (0.3, 1.0),
+                                     (0.5, 0.6), (0.9, 1.0)])
+def test_draft_length_never_loses_much_to_plain_decoding(alpha, c):
+    # drafting that does not pay is dropped (probes now and then)
+    speed, ks = _simulate(alpha, 1.0, c)
+    assert speed >= 0.96, (speed, np.bincount(ks))
+
+
+@pytest.mark.parametrize("alpha,c,best", [(0.9, 0.05, 2.5), (0.8, 0.1, 1.9), (0.6, 0.1, 1.4)])
+def test_draft_length_drafts_long_where_it_pays(alpha, c, best):
+    # the k the model would pick knowing alpha and c: its speed-up within 10%
+    rate = max((1 - alpha ** (k + 1)) / (1 - alpha) / (1 + c * k) for k in range(9))
+    assert rate >= best  # the cases are ones where speculation pays
+    speed, ks = _simulate(alpha, 1.0, c)
+    assert speed >= 0.9 * rate, (speed, rate, np.bincount(ks))
+
+
+def test_draft_length_follows_the_text():
+    # a copying stretch (everything accepted) after free text (nothing is):
+    # the length climbs back from plain decoding within a few probes
+    from llmrt.speculative import DraftLength
+    dl = DraftLength(8)
+    for _ in range(200):
+        k = dl.choose(8)
+        dl.observe(k, 0, 1.0 + 0.3 * k)
+    assert dl.best() == 0
+    ks = []
+    for _ in range(300):
+        k = dl.choose(8)
+        dl.observe(k, k, 1.0 + 0.1 * k)
+        ks.append(k)
+    assert ks.index(8) < 150 and ks[-50:].count(8) >= 45, ks

@@ -6,7 +6,9 @@ far as it matches the model's own choices.
 
 Drafts come from the text itself (prompt lookup: the tokens that followed the
 latest earlier occurrence of the last few tokens) or from a smaller model
-with the same vocabulary.
+with the same vocabulary. How many tokens to draft is chosen each step from
+the running acceptance and the measured cost of drafting (DraftLength), down
+to none (a plain step) where drafting does not pay.
 """
 
 from __future__ import annotations
@@ -135,6 +137,77 @@ class DraftModel:
             self.seq = -1
 
 
+class DraftLength:
+    """How many tokens to draft next, from 0 (a plain step) to k_max.
+
+    With acceptance rate a (each drafted token standing, if the ones before
+    it did), a draft of k yields E(k) = 1 + a + ... + a^k tokens in a step
+    that costs T(k) = t0 + c k (t0: a plain step, c: drafting and verifying
+    one more token, both measured on this sequence's own steps). The k with
+    the most tokens per second wins; when that is 0, a probe of a short
+    draft now and then (less often while probes keep failing) keeps the
+    acceptance current. The acceptance is a decayed count of the recent
+    verifications, so it follows the text (copying, then not)."""
+
+    decay = 0.8          # weight of the past in the acceptance counts, per verification
+    smooth = 0.3         # weight of a new time in the running means
+    c_prior = 0.15       # c / t0 before both are measured
+    refresh = 64         # steps between plain steps that re-measure t0
+    probe_k = 2
+
+    def __init__(self, k_max: int):
+        self.k_max = k_max
+        self.hit, self.miss = 1.0, 1.0  # prior: a = 0.5
+        self.t0: float | None = None
+        self.c: float | None = None
+        self.verified = 0               # verifications since t0 was measured
+        self.idle = 0                   # plain steps since the last probe
+        self.probe_every = 4
+
+    @property
+    def acceptance(self) -> float:
+        return self.hit / (self.hit + self.miss)
+
+    def best(self) -> int:
+        a = self.acceptance
+        t0 = 1.0 if self.t0 is None else self.t0
+        c = self.c_prior * t0 if self.c is None else self.c
+        rate = [(1.0 - a ** (k + 1)) / (1.0 - a) / (t0 + c * k) if a < 1.0 else (k + 1) / (t0 + c * k)
+                for k in range(self.k_max + 1)]
+        return int(np.argmax(rate))
+
+    def choose(self, room: int) -> int:
+        if room <= 0:
+            return 0
+        if self.verified >= (2 if self.t0 is None else self.refresh):
+            return 0  # a plain step to (re-)measure t0
+        k = self.best()
+        if k == 0:
+            self.idle += 1
+            if self.idle >= self.probe_every:
+                self.idle = 0
+                self.probe_every = min(2 * self.probe_every, 256)
+                k = self.probe_k
+        else:
+            self.probe_every = 4
+        return min(k, room)
+
+    def observe(self, drafted: int, accepted: int, seconds: float) -> None:
+        """One step: drafted tokens (0: a plain step), how many stood, and
+        its time (drafting included)."""
+        mix = self.smooth
+        if drafted == 0:
+            self.t0 = seconds if self.t0 is None else (1 - mix) * self.t0 + mix * seconds
+            self.verified = 0
+            return
+        self.verified += 1
+        self.hit = self.decay * self.hit + accepted
+        self.miss = self.decay * self.miss + (1.0 if accepted < drafted else 0.0)
+        if self.t0 is not None:
+            c = max(seconds - self.t0, 0.0) / drafted
+            self.c = c if self.c is None else (1 - mix) * self.c + mix * c
+
+
 class Speculative(Task):
     """One sequence decoded speculatively: each step verifies the draft's
     proposals (or, with none, takes one token drawn inside the step)."""
@@ -151,6 +224,9 @@ class Speculative(Task):
         self.qs: list = []
         self.n = 0  # the sequence's tokens when the drafts were made
         self.masks: structured.Pending | None = None  # a constraint's masks at the drafted positions
+        self.length = DraftLength(num_draft)
+        self.t_step = 0.0  # when the last step's results were taken
+        self.accepted = 0  # draft tokens that stood in the last step
 
     def admit(self, engine: "Engine") -> None:
         super().admit(engine)
@@ -165,7 +241,8 @@ class Speculative(Task):
     def entries(self) -> list["Entry"]:
         r = self.r
         n = self.n = r.n_hist  # the cache holds n - 1 positions; r.tok is hist[n - 1]
-        room = min(self.num_draft, r.p.max_new_tokens - r.n_generated - 1, r.n_ctx - n)
+        room = self.length.choose(min(self.num_draft, r.p.max_new_tokens - r.n_generated - 1,
+                                      r.n_ctx - n))
         self.drafts, self.qs = (self.src.propose(r.hist, n, room, r.greedy, self.rng)
                                 if room > 0 else ([], []))
         c = r.constraint
@@ -183,6 +260,20 @@ class Speculative(Task):
 
     def apply(self, engine: "Engine", logits: np.ndarray, tokens: np.ndarray,
               logprobs: Sequence | None) -> None:
+        # a step's time runs from the end of the last one's apply to the end
+        # of its own: drafting, the forward and taking the tokens
+        drafted, first = len(self.drafts), not self.started
+        self.accepted = 0
+        try:
+            self._apply(engine, logits, tokens, logprobs)
+        finally:
+            now = time.perf_counter()
+            if not first:
+                self.length.observe(drafted, self.accepted, now - self.t_step)
+            self.t_step = now
+
+    def _apply(self, engine: "Engine", logits: np.ndarray, tokens: np.ndarray,
+               logprobs: Sequence | None) -> None:
         r = self.r
         if not self.started:
             self.started = True
@@ -215,6 +306,7 @@ class Speculative(Task):
             if r.emit(x):
                 break
         r.accepted += a
+        self.accepted = a
         self.drafts = []
         if r.done:
             self._finish()
