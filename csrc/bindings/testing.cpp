@@ -153,16 +153,19 @@ void bind_testing(py::module_& m) {
           const int64_t n = x.shape(0), nb = n / kQK;
           py::array_t<float> d(nb), s(nb);
           py::array_t<int8_t> qs({nb, (int64_t)kQK});
-          std::vector<int8_t> q2((size_t)(2 * n));  // values, then absolute values
-          kernels_named(isa).quantize_act(x.data(), q2.data(), d.mutable_data(), s.mutable_data(), n);
-          py::array_t<int8_t> qa({nb, (int64_t)kQK});
-          std::memcpy(qs.mutable_data(), q2.data(), (size_t)n);
-          std::memcpy(qa.mutable_data(), q2.data() + n, (size_t)n);
-          return py::make_tuple(d, s, qs, qa);
+          // values, absolute values, values with groups of 8 blocks interleaved
+          std::vector<int8_t> q3((size_t)(kActBytes * n));
+          kernels_named(isa).quantize_act(x.data(), q3.data(), d.mutable_data(), s.mutable_data(), n);
+          py::array_t<int8_t> qa({nb, (int64_t)kQK}), qt(n);
+          std::memcpy(qs.mutable_data(), q3.data(), (size_t)n);
+          std::memcpy(qa.mutable_data(), q3.data() + n, (size_t)n);
+          std::memcpy(qt.mutable_data(), q3.data() + 2 * n, (size_t)n);
+          return py::make_tuple(d, s, qs, qa, qt);
         },
         py::arg("x"), py::arg("isa") = "",
         "Activations -> 8 bits: (scales d, d * block sums, int8 values (n/32, 32), their "
-        "absolute values (n/32, 32)).");
+        "absolute values (n/32, 32), the values with each group of 8 blocks interleaved "
+        "4 at a time (n,)).");
 }
 
 }  // namespace llmrt::bindings

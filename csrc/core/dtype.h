@@ -24,9 +24,14 @@ enum class DType : uint32_t {
   // llmrt-internal layouts (never read from a file): Q4_0 / Q4_1 repacked by
   // the CPU backend for its integer kernels. A row is groups of 8 blocks,
   // [8 fp16 d][8 fp16 m (Q4_1R only)][4 x 32 bytes], then the remaining
-  // blocks in pairs [d0 d1 (m0 m1)][32 bytes]. In the 32 bytes of a pair,
-  // byte j holds element j of the first block (low nibble) and of the second
-  // (high nibble). Rows need an even number of blocks; same size as the source.
+  // blocks in pairs [d0 d1 (m0 m1)][32 bytes].
+  // In a group, the blocks are interleaved 4 elements at a time, so that
+  // each 32-bit lane of a 256-bit register belongs to one block: byte
+  // 32c + 4b + i (c < 4, b < 8, i < 4) holds element 4c + i of block b (low
+  // nibble) and element 16 + 4c + i (high nibble). In the 32 bytes of a
+  // pair, byte j holds element j of the first block (low nibble) and of the
+  // second (high nibble). Rows need an even number of blocks; same size as
+  // the source.
   Q4_0R = 40,
   Q4_1R = 41,
   // Q8_0 regrouped: [8 fp16 d][8 x 32 int8] per 8 blocks, then the remaining
@@ -106,16 +111,20 @@ LLMRT_HD inline void kq_scale_min(const uint8_t* q, int j, int& sc, int& m) {
 }
 
 // Activations quantized on the fly for the integer dot products, per row of
-// n values: qs (n int8, followed by their n absolute values, which the
-// kernels of signed weights use), and per block of 32: d (x ~= d * q) and
-// s = d * sum(q) (for the formats with an offset). Rows of a batch follow
-// each other in each array (qs rows are 2n bytes apart).
+// n values: qs (n int8, then their n absolute values, which the kernels of
+// signed weights use, then the n values again with each group of 8 blocks
+// interleaved as the Q4_0R / Q4_1R groups are: byte 32m + 4b + i holds
+// element 4m + i of block b, m < 8; blocks after the last whole group in
+// order), and per block of 32: d (x ~= d * q) and s = d * sum(q) (for the
+// formats with an offset). Rows of a batch follow each other in each array
+// (qs rows are kActBytes * n bytes apart).
+constexpr int64_t kActBytes = 3;
 struct QActs {
   const int8_t* qs;
   const float* d;
   const float* s;
   int64_t n;  // values per row
-  const int8_t* row_qs(int64_t t) const { return qs + t * 2 * n; }
+  const int8_t* row_qs(int64_t t) const { return qs + t * kActBytes * n; }
   const float* row_d(int64_t t) const { return d + t * (n / kQK); }
   const float* row_s(int64_t t) const { return s + t * (n / kQK); }
 };

@@ -79,7 +79,7 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
   QActs xq{nullptr, nullptr, nullptr, cols};
   if (any_int8) {
     const int64_t nb = cols / kQK;
-    if (act.qs.size() < (size_t)(2 * n * cols)) act.qs.resize((size_t)(2 * n * cols));
+    if (act.qs.size() < (size_t)(kActBytes * n * cols)) act.qs.resize((size_t)(kActBytes * n * cols));
     if (act.d.size() < (size_t)(n * nb)) {
       act.d.resize((size_t)(n * nb));
       act.s.resize((size_t)(n * nb));
@@ -87,7 +87,7 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
     xq = QActs{act.qs.data(), act.d.data(), act.s.data(), cols};
     pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t)
-        k.quantize_act(x + t * cols, act.qs.data() + 2 * t * cols, act.d.data() + t * nb,
+        k.quantize_act(x + t * cols, act.qs.data() + kActBytes * t * cols, act.d.data() + t * nb,
                        act.s.data() + t * nb, cols);
     });
   }

@@ -41,7 +41,13 @@ void repack_row(const uint8_t* src, uint8_t* dst, int64_t nb, bool has_m) {
       std::memcpy(base + 2 * i, blk, 2);                  // d
       if (has_m) std::memcpy(base + 16 + 2 * i, blk + 2, 2);  // m
     }
-    for (int p = 0; p < 4; ++p) put_pair(base + (has_m ? 32 : 16) + 32 * p, 8 * g + 2 * p);
+    // byte 32c + 4b + i: element 4c + i (low nibble) and 16 + 4c + i (high) of block b
+    uint8_t* qs = base + (has_m ? 32 : 16);
+    for (int c = 0; c < 4; ++c)
+      for (int b = 0; b < 8; ++b)
+        for (int i = 0; i < 4; ++i)
+          qs[32 * c + 4 * b + i] = (uint8_t)(q4_elem(src, bytes, qoff, 8 * g + b, 4 * c + i) |
+                                             (q4_elem(src, bytes, qoff, 8 * g + b, 16 + 4 * c + i) << 4));
   }
   for (int64_t p = 0; p < pairs; ++p) {
     uint8_t* base = dst + groups * gbytes + p * pbytes;

@@ -101,8 +101,13 @@ def test_quantize_act_matches_rule(isa):
     x = rng.standard_normal(32 * 37).astype(np.float32) * rng.random(32 * 37).astype(np.float32) * 5
     x[:32] = 0.0  # an all-zero block: d = 0, q = 0
     x[32:64] = 0.5  # exact .5 steps after scaling: round half to even
-    d, s, qs, qa = _core.testing.quantize_act(x, isa)
+    d, s, qs, qa, qt = _core.testing.quantize_act(x, isa)
     np.testing.assert_array_equal(qa, np.abs(qs))
+    # whole groups of 8 blocks interleaved 4 values at a time (the Q4_0R /
+    # Q4_1R group order), the 5 blocks after them as they are
+    g = qs[:32].reshape(4, 8, 8, 4).transpose(0, 2, 1, 3).reshape(-1)
+    np.testing.assert_array_equal(qt[:32 * 32], g)
+    np.testing.assert_array_equal(qt[32 * 32:], qs[32:].reshape(-1))
     b = x.reshape(-1, 32)
     amax = np.abs(b).max(axis=1)
     np.testing.assert_array_equal(d, amax / np.float32(127))
