@@ -34,8 +34,10 @@ enum class DType : uint32_t {
   // the source.
   Q4_0R = 40,
   Q4_1R = 41,
-  // Q8_0 regrouped: [8 fp16 d][8 x 32 int8] per 8 blocks, then the remaining
-  // blocks as stored ([d][32 int8] each); same size as the source.
+  // Q8_0 regrouped: [8 fp16 d][256 bytes] per 8 blocks, then the remaining
+  // blocks as stored ([d][32 int8] each); same size as the source. The 256
+  // bytes of a group are interleaved as the Q4 groups' (byte 32m + 4b + i:
+  // element 4m + i of block b, m < 8) and biased to unsigned (q + 128).
   Q8_0R = 42,
 };
 

@@ -64,23 +64,21 @@ void repack_row(const uint8_t* src, uint8_t* dst, int64_t nb, bool has_m) {
 void repack_row_q8(const uint8_t* src, uint8_t* dst, int64_t nb) {
   const BlockQ8_0* b = reinterpret_cast<const BlockQ8_0*>(src);
   const int64_t groups = nb / 8;
-  for (int64_t g = 0; g < groups; ++g) {
-    uint8_t* base = dst + g * 8 * sizeof(BlockQ8_0);
-    for (int i = 0; i < 8; ++i) {
-      std::memcpy(base + 2 * i, &b[8 * g + i].d, 2);
-      std::memcpy(base + 16 + kQK * i, b[8 * g + i].qs, kQK);
-    }
-  }
-  const size_t done = (size_t)groups * 8 * sizeof(BlockQ8_0);
-  std::memcpy(dst + done, src + done, (size_t)(nb - groups * 8) * sizeof(BlockQ8_0));
   // The kernels negate weights by the activation's sign; -128 has no int8
   // negation. Quantizers emit [-127, 127]; a file holding -128 gets -127.
-  for (int64_t k = 0; k < nb; ++k) {
-    int8_t* q = k < groups * 8
-                    ? reinterpret_cast<int8_t*>(dst + (k / 8) * 8 * sizeof(BlockQ8_0) + 16 + kQK * (k % 8))
-                    : reinterpret_cast<BlockQ8_0*>(dst)[k].qs;
-    for (int j = 0; j < kQK; ++j)
-      if (q[j] == -128) q[j] = -127;
+  auto q = [&](int64_t k, int j) { return b[k].qs[j] == -128 ? -127 : (int)b[k].qs[j]; };
+  for (int64_t g = 0; g < groups; ++g) {
+    uint8_t* base = dst + g * 8 * sizeof(BlockQ8_0);
+    uint8_t* qs = base + 16;
+    for (int i = 0; i < 8; ++i) std::memcpy(base + 2 * i, &b[8 * g + i].d, 2);
+    for (int m = 0; m < 8; ++m)
+      for (int k = 0; k < 8; ++k)
+        for (int i = 0; i < 4; ++i) qs[32 * m + 4 * k + i] = (uint8_t)(q(8 * g + k, 4 * m + i) + 128);
+  }
+  BlockQ8_0* tail = reinterpret_cast<BlockQ8_0*>(dst);
+  for (int64_t k = groups * 8; k < nb; ++k) {
+    tail[k].d = b[k].d;
+    for (int j = 0; j < kQK; ++j) tail[k].qs[j] = (int8_t)q(k, j);
   }
 }
 
