@@ -27,8 +27,9 @@ namespace {
 // multiplied many times: for microbenchmarks.
 class PreparedMatmul {
  public:
-  PreparedMatmul(uint32_t type, Bytes data, int64_t rows, int64_t cols, int threads, bool int8)
-      : data_(data), pool_(threads), int8_(int8) {
+  PreparedMatmul(uint32_t type, Bytes data, int64_t rows, int64_t cols, int threads, bool int8,
+                 const std::string& isa)
+      : data_(data), pool_(threads), int8_(int8), kern_(&kernels_named(isa)) {
     w_ = weight_view(type, rows, cols, data_, "weight");
     if (int8 && cpu::can_repack(w_)) w_ = cpu::repack(pool_, w_, packed_);
   }
@@ -40,7 +41,7 @@ class PreparedMatmul {
     const float* xp = x.data();
     {
       py::gil_scoped_release nogil;
-      cpu::matmul(pool_, *cpu::active_kernels(), w_, xp, n, yp, act_, int8_);
+      cpu::matmul(pool_, *kern_, w_, xp, n, yp, act_, int8_);
     }
     return y;
   }
@@ -51,6 +52,7 @@ class PreparedMatmul {
   Bytes data_;
   ThreadPool pool_;
   bool int8_;
+  const cpu::Kernels* kern_;
   WeightView w_;
   cpu::PackedBytes packed_;
   cpu::ActBuffer act_;
@@ -100,9 +102,9 @@ void bind_testing(py::module_& m) {
         py::arg("block_tokens") = 32, py::arg("kv_type") = "f32", py::arg("isa") = "",
         py::arg("threads") = 1, py::arg("contiguous") = false);
   py::class_<PreparedMatmul>(m, "PreparedMatmul")
-      .def(py::init<uint32_t, Bytes, int64_t, int64_t, int, bool>(), py::arg("type"),
-           py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("threads") = 1,
-           py::arg("int8_activations") = true)
+      .def(py::init<uint32_t, Bytes, int64_t, int64_t, int, bool, const std::string&>(),
+           py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"),
+           py::arg("threads") = 1, py::arg("int8_activations") = true, py::arg("isa") = "")
       .def("__call__", &PreparedMatmul::run, py::arg("x"))
       .def_property_readonly("layout", &PreparedMatmul::layout)
       .def_property_readonly("nbytes", &PreparedMatmul::nbytes);

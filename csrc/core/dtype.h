@@ -28,10 +28,10 @@ enum class DType : uint32_t {
   // In a group, the blocks are interleaved 4 elements at a time, so that
   // each 32-bit lane of a 256-bit register belongs to one block: byte
   // 32c + 4b + i (c < 4, b < 8, i < 4) holds element 4c + i of block b (low
-  // nibble) and element 16 + 4c + i (high nibble). In the 32 bytes of a
-  // pair, byte j holds element j of the first block (low nibble) and of the
-  // second (high nibble). Rows need an even number of blocks; same size as
-  // the source.
+  // nibble) and element 16 + 4c + i (high nibble). A pair is interleaved
+  // likewise: byte 8k + 4j + i (k < 4, j < 2) holds element 4k + i of its
+  // block j (low nibble) and element 16 + 4k + i (high). Rows need an even
+  // number of blocks; same size as the source.
   Q4_0R = 40,
   Q4_1R = 41,
   // Q8_0 regrouped: [8 fp16 d][256 bytes] per 8 blocks, then the remaining
@@ -116,8 +116,9 @@ LLMRT_HD inline void kq_scale_min(const uint8_t* q, int j, int& sc, int& m) {
 // n values: qs (n int8, then their n absolute values, which the kernels of
 // signed weights use, then the n values again with each group of 8 blocks
 // interleaved as the Q4_0R / Q4_1R groups are: byte 32m + 4b + i holds
-// element 4m + i of block b, m < 8; blocks after the last whole group in
-// order), and per block of 32: d (x ~= d * q) and s = d * sum(q) (for the
+// element 4m + i of block b, m < 8; then pairs of blocks likewise, byte
+// 8k + 4j + i: element 4k + i of block j, k < 8; an odd last block as it
+// is), and per block of 32: d (x ~= d * q) and s = d * sum(q) (for the
 // formats with an offset). Rows of a batch follow each other in each array
 // (qs rows are kActBytes * n bytes apart).
 constexpr int64_t kActBytes = 3;

@@ -29,10 +29,14 @@ void repack_row(const uint8_t* src, uint8_t* dst, int64_t nb, bool has_m) {
   const size_t qoff = has_m ? 4 : 2;
   const size_t gbytes = has_m ? 160 : 144, pbytes = has_m ? 40 : 36;
   const int64_t groups = nb / 8, pairs = (nb % 8) / 2;
-  auto put_pair = [&](uint8_t* out, int64_t b0) {  // blocks b0, b0 + 1 -> 32 bytes
-    for (int j = 0; j < kQK; ++j)
-      out[j] = (uint8_t)(q4_elem(src, bytes, qoff, b0, j) |
-                         (q4_elem(src, bytes, qoff, b0 + 1, j) << 4));
+  // blocks b0, b0 + 1 -> 32 bytes: byte 8k + 4j + i holds element 4k + i of
+  // block b0 + j (low nibble) and element 16 + 4k + i (high)
+  auto put_pair = [&](uint8_t* out, int64_t b0) {
+    for (int k = 0; k < 4; ++k)
+      for (int j = 0; j < 2; ++j)
+        for (int i = 0; i < 4; ++i)
+          out[8 * k + 4 * j + i] = (uint8_t)(q4_elem(src, bytes, qoff, b0 + j, 4 * k + i) |
+                                             (q4_elem(src, bytes, qoff, b0 + j, 16 + 4 * k + i) << 4));
   };
   for (int64_t g = 0; g < groups; ++g) {
     uint8_t* base = dst + g * gbytes;

@@ -104,10 +104,13 @@ def test_quantize_act_matches_rule(isa):
     d, s, qs, qa, qt = _core.testing.quantize_act(x, isa)
     np.testing.assert_array_equal(qa, np.abs(qs))
     # whole groups of 8 blocks interleaved 4 values at a time (the Q4_0R /
-    # Q4_1R group order), the 5 blocks after them as they are
+    # Q4_1R group order), then pairs of the 5 blocks after them likewise, the
+    # last block as it is
     g = qs[:32].reshape(4, 8, 8, 4).transpose(0, 2, 1, 3).reshape(-1)
     np.testing.assert_array_equal(qt[:32 * 32], g)
-    np.testing.assert_array_equal(qt[32 * 32:], qs[32:].reshape(-1))
+    pairs = qs[32:36].reshape(2, 2, 8, 4).transpose(0, 2, 1, 3).reshape(-1)
+    np.testing.assert_array_equal(qt[32 * 32:36 * 32], pairs)
+    np.testing.assert_array_equal(qt[36 * 32:], qs[36])
     b = x.reshape(-1, 32)
     amax = np.abs(b).max(axis=1)
     np.testing.assert_array_equal(d, amax / np.float32(127))
