@@ -66,6 +66,8 @@ class PromptLookup:
 
     max_ngram = 3
 
+    catch_up = 0.0
+
     def propose(self, hist: np.ndarray, n: int, k: int, greedy: bool,
                 rng: np.random.Generator) -> tuple[list[int], list[None]]:
         for g in range(min(self.max_ngram, n - 1), 0, -1):
@@ -93,6 +95,7 @@ class DraftModel:
     def __init__(self, engine: "Engine", r: Request, seed: int):
         self.engine, self.r = engine, r
         self.sampler = Sampler(r.p, engine.vocab_size, r.end_ids, seed=seed + 1)
+        self.catch_up = 0.0  # seconds the last proposal spent on skipped text
         self.seq = engine.new_sequence()
         try:
             self.len = engine.reuse_prefix(self.seq, r.prompt)
@@ -103,7 +106,10 @@ class DraftModel:
     def propose(self, hist: np.ndarray, n: int, k: int, greedy: bool,
                 rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
         eng = self.engine
+        t = time.perf_counter()
         lg = eng.forward(self.seq, hist[self.len:n])  # what it has not seen
+        if n - self.len > 2:  # text it skipped (plain steps, the prompt); after
+            self.catch_up = time.perf_counter() - t  # a verification it has 1 or 2 to see
         self.len = n
         h = hist[:n + k].copy()
         n_gen = self.r.n_generated
@@ -147,13 +153,19 @@ class DraftLength:
     the most tokens per second wins; when that is 0, a probe of a short
     draft now and then (less often while probes keep failing) keeps the
     acceptance current. The acceptance is a decayed count of the recent
-    verifications, so it follows the text (copying, then not)."""
+    verifications, so it follows the text (copying, then not). A probe that
+    cost more than a few plain steps (a draft model catching up on the text
+    it skipped) spaces the next ones so that they cost about 2% of the time.
+    """
 
     decay = 0.8          # weight of the past in the acceptance counts, per verification
     smooth = 0.3         # weight of a new time in the running means
     c_prior = 0.15       # c / t0 before both are measured
     refresh = 64         # steps between plain steps that re-measure t0
-    probe_k = 2
+    probe_k = 1          # a probe drafts one token: a failed probe costs c
+    probe_first = 16     # plain steps before the first probe (doubling up to probe_last)
+    probe_last = 256
+    probe_share = 0.02   # of the time, what probes may cost
 
     def __init__(self, k_max: int):
         self.k_max = k_max
@@ -162,7 +174,9 @@ class DraftLength:
         self.c: float | None = None
         self.verified = 0               # verifications since t0 was measured
         self.idle = 0                   # plain steps since the last probe
-        self.probe_every = 4
+        self.probe_every = self.probe_first
+        self._best: int | None = None   # best(), until a verification changes it
+        self.probing = False
 
     @property
     def acceptance(self) -> float:
@@ -181,25 +195,38 @@ class DraftLength:
             return 0
         if self.verified >= (2 if self.t0 is None else self.refresh):
             return 0  # a plain step to (re-)measure t0
-        k = self.best()
+        if self._best is None:
+            self._best = self.best()
+        k = self._best
         if k == 0:
             self.idle += 1
             if self.idle >= self.probe_every:
                 self.idle = 0
-                self.probe_every = min(2 * self.probe_every, 256)
+                self.probe_every = min(2 * self.probe_every, self.probe_last)
+                self.probing = True
                 k = self.probe_k
         else:
-            self.probe_every = 4
+            self.probe_every = self.probe_first
         return min(k, room)
 
-    def observe(self, drafted: int, accepted: int, seconds: float) -> None:
-        """One step: drafted tokens (0: a plain step), how many stood, and
-        its time (drafting included)."""
+    def observe(self, drafted: int, accepted: int, seconds: float, catch_up: float = 0.0) -> None:
+        """One step: drafted tokens (0: a plain step), how many stood, its
+        time (drafting included) and the part of it a draft model spent on
+        the text it had skipped (not a cost of drafting in steady state)."""
         mix = self.smooth
+        if self.probing and drafted and self.t0 is not None:
+            cost = max(seconds - self.t0, 0.0)
+            self.probe_every = max(self.probe_every,
+                                   min(int(cost / (self.probe_share * self.t0)), 4 * self.probe_last))
+        self.probing = False
+        seconds -= catch_up
         if drafted == 0:
+            if self.t0 is None:
+                self._best = None
             self.t0 = seconds if self.t0 is None else (1 - mix) * self.t0 + mix * seconds
             self.verified = 0
             return
+        self._best = None
         self.verified += 1
         self.hit = self.decay * self.hit + accepted
         self.miss = self.decay * self.miss + (1.0 if accepted < drafted else 0.0)
@@ -269,8 +296,11 @@ class Speculative(Task):
         finally:
             now = time.perf_counter()
             if not first:
-                self.length.observe(drafted, self.accepted, now - self.t_step)
+                catch_up = self.src.catch_up if drafted else 0.0
+                self.length.observe(drafted, self.accepted, now - self.t_step, catch_up)
             self.t_step = now
+            if self.src is not None:
+                self.src.catch_up = 0.0
 
     def _apply(self, engine: "Engine", logits: np.ndarray, tokens: np.ndarray,
                logprobs: Sequence | None) -> None:
