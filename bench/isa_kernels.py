@@ -5,7 +5,7 @@ Q4_1 / Q8_0), for 1 token (decode: GB/s of weights against the measured
 read bandwidth), 16 tokens (a batch) and 128 tokens (a prompt chunk), in
 GOP/s (2 operations a multiply-add). Ratios are against the first variant.
 
-    python bench/isa_kernels.py [--isas avx2,avx512,avx512_vnni] [--threads 1]
+    [SHAPES=Q4_1x12288x576,...] python bench/isa_kernels.py [--isas avx2,avx512,avx512_vnni] [--threads 1]
         [--runs 15]
 """
 
@@ -31,6 +31,8 @@ from llmrt.ggml_types import TYPES  # noqa: E402
 # (type, rows, cols): q/o and gate/up (576-wide rows: 2 groups of 8 blocks and
 # a pair), down (1536-wide: 6 groups), the tied Q8_0 head (a slice of it)
 SHAPES = [("Q4_1", 1536, 576), ("Q4_1", 576, 1536), ("Q8_0", 8192, 576)]
+if os.environ.get("SHAPES"):  # e.g. SHAPES=Q4_1x12288x576,Q8_0x8192x576
+    SHAPES = [(t, int(r), int(c)) for t, r, c in (s.split("x") for s in os.environ["SHAPES"].split(","))]
 
 
 def main() -> None:
