@@ -290,6 +290,27 @@ def test_draft_model_greedy_equals_plain(inv, draft):
     assert inv.cache_stats()["blocks_in_use"] == 0 and draft.cache_stats()["blocks_in_use"] == 0
 
 
+@pytest.mark.parametrize("kind", ["model", "prompt_lookup"])
+def test_draft_lengths_changing_every_step_keep_greedy_output(inv, draft, kind, monkeypatch):
+    # the adaptive length goes up and down with the acceptance and the
+    # clock: any sequence of lengths (plain steps among them) gives plain
+    # greedy decoding's tokens, and drafting then stands where it did
+    lengths = iter([0, 3, 1, 0, 0, 5, 2, 7, 1, 0, 4] * 20)
+    monkeypatch.setattr(DraftLength, "choose", lambda self, room: min(next(lengths), room))
+    d = draft if kind == "model" else "prompt_lookup"
+    prompt = PROMPTS[4] + PROMPTS[4][:20]  # the lookup finds text to copy
+    for kw in (dict(), dict(repetition_penalty=1.3, logprobs=2)):
+        plain = inv.generate(prompt, max_new_tokens=40, ignore_eos=True, **kw)
+        spec = inv.generate(prompt, max_new_tokens=40, ignore_eos=True, draft=d,
+                            num_draft_tokens=7, **kw)
+        assert spec.token_ids == plain.token_ids, kw
+        if kw.get("logprobs"):
+            assert [(x.token_id, x.logprob) for x in spec.logprobs] == \
+                [(x.token_id, x.logprob) for x in plain.logprobs]
+    assert spec.timings["draft_tokens"] > 0
+    assert inv.cache_stats()["blocks_in_use"] == 0
+
+
 def test_draft_model_drafting_itself_accepts_everything(paths, inv, monkeypatch):
     # a copy of the target as its own draft: every drafted token stands. (A
     # draft as slow as the target never pays, so the adaptive length would
@@ -334,8 +355,14 @@ def test_accept_or_resample_keeps_the_target_distribution():
         assert_follows(counts, p)
 
 
+@pytest.mark.parametrize("lengths", ["adaptive", "random"])
 @pytest.mark.parametrize("draft_kind", ["model", "prompt_lookup"])
-def test_speculative_sampling_matches_plain_distribution(inv, draft, draft_kind):
+def test_speculative_sampling_matches_plain_distribution(inv, draft, draft_kind, lengths,
+                                                         monkeypatch):
+    if lengths == "random":  # draft lengths 0-2 drawn each step: plain and drafted draws mix
+        pick = np.random.default_rng(7)
+        monkeypatch.setattr(DraftLength, "choose",
+                            lambda self, room: min(int(pick.integers(0, 3)), room))
     # tokens 2 and 3 come out of speculation (token 1 comes from the prompt's
     # forward): each follows the model's own sampling distribution given the
     # tokens before it, checked on the most common prefixes
