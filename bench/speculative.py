@@ -50,24 +50,32 @@ def main() -> None:
           f"medians of {a.runs} alternating runs")
     tasks = [("copy", ["Repeat this text exactly:\n\n" + TEXT]), ("free-form chat", CHATS)]
     for name, asks in tasks:
-        plain, spec, same, acc, tpf = [], [], 0, [], []
-        for _ in range(a.runs):
-            for q in asks:
-                prompt = m.apply_chat_template([{"role": "user", "content": q}])
-                kw = dict(max_new_tokens=100, add_special=False)
-                r0 = m.generate(prompt, **kw)
-                r1 = m.generate(prompt, draft="prompt_lookup", num_draft_tokens=a.num_draft_tokens,
-                                **kw)
-                plain.append(r0.timings["decode_tokens_per_s"])
-                spec.append(r1.timings["decode_tokens_per_s"])
-                same += r0.token_ids == r1.token_ids
-                acc.append(r1.timings["draft_acceptance"])
-                tpf.append(r1.timings["tokens_per_forward"])
-        p, s_ = statistics.median(plain), statistics.median(spec)
+        p, s_, acc, tpf, same, n = measure(m, asks, a.runs, dict(max_new_tokens=100),
+                                           dict(draft="prompt_lookup",
+                                                num_draft_tokens=a.num_draft_tokens))
         print(f"{name:15s} plain {p:6.1f} tok/s   prompt lookup {s_:6.1f} tok/s   "
-              f"speed-up {s_ / p:.2f}x   acceptance {statistics.median(acc):.2f}, "
-              f"{statistics.median(tpf):.2f} tokens per forward; greedy outputs identical "
-              f"{same}/{len(plain)}")
+              f"speed-up {s_ / p:.2f}x   acceptance {acc:.2f}, {tpf:.2f} tokens per forward; "
+              f"greedy outputs identical {same}/{n}")
+
+
+def measure(m: llmrt.Model, asks: list[str], runs: int, kw: dict, spec_kw: dict) -> tuple:
+    """Decode tok/s of each chat prompt plain and speculative, alternating:
+    medians of both, of the acceptance and of tokens per forward, and how
+    many outputs were identical (of how many)."""
+    plain, spec, same, acc, tpf = [], [], 0, [], []
+    for _ in range(runs):
+        for q in asks:
+            prompt = m.apply_chat_template([{"role": "user", "content": q}])
+            args = dict(add_special=False, **kw)
+            r0 = m.generate(prompt, **args)
+            r1 = m.generate(prompt, **spec_kw, **args)
+            plain.append(r0.timings["decode_tokens_per_s"])
+            spec.append(r1.timings["decode_tokens_per_s"])
+            same += r0.token_ids == r1.token_ids
+            acc.append(r1.timings["draft_acceptance"])
+            tpf.append(r1.timings["tokens_per_forward"])
+    med = statistics.median
+    return med(plain), med(spec), med(acc), med(tpf), same, len(plain)
 
 
 CHATS = ["Write a short story about a robot who learns to paint.",
@@ -86,23 +94,12 @@ def draft_model(a) -> None:
     print(f"target {target!r}\ndraft  {draft!r}\nk={k}, 100 new tokens a prompt, "
           f"{len(CHATS)} prompts, medians of {a.runs} runs")
     for label, kw in (("greedy", dict()), ("sampled T=0.7", dict(temperature=0.7, seed=1))):
-        plain, spec, same, acc, tpf = [], [], 0, [], []
-        for _ in range(a.runs):
-            for q in CHATS:
-                prompt = target.apply_chat_template([{"role": "user", "content": q}])
-                args = dict(max_new_tokens=100, add_special=False, ignore_eos=True, **kw)
-                r0 = target.generate(prompt, **args)
-                r1 = target.generate(prompt, draft=draft, num_draft_tokens=k, **args)
-                plain.append(r0.timings["decode_tokens_per_s"])
-                spec.append(r1.timings["decode_tokens_per_s"])
-                same += r0.token_ids == r1.token_ids
-                acc.append(r1.timings["draft_acceptance"])
-                tpf.append(r1.timings["tokens_per_forward"])
-        p, s_ = statistics.median(plain), statistics.median(spec)
+        p, s_, acc, tpf, same, n = measure(target, CHATS, a.runs,
+                                           dict(max_new_tokens=100, ignore_eos=True, **kw),
+                                           dict(draft=draft, num_draft_tokens=k))
         print(f"{label:14s} plain {p:6.1f} tok/s   with draft {s_:6.1f} tok/s   "
-              f"speed-up {s_ / p:.2f}x   acceptance {statistics.median(acc):.2f}, "
-              f"{statistics.median(tpf):.2f} tokens per target forward"
-              + (f"; outputs identical {same}/{len(plain)}" if not kw else ""))
+              f"speed-up {s_ / p:.2f}x   acceptance {acc:.2f}, {tpf:.2f} tokens per target "
+              f"forward" + (f"; outputs identical {same}/{n}" if not kw else ""))
 
 
 if __name__ == "__main__":
