@@ -10,7 +10,9 @@ llmrt (device="cuda"):
   weights' bytes give at that rate;
 - 64 sequences decoding together (native steps), and generate() over 64
   prompts end to end;
-- a 2048-token prompt (tokens/s, time to first token).
+- a 2048-token prompt (tokens/s, time to first token);
+- the prompt and the batch of 64 again with activations="f16" (products of
+  16 tokens or more on tensor cores).
 The CPU backend's batch-1 decode on the same model, unless --no-cpu.
 
 Peer (when torch and transformers import and see a GPU): LlamaForCausalLM of
@@ -201,6 +203,17 @@ def main() -> None:
     res["prompt"] = prompt_rate(gpu, 2048)
     print(f"prompt, 2048 tokens: {res['prompt']:9.1f} tok/s (first token after "
           f"{2048 / res['prompt'] * 1e3:.1f} ms)")
+    # tensor cores: products of 16 tokens or more in f16 (f32 sums)
+    del gpu
+    tc = llmrt.Model(path, device="cuda", context_length=4096, kv_cache_tokens=64 * 600,
+                     activations="f16")
+    res["tc_prompt"] = prompt_rate(tc, 2048)
+    res["tc_step64"] = 64 / step_time(tc, 64, 64, max(16, a.steps // 4))
+    res["tc_batch64"] = generate_rate(tc, 64, 256, runs=2, **SAMPLED)
+    print(f"tensor cores (activations='f16'): prompt 2048 {res['tc_prompt']:9.1f} tok/s (first "
+          f"token after {2048 / res['tc_prompt'] * 1e3:.1f} ms); batch 64: native steps "
+          f"{res['tc_step64']:9.1f} tok/s, generate([64 prompts]) sampled {res['tc_batch64']:9.1f} tok/s")
+    del tc
     if not a.no_cpu:
         cpu = llmrt.Model(path, context_length=4096)
         c1 = generate_rate(cpu, 1, 64, runs=1)
@@ -217,9 +230,10 @@ def main() -> None:
     print(f"  generate batch 1: {peer['generate_b1']:9.1f} tok/s   llmrt greedy / peer "
           f"{res['greedy'] / peer['generate_b1']:.2f}x")
     print(f"  generate batch 64: {peer['generate_b64']:9.1f} tok/s   llmrt sampled / peer "
-          f"{res['batch64'] / peer['generate_b64']:.2f}x")
+          f"{res['batch64'] / peer['generate_b64']:.2f}x (tensor cores "
+          f"{res['tc_batch64'] / peer['generate_b64']:.2f}x)")
     print(f"  prompt 2048: {peer['prompt']:9.1f} tok/s   llmrt / peer "
-          f"{res['prompt'] / peer['prompt']:.2f}x")
+          f"{res['prompt'] / peer['prompt']:.2f}x (tensor cores {res['tc_prompt'] / peer['prompt']:.2f}x)")
 
 
 if __name__ == "__main__":

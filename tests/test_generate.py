@@ -139,6 +139,8 @@ def test_device_and_threads_validation(tiny):
         llmrt.Model(tiny.path, context_length=100000)
     with pytest.raises(ValueError, match="activations"):
         llmrt.Model(tiny.path, activations="int4")
+    with pytest.raises(ValueError, match="tensor cores.*device='cuda'"):
+        llmrt.Model(tiny.path, activations="f16")
 
 
 def test_chat_uses_template_and_stops(tiny):

@@ -32,6 +32,7 @@ struct ModelOptions {
   std::string device = "cpu";
   int threads = 1;
   bool int8_activations = true;
+  bool tensor_cores = false;  // CUDA: several-token products in f16 on tensor cores
   bool batch_invariant = false;
   int64_t kv_cache_tokens = 0;  // 0: the context length
   int64_t kv_cache_bytes = 0;   // 0: from kv_cache_tokens
@@ -45,7 +46,7 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& o) {
   if (o.device == "cpu") return make_cpu_backend(o.threads, o.int8_activations, o.batch_invariant);
   if (o.device == "cuda") {
 #if defined(LLMRT_WITH_CUDA)
-    return make_cuda_backend(0);
+    return make_cuda_backend(0, o.tensor_cores);
 #else
     throw py::value_error("this llmrt build has no CUDA backend (built without a CUDA compiler)");
 #endif
@@ -332,6 +333,7 @@ void bind_model(py::module_& m) {
   LLMRT_OPTION(device);
   LLMRT_OPTION(threads);
   LLMRT_OPTION(int8_activations);
+  LLMRT_OPTION(tensor_cores);
   LLMRT_OPTION(batch_invariant);
   LLMRT_OPTION(kv_cache_tokens);
   LLMRT_OPTION(kv_cache_bytes);

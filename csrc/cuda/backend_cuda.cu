@@ -96,7 +96,7 @@ struct PassBuffers {
 
 class CudaBackend : public Backend {
  public:
-  explicit CudaBackend(int device) : device_(device) {
+  CudaBackend(int device, bool tensor_cores) : device_(device), tc_(tensor_cores) {
     if (device < 0 || device >= cuda_device_count())
       throw std::runtime_error("no CUDA device " + std::to_string(device));
     LLMRT_CUDA_CHECK(cudaSetDevice(device));
@@ -122,7 +122,9 @@ class CudaBackend : public Backend {
     cudaStreamDestroy(stream_);
   }
 
-  std::string name() const override { return "cuda/" + cuda_device_name(device_); }
+  std::string name() const override {
+    return "cuda/" + cuda_device_name(device_) + (tc_ ? "/f16" : "");
+  }
   int threads() const override { return 1; }
 
   float* alloc_floats(size_t n) override {
@@ -289,7 +291,7 @@ class CudaBackend : public Backend {
     cuda::embed(d, pass_.d<int32_t>(pass_.ids), n, out, stream_);
   }
   void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) override {
-    for (int i = 0; i < count; ++i) cuda::matmul(*jobs[i].w, x, n, jobs[i].y, stream_);
+    for (int i = 0; i < count; ++i) cuda::matmul(*jobs[i].w, x, n, jobs[i].y, stream_, tc_);
   }
   void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override {
     cuda::rmsnorm(x, device_copy(w, dim), n, dim, eps, y, stream_);
@@ -314,10 +316,14 @@ class CudaBackend : public Backend {
         upload_small(reinterpret_cast<const int32_t*>(weights), count, 1));
     cuda::scatter_add_rows(dst, src, r, w, count, dim, stream_);
   }
+  // Several-token products on tensor cores: through the primitives (norm,
+  // product, residual, SwiGLU), the products by cuda::matmul's tensor-core kernel.
+  bool on_tensor_cores(int n) const { return tc_ && n >= cuda::kTensorCoreRows; }
+
   // ---- fused operations: fewer kernels a layer ----
   void norm_matmul_many(const float* x, const float* weight, int n, int dim, float eps,
                         const MatmulJob* jobs, int count, float* xn) override {
-    if (!fused_ || !cuda::norm_fits_cols(n, dim))
+    if (!fused_ || on_tensor_cores(n) || !cuda::norm_fits_cols(n, dim))
       return Backend::norm_matmul_many(x, weight, n, dim, eps, jobs, count, xn);
     std::vector<MatmulJob> js(jobs, jobs + count);
     for (MatmulJob& j : js)
@@ -325,13 +331,13 @@ class CudaBackend : public Backend {
     cuda::norm_matmul_many(x, device_copy(weight, dim), n, dim, eps, js.data(), count, stream_);
   }
   void matmul_add(const WeightView& w, const float* x, int n, float* y, float* tmp) override {
-    if (!fused_) return Backend::matmul_add(w, x, n, y, tmp);
+    if (!fused_ || on_tensor_cores(n)) return Backend::matmul_add(w, x, n, y, tmp);
     cuda::matmul_add(w, x, n, y, stream_);
   }
   void norm_gate_up(const float* x, const float* weight, int n, int dim, float eps,
                     const WeightView& wg, const WeightView& wu, float* xn, float* gate,
                     float* up) override {
-    if (!fused_ || !cuda::fused_supported(wg, wu, n, dim))
+    if (!fused_ || on_tensor_cores(n) || !cuda::fused_supported(wg, wu, n, dim))
       return Backend::norm_gate_up(x, weight, n, dim, eps, wg, wu, xn, gate, up);
     cuda::norm_gate_up(x, device_copy(weight, dim), n, dim, eps, wg, wu, gate, stream_);
   }
@@ -471,6 +477,7 @@ class CudaBackend : public Backend {
   int small_cap_[2] = {0, 0};
   int sm_count_ = 1;
   bool fused_ = true;
+  bool tc_ = false;  // several-token products on tensor cores (activations="f16")
   float* part_ = nullptr;  // split attention's partials
   size_t part_cap_ = 0;
   uint8_t* sample_buf_ = nullptr;  // device sampling: draws, mods, ids
@@ -482,8 +489,8 @@ class CudaBackend : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
-  return std::make_unique<CudaBackend>(device);
+std::unique_ptr<Backend> make_cuda_backend(int device, bool tensor_cores) {
+  return std::make_unique<CudaBackend>(device, tensor_cores);
 }
 
 }  // namespace llmrt

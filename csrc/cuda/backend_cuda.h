@@ -15,6 +15,8 @@ int cuda_device_count();
 // "name (compute capability, memory)" of a device.
 std::string cuda_device_name(int device);
 // Throws std::runtime_error when the device cannot be used.
-std::unique_ptr<Backend> make_cuda_backend(int device);
+// tensor_cores: products of kTensorCoreRows tokens or more on tensor cores
+// (f16 operands, f32 sums); else float32 throughout.
+std::unique_ptr<Backend> make_cuda_backend(int device, bool tensor_cores = false);
 
 }  // namespace llmrt

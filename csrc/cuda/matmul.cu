@@ -2,6 +2,13 @@
 // row and up to kTok tokens; lanes take consecutive 32-weight sub-blocks
 // (neighbouring memory), widen them in registers and dot them with each
 // token's activations; a warp sum gives each output.
+//
+// With tensor cores (a backend built with them, kTensorCoreRows tokens or
+// more): 64 weight rows x 64 tokens a block, each 32-wide block of the
+// weights dequantised into shared memory as f16 beside the tokens'
+// activations (f16), products by WMMA 16 x 16 x 16 tiles accumulated in f32.
+#include <mma.h>
+
 #include <algorithm>
 
 #include "cuda/common.cuh"
@@ -49,6 +56,94 @@ __global__ void matmul_kernel(const uint8_t* __restrict__ w, size_t row_stride, 
     const float s = warp_sum(acc[t]);
     if (lane == 0) y[(size_t)(t0 + t) * rows + r] = s;
   }
+}
+
+// ---- tensor cores ------------------------------------------------------------------
+constexpr int kTcRows = 64;        // weight rows a block
+constexpr int kTcTok = 64;         // tokens a block
+constexpr int kTcLd = 32 + 8;      // shared row pitch in halves (a multiple of 8)
+constexpr int kTcThreads = 128;    // 4 warps, each 32 rows x 32 tokens of the tile
+
+template <DType T>
+__global__ void __launch_bounds__(kTcThreads)
+tc_kernel(const uint8_t* __restrict__ w, size_t row_stride, int rows, int cols,
+          const float* __restrict__ x, int n, float* __restrict__ y) {
+  using namespace nvcuda;
+  __shared__ __align__(32) half ws[kTcRows * kTcLd];
+  __shared__ __align__(32) half xs[kTcTok * kTcLd];
+  __shared__ __align__(32) float cs[kTcThreads / 32][32 * 32];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int r0 = blockIdx.x * kTcRows, t0 = blockIdx.y * kTcTok;
+  const int wr = (warp >> 1) * 32, wt = (warp & 1) * 32;  // the warp's rows and tokens
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+  for (int kb = 0; kb < cols / 32; ++kb) {
+    if (tid < kTcRows) {  // a weight row's 32-wide block, dequantised
+      float wv[32];
+      const int r = r0 + tid;
+      if (r < rows) {
+        load_sub<T>(w + (size_t)r * row_stride, kb, wv);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 32; ++i) wv[i] = 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < 32; ++i) ws[tid * kTcLd + i] = __float2half(wv[i]);
+    }
+    // the tokens' 32 values: 16 a thread (two threads a token)
+    {
+      const int t = tid >> 1, h = (tid & 1) * 16;
+      const bool in = t0 + t < n;
+      const float* xp = x + (size_t)(t0 + t) * cols + 32 * kb + h;
+#pragma unroll
+      for (int i = 0; i < 16; i += 4) {
+        const float4 v = in ? *reinterpret_cast<const float4*>(xp + i) : make_float4(0.f, 0.f, 0.f, 0.f);
+        half* d = xs + t * kTcLd + h + i;
+        d[0] = __float2half(v.x);
+        d[1] = __float2half(v.y);
+        d[2] = __float2half(v.z);
+        d[3] = __float2half(v.w);
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < 32; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, half, wmma::row_major> a[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, half, wmma::col_major> b[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], ws + (wr + 16 * i) * kTcLd + kk, kTcLd);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], xs + (wt + 16 * j) * kTcLd + kk, kTcLd);
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();  // the tiles are refilled next
+  }
+  // c[token * 32 + row] of the warp's 32 x 32, then y (n, rows) within bounds
+  float* c = cs[warp];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+      wmma::store_matrix_sync(c + 16 * j * 32 + 16 * i, acc[i][j], 32, wmma::mem_col_major);
+  __syncwarp();
+  for (int e = lane; e < 32 * 32; e += 32) {
+    const int r = r0 + wr + (e & 31), t = t0 + wt + (e >> 5);
+    if (r < rows && t < n) y[(size_t)t * rows + r] = c[e];
+  }
+}
+
+template <DType T>
+void launch_tc(const WeightView& w, const float* x, int n, float* y, cudaStream_t stream) {
+  const dim3 grid((unsigned)((w.rows + kTcRows - 1) / kTcRows), (unsigned)((n + kTcTok - 1) / kTcTok));
+  tc_kernel<T><<<grid, kTcThreads, 0, stream>>>(w.data, w.row_stride(), (int)w.rows, (int)w.cols,
+                                               x, n, y);
+  LLMRT_CUDA_LAUNCHED("tensor-core matmul");
 }
 
 template <DType T>
@@ -238,8 +333,23 @@ bool matmul_supported(DType t) {
   }
 }
 
-void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t stream) {
+void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t stream,
+            bool tensor_cores) {
   if (w.cols % 32 != 0) throw std::invalid_argument("CUDA matmul: cols must be a multiple of 32");
+  if (tensor_cores && n >= kTensorCoreRows) {
+    switch (w.type) {
+      case DType::F32: return launch_tc<DType::F32>(w, x, n, y, stream);
+      case DType::F16: return launch_tc<DType::F16>(w, x, n, y, stream);
+      case DType::BF16: return launch_tc<DType::BF16>(w, x, n, y, stream);
+      case DType::Q8_0: return launch_tc<DType::Q8_0>(w, x, n, y, stream);
+      case DType::Q4_0: return launch_tc<DType::Q4_0>(w, x, n, y, stream);
+      case DType::Q4_1: return launch_tc<DType::Q4_1>(w, x, n, y, stream);
+      case DType::Q4_K: return launch_tc<DType::Q4_K>(w, x, n, y, stream);
+      case DType::Q5_K: return launch_tc<DType::Q5_K>(w, x, n, y, stream);
+      case DType::Q6_K: return launch_tc<DType::Q6_K>(w, x, n, y, stream);
+      default: break;  // the float kernels below say what is unsupported
+    }
+  }
   switch (w.type) {
     case DType::F32: launch<DType::F32>(w, x, n, y, stream); break;
     case DType::F16: launch<DType::F16>(w, x, n, y, stream); break;

@@ -15,8 +15,12 @@
 namespace llmrt::cuda {
 
 // ---- matmul.cu ----
-// y (n, w.rows) = x (n, w.cols) @ W^T, W dequantised in registers.
-void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t stream);
+// y (n, w.rows) = x (n, w.cols) @ W^T, W dequantised in registers; with
+// tensor_cores and at least kTensorCoreRows tokens, on tensor cores (f16
+// operands, f32 sums).
+constexpr int kTensorCoreRows = 16;
+void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t stream,
+            bool tensor_cores = false);
 // Whether a weight type has a kernel.
 bool matmul_supported(DType t);
 // Fused products (see Backend's fused operations): every job's y = rmsnorm(x)

@@ -37,6 +37,7 @@ class ModelOptions:
     device: str
     threads: int
     int8_activations: bool
+    tensor_cores: bool
     batch_invariant: bool
     kv_cache_tokens: int
     kv_cache_bytes: int

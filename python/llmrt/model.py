@@ -60,7 +60,9 @@ class Model:
 
     device="cuda" runs the same forward pass on the first GPU: weights as
     stored in the file, dequantised in the kernels' registers, float32
-    activations (``activations`` and ``batch_invariant`` apply to the CPU).
+    activations ("int8" and ``batch_invariant`` apply to the CPU), or with
+    activations="f16" the products of 16 tokens or more (prompts, batches,
+    speculative verification) on tensor cores: f16 operands, f32 sums.
 
     >>> m = llmrt.Model()                       # the default SmolLM2 model
     >>> m.generate("The capital of France is", max_new_tokens=8).text
@@ -82,8 +84,11 @@ class Model:
             if not info["cuda_devices"]:
                 raise RuntimeError("no CUDA device is available (no GPU or no driver); use "
                                    "device='cpu'")
-        if activations not in ("int8", "f32"):
-            raise ValueError(f"activations must be 'int8' or 'f32', got {activations!r}")
+        if activations not in ("int8", "f32", "f16"):
+            raise ValueError(f"activations must be 'int8', 'f32' or 'f16', got {activations!r}")
+        if activations == "f16" and device != "cuda":
+            raise ValueError("activations='f16' (tensor cores) needs device='cuda'; the CPU takes "
+                             "'int8' or 'f32'")
         if threads is None:
             from .utils import physical_cores
             threads = physical_cores()
@@ -116,6 +121,7 @@ class Model:
         # the one owner of the native model, and the batch every generation joins
         self.engine = Engine(g, context_length, device=device, threads=threads,
                              int8_activations=activations == "int8",
+                             tensor_cores=activations == "f16",
                              batch_invariant=bool(batch_invariant),
                              kv_cache_tokens=kv_cache_tokens or 0,
                              kv_cache_bytes=kv_cache_bytes or 0, kv_cache_dtype=kv_cache_dtype,

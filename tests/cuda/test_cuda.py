@@ -353,3 +353,55 @@ def test_constrained_rows_beside_device_sampled_ones(tmp_path):
     for r in batch[::2]:
         assert re.fullmatch(pat, r.text), r.text
     assert m.cache_stats()["blocks_in_use"] == 0
+
+
+# ---- tensor cores (activations="f16"): products of 16 tokens or more in f16 with f32
+# sums. f16 operands round each product's inputs to 11 bits: about 1e-3 of a
+# dot product's scale, through the layers; rows of fewer tokens stay float32.
+TC_TOL = 2e-2
+
+
+@pytest.mark.parametrize("wtype", TYPES)
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 255, 256, 257])
+def test_tensor_core_products_match_cpu(tmp_path, wtype, n):
+    # 96-wide rows and 160-wide FFN: weight tiles of 64 rows with a ragged
+    # edge; token counts on both sides of the 16-token switch and of 64- and
+    # 256-token tile edges
+    path, W, cfg = _model(tmp_path, wtype=wtype, n_embd=96, n_head=3, n_head_kv=1, n_ff=160,
+                          tied=False, ctx=512)
+    tokens = np.random.default_rng(n).integers(0, cfg["n_vocab"], n)
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32").logits(tokens)
+    tc = llmrt.Model(path, device="cuda", activations="f16", kv_cache_dtype="f32")
+    assert tc.engine.backend.endswith("/f16")
+    got = tc.logits(tokens)
+    tol = RTOL["f32"] * 10 if n < 16 else TC_TOL  # below 16 tokens: the float32 kernels
+    assert np.abs(got - cpu).max() <= tol * np.abs(cpu).max(), (wtype, n)
+
+
+@pytest.mark.parametrize("wtype", ["Q4_K", "Q6_K"])
+def test_tensor_core_k_quants_match_cpu(tmp_path, wtype):
+    path, W, cfg = _model(tmp_path, wtype=wtype, emb_type="Q8_0", n_embd=256, n_head=4,
+                          n_head_kv=2, n_ff=512, n_layer=1, tied=False)
+    tokens = np.random.default_rng(5).integers(0, cfg["n_vocab"], 70)
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32").logits(tokens)
+    got = llmrt.Model(path, device="cuda", activations="f16", kv_cache_dtype="f32").logits(tokens)
+    assert np.abs(got - cpu).max() <= TC_TOL * np.abs(cpu).max()
+
+
+def test_tensor_core_batches_and_prompts_on_the_default_model(default_model_path):
+    # a long prompt and a batch of 20 decoding rows go through the tensor
+    # cores; greedy tokens as the float32 GPU path's for the most part
+    f32 = llmrt.Model(default_model_path, device="cuda", context_length=2048)
+    f16 = llmrt.Model(default_model_path, device="cuda", context_length=2048,
+                      activations="f16", kv_cache_tokens=20 * 256)
+    prompt = f32.tokenize("The history of the city is long. " * 40)
+    a = f32.logits(prompt)
+    b = f16.logits(prompt)
+    assert np.abs(a - b).max() <= TC_TOL * np.abs(a).max()
+    assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.95
+    prompts = [f"Question {i}: what is {i} plus {i}?" for i in range(20)]
+    rs = f16.generate(prompts, max_new_tokens=24, ignore_eos=True)
+    assert all(len(r.token_ids) == 24 for r in rs)
+    same = sum(r.token_ids[:8] == f32.generate(p, max_new_tokens=8, ignore_eos=True).token_ids
+               for p, r in zip(prompts, rs))
+    assert same >= 15
