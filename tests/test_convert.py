@@ -34,7 +34,7 @@ def _hf_config(arch, V, **kw):
 def _hf_weights(c, rng, qwen_bias=False):
     D, L, F, V = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"], c["vocab_size"]
     H, KV = c["num_attention_heads"], c["num_key_value_heads"]
-    hd = D // H
+    hd = c.get("head_dim") or D // H
     w = {"model.embed_tokens.weight": rng.standard_normal((V, D)),
          "model.norm.weight": 1 + 0.1 * rng.standard_normal(D)}
     if not c["tie_word_embeddings"]:
@@ -50,6 +50,9 @@ def _hf_weights(c, rng, qwen_bias=False):
         if qwen_bias:
             for n, rows in (("q", H * hd), ("k", KV * hd), ("v", KV * hd)):
                 w[p + f"self_attn.{n}_proj.bias"] = 0.1 * rng.standard_normal(rows)
+        if c["architectures"][0] == "Qwen3ForCausalLM":  # RMSNorm of each head of q and k
+            w[p + "self_attn.q_norm.weight"] = 1 + 0.3 * rng.standard_normal(hd)
+            w[p + "self_attn.k_norm.weight"] = 1 + 0.3 * rng.standard_normal(hd)
         E = c.get("num_local_experts", 0)
         if E:
             m = p + "block_sparse_moe."
@@ -83,7 +86,7 @@ def _rmsnorm(x, w, eps):
 def hf_reference(c, w, ids):
     """float64 forward with Hugging Face's conventions."""
     D, H, KV = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
-    hd, eps, n = D // H, c["rms_norm_eps"], len(ids)
+    hd, eps, n = c.get("head_dim") or D // H, c["rms_norm_eps"], len(ids)
     W = {k: v.astype(np.float64) for k, v in w.items()}
     inv = 1.0 / c["rope_theta"] ** (np.arange(0, hd, 2) / hd)
     rs = c.get("rope_scaling")
@@ -111,7 +114,11 @@ def hf_reference(c, w, ids):
         q = h @ W[p + "self_attn.q_proj.weight"].T + W.get(p + "self_attn.q_proj.bias", 0)
         k = h @ W[p + "self_attn.k_proj.weight"].T + W.get(p + "self_attn.k_proj.bias", 0)
         v = h @ W[p + "self_attn.v_proj.weight"].T + W.get(p + "self_attn.v_proj.bias", 0)
-        q, k, v = rope(q.reshape(n, H, hd)), rope(k.reshape(n, KV, hd)), v.reshape(n, KV, hd)
+        q, k, v = q.reshape(n, H, hd), k.reshape(n, KV, hd), v.reshape(n, KV, hd)
+        if p + "self_attn.q_norm.weight" in W:  # qwen3: each head normed before RoPE
+            q = _rmsnorm(q, W[p + "self_attn.q_norm.weight"], eps)
+            k = _rmsnorm(k, W[p + "self_attn.k_norm.weight"], eps)
+        q, k = rope(q), rope(k)
         out = np.empty((n, H, hd))
         for hh in range(H):
             s = q[:, hh] @ k[:, hh // (H // KV)].T / np.sqrt(hd) + mask
@@ -221,6 +228,60 @@ def test_qwen2_checkpoint_with_bpe_tokenizer(tmp_path):
     ids = tk.encode(text).ids
     ref = hf_reference(c, w, ids)
     assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def _bpe_dir(d, tie=True, **kw):
+    """A Qwen-style checkpoint directory with a byte-level BPE tokenizer."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    tk = tokenizers.Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator([TEXT], trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    d.mkdir()
+    tk.save(str(d / "tokenizer.json"))
+    c = _hf_config(kw.pop("arch"), tk.get_vocab_size(), tie_word_embeddings=tie, **kw)
+    w = _hf_weights(c, np.random.default_rng(1))
+    _save(str(d), c, w, shards=1)
+    with open(d / "tokenizer_config.json", "w") as f:
+        json.dump({"eos_token": "<|im_end|>", "chat_template": TEMPLATE}, f)
+    return tk, c, w
+
+
+def test_qwen3_checkpoint(tmp_path):
+    # q/k RMSNorm per head, no biases, a head size that is not hidden / heads
+    # (32 against 64 / 4), tied embeddings
+    tk, c, w = _bpe_dir(tmp_path / "qwen3", arch="Qwen3ForCausalLM", head_dim=32)
+    out = str(tmp_path / "q3.gguf")
+    convert(str(tmp_path / "qwen3"), out, "f32", progress=False)
+    r = gguf.GGUFReader(out)
+    assert r.fields["general.architecture"].contents() == "qwen3"
+    assert {t.name: list(t.shape) for t in r.tensors}["blk.1.attn_k_norm.weight"] == [32]
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    assert m.arch == "qwen3" and m.config["head_dim"] == 32
+    ids = tk.encode("Numbers like 12345 jump over symbols: #, $! " * 3).ids
+    ref = hf_reference(c, w, ids)
+    got = m.logits(ids)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    # without the per-head norms the logits would be far off: the check can fail
+    w0 = {k: v for k, v in w.items() if "_norm" not in k or "layernorm" in k}
+    assert np.abs(got - hf_reference(c, w0, ids)).max() > 1e-2 * np.abs(ref).max()
+    # batched, chunked and alone agree; greedy decoding runs through the cache
+    alone = m.generate(ids[:20], max_new_tokens=8, ignore_eos=True).token_ids
+    both = m.generate([ids[:20], ids[5:30]], max_new_tokens=8, ignore_eos=True)
+    assert both[0].token_ids == alone
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    if not hasattr(transformers, "Qwen3ForCausalLM"):
+        pytest.skip("transformers without Qwen3")
+    hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**{
+        k: v for k, v in c.items() if k != "architectures"})).eval()
+    hf.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()}, strict=False)
+    with torch.no_grad():
+        t = hf(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - t).max() <= 1e-4 * np.abs(t).max()
 
 
 def test_mixtral_checkpoint(tmp_path, sp_model):

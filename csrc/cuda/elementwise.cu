@@ -24,8 +24,9 @@ __global__ void embed_kernel(const uint8_t* __restrict__ table, size_t row_strid
 }
 
 // one block of 256 threads per row
-__global__ void rmsnorm_kernel(const float* __restrict__ x, const float* __restrict__ w, int dim,
-                               float eps, float* __restrict__ y) {
+// y may be x (in place): each element is read before it is written, by one thread
+__global__ void rmsnorm_kernel(const float* x, const float* __restrict__ w, int dim, float eps,
+                               float* y) {
   __shared__ float part[8];
   const float* xr = x + (size_t)blockIdx.x * dim;
   float* yr = y + (size_t)blockIdx.x * dim;

@@ -408,6 +408,9 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
         const MatmulJob qkv[3] = {{&L.wq, s.q, L.bq}, {&L.wk, s.k, L.bk}, {&L.wv, s.v, L.bv}};
         be.norm_matmul_many(s.x, L.attn_norm, n, D, c.rms_eps, qkv, 3, s.xn);
       }
+      // qwen3: each head of q and k RMSNormed (in place) before RoPE
+      if (L.q_norm) be.rmsnorm(s.q, L.q_norm, n * c.n_head, hd, c.rms_eps, s.q);
+      if (L.k_norm) be.rmsnorm(s.k, L.k_norm, n * c.n_head_kv, hd, c.rms_eps, s.k);
       be.rope_kv_write(kv_, s.attn.data(), count, l, s.q, s.k, s.v, n, c.n_head, c.n_head_kv,
                        hd, s.pos.data(), c.rope);
       be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head, att_scale, s.att);  // (n, qd)

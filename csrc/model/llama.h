@@ -45,6 +45,8 @@ struct LayerWeights {
   const float* bq = nullptr;         // optional biases (qwen2)
   const float* bk = nullptr;
   const float* bv = nullptr;
+  const float* q_norm = nullptr;     // optional (head_dim,): RMSNorm of each head of q
+  const float* k_norm = nullptr;     // and of k, before RoPE (qwen3)
   const float* ffn_norm = nullptr;   // (n_embd,)
   WeightView w_gate, w_up, w_down;   // (n_ff, n_embd), (n_ff, n_embd), (n_embd, n_ff)
   // Mixture of experts (instead of w_gate / w_up / w_down): the router

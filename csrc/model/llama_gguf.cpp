@@ -110,6 +110,8 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
     L.bq = vec(p + "attn_q.bias", qd, false);
     L.bk = vec(p + "attn_k.bias", kvd, false);
     L.bv = vec(p + "attn_v.bias", kvd, false);
+    L.q_norm = vec(p + "attn_q_norm.weight", c.head_dim, false);
+    L.k_norm = vec(p + "attn_k_norm.weight", c.head_dim, false);
     L.ffn_norm = vec(p + "ffn_norm.weight", c.n_embd, true);
     if (c.n_expert > 0) {
       L.router = view(p + "ffn_gate_inp.weight", true);

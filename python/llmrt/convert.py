@@ -24,7 +24,7 @@ from .quantization import (progress_bar, tensor_type, write_or_remove,
                            write_tensors)
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
-         "Qwen2ForCausalLM": "qwen2", "MixtralForCausalLM": "llama"}
+         "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "MixtralForCausalLM": "llama"}
 
 
 class CheckpointError(ValueError):
@@ -156,10 +156,14 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
             (lambda w: _permute(w, KV)) if llama else None)
         add(p + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * hd, D))
         add(p + "attn_output.weight", h + "self_attn.o_proj.weight", (D, H * hd))
-        if hp["arch"] == "qwen2":
+        biased = hp["arch"] == "qwen2" or h + "self_attn.q_proj.bias" in ts.shapes
+        if biased:
             add(p + "attn_q.bias", h + "self_attn.q_proj.bias", (H * hd,))
             add(p + "attn_k.bias", h + "self_attn.k_proj.bias", (KV * hd,))
             add(p + "attn_v.bias", h + "self_attn.v_proj.bias", (KV * hd,))
+        if hp["arch"] == "qwen3":  # RMSNorm of each head of q and k
+            add(p + "attn_q_norm.weight", h + "self_attn.q_norm.weight", (hd,))
+            add(p + "attn_k_norm.weight", h + "self_attn.k_norm.weight", (hd,))
         add(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", (D,))
         if E:
             m = h + "block_sparse_moe."

@@ -19,7 +19,7 @@ from .errors import GGUFError, UnsupportedModelError
 from .ggml_types import BY_ID, TYPES, name_of
 from .gguf_file import GGUFFile, TensorInfo
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
 
 # Sanity bounds on hyperparameters; a file outside them is corrupt or hostile.
 _LIMITS = {
@@ -132,8 +132,8 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
             raise _err(path, f"expert counts out of range: {cfg['n_expert_used']} used of "
                              f"{cfg['n_expert']}")
     # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
-    # qwen2 keeps the Hugging Face order, which rotates (i, i + n_rot/2).
-    cfg["rope_neox"] = arch == "qwen2"
+    # qwen2 / qwen3 keep the Hugging Face order, which rotates (i, i + n_rot/2).
+    cfg["rope_neox"] = arch in ("qwen2", "qwen3")
     return cfg
 
 
@@ -181,6 +181,9 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
             p + "attn_q.bias": ([qd], False),
             p + "attn_k.bias": ([kvd], False),
             p + "attn_v.bias": ([kvd], False),
+            # qwen3: RMSNorm of each head of q and k
+            p + "attn_q_norm.weight": ([cfg["head_dim"]], arch == "qwen3"),
+            p + "attn_k_norm.weight": ([cfg["head_dim"]], arch == "qwen3"),
             p + "ffn_norm.weight": ([D], True),
         })
         E = cfg["n_expert"]
