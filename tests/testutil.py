@@ -203,6 +203,9 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
             vec(p + "attn_q.bias", n_head * hd, 0.0, 0.1)
             vec(p + "attn_k.bias", n_head_kv * hd, 0.0, 0.1)
             vec(p + "attn_v.bias", n_head_kv * hd, 0.0, 0.1)
+        if arch == "qwen3":  # RMSNorm of each head of q and k
+            vec(p + "attn_q_norm.weight", hd, 1.0, 0.3)
+            vec(p + "attn_k_norm.weight", hd, 1.0, 0.3)
         mat(p + "attn_output.weight", n_embd, n_head * hd, wtype, 1.0 / np.sqrt(n_head * hd))
         vec(p + "ffn_norm.weight", n_embd, 1.0, 0.1)
         if n_expert:  # Mixtral layout: a router and (E, rows, cols) expert tensors
@@ -312,7 +315,7 @@ def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None,
     tokens = np.asarray(tokens)
     n = len(tokens)
     H, KV, hd = cfg["n_head"], cfg["n_head_kv"], cfg["head_dim"]
-    neox = cfg["arch"] == "qwen2"
+    neox = cfg["arch"] in ("qwen2", "qwen3")
     pos = np.arange(n, dtype=np.float64)
     x = W["token_embd.weight"][tokens]
     mask = np.triu(np.full((n, n), -np.inf), 1)
@@ -322,8 +325,12 @@ def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None,
         q = mm(h, p + "attn_q.weight") + W.get(p + "attn_q.bias", 0)
         k = mm(h, p + "attn_k.weight") + W.get(p + "attn_k.bias", 0)
         v = mm(h, p + "attn_v.weight") + W.get(p + "attn_v.bias", 0)
-        q = _rope(q.reshape(n, H, hd), pos, cfg["rope_base"], neox)
-        k = _rope(k.reshape(n, KV, hd), pos, cfg["rope_base"], neox)
+        q, k = q.reshape(n, H, hd), k.reshape(n, KV, hd)
+        if p + "attn_q_norm.weight" in W:  # qwen3
+            q = _rmsnorm(q, W[p + "attn_q_norm.weight"], cfg["eps"])
+            k = _rmsnorm(k, W[p + "attn_k_norm.weight"], cfg["eps"])
+        q = _rope(q, pos, cfg["rope_base"], neox)
+        k = _rope(k, pos, cfg["rope_base"], neox)
         v = v.reshape(n, KV, hd)
         if kv_dtype is not None and kv_dtype != "f32":
             k, v = kv_round(k, kv_dtype), kv_round(v, kv_dtype)

@@ -52,7 +52,7 @@ def _check(tmp_path, tokens=None, n_tokens=29, threads=2, activations="int8", kv
 
 
 @pytest.mark.parametrize("activations", ["int8", "f32"])
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("wtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
 def test_types_and_archs(tmp_path, arch, wtype, activations):
     _check(tmp_path, arch=arch, wtype=wtype, activations=activations)

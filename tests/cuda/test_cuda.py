@@ -53,7 +53,7 @@ def test_k_quants_match_cpu(tmp_path, wtype):
 
 
 @pytest.mark.parametrize("kv", ["f32", "f16", "q8_0"])
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_kv_cache_types_match_cpu(tmp_path, kv, arch):
     path, W, cfg = _model(tmp_path, arch=arch, wtype="Q8_0", n_embd=128, n_head=4, n_head_kv=2,
                           n_ff=256, tied=True)
