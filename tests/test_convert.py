@@ -65,6 +65,11 @@ def _hf_weights(c, rng, qwen_bias=False):
             w[p + "mlp.gate_proj.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
             w[p + "mlp.up_proj.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
             w[p + "mlp.down_proj.weight"] = rng.standard_normal((D, F)) / np.sqrt(F)
+        if c["architectures"][0] == "Phi3ForCausalLM":  # fused q/k/v and gate/up
+            w[p + "self_attn.qkv_proj.weight"] = np.concatenate(
+                [w.pop(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+            w[p + "mlp.gate_up_proj.weight"] = np.concatenate(
+                [w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")])
     return {k: v.astype(np.float32) for k, v in w.items()}
 
 
@@ -88,7 +93,15 @@ def hf_reference(c, w, ids):
     D, H, KV = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd, eps, n = c.get("head_dim") or D // H, c["rms_norm_eps"], len(ids)
     W = {k: v.astype(np.float64) for k, v in w.items()}
-    inv = 1.0 / c["rope_theta"] ** (np.arange(0, hd, 2) / hd)
+    for k in [k for k in W if k.endswith("qkv_proj.weight")]:  # phi3's fused tensors
+        q_, k_, v_ = np.split(W.pop(k), [H * hd, (H + KV) * hd])
+        W[k.replace("qkv_proj", "q_proj")], W[k.replace("qkv_proj", "k_proj")] = q_, k_
+        W[k.replace("qkv_proj", "v_proj")] = v_
+    for k in [k for k in W if k.endswith("gate_up_proj.weight")]:
+        W[k.replace("gate_up_proj", "gate_proj")], W[k.replace("gate_up_proj", "up_proj")] = \
+            np.split(W.pop(k), 2)
+    rd = int(hd * c.get("partial_rotary_factor", 1.0)) // 2 * 2  # rotated values of a head
+    inv = 1.0 / c["rope_theta"] ** (np.arange(0, rd, 2) / rd)
     rs = c.get("rope_scaling")
     if rs and rs.get("rope_type") == "llama3":  # Hugging Face's formulation
         old, lo, hi, f = (rs["original_max_position_embeddings"], rs["low_freq_factor"],
@@ -101,10 +114,11 @@ def hf_reference(c, w, ids):
     ang = np.arange(n)[:, None] * inv[None, :]
     cos, sin = np.concatenate([np.cos(ang)] * 2, -1), np.concatenate([np.sin(ang)] * 2, -1)
 
-    def rope(x):  # (n, heads, hd): x * cos + rotate_half(x) * sin
-        half = hd // 2
-        rot = np.concatenate([-x[..., half:], x[..., :half]], -1)
-        return x * cos[:, None] + rot * sin[:, None]
+    def rope(x):  # (n, heads, hd): x * cos + rotate_half(x) * sin on the first rd values
+        r, rest = x[..., :rd], x[..., rd:]
+        half = rd // 2
+        rot = np.concatenate([-r[..., half:], r[..., :half]], -1)
+        return np.concatenate([r * cos[:, None] + rot * sin[:, None], rest], -1)
 
     x = W["model.embed_tokens.weight"][ids]
     mask = np.triu(np.full((n, n), -np.inf), 1)
@@ -284,6 +298,45 @@ def test_qwen3_checkpoint(tmp_path):
     assert np.abs(got - t).max() <= 1e-4 * np.abs(t).max()
 
 
+def test_phi3_checkpoint(tmp_path, sp_model):
+    # fused q/k/v and gate/up tensors (kept fused in the file, as llama.cpp's
+    # converter writes them), RoPE on half of each head, a sliding window
+    d, c, w = _llama_dir(tmp_path, sp_model, arch="Phi3ForCausalLM", partial_rotary_factor=0.5,
+                         sliding_window=200, max_position_embeddings=256)
+    out = str(tmp_path / "phi3.gguf")
+    convert(d, out, "f32", progress=False)
+    r = gguf.GGUFReader(out)
+    shapes = {t.name: list(t.shape) for t in r.tensors}
+    assert shapes["blk.0.attn_qkv.weight"] == [64, 128] and shapes["blk.0.ffn_up.weight"] == [64, 192]
+    assert r.fields["phi3.rope.dimension_count"].contents() == 8
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    assert m.arch == "phi3"
+    assert m.context_length == 200  # capped at the window (no sliding attention)
+    ids = m.tokenize(TEXT[:300])[:70]
+    ref = hf_reference(c, w, ids)
+    got = m.logits(ids)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    c0 = dict(c, partial_rotary_factor=1.0)  # full rotary would be far off: the check can fail
+    assert np.abs(got - hf_reference(c0, w, ids)).max() > 1e-2 * np.abs(ref).max()
+    q = str(tmp_path / "phi3_q8.gguf")
+    convert(d, q, "q8_0", progress=False)  # fused tensors quantized, sliced at load
+    qm = llmrt.Model(q, threads=2)
+    assert np.abs(qm.logits(ids) - ref).max() <= 0.1 * np.abs(ref).max()
+    alone = qm.generate(ids[:20], max_new_tokens=8, ignore_eos=True).token_ids
+    assert qm.generate([ids[:20], ids[3:33]], max_new_tokens=8, ignore_eos=True)[0].token_ids \
+        == alone
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.Phi3ForCausalLM(transformers.Phi3Config(**{
+        k: v for k, v in c.items() if k != "architectures"}, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2)).eval()
+    missing = hf.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()}, strict=False)
+    assert not missing.missing_keys or all("rotary" in k for k in missing.missing_keys)
+    with torch.no_grad():
+        t = hf(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - t).max() <= 1e-4 * np.abs(t).max()
+
+
 def test_mixtral_checkpoint(tmp_path, sp_model):
     d, c, w = _llama_dir(tmp_path, sp_model, arch="MixtralForCausalLM", num_local_experts=4,
                          num_experts_per_tok=2)
@@ -322,13 +375,15 @@ def test_quantized_mixtral_keeps_its_routers_in_f32(tmp_path, sp_model):
     assert errs["MixtralForCausalLM"] <= max(3 * errs["LlamaForCausalLM"], 0.02), errs
 
 
-def test_llama3_rope_scaling(tmp_path, sp_model):
+@pytest.mark.parametrize("tied", [False, True])
+def test_llama3_rope_scaling(tmp_path, sp_model, tied):
     # Llama 3.1's scaling becomes rope_freqs.weight; head size 32 spans
-    # wavelengths on both sides of the original context (64) and between
+    # wavelengths on both sides of the original context (64) and between.
+    # Tied: Llama 3.2's small models (the embedding is also the head)
     rs = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 64}
     d, c, w = _llama_dir(tmp_path, sp_model, num_attention_heads=2, num_key_value_heads=1,
-                         rope_scaling=rs)
+                         rope_scaling=rs, tie_word_embeddings=tied)
     out = str(tmp_path / "l3.gguf")
     convert(d, out, "f32", progress=False)
     r = gguf.GGUFReader(out)

@@ -92,6 +92,17 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
     }
   };
 
+  // rows [first, first + count) of a fused tensor (phi3's q/k/v and gate/up)
+  auto rows = [&](const std::string& name, const WeightView& all, int64_t first, int64_t count) {
+    if (first + count > all.rows)
+      throw std::invalid_argument("tensor '" + name + "' has " + std::to_string(all.rows) +
+                                  " rows, fewer than its parts need");
+    WeightView v = all;
+    v.rows = count;
+    v.data = all.data + (size_t)first * all.row_stride();
+    return v;
+  };
+
   LlamaWeights w;
   w.tok_embd = view("token_embd.weight", true);
   w.output_norm = vec("output_norm.weight", c.n_embd, true);
@@ -103,9 +114,16 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
     const std::string p = "blk." + std::to_string(i) + ".";
     LayerWeights L;
     L.attn_norm = vec(p + "attn_norm.weight", c.n_embd, true);
-    L.wq = view(p + "attn_q.weight", true);
-    L.wk = view(p + "attn_k.weight", true);
-    L.wv = view(p + "attn_v.weight", true);
+    const WeightView qkv = view(p + "attn_qkv.weight", false);
+    if (!qkv.empty()) {  // phi3: q, k and v rows in one tensor
+      L.wq = rows(p + "attn_qkv.weight", qkv, 0, qd);
+      L.wk = rows(p + "attn_qkv.weight", qkv, qd, kvd);
+      L.wv = rows(p + "attn_qkv.weight", qkv, qd + kvd, kvd);
+    } else {
+      L.wq = view(p + "attn_q.weight", true);
+      L.wk = view(p + "attn_k.weight", true);
+      L.wv = view(p + "attn_v.weight", true);
+    }
     L.wo = view(p + "attn_output.weight", true);
     L.bq = vec(p + "attn_q.bias", qd, false);
     L.bk = vec(p + "attn_k.bias", kvd, false);
@@ -119,8 +137,13 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
       experts(p + "ffn_up_exps.weight", L.e_up);
       experts(p + "ffn_down_exps.weight", L.e_down);
     } else {
-      L.w_gate = view(p + "ffn_gate.weight", true);
+      L.w_gate = view(p + "ffn_gate.weight", false);
       L.w_up = view(p + "ffn_up.weight", true);
+      if (L.w_gate.empty()) {  // phi3: gate and up rows in one tensor, gate first
+        const WeightView gu = L.w_up;
+        L.w_gate = rows(p + "ffn_up.weight", gu, 0, c.n_ff);
+        L.w_up = rows(p + "ffn_up.weight", gu, c.n_ff, c.n_ff);
+      }
       L.w_down = view(p + "ffn_down.weight", true);
     }
     w.layers.push_back(std::move(L));

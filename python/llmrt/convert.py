@@ -24,7 +24,8 @@ from .quantization import (progress_bar, tensor_type, write_or_remove,
                            write_tensors)
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
-         "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "MixtralForCausalLM": "llama"}
+         "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "MixtralForCausalLM": "llama",
+         "Phi3ForCausalLM": "phi3"}
 
 
 class CheckpointError(ValueError):
@@ -95,17 +96,19 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
               tied=bool(cfg.get("tie_word_embeddings", False)),
               n_expert=int(cfg.get("num_local_experts", 0) if hf == "MixtralForCausalLM" else 0),
               n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None,
-              rope_factors=None)
+              rope_factors=None, sliding_window=int(cfg.get("sliding_window") or 0))
+    # partial rotary (phi3 family): RoPE on the first n_rot values of a head
+    hp["n_rot"] = int(hp["head_dim"] * float(cfg.get("partial_rotary_factor", 1.0))) // 2 * 2
     rs = cfg.get("rope_scaling")
     if rs:
         kind = rs.get("rope_type", rs.get("type"))
         if kind == "linear":
             hp["rope_linear"] = float(rs["factor"])
         elif kind == "llama3":
-            hp["rope_factors"] = _llama3_factors(rs, hp["head_dim"], hp["rope_theta"])
+            hp["rope_factors"] = _llama3_factors(rs, hp["n_rot"], hp["rope_theta"])
         elif kind not in (None, "default"):
             raise UnsupportedModelError(f"{d}: RoPE scaling {kind!r} is not supported "
-                                        "(linear and llama3 are)")
+                                        "(linear and llama3 are; config.json rope_scaling)")
     return hp
 
 
@@ -150,11 +153,14 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
     for i in range(L):
         p, h = f"blk.{i}.", f"model.layers.{i}."
         add(p + "attn_norm.weight", h + "input_layernorm.weight", (D,))
-        add(p + "attn_q.weight", h + "self_attn.q_proj.weight", (H * hd, D),
-            (lambda w: _permute(w, H)) if llama else None)
-        add(p + "attn_k.weight", h + "self_attn.k_proj.weight", (KV * hd, D),
-            (lambda w: _permute(w, KV)) if llama else None)
-        add(p + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * hd, D))
+        if hp["arch"] == "phi3":  # q/k/v rows in one tensor, kept fused
+            add(p + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", ((H + 2 * KV) * hd, D))
+        else:
+            add(p + "attn_q.weight", h + "self_attn.q_proj.weight", (H * hd, D),
+                (lambda w: _permute(w, H)) if llama else None)
+            add(p + "attn_k.weight", h + "self_attn.k_proj.weight", (KV * hd, D),
+                (lambda w: _permute(w, KV)) if llama else None)
+            add(p + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * hd, D))
         add(p + "attn_output.weight", h + "self_attn.o_proj.weight", (D, H * hd))
         biased = hp["arch"] == "qwen2" or h + "self_attn.q_proj.bias" in ts.shapes
         if biased:
@@ -173,6 +179,9 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
                 names = [src(f"{m}experts.{e}.{w}.weight", shape) for e in range(E)]
                 plan.append((p + gname + ".weight", (E, *shape),
                              lambda names=names: np.stack([ts.get(n) for n in names])))
+        elif hp["arch"] == "phi3":  # gate rows, then up rows, in one tensor
+            add(p + "ffn_up.weight", h + "mlp.gate_up_proj.weight", (2 * F, D))
+            add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
         else:
             add(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", (F, D))
             add(p + "ffn_up.weight", h + "mlp.up_proj.weight", (F, D))
@@ -206,7 +215,7 @@ def _tokenizer(d: str, hp: dict, w) -> int:
     tc = _json(tc_path) if os.path.exists(tc_path) else {}
     V = hp["n_vocab"]
     sp_path, tj_path = os.path.join(d, "tokenizer.model"), os.path.join(d, "tokenizer.json")
-    if os.path.exists(sp_path) and hp["arch"] == "llama":
+    if os.path.exists(sp_path) and hp["arch"] in ("llama", "phi3"):
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=sp_path)
         n = sp.get_piece_size()
@@ -330,7 +339,9 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     w.add_head_count_kv(hp["n_head_kv"])
     w.add_layer_norm_rms_eps(hp["eps"])
     w.add_rope_freq_base(hp["rope_theta"])
-    w.add_rope_dimension_count(hp["head_dim"])
+    w.add_rope_dimension_count(hp["n_rot"])
+    if hp["sliding_window"]:
+        w.add_sliding_window(hp["sliding_window"])
     if hp["head_dim"] != hp["n_embd"] // hp["n_head"]:
         w.add_key_length(hp["head_dim"])
         w.add_value_length(hp["head_dim"])

@@ -19,7 +19,7 @@ from .errors import GGUFError, UnsupportedModelError
 from .ggml_types import BY_ID, TYPES, name_of
 from .gguf_file import GGUFFile, TensorInfo
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "phi3")
 
 # Sanity bounds on hyperparameters; a file outside them is corrupt or hostile.
 _LIMITS = {
@@ -123,6 +123,15 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
     else:
         raise UnsupportedModelError(
             f"{os.path.basename(path)}: RoPE scaling type {scaling!r} is not supported (only linear)")
+    # phi3: LongRoPE (two sets of frequency factors and an attention factor)
+    # is not implemented; a sliding window caps the context at the window
+    for key in (f"{a}.rope.scaling.attn_factor", f"{a}.rope.scaling.original_context_length"):
+        if key in meta and arch == "phi3":
+            raise UnsupportedModelError(
+                f"{os.path.basename(path)}: {key} (LongRoPE scaling) is not supported")
+    window = _get(meta, path, f"{a}.attention.sliding_window", int, default=0, required=False)
+    if 0 < window < cfg["n_ctx_train"]:
+        cfg["n_ctx_train"] = window  # attention over a sliding window is not implemented
     # Mixture of experts (Mixtral): experts per layer and per token
     cfg["n_expert"] = _get(meta, path, f"{a}.expert_count", int, default=0, required=False)
     cfg["n_expert_used"] = _get(meta, path, f"{a}.expert_used_count", int, default=0,
@@ -133,7 +142,7 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
                              f"{cfg['n_expert']}")
     # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
     # qwen2 / qwen3 keep the Hugging Face order, which rotates (i, i + n_rot/2).
-    cfg["rope_neox"] = arch in ("qwen2", "qwen3")
+    cfg["rope_neox"] = arch in ("qwen2", "qwen3", "phi3")
     return cfg
 
 
@@ -172,11 +181,13 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
     }
     for i in range(L):
         p = f"blk.{i}."
+        phi3 = arch == "phi3"  # q/k/v rows in one tensor, gate/up rows in one tensor
         expected.update({
             p + "attn_norm.weight": ([D], True),
-            p + "attn_q.weight": ([D, qd], True),
-            p + "attn_k.weight": ([D, kvd], True),
-            p + "attn_v.weight": ([D, kvd], True),
+            p + "attn_qkv.weight": ([D, qd + 2 * kvd], phi3),
+            p + "attn_q.weight": ([D, qd], not phi3),
+            p + "attn_k.weight": ([D, kvd], not phi3),
+            p + "attn_v.weight": ([D, kvd], not phi3),
             p + "attn_output.weight": ([qd, D], True),
             p + "attn_q.bias": ([qd], False),
             p + "attn_k.bias": ([kvd], False),
@@ -196,13 +207,16 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
             })
         else:
             expected.update({
-                p + "ffn_gate.weight": ([D, F], True),
-                p + "ffn_up.weight": ([D, F], True),
+                p + "ffn_gate.weight": ([D, F], not phi3),
+                p + "ffn_up.weight": ([D, 2 * F if phi3 else F], True),
                 p + "ffn_down.weight": ([F, D], True),
             })
 
     tensors: dict[str, tuple[int, int, int, np.ndarray]] = {}
     types: dict[str, str] = {}
+    if "rope_factors_long.weight" in f.tensors:
+        raise UnsupportedModelError(f"{os.path.basename(path)}: tensor 'rope_factors_long.weight' "
+                                    f"(LongRoPE scaling) is not supported")
     for name, (shape, required) in expected.items():
         t = f.tensors.get(name)
         if t is None:
