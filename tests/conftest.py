@@ -40,3 +40,12 @@ def tiny(tmp_path_factory):
     # untied head: a tied one makes "repeat the last token" dominate random logits
     write_model(path, wtype="Q8_0", n_layer=2, ctx=128, tied=False)
     return llmrt.Model(path, threads=2)
+
+
+@pytest.fixture
+def fixed_draft_length(monkeypatch):
+    """Speculative decoding drafting its full length every step: the tests of
+    drafting's mechanics (what stands, what a forward yields) do not depend on
+    the adaptive length's clock."""
+    from llmrt.speculative import DraftLength
+    monkeypatch.setattr(DraftLength, "choose", lambda self, room: room)

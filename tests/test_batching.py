@@ -311,11 +311,10 @@ def test_draft_lengths_changing_every_step_keep_greedy_output(inv, draft, kind, 
     assert inv.cache_stats()["blocks_in_use"] == 0
 
 
-def test_draft_model_drafting_itself_accepts_everything(paths, inv, monkeypatch):
+def test_draft_model_drafting_itself_accepts_everything(paths, inv, fixed_draft_length):
     # a copy of the target as its own draft: every drafted token stands. (A
     # draft as slow as the target never pays, so the adaptive length would
     # stop drafting: a fixed length here, to check the verification.)
-    monkeypatch.setattr(DraftLength, "choose", lambda self, room: room)
     twin = llmrt.Model(paths[0], threads=2, kv_cache_tokens=4096, batch_invariant=True)
     r = inv.generate(PROMPTS[1], max_new_tokens=40, ignore_eos=True, draft=twin,
                      num_draft_tokens=4)

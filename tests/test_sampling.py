@@ -331,7 +331,7 @@ def test_prompt_lookup_equals_greedy(tiny):
     assert tiny.cache_stats()["blocks_in_use"] == 0
 
 
-def test_prompt_lookup_accepts_on_repetitive_output(tiny):
+def test_prompt_lookup_accepts_on_repetitive_output(tiny, fixed_draft_length):
     # greedy on this model settles into a 4-token loop after ~25 tokens:
     # the lookup then drafts it (measured: 27% of drafted tokens accepted)
     r = tiny.generate(PROMPT, max_new_tokens=60, ignore_eos=True, draft="prompt_lookup")
