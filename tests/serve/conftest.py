@@ -48,8 +48,11 @@ def api(request, server):
 
 
 @pytest.fixture(scope="session")
-def small_server(model_path):
-    s = start(model_path, "--threads", "1", "--max-batch-size", "1", "--max-queue", "0")
+def small_server(tmp_path_factory):
+    # a long context, so that one request can hold the only place for seconds
+    p = str(tmp_path_factory.mktemp("serve_small") / "tiny_long.gguf")
+    write_model(p, wtype="Q8_0", n_layer=2, ctx=16384, tied=False, seed=4)
+    s = start(p, "--threads", "1", "--max-batch-size", "1", "--max-queue", "0")
     yield s
     s.stop()
 

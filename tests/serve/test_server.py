@@ -222,7 +222,8 @@ def test_errors_in_openais_shape(err_server):
 
 def test_queue_full_is_503_with_retry_after(small_server):
     # the small server runs one request and queues none
-    long = dict(model=small_server.name, prompt="a", max_tokens=400, temperature=0,
+    # 16000 tokens of the tiny model: seconds, while the next request arrives
+    long = dict(model=small_server.name, prompt="a", max_tokens=16000, temperature=0,
                 extra_body={"ignore_eos": True})
     c = openai.OpenAI(base_url=small_server.url + "/v1", api_key="x", max_retries=0)
     stream = c.completions.create(stream=True, **long)
