@@ -39,8 +39,10 @@ def render(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str 
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...}")
     for i, m in enumerate(messages):
+        # content may be None on an assistant turn that only calls tools
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or \
-                not isinstance(m.get("content"), str):
+                not (isinstance(m.get("content"), str) or
+                     (m.get("content") is None and m.get("tool_calls"))):
             raise ValueError(f"messages[{i}] must be a dict with string 'role' and 'content'")
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = _raise
