@@ -214,36 +214,6 @@ def test_llama_checkpoint_converts_and_matches_hf_reference(tmp_path, sp_model, 
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-def test_qwen2_checkpoint_with_bpe_tokenizer(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
-    from tokenizers import decoders, models, pre_tokenizers, trainers
-    tk = tokenizers.Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    tk.train_from_iterator([TEXT], trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    d = tmp_path / "qwen"
-    d.mkdir()
-    tk.save(str(d / "tokenizer.json"))
-    V = tk.get_vocab_size()
-    c = _hf_config("Qwen2ForCausalLM", V, tie_word_embeddings=True)
-    w = _hf_weights(c, np.random.default_rng(1), qwen_bias=True)
-    _save(str(d), c, w, shards=1)
-    with open(d / "tokenizer_config.json", "w") as f:
-        json.dump({"eos_token": "<|im_end|>", "chat_template": TEMPLATE}, f)
-    out = str(tmp_path / "q.gguf")
-    convert(str(d), out, "f32", progress=False)
-    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
-    assert m.arch == "qwen2"
-    text = "Numbers like 12345 jump over symbols: #, $!"
-    assert m.tokenize(text) == tk.encode(text).ids
-    assert m.tokenizer.eos_id == tk.token_to_id("<|im_end|>")
-    ids = tk.encode(text).ids
-    ref = hf_reference(c, w, ids)
-    assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
-
-
 def _bpe_dir(d, tie=True, **kw):
     """A Qwen-style checkpoint directory with a byte-level BPE tokenizer."""
     tokenizers = pytest.importorskip("tokenizers")
@@ -256,12 +226,27 @@ def _bpe_dir(d, tie=True, **kw):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     d.mkdir()
     tk.save(str(d / "tokenizer.json"))
+    qwen_bias = kw.pop("qwen_bias", False)
     c = _hf_config(kw.pop("arch"), tk.get_vocab_size(), tie_word_embeddings=tie, **kw)
-    w = _hf_weights(c, np.random.default_rng(1))
+    w = _hf_weights(c, np.random.default_rng(1), qwen_bias=qwen_bias)
     _save(str(d), c, w, shards=1)
     with open(d / "tokenizer_config.json", "w") as f:
         json.dump({"eos_token": "<|im_end|>", "chat_template": TEMPLATE}, f)
     return tk, c, w
+
+
+def test_qwen2_checkpoint_with_bpe_tokenizer(tmp_path):
+    tk, c, w = _bpe_dir(tmp_path / "qwen", arch="Qwen2ForCausalLM", qwen_bias=True)
+    out = str(tmp_path / "q.gguf")
+    convert(str(tmp_path / "qwen"), out, "f32", progress=False)
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    assert m.arch == "qwen2"
+    text = "Numbers like 12345 jump over symbols: #, $!"
+    assert m.tokenize(text) == tk.encode(text).ids
+    assert m.tokenizer.eos_id == tk.token_to_id("<|im_end|>")
+    ids = tk.encode(text).ids
+    ref = hf_reference(c, w, ids)
+    assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
 def test_qwen3_checkpoint(tmp_path):
