@@ -253,6 +253,35 @@ class PyLlamaModel {
     return f(model_->cache());
   }
   int new_sequence() { return locked([](KVCache& c) { return c.create(); }); }
+  using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
+  int add_adapter(const std::vector<std::tuple<int, int, F32, F32>>& pairs) {
+    std::vector<std::tuple<int, int, LoraPair>> ps;
+    for (const auto& [layer, target, a, b] : pairs) {
+      if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("LoRA A and B must be 2-D");
+      LoraPair p;
+      p.a.rows = a.shape(0);
+      p.a.cols = a.shape(1);
+      p.b.rows = b.shape(0);
+      p.b.cols = b.shape(1);
+      p.a_data.assign(a.data(), a.data() + a.size());
+      p.b_data.assign(b.data(), b.data() + b.size());
+      ps.emplace_back(layer, target, std::move(p));
+    }
+    std::lock_guard<std::mutex> lk(mu_);
+    try {
+      return model_->add_adapter(std::move(ps));
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }
+  void set_adapter(int seq, int id) {
+    locked([&](KVCache& c) {
+      if (id < 0 || id > model_->adapters())
+        throw py::value_error("no LoRA adapter " + std::to_string(id));
+      c.set_adapter(seq, id);
+      return 0;
+    });
+  }
   void release_sequence(int seq) {
     locked([&](KVCache& c) {
       c.release(seq);
@@ -363,6 +392,11 @@ void bind_model(py::module_& m) {
            "Append (seq, tokens) entries in shared passes and return their rows' final "
            "normed hidden states (the output head's input), float32 (rows, n_embd).")
       .def("new_sequence", &PyLlamaModel::new_sequence)
+      .def("add_adapter", &PyLlamaModel::add_adapter, py::arg("pairs"),
+           "A LoRA adapter from (layer, target, A (rank, cols), B (rows, rank) already "
+           "scaled) tuples, targets 0-6 = q, k, v, o, gate, up, down; returns its id.")
+      .def("set_adapter", &PyLlamaModel::set_adapter, py::arg("seq"), py::arg("adapter"),
+           "For an empty sequence: the adapter its rows run with (0: none).")
       .def("release_sequence", &PyLlamaModel::release_sequence, py::arg("seq"))
       .def("fork_sequence", &PyLlamaModel::fork_sequence, py::arg("seq"),
            "A new sequence sharing seq's blocks, copied on write.")

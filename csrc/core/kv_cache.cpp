@@ -100,8 +100,17 @@ int KVCache::fork(int seq) {
   dst.table = src.table;
   dst.tokens = src.tokens;
   dst.hashes = src.hashes;
+  dst.salt = src.salt;
+  dst.adapter = src.adapter;
   for (int b : dst.table) ++blocks_[b].ref;
   return id;
+}
+
+void KVCache::set_adapter(int seq, int adapter) {
+  Seq& s = get(seq);
+  if (!s.tokens.empty()) throw std::invalid_argument("KVCache::set_adapter: sequence not empty");
+  s.adapter = adapter;
+  s.salt = adapter ? block_hash(0x6c6f7261ull + (uint64_t)adapter, nullptr) : 0;
 }
 
 // ---- blocks ------------------------------------------------------------------------
@@ -153,7 +162,8 @@ uint64_t KVCache::block_hash(uint64_t parent, const int32_t* toks) const {
     return x ^ (x >> 31);
   };
   uint64_t h = mix(parent);
-  for (int i = 0; i < block_tokens_; ++i) h = mix(h ^ (uint32_t)toks[i]);
+  if (toks)  // no tokens: a salt
+    for (int i = 0; i < block_tokens_; ++i) h = mix(h ^ (uint32_t)toks[i]);
   return h;
 }
 
@@ -223,7 +233,7 @@ void KVCache::commit(int seq) {
   const int full = (int)s.tokens.size() / block_tokens_;
   while ((int)s.hashes.size() < full) {
     const int i = (int)s.hashes.size();
-    const uint64_t parent = i ? s.hashes[i - 1] : 0;
+    const uint64_t parent = i ? s.hashes[i - 1] : s.salt;
     const int32_t* toks = s.tokens.data() + (size_t)i * block_tokens_;
     const uint64_t h = block_hash(parent, toks);
     s.hashes.push_back(h);
@@ -245,7 +255,7 @@ int KVCache::reuse_prefix(int seq, const int32_t* tokens, int n) {
   if (!s.tokens.empty()) throw std::invalid_argument("KVCache::reuse_prefix: sequence not empty");
   if (!prefix_caching_ || n <= 1) return 0;
   const int lookup = (n - 1) / block_tokens_;  // the last token is always computed
-  uint64_t parent = 0;
+  uint64_t parent = s.salt;
   int i = 0;
   for (; i < lookup; ++i) {
     const int32_t* toks = tokens + (size_t)i * block_tokens_;

@@ -99,6 +99,11 @@ class KVCache {
   // A new sequence sharing all of seq's blocks (copied when either writes).
   int fork(int seq);
   bool alive(int seq) const;
+  // For an empty sequence: the LoRA adapter its rows run with (0: none).
+  // The adapter salts the root of the sequence's block hashes, so the prefix
+  // cache only shares blocks between sequences of the same adapter.
+  void set_adapter(int seq, int adapter);
+  int adapter(int seq) const { return get(seq).adapter; }
   int length(int seq) const { return (int)get(seq).tokens.size(); }
   const std::vector<int32_t>& tokens(int seq) const { return get(seq).tokens; }
   const std::vector<int>& table(int seq) const { return get(seq).table; }
@@ -140,6 +145,8 @@ class KVCache {
     std::vector<int> table;
     std::vector<int32_t> tokens;
     std::vector<uint64_t> hashes;  // chained hash of each full block
+    uint64_t salt = 0;             // the chain's root
+    int adapter = 0;
   };
 
   uint8_t* at(int block, int layer, int which) const {

@@ -32,13 +32,15 @@ struct LlamaModel::Scratch {
   float* logits = nullptr;  // device backends: the head's output before download
   size_t logits_cap = 0;
   float *router = nullptr, *ex = nullptr, *ey = nullptr;  // mixture of experts
+  float *lora_a = nullptr, *lora_b = nullptr;  // LoRA: (rows, rank) and (rows, widest output)
+  int lora_cap = 0, lora_rank = 0;
   std::vector<float> router_host;
   std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
   std::vector<AttnSeq> attn;      // the pass's sequences, for attention
   std::vector<float> host_logits; // device backends: the head's output, downloaded to draw
   std::vector<int32_t> argmax;    // device backends: each row's argmax
   ~Scratch() {
-    for (float* p : {x, xn, q, k, v, att, gate, up, logits, router, ex, ey, hid})
+    for (float* p : {x, xn, q, k, v, att, gate, up, logits, router, ex, ey, hid, lora_a, lora_b})
       if (p) be->free_floats(p);
   }
 };
@@ -164,6 +166,44 @@ void LlamaModel::ensure_scratch(int n) {
     s->ey = backend_->alloc_floats((size_t)n * c.n_embd);
   }
   s_ = std::move(s);
+}
+
+int LlamaModel::add_adapter(std::vector<std::tuple<int, int, LoraPair>> pairs) {
+  const auto& c = cfg_;
+  if (c.n_expert > 0)
+    throw std::invalid_argument("LoRA adapters on mixture-of-experts models are not supported");
+  const int64_t qd = (int64_t)c.n_head * c.head_dim, kvd = (int64_t)c.n_head_kv * c.head_dim;
+  // (rows, cols) of each target's weight
+  const int64_t shape[kLoraTargets][2] = {{qd, c.n_embd}, {kvd, c.n_embd}, {kvd, c.n_embd},
+                                          {c.n_embd, qd}, {c.n_ff, c.n_embd}, {c.n_ff, c.n_embd},
+                                          {c.n_embd, c.n_ff}};
+  std::vector<LoraPair> table((size_t)c.n_layer * kLoraTargets);
+  int rank = 0;
+  for (auto& [layer, target, p] : pairs) {
+    if (layer < 0 || layer >= c.n_layer || target < 0 || target >= kLoraTargets)
+      throw std::invalid_argument("LoRA: layer " + std::to_string(layer) + " / target " +
+                                  std::to_string(target) + " is outside the model");
+    const int64_t rows = shape[target][0], cols = shape[target][1];
+    const int64_t r = p.a.rows;
+    if (r <= 0 || p.a.cols != cols || p.b.rows != rows || p.b.cols != r ||
+        (int64_t)p.a_data.size() != r * cols || (int64_t)p.b_data.size() != rows * r)
+      throw std::invalid_argument("LoRA: layer " + std::to_string(layer) + " target " +
+                                  std::to_string(target) + ": A must be (rank, " +
+                                  std::to_string(cols) + ") and B (" + std::to_string(rows) +
+                                  ", rank)");
+    LoraPair& q = table[(size_t)layer * kLoraTargets + target];
+    q = std::move(p);
+    q.a.type = q.b.type = DType::F32;
+    q.a.data = reinterpret_cast<const uint8_t*>(q.a_data.data());
+    q.b.data = reinterpret_cast<const uint8_t*>(q.b_data.data());
+    q.a = backend_->prepare_weight(q.a);  // a device copy where the backend has its own memory
+    q.b = backend_->prepare_weight(q.b);
+    rank = std::max<int>(rank, (int)r);
+  }
+  adapters_.push_back(std::move(table));
+  lora_rank_ = std::max(lora_rank_, rank);
+  backend_->forget_graphs();
+  return (int)adapters_.size();
 }
 
 // A piece of one entry of a batched forward: n tokens at positions
@@ -396,6 +436,14 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     }
     head_out = s.logits;
   }
+  // LoRA: each segment's adapter (0: none); with any, the layers run
+  // through the primitives so that the adapters' products join each weight's
+  std::vector<int> adapter(count, 0);
+  bool lora = false;
+  for (int i = 0; i < count; ++i) {
+    adapter[i] = kv_.adapter(segs[i].entry->seq);
+    lora |= adapter[i] != 0;
+  }
   be.begin_pass(kv_, s.attn.data(), count, s.ids.data(), s.pos.data(), n);
 
   auto body = [&] {
@@ -406,7 +454,14 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
       // ---- attention block ----
       {  // q (n, qd), k (n, kvd), v (n, kvd) of the normed x, in one pass
         const MatmulJob qkv[3] = {{&L.wq, s.q, L.bq}, {&L.wk, s.k, L.bk}, {&L.wv, s.v, L.bv}};
-        be.norm_matmul_many(s.x, L.attn_norm, n, D, c.rms_eps, qkv, 3, s.xn);
+        if (!lora) {
+          be.norm_matmul_many(s.x, L.attn_norm, n, D, c.rms_eps, qkv, 3, s.xn);
+        } else {  // the normed x stays in xn for the adapters
+          be.Backend::norm_matmul_many(s.x, L.attn_norm, n, D, c.rms_eps, qkv, 3, s.xn);
+          lora_add(l, kLoraQ, s.xn, D, s.q, c.n_head * hd, segs, count, adapter);
+          lora_add(l, kLoraK, s.xn, D, s.k, c.n_head_kv * hd, segs, count, adapter);
+          lora_add(l, kLoraV, s.xn, D, s.v, c.n_head_kv * hd, segs, count, adapter);
+        }
       }
       // qwen3: each head of q and k RMSNormed (in place) before RoPE
       if (L.q_norm) be.rmsnorm(s.q, L.q_norm, n * c.n_head, hd, c.rms_eps, s.q);
@@ -415,6 +470,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
                        hd, s.pos.data(), c.rope);
       be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head, att_scale, s.att);  // (n, qd)
       be.matmul_add(L.wo, s.att, n, s.x, s.xn);  // x += o-proj (n, D)
+      if (lora) lora_add(l, kLoraO, s.att, c.n_head * hd, s.x, D, segs, count, adapter);
       // ---- feed-forward block ----
       if (!L.router.empty()) {
         be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
@@ -422,8 +478,18 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
         continue;
       }
       // gate = silu(gate) * up, (n, n_ff), of the normed x
-      be.norm_gate_up(s.x, L.ffn_norm, n, D, c.rms_eps, L.w_gate, L.w_up, s.xn, s.gate, s.up);
+      if (!lora) {
+        be.norm_gate_up(s.x, L.ffn_norm, n, D, c.rms_eps, L.w_gate, L.w_up, s.xn, s.gate, s.up);
+      } else {  // the adapters' products join gate and up before SwiGLU
+        be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
+        const MatmulJob gu[2] = {{&L.w_gate, s.gate, nullptr}, {&L.w_up, s.up, nullptr}};
+        be.matmul_many(gu, 2, s.xn, n);
+        lora_add(l, kLoraGate, s.xn, D, s.gate, c.n_ff, segs, count, adapter);
+        lora_add(l, kLoraUp, s.xn, D, s.up, c.n_ff, segs, count, adapter);
+        be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
+      }
       be.matmul_add(L.w_down, s.gate, n, s.x, s.xn);  // x += down (n, D)
+      if (lora) lora_add(l, kLoraDown, s.gate, c.n_ff, s.x, D, segs, count, adapter);
     }
 
     // final hidden states (embeddings): the head's norm of the rows
@@ -457,7 +523,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
   for (int i = 0; i < count; ++i) hidden |= segs[i].hidden != nullptr;
   // a pass of one-token rows (decoding) may replay a device graph, keyed by
   // its shape: the rows and which of them want logits
-  if (be.graphs() && n == count && c.n_expert == 0 && !hidden) {
+  if (be.graphs() && n == count && c.n_expert == 0 && !hidden && !lora) {
     std::string key(count, '0');  // a character a row: whether it wants logits
     for (int i = 0; i < count; ++i)
       if (segs[i].wanted()) key[i] = '1';
@@ -643,6 +709,35 @@ void LlamaModel::moe_ffn(const LayerWeights& L, int n) {
     be.swiglu(s.gate, s.up, (size_t)m * F);
     be.matmul(L.e_down[e], s.gate, m, s.ey);
     be.scatter_add_rows(s.x, s.ey, rows[e].data(), weights[e].data(), m, D);
+  }
+}
+
+// ---- LoRA ----------------------------------------------------------------------------
+
+void LlamaModel::lora_add(int layer, LoraTarget t, const float* x, int cols, float* y, int out,
+                          const Segment* segs, int count, const std::vector<int>& adapter) {
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const auto& c = cfg_;
+  const int widest = std::max({c.n_embd, c.n_ff, c.n_head * c.head_dim});
+  for (int i = 0, r0 = 0; i < count; r0 += segs[i].n, ++i) {
+    const int a = adapter[i];
+    if (a == 0) continue;
+    const LoraPair& p = adapters_[a - 1][(size_t)layer * kLoraTargets + t];
+    if (p.a.empty()) continue;
+    const int m = segs[i].n;
+    if (!s.lora_a || s.lora_cap < m || s.lora_rank < lora_rank_) {  // the pass's rows, every rank
+      if (s.lora_a) be.free_floats(s.lora_a);
+      if (s.lora_b) be.free_floats(s.lora_b);
+      s.lora_a = s.lora_b = nullptr;
+      s.lora_a = be.alloc_floats((size_t)s.cap * lora_rank_);
+      s.lora_b = be.alloc_floats((size_t)s.cap * widest);
+      s.lora_cap = s.cap;
+      s.lora_rank = lora_rank_;
+    }
+    be.matmul(p.a, x + (size_t)r0 * cols, m, s.lora_a);   // (m, rank)
+    be.matmul(p.b, s.lora_a, m, s.lora_b);                // (m, out)
+    be.add(y + (size_t)r0 * out, s.lora_b, (size_t)m * out);
   }
 }
 

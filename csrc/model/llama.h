@@ -101,6 +101,16 @@ struct DecodeEntry {
   int budget = 1;
 };
 
+// The matrices a LoRA adapter may adapt, per layer.
+enum LoraTarget { kLoraQ, kLoraK, kLoraV, kLoraO, kLoraGate, kLoraUp, kLoraDown, kLoraTargets };
+
+// One adapter's low-rank pair for one weight: y += B (A x), A (rank, cols)
+// and B (rows, rank), float32, B already scaled.
+struct LoraPair {
+  WeightView a, b;
+  std::vector<float> a_data, b_data;  // the host copies the views were prepared from
+};
+
 class LlamaModel {
  public:
   // Shapes must have been validated by the loader; the constructor checks
@@ -142,6 +152,11 @@ class LlamaModel {
   // first it is thrown, nothing changed.
   int decode(const DecodeEntry* entries, int count, int max_steps, int32_t* tokens,
              TopLogprobs* logprobs);
+  // A LoRA adapter: pairs[(layer, target)]; returns its id (1, 2, ...), which
+  // KVCache::set_adapter gives a sequence. Throws std::invalid_argument on
+  // shapes that do not fit the model.
+  int add_adapter(std::vector<std::tuple<int, int, LoraPair>> pairs);
+  int adapters() const { return (int)adapters_.size(); }
   // Rows forward_batch writes to out.logits, and tokens to out.tokens.
   static int64_t logit_rows(const BatchEntry* entries, int count);
   static int64_t draws(const BatchEntry* entries, int count);
@@ -155,6 +170,10 @@ class LlamaModel {
   // x += the layer's mixture-of-experts FFN of xn, n rows
   void moe_ffn(const LayerWeights& L, int n);
   void ensure_scratch(int n);
+  // y (rows of the pass, out) += B (A x) for the segments whose sequence uses
+  // an adapter with a pair for (layer, target); x (rows, cols).
+  void lora_add(int layer, LoraTarget t, const float* x, int cols, float* y, int out,
+                const Segment* segs, int count, const std::vector<int>& adapter);
 
   LlamaConfig cfg_;
   LlamaWeights w_;
@@ -162,6 +181,9 @@ class LlamaModel {
   KVCache kv_;
   std::unique_ptr<Scratch> s_;
   std::vector<const uint8_t*> replaced_;
+  // adapters_[id - 1][layer * kLoraTargets + target]; empty views where absent
+  std::vector<std::vector<LoraPair>> adapters_;
+  int lora_rank_ = 0;  // the largest rank of any adapter
   int64_t tokens_computed_ = 0;
 };
 

@@ -52,6 +52,16 @@ class Engine:
         with self.lock:
             return self._native.new_sequence()
 
+    def set_adapter(self, seq: int, adapter: int) -> None:
+        """The LoRA adapter an empty sequence's rows run with (0: none)."""
+        with self.lock:
+            self._native.set_adapter(seq, adapter)
+
+    def add_adapter(self, pairs: list) -> int:
+        """A LoRA adapter: (layer, target, A, B scaled) tuples; returns its id."""
+        with self.lock:
+            return self._native.add_adapter(pairs)
+
     def fork(self, seq: int) -> int:
         """A new sequence sharing seq's blocks (copied when either writes)."""
         with self.lock:
@@ -145,11 +155,14 @@ class Engine:
             return self._native.hidden_states(
                 [(s, np.asarray(t, np.int32)) for s, t in entries])
 
-    def logits(self, ids: np.ndarray) -> np.ndarray:
-        """float32 logits (len(ids), vocab) of ids as a fresh sequence."""
+    def logits(self, ids: np.ndarray, adapter: int = 0) -> np.ndarray:
+        """float32 logits (len(ids), vocab) of ids as a fresh sequence (with a
+        LoRA adapter's id, through it)."""
         with self.lock:
             seq = self._native.new_sequence()
             try:
+                if adapter:
+                    self._native.set_adapter(seq, adapter)
                 return self.forward(seq, ids, "all")
             finally:
                 self._native.release_sequence(seq)

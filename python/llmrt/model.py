@@ -73,7 +73,7 @@ class Model:
                  activations: str = "int8", kv_cache_tokens: int | None = None,
                  kv_cache_bytes: int | None = None, kv_cache_dtype: str = "f16",
                  kv_block_tokens: int = 32, prefix_caching: bool = True,
-                 batch_invariant: bool = False):
+                 batch_invariant: bool = False, lora: Sequence[Any] | None = None):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
@@ -131,6 +131,11 @@ class Model:
         self._stop_ids = self._end_tokens()
         # compiled response formats (structured output), built on first use
         self.grammars = Grammars(self.tokenizer, self.vocab_size, self._stop_ids)
+        self.adapters: list[str] = []  # LoRA adapters loaded, id - 1 -> path
+        self.adapter_names: dict[str, int] = {}
+        for item in lora or ():
+            path_, scale = item if isinstance(item, tuple) else (item, 1.0)
+            self.load_lora(path_, scale)
 
     # ---- properties -------------------------------------------------------------------
     @property
@@ -184,9 +189,12 @@ class Model:
             raise ValueError(f"{arr.size} tokens exceed the context length {self.context_length}")
         return arr.astype(np.int32)
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
-        """float32 logits (len(ids), vocab) for ids as a fresh sequence."""
-        return self.engine.logits(self._ids(ids))
+    def logits(self, ids: Sequence[int], lora: int | None = None) -> np.ndarray:
+        """float32 logits (len(ids), vocab) for ids as a fresh sequence (through
+        the LoRA adapter `lora`, an id from load_lora)."""
+        if lora is not None and (not isinstance(lora, int) or not 1 <= lora <= len(self.adapters)):
+            raise ValueError(f"lora: no adapter {lora!r} (load_lora has loaded {len(self.adapters)})")
+        return self.engine.logits(self._ids(ids), lora or 0)
 
     def embed(self, texts: str | Sequence[str] | Sequence[Sequence[int]], pooling: str = "mean",
               normalize: bool = True, add_special: bool = True) -> np.ndarray:
@@ -277,6 +285,22 @@ class Model:
         return PerplexityResult(perplexity=float(np.exp(nll / count)), nll=nll / count,
                                 tokens=count, windows=n_win, window=window,
                                 seconds=time.perf_counter() - t0)
+
+    # ---- LoRA adapters ------------------------------------------------------------------
+    def load_lora(self, path: str | os.PathLike, scale: float = 1.0,
+                  name: str | None = None) -> int:
+        """Load a LoRA adapter (a PEFT directory, or a GGUF adapter file) and
+        return its id: generate(..., lora=id) runs a request with it, beside
+        requests with other adapters or none in the same batch (each row's
+        products get + scale * alpha / r * B (A x)). Raises ValueError
+        (lora.AdapterError) when the adapter does not fit the model."""
+        from .lora import load
+        pairs = load(path, self, scale)
+        aid = self.engine.add_adapter(pairs)
+        self.adapters.append(os.fspath(path))
+        # the server's model id for it (llmrt serve --lora name=path)
+        self.adapter_names[name or os.path.basename(os.path.normpath(os.fspath(path)))] = aid
+        return aid
 
     # ---- KV cache -----------------------------------------------------------------------
     def cache_stats(self) -> dict:

@@ -215,6 +215,8 @@ class Task:
 
     def admit(self, engine: "Engine") -> None:
         self.seq = engine.new_sequence()
+        if self.p.lora:  # before the prefix: the cache keeps each adapter's blocks apart
+            engine.set_adapter(self.seq, self.p.lora)
         self.pos = engine.reuse_prefix(self.seq, self.prompt)
 
     def first_entry(self, tokens: np.ndarray) -> "Entry":

@@ -69,6 +69,7 @@ class SamplingParams:
     num_beams: int = 1               # > 1: beam search
     length_penalty: float = 1.0      # beam score = sum logprob / length ** length_penalty
     response_format: Any = None      # JSON Schema / regex / grammar the text follows (structured.py)
+    lora: int | None = None          # the LoRA adapter (Model.load_lora's id) the request runs with
 
     def __post_init__(self) -> None:
         self.validate()
@@ -146,6 +147,8 @@ class SamplingParams:
             bad("logprobs", "None or an integer in [0, 20]")
         integer("n", 1, "an integer >= 1")
         integer("num_beams", 1, "an integer >= 1")
+        if self.lora is not None and (not _is_int(self.lora) or self.lora < 1):
+            bad("lora", "None or an adapter id from Model.load_lora")
         num("length_penalty", want="a finite number")
         if self.num_beams > 1 and (self.temperature > 0 or self.n > 1 or self.mirostat_mode):
             raise ValueError("num_beams > 1 is beam search over log-probabilities: it needs "

@@ -405,3 +405,27 @@ def test_tensor_core_batches_and_prompts_on_the_default_model(default_model_path
     same = sum(r.token_ids[:8] == f32.generate(p, max_new_tokens=8, ignore_eos=True).token_ids
                for p, r in zip(prompts, rs))
     assert same >= 15
+
+
+def test_lora_adapter_matches_cpu(tmp_path):
+    # adapter pairs uploaded once; rows with and without the adapter in one
+    # pass (no graph replay while an adapter runs)
+    pytest.importorskip("safetensors")
+    from test_lora import _write_peft
+    path, W, cfg = _model(tmp_path, wtype="Q8_0", n_embd=64, n_ff=96, tied=False)
+    rng = np.random.default_rng(4)
+    shapes = {"q_proj": (64, 64), "k_proj": (32, 64), "o_proj": (64, 64), "up_proj": (96, 64),
+              "down_proj": (64, 96)}
+    ad = {(i, m): (rng.standard_normal((4, cols)).astype(np.float32) / 8,
+                   rng.standard_normal((rows, 4)).astype(np.float32))
+          for i in range(cfg["n_layer"]) for m, (rows, cols) in shapes.items()}
+    _write_peft(str(tmp_path / "peft"), ad, 4, 8.0)
+    kw = dict(kv_cache_dtype="f32", lora=[str(tmp_path / "peft")])
+    cpu = llmrt.Model(path, activations="f32", **kw)
+    gpu = llmrt.Model(path, device="cuda", kv_cache_tokens=4096, **kw)
+    tokens = list(range(3, 40))
+    want = cpu.logits(tokens, lora=1)
+    assert np.abs(gpu.logits(tokens, lora=1) - want).max() <= RTOL["f32"] * 10 * np.abs(want).max()
+    ps = [llmrt.SamplingParams(max_new_tokens=10, ignore_eos=True, lora=x) for x in (1, None, 1)]
+    got = [r.token_ids for r in gpu.generate([tokens, tokens[:9], tokens[4:]], ps)]
+    assert got == [gpu.generate(t, p).token_ids for t, p in zip([tokens, tokens[:9], tokens[4:]], ps)]

@@ -18,7 +18,7 @@ import pytest
 openai = pytest.importorskip("openai")
 
 import llmrt  # noqa: E402
-from serve_util import KEY, metric  # noqa: E402
+from serve_util import KEY, metric, start  # noqa: E402
 
 MSGS = [{"role": "user", "content": "hello there"}]
 
@@ -368,5 +368,36 @@ def test_the_default_model_through_the_server(default_model_path):
         assert r.choices[0].message.content == ref.chat(msgs, max_new_tokens=40,
                                                         response_format=rf).text
         assert set(json.loads(r.choices[0].message.content)) == {"city", "country"}
+    finally:
+        s.stop()
+
+
+def test_lora_adapters_served_as_model_names(model_path, tmp_path):
+    # --lora name=path: the adapter's name is a model id; its requests run
+    # through the adapter, the base name's without, in one batch
+    pytest.importorskip("safetensors")
+    from test_lora import _write_peft
+    rng = np.random.default_rng(3)
+    D, F, r = 64, 96, 4
+    shapes = {"q_proj": (64, D), "v_proj": (32, D), "down_proj": (D, F)}
+    ad = {(i, m): (rng.standard_normal((r, cols)).astype(np.float32) / 8,
+                   rng.standard_normal((rows, r)).astype(np.float32))
+          for i in range(2) for m, (rows, cols) in shapes.items()}
+    _write_peft(str(tmp_path / "peft"), ad, r, 8.0)
+    ref = llmrt.Model(model_path, threads=1, kv_cache_tokens=4096)
+    aid = ref.load_lora(str(tmp_path / "peft"))
+    s = start(model_path, "--threads", "1", "--lora", f"tuned={tmp_path / 'peft'}")
+    try:
+        ids = [m["id"] for m in httpx.get(s.url + "/v1/models").json()["data"]]
+        assert ids == [s.name, "tuned"]
+        for name, lora in ((s.name, None), ("tuned", aid)):
+            r = httpx.post(s.url + "/v1/completions", json={
+                "model": name, "prompt": "a b c", "max_tokens": 12, "temperature": 0,
+                "ignore_eos": True}, timeout=60)
+            assert r.status_code == 200, r.text
+            want = ref.generate("a b c", max_new_tokens=12, ignore_eos=True, lora=lora).text
+            assert r.json()["choices"][0]["text"] == want, name
+        r = httpx.post(s.url + "/v1/completions", json={"model": "other", "prompt": "a"})
+        assert r.status_code == 404 and "tuned" in r.json()["error"]["message"]
     finally:
         s.stop()

@@ -41,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="results equal to a request sent alone, bit for bit")
     p.add_argument("--replicas", type=int, default=1,
                    help="engine replicas behind one endpoint, on Ray Serve (llmrt[ray])")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
+                   help="a LoRA adapter (PEFT directory or GGUF file) served as model NAME "
+                        "(repeatable)")
     p.add_argument("--log-level", default="warning")
 
 
@@ -85,6 +88,11 @@ def main(a: Any) -> int:
     except ImportError:
         raise SystemExit(f"llmrt serve needs FastAPI and uvicorn: {SERVER_EXTRA}")
     model = load(a.model, a.kv_cache_tokens, **model_kwargs(a))
+    for item in a.lora:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"llmrt serve: --lora wants NAME=PATH, got {item!r}")
+        model.load_lora(path, name=name)
     app = create_app(model, model_name=a.model_name, api_key=a.api_key,
                      max_batch_size=a.max_batch_size, max_queue=a.max_queue,
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)

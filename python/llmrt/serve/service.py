@@ -13,6 +13,7 @@ max_batch_size + max_queue, 503 with Retry-After.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -109,22 +110,36 @@ class Service:
 
     def check_model(self, body: dict) -> None:
         m = body.get("model")
-        if m is not None and m != self.name:
+        if m is not None and m != self.name and m not in self.model.adapter_names:
             raise P.APIError(404, f"the model {m!r} does not exist (this server has "
-                                  f"{self.name!r})", param="model", code="model_not_found")
+                                  f"{', '.join(repr(n) for n in self.names())})", param="model",
+                             code="model_not_found")
+
+    def names(self) -> list[str]:
+        """The base model's id, then each LoRA adapter's (llmrt serve --lora)."""
+        return [self.name] + list(self.model.adapter_names)
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0,
-                                            "owned_by": "llmrt"}]}
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0,
+                                            "owned_by": "llmrt"} for n in self.names()]}
+
+    def _adapter(self, body: dict, req: P.Request) -> P.Request:
+        """A request for an adapter's name runs with that adapter."""
+        aid = self.model.adapter_names.get(body.get("model"))
+        if aid:
+            req.params = dataclasses.replace(req.params, lora=aid)
+        return req
 
     # ---- generation ----
     async def completions(self, body: dict) -> dict | AsyncIterator[bytes]:
-        req = P.parse_params(body, chat=False, default_max_tokens=self.default_max_tokens)
+        req = self._adapter(body, P.parse_params(body, chat=False,
+                                                 default_max_tokens=self.default_max_tokens))
         return await self._run(P.prompts_of(body), req, chat=False,
                                add_special=bool(body.get("add_special", True)))
 
     async def chat(self, body: dict) -> dict | AsyncIterator[bytes]:
-        req = P.parse_params(body, chat=True, default_max_tokens=self.default_max_tokens)
+        req = self._adapter(body, P.parse_params(body, chat=True,
+                                                 default_max_tokens=self.default_max_tokens))
         msgs = P.messages_of(body)
         model = self.model
         try:
