@@ -401,3 +401,11 @@ def test_lora_adapters_served_as_model_names(model_path, tmp_path):
         assert r.status_code == 404 and "tuned" in r.json()["error"]["message"]
     finally:
         s.stop()
+
+
+def test_lora_with_replicas_is_refused():
+    import argparse
+
+    from llmrt.serve import main
+    with pytest.raises(SystemExit, match="--lora"):
+        main(argparse.Namespace(replicas=2, lora=["tuned=/x"]))

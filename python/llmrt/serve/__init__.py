@@ -80,6 +80,8 @@ def ray_app(*args: Any, **kwargs: Any):
 
 
 def main(a: Any) -> int:
+    if a.replicas > 1 and getattr(a, "lora", None):
+        raise SystemExit("llmrt serve: --lora runs in one process for now; drop --replicas")
     if a.replicas > 1:
         from .ray_serve import run as run_ray
         return run_ray(a)
