@@ -115,6 +115,12 @@ class Backend {
     const MatmulJob job{&w, y};
     matmul_many(&job, 1, x, n);
   }
+  // y = x @ W^T for a small float32 W (a LoRA adapter's A or B): a backend
+  // may run it on the calling thread, where a parallel pass would cost more
+  // in synchronisation than in arithmetic.
+  virtual void matmul_small(const WeightView& w, const float* x, int n, float* y) {
+    matmul(w, x, n, y);
+  }
   // Several products of the same x (weights with equal cols, e.g. q/k/v or
   // gate/up) as one parallel pass: x is prepared once and the threads share
   // all the rows.

@@ -61,6 +61,12 @@ class CpuBackend final : public Backend {
     return cpu::repack(pool_, w, packed_.back());
   }
 
+  void matmul_small(const WeightView& w, const float* x, int n, float* y) override {
+    // below ~256K multiply-adds one thread is faster than a parallel pass
+    if (w.type != DType::F32 || (int64_t)n * w.rows * w.cols > (1 << 18))
+      return matmul(w, x, n, y);
+    k_.gemm_f32(reinterpret_cast<const float*>(w.data), w.rows, w.cols, x, n, y, w.rows);
+  }
   void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) override {
     cpu::matmul_many(pool_, k_, jobs, count, x, n, act_, int8_, invariant_);
   }

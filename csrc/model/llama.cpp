@@ -735,8 +735,8 @@ void LlamaModel::lora_add(int layer, LoraTarget t, const float* x, int cols, flo
       s.lora_cap = s.cap;
       s.lora_rank = lora_rank_;
     }
-    be.matmul(p.a, x + (size_t)r0 * cols, m, s.lora_a);   // (m, rank)
-    be.matmul(p.b, s.lora_a, m, s.lora_b);                // (m, out)
+    be.matmul_small(p.a, x + (size_t)r0 * cols, m, s.lora_a);  // (m, rank)
+    be.matmul_small(p.b, s.lora_a, m, s.lora_b);               // (m, out)
     be.add(y + (size_t)r0 * out, s.lora_b, (size_t)m * out);
   }
 }
