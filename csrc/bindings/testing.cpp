@@ -157,7 +157,9 @@ void bind_testing(py::module_& m) {
           py::array_t<int8_t> qs({nb, (int64_t)kQK});
           // values, absolute values, values with groups of 8 blocks interleaved
           std::vector<int8_t> q3((size_t)(kActBytes * n));
-          kernels_named(isa).quantize_act(x.data(), q3.data(), d.mutable_data(), s.mutable_data(), n);
+          const cpu::Kernels& k = kernels_named(isa);
+          k.quantize_act(x.data(), q3.data(), d.mutable_data(), s.mutable_data(), n);
+          k.interleave_act(q3.data(), q3.data() + 2 * n, n);
           py::array_t<int8_t> qa({nb, (int64_t)kQK}), qt(n);
           std::memcpy(qs.mutable_data(), q3.data(), (size_t)n);
           std::memcpy(qa.mutable_data(), q3.data() + n, (size_t)n);

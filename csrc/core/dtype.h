@@ -118,7 +118,8 @@ LLMRT_HD inline void kq_scale_min(const uint8_t* q, int j, int& sc, int& m) {
 // interleaved as the Q4_0R / Q4_1R groups are: byte 32m + 4b + i holds
 // element 4m + i of block b, m < 8; then pairs of blocks likewise, byte
 // 8k + 4j + i: element 4k + i of block j, k < 8; an odd last block as it
-// is), and per block of 32: d (x ~= d * q) and s = d * sum(q) (for the
+// is; written only for products whose weights are repacked), and per block
+// of 32: d (x ~= d * q) and s = d * sum(q) (for the
 // formats with an offset). Rows of a batch follow each other in each array
 // (qs rows are kActBytes * n bytes apart).
 constexpr int64_t kActBytes = 3;

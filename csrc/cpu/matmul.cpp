@@ -66,13 +66,15 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
                  const float* x, int n, ActBuffer& act, bool int8, bool invariant) {
   if (count <= 0 || n <= 0) return;
   const int64_t cols = jobs[0].w->cols;
-  bool any_int8 = false;
+  bool any_int8 = false, interleaved = false;
   int64_t total = 0;
   int64_t start[8];
   if (count > 8) throw std::invalid_argument("matmul_many: at most 8 jobs");
   for (int i = 0; i < count; ++i) {
     if (jobs[i].w->cols != cols) throw std::invalid_argument("matmul_many: cols differ");
     any_int8 |= int8 && int8_dot(jobs[i].w->type);
+    const DType t = jobs[i].w->type;  // the repacked groups read interleaved activations
+    interleaved |= int8 && (t == DType::Q4_0R || t == DType::Q4_1R || t == DType::Q8_0R);
     start[i] = total;
     total += jobs[i].w->rows;
   }
@@ -86,9 +88,11 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
     }
     xq = QActs{act.qs.data(), act.d.data(), act.s.data(), cols};
     pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t)
-        k.quantize_act(x + t * cols, act.qs.data() + kActBytes * t * cols, act.d.data() + t * nb,
-                       act.s.data() + t * nb, cols);
+      for (int64_t t = b; t < e; ++t) {
+        int8_t* q = act.qs.data() + kActBytes * t * cols;
+        k.quantize_act(x + t * cols, q, act.d.data() + t * nb, act.s.data() + t * nb, cols);
+        if (interleaved) k.interleave_act(q, q + 2 * cols, cols);
+      }
     });
   }
   // The rows of all jobs, end to end, split into bands across the threads.

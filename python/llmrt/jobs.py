@@ -65,9 +65,7 @@ def task(model: "Model", job: Job, index: int, ids: list[int], p: SamplingParams
     """The task that runs one prompt: beam search, speculative decoding, or
     n samples decoded together."""
     ends = end_ids(model, p)
-    if p.lora is not None and p.lora > len(model.adapters):
-        raise ValueError(f"lora: no adapter {p.lora} (Model.load_lora has loaded "
-                         f"{len(model.adapters)})")
+    model.check_lora(p.lora)
     blocks = kv_plan(model, ids, p)[2] + 1  # + 1: a copy-on-write of a shared last block
     if p.num_beams > 1:
         return BeamSearch(job, index, ids, p, ends, model.tokenizer, model.context_length, blocks)

@@ -192,9 +192,7 @@ class Model:
     def logits(self, ids: Sequence[int], lora: int | None = None) -> np.ndarray:
         """float32 logits (len(ids), vocab) for ids as a fresh sequence (through
         the LoRA adapter `lora`, an id from load_lora)."""
-        if lora is not None and (not isinstance(lora, int) or not 1 <= lora <= len(self.adapters)):
-            raise ValueError(f"lora: no adapter {lora!r} (load_lora has loaded {len(self.adapters)})")
-        return self.engine.logits(self._ids(ids), lora or 0)
+        return self.engine.logits(self._ids(ids), self.check_lora(lora))
 
     def embed(self, texts: str | Sequence[str] | Sequence[Sequence[int]], pooling: str = "mean",
               normalize: bool = True, add_special: bool = True) -> np.ndarray:
@@ -301,6 +299,17 @@ class Model:
         # the server's model id for it (llmrt serve --lora name=path)
         self.adapter_names[name or os.path.basename(os.path.normpath(os.fspath(path)))] = aid
         return aid
+
+    def check_lora(self, lora: Any) -> int:
+        """An adapter id given to a request -> the native id (0: none);
+        ValueError when load_lora has not given it."""
+        if lora is None:
+            return 0
+        if isinstance(lora, bool) or not isinstance(lora, (int, np.integer)) or \
+                not 1 <= lora <= len(self.adapters):
+            raise ValueError(f"lora: no adapter {lora!r} (load_lora has loaded "
+                             f"{len(self.adapters)})")
+        return int(lora)
 
     # ---- KV cache -----------------------------------------------------------------------
     def cache_stats(self) -> dict:

@@ -67,6 +67,9 @@ struct Kernels {
   DequantFn dequant[kDTypeSlots];
   // x (n floats, n % 32 == 0) -> qs (n, then |qs| in qs[n..2n)), d and s (n / 32)
   void (*quantize_act)(const float* x, int8_t* qs, float* d, float* s, int64_t n);
+  // qs (n values) -> out (n): the interleaved copy the repacked groups read
+  // (the third part of a QActs row); only products with such weights need it
+  void (*interleave_act)(const int8_t* qs, int8_t* out, int64_t n);
   // per weight type (those with int8_dot(type)); the tile kernel reads each
   // weight block once for all the tokens of the tile
   VecDotQFn vec_dot_q[kDTypeSlots];
