@@ -116,7 +116,7 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
                 extra_tokens: int = 0, ctx: int = 512, rope_base: float = 10000.0,
                 seed: int = 0, tokenizer: str = "bpe", spm_vocab=None,
                 bias: bool | None = None, norm_type: str = "F32", n_expert: int = 0,
-                n_expert_used: int = 2):
+                n_expert_used: int = 2, window: int = 8):
     """Write a random model; returns (reference weights float64 dict, config dict).
 
     The reference weights are the dequantized values actually stored, so the
@@ -145,6 +145,15 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
     if n_expert:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_expert_used)
+    gemma = arch in ("gemma2", "gemma3")
+    if gemma:  # the family's quirks at strengths a tiny model feels (llmrt's forward only)
+        w.add_sliding_window(window)
+        w.add_sliding_window_pattern(2 if arch == "gemma2" else 3)
+        w.add_attention_scale(0.7 / np.sqrt(hd))
+        w.add_rope_freq_base_swa(rope_base / 7)
+        if arch == "gemma2":
+            w.add_attn_logit_softcapping(2.0)
+            w.add_final_logit_softcapping(4.0)
     if tokenizer == "bpe":
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("default")
@@ -203,11 +212,14 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
             vec(p + "attn_q.bias", n_head * hd, 0.0, 0.1)
             vec(p + "attn_k.bias", n_head_kv * hd, 0.0, 0.1)
             vec(p + "attn_v.bias", n_head_kv * hd, 0.0, 0.1)
-        if arch == "qwen3":  # RMSNorm of each head of q and k
+        if arch in ("qwen3", "gemma3"):  # RMSNorm of each head of q and k
             vec(p + "attn_q_norm.weight", hd, 1.0, 0.3)
             vec(p + "attn_k_norm.weight", hd, 1.0, 0.3)
         mat(p + "attn_output.weight", n_embd, n_head * hd, wtype, 1.0 / np.sqrt(n_head * hd))
         vec(p + "ffn_norm.weight", n_embd, 1.0, 0.1)
+        if gemma:
+            vec(p + "post_attention_norm.weight", n_embd, 1.0, 0.1)
+            vec(p + "post_ffw_norm.weight", n_embd, 1.0, 0.1)
         if n_expert:  # Mixtral layout: a router and (E, rows, cols) expert tensors
             mat(p + "ffn_gate_inp.weight", n_expert, n_embd, "F32", 1.0)
             for name, rows, cols, sc in (("ffn_gate_exps", n_ff, n_embd, s_in),

@@ -65,10 +65,12 @@ using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 // q (n, H, hd) against k, v (T, KV, hd), T >= n, the queries at the last n
 // positions: the keys and values are written into a paged cache of one layer
 // (block tables interleaved with another sequence's unless contiguous), and
-// the CPU attention runs over it.
+// the CPU attention runs over it. With a window, the blocks wholly behind
+// the first query's window are marked gone (-1) in the table, as a sliding
+// layer's cache frees them.
 py::array_t<float> attention_paged(F32 q, F32 k, F32 v, int block_tokens,
                                    const std::string& kv_type, const std::string& isa,
-                                   int threads, bool contiguous) {
+                                   int threads, bool contiguous, float softcap, int window) {
   if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
     throw py::value_error("q, k, v must be 3-D");
   const int n = (int)q.shape(0), H = (int)q.shape(1), hd = (int)q.shape(2);
@@ -86,21 +88,41 @@ py::array_t<float> attention_paged(F32 q, F32 k, F32 v, int block_tokens,
     cache.append(seq, toks.data(), std::min(block_tokens, T - b * block_tokens));
   }
   const cpu::Kernels& kern = kernels_named(isa);
-  const int* table = cache.table(seq).data();
-  cpu::kv_write(kern, cache, table, 0, 0, T, k.data(), v.data());
+  std::vector<int> table = cache.table(seq);
+  cpu::kv_write(kern, cache, table.data(), 0, 0, T, k.data(), v.data());
+  if (window > 0)
+    for (int b = 0; (b + 1) * block_tokens <= T - n + 1 - window; ++b) table[b] = -1;
   py::array_t<float> out({n, H, hd});
   ThreadPool pool(threads);
   cpu::AttnScratch scr;
-  const AttnSeq one{table, n, T - n};
-  cpu::attention(pool, kern, cache, &one, 1, 0, q.data(), H, 1.f / std::sqrt((float)hd),
-                 out.mutable_data(), scr);
+  const AttnSeq one{table.data(), n, T - n};
+  AttnParams ap;
+  ap.scale = 1.f / std::sqrt((float)hd);
+  ap.softcap = softcap;
+  ap.window = window;
+  cpu::attention(pool, kern, cache, &one, 1, 0, q.data(), H, ap, out.mutable_data(), scr);
+  return out;
+}
+
+// gate (n,) -> act(gate) * up through one ISA's kernel ("silu" or "gelu").
+py::array_t<float> gated(const std::string& act, F32 gate, F32 up, const std::string& isa) {
+  if (gate.ndim() != 1 || up.ndim() != 1 || gate.shape(0) != up.shape(0))
+    throw py::value_error("gate and up must be 1-D of one length");
+  const cpu::Kernels& kern = kernels_named(isa);
+  py::array_t<float> out(gate.shape(0));
+  std::memcpy(out.mutable_data(), gate.data(), sizeof(float) * gate.shape(0));
+  if (act == "silu") kern.swiglu(out.mutable_data(), up.data(), gate.shape(0));
+  else if (act == "gelu") kern.geglu(out.mutable_data(), up.data(), gate.shape(0));
+  else throw py::value_error("act must be 'silu' or 'gelu'");
   return out;
 }
 
 void bind_testing(py::module_& m) {
+  m.def("gated", &gated, py::arg("act"), py::arg("gate"), py::arg("up"), py::arg("isa") = "");
   m.def("attention_paged", &attention_paged, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("block_tokens") = 32, py::arg("kv_type") = "f32", py::arg("isa") = "",
-        py::arg("threads") = 1, py::arg("contiguous") = false);
+        py::arg("threads") = 1, py::arg("contiguous") = false, py::arg("softcap") = 0.f,
+        py::arg("window") = 0);
   py::class_<PreparedMatmul>(m, "PreparedMatmul")
       .def(py::init<uint32_t, Bytes, int64_t, int64_t, int, bool, const std::string&>(),
            py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"),

@@ -34,6 +34,13 @@ struct AttnSeq {
   int pos0;
 };
 
+// How a layer's attention scores are formed.
+struct AttnParams {
+  float scale = 1.f;    // scores = q k^T * scale
+  float softcap = 0.f;  // then softcap * tanh(scores / softcap) (0: none; gemma 2)
+  int window = 0;       // a query at position p sees keys (p - window, p] (0: all of [0, p])
+};
+
 // One output of a matmul_many call: y (n, w->rows), plus bias (w->rows,)
 // when given (the fused operations add it).
 struct MatmulJob {
@@ -141,6 +148,12 @@ class Backend {
                                 const float* weights, int count, int dim) = 0;
   // gate = silu(gate) * up, count elements.
   virtual void swiglu(float* gate, const float* up, size_t count) = 0;
+  // gate = gelu(gate) * up (GELU's tanh form), count elements.
+  virtual void geglu(float* gate, const float* up, size_t count) = 0;
+  // x = cap * tanh(x / cap), count elements (logit soft-capping).
+  virtual void softcap(float* x, size_t count, float cap) = 0;
+  // x *= s, count elements.
+  virtual void scale(float* x, size_t count, float s) = 0;
   // Rotates x (n, n_heads, head_dim) in place; row t is at position pos[t]
   // (pos: host memory).
   virtual void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
@@ -190,14 +203,16 @@ class Backend {
   virtual void kv_write(KVCache& cache, const AttnSeq* seqs, int count, int layer,
                         const float* k, const float* v) = 0;
   // For each of `count` sequences (seqs and their block tables: host
-  // memory), its n query rows (consecutive in q and
-  // out, sequence after sequence): out (n, n_heads, head_dim) = causal
-  // softmax(q k^T * scale) v, reading the sequence's keys and values at
-  // positions [0, pos0 + t] for its row t. GQA: query head h reads kv head
+  // memory), its n query rows (consecutive in q and out, sequence after
+  // sequence): out (n, n_heads, head_dim) = causal softmax(q k^T * scale) v
+  // (scores soft-capped where p says), reading the sequence's keys and
+  // values at positions [0, pos0 + t] for its row t, or only the last
+  // p.window of them (the table may then hold -1 for blocks wholly behind
+  // every row's window). GQA: query head h reads kv head
   // h / (n_heads / n_kv_heads). A sequence's results do not depend on the
   // other sequences of the call.
   virtual void attention(const KVCache& cache, const AttnSeq* seqs, int count, int layer,
-                         const float* q, int n_heads, float scale, float* out) = 0;
+                         const float* q, int n_heads, const AttnParams& p, float* out) = 0;
 };
 
 }  // namespace llmrt

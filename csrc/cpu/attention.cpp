@@ -93,8 +93,8 @@ inline void finish(const Kernels& k, float* O, float L, int hd) {
 // as flash-decoding splits the keys, and its partials are folded afterwards.
 // All the sequences' tasks go to the threads in one pass.
 void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const AttnSeq* seqs,
-               int count, int layer, const float* q, int n_heads, float scale, float* out,
-               AttnScratch& scr) {
+               int count, int layer, const float* q, int n_heads, const AttnParams& ap,
+               float* out, AttnScratch& scr) {
   const int hd = cache.head_dim();
   const int n_kv = cache.n_kv_heads();
   const int group = n_heads / n_kv;
@@ -139,11 +139,12 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
     const Plan& P = plans[i];
     const int* table = seqs[i].table;
     for (int b = 0; b < P.nb; ++b) {
-      const uint8_t* kb = cache.k_block(table[b], layer);
-      const uint8_t* vb = cache.v_block(table[b], layer);
+      const bool gone = table[b] < 0;  // behind every row's window: never read
+      const uint8_t* kb = gone ? nullptr : cache.k_block(table[b], layer);
+      const uint8_t* vb = gone ? nullptr : cache.v_block(table[b], layer);
       for (int h = 0; h < n_kv; ++h) {
-        scr.kp[P.ptr0 + (size_t)h * P.nb + b] = kb + h * head_off;
-        scr.vp[P.ptr0 + (size_t)h * P.nb + b] = vb + h * head_off;
+        scr.kp[P.ptr0 + (size_t)h * P.nb + b] = gone ? nullptr : kb + h * head_off;
+        scr.vp[P.ptr0 + (size_t)h * P.nb + b] = gone ? nullptr : vb + h * head_off;
       }
     }
   }
@@ -166,7 +167,9 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
     const int kvh = (int)(task % n_kv);
     AttnBlock a{nullptr, nullptr, nullptr, 0, scr.kp.data() + P.ptr0 + (size_t)kvh * nb,
                 scr.vp.data() + P.ptr0 + (size_t)kvh * nb, bt, cache.row_bytes(),
-                (int)cache.type(), hd, scale, 0, nb};
+                (int)cache.type(), hd, ap.scale, 0, nb};
+    a.window = ap.window;
+    a.softcap = ap.softcap;
     const float* qr[kMaxRows];
     float* orow[kMaxRows];
     int nk[kMaxRows];
@@ -209,18 +212,22 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
       }
     a.n_q = r;
     const int ranges = (P.pos0 + t1 + G * bt - 1) / (G * bt);  // those the last row reads
-    a.b_end = std::min(nb, G);
-    k.attention_block(a);  // range 0 straight into the output rows
+    // with a window, the ranges wholly behind the first row's are skipped
+    const int first_key = ap.window > 0 ? std::max(0, P.pos0 + t0 + 1 - ap.window) : 0;
+    const int j0 = first_key / (G * bt);
+    a.b_begin = j0 * G;
+    a.b_end = std::min(nb, (j0 + 1) * G);
+    k.attention_block(a);  // the first range straight into the output rows
     float M[kMaxRows], L[kMaxRows];
     std::copy(ms, ms + r, M);
     std::copy(ls, ls + r, L);
-    if (ranges > 1) {
+    if (ranges > j0 + 1) {
       thread_local std::vector<float> tmp;
       tmp.resize((size_t)r * hd);
       float* O[kMaxRows];
       std::copy(orow, orow + r, O);
       for (int i = 0; i < r; ++i) orow[i] = tmp.data() + (size_t)i * hd;
-      for (int j = 1; j < ranges; ++j) {
+      for (int j = j0 + 1; j < ranges; ++j) {
         a.b_begin = j * G;
         a.b_end = std::min(nb, (j + 1) * G);
         k.attention_block(a);

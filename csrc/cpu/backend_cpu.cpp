@@ -1,5 +1,6 @@
 // The CPU implementation of core's Backend interface: a thread pool and the
 // kernel table chosen at import (cpu/isa.cpp).
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -86,6 +87,14 @@ class CpuBackend final : public Backend {
                                             dst + (size_t)rows[i] * dim, dim);
   }
   void swiglu(float* g, const float* u, size_t count) override { cpu::swiglu(pool_, k_, g, u, count); }
+  void geglu(float* g, const float* u, size_t count) override { cpu::geglu(pool_, k_, g, u, count); }
+  void softcap(float* x, size_t count, float cap) override {
+    const float inv = 1.f / cap;
+    pool_.parallel_for((int64_t)count, 16384, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) x[i] = cap * std::tanh(x[i] * inv);
+    });
+  }
+  void scale(float* x, size_t count, float s) override { k_.scale(s, x, (int64_t)count); }
   void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
             const RopeParams& p) override {
     cpu::rope(pool_, x, n, n_heads, head_dim, pos, p, rope_);
@@ -98,8 +107,8 @@ class CpuBackend final : public Backend {
                     v + r * kvd);
   }
   void attention(const KVCache& c, const AttnSeq* seqs, int count, int layer, const float* q,
-                 int n_heads, float scale, float* out) override {
-    cpu::attention(pool_, k_, c, seqs, count, layer, q, n_heads, scale, out, attn_);
+                 int n_heads, const AttnParams& p, float* out) override {
+    cpu::attention(pool_, k_, c, seqs, count, layer, q, n_heads, p, out, attn_);
   }
 
  private:

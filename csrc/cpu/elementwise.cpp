@@ -34,14 +34,27 @@ void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, si
   });
 }
 
+void geglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count) {
+  pool.parallel_for((int64_t)count, 8192, [&](int64_t b, int64_t e) {
+    k.geglu(gate + b, up + b, e - b);
+  });
+}
+
 // cos / sin of pos[t] * inv_freq[i] for t < n, i < n_rot / 2, computed
 // once per forward pass and reused by every layer's q and k.
-const RopeTable& rope_table(RopeTable& cache, int n, const int32_t* pos, const RopeParams& p) {
+const RopeTable::Entry& rope_table(RopeTable& tables, int n, const int32_t* pos,
+                                   const RopeParams& p) {
   const int half = p.n_rot / 2;
-  if ((int)cache.pos.size() == n && std::equal(pos, pos + n, cache.pos.begin()) &&
-      cache.half == half && cache.base == p.freq_base && cache.scale == p.pos_scale &&
-      cache.factors == p.freq_factors)
-    return cache;
+  for (int i = 0; i < 2; ++i) {
+    const RopeTable::Entry& c = tables.e[i];
+    if ((int)c.pos.size() == n && std::equal(pos, pos + n, c.pos.begin()) && c.half == half &&
+        c.base == p.freq_base && c.scale == p.pos_scale && c.factors == p.freq_factors) {
+      tables.last = i;
+      return c;
+    }
+  }
+  tables.last ^= 1;  // the entry not used last
+  RopeTable::Entry& cache = tables.e[tables.last];
   // inv_freq[i] = base^(-2i / n_rot) [/ freq_factors[i]], in float as the
   // reference implementations compute it
   std::vector<float> inv_freq(half);
@@ -71,7 +84,7 @@ const RopeTable& rope_table(RopeTable& cache, int n, const int32_t* pos, const R
 void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, const int32_t* pos,
           const RopeParams& p, RopeTable& cache) {
   const int half = p.n_rot / 2;
-  const RopeTable& tab = rope_table(cache, n, pos, p);
+  const RopeTable::Entry& tab = rope_table(cache, n, pos, p);
   pool.parallel_for(n, 16, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const float* cs = tab.cs.data() + (size_t)t * half;

@@ -73,8 +73,8 @@ struct AttnScratch {
   std::vector<int> decode;             // the one-row sequences
 };
 void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const AttnSeq* seqs,
-               int count, int layer, const float* q, int n_heads, float scale, float* out,
-               AttnScratch& scr);
+               int count, int layer, const float* q, int n_heads, const AttnParams& p,
+               float* out, AttnScratch& scr);
 
 // ---- elementwise.cpp ----
 void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w, int n, int dim,
@@ -82,13 +82,19 @@ void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w,
 void add_bias(float* y, const float* bias, int n, int dim);
 void add(float* y, const float* x, size_t count);
 void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count);
-// cos / sin table of a chunk's positions, kept between the layers' calls.
+void geglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count);
+// cos / sin tables of a chunk's positions, kept between the layers' calls:
+// two sets of parameters (gemma 3's local and global layers alternate).
 struct RopeTable {
-  std::vector<int32_t> pos;
-  int half = -1;
-  float base = 0.f, scale = 0.f;
-  const float* factors = nullptr;
-  std::vector<float> cs, sn;
+  struct Entry {
+    std::vector<int32_t> pos;
+    int half = -1;
+    float base = 0.f, scale = 0.f;
+    const float* factors = nullptr;
+    std::vector<float> cs, sn;
+  };
+  Entry e[2];
+  int last = 0;  // the entry used last
 };
 void rope(ThreadPool& pool, float* x, int n, int n_heads, int head_dim, const int32_t* pos,
           const RopeParams& p, RopeTable& cache);

@@ -85,8 +85,13 @@ __global__ void rope_kv_write_kernel(KVLayout L, const int64_t* __restrict__ off
   }
 }
 
+// cap * tanh(s / cap) where a soft-cap is set
+__device__ __forceinline__ float capped(float s, float cap) {
+  return cap > 0.f ? cap * tanhf(s / cap) : s;
+}
+
 __global__ void attention_kernel(KVLayout L, const int* __restrict__ tables,
-                                 const int* __restrict__ info, int n_heads, float scale,
+                                 const int* __restrict__ info, int n_heads, AttnParams ap,
                                  const float* __restrict__ q, float* __restrict__ out) {
   __shared__ float qs[kMaxHeadDim];
   const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
@@ -102,7 +107,8 @@ __global__ void attention_kernel(KVLayout L, const int* __restrict__ tables,
   for (int i = 0; i < kDims; ++i) acc[i] = 0.f;
   float m = -INFINITY, l = 0.f;
   const size_t head_off = (size_t)kvh * L.head_bytes;
-  for (int base = 0; base < nk; base += 32) {
+  const int k0 = ap.window > 0 && nk > ap.window ? nk - ap.window : 0;  // the window's start
+  for (int base = k0; base < nk; base += 32) {
     const int p = base + lane;
     float s = -INFINITY;
     if (p < nk) {
@@ -110,7 +116,7 @@ __global__ void attention_kernel(KVLayout L, const int* __restrict__ tables,
                           (size_t)(p % L.block_tokens) * L.row_bytes + head_off;
       float dot = 0.f;
       for (int d = 0; d < hd; ++d) dot += qs[d] * kv_elem(L.type, kr, d);
-      s = dot * scale;
+      s = capped(dot * ap.scale, ap.softcap);
     }
     const float mn = fmaxf(m, warp_max(s));
     const float alpha = __expf(m - mn);  // 0 on the first chunk
@@ -152,7 +158,7 @@ constexpr int kWarps = 4;
 template <int G, int DPL>
 __global__ void __launch_bounds__(32 * kWarps)
 split_attention_kernel(KVLayout L, const int* __restrict__ tables, const int* __restrict__ info,
-                       int n_heads, int tiles, int S, float scale, const float* __restrict__ q,
+                       int n_heads, int tiles, int S, AttnParams ap, const float* __restrict__ q,
                        float* __restrict__ out, float* __restrict__ part_ml,
                        float* __restrict__ part_acc) {
   extern __shared__ float sh[];
@@ -174,8 +180,9 @@ split_attention_kernel(KVLayout L, const int* __restrict__ tables, const int* __
 
   const int nk = info[2 * t] + 1;  // causal: positions [0, pos]
   const int* table = tables + info[2 * t + 1];
-  const int chunk = (nk + S - 1) / S;
-  const int k0 = min(nk, s * chunk), k1 = min(nk, k0 + chunk);
+  const int kw = ap.window > 0 && nk > ap.window ? nk - ap.window : 0;  // the window's start
+  const int chunk = (nk - kw + S - 1) / S;
+  const int k0 = min(nk, kw + s * chunk), k1 = min(nk, k0 + chunk);
   const size_t head_off = (size_t)kvh * L.head_bytes;
 
   float m[G], l[G], acc[G][DPL];
@@ -204,7 +211,7 @@ split_attention_kernel(KVLayout L, const int* __restrict__ tables, const int* __
         const int d = lane + 32 * i;
         if (d < hd) dot += qs[g * hd + d] * kv[i];
       }
-      const float sc = warp_sum(dot) * scale;
+      const float sc = capped(warp_sum(dot) * ap.scale, ap.softcap);
       const float mn = fmaxf(m[g], sc);
       const float alpha = __expf(m[g] - mn);  // 0 on a warp's first key
       pr[g] = __expf(sc - mn);
@@ -288,13 +295,13 @@ __global__ void combine_kernel(int n_heads, int hd, int S, const float* __restri
 
 template <int G, int DPL>
 void launch_split(const KVLayout& L, const int* tables, const int* info, int rows, int n_heads,
-                  int S, float scale, const float* q, float* out, float* part_ml,
+                  int S, const AttnParams& ap, const float* q, float* out, float* part_ml,
                   float* part_acc, cudaStream_t stream) {
   const int group = n_heads / L.n_kv_heads, tiles = (group + G - 1) / G;
   const size_t shared = sizeof(float) * ((size_t)G * L.head_dim * (1 + kWarps) + 2 * kWarps * G);
   const dim3 grid((unsigned)rows, (unsigned)(L.n_kv_heads * tiles), (unsigned)S);
   split_attention_kernel<G, DPL><<<grid, 32 * kWarps, shared, stream>>>(
-      L, tables, info, n_heads, tiles, S, scale, q, out, part_ml, part_acc);
+      L, tables, info, n_heads, tiles, S, ap, q, out, part_ml, part_acc);
   LLMRT_CUDA_LAUNCHED("split attention");
   if (S > 1) {
     combine_kernel<<<dim3((unsigned)rows, (unsigned)n_heads), 32, 0, stream>>>(
@@ -305,17 +312,17 @@ void launch_split(const KVLayout& L, const int* tables, const int* info, int row
 
 template <int DPL>
 void launch_split_dpl(const KVLayout& L, const int* tables, const int* info, int rows,
-                      int n_heads, int S, float scale, const float* q, float* out,
+                      int n_heads, int S, const AttnParams& ap, const float* q, float* out,
                       float* part_ml, float* part_acc, cudaStream_t stream) {
   // head tiles: the whole group when it is small, else tiles of 4 (the
   // registers of G x DPL accumulators a lane)
   const int group = n_heads / L.n_kv_heads;
   if (group == 1)
-    launch_split<1, DPL>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+    launch_split<1, DPL>(L, tables, info, rows, n_heads, S, ap, q, out, part_ml, part_acc, stream);
   else if (group == 2)
-    launch_split<2, DPL>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+    launch_split<2, DPL>(L, tables, info, rows, n_heads, S, ap, q, out, part_ml, part_acc, stream);
   else
-    launch_split<4, DPL>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+    launch_split<4, DPL>(L, tables, info, rows, n_heads, S, ap, q, out, part_ml, part_acc, stream);
 }
 }  // namespace
 
@@ -336,11 +343,11 @@ void rope_kv_write(const KVLayout& L, const int64_t* offs, int n, const int32_t*
 }
 
 void attention(const KVLayout& L, const int* tables, const int* info, int rows, int n_heads,
-               float scale, const float* q, float* out, cudaStream_t stream) {
+               const AttnParams& ap, const float* q, float* out, cudaStream_t stream) {
   if (L.head_dim > kMaxHeadDim)
     throw std::invalid_argument("CUDA attention: head_dim above 256");
   const dim3 grid((unsigned)rows, (unsigned)n_heads);
-  attention_kernel<<<grid, 32, 0, stream>>>(L, tables, info, n_heads, scale, q, out);
+  attention_kernel<<<grid, 32, 0, stream>>>(L, tables, info, n_heads, ap, q, out);
   LLMRT_CUDA_LAUNCHED("attention");
 }
 
@@ -353,17 +360,17 @@ int attention_splits(int rows, int n_kv_heads, int n_heads, int sm_count) {
 }
 
 void split_attention(const KVLayout& L, const int* tables, const int* info, int rows,
-                     int n_heads, int S, float scale, const float* q, float* out,
+                     int n_heads, int S, const AttnParams& ap, const float* q, float* out,
                      float* part_ml, float* part_acc, cudaStream_t stream) {
   if (L.head_dim > kMaxHeadDim)
     throw std::invalid_argument("CUDA attention: head_dim above 256");
   if (S < 1 || S > kMaxSplits) throw std::invalid_argument("CUDA attention: bad split count");
   if (L.head_dim <= 64)
-    launch_split_dpl<2>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+    launch_split_dpl<2>(L, tables, info, rows, n_heads, S, ap, q, out, part_ml, part_acc, stream);
   else if (L.head_dim <= 128)
-    launch_split_dpl<4>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+    launch_split_dpl<4>(L, tables, info, rows, n_heads, S, ap, q, out, part_ml, part_acc, stream);
   else
-    launch_split_dpl<8>(L, tables, info, rows, n_heads, S, scale, q, out, part_ml, part_acc, stream);
+    launch_split_dpl<8>(L, tables, info, rows, n_heads, S, ap, q, out, part_ml, part_acc, stream);
 }
 
 }  // namespace llmrt::cuda

@@ -10,6 +10,7 @@
 #include <functional>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "cuda/backend_cuda.h"
@@ -300,6 +301,13 @@ class CudaBackend : public Backend {
     cuda::add_bias(y, device_copy(b, dim), n, dim, stream_);
   }
   void add(float* y, const float* x, size_t count) override { cuda::add(y, x, count, stream_); }
+  void geglu(float* g, const float* u, size_t count) override {
+    cuda::geglu(g, u, count, stream_);
+  }
+  void softcap(float* x, size_t count, float cap) override {
+    cuda::softcap(x, count, cap, stream_);
+  }
+  void scale(float* x, size_t count, float s) override { cuda::scale(x, count, s, stream_); }
   void swiglu(float* g, const float* u, size_t count) override {
     cuda::swiglu(g, u, count, stream_);
   }
@@ -369,14 +377,14 @@ class CudaBackend : public Backend {
     cuda::kv_write(layout(c, layer), pass_.d<int64_t>(pass_.offs), n, k, v, stream_);
   }
   void attention(const KVCache& c, const AttnSeq* seqs, int count, int layer, const float* q,
-                 int n_heads, float scale, float* out) override {
+                 int n_heads, const AttnParams& p, float* out) override {
     int n = 0;
     for (int i = 0; i < count; ++i) n += seqs[i].n;
     check_pass(n);
     const cuda::KVLayout L = layout(c, layer);
     if (!fused_) {
       cuda::attention(L, pass_.d<int32_t>(pass_.tables), pass_.d<int32_t>(pass_.info), n,
-                      n_heads, scale, q, out, stream_);
+                      n_heads, p, q, out, stream_);
       return;
     }
     const int S = cuda::attention_splits(n, L.n_kv_heads, n_heads, sm_count_);
@@ -397,7 +405,7 @@ class CudaBackend : public Backend {
       acc = part_ + 2 * parts;
     }
     cuda::split_attention(L, pass_.d<int32_t>(pass_.tables), pass_.d<int32_t>(pass_.info), n,
-                          n_heads, S, scale, q, out, ml, acc, stream_);
+                          n_heads, S, p, q, out, ml, acc, stream_);
   }
 
  private:
@@ -438,11 +446,12 @@ class CudaBackend : public Backend {
     return it->second;
   }
   // RoPE frequencies, computed as the CPU backend computes them, copied once
-  // per set of parameters
+  // per set of parameters (gemma 3's local and global layers have two)
   const float* inv_freq(const RopeParams& p) {
-    if (freq_dev_ && p.n_rot == freq_key_.n_rot && p.freq_base == freq_key_.freq_base &&
-        p.freq_factors == freq_key_.freq_factors)
-      return freq_dev_;
+    for (const auto& [key, dev] : freqs_)
+      if (p.n_rot == key.n_rot && p.freq_base == key.freq_base &&
+          p.freq_factors == key.freq_factors)
+        return dev;
     const int half = p.n_rot / 2;
     std::vector<float> f(half);
     for (int i = 0; i < half; ++i) {
@@ -450,10 +459,10 @@ class CudaBackend : public Backend {
       if (p.freq_factors) v /= p.freq_factors[i];
       f[i] = v;
     }
-    freq_key_ = p;
-    freq_dev_ = reinterpret_cast<float*>(
+    float* dev = reinterpret_cast<float*>(
         upload_bytes(reinterpret_cast<const uint8_t*>(f.data()), half * sizeof(float)));
-    return freq_dev_;
+    freqs_.emplace_back(p, dev);
+    return dev;
   }
   static cuda::KVLayout layout(const KVCache& c, int layer) {
     return cuda::KVLayout{c.k_block(0, layer), c.v_block(0, layer), c.block_bytes(),
@@ -467,8 +476,7 @@ class CudaBackend : public Backend {
   std::vector<void*> owned_;
   std::unordered_map<const void*, uint8_t*> tables_;
   std::unordered_map<const float*, float*> vectors_;
-  RopeParams freq_key_;
-  float* freq_dev_ = nullptr;  // (owned_ frees it)
+  std::vector<std::pair<RopeParams, float*>> freqs_;  // (owned_ frees them)
   PassBuffers pass_;
   int pass_rows_ = -1;
   int32_t* argmax_dev_ = nullptr;

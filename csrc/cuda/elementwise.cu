@@ -56,6 +56,24 @@ __global__ void swiglu_kernel(float* g, const float* u, size_t count) {
   if (i < count) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
+// gelu (tanh form) as x / (1 + exp(-2 y)), y = sqrt(2 / pi) (x + 0.044715 x^3)
+__global__ void geglu_kernel(float* g, const float* u, size_t count) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const float x = g[i];
+  g[i] = x / (1.f + expf(-x * (1.5957691216f + 0.0713548163f * x * x))) * u[i];
+}
+
+__global__ void softcap_kernel(float* x, size_t count, float cap) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < count) x[i] = cap * tanhf(x[i] / cap);
+}
+
+__global__ void scale_kernel(float* x, size_t count, float s) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < count) x[i] *= s;
+}
+
 // one block per (token, head), one thread per rotated pair
 __global__ void rope_kernel(float* x, int n_heads, int head_dim, const int32_t* pos,
                             const float* inv_freq, int half, float pos_scale, bool neox) {
@@ -173,6 +191,21 @@ void add(float* y, const float* x, size_t count, cudaStream_t stream) {
 void swiglu(float* gate, const float* up, size_t count, cudaStream_t stream) {
   swiglu_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(gate, up, count);
   LLMRT_CUDA_LAUNCHED("swiglu");
+}
+
+void geglu(float* gate, const float* up, size_t count, cudaStream_t stream) {
+  geglu_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(gate, up, count);
+  LLMRT_CUDA_LAUNCHED("geglu");
+}
+
+void softcap(float* x, size_t count, float cap, cudaStream_t stream) {
+  softcap_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(x, count, cap);
+  LLMRT_CUDA_LAUNCHED("softcap");
+}
+
+void scale(float* x, size_t count, float s, cudaStream_t stream) {
+  scale_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(x, count, s);
+  LLMRT_CUDA_LAUNCHED("scale");
 }
 
 void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, const float* inv_freq,

@@ -45,6 +45,9 @@ void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y
 void add_bias(float* y, const float* bias, int n, int dim, cudaStream_t stream);
 void add(float* y, const float* x, size_t count, cudaStream_t stream);
 void swiglu(float* gate, const float* up, size_t count, cudaStream_t stream);
+void geglu(float* gate, const float* up, size_t count, cudaStream_t stream);  // GELU (tanh)
+void softcap(float* x, size_t count, float cap, cudaStream_t stream);  // cap tanh(x / cap)
+void scale(float* x, size_t count, float s, cudaStream_t stream);
 // dst row i = src row rows[i]; dst row rows[i] += weights[i] * src row i
 void gather_rows(float* dst, const float* src, const int32_t* rows, int count, int dim,
                  cudaStream_t stream);
@@ -82,16 +85,17 @@ void kv_write(const KVLayout& L, const int64_t* offs, int n, const float* k, con
               cudaStream_t stream);
 // q (rows, n_heads, head_dim) -> out: row t attends to positions
 // [0, info[2t]] of the sequence whose block table starts at
-// tables + info[2t + 1].
+// tables + info[2t + 1] (the last p.window of them when set; scores
+// soft-capped when p.softcap is).
 void attention(const KVLayout& L, const int* tables, const int* info, int rows, int n_heads,
-               float scale, const float* q, float* out, cudaStream_t stream);
+               const AttnParams& p, const float* q, float* out, cudaStream_t stream);
 // The same, split-KV: each row's keys cut into S slices run by separate
 // blocks (with the query heads of a KV head together), merged through
 // part_ml (rows * n_heads * S * 2 floats) and part_acc (rows * n_heads * S *
 // head_dim floats) when S > 1.
 constexpr int kMaxSplits = 32;
 void split_attention(const KVLayout& L, const int* tables, const int* info, int rows,
-                     int n_heads, int S, float scale, const float* q, float* out,
+                     int n_heads, int S, const AttnParams& p, const float* q, float* out,
                      float* part_ml, float* part_acc, cudaStream_t stream);
 // The slices for a pass of `rows` rows: enough blocks to fill the GPU (a
 // function of rows only, so a captured graph keeps its grid).

@@ -116,6 +116,10 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
     if (!L.attn_norm || !L.ffn_norm) throw std::invalid_argument(p + "norm weights missing");
   }
   if (!w_.output_norm) throw std::invalid_argument("output_norm missing");
+  if (!c.sliding.empty() && (int)c.sliding.size() != c.n_layer)
+    throw std::invalid_argument("sliding-window flags: one a layer expected");
+  if (c.rope_swa.n_rot != c.rope.n_rot || c.rope_swa.neox != c.rope.neox)
+    throw std::invalid_argument("the sliding layers' RoPE must rotate the same dimensions");
   if (c.n_expert < 0 || c.n_expert > 256 ||
       (c.n_expert > 0 && (c.n_expert_used < 1 || c.n_expert_used > c.n_expert)))
     throw std::invalid_argument("expert counts: " + std::to_string(c.n_expert_used) + " used of " +
@@ -397,7 +401,11 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
   Scratch& s = *s_;
   const auto& c = cfg_;
   const int D = c.n_embd, hd = c.head_dim;
-  const float att_scale = 1.f / std::sqrt((float)hd);
+  AttnParams global_attn, sliding_attn;
+  global_attn.scale = c.attn_scale > 0.f ? c.attn_scale : 1.f / std::sqrt((float)hd);
+  global_attn.softcap = c.attn_softcap;
+  sliding_attn = global_attn;
+  sliding_attn.window = c.window;
 
   // token ids, positions and attention rows of the pass
   s.ids.resize(n);
@@ -448,9 +456,11 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
 
   auto body = [&] {
     be.embed(w_.tok_embd, s.ids.data(), n, s.x);  // x (n, D)
+    if (c.embd_scale > 0.f) be.scale(s.x, (size_t)n * D, c.embd_scale);  // gemma: sqrt(D)
 
     for (int l = 0; l < c.n_layer; ++l) {
       const LayerWeights& L = w_.layers[l];
+      const bool sliding = c.is_sliding(l);
       // ---- attention block ----
       {  // q (n, qd), k (n, kvd), v (n, kvd) of the normed x, in one pass
         const MatmulJob qkv[3] = {{&L.wq, s.q, L.bq}, {&L.wk, s.k, L.bk}, {&L.wv, s.v, L.bv}};
@@ -463,33 +473,51 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
           lora_add(l, kLoraV, s.xn, D, s.v, c.n_head_kv * hd, segs, count, adapter);
         }
       }
-      // qwen3: each head of q and k RMSNormed (in place) before RoPE
+      // qwen3, gemma 3: each head of q and k RMSNormed (in place) before RoPE
       if (L.q_norm) be.rmsnorm(s.q, L.q_norm, n * c.n_head, hd, c.rms_eps, s.q);
       if (L.k_norm) be.rmsnorm(s.k, L.k_norm, n * c.n_head_kv, hd, c.rms_eps, s.k);
       be.rope_kv_write(kv_, s.attn.data(), count, l, s.q, s.k, s.v, n, c.n_head, c.n_head_kv,
-                       hd, s.pos.data(), c.rope);
-      be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head, att_scale, s.att);  // (n, qd)
-      be.matmul_add(L.wo, s.att, n, s.x, s.xn);  // x += o-proj (n, D)
-      if (lora) lora_add(l, kLoraO, s.att, c.n_head * hd, s.x, D, segs, count, adapter);
+                       hd, s.pos.data(), sliding ? c.rope_swa : c.rope);
+      be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head,
+                   sliding ? sliding_attn : global_attn, s.att);  // (n, qd)
+      if (!L.post_attn_norm) {
+        be.matmul_add(L.wo, s.att, n, s.x, s.xn);  // x += o-proj (n, D)
+        if (lora) lora_add(l, kLoraO, s.att, c.n_head * hd, s.x, D, segs, count, adapter);
+      } else {  // gemma: x += rmsnorm(o-proj)
+        be.matmul(L.wo, s.att, n, s.xn);
+        if (lora) lora_add(l, kLoraO, s.att, c.n_head * hd, s.xn, D, segs, count, adapter);
+        be.rmsnorm(s.xn, L.post_attn_norm, n, D, c.rms_eps, s.xn);
+        be.add(s.x, s.xn, (size_t)n * D);
+      }
       // ---- feed-forward block ----
       if (!L.router.empty()) {
         be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
         moe_ffn(L, n);
         continue;
       }
-      // gate = silu(gate) * up, (n, n_ff), of the normed x
-      if (!lora) {
+      // gate = silu(gate) * up (gelu for gemma), (n, n_ff), of the normed x
+      if (!lora && !c.gelu) {
         be.norm_gate_up(s.x, L.ffn_norm, n, D, c.rms_eps, L.w_gate, L.w_up, s.xn, s.gate, s.up);
-      } else {  // the adapters' products join gate and up before SwiGLU
+      } else {  // the adapters' products join gate and up before the activation
         be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
         const MatmulJob gu[2] = {{&L.w_gate, s.gate, nullptr}, {&L.w_up, s.up, nullptr}};
         be.matmul_many(gu, 2, s.xn, n);
-        lora_add(l, kLoraGate, s.xn, D, s.gate, c.n_ff, segs, count, adapter);
-        lora_add(l, kLoraUp, s.xn, D, s.up, c.n_ff, segs, count, adapter);
-        be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
+        if (lora) {
+          lora_add(l, kLoraGate, s.xn, D, s.gate, c.n_ff, segs, count, adapter);
+          lora_add(l, kLoraUp, s.xn, D, s.up, c.n_ff, segs, count, adapter);
+        }
+        if (c.gelu) be.geglu(s.gate, s.up, (size_t)n * c.n_ff);
+        else be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
       }
-      be.matmul_add(L.w_down, s.gate, n, s.x, s.xn);  // x += down (n, D)
-      if (lora) lora_add(l, kLoraDown, s.gate, c.n_ff, s.x, D, segs, count, adapter);
+      if (!L.post_ffn_norm) {
+        be.matmul_add(L.w_down, s.gate, n, s.x, s.xn);  // x += down (n, D)
+        if (lora) lora_add(l, kLoraDown, s.gate, c.n_ff, s.x, D, segs, count, adapter);
+      } else {  // gemma: x += rmsnorm(down)
+        be.matmul(L.w_down, s.gate, n, s.xn);
+        if (lora) lora_add(l, kLoraDown, s.gate, c.n_ff, s.xn, D, segs, count, adapter);
+        be.rmsnorm(s.xn, L.post_ffn_norm, n, D, c.rms_eps, s.xn);
+        be.add(s.x, s.xn, (size_t)n * D);
+      }
     }
 
     // final hidden states (embeddings): the head's norm of the rows
@@ -517,6 +545,8 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     }
     const MatmulJob head{&w_.output, head_out};  // the final norm folded into the head
     be.norm_matmul_many(src, w_.output_norm, rows, D, c.rms_eps, &head, 1, s.xn);
+    if (c.final_softcap > 0.f)  // gemma 2
+      be.softcap(head_out, (size_t)rows * c.n_vocab, c.final_softcap);
   };
 
   bool hidden = false;

@@ -1,6 +1,7 @@
-// The llama-family decoder (llama, mistral, qwen2): embeddings, N blocks of
-// [RMSNorm, q/k/v (+bias), RoPE, KV write, GQA attention, o-proj, residual,
-// RMSNorm, gate/up, SwiGLU, down, residual], final norm and output head.
+// The llama-family decoder (llama, mistral, qwen2/3, phi3, gemma 2/3):
+// embeddings, N blocks of [RMSNorm, q/k/v (+bias), (q/k norms), RoPE, KV
+// write, GQA attention, o-proj, (post-norm), residual, RMSNorm, gate/up,
+// SwiGLU or GeGLU, down, (post-norm), residual], final norm and output head.
 // Written against core/backend.h only.
 #pragma once
 
@@ -28,6 +29,18 @@ struct LlamaConfig {
   int n_expert_used = 0;  // experts each token goes through
   float rms_eps = 1e-5f;
   RopeParams rope;
+  // gemma 2 / 3
+  float embd_scale = 0.f;     // embeddings times this (0: as stored)
+  bool gelu = false;          // FFN gate activation GELU (tanh form) instead of SiLU
+  float attn_scale = 0.f;     // scores scale (0: 1 / sqrt(head_dim))
+  float attn_softcap = 0.f;   // attention scores soft-capped (0: not)
+  float final_softcap = 0.f;  // logits soft-capped (0: not)
+  // Sliding-window attention: layer l attends to the last `window`
+  // positions where sliding[l] (empty: no layer does), with RoPE rope_swa.
+  int window = 0;
+  std::vector<uint8_t> sliding;
+  RopeParams rope_swa;
+  bool is_sliding(int l) const { return window > 0 && !sliding.empty() && sliding[l]; }
 };
 
 // The paged KV cache's shape (see core/kv_cache.h).
@@ -47,6 +60,8 @@ struct LayerWeights {
   const float* bv = nullptr;
   const float* q_norm = nullptr;     // optional (head_dim,): RMSNorm of each head of q
   const float* k_norm = nullptr;     // and of k, before RoPE (qwen3)
+  const float* post_attn_norm = nullptr;  // optional (n_embd,): RMSNorm of the attention's
+  const float* post_ffn_norm = nullptr;   // and the FFN's output before the residual (gemma)
   const float* ffn_norm = nullptr;   // (n_embd,)
   WeightView w_gate, w_up, w_down;   // (n_ff, n_embd), (n_ff, n_embd), (n_embd, n_ff)
   // Mixture of experts (instead of w_gate / w_up / w_down): the router

@@ -53,9 +53,29 @@ LlamaConfig llama_config(const ConfigValues& v) {
   c.rope.neox = int_value(v, "rope_neox", false) != 0;
   c.n_expert = int_value(v, "n_expert", false);
   c.n_expert_used = int_value(v, "n_expert_used", false);
+  c.embd_scale = float_value(v, "embd_scale", 0.f);
+  c.gelu = int_value(v, "ffn_gelu", false) != 0;
+  c.attn_scale = float_value(v, "attn_scale", 0.f);
+  c.attn_softcap = float_value(v, "attn_softcap", 0.f);
+  c.final_softcap = float_value(v, "final_softcap", 0.f);
+  c.window = int_value(v, "sliding_window", false);
+  // layer l slides unless (l + 1) % pattern == 0 (gemma 2: 2, gemma 3: 6); 1: none, 0: all
+  const int pattern = int_value(v, "swa_pattern", false, 1);
+  if (c.window < 0 || pattern < 0 || c.embd_scale < 0.f || c.attn_scale < 0.f ||
+      c.attn_softcap < 0.f || c.final_softcap < 0.f)
+    throw std::invalid_argument("sliding_window, swa_pattern, scales and soft-caps must not be "
+                                "negative");
+  if (c.window > 0 && pattern != 1) {
+    c.sliding.resize(c.n_layer > 0 ? c.n_layer : 0);
+    for (int l = 0; l < c.n_layer; ++l) c.sliding[l] = pattern == 0 || (l + 1) % pattern != 0;
+  }
+  c.rope_swa = c.rope;
+  c.rope_swa.freq_base = float_value(v, "rope_freq_base_swa", c.rope.freq_base);
+  c.rope_swa.pos_scale = float_value(v, "rope_pos_scale_swa", c.rope.pos_scale);
   for (int x : {c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.head_dim, c.n_ff, c.n_ctx})
     if (x <= 0) throw std::invalid_argument("config values must be positive");
-  if (!(c.rms_eps > 0.f) || !(c.rope.freq_base > 0.f) || !(c.rope.pos_scale > 0.f))
+  if (!(c.rms_eps > 0.f) || !(c.rope.freq_base > 0.f) || !(c.rope.pos_scale > 0.f) ||
+      !(c.rope_swa.freq_base > 0.f) || !(c.rope_swa.pos_scale > 0.f))
     throw std::invalid_argument("rms_eps, rope_freq_base and rope_pos_scale must be positive");
   return c;
 }
@@ -109,6 +129,7 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
   w.output = view("output.weight", false);
   if (w.output.empty()) w.output = w.tok_embd;  // tied embeddings
   c.rope.freq_factors = vec("rope_freqs.weight", c.rope.n_rot / 2, false);
+  c.rope_swa.freq_factors = c.rope.freq_factors;
   const int64_t qd = (int64_t)c.n_head * c.head_dim, kvd = (int64_t)c.n_head_kv * c.head_dim;
   for (int i = 0; i < c.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
@@ -130,6 +151,8 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
     L.bv = vec(p + "attn_v.bias", kvd, false);
     L.q_norm = vec(p + "attn_q_norm.weight", c.head_dim, false);
     L.k_norm = vec(p + "attn_k_norm.weight", c.head_dim, false);
+    L.post_attn_norm = vec(p + "post_attention_norm.weight", c.n_embd, false);
+    L.post_ffn_norm = vec(p + "post_ffw_norm.weight", c.n_embd, false);
     L.ffn_norm = vec(p + "ffn_norm.weight", c.n_embd, true);
     if (c.n_expert > 0) {
       L.router = view(p + "ffn_gate_inp.weight", true);

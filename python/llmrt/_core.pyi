@@ -106,6 +106,10 @@ class _Testing:
     def attention_paged(q: npt.NDArray[np.float32], k: npt.NDArray[np.float32],
                         v: npt.NDArray[np.float32], block_tokens: int = 32,
                         kv_type: str = "f32", isa: str = "", threads: int = 1,
-                        contiguous: bool = False) -> npt.NDArray[np.float32]: ...
+                        contiguous: bool = False, softcap: float = 0.0,
+                        window: int = 0) -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def gated(act: str, gate: npt.NDArray[np.float32], up: npt.NDArray[np.float32],
+              isa: str = "") -> npt.NDArray[np.float32]: ...
 
 testing: _Testing

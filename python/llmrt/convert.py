@@ -5,7 +5,8 @@ a time, so a checkpoint larger than RAM converts), the tokenizer
 (tokenizer.model for SentencePiece vocabularies, tokenizer.json for
 byte-level BPE) and the chat template, and writes a GGUF file with the
 standard key and tensor names (llama.cpp reads the same layout).
-Architectures: Llama, Mistral, Qwen2, Mixtral.
+Architectures: Llama (3.x too), Mistral, Mixtral, Qwen2, Qwen3, Phi-3, Gemma 2 and
+Gemma 3 (text).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from .quantization import (progress_bar, tensor_type, write_or_remove,
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
          "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "MixtralForCausalLM": "llama",
-         "Phi3ForCausalLM": "phi3"}
+         "Phi3ForCausalLM": "phi3", "Gemma2ForCausalLM": "gemma2",
+         "Gemma3ForCausalLM": "gemma3"}
+GEMMA = ("gemma2", "gemma3")
 
 
 class CheckpointError(ValueError):
@@ -93,13 +96,15 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
               rope_theta=float(cfg.get("rope_theta", 10000.0)),
               ctx=int(cfg.get("max_position_embeddings", 4096)),
               head_dim=int(cfg.get("head_dim") or n_embd // n_head),
-              tied=bool(cfg.get("tie_word_embeddings", False)),
+              tied=bool(cfg.get("tie_word_embeddings", ARCHS[hf] in GEMMA)),
               n_expert=int(cfg.get("num_local_experts", 0) if hf == "MixtralForCausalLM" else 0),
               n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None,
               rope_factors=None, sliding_window=int(cfg.get("sliding_window") or 0))
     # partial rotary (phi3 family): RoPE on the first n_rot values of a head
     hp["n_rot"] = int(hp["head_dim"] * float(cfg.get("partial_rotary_factor", 1.0))) // 2 * 2
     rs = cfg.get("rope_scaling")
+    if hp["arch"] in GEMMA:
+        rs = _gemma_hparams(cfg, d, hp)
     if rs:
         kind = rs.get("rope_type", rs.get("type"))
         if kind == "linear":
@@ -110,6 +115,56 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
             raise UnsupportedModelError(f"{d}: RoPE scaling {kind!r} is not supported "
                                         "(linear and llama3 are; config.json rope_scaling)")
     return hp
+
+
+def _gemma_hparams(cfg: dict, d: str, hp: dict) -> dict | None:
+    """Gemma 2 / 3 settings (into hp); returns the global layers' RoPE
+    scaling. Reads both config.json forms: the published one (rope_theta,
+    rope_local_base_freq, sliding_window_pattern, rope_scaling) and
+    transformers' newer one (rope_parameters and layer_types)."""
+    gemma2 = hp["arch"] == "gemma2"
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_new"):
+        raise UnsupportedModelError(f"{d}: hidden_activation {act!r} is not supported "
+                                    "(GELU's tanh form is)")
+    hp["query_scale"] = float(cfg.get("query_pre_attn_scalar") or hp["head_dim"]) ** -0.5
+    soft = {"attn_softcap": cfg.get("attn_logit_softcapping"),
+            "final_softcap": cfg.get("final_logit_softcapping")}
+    hp.update({k: float(v) if v else 0.0 for k, v in soft.items()})
+    L = hp["n_layer"]
+    types = cfg.get("layer_types")
+    if types:
+        flags = [t == "sliding_attention" for t in types]
+        if len(flags) != L:
+            raise CheckpointError(f"{d}/config.json: layer_types has {len(flags)} entries, "
+                                  f"not {L}")
+    else:
+        period = int(cfg.get("sliding_window_pattern") or (2 if gemma2 else 6))
+        flags = [(l + 1) % period != 0 for l in range(L)]
+    pattern = next((p for p in [0] + list(range(1, L + 2))
+                    if flags == [p == 0 or (l + 1) % p != 0 for l in range(L)]), None)
+    if pattern is None:
+        raise UnsupportedModelError(f"{d}: sliding layers in an irregular pattern are not "
+                                    "supported (config.json layer_types)")
+    hp["swa_pattern"] = pattern
+    if not hp["sliding_window"] or not any(flags):
+        hp["sliding_window"], hp["swa_pattern"] = 0, 1
+    rp = cfg.get("rope_parameters") or {}
+    full, local = rp.get("full_attention") or {}, rp.get("sliding_attention") or {}
+    if "rope_theta" in full:
+        hp["rope_theta"] = float(full["rope_theta"])
+    hp["rope_theta_swa"] = float(local.get("rope_theta") or cfg.get("rope_local_base_freq")
+                                 or (hp["rope_theta"] if gemma2 else 10000.0))
+    for part in (local,):  # the sliding layers' RoPE must be plain
+        if part.get("rope_type", "default") != "default":
+            raise UnsupportedModelError(f"{d}: RoPE scaling on the sliding layers is not "
+                                        "supported")
+    rs = cfg.get("rope_scaling")
+    if full:
+        rs = full
+    elif isinstance(rs, dict) and "full_attention" in rs:
+        rs = rs["full_attention"]
+    return rs
 
 
 def _llama3_factors(rs: dict, head_dim: int, theta: float) -> np.ndarray:
@@ -150,9 +205,13 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
         plan.append((gname, shape, lambda: fix(ts.get(name)) if fix else ts.get(name)))
 
     add("token_embd.weight", "model.embed_tokens.weight", (V, D))
+    gemma = hp["arch"] in GEMMA
+    # gemma's norms scale by (1 + w); the file holds 1 + w (as llama.cpp's converter writes)
+    norm_fix = (lambda w: w + 1.0) if gemma else None
+
     for i in range(L):
         p, h = f"blk.{i}.", f"model.layers.{i}."
-        add(p + "attn_norm.weight", h + "input_layernorm.weight", (D,))
+        add(p + "attn_norm.weight", h + "input_layernorm.weight", (D,), norm_fix)
         if hp["arch"] == "phi3":  # q/k/v rows in one tensor, kept fused
             add(p + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", ((H + 2 * KV) * hd, D))
         else:
@@ -167,10 +226,17 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
             add(p + "attn_q.bias", h + "self_attn.q_proj.bias", (H * hd,))
             add(p + "attn_k.bias", h + "self_attn.k_proj.bias", (KV * hd,))
             add(p + "attn_v.bias", h + "self_attn.v_proj.bias", (KV * hd,))
-        if hp["arch"] == "qwen3":  # RMSNorm of each head of q and k
-            add(p + "attn_q_norm.weight", h + "self_attn.q_norm.weight", (hd,))
-            add(p + "attn_k_norm.weight", h + "self_attn.k_norm.weight", (hd,))
-        add(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", (D,))
+        if hp["arch"] in ("qwen3", "gemma3"):  # RMSNorm of each head of q and k
+            add(p + "attn_q_norm.weight", h + "self_attn.q_norm.weight", (hd,), norm_fix)
+            add(p + "attn_k_norm.weight", h + "self_attn.k_norm.weight", (hd,), norm_fix)
+        if gemma:  # norms after attention and after the FFN, and one before it
+            add(p + "post_attention_norm.weight", h + "post_attention_layernorm.weight", (D,),
+                norm_fix)
+            add(p + "ffn_norm.weight", h + "pre_feedforward_layernorm.weight", (D,), norm_fix)
+            add(p + "post_ffw_norm.weight", h + "post_feedforward_layernorm.weight", (D,),
+                norm_fix)
+        else:
+            add(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", (D,))
         if E:
             m = h + "block_sparse_moe."
             add(p + "ffn_gate_inp.weight", m + "gate.weight", (E, D))
@@ -186,7 +252,7 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
             add(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", (F, D))
             add(p + "ffn_up.weight", h + "mlp.up_proj.weight", (F, D))
             add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
-    add("output_norm.weight", "model.norm.weight", (D,))
+    add("output_norm.weight", "model.norm.weight", (D,), norm_fix)
     if hp["rope_factors"] is not None:
         f = hp["rope_factors"]
         plan.append(("rope_freqs.weight", f.shape, lambda: f))
@@ -215,7 +281,7 @@ def _tokenizer(d: str, hp: dict, w) -> int:
     tc = _json(tc_path) if os.path.exists(tc_path) else {}
     V = hp["n_vocab"]
     sp_path, tj_path = os.path.join(d, "tokenizer.model"), os.path.join(d, "tokenizer.json")
-    if os.path.exists(sp_path) and hp["arch"] in ("llama", "phi3"):
+    if os.path.exists(sp_path) and hp["arch"] in ("llama", "phi3") + GEMMA:
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=sp_path)
         n = sp.get_piece_size()
@@ -240,6 +306,8 @@ def _tokenizer(d: str, hp: dict, w) -> int:
                 getattr(w, f"add_{key}_token_id")(v)
         w.add_add_bos_token(bool(tc.get("add_bos_token", True)))
         w.add_add_eos_token(bool(tc.get("add_eos_token", False)))
+        if hp["arch"] in GEMMA:  # gemma's SentencePiece model adds no space before the text
+            w.add_add_space_prefix(False)
     elif os.path.exists(tj_path):
         tj = _json(tj_path)
         model = tj.get("model", {})
@@ -342,6 +410,13 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     w.add_rope_dimension_count(hp["n_rot"])
     if hp["sliding_window"]:
         w.add_sliding_window(hp["sliding_window"])
+    if a in GEMMA:
+        if hp["sliding_window"]:
+            w.add_sliding_window_pattern(hp["swa_pattern"])
+        w.add_rope_freq_base_swa(hp["rope_theta_swa"])
+        w.add_attention_scale(hp["query_scale"])
+        w.add_attn_logit_softcapping(hp["attn_softcap"])  # 0: none
+        w.add_final_logit_softcapping(hp["final_softcap"])
     if hp["head_dim"] != hp["n_embd"] // hp["n_head"]:
         w.add_key_length(hp["head_dim"])
         w.add_value_length(hp["head_dim"])

@@ -19,7 +19,8 @@ from .errors import GGUFError, UnsupportedModelError
 from .ggml_types import BY_ID, TYPES, name_of
 from .gguf_file import GGUFFile, TensorInfo
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "phi3")
+SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
+GEMMA = ("gemma2", "gemma3")
 
 # Sanity bounds on hyperparameters; a file outside them is corrupt or hostile.
 _LIMITS = {
@@ -130,8 +131,11 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
             raise UnsupportedModelError(
                 f"{os.path.basename(path)}: {key} (LongRoPE scaling) is not supported")
     window = _get(meta, path, f"{a}.attention.sliding_window", int, default=0, required=False)
-    if 0 < window < cfg["n_ctx_train"]:
-        cfg["n_ctx_train"] = window  # attention over a sliding window is not implemented
+    if arch in GEMMA:
+        _gemma_config(meta, path, arch, cfg, window)
+    elif 0 < window < cfg["n_ctx_train"]:
+        # phi3 / mistral: every layer's window; not run as a sliding window here
+        cfg["n_ctx_train"] = window
     # Mixture of experts (Mixtral): experts per layer and per token
     cfg["n_expert"] = _get(meta, path, f"{a}.expert_count", int, default=0, required=False)
     cfg["n_expert_used"] = _get(meta, path, f"{a}.expert_used_count", int, default=0,
@@ -142,8 +146,66 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
                              f"{cfg['n_expert']}")
     # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
     # qwen2 / qwen3 keep the Hugging Face order, which rotates (i, i + n_rot/2).
-    cfg["rope_neox"] = arch in ("qwen2", "qwen3", "phi3")
+    cfg["rope_neox"] = arch in ("qwen2", "qwen3", "phi3") + GEMMA
     return cfg
+
+
+def _gemma_config(meta: dict, path: str, a: str, cfg: dict, window: int) -> None:
+    """Gemma 2 / 3: embeddings scaled by sqrt(n_embd), GeGLU, soft-capping
+    (gemma 2), the query scale, sliding-window layers alternating with
+    global ones, and (gemma 3) another RoPE base for the sliding layers."""
+    name = os.path.basename(path)
+    gemma2 = a == "gemma2"
+    cfg["embd_scale"] = float(np.sqrt(cfg["n_embd"]))
+    cfg["ffn_gelu"] = 1
+    # gemma 2 files written before the keys existed had these values
+    for key, k, dflt in (("attn_softcap", f"{a}.attn_logit_softcapping", 50.0 if gemma2 else 0.0),
+                         ("final_softcap", f"{a}.final_logit_softcapping", 30.0 if gemma2 else 0.0)):
+        v = _get(meta, path, k, float, default=dflt, required=False)
+        if v < 0:
+            raise _err(path, f"{k}={v} must not be negative")
+        cfg[key] = v
+    # the query scale: 1 / sqrt(query_pre_attn_scalar). The file may say it;
+    # otherwise the published models' rule: 1 / sqrt(n_embd / n_head) for
+    # the 27B ones (46 and 62 layers), 1 / sqrt(head_dim) for the others
+    scale = _get(meta, path, f"{a}.attention.scale", float, default=0.0, required=False)
+    if scale < 0:
+        raise _err(path, f"{a}.attention.scale must be positive")
+    if not scale and cfg["n_layer"] == (46 if gemma2 else 62):
+        scale = 1.0 / float(np.sqrt(cfg["n_embd"] // cfg["n_head"]))
+    cfg["attn_scale"] = scale
+    if window < 0:
+        raise _err(path, f"{a}.attention.sliding_window={window} must not be negative")
+    if window == 0 and gemma2:
+        window = 4096
+    cfg["sliding_window"] = window
+    pat = meta.get(f"{a}.attention.sliding_window_pattern", 2 if gemma2 else 6)
+    cfg["swa_pattern"] = _swa_pattern(pat, cfg["n_layer"], name, a)
+    cfg["rope_freq_base_swa"] = _get(meta, path, f"{a}.rope.freq_base_swa", float,
+                                     default=cfg["rope_freq_base"] if gemma2 else 10000.0,
+                                     required=False)
+    if not cfg["rope_freq_base_swa"] > 0:
+        raise _err(path, f"{a}.rope.freq_base_swa must be positive")
+    # gemma 3's RoPE scaling (4B and up) is its global layers' only
+    cfg["rope_pos_scale_swa"] = cfg["rope_pos_scale"] if gemma2 else 1.0
+
+
+def _swa_pattern(pat: Any, n_layer: int, name: str, a: str) -> int:
+    """The period P of the sliding layers (layer l slides unless (l + 1) % P
+    == 0; 0: every layer) from an integer or a per-layer list of flags."""
+    key = f"{a}.attention.sliding_window_pattern"
+    if isinstance(pat, (int, np.integer)) and not isinstance(pat, bool):
+        if not 0 <= int(pat) <= 4096:
+            raise GGUFError(f"{name}: {key}={pat} is out of range")
+        return int(pat)
+    if isinstance(pat, (list, tuple, np.ndarray)) and len(pat) == n_layer:
+        flags = [bool(x) for x in pat]
+        for p in [0] + list(range(1, n_layer + 2)):
+            if flags == [p == 0 or (l + 1) % p != 0 for l in range(n_layer)]:
+                return p
+        raise UnsupportedModelError(f"{name}: {key}: sliding layers in an irregular pattern "
+                                    "are not supported")
+    raise GGUFError(f"{name}: {key} should be an integer or one flag a layer")
 
 
 def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
@@ -192,10 +254,13 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
             p + "attn_q.bias": ([qd], False),
             p + "attn_k.bias": ([kvd], False),
             p + "attn_v.bias": ([kvd], False),
-            # qwen3: RMSNorm of each head of q and k
-            p + "attn_q_norm.weight": ([cfg["head_dim"]], arch == "qwen3"),
-            p + "attn_k_norm.weight": ([cfg["head_dim"]], arch == "qwen3"),
+            # qwen3, gemma 3: RMSNorm of each head of q and k
+            p + "attn_q_norm.weight": ([cfg["head_dim"]], arch in ("qwen3", "gemma3")),
+            p + "attn_k_norm.weight": ([cfg["head_dim"]], arch in ("qwen3", "gemma3")),
             p + "ffn_norm.weight": ([D], True),
+            # gemma: RMSNorm of the attention's and the FFN's outputs
+            p + "post_attention_norm.weight": ([D], arch in GEMMA),
+            p + "post_ffw_norm.weight": ([D], arch in GEMMA),
         })
         E = cfg["n_expert"]
         if E:

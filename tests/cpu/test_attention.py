@@ -1,7 +1,8 @@
 """Fused attention over the paged KV cache against numpy: softmax(q k^T /
 sqrt(hd)) v with a causal mask, for every ISA variant, cache type, block
 size, GQA ratio and head size, at lengths that straddle block edges; decode
-(one query, split-KV) and prefill (many queries)."""
+(one query, split-KV) and prefill (many queries); sliding windows (with the
+blocks behind them gone from the table) and soft-capped scores."""
 
 import numpy as np
 import pytest
@@ -12,28 +13,37 @@ from testutil import kv_round
 ISAS = [i for i in ("generic", "avx2", "avx512", "avx512_vnni") if _core.testing.isa_available(i)]
 
 
-def reference(q, k, v, kv_dtype):
+def reference(q, k, v, kv_dtype, softcap=0.0, window=0):
     """float64 causal attention; the queries are the last n positions."""
     n, H, hd = q.shape
     T, KV, _ = k.shape
     k, v = kv_round(k, kv_dtype), kv_round(v, kv_dtype)
     out = np.empty((n, H, hd))
+    qpos = np.arange(T - n, T)[:, None]
+    kpos = np.arange(T)[None, :]
+    mask = np.where(kpos > qpos, -np.inf, 0.0)  # row t sees keys <= T - n + t
+    if window:
+        mask[qpos - kpos >= window] = -np.inf  # and only the last `window` of them
     for h in range(H):
         g = h // (H // KV)
         s = q[:, h].astype(np.float64) @ k[:, g].T / np.sqrt(hd)
-        s += np.triu(np.full((n, T), -np.inf), T - n + 1)  # row t sees keys <= T - n + t
+        if softcap:
+            s = softcap * np.tanh(s / softcap)
+        s += mask
         p = np.exp(s - s.max(-1, keepdims=True))
         out[:, h] = (p / p.sum(-1, keepdims=True)) @ v[:, g]
     return out
 
 
-def run(n, T, H, KV, hd, bt, kv, isa, threads=2, contiguous=False, seed=0):
+def run(n, T, H, KV, hd, bt, kv, isa, threads=2, contiguous=False, seed=0, softcap=0.0,
+        window=0, qscale=1.0):
     rng = np.random.default_rng(seed)
-    q = rng.standard_normal((n, H, hd)).astype(np.float32)
+    q = (qscale * rng.standard_normal((n, H, hd))).astype(np.float32)
     k = rng.standard_normal((T, KV, hd)).astype(np.float32)
     v = rng.standard_normal((T, KV, hd)).astype(np.float32)
-    got = _core.testing.attention_paged(q, k, v, bt, kv, isa, threads, contiguous)
-    return got, reference(q, k, v, kv)
+    got = _core.testing.attention_paged(q, k, v, bt, kv, isa, threads, contiguous, softcap,
+                                        window)
+    return got, reference(q, k, v, kv, softcap, window)
 
 
 # float32 sums over <= 200 keys: ~1e-6 of |v| (O(1) here); the reference
@@ -61,7 +71,7 @@ def test_prefill(isa, kv, n, T, bt):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("H,KV", [(1, 1), (3, 3), (4, 1), (6, 2), (9, 3), (8, 4)])
-@pytest.mark.parametrize("hd", [32, 64, 128, 96])  # 96: no SIMD kernel, the plain one
+@pytest.mark.parametrize("hd", [32, 64, 96, 128, 256, 80])  # 80: no SIMD kernel, the plain one
 @pytest.mark.parametrize("n,T", [(1, 50), (9, 50)])
 def test_gqa_and_head_sizes(isa, H, KV, hd, n, T):
     got, ref = run(n, T, H, KV, hd, 16, "f16", isa)
@@ -95,3 +105,50 @@ def test_large_scores_do_not_overflow():
         got = _core.testing.attention_paged(q, k, v, 16, "f32", isa, 2, False)
         assert np.isfinite(got).all()
         assert np.abs(got - reference(q, k, v, "f32")).max() < 1e-4
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kv", ["f32", "f16", "q8_0"])
+@pytest.mark.parametrize("n,T,window", [(1, 200, 50), (1, 300, 64), (1, 40, 100), (1, 65, 1),
+                                        (9, 200, 33), (40, 97, 16), (130, 300, 70),
+                                        (20, 20, 7)])
+@pytest.mark.parametrize("bt", [16, 32])
+def test_sliding_window(isa, kv, n, T, window, bt):
+    # each row sees its last `window` positions; the blocks wholly behind the
+    # first row's window are -1 in the table (a sliding layer's freed blocks)
+    got, ref = run(n, T, 6, 2, 64, bt, kv, isa, window=window)
+    assert np.abs(got - ref).max() < TOL
+    # the check can fail: the full causal result differs
+    _, full = run(n, T, 6, 2, 64, bt, kv, isa)
+    if window < T - n + 1:
+        assert np.abs(full - ref).max() > 1e-2
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("hd", [32, 256, 80])
+@pytest.mark.parametrize("n,T,window", [(1, 150, 0), (12, 150, 0), (12, 150, 40)])
+def test_softcap(isa, hd, n, T, window):
+    # scores of several units (q scaled up) so that tanh bends them
+    got, ref = run(n, T, 4, 2, hd, 32, "f32", isa, softcap=5.0, window=window, qscale=3.0)
+    assert np.abs(got - ref).max() < TOL
+    _, plain = run(n, T, 4, 2, hd, 32, "f32", isa, window=window, qscale=3.0)
+    assert np.abs(plain - ref).max() > 1e-2
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 100, 1027])
+def test_gated_activations(isa, act, n):
+    # SwiGLU and GeGLU (GELU's tanh form, as Gemma's gelu_pytorch_tanh)
+    rng = np.random.default_rng(n)
+    g = (4 * rng.standard_normal(n)).astype(np.float32)
+    g[:3] = [-90.0, 0.0, 90.0][:n] if n >= 3 else g[:3]
+    u = rng.standard_normal(n).astype(np.float32)
+    x = g.astype(np.float64)
+    if act == "silu":
+        ref = x / (1 + np.exp(-x)) * u
+    else:
+        ref = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))) * u
+    got = _core.testing.gated(act, g, u, isa)
+    # float32 exp / division: a few ulps of the result, relative to |x u|
+    assert np.all(np.abs(got - ref) <= 1e-6 * (np.abs(x * u) + 1e-30) + 1e-30)

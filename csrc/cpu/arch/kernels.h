@@ -55,6 +55,10 @@ struct AttnBlock {
   int hd;
   float scale;
   int b_begin, b_end;
+  // Sliding window: row i sees keys [n_keys[i] - window, n_keys[i]) only
+  // (0: all). Rows that go through a group together share n_keys.
+  int window = 0;
+  float softcap = 0.f;  // scores -> softcap * tanh(scores / softcap) (0: none)
   float* m_out = nullptr;
   float* l_out = nullptr;
 };
@@ -77,6 +81,8 @@ struct Kernels {
   void (*attention_block)(const AttnBlock& a);
   // gate[i] = silu(gate[i]) * up[i]
   void (*swiglu)(float* gate, const float* up, int64_t n);
+  // gate[i] = gelu(gate[i]) * up[i], GELU's tanh form
+  void (*geglu)(float* gate, const float* up, int64_t n);
   // sum_i a[i] * b[i]
   float (*dot_f32)(const float* a, const float* b, int64_t n);
   // y[t * ys + r] = w_r . x_t for nr float rows w (stride cols) and n tokens x
