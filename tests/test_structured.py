@@ -440,3 +440,22 @@ def test_a_random_model_is_held_to_the_pattern_too(tiny):
     for r in tiny.generate("x", max_new_tokens=12, temperature=1.0, n=4, seed=0,
                            response_format={"type": "regex", "pattern": pat}):
         assert re.fullmatch(pat, r.text), r.text
+
+
+def test_draft_model_cut_to_nothing_by_the_constraint(sm, smollm2_f32, monkeypatch):
+    # drafts the constraint cuts to nothing run a plain step: the draft model
+    # forgets its cut tokens and drafts again from the real history
+    from llmrt import structured as st_mod
+    calls = []
+    orig = st_mod.Constraint.valid_prefix
+
+    def cut(self, drafts):
+        calls.append(len(drafts))
+        return 0 if len(calls) % 2 else orig(self, drafts)
+    monkeypatch.setattr(st_mod.Constraint, "valid_prefix", cut)
+    prompt = sm.apply_chat_template([{"role": "user", "content": "List two fruit as JSON."}])
+    kw = dict(max_new_tokens=30, response_format=SCHEMAS["array of objects"])
+    plain = sm.generate(prompt, **kw)
+    spec = sm.generate(prompt, draft=smollm2_f32, num_draft_tokens=4, **kw)
+    assert spec.token_ids == plain.token_ids
+    assert len(calls) > 2

@@ -327,6 +327,11 @@ class PyLlamaModel {
     d["blocks_free"] = s.blocks_free;
     d["block_tokens"] = c.block_tokens();
     d["block_bytes"] = c.block_bytes();
+    if (c.has_sliding()) {  // the sliding-window layers' pool
+      d["sliding_window"] = c.window();
+      d["sliding_blocks_in_use"] = s.sliding_blocks_in_use;
+      d["sliding_blocks_cached"] = s.sliding_blocks_cached;
+    }
     d["capacity_tokens"] = c.capacity_tokens();
     d["pool_bytes"] = c.bytes();
     d["dtype"] = std::string(kv_type_name(c.type()));

@@ -93,10 +93,12 @@ class Backend {
 
   // A forward pass begins: its rows' token ids and positions and its
   // sequences (host memory), the same for every layer's calls until the
-  // next begin_pass. A device backend uploads them once here.
-  virtual void begin_pass(const KVCache& cache, const AttnSeq* seqs, int count,
-                          const int32_t* ids, const int32_t* pos, int rows) {
-    (void)cache, (void)seqs, (void)count, (void)ids, (void)pos, (void)rows;
+  // next begin_pass. A device backend uploads them once here. local: the
+  // same sequences with the sliding pool's tables (null when the cache has
+  // no sliding layers); a sliding layer's calls get those.
+  virtual void begin_pass(const KVCache& cache, const AttnSeq* seqs, const AttnSeq* local,
+                          int count, const int32_t* ids, const int32_t* pos, int rows) {
+    (void)cache, (void)seqs, (void)local, (void)count, (void)ids, (void)pos, (void)rows;
   }
   // Graphs captured so far hold device addresses of buffers about to be
   // freed: drop them.

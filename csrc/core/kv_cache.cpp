@@ -37,7 +37,8 @@ size_t KVCache::position_bytes(int n_kv_heads, int head_dim, KVType type) {
 }
 
 KVCache::KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, int n_blocks,
-                 KVType type, bool prefix_caching, PoolMemory* mem)
+                 KVType type, bool prefix_caching, PoolMemory* mem, std::vector<uint8_t> sliding,
+                 int window)
     : n_layer_(n_layer),
       n_kv_heads_(n_kv_heads),
       head_dim_(head_dim),
@@ -49,24 +50,48 @@ KVCache::KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, in
     throw std::invalid_argument("KVCache: sizes must be positive");
   if (block_tokens < 8 || block_tokens > 64 || block_tokens % 8 != 0)
     throw std::invalid_argument("KVCache: block_tokens must be 8, 16, 24, ... or 64");
+  if (window < 0) throw std::invalid_argument("KVCache: the window must not be negative");
+  if (!sliding.empty() && (int)sliding.size() != n_layer)
+    throw std::invalid_argument("KVCache: one sliding flag a layer expected");
   row_bytes_ = position_bytes(n_kv_heads, head_dim, type);
-  block_bytes_ = (size_t)n_layer * 2 * block_tokens * row_bytes_;
-  // 64-byte aligned; no fill, so pages are committed when blocks are written
-  const size_t total = (bytes() + 63) / 64 * 64;
+  sliding_.assign(n_layer, 0);
+  slot_.resize(n_layer);
+  if (window > 0)
+    for (int l = 0; l < (int)sliding.size(); ++l) sliding_[l] = sliding[l] ? 1 : 0;
+  for (int l = 0; l < n_layer; ++l) slot_[l] = pools_[sliding_[l]].n_layer++;
+  window_ = pools_[1].n_layer > 0 ? window : 0;
   mem_ = mem;
-  data_ = static_cast<uint8_t*>(mem_ ? mem_->alloc(total) : std::aligned_alloc(64, total));
-  if (!data_) throw std::bad_alloc();
-  blocks_.resize(n_blocks);
-  free_.reserve(n_blocks);
-  // handed out from the back: block 0 first, so used memory stays compact
-  for (int b = n_blocks - 1; b >= 0; --b) free_.push_back(b);
+  for (int i = 0; i < 2; ++i) {
+    Pool& p = pools_[i];
+    p.block_bytes = (size_t)p.n_layer * 2 * block_tokens * row_bytes_;
+    p.reuse_first = i == 1;
+    if (i == 1 && p.n_layer == 0) continue;  // no sliding layers: no second pool
+    // 64-byte aligned (at least 64 bytes: a pool of no layers still has its
+    // block ids); no fill, so pages are committed when blocks are written
+    const size_t total = std::max<size_t>(64, (p.block_bytes * (size_t)n_blocks + 63) / 64 * 64);
+    p.data = static_cast<uint8_t*>(mem_ ? mem_->alloc(total) : std::aligned_alloc(64, total));
+    if (!p.data) {
+      if (i == 1) {
+        if (mem_) mem_->free(pools_[0].data);
+        else std::free(pools_[0].data);
+      }
+      throw std::bad_alloc();
+    }
+    p.blocks.resize(n_blocks);
+    p.free.reserve(n_blocks);
+    // handed out from the back: block 0 first, so used memory stays compact
+    for (int b = n_blocks - 1; b >= 0; --b) p.free.push_back(b);
+  }
 }
 
 KVCache::~KVCache() {
-  if (mem_)
-    mem_->free(data_);
-  else
-    std::free(data_);
+  for (Pool& p : pools_) {
+    if (!p.data) continue;
+    if (mem_)
+      mem_->free(p.data);
+    else
+      std::free(p.data);
+  }
 }
 
 // ---- sequences -------------------------------------------------------------------
@@ -89,20 +114,19 @@ int KVCache::create() {
 
 void KVCache::release(int seq) {
   Seq& s = get(seq);
-  for (int b : s.table) unref(b);
+  for (int b : s.table) unref(pools_[0], b);
+  for (int b : s.local)
+    if (b >= 0) unref(pools_[1], b);
   seqs_.erase(seq);
 }
 
 int KVCache::fork(int seq) {
   const int id = create();
   Seq& dst = seqs_[id];
-  const Seq& src = get(seq);
-  dst.table = src.table;
-  dst.tokens = src.tokens;
-  dst.hashes = src.hashes;
-  dst.salt = src.salt;
-  dst.adapter = src.adapter;
-  for (int b : dst.table) ++blocks_[b].ref;
+  dst = get(seq);
+  for (int b : dst.table) ++pools_[0].blocks[b].ref;
+  for (int b : dst.local)
+    if (b >= 0) ++pools_[1].blocks[b].ref;
   return id;
 }
 
@@ -115,42 +139,53 @@ void KVCache::set_adapter(int seq, int adapter) {
 
 // ---- blocks ------------------------------------------------------------------------
 
-int KVCache::take_block() {
+int KVCache::take_block(Pool& p) {
   int b;
-  if (!free_.empty()) {
-    b = free_.back();
-    free_.pop_back();
-  } else if (!lru_.empty()) {  // reclaim the least recently used cached block
-    b = lru_.front();
-    lru_.pop_front();
-    blocks_[b].in_lru = false;
-    drop_hash(b);
+  // the sliding pool reclaims a cached block before it touches a new one
+  const bool fresh = !p.free.empty() && p.free.back() >= p.touched;
+  if (!p.free.empty() && !(p.reuse_first && fresh && !p.lru.empty())) {
+    b = p.free.back();
+    p.free.pop_back();
+  } else if (!p.lru.empty()) {  // reclaim the least recently used cached block
+    b = p.lru.front();
+    p.lru.pop_front();
+    p.blocks[b].in_lru = false;
+    drop_hash(p, b);
     ++st_.evictions;
   } else {
     throw KVCacheFull("KV cache: no free block");
   }
-  blocks_[b].ref = 1;
+  p.blocks[b].ref = 1;
+  p.touched = std::max(p.touched, b + 1);
   return b;
 }
 
-void KVCache::unref(int b) {
-  Block& k = blocks_[b];
+void KVCache::unref(Pool& p, int b) {
+  Block& k = p.blocks[b];
   if (--k.ref > 0) return;
   if (k.hashed) {  // keep it for the prefix cache
-    k.lru = lru_.insert(lru_.end(), b);
+    k.lru = p.lru.insert(p.lru.end(), b);
     k.in_lru = true;
   } else {
-    free_.push_back(b);
+    p.free.push_back(b);
   }
 }
 
-void KVCache::drop_hash(int b) {
-  Block& k = blocks_[b];
+void KVCache::drop_hash(Pool& p, int b) {
+  Block& k = p.blocks[b];
   if (!k.hashed) return;
-  auto it = by_hash_.find(k.hash);
-  if (it != by_hash_.end() && it->second == b) by_hash_.erase(it);
+  auto it = p.by_hash.find(k.hash);
+  if (it != p.by_hash.end() && it->second == b) p.by_hash.erase(it);
   k.hashed = false;
   k.toks.clear();
+}
+
+void KVCache::take_ref(Pool& p, int b) {
+  Block& k = p.blocks[b];
+  if (k.ref++ == 0 && k.in_lru) {
+    p.lru.erase(k.lru);
+    k.in_lru = false;
+  }
 }
 
 uint64_t KVCache::block_hash(uint64_t parent, const int32_t* toks) const {
@@ -169,48 +204,70 @@ uint64_t KVCache::block_hash(uint64_t parent, const int32_t* toks) const {
 
 // ---- writing --------------------------------------------------------------------
 
-int KVCache::blocks_needed(int seq, int n_tokens) const {
-  const Seq& s = get(seq);
-  const int len = (int)s.tokens.size();
-  const int have = (int)s.table.size();
-  const int want = (len + n_tokens + block_tokens_ - 1) / block_tokens_;
+int KVCache::needed(const Pool& p, const std::vector<int>& table, int len, int n) const {
+  const int have = (int)table.size();
+  const int want = (len + n + block_tokens_ - 1) / block_tokens_;
   int need = std::max(0, want - have);
   // a partly filled last block that is shared or final must be copied first
-  if (n_tokens > 0 && len % block_tokens_ != 0) {
-    const Block& last = blocks_[s.table.back()];
+  if (n > 0 && len % block_tokens_ != 0) {
+    const Block& last = p.blocks[table.back()];
     if (last.ref > 1 || last.hashed) ++need;
   }
   return need;
 }
 
-void KVCache::append(int seq, const int32_t* tokens, int n) {
-  if (n <= 0) return;
-  Seq& s = get(seq);
-  const int need = blocks_needed(seq, n);
-  if (need > blocks_available())
-    throw KVCacheFull("KV cache full: " + std::to_string(n) + " more positions need " +
-                      std::to_string(need) + " blocks of " + std::to_string(block_tokens_) +
-                      " tokens, and only " + std::to_string(blocks_available()) + " of " +
-                      std::to_string(n_blocks_) +
-                      " are free or reclaimable (the rest hold other sequences)");
+int KVCache::blocks_needed(int seq, int n_tokens) const {
+  const Seq& s = get(seq);
   const int len = (int)s.tokens.size();
+  int need = needed(pools_[0], s.table, len, n_tokens);
+  if (has_sliding()) need = std::max(need, needed(pools_[1], s.local, len, n_tokens));
+  return need;
+}
+
+int KVCache::blocks_available() const {
+  int n = free_count(pools_[0]);
+  if (has_sliding()) n = std::min(n, free_count(pools_[1]));
+  return n;
+}
+
+void KVCache::grow(Pool& p, std::vector<int>& table, int len, int n) {
   if (len % block_tokens_ != 0) {
-    const int old = s.table.back();
-    if (blocks_[old].ref > 1 || blocks_[old].hashed) {  // copy-on-write
-      const int b = take_block();
-      uint8_t* dst = data_ + (size_t)b * block_bytes_;
-      const uint8_t* src = data_ + (size_t)old * block_bytes_;
-      if (mem_)
-        mem_->copy(dst, src, block_bytes_);
-      else
-        std::memcpy(dst, src, block_bytes_);
-      s.table.back() = b;
-      unref(old);
+    const int old = table.back();
+    if (p.blocks[old].ref > 1 || p.blocks[old].hashed) {  // copy-on-write
+      const int b = take_block(p);
+      uint8_t* dst = p.data + (size_t)b * p.block_bytes;
+      const uint8_t* src = p.data + (size_t)old * p.block_bytes;
+      if (p.block_bytes) {
+        if (mem_)
+          mem_->copy(dst, src, p.block_bytes);
+        else
+          std::memcpy(dst, src, p.block_bytes);
+      }
+      table.back() = b;
+      unref(p, old);
       ++st_.copies;
     }
   }
   const int want = (len + n + block_tokens_ - 1) / block_tokens_;
-  while ((int)s.table.size() < want) s.table.push_back(take_block());
+  while ((int)table.size() < want) table.push_back(take_block(p));
+}
+
+void KVCache::append(int seq, const int32_t* tokens, int n) {
+  if (n <= 0) return;
+  Seq& s = get(seq);
+  const int len = (int)s.tokens.size();
+  for (int i = 0; i < (has_sliding() ? 2 : 1); ++i) {
+    const int need = needed(pools_[i], i ? s.local : s.table, len, n);
+    const int have = free_count(pools_[i]);
+    if (need > have)
+      throw KVCacheFull("KV cache full: " + std::to_string(n) + " more positions need " +
+                        std::to_string(need) + " blocks of " + std::to_string(block_tokens_) +
+                        " tokens, and only " + std::to_string(have) + " of " +
+                        std::to_string(n_blocks_) +
+                        " are free or reclaimable (the rest hold other sequences)");
+  }
+  grow(pools_[0], s.table, len, n);
+  if (has_sliding()) grow(pools_[1], s.local, len, n);
   s.tokens.insert(s.tokens.end(), tokens, tokens + n);
 }
 
@@ -219,13 +276,37 @@ void KVCache::truncate(int seq, int n) {
   if (n < 0 || n > (int)s.tokens.size())
     throw std::invalid_argument("KVCache::truncate: " + std::to_string(n) + " is not within [0, " +
                                 std::to_string(s.tokens.size()) + "]");
-  s.tokens.resize(n);
   const int keep = (n + block_tokens_ - 1) / block_tokens_;
+  if (has_sliding() && n > 0) {  // the window before position n must still be there
+    const int lo = std::max(0, n - window_) / block_tokens_;
+    for (int j = lo; j < keep; ++j)
+      if (s.local[j] < 0)
+        throw std::invalid_argument(
+            "KVCache::truncate: the sliding-window layers no longer hold the positions before " +
+            std::to_string(n) + " (released once more than " + std::to_string(kSlidingSlack) +
+            " positions behind the window)");
+  }
+  s.tokens.resize(n);
   while ((int)s.table.size() > keep) {
-    unref(s.table.back());
+    unref(pools_[0], s.table.back());
     s.table.pop_back();
   }
+  while ((int)s.local.size() > keep) {
+    if (s.local.back() >= 0) unref(pools_[1], s.local.back());
+    s.local.pop_back();
+  }
+  s.local_from = std::min(s.local_from, keep);
   s.hashes.resize(std::min<size_t>(s.hashes.size(), (size_t)(n / block_tokens_)));
+}
+
+void KVCache::offer(Pool& p, int block, uint64_t hash, uint64_t parent, const int32_t* toks) {
+  Block& k = p.blocks[block];
+  if (k.hashed || p.by_hash.count(hash)) return;  // already known
+  k.hashed = true;
+  k.hash = hash;
+  k.parent = parent;
+  k.toks.assign(toks, toks + block_tokens_);
+  p.by_hash[hash] = block;
 }
 
 void KVCache::commit(int seq) {
@@ -238,64 +319,105 @@ void KVCache::commit(int seq) {
     const uint64_t h = block_hash(parent, toks);
     s.hashes.push_back(h);
     if (!prefix_caching_) continue;
-    Block& k = blocks_[s.table[i]];
-    if (k.hashed || by_hash_.count(h)) continue;  // already known
-    k.hashed = true;
-    k.hash = h;
-    k.parent = parent;
-    k.toks.assign(toks, toks + block_tokens_);
-    by_hash_[h] = s.table[i];
+    offer(pools_[0], s.table[i], h, parent, toks);
+    if (has_sliding() && s.local[i] >= 0) offer(pools_[1], s.local[i], h, parent, toks);
+  }
+  if (has_sliding()) release_behind_window(s);
+}
+
+// The sliding pool's blocks wholly behind the window by more than the slack.
+void KVCache::release_behind_window(Seq& s) {
+  const int behind = (int)s.tokens.size() - window_ - kSlidingSlack;
+  if (behind <= 0) return;
+  const int end = std::min((int)s.local.size(), behind / block_tokens_);
+  for (; s.local_from < end; ++s.local_from) {
+    int& b = s.local[s.local_from];
+    if (b >= 0) unref(pools_[1], b);
+    b = -1;
   }
 }
 
 // ---- prefix ---------------------------------------------------------------------
 
+int KVCache::lookup(const Pool& p, uint64_t hash, uint64_t parent, const int32_t* toks) const {
+  auto it = p.by_hash.find(hash);
+  if (it == p.by_hash.end()) return -1;
+  const Block& k = p.blocks[it->second];
+  if (k.parent != parent || !std::equal(k.toks.begin(), k.toks.end(), toks)) return -1;
+  return it->second;
+}
+
 int KVCache::reuse_prefix(int seq, const int32_t* tokens, int n) {
   Seq& s = get(seq);
   if (!s.tokens.empty()) throw std::invalid_argument("KVCache::reuse_prefix: sequence not empty");
   if (!prefix_caching_ || n <= 1) return 0;
-  const int lookup = (n - 1) / block_tokens_;  // the last token is always computed
+  const int bt = block_tokens_;
+  const int want = (n - 1) / bt;  // the last token is always computed
+  std::vector<int> main;
+  std::vector<uint64_t> hashes;
   uint64_t parent = s.salt;
-  int i = 0;
-  for (; i < lookup; ++i) {
-    const int32_t* toks = tokens + (size_t)i * block_tokens_;
+  for (int i = 0; i < want; ++i) {
+    const int32_t* toks = tokens + (size_t)i * bt;
     const uint64_t h = block_hash(parent, toks);
-    auto it = by_hash_.find(h);
-    if (it == by_hash_.end()) break;
-    Block& k = blocks_[it->second];
-    if (k.parent != parent || !std::equal(k.toks.begin(), k.toks.end(), toks)) break;
-    if (k.ref++ == 0 && k.in_lru) {
-      lru_.erase(k.lru);
-      k.in_lru = false;
-    }
-    s.table.push_back(it->second);
-    s.hashes.push_back(h);
+    const int b = lookup(pools_[0], h, parent, toks);
+    if (b < 0) break;
+    main.push_back(b);
+    hashes.push_back(h);
     parent = h;
   }
-  const int reused = i * block_tokens_;
+  int found = (int)main.size();
+  // with sliding layers, a prefix counts only with its last window's blocks
+  // in the sliding pool
+  std::vector<int> local;
+  if (has_sliding()) {
+    for (; found > 0; --found) {
+      const int lo = std::max(0, found * bt - window_) / bt;
+      local.assign(found, -1);
+      bool ok = true;
+      for (int j = lo; j < found && ok; ++j) {
+        local[j] = lookup(pools_[1], hashes[j], j ? hashes[j - 1] : s.salt, tokens + (size_t)j * bt);
+        ok = local[j] >= 0;
+      }
+      if (ok) break;
+    }
+    local.resize(found);
+    s.local_from = std::max(0, found * bt - window_) / bt;
+  }
+  for (int i = 0; i < found; ++i) take_ref(pools_[0], main[i]);
+  for (int b : local)
+    if (b >= 0) take_ref(pools_[1], b);
+  s.table.assign(main.begin(), main.begin() + found);
+  s.local = local;
+  s.hashes.assign(hashes.begin(), hashes.begin() + found);
+  const int reused = found * bt;
   s.tokens.assign(tokens, tokens + reused);
-  st_.hits += i;
-  st_.misses += lookup - i;
+  st_.hits += found;
+  st_.misses += want - found;
   st_.tokens_reused += reused;
   return reused;
 }
 
 void KVCache::clear_prefix_cache() {
-  while (!lru_.empty()) {
-    const int b = lru_.front();
-    lru_.pop_front();
-    blocks_[b].in_lru = false;
-    drop_hash(b);
-    free_.push_back(b);
-  }
+  for (Pool& p : pools_)
+    while (!p.lru.empty()) {
+      const int b = p.lru.front();
+      p.lru.pop_front();
+      p.blocks[b].in_lru = false;
+      drop_hash(p, b);
+      p.free.push_back(b);
+    }
 }
 
 KVCacheStats KVCache::stats() const {
   KVCacheStats s = st_;
   s.blocks_total = n_blocks_;
-  s.blocks_free = (int)free_.size();
-  s.blocks_cached = (int)lru_.size();
+  s.blocks_free = (int)pools_[0].free.size();
+  s.blocks_cached = (int)pools_[0].lru.size();
   s.blocks_in_use = n_blocks_ - s.blocks_free - s.blocks_cached;
+  if (has_sliding()) {
+    s.sliding_blocks_cached = (int)pools_[1].lru.size();
+    s.sliding_blocks_in_use = n_blocks_ - (int)pools_[1].free.size() - s.sliding_blocks_cached;
+  }
   return s;
 }
 

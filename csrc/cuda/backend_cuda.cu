@@ -69,8 +69,8 @@ struct PassBuffers {
   uint8_t* host = nullptr;  // pinned
   uint8_t* dev = nullptr;
   size_t bytes = 0;
-  // byte offsets of the regions
-  size_t ids = 0, pos = 0, info = 0, offs = 0, tables = 0;
+  // byte offsets of the regions; offs2 / tables2: the sliding pool's
+  size_t ids = 0, pos = 0, info = 0, offs = 0, offs2 = 0, tables = 0, tables2 = 0;
   void release() {
     if (host) cudaFreeHost(host);
     if (dev) cudaFree(dev);
@@ -81,11 +81,13 @@ struct PassBuffers {
     seqs_cap = seqs;
     stride = stride_;
     offs = 0;  // int64 first: aligned
-    ids = offs + sizeof(int64_t) * rows;
+    offs2 = offs + sizeof(int64_t) * rows;
+    ids = offs2 + sizeof(int64_t) * rows;
     pos = ids + sizeof(int32_t) * rows;
     info = pos + sizeof(int32_t) * rows;
     tables = info + sizeof(int32_t) * 2 * rows;
-    bytes = tables + sizeof(int32_t) * (size_t)seqs * stride;
+    tables2 = tables + sizeof(int32_t) * (size_t)seqs * stride;
+    bytes = tables2 + sizeof(int32_t) * (size_t)seqs * stride;
     LLMRT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), bytes, cudaHostAllocDefault));
     LLMRT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&dev), bytes));
   }
@@ -207,8 +209,8 @@ class CudaBackend : public Backend {
     return d;
   }
 
-  void begin_pass(const KVCache& c, const AttnSeq* seqs, int count, const int32_t* ids,
-                  const int32_t* pos, int rows) override {
+  void begin_pass(const KVCache& c, const AttnSeq* seqs, const AttnSeq* local, int count,
+                  const int32_t* ids, const int32_t* pos, int rows) override {
     const int stride = c.n_blocks();  // no table is longer than the pool
     if (rows > pass_.rows_cap || count > pass_.seqs_cap || stride != pass_.stride) {
       // the device addresses change: graphs captured with the old ones go
@@ -220,19 +222,24 @@ class CudaBackend : public Backend {
     }
     cudaStreamSynchronize(stream_);  // the staging buffer may still be read
     const int bt = c.block_tokens();
-    int64_t* offs = pass_.h<int64_t>(pass_.offs);
-    int32_t* info = pass_.h<int32_t>(pass_.info);
-    int32_t* tables = pass_.h<int32_t>(pass_.tables);
-    for (int i = 0, r = 0; i < count; ++i) {
-      const AttnSeq& q = seqs[i];
-      const int nb = (q.pos0 + q.n + bt - 1) / bt;
-      std::memcpy(tables + (size_t)i * stride, q.table, sizeof(int32_t) * nb);
-      for (int t = 0; t < q.n; ++t, ++r) {
-        const int p = q.pos0 + t;
-        offs[r] = (int64_t)q.table[p / bt] * (int64_t)c.block_bytes() +
-                  (int64_t)(p % bt) * (int64_t)c.row_bytes();
-        info[2 * r] = p;
-        info[2 * r + 1] = i * stride;
+    // the main pool's tables and row offsets; with sliding layers, the
+    // sliding pool's too (same positions, other blocks)
+    for (int which = 0; which < (local ? 2 : 1); ++which) {
+      const AttnSeq* sq = which ? local : seqs;
+      const size_t bb = which ? c.block_bytes(sliding_layer(c)) : c.block_bytes(main_layer(c));
+      int64_t* offs = pass_.h<int64_t>(which ? pass_.offs2 : pass_.offs);
+      int32_t* info = pass_.h<int32_t>(pass_.info);
+      int32_t* tables = pass_.h<int32_t>(which ? pass_.tables2 : pass_.tables);
+      for (int i = 0, r = 0; i < count; ++i) {
+        const AttnSeq& q = sq[i];
+        const int nb = (q.pos0 + q.n + bt - 1) / bt;
+        std::memcpy(tables + (size_t)i * stride, q.table, sizeof(int32_t) * nb);
+        for (int t = 0; t < q.n; ++t, ++r) {
+          const int p = q.pos0 + t;
+          offs[r] = (int64_t)q.table[p / bt] * (int64_t)bb + (int64_t)(p % bt) * (int64_t)c.row_bytes();
+          info[2 * r] = p;
+          info[2 * r + 1] = i * stride;
+        }
       }
     }
     std::memcpy(pass_.h<int32_t>(pass_.ids), ids, sizeof(int32_t) * rows);
@@ -240,9 +247,12 @@ class CudaBackend : public Backend {
     // rows' data, then the used part of the tables
     LLMRT_CUDA_CHECK(cudaMemcpyAsync(pass_.dev, pass_.host, pass_.tables,
                                      cudaMemcpyHostToDevice, stream_));
-    LLMRT_CUDA_CHECK(cudaMemcpyAsync(pass_.dev + pass_.tables, pass_.host + pass_.tables,
-                                     sizeof(int32_t) * (size_t)count * stride,
-                                     cudaMemcpyHostToDevice, stream_));
+    for (size_t region : {pass_.tables, pass_.tables2}) {
+      if (region == pass_.tables2 && !local) break;
+      LLMRT_CUDA_CHECK(cudaMemcpyAsync(pass_.dev + region, pass_.host + region,
+                                       sizeof(int32_t) * (size_t)count * stride,
+                                       cudaMemcpyHostToDevice, stream_));
+    }
     pass_rows_ = rows;
   }
 
@@ -357,7 +367,7 @@ class CudaBackend : public Backend {
                                     head_dim, pos, p);
     (void)seqs, (void)count, (void)pos, (void)n_kv_heads, (void)head_dim;
     check_pass(n);
-    cuda::rope_kv_write(layout(c, layer), pass_.d<int64_t>(pass_.offs), n,
+    cuda::rope_kv_write(layout(c, layer), offs_of(c, layer), n,
                         pass_.d<int32_t>(pass_.pos), inv_freq(p), p.n_rot, p.pos_scale, p.neox,
                         n_heads, q, k, v, stream_);
   }
@@ -374,7 +384,7 @@ class CudaBackend : public Backend {
     int n = 0;
     for (int i = 0; i < count; ++i) n += seqs[i].n;
     check_pass(n);
-    cuda::kv_write(layout(c, layer), pass_.d<int64_t>(pass_.offs), n, k, v, stream_);
+    cuda::kv_write(layout(c, layer), offs_of(c, layer), n, k, v, stream_);
   }
   void attention(const KVCache& c, const AttnSeq* seqs, int count, int layer, const float* q,
                  int n_heads, const AttnParams& p, float* out) override {
@@ -383,7 +393,7 @@ class CudaBackend : public Backend {
     check_pass(n);
     const cuda::KVLayout L = layout(c, layer);
     if (!fused_) {
-      cuda::attention(L, pass_.d<int32_t>(pass_.tables), pass_.d<int32_t>(pass_.info), n,
+      cuda::attention(L, tables_of(c, layer), pass_.d<int32_t>(pass_.info), n,
                       n_heads, p, q, out, stream_);
       return;
     }
@@ -404,7 +414,7 @@ class CudaBackend : public Backend {
       ml = part_;
       acc = part_ + 2 * parts;
     }
-    cuda::split_attention(L, pass_.d<int32_t>(pass_.tables), pass_.d<int32_t>(pass_.info), n,
+    cuda::split_attention(L, tables_of(c, layer), pass_.d<int32_t>(pass_.info), n,
                           n_heads, S, p, q, out, ml, acc, stream_);
   }
 
@@ -464,8 +474,26 @@ class CudaBackend : public Backend {
     freqs_.emplace_back(p, dev);
     return dev;
   }
+  // the pass's row offsets and block tables for a layer's pool
+  const int64_t* offs_of(const KVCache& c, int layer) const {
+    return pass_.d<int64_t>(c.sliding(layer) ? pass_.offs2 : pass_.offs);
+  }
+  const int* tables_of(const KVCache& c, int layer) const {
+    return pass_.d<int32_t>(c.sliding(layer) ? pass_.tables2 : pass_.tables);
+  }
+  // a layer of each pool (their block sizes)
+  static int main_layer(const KVCache& c) {
+    for (int l = 0; l < c.n_layer(); ++l)
+      if (!c.sliding(l)) return l;
+    return 0;
+  }
+  static int sliding_layer(const KVCache& c) {
+    for (int l = 0; l < c.n_layer(); ++l)
+      if (c.sliding(l)) return l;
+    return 0;
+  }
   static cuda::KVLayout layout(const KVCache& c, int layer) {
-    return cuda::KVLayout{c.k_block(0, layer), c.v_block(0, layer), c.block_bytes(),
+    return cuda::KVLayout{c.k_block(0, layer), c.v_block(0, layer), c.block_bytes(layer),
                           c.row_bytes(), c.row_bytes() / c.n_kv_heads(), c.block_tokens(),
                           c.n_kv_heads(), c.head_dim(), (int)c.type()};
   }

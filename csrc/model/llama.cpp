@@ -37,6 +37,7 @@ struct LlamaModel::Scratch {
   std::vector<float> router_host;
   std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
   std::vector<AttnSeq> attn;      // the pass's sequences, for attention
+  std::vector<AttnSeq> attn_local;  // the same with the sliding pool's tables
   std::vector<float> host_logits; // device backends: the head's output, downloaded to draw
   std::vector<int32_t> argmax;    // device backends: each row's argmax
   ~Scratch() {
@@ -81,13 +82,15 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
       w_(std::move(weights)),
       backend_(std::move(backend)),
       kv_(cfg.n_layer, cfg.n_head_kv, cfg.head_dim, cache.block_tokens, pool_blocks(cache, cfg),
-          cache.type, cache.prefix_caching, backend_->pool_memory()) {
+          cache.type, cache.prefix_caching, backend_->pool_memory(), cfg.sliding, cfg.window) {
   const auto& c = cfg_;
   if (c.n_head <= 0 || c.n_head_kv <= 0 || c.n_head % c.n_head_kv != 0)
     throw std::invalid_argument("n_head must be a positive multiple of n_head_kv");
   if (c.rope.n_rot <= 0 || c.rope.n_rot > c.head_dim || c.rope.n_rot % 2 != 0)
     throw std::invalid_argument("rope dimension must be even and at most head_dim");
   if ((int)w_.layers.size() != c.n_layer) throw std::invalid_argument("layer count mismatch");
+  for (int l = 0; l < c.n_layer && first_sliding_ < 0; ++l)
+    if (kv_.sliding(l)) first_sliding_ = l;
   check_view(w_.tok_embd, c.n_vocab, c.n_embd, "token_embd");
   check_view(w_.output, c.n_vocab, c.n_embd, "output");
   const int64_t qd = (int64_t)c.n_head * c.head_dim, kvd = (int64_t)c.n_head_kv * c.head_dim;
@@ -217,6 +220,7 @@ int LlamaModel::add_adapter(std::vector<std::tuple<int, int, LoraPair>> pairs) {
 // to `drawn` (and `logprobs`).
 struct LlamaModel::Segment {
   const int* table;
+  const int* local;  // the sliding pool's table (null without sliding layers)
   const int32_t* tokens;
   int n, pos0, first_logit;
   const BatchEntry* entry;
@@ -299,12 +303,13 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, const Batch
     for (int i = 0; i < count; ++i) {
       const BatchEntry& e = entries[i];
       const int* table = kv_.table(e.seq).data();
+      const int* local = kv_.has_sliding() ? kv_.table(e.seq, first_sliding_).data() : nullptr;
       for (int done = 0; done < e.n; done += kChunk) {
         const int m = std::min(kChunk, e.n - done);
         const int first = e.logits == BatchEntry::kAll                        ? 0
                           : e.logits == BatchEntry::kLast && done + m == e.n ? m - 1
                                                                                : m;
-        segs.push_back({table, e.tokens + done, m, past[i] + done, first, &e, lg, drawn, lps,
+        segs.push_back({table, local, e.tokens + done, m, past[i] + done, first, &e, lg, drawn, lps,
                         e.hidden ? e.hidden + (size_t)done * cfg_.n_embd : nullptr});
         if (e.n_samplers == 0 && lg) lg += (size_t)(m - first) * cfg_.n_vocab;
       }
@@ -411,6 +416,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
   s.ids.resize(n);
   s.pos.resize(n);
   s.attn.resize(count);
+  s.attn_local.resize(kv_.has_sliding() ? count : 0);
   for (int i = 0, r = 0; i < count; ++i) {
     const Segment& g = segs[i];
     for (int t = 0; t < g.n; ++t, ++r) {
@@ -418,6 +424,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
       s.pos[r] = g.pos0 + t;
     }
     s.attn[i] = AttnSeq{g.table, g.n, g.pos0};
+    if (g.local) s.attn_local[i] = AttnSeq{g.local, g.n, g.pos0};
   }
 
   // Rows whose logits are wanted. They go straight to the caller's buffer
@@ -452,7 +459,8 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     adapter[i] = kv_.adapter(segs[i].entry->seq);
     lora |= adapter[i] != 0;
   }
-  be.begin_pass(kv_, s.attn.data(), count, s.ids.data(), s.pos.data(), n);
+  be.begin_pass(kv_, s.attn.data(), kv_.has_sliding() ? s.attn_local.data() : nullptr, count,
+                s.ids.data(), s.pos.data(), n);
 
   auto body = [&] {
     be.embed(w_.tok_embd, s.ids.data(), n, s.x);  // x (n, D)
@@ -476,10 +484,12 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
       // qwen3, gemma 3: each head of q and k RMSNormed (in place) before RoPE
       if (L.q_norm) be.rmsnorm(s.q, L.q_norm, n * c.n_head, hd, c.rms_eps, s.q);
       if (L.k_norm) be.rmsnorm(s.k, L.k_norm, n * c.n_head_kv, hd, c.rms_eps, s.k);
-      be.rope_kv_write(kv_, s.attn.data(), count, l, s.q, s.k, s.v, n, c.n_head, c.n_head_kv,
-                       hd, s.pos.data(), sliding ? c.rope_swa : c.rope);
-      be.attention(kv_, s.attn.data(), count, l, s.q, c.n_head,
-                   sliding ? sliding_attn : global_attn, s.att);  // (n, qd)
+      // a sliding layer's keys and values are in the sliding pool
+      const AttnSeq* as = kv_.sliding(l) ? s.attn_local.data() : s.attn.data();
+      be.rope_kv_write(kv_, as, count, l, s.q, s.k, s.v, n, c.n_head, c.n_head_kv, hd,
+                       s.pos.data(), sliding ? c.rope_swa : c.rope);
+      be.attention(kv_, as, count, l, s.q, c.n_head, sliding ? sliding_attn : global_attn,
+                   s.att);  // (n, qd)
       if (!L.post_attn_norm) {
         be.matmul_add(L.wo, s.att, n, s.x, s.xn);  // x += o-proj (n, D)
         if (lora) lora_add(l, kLoraO, s.att, c.n_head * hd, s.x, D, segs, count, adapter);

@@ -199,6 +199,7 @@ class LlamaModel {
   // adapters_[id - 1][layer * kLoraTargets + target]; empty views where absent
   std::vector<std::vector<LoraPair>> adapters_;
   int lora_rank_ = 0;  // the largest rank of any adapter
+  int first_sliding_ = -1;  // a sliding-window layer (its pool's tables), -1: none
   int64_t tokens_computed_ = 0;
 };
 

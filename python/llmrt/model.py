@@ -317,7 +317,10 @@ class Model:
         through the model), hits / misses (full blocks found / not found at
         prompt lookups), tokens_reused, evictions, copies
         (copy-on-write), blocks_total / in_use / cached / free, block_tokens,
-        capacity_tokens, pool_bytes, dtype."""
+        capacity_tokens, pool_bytes, dtype; with sliding-window layers (gemma)
+        also sliding_window and sliding_blocks_in_use / cached: the blocks
+        those layers hold in their own pool, where blocks behind the window
+        are released."""
         return self.engine.cache_stats()
 
     def clear_prefix_cache(self) -> None:

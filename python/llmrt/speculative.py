@@ -107,6 +107,9 @@ class DraftModel:
                 rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
         eng = self.engine
         t = time.perf_counter()
+        if self.len >= n:  # it has seen every position (a draft cut to nothing before): its
+            eng.truncate(self.seq, n - 1)  # last row's logits again, from the last token
+            self.len = n - 1
         lg = eng.forward(self.seq, hist[self.len:n])  # what it has not seen
         if n - self.len > 2:  # text it skipped (plain steps, the prompt); after
             self.catch_up = time.perf_counter() - t  # a verification it has 1 or 2 to see
@@ -278,6 +281,7 @@ class Speculative(Task):
             # the masks at the positions verified are computed during the step
             k = c.valid_prefix(self.drafts)
             self.drafts, self.qs = self.drafts[:k], self.qs[:k]
+            self.src.keep(n + k)  # a draft model's cache drops the cut tokens
             if self.drafts:
                 drafts = list(self.drafts)
                 self.masks = structured.submit(lambda: c.draft_masks(drafts))

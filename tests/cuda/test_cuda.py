@@ -450,3 +450,23 @@ def test_gemma_matches_cpu(tmp_path, arch, kv):
     b = [r.token_ids for r in cpu.generate(prompts, max_new_tokens=12, temperature=0,
                                            ignore_eos=True)]
     assert a == b
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_gemma_long_decode_releases_sliding_blocks(tmp_path, arch):
+    # 300 decode steps with a window of 8: the sliding pool's blocks behind
+    # the window go back on the way (the device's tables hold -1 there); the
+    # log-probabilities equal those of one pass over the same tokens
+    path, W, cfg = _model(tmp_path, arch=arch, wtype="F16", n_embd=128, n_head=4, n_head_kv=2,
+                          n_ff=256, n_layer=3, tied=True, head_dim=64)
+    m = llmrt.Model(path, device="cuda", kv_cache_dtype="f32", kv_block_tokens=16,
+                    prefix_caching=False)
+    prompt = np.random.default_rng(6).integers(0, cfg["n_vocab"], 30).tolist()
+    r = m.generate(prompt, max_new_tokens=300, temperature=0, ignore_eos=True, logprobs=0)
+    ids = prompt + r.token_ids
+    lg = m.logits(ids[:-1]).astype(np.float64)
+    lp = lg - lg.max(1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+    want = lp[np.arange(len(prompt) - 1, len(ids) - 1), r.token_ids]
+    assert np.abs(np.array([x.logprob for x in r.logprobs]) - want).max() < 1e-3
+    assert m.cache_stats()["sliding_blocks_in_use"] == 0
