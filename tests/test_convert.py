@@ -111,8 +111,15 @@ def hf_reference(c, w, ids):
         sm = (old / wl - lo) / (hi - lo)
         medium = ~(wl < old / hi) & ~(wl > old / lo)
         inv = np.where(medium, (1 - sm) * scaled / f + sm * scaled, scaled)
+    mscale = 1.0
+    if rs and rs.get("type") == "longrope":  # one pass: long factors past the original context
+        orig = c["original_max_position_embeddings"]
+        inv = inv / np.asarray(rs["long_factor"] if n > orig else rs["short_factor"])
+        ratio = c["max_position_embeddings"] / orig
+        mscale = np.sqrt(1 + np.log(ratio) / np.log(orig))
     ang = np.arange(n)[:, None] * inv[None, :]
     cos, sin = np.concatenate([np.cos(ang)] * 2, -1), np.concatenate([np.sin(ang)] * 2, -1)
+    cos, sin = cos * mscale, sin * mscale
 
     def rope(x):  # (n, heads, hd): x * cos + rotate_half(x) * sin on the first rd values
         r, rest = x[..., :rd], x[..., rd:]
@@ -296,7 +303,8 @@ def test_phi3_checkpoint(tmp_path, sp_model):
     assert r.fields["phi3.rope.dimension_count"].contents() == 8
     m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
     assert m.arch == "phi3"
-    assert m.context_length == 200  # capped at the window (no sliding attention)
+    assert m.context_length == 256  # every layer attends over the window of 200
+    assert m.cache_stats()["sliding_window"] == 200
     ids = m.tokenize(TEXT[:300])[:70]
     ref = hf_reference(c, w, ids)
     got = m.logits(ids)
@@ -320,6 +328,54 @@ def test_phi3_checkpoint(tmp_path, sp_model):
     with torch.no_grad():
         t = hf(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(got - t).max() <= 1e-4 * np.abs(t).max()
+
+
+def test_phi3_longrope(tmp_path, sp_model):
+    # Phi-3.5's LongRoPE on a tiny scale: an original context of 64 in a
+    # context of 256; the long factors where the model's context runs past
+    # 64 (as llama.cpp picks them), the short ones otherwise; cos and sin
+    # scaled by the attention factor
+    rng = np.random.default_rng(5)
+    half = 8  # rotated pairs of a 16-wide head
+    rs = {"type": "longrope", "long_factor": (1 + 3 * rng.random(half)).tolist(),
+          "short_factor": (1 + 0.5 * rng.random(half)).tolist()}
+    d, c, w = _llama_dir(tmp_path, sp_model, arch="Phi3ForCausalLM", rope_scaling=rs,
+                         original_max_position_embeddings=64, max_position_embeddings=256)
+    out = str(tmp_path / "lr.gguf")
+    convert(d, out, "f32", progress=False)
+    r = gguf.GGUFReader(out)
+    shapes = {t.name: list(t.shape) for t in r.tensors}
+    assert shapes["rope_factors_long.weight"] == [half]
+    assert r.fields["phi3.rope.scaling.original_context_length"].contents() == 64
+    assert abs(r.fields["phi3.rope.scaling.attn_factor"].contents()
+               - np.sqrt(1 + np.log(4) / np.log(64))) < 1e-6
+    ids = _llama_ids(sp_model, 90)
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    assert m.context_length == 256
+    ref = hf_reference(c, w, ids)  # 90 > 64: long factors
+    got = m.logits(ids)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    plain = dict(c, rope_scaling=None)  # the check can fail: without LongRoPE it differs
+    assert np.abs(got - hf_reference(plain, w, ids)).max() > 1e-2 * np.abs(ref).max()
+    short = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32",
+                        context_length=64)  # within the original context: short factors
+    assert np.abs(short.logits(ids[:50]) - hf_reference(c, w, ids[:50])).max() \
+        <= 1e-4 * np.abs(ref).max()
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.Phi3ForCausalLM(transformers.Phi3Config(**{
+        k: v for k, v in c.items() if k != "architectures"}, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2)).eval()
+    hf.load_state_dict({k: torch.from_numpy(v) for k, v in w.items()}, strict=False)
+    with torch.no_grad():
+        t = hf(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - t).max() <= 1e-4 * np.abs(t).max()
+
+
+def _llama_ids(sp_model, n):
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=sp_model)
+    return ([sp.bos_id()] + sp.encode(TEXT))[:n]
 
 
 def test_mixtral_checkpoint(tmp_path, sp_model):

@@ -116,7 +116,7 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
                 extra_tokens: int = 0, ctx: int = 512, rope_base: float = 10000.0,
                 seed: int = 0, tokenizer: str = "bpe", spm_vocab=None,
                 bias: bool | None = None, norm_type: str = "F32", n_expert: int = 0,
-                n_expert_used: int = 2, window: int = 8):
+                n_expert_used: int = 2, window: int = 8, longrope: bool = False):
     """Write a random model; returns (reference weights float64 dict, config dict).
 
     The reference weights are the dequantized values actually stored, so the
@@ -240,6 +240,11 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
             mat(p + "ffn_up.weight", n_ff, n_embd, wtype, s_in)
             mat(p + "ffn_down.weight", n_embd, n_ff, wtype, 1.0 / np.sqrt(n_ff))
     vec("output_norm.weight", n_embd, 1.0, 0.1)
+    if longrope:  # phi3's LongRoPE: factors for a context past 64 positions and within
+        w.add_rope_scaling_orig_ctx_len(64)
+        w.add_rope_scaling_attn_factors(1.2)
+        vec("rope_factors_long.weight", hd // 2, 3.0, 1.0)
+        vec("rope_factors_short.weight", hd // 2, 1.2, 0.1)
     if not tied:
         mat("output.weight", V, n_embd, wtype, s_in)
     w.write_header_to_file()

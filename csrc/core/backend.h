@@ -23,7 +23,8 @@ struct RopeParams {
   float freq_base = 10000.f;
   float pos_scale = 1.f;     // linear RoPE scaling: position * pos_scale
   bool neox = false;         // pairs (i, i + n_rot/2) instead of (2i, 2i+1)
-  const float* freq_factors = nullptr;  // optional (n_rot/2,) divisors (Llama 3.1)
+  const float* freq_factors = nullptr;  // optional (n_rot/2,) divisors (Llama 3.1, LongRoPE)
+  float mscale = 1.f;        // cos and sin times this (LongRoPE's attention factor)
 };
 
 // One sequence's query rows in an attention call: n rows at positions

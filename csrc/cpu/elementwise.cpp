@@ -48,7 +48,8 @@ const RopeTable::Entry& rope_table(RopeTable& tables, int n, const int32_t* pos,
   for (int i = 0; i < 2; ++i) {
     const RopeTable::Entry& c = tables.e[i];
     if ((int)c.pos.size() == n && std::equal(pos, pos + n, c.pos.begin()) && c.half == half &&
-        c.base == p.freq_base && c.scale == p.pos_scale && c.factors == p.freq_factors) {
+        c.base == p.freq_base && c.scale == p.pos_scale && c.factors == p.freq_factors &&
+        c.mscale == p.mscale) {
       tables.last = i;
       return c;
     }
@@ -69,8 +70,8 @@ const RopeTable::Entry& rope_table(RopeTable& tables, int n, const int32_t* pos,
     const float pt = (float)pos[t] * p.pos_scale;
     for (int i = 0; i < half; ++i) {
       const float a = pt * inv_freq[i];
-      cache.cs[(size_t)t * half + i] = std::cos(a);
-      cache.sn[(size_t)t * half + i] = std::sin(a);
+      cache.cs[(size_t)t * half + i] = std::cos(a) * p.mscale;
+      cache.sn[(size_t)t * half + i] = std::sin(a) * p.mscale;
     }
   }
   cache.pos.assign(pos, pos + n);
@@ -78,6 +79,7 @@ const RopeTable::Entry& rope_table(RopeTable& tables, int n, const int32_t* pos,
   cache.base = p.freq_base;
   cache.scale = p.pos_scale;
   cache.factors = p.freq_factors;
+  cache.mscale = p.mscale;
   return cache;
 }
 

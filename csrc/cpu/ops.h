@@ -89,7 +89,7 @@ struct RopeTable {
   struct Entry {
     std::vector<int32_t> pos;
     int half = -1;
-    float base = 0.f, scale = 0.f;
+    float base = 0.f, scale = 0.f, mscale = 0.f;
     const float* factors = nullptr;
     std::vector<float> cs, sn;
   };

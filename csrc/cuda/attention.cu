@@ -64,17 +64,17 @@ __global__ void kv_write_kernel(KVLayout L, const int64_t* __restrict__ offs, in
 __global__ void rope_kv_write_kernel(KVLayout L, const int64_t* __restrict__ offs,
                                      const int32_t* __restrict__ pos,
                                      const float* __restrict__ inv_freq, int half,
-                                     float pos_scale, bool neox, int n_heads,
+                                     float pos_scale, bool neox, float mscale, int n_heads,
                                      float* __restrict__ q, float* __restrict__ k,
                                      const float* __restrict__ v) {
   const int t = blockIdx.x, hd = L.head_dim, kvd = L.n_kv_heads * hd;
   const float p = (float)pos[t] * pos_scale;
   float* qr = q + (size_t)t * n_heads * hd;
   for (int e = threadIdx.x; e < n_heads * half; e += blockDim.x)
-    rotate_pair(qr + (size_t)(e / half) * hd, e % half, p, inv_freq, half, neox);
+    rotate_pair(qr + (size_t)(e / half) * hd, e % half, p, inv_freq, half, neox, mscale);
   float* kr = k + (size_t)t * kvd;
   for (int e = threadIdx.x; e < L.n_kv_heads * half; e += blockDim.x)
-    rotate_pair(kr + (size_t)(e / half) * hd, e % half, p, inv_freq, half, neox);
+    rotate_pair(kr + (size_t)(e / half) * hd, e % half, p, inv_freq, half, neox, mscale);
   __syncthreads();  // the block's writes to kr are visible to the block
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const float* vr = v + (size_t)t * kvd;
@@ -335,10 +335,11 @@ void kv_write(const KVLayout& L, const int64_t* offs, int n, const float* k, con
 }
 
 void rope_kv_write(const KVLayout& L, const int64_t* offs, int n, const int32_t* pos,
-                   const float* inv_freq, int n_rot, float pos_scale, bool neox, int n_heads,
+                   const float* inv_freq, int n_rot, float pos_scale, bool neox, float mscale,
+                   int n_heads,
                    float* q, float* k, const float* v, cudaStream_t stream) {
   rope_kv_write_kernel<<<n, 128, 0, stream>>>(L, offs, pos, inv_freq, n_rot / 2, pos_scale,
-                                               neox, n_heads, q, k, v);
+                                               neox, mscale, n_heads, q, k, v);
   LLMRT_CUDA_LAUNCHED("rope_kv_write");
 }
 

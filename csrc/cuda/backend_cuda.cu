@@ -369,7 +369,7 @@ class CudaBackend : public Backend {
     check_pass(n);
     cuda::rope_kv_write(layout(c, layer), offs_of(c, layer), n,
                         pass_.d<int32_t>(pass_.pos), inv_freq(p), p.n_rot, p.pos_scale, p.neox,
-                        n_heads, q, k, v, stream_);
+                        p.mscale, n_heads, q, k, v, stream_);
   }
 
   void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
@@ -377,7 +377,7 @@ class CudaBackend : public Backend {
     (void)pos;
     check_pass(n);
     cuda::rope(x, n, n_heads, head_dim, pass_.d<int32_t>(pass_.pos), inv_freq(p), p.n_rot,
-               p.pos_scale, p.neox, stream_);
+               p.pos_scale, p.neox, p.mscale, stream_);
   }
   void kv_write(KVCache& c, const AttnSeq* seqs, int count, int layer, const float* k,
                 const float* v) override {

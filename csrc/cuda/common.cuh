@@ -38,9 +38,11 @@ __device__ __forceinline__ float warp_max(float v) {
 // by the angle p * inv_freq[i].
 __device__ __forceinline__ void rotate_pair(float* head, int i, float p,
                                             const float* __restrict__ inv_freq, int half,
-                                            bool neox) {
+                                            bool neox, float mscale) {
   float sn, cs;
   sincosf(p * inv_freq[i], &sn, &cs);
+  sn *= mscale;
+  cs *= mscale;
   const int i0 = neox ? i : 2 * i, i1 = neox ? i + half : 2 * i + 1;
   const float a = head[i0], b = head[i1];
   head[i0] = a * cs - b * sn;

@@ -76,11 +76,12 @@ __global__ void scale_kernel(float* x, size_t count, float s) {
 
 // one block per (token, head), one thread per rotated pair
 __global__ void rope_kernel(float* x, int n_heads, int head_dim, const int32_t* pos,
-                            const float* inv_freq, int half, float pos_scale, bool neox) {
+                            const float* inv_freq, int half, float pos_scale, bool neox,
+                            float mscale) {
   const int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
   float* v = x + ((size_t)t * n_heads + h) * head_dim;
   const float p = (float)pos[t] * pos_scale;
-  for (int i = threadIdx.x; i < half; i += blockDim.x) rotate_pair(v, i, p, inv_freq, half, neox);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) rotate_pair(v, i, p, inv_freq, half, neox, mscale);
 }
 
 __global__ void gather_rows_kernel(float* dst, const float* src, const int32_t* rows, int dim) {
@@ -209,9 +210,9 @@ void scale(float* x, size_t count, float s, cudaStream_t stream) {
 }
 
 void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, const float* inv_freq,
-          int n_rot, float pos_scale, bool neox, cudaStream_t stream) {
+          int n_rot, float pos_scale, bool neox, float mscale, cudaStream_t stream) {
   rope_kernel<<<n * n_heads, 64, 0, stream>>>(x, n_heads, head_dim, pos, inv_freq, n_rot / 2,
-                                              pos_scale, neox);
+                                              pos_scale, neox, mscale);
   LLMRT_CUDA_LAUNCHED("rope");
 }
 

@@ -55,7 +55,7 @@ void scatter_add_rows(float* dst, const float* src, const int32_t* rows, const f
                       int count, int dim, cudaStream_t stream);
 // inv_freq: (n_rot / 2) frequencies (already divided by any factors).
 void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, const float* inv_freq,
-          int n_rot, float pos_scale, bool neox, cudaStream_t stream);
+          int n_rot, float pos_scale, bool neox, float mscale, cudaStream_t stream);
 
 // ---- sampler.cu ----
 // For each of n draws (device memory, like mods): the token its chain
@@ -77,7 +77,8 @@ struct KVLayout {
 // RoPE of q (n, n_heads, head_dim) and k (n, n_kv_heads, head_dim) in
 // place, then k and v into the cache rows at offs[t], one kernel.
 void rope_kv_write(const KVLayout& L, const int64_t* offs, int n, const int32_t* pos,
-                   const float* inv_freq, int n_rot, float pos_scale, bool neox, int n_heads,
+                   const float* inv_freq, int n_rot, float pos_scale, bool neox, float mscale,
+                   int n_heads,
                    float* q, float* k, const float* v, cudaStream_t stream);
 // k, v (n, n_kv_heads * head_dim) -> the rows at byte offsets offs[t] (from
 // the layer's k / v base).

@@ -29,6 +29,7 @@ struct LlamaConfig {
   int n_expert_used = 0;  // experts each token goes through
   float rms_eps = 1e-5f;
   RopeParams rope;
+  int rope_orig_ctx = 0;      // LongRoPE: the context its short factors are for
   // gemma 2 / 3
   float embd_scale = 0.f;     // embeddings times this (0: as stored)
   bool gelu = false;          // FFN gate activation GELU (tanh form) instead of SiLU

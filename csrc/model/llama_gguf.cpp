@@ -51,8 +51,11 @@ LlamaConfig llama_config(const ConfigValues& v) {
   c.rope.freq_base = float_value(v, "rope_freq_base", 10000.f);
   c.rope.pos_scale = float_value(v, "rope_pos_scale", 1.f);
   c.rope.neox = int_value(v, "rope_neox", false) != 0;
+  c.rope.mscale = float_value(v, "rope_mscale", 1.f);
+  if (!(c.rope.mscale > 0.f)) throw std::invalid_argument("rope_mscale must be positive");
   c.n_expert = int_value(v, "n_expert", false);
   c.n_expert_used = int_value(v, "n_expert_used", false);
+  c.rope_orig_ctx = int_value(v, "rope_orig_ctx", false, c.n_ctx);
   c.embd_scale = float_value(v, "embd_scale", 0.f);
   c.gelu = int_value(v, "ffn_gelu", false) != 0;
   c.attn_scale = float_value(v, "attn_scale", 0.f);
@@ -129,6 +132,13 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
   w.output = view("output.weight", false);
   if (w.output.empty()) w.output = w.tok_embd;  // tied embeddings
   c.rope.freq_factors = vec("rope_freqs.weight", c.rope.n_rot / 2, false);
+  // LongRoPE (phi3): the long factors where the context runs past the
+  // original one, else the short ones (as llama.cpp chooses)
+  const WeightView long_f = view("rope_factors_long.weight", false);
+  if (!long_f.empty())
+    c.rope.freq_factors = vec(c.n_ctx > c.rope_orig_ctx ? "rope_factors_long.weight"
+                                                        : "rope_factors_short.weight",
+                              c.rope.n_rot / 2, true);
   c.rope_swa.freq_factors = c.rope.freq_factors;
   const int64_t qd = (int64_t)c.n_head * c.head_dim, kvd = (int64_t)c.n_head_kv * c.head_dim;
   for (int i = 0; i < c.n_layer; ++i) {

@@ -99,7 +99,11 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
               tied=bool(cfg.get("tie_word_embeddings", ARCHS[hf] in GEMMA)),
               n_expert=int(cfg.get("num_local_experts", 0) if hf == "MixtralForCausalLM" else 0),
               n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None,
-              rope_factors=None, sliding_window=int(cfg.get("sliding_window") or 0))
+              rope_factors=None,
+              # qwen2 configs name a window they do not use (use_sliding_window: false)
+              sliding_window=int(cfg.get("sliding_window") or 0)
+              if cfg.get("use_sliding_window", True) else 0,
+              longrope=None)
     # partial rotary (phi3 family): RoPE on the first n_rot values of a head
     hp["n_rot"] = int(hp["head_dim"] * float(cfg.get("partial_rotary_factor", 1.0))) // 2 * 2
     rs = cfg.get("rope_scaling")
@@ -111,6 +115,8 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
             hp["rope_linear"] = float(rs["factor"])
         elif kind == "llama3":
             hp["rope_factors"] = _llama3_factors(rs, hp["n_rot"], hp["rope_theta"])
+        elif kind in ("longrope", "su") and hp["arch"] == "phi3":
+            hp["longrope"] = _longrope(cfg, rs, hp, d)
         elif kind not in (None, "default"):
             raise UnsupportedModelError(f"{d}: RoPE scaling {kind!r} is not supported "
                                         "(linear and llama3 are; config.json rope_scaling)")
@@ -165,6 +171,29 @@ def _gemma_hparams(cfg: dict, d: str, hp: dict) -> dict | None:
     elif isinstance(rs, dict) and "full_attention" in rs:
         rs = rs["full_attention"]
     return rs
+
+
+def _longrope(cfg: dict, rs: dict, hp: dict, d: str) -> dict:
+    """Phi-3's LongRoPE: per-frequency divisors for contexts past the
+    original one (long) and within it (short), and the attention factor that
+    scales cos and sin (sqrt(1 + ln(ratio) / ln(original)) by default)."""
+    orig = int(cfg.get("original_max_position_embeddings")
+               or rs.get("original_max_position_embeddings") or 0)
+    if orig <= 0:
+        raise CheckpointError(f"{d}/config.json: LongRoPE without "
+                              "original_max_position_embeddings")
+    out = {"orig": orig}
+    for k in ("long_factor", "short_factor"):
+        f = np.asarray(rs.get(k) or [], np.float32)
+        if f.shape != (hp["n_rot"] // 2,) or not np.all(f > 0):
+            raise CheckpointError(f"{d}/config.json: rope_scaling {k} must hold "
+                                  f"{hp['n_rot'] // 2} positive values")
+        out[k] = f
+    ratio = float(rs.get("factor") or hp["ctx"] / orig)
+    attn = rs.get("attention_factor")
+    out["attn"] = float(attn) if attn else (
+        float(np.sqrt(1 + np.log(ratio) / np.log(orig))) if ratio > 1 else 1.0)
+    return out
 
 
 def _llama3_factors(rs: dict, head_dim: int, theta: float) -> np.ndarray:
@@ -256,6 +285,11 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
     if hp["rope_factors"] is not None:
         f = hp["rope_factors"]
         plan.append(("rope_freqs.weight", f.shape, lambda: f))
+    if hp["longrope"] is not None:
+        lr = hp["longrope"]
+        plan.append(("rope_factors_long.weight", lr["long_factor"].shape, lambda: lr["long_factor"]))
+        plan.append(("rope_factors_short.weight", lr["short_factor"].shape,
+                     lambda: lr["short_factor"]))
     if not hp["tied"] and "lm_head.weight" in ts.shapes:
         add("output.weight", "lm_head.weight", (V, D))
     elif not hp["tied"]:
@@ -420,6 +454,9 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     if hp["head_dim"] != hp["n_embd"] // hp["n_head"]:
         w.add_key_length(hp["head_dim"])
         w.add_value_length(hp["head_dim"])
+    if hp["longrope"] is not None:
+        w.add_rope_scaling_attn_factors(hp["longrope"]["attn"])
+        w.add_rope_scaling_orig_ctx_len(hp["longrope"]["orig"])
     if hp["rope_linear"]:
         from gguf import RopeScalingType
         w.add_rope_scaling_type(RopeScalingType.LINEAR)

@@ -124,18 +124,25 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
     else:
         raise UnsupportedModelError(
             f"{os.path.basename(path)}: RoPE scaling type {scaling!r} is not supported (only linear)")
-    # phi3: LongRoPE (two sets of frequency factors and an attention factor)
-    # is not implemented; a sliding window caps the context at the window
-    for key in (f"{a}.rope.scaling.attn_factor", f"{a}.rope.scaling.original_context_length"):
-        if key in meta and arch == "phi3":
-            raise UnsupportedModelError(
-                f"{os.path.basename(path)}: {key} (LongRoPE scaling) is not supported")
+    # phi3's LongRoPE: the original context (the short factors' one) and the
+    # attention factor that scales cos and sin; the factors are tensors
+    orig = _get(meta, path, f"{a}.rope.scaling.original_context_length", int, default=0,
+                required=False)
+    if orig < 0 or orig > _LIMITS["n_ctx"]:
+        raise _err(path, f"{a}.rope.scaling.original_context_length={orig} is out of range")
+    cfg["rope_orig_ctx"] = orig or cfg["n_ctx_train"]
+    ratio = cfg["n_ctx_train"] / cfg["rope_orig_ctx"]
+    dflt = float(np.sqrt(1 + np.log(ratio) / np.log(cfg["rope_orig_ctx"]))) if ratio > 1 else 1.0
+    cfg["rope_mscale"] = _get(meta, path, f"{a}.rope.scaling.attn_factor", float, default=dflt,
+                              required=False)
+    if not cfg["rope_mscale"] > 0:
+        raise _err(path, f"{a}.rope.scaling.attn_factor must be positive")
     window = _get(meta, path, f"{a}.attention.sliding_window", int, default=0, required=False)
     if arch in GEMMA:
         _gemma_config(meta, path, arch, cfg, window)
     elif 0 < window < cfg["n_ctx_train"]:
-        # phi3 / mistral: every layer's window; not run as a sliding window here
-        cfg["n_ctx_train"] = window
+        # phi3, mistral: every layer attends over the window
+        cfg["sliding_window"], cfg["swa_pattern"] = window, 0
     # Mixture of experts (Mixtral): experts per layer and per token
     cfg["n_expert"] = _get(meta, path, f"{a}.expert_count", int, default=0, required=False)
     cfg["n_expert_used"] = _get(meta, path, f"{a}.expert_used_count", int, default=0,
@@ -240,6 +247,9 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
         "output_norm.weight": ([D], True),
         "output.weight": ([D, V], False),
         "rope_freqs.weight": ([cfg["n_rot"] // 2], False),
+        # LongRoPE: frequency divisors past the original context and within it
+        "rope_factors_long.weight": ([cfg["n_rot"] // 2], False),
+        "rope_factors_short.weight": ([cfg["n_rot"] // 2], "rope_factors_long.weight" in f.tensors),
     }
     for i in range(L):
         p = f"blk.{i}."
@@ -279,9 +289,6 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
 
     tensors: dict[str, tuple[int, int, int, np.ndarray]] = {}
     types: dict[str, str] = {}
-    if "rope_factors_long.weight" in f.tensors:
-        raise UnsupportedModelError(f"{os.path.basename(path)}: tensor 'rope_factors_long.weight' "
-                                    f"(LongRoPE scaling) is not supported")
     for name, (shape, required) in expected.items():
         t = f.tensors.get(name)
         if t is None:

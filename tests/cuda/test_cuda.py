@@ -470,3 +470,17 @@ def test_gemma_long_decode_releases_sliding_blocks(tmp_path, arch):
     want = lp[np.arange(len(prompt) - 1, len(ids) - 1), r.token_ids]
     assert np.abs(np.array([x.logprob for x in r.logprobs]) - want).max() < 1e-3
     assert m.cache_stats()["sliding_blocks_in_use"] == 0
+
+
+def test_longrope_matches_cpu(tmp_path):
+    # LongRoPE's factors (divisors of the frequencies) and attention factor
+    # (cos and sin scaled) in the fused RoPE + KV write and in decoding
+    path, W, cfg = _model(tmp_path, wtype="F16", n_embd=128, n_head=4, n_head_kv=2, n_ff=256,
+                          tied=True, longrope=True)
+    tokens = np.random.default_rng(7).integers(0, cfg["n_vocab"], 120)
+    for ctx in (64, 512):  # short factors, long ones
+        gpu = llmrt.Model(path, device="cuda", kv_cache_dtype="f32", context_length=ctx)
+        cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32", context_length=ctx)
+        n = min(ctx, len(tokens))
+        g, c = gpu.logits(tokens[:n]), cpu.logits(tokens[:n])
+        assert np.abs(g - c).max() <= RTOL["f32"] * 10 * np.abs(c).max()
