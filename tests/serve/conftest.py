@@ -29,12 +29,30 @@ def server(model_path):
 
 
 @pytest.fixture(scope="session")
-def ray_server(model_path):
-    """Two replicas behind one endpoint on a local Ray instance."""
+def peft_adapter(tmp_path_factory):
+    """A random PEFT adapter for the tiny model (q, v and down projections)."""
+    pytest.importorskip("safetensors")
+    import numpy as np
+    from test_lora import _write_peft
+    rng = np.random.default_rng(3)
+    D, F, r = 64, 96, 4
+    shapes = {"q_proj": (64, D), "v_proj": (32, D), "down_proj": (D, F)}
+    ad = {(i, m): (rng.standard_normal((r, cols)).astype(np.float32) / 8,
+                   rng.standard_normal((rows, r)).astype(np.float32))
+          for i in range(2) for m, (rows, cols) in shapes.items()}
+    d = str(tmp_path_factory.mktemp("peft") / "peft")
+    _write_peft(d, ad, r, 8.0)
+    return d
+
+
+@pytest.fixture(scope="session")
+def ray_server(model_path, peft_adapter):
+    """Two replicas behind one endpoint on a local Ray instance, each with
+    the adapter `tuned`."""
     pytest.importorskip("ray.serve")
     s = start(model_path, "--api-key", KEY, "--batch-invariant", "--threads", "1",
               "--replicas", "2", "--max-batch-size", "16", "--kv-cache-tokens", "16384",
-              timeout=240)
+              "--lora", f"tuned={peft_adapter}", timeout=240)
     yield s
     s.stop()
 

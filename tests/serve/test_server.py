@@ -30,7 +30,7 @@ def client(server, key=KEY):
 def test_models_and_health(api):
     assert httpx.get(api.url + "/health").json() == {"status": "ok"}
     ids = [m.id for m in client(api).models.list().data]
-    assert ids == [api.name]
+    assert ids[0] == api.name and set(ids[1:]) <= {"tuned"}  # the Ray one serves an adapter
 
 
 def test_completion_equals_generate(api, ref):
@@ -372,40 +372,35 @@ def test_the_default_model_through_the_server(default_model_path):
         s.stop()
 
 
-def test_lora_adapters_served_as_model_names(model_path, tmp_path):
+def test_lora_adapters_served_as_model_names(model_path, peft_adapter):
     # --lora name=path: the adapter's name is a model id; its requests run
     # through the adapter, the base name's without, in one batch
-    pytest.importorskip("safetensors")
-    from test_lora import _write_peft
-    rng = np.random.default_rng(3)
-    D, F, r = 64, 96, 4
-    shapes = {"q_proj": (64, D), "v_proj": (32, D), "down_proj": (D, F)}
-    ad = {(i, m): (rng.standard_normal((r, cols)).astype(np.float32) / 8,
-                   rng.standard_normal((rows, r)).astype(np.float32))
-          for i in range(2) for m, (rows, cols) in shapes.items()}
-    _write_peft(str(tmp_path / "peft"), ad, r, 8.0)
     ref = llmrt.Model(model_path, threads=1, kv_cache_tokens=4096)
-    aid = ref.load_lora(str(tmp_path / "peft"))
-    s = start(model_path, "--threads", "1", "--lora", f"tuned={tmp_path / 'peft'}")
+    aid = ref.load_lora(peft_adapter)
+    s = start(model_path, "--threads", "1", "--lora", f"tuned={peft_adapter}")
     try:
-        ids = [m["id"] for m in httpx.get(s.url + "/v1/models").json()["data"]]
-        assert ids == [s.name, "tuned"]
-        for name, lora in ((s.name, None), ("tuned", aid)):
-            r = httpx.post(s.url + "/v1/completions", json={
-                "model": name, "prompt": "a b c", "max_tokens": 12, "temperature": 0,
-                "ignore_eos": True}, timeout=60)
-            assert r.status_code == 200, r.text
-            want = ref.generate("a b c", max_new_tokens=12, ignore_eos=True, lora=lora).text
-            assert r.json()["choices"][0]["text"] == want, name
-        r = httpx.post(s.url + "/v1/completions", json={"model": "other", "prompt": "a"})
-        assert r.status_code == 404 and "tuned" in r.json()["error"]["message"]
+        _check_lora_names(s, ref, aid, {})
     finally:
         s.stop()
 
 
-def test_lora_with_replicas_is_refused():
-    import argparse
+def _check_lora_names(s, ref, aid, headers):
+    ids = [m["id"] for m in httpx.get(s.url + "/v1/models", headers=headers).json()["data"]]
+    assert ids == [s.name, "tuned"]
+    for name, lora in ((s.name, None), ("tuned", aid)):
+        r = httpx.post(s.url + "/v1/completions", headers=headers, json={
+            "model": name, "prompt": "a b c", "max_tokens": 12, "temperature": 0,
+            "ignore_eos": True}, timeout=60)
+        assert r.status_code == 200, r.text
+        want = ref.generate("a b c", max_new_tokens=12, ignore_eos=True, lora=lora).text
+        assert r.json()["choices"][0]["text"] == want, name
+    r = httpx.post(s.url + "/v1/completions", headers=headers,
+                   json={"model": "other", "prompt": "a"})
+    assert r.status_code == 404 and "tuned" in r.json()["error"]["message"]
 
-    from llmrt.serve import main
-    with pytest.raises(SystemExit, match="--lora"):
-        main(argparse.Namespace(replicas=2, lora=["tuned=/x"]))
+
+def test_lora_adapters_on_every_replica(ray_server, model_path, peft_adapter):
+    # each replica loads the adapters; the ingress knows their names
+    ref = llmrt.Model(model_path, threads=1, kv_cache_tokens=4096, batch_invariant=True)
+    aid = ref.load_lora(peft_adapter)
+    _check_lora_names(ray_server, ref, aid, {"Authorization": f"Bearer {KEY}"})

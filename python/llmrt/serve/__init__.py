@@ -79,21 +79,28 @@ def ray_app(*args: Any, **kwargs: Any):
     return make(*args, **kwargs)
 
 
+def lora_args(items: list[str]) -> list[tuple[str, str]]:
+    """--lora NAME=PATH items -> (name, absolute path) pairs."""
+    out = []
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"llmrt serve: --lora wants NAME=PATH, got {item!r}")
+        out.append((name, os.path.abspath(path)))
+    return out
+
+
 def main(a: Any) -> int:
-    if a.replicas > 1 and getattr(a, "lora", None):
-        raise SystemExit("llmrt serve: --lora runs in one process for now; drop --replicas")
+    lora = lora_args(getattr(a, "lora", []))
     if a.replicas > 1:
         from .ray_serve import run as run_ray
-        return run_ray(a)
+        return run_ray(a, lora)
     try:
         import uvicorn
     except ImportError:
         raise SystemExit(f"llmrt serve needs FastAPI and uvicorn: {SERVER_EXTRA}")
     model = load(a.model, a.kv_cache_tokens, **model_kwargs(a))
-    for item in a.lora:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"llmrt serve: --lora wants NAME=PATH, got {item!r}")
+    for name, path in lora:
         model.load_lora(path, name=name)
     app = create_app(model, model_name=a.model_name, api_key=a.api_key,
                      max_batch_size=a.max_batch_size, max_queue=a.max_queue,

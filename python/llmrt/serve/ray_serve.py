@@ -24,7 +24,7 @@ import json
 import os
 import signal
 import time
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -85,12 +85,17 @@ class PrefixAffinityRouter(RequestRouter):
 
 
 class Replica:
-    """One engine: a Model and its Service (the deployment's replicas)."""
+    """One engine: a Model (with its LoRA adapters) and its Service (the
+    deployment's replicas)."""
 
-    def __init__(self, path: str, model_kwargs: dict, service_kwargs: dict):
+    def __init__(self, path: str, model_kwargs: dict, service_kwargs: dict,
+                 lora: Sequence[tuple[str, str]] = ()):
         from . import load
         from .service import Service
-        self.service = Service(load(path, **model_kwargs), **service_kwargs)
+        model = load(path, **model_kwargs)
+        for name, p in lora:
+            model.load_lora(p, name=name)
+        self.service = Service(model, **service_kwargs)
         self.started = False
 
     def _start(self) -> None:
@@ -130,9 +135,10 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
             api_key: Optional[str] = None, max_batch_size: int = 64, max_queue: int = 256,
             max_body_bytes: int = 8 << 20, default_max_tokens: int = 512,
             threads: Optional[int] = None, cpus_per_replica: Optional[float] = None,
-            **model_kwargs: Any):
+            lora: Sequence[tuple[str, str]] = (), **model_kwargs: Any):
     """The OpenAI endpoint over `replicas` engines, as a Ray Serve
-    application (pass it to ``serve.run``)."""
+    application (pass it to ``serve.run``). lora: (name, path) of adapters
+    every replica loads, each served as a model name."""
     from ..utils import default_model_path
     path = os.path.abspath(path or default_model_path())
     name = model_name or os.path.splitext(os.path.basename(path))[0]
@@ -146,7 +152,8 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
         request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter),
     ).bind(path, dict(model_kwargs, threads=threads),
            dict(model_name=name, max_batch_size=max_batch_size, max_queue=max_queue,
-                default_max_tokens=default_max_tokens))
+                default_max_tokens=default_max_tokens), list(lora))
+    names = [name] + [n for n, _ in lora]
 
     app = FastAPI(title="llmrt")
     install_errors(app)
@@ -161,9 +168,10 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
         async def _forward(self, endpoint: str, request: Request) -> Any:
             body = await read_json(request, max_body_bytes)
             m = body.get("model")
-            if m is not None and m != name:
+            if m is not None and m not in names:
                 raise P.APIError(404, f"the model {m!r} does not exist (this server has "
-                                      f"{name!r})", param="model", code="model_not_found")
+                                      f"{', '.join(repr(n) for n in names)})", param="model",
+                                 code="model_not_found")
             gen = self.handle.options(stream=True).call.remote(
                 endpoint, body, prefix_key=prefix_key(endpoint, body))
             first = await gen.__anext__()
@@ -193,8 +201,8 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
 
         @app.get("/v1/models")
         async def models(self) -> Any:
-            return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
-                                                "owned_by": "llmrt"}]}
+            return {"object": "list", "data": [{"id": n, "object": "model", "created": 0,
+                                                "owned_by": "llmrt"} for n in names]}
 
         @app.get("/health")
         async def health(self) -> Any:
@@ -208,7 +216,7 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
     return Ingress.bind(replica)
 
 
-def run(a: Any) -> int:
+def run(a: Any, lora: Sequence[tuple[str, str]] = ()) -> int:
     """``llmrt serve --replicas N``: a local Ray instance and the app on it."""
     import ray
     from . import model_kwargs
@@ -220,7 +228,7 @@ def run(a: Any) -> int:
     app = ray_app(a.model, replicas=a.replicas, model_name=a.model_name, api_key=a.api_key,
                   max_batch_size=a.max_batch_size, max_queue=a.max_queue,
                   max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
-                  threads=threads, kv_cache_tokens=a.kv_cache_tokens, **kw)
+                  threads=threads, kv_cache_tokens=a.kv_cache_tokens, lora=lora, **kw)
     serve.run(app, name="llmrt", route_prefix="/")
     print(f"llmrt serve: {a.replicas} replicas on http://{a.host}:{a.port}/v1", flush=True)
     stop = {"now": False}
