@@ -61,38 +61,40 @@ KVCache::KVCache(int n_layer, int n_kv_heads, int head_dim, int block_tokens, in
   for (int l = 0; l < n_layer; ++l) slot_[l] = pools_[sliding_[l]].n_layer++;
   window_ = pools_[1].n_layer > 0 ? window : 0;
   mem_ = mem;
-  for (int i = 0; i < 2; ++i) {
-    Pool& p = pools_[i];
-    p.block_bytes = (size_t)p.n_layer * 2 * block_tokens * row_bytes_;
-    p.reuse_first = i == 1;
-    if (i == 1 && p.n_layer == 0) continue;  // no sliding layers: no second pool
-    // 64-byte aligned (at least 64 bytes: a pool of no layers still has its
-    // block ids); no fill, so pages are committed when blocks are written
-    const size_t total = std::max<size_t>(64, (p.block_bytes * (size_t)n_blocks + 63) / 64 * 64);
-    p.data = static_cast<uint8_t*>(mem_ ? mem_->alloc(total) : std::aligned_alloc(64, total));
-    if (!p.data) {
-      if (i == 1) {
-        if (mem_) mem_->free(pools_[0].data);
-        else std::free(pools_[0].data);
-      }
-      throw std::bad_alloc();
+  try {
+    for (int i = 0; i < 2; ++i) {
+      Pool& p = pools_[i];
+      p.block_bytes = (size_t)p.n_layer * 2 * block_tokens * row_bytes_;
+      if (i == 1 && p.n_layer == 0) continue;  // no sliding layers: no second pool
+      // 64-byte aligned (at least 64 bytes: a pool of no layers still has
+      // its block ids); no fill, so pages are committed when blocks are written
+      const size_t total =
+          std::max<size_t>(64, (p.block_bytes * (size_t)n_blocks + 63) / 64 * 64);
+      p.data = static_cast<uint8_t*>(mem_ ? mem_->alloc(total) : std::aligned_alloc(64, total));
+      if (!p.data) throw std::bad_alloc();
+      p.blocks.resize(n_blocks);
+      p.free.reserve(n_blocks);
+      // handed out from the back: block 0 first, so used memory stays compact
+      for (int b = n_blocks - 1; b >= 0; --b) p.free.push_back(b);
     }
-    p.blocks.resize(n_blocks);
-    p.free.reserve(n_blocks);
-    // handed out from the back: block 0 first, so used memory stays compact
-    for (int b = n_blocks - 1; b >= 0; --b) p.free.push_back(b);
+  } catch (...) {  // the destructor does not run: free what was allocated
+    free_pools();
+    throw;
   }
 }
 
-KVCache::~KVCache() {
+void KVCache::free_pools() {
   for (Pool& p : pools_) {
     if (!p.data) continue;
     if (mem_)
       mem_->free(p.data);
     else
       std::free(p.data);
+    p.data = nullptr;
   }
 }
+
+KVCache::~KVCache() { free_pools(); }
 
 // ---- sequences -------------------------------------------------------------------
 
@@ -141,9 +143,7 @@ void KVCache::set_adapter(int seq, int adapter) {
 
 int KVCache::take_block(Pool& p) {
   int b;
-  // the sliding pool reclaims a cached block before it touches a new one
-  const bool fresh = !p.free.empty() && p.free.back() >= p.touched;
-  if (!p.free.empty() && !(p.reuse_first && fresh && !p.lru.empty())) {
+  if (!p.free.empty()) {
     b = p.free.back();
     p.free.pop_back();
   } else if (!p.lru.empty()) {  // reclaim the least recently used cached block
@@ -156,7 +156,6 @@ int KVCache::take_block(Pool& p) {
     throw KVCacheFull("KV cache: no free block");
   }
   p.blocks[b].ref = 1;
-  p.touched = std::max(p.touched, b + 1);
   return b;
 }
 
@@ -278,7 +277,7 @@ void KVCache::truncate(int seq, int n) {
                                 std::to_string(s.tokens.size()) + "]");
   const int keep = (n + block_tokens_ - 1) / block_tokens_;
   if (has_sliding() && n > 0) {  // the window before position n must still be there
-    const int lo = std::max(0, n - window_) / block_tokens_;
+    const int lo = first_window_block(n);
     for (int j = lo; j < keep; ++j)
       if (s.local[j] < 0)
         throw std::invalid_argument(
@@ -327,9 +326,9 @@ void KVCache::commit(int seq) {
 
 // The sliding pool's blocks wholly behind the window by more than the slack.
 void KVCache::release_behind_window(Seq& s) {
-  const int behind = (int)s.tokens.size() - window_ - kSlidingSlack;
+  const int64_t behind = (int64_t)s.tokens.size() - window_ - kSlidingSlack;
   if (behind <= 0) return;
-  const int end = std::min((int)s.local.size(), behind / block_tokens_);
+  const int end = (int)std::min<int64_t>((int64_t)s.local.size(), behind / block_tokens_);
   for (; s.local_from < end; ++s.local_from) {
     int& b = s.local[s.local_from];
     if (b >= 0) unref(pools_[1], b);
@@ -338,6 +337,12 @@ void KVCache::release_behind_window(Seq& s) {
 }
 
 // ---- prefix ---------------------------------------------------------------------
+
+// The first block a token at position n attends to in a sliding layer: keys
+// from n - window + 1 on.
+int KVCache::first_window_block(int n) const {
+  return (int)(std::max<int64_t>(0, (int64_t)n - window_ + 1) / block_tokens_);
+}
 
 int KVCache::lookup(const Pool& p, uint64_t hash, uint64_t parent, const int32_t* toks) const {
   auto it = p.by_hash.find(hash);
@@ -371,7 +376,7 @@ int KVCache::reuse_prefix(int seq, const int32_t* tokens, int n) {
   std::vector<int> local;
   if (has_sliding()) {
     for (; found > 0; --found) {
-      const int lo = std::max(0, found * bt - window_) / bt;
+      const int lo = first_window_block(found * bt);
       local.assign(found, -1);
       bool ok = true;
       for (int j = lo; j < found && ok; ++j) {
@@ -381,7 +386,7 @@ int KVCache::reuse_prefix(int seq, const int32_t* tokens, int n) {
       if (ok) break;
     }
     local.resize(found);
-    s.local_from = std::max(0, found * bt - window_) / bt;
+    s.local_from = first_window_block(found * bt);
   }
   for (int i = 0; i < found; ++i) take_ref(pools_[0], main[i]);
   for (int b : local)

@@ -23,11 +23,10 @@
 // number of blocks and a block table of their own per sequence. Once a block
 // of that table lies wholly behind the window (by more than kSlidingSlack
 // positions, the most a sequence may be truncated by afterwards), it is
-// released: its entry becomes -1 and the block goes back to the pool (or to
-// the prefix cache). The sliding pool hands out blocks it has used before
-// ahead of untouched ones, so its memory stays at what the live windows
-// need. A cached prefix is reused only with the sliding blocks of its last
-// window.
+// released: its entry becomes -1 and the block goes back to the pool (to
+// the prefix cache when prefix caching is on, reclaimable like any cached
+// block). A cached prefix is reused only with the sliding blocks of its
+// last window.
 //
 // The pools are allocated once and their pages are committed as blocks are
 // first written, so an unused budget costs address space, not memory.
@@ -193,8 +192,6 @@ class KVCache {
     std::vector<int> free;  // handed out from the back
     std::list<int> lru;     // front: least recently used
     std::unordered_map<uint64_t, int> by_hash;
-    int touched = 0;           // blocks [0, touched) have been handed out
-    bool reuse_first = false;  // reclaim cached blocks before touching new ones
   };
 
   const Pool& pool_of(int layer) const { return pools_[sliding_[layer]]; }
@@ -219,6 +216,8 @@ class KVCache {
   int lookup(const Pool& p, uint64_t hash, uint64_t parent, const int32_t* toks) const;
   void take_ref(Pool& p, int block);
   void release_behind_window(Seq& s);
+  int first_window_block(int n) const;
+  void free_pools();
   int free_count(const Pool& p) const { return (int)p.free.size() + (int)p.lru.size(); }
 
   int n_layer_, n_kv_heads_, head_dim_, block_tokens_, n_blocks_;

@@ -116,12 +116,14 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
     P.pos0 = seqs[i].pos0;
     P.nb = (P.pos0 + P.n + bt - 1) / bt;  // cache blocks the last row reads
     P.ranges = (P.nb + G - 1) / G;
+    // a decode row with a window: the ranges wholly behind it get no task
+    P.range0 = ap.window > 0 ? std::max(0, P.pos0 + 1 - ap.window) / (G * bt) : 0;
     P.row0 = rows;
     P.ptr0 = ptrs;
     P.part0 = parts;
     P.task0 = tasks;
     if (P.n == 1) {
-      P.tasks = (int64_t)n_kv * P.ranges;
+      P.tasks = (int64_t)n_kv * (P.ranges - P.range0);
       parts += (size_t)P.ranges * n_heads;
     } else {
       P.tasks = (int64_t)((P.n + kTokens - 1) / kTokens) * n_kv;
@@ -180,7 +182,7 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
     a.m_out = ms;
     a.l_out = ls;
     if (n == 1) {  // one range of one decode row's keys -> a partial
-      const int range = (int)(task / n_kv);
+      const int range = P.range0 + (int)(task / n_kv);
       int r = 0;
       for (int h = kvh * group; h < (kvh + 1) * group; ++h, ++r) {
         const size_t pr = P.part0 + (size_t)range * n_heads + h;
@@ -248,11 +250,11 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
       const Plan& P = plans[dec[r / n_heads]];
       const int h = (int)(r % n_heads);
       float* O = out + (P.row0 + h) * hd;
-      const size_t p0 = P.part0 + h;
+      const size_t p0 = P.part0 + (size_t)P.range0 * n_heads + h;
       std::copy(scr.po.data() + p0 * hd, scr.po.data() + (p0 + 1) * hd, O);
       float M = scr.pm[p0], L = scr.pl[p0];
-      for (int j = 1; j < P.ranges; ++j) {
-        const size_t pj = p0 + (size_t)j * n_heads;
+      for (int j = P.range0 + 1; j < P.ranges; ++j) {
+        const size_t pj = P.part0 + (size_t)j * n_heads + h;
         fold(k, O, L, M, scr.po.data() + pj * hd, scr.pl[pj], scr.pm[pj], hd);
       }
       finish(k, O, L, hd);

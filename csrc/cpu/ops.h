@@ -62,6 +62,7 @@ void kv_write(const Kernels& k, KVCache& cache, const int* table, int layer, int
 // How one sequence's rows are split into tasks.
 struct AttnPlan {
   int n, pos0, nb, ranges;   // rows, first position, cache blocks, key ranges
+  int range0;                // a decode row's first range (the window's)
   size_t row0, ptr0, part0;  // first row, first block pointer, first partial row
   int64_t task0, tasks;
 };

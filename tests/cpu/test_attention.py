@@ -111,7 +111,10 @@ def test_large_scores_do_not_overflow():
 @pytest.mark.parametrize("kv", ["f32", "f16", "q8_0"])
 @pytest.mark.parametrize("n,T,window", [(1, 200, 50), (1, 300, 64), (1, 40, 100), (1, 65, 1),
                                         (9, 200, 33), (40, 97, 16), (130, 300, 70),
-                                        (20, 20, 7)])
+                                        (20, 20, 7),
+                                        # key ranges (256 positions) wholly behind the window
+                                        (1, 1000, 70), (1, 1025, 257), (40, 1000, 70),
+                                        (9, 600, 256)])
 @pytest.mark.parametrize("bt", [16, 32])
 def test_sliding_window(isa, kv, n, T, window, bt):
     # each row sees its last `window` positions; the blocks wholly behind the
