@@ -313,3 +313,22 @@ def test_unsupported_activation_is_a_clear_error(tmp_path, sp_model):
     d, c, w = _checkpoint(tmp_path, sp_model, "Gemma2ForCausalLM", hidden_activation="relu")
     with pytest.raises(llmrt.UnsupportedModelError, match="hidden_activation"):
         convert(d, str(tmp_path / "x.gguf"), "f32", progress=False)
+
+
+@pytest.mark.parametrize("arch", ["Gemma2ForCausalLM", "Gemma3ForCausalLM"])
+def test_llama_cpp_reads_the_converted_file(tmp_path, sp_model, arch):
+    # llama.cpp (where installed) loads the converted file and computes the
+    # same logits (its f16 KV cache and products round at ~1e-3). It takes
+    # the query scale from the model's size, not the file: 1 / sqrt(head_dim)
+    llama_cpp = pytest.importorskip("llama_cpp")
+    d, c, w = _checkpoint(tmp_path, sp_model, arch, query_pre_attn_scalar=16)
+    out = str(tmp_path / "m.gguf")
+    convert(d, out, "f32", progress=False)
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    ids = m.tokenize(TEXT[:200])
+    lc = llama_cpp.Llama(out, n_ctx=512, logits_all=True, verbose=False, n_threads=2)
+    lc.eval(ids)
+    theirs = np.array(lc.scores[:len(ids)])
+    ref = reference(c, w, ids)
+    assert _close(theirs, ref, 3e-3)
+    assert _close(m.logits(ids), ref)
