@@ -332,3 +332,54 @@ def test_llama_cpp_reads_the_converted_file(tmp_path, sp_model, arch):
     ref = reference(c, w, ids)
     assert _close(theirs, ref, 3e-3)
     assert _close(m.logits(ids), ref)
+
+
+@pytest.mark.parametrize("prefix", ["language_model.model.", "model.language_model."])
+def test_multimodal_checkpoint_converts_its_language_model(tmp_path, sp_model, prefix):
+    # Gemma 3 4B and up ship as Gemma3ForConditionalGeneration: the text
+    # model's config under text_config (only what differs from the defaults
+    # listed), its tensors under a prefix (two spellings across transformers
+    # versions), a vision tower beside it, left out
+    d, c, w = _checkpoint(tmp_path, sp_model, "Gemma3ForCausalLM")
+    text = {k: v for k, v in c.items() if k != "architectures"}
+    text.pop("tie_word_embeddings")  # a default of the text config
+    cfg = {"architectures": ["Gemma3ForConditionalGeneration"], "text_config": text,
+           "vision_config": {"hidden_size": 32, "model_type": "siglip_vision_model"},
+           "mm_tokens_per_image": 4}
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    mm = {prefix + k[len("model."):]: v for k, v in w.items()}
+    mm["vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.ones((32, 3, 2, 2),
+                                                                               np.float32)
+    mm["multi_modal_projector.mm_input_projection_weight"] = np.ones((32, 64), np.float32)
+    os.remove(os.path.join(d, "model.safetensors"))
+    safetensors_numpy.save_file(mm, os.path.join(d, "model.safetensors"))
+    out = str(tmp_path / "mm.gguf")
+    info = convert(d, out, "f32", progress=False)
+    assert info["arch"] == "Gemma3ForConditionalGeneration"
+    names = {t.name for t in gguf.GGUFReader(out).tensors}
+    assert not any("vision" in n or "projector" in n for n in names)
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    assert m.arch == "gemma3"
+    ids = m.tokenize(TEXT[:150])
+    assert _close(m.logits(ids), reference(c, w, ids))
+
+
+def test_end_of_turn_defined_by_the_sentencepiece_model_ends_generation(tmp_path):
+    # Gemma's tokenizer.model defines <start_of_turn> / <end_of_turn> as
+    # user-defined pieces (not control ones): the turn's end still stops
+    # generation, and the template's markers encode as one token each
+    (tmp_path / "corpus.txt").write_text(TEXT)
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"),
+                                   model_prefix=str(tmp_path / "tok"), vocab_size=400,
+                                   model_type="bpe", byte_fallback=True, add_dummy_prefix=False,
+                                   remove_extra_whitespaces=False, minloglevel=2,
+                                   user_defined_symbols=["<start_of_turn>", "<end_of_turn>"])
+    d, c, w = _checkpoint(tmp_path, str(tmp_path / "tok.model"), "Gemma2ForCausalLM")
+    out = str(tmp_path / "t.gguf")
+    convert(d, out, "f32", progress=False)
+    m = llmrt.Model(out, threads=2)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tok.model"))
+    eot = sp.piece_to_id("<end_of_turn>")
+    assert eot in m._end_tokens()
+    assert m.tokenize("<start_of_turn>user\nhi<end_of_turn>", add_special=False)[-1] == eot

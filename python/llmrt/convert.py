@@ -6,7 +6,7 @@ a time, so a checkpoint larger than RAM converts), the tokenizer
 byte-level BPE) and the chat template, and writes a GGUF file with the
 standard key and tensor names (llama.cpp reads the same layout).
 Architectures: Llama (3.x too), Mistral, Mixtral, Qwen2, Qwen3, Phi-3, Gemma 2 and
-Gemma 3 (text).
+Gemma 3 (the text model; of a multimodal checkpoint, its language model).
 """
 
 from __future__ import annotations
@@ -29,6 +29,29 @@ ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
          "Phi3ForCausalLM": "phi3", "Gemma2ForCausalLM": "gemma2",
          "Gemma3ForCausalLM": "gemma3"}
 GEMMA = ("gemma2", "gemma3")
+
+# Gemma 3's multimodal checkpoints (4B and up): the text model's config is
+# text_config, listing only what differs from these defaults (transformers'
+# Gemma3TextConfig), and its tensors sit under a prefix; the vision tower and
+# projector are left out.
+_GEMMA3_TEXT_DEFAULTS = dict(
+    hidden_size=2304, intermediate_size=9216, num_hidden_layers=26, num_attention_heads=8,
+    num_key_value_heads=4, head_dim=256, vocab_size=262208, max_position_embeddings=131072,
+    rms_norm_eps=1e-6, rope_theta=1000000.0, rope_local_base_freq=10000.0,
+    query_pre_attn_scalar=256, sliding_window=4096, sliding_window_pattern=6,
+    hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True)
+_TEXT_PREFIXES = ("model.language_model.", "language_model.model.")
+
+
+def _text_config(cfg: dict, d: str) -> dict:
+    """A multimodal Gemma 3 config -> its text model's, as Gemma3ForCausalLM."""
+    if (cfg.get("architectures") or ["?"])[0] != "Gemma3ForConditionalGeneration":
+        return cfg
+    t = dict(_GEMMA3_TEXT_DEFAULTS)
+    t.update(cfg.get("text_config") or {})
+    t["architectures"] = ["Gemma3ForCausalLM"]
+    t["multimodal"] = True
+    return t
 
 
 class CheckpointError(ValueError):
@@ -90,6 +113,7 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
         return cfg[k]
     n_embd, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
     hp = dict(hf=hf, arch=ARCHS[hf], n_embd=n_embd, n_layer=int(need("num_hidden_layers")),
+              multimodal=bool(cfg.get("multimodal")), prefix="model.",
               n_head=n_head, n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
               n_ff=int(need("intermediate_size")), n_vocab=int(need("vocab_size")),
               eps=float(cfg.get("rms_norm_eps", 1e-6)),
@@ -233,13 +257,20 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
         src(name, shape)
         plan.append((gname, shape, lambda: fix(ts.get(name)) if fix else ts.get(name)))
 
-    add("token_embd.weight", "model.embed_tokens.weight", (V, D))
+    if hp["multimodal"]:  # the text model's tensors, under one of two prefixes
+        hp["prefix"] = next((p for p in _TEXT_PREFIXES if p + "embed_tokens.weight" in ts.shapes),
+                            None)
+        if hp["prefix"] is None:
+            raise CheckpointError("the checkpoint has no language model tensors "
+                                  f"({' or '.join(p + 'embed_tokens.weight' for p in _TEXT_PREFIXES)})")
+    pre = hp["prefix"]
+    add("token_embd.weight", pre + "embed_tokens.weight", (V, D))
     gemma = hp["arch"] in GEMMA
     # gemma's norms scale by (1 + w); the file holds 1 + w (as llama.cpp's converter writes)
     norm_fix = (lambda w: w + 1.0) if gemma else None
 
     for i in range(L):
-        p, h = f"blk.{i}.", f"model.layers.{i}."
+        p, h = f"blk.{i}.", f"{pre}layers.{i}."
         add(p + "attn_norm.weight", h + "input_layernorm.weight", (D,), norm_fix)
         if hp["arch"] == "phi3":  # q/k/v rows in one tensor, kept fused
             add(p + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", ((H + 2 * KV) * hd, D))
@@ -281,7 +312,7 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
             add(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", (F, D))
             add(p + "ffn_up.weight", h + "mlp.up_proj.weight", (F, D))
             add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
-    add("output_norm.weight", "model.norm.weight", (D,), norm_fix)
+    add("output_norm.weight", pre + "norm.weight", (D,), norm_fix)
     if hp["rope_factors"] is not None:
         f = hp["rope_factors"]
         plan.append(("rope_freqs.weight", f.shape, lambda: f))
@@ -303,6 +334,49 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
 _NORMAL, _UNKNOWN, _CONTROL, _USER, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
 
 
+def _user_defined_pieces(model: bytes) -> set[int]:
+    """Ids of a SentencePiece model's user-defined pieces (Gemma's turn
+    markers), which its Python API does not report: the serialized
+    ModelProto's pieces (field 1) with type (field 3) USER_DEFINED (4)."""
+    def varint(b: bytes, i: int) -> tuple[int, int]:
+        x = shift = 0
+        while True:
+            if i >= len(b):
+                raise CheckpointError("tokenizer.model: truncated")
+            c = b[i]
+            i += 1
+            x |= (c & 0x7F) << shift
+            shift += 7
+            if c < 0x80:
+                return x, i
+
+    def fields(b: bytes):
+        i = 0
+        while i < len(b):
+            key, i = varint(b, i)
+            num, wire = key >> 3, key & 7
+            if wire == 0:
+                v, i = varint(b, i)
+            elif wire == 2:
+                size, i = varint(b, i)
+                v, i = b[i:i + size], i + size
+            elif wire == 5:
+                v, i = b[i:i + 4], i + 4
+            elif wire == 1:
+                v, i = b[i:i + 8], i + 8
+            else:
+                raise CheckpointError("tokenizer.model: not a SentencePiece model")
+            yield num, v
+    out, idx = set(), 0
+    for num, v in fields(model):
+        if num != 1:
+            continue
+        if any(n == 3 and t == _USER for n, t in fields(v)):
+            out.add(idx)
+        idx += 1
+    return out
+
+
 def _token_id(tok: Any, lookup: dict[str, int]) -> int | None:
     if isinstance(tok, dict):
         tok = tok.get("content")
@@ -319,6 +393,8 @@ def _tokenizer(d: str, hp: dict, w) -> int:
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=sp_path)
         n = sp.get_piece_size()
+        with open(sp_path, "rb") as f:
+            user = _user_defined_pieces(f.read())
         tokens, scores, types = [], [], []
         for i in range(max(V, n)):
             if i < n:
@@ -326,7 +402,7 @@ def _tokenizer(d: str, hp: dict, w) -> int:
                 scores.append(float(sp.get_score(i)))
                 types.append(_UNKNOWN if sp.is_unknown(i) else _CONTROL if sp.is_control(i)
                              else _UNUSED if sp.is_unused(i) else _BYTE if sp.is_byte(i)
-                             else _NORMAL)
+                             else _USER if i in user else _NORMAL)
             else:
                 tokens.append(f"[PAD{i}]")
                 scores.append(-1000.0)
@@ -427,7 +503,7 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     writable(type_name)
     if not os.path.isfile(os.path.join(d, "config.json")):
         raise CheckpointError(f"{d}: no config.json (not a Hugging Face checkpoint directory)")
-    hp = _hparams(_json(os.path.join(d, "config.json")), d)
+    hp = _hparams(_text_config(_json(os.path.join(d, "config.json")), d), d)
     ts = _Tensors(d)
     plan = _plan(hp, ts)
     a = hp["arch"]
@@ -472,4 +548,5 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
         w, [(name, shape, chosen[name], load) for name, shape, load in plan],
         progress_bar(sum(int(np.prod(shape)) for _, shape, _ in plan), f"convert {type_name}",
                      progress)))
-    return dict(arch=hp["hf"], tensors=len(plan), vocab=hp["n_vocab"], types=chosen)
+    return dict(arch=hp["hf"] if not hp["multimodal"] else "Gemma3ForConditionalGeneration",
+                tensors=len(plan), vocab=hp["n_vocab"], types=chosen)
