@@ -3,7 +3,7 @@ and without an adapter, alternating, and batched with half the requests on
 the adapter.
 
     python bench/lora.py [--model PATH] [--threads 2] [--rank 16] [--runs 5]
-        [--targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]
+        [--targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj] [--dtype f16]
 
 The adapter is random (the speed does not depend on its values), written as
 a PEFT directory for the model's shapes.
@@ -52,11 +52,13 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--targets", default=",".join(MODULES))
+    ap.add_argument("--dtype", default="f16", choices=["f16", "f32"],
+                    help="how the adapter is stored")
     a = ap.parse_args()
     m = llmrt.Model(a.model, threads=a.threads, context_length=1024, kv_cache_tokens=8192)
     d = os.path.join(tempfile.mkdtemp(), "adapter")
     write_adapter(d, m.config, a.rank, a.targets.split(","))
-    aid = m.load_lora(d)
+    aid = m.load_lora(d, dtype=a.dtype)
     prompt = m.apply_chat_template([{"role": "user", "content": "Tell me about rivers."}])
     kw = dict(max_new_tokens=96, ignore_eos=True, add_special=False)
     base, lora = [], []

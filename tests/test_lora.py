@@ -83,12 +83,20 @@ def test_adapter_equals_merged_weights(tmp_path, base):
     merged = llmrt.Model(str(tmp_path / "merged.gguf"), **kw)
     ids = list(range(5, 45))
     ref = merged.logits(ids)
-    got = m.logits(ids, lora=1)
+    # stored as float32: the merged model's logits within float32 sums' rounding
+    f32 = m.load_lora(str(tmp_path / "peft"), dtype="f32")
+    got = m.logits(ids, lora=f32)
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    # stored as float16 (the default): A and B rounded to 11 significant bits,
+    # a few 1e-4 of the adapter's update; this random adapter's update is a
+    # large part of the logits (a trained one's is small): 1.3e-3 and 1.9e-3
+    # measured for the two bases
+    err16 = np.abs(m.logits(ids, lora=1) - ref).max() / np.abs(ref).max()
+    assert err16 <= 4e-3, err16
     base_logits = m.logits(ids)  # without the adapter: the base model, far from merged
     assert np.abs(base_logits - ref).max() > 1e-2 * np.abs(ref).max()
     # scale: half the adapter is half the update
-    half = m.load_lora(str(tmp_path / "peft"), scale=0.5)
+    half = m.load_lora(str(tmp_path / "peft"), scale=0.5, dtype="f32")
     _merged(d, str(tmp_path / "merged_half"), c, w, ad, 0.5 * alpha / r)
     convert(str(tmp_path / "merged_half"), str(tmp_path / "mh.gguf"), "f32", progress=False)
     ref_half = llmrt.Model(str(tmp_path / "mh.gguf"), **kw).logits(ids)
@@ -145,6 +153,18 @@ def test_gguf_adapter_equals_peft(tmp_path, base):
     ids = list(range(7, 40))
     a, b = m.logits(ids, lora=p_id), m.logits(ids, lora=g_id)
     assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+
+
+def test_adapter_dtype_is_checked(tmp_path, base):
+    _, c, w, path = base
+    ad = _adapter(w, c, np.random.default_rng(3), 4)
+    _write_peft(str(tmp_path / "peft"), ad, 4, 8.0)
+    m = llmrt.Model(path, threads=2)
+    with pytest.raises(AdapterError, match="dtype"):
+        m.load_lora(str(tmp_path / "peft"), dtype="bf16")
+    with pytest.raises(AdapterError, match="float16's range"):
+        m.load_lora(str(tmp_path / "peft"), scale=1e6)
+    assert m.load_lora(str(tmp_path / "peft"), scale=1e6, dtype="f32") == 1
 
 
 def test_mismatched_adapters_are_errors(tmp_path, base):

@@ -254,17 +254,26 @@ class PyLlamaModel {
   }
   int new_sequence() { return locked([](KVCache& c) { return c.create(); }); }
   using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
-  int add_adapter(const std::vector<std::tuple<int, int, F32, F32>>& pairs) {
+  // A and B as float32 or float16 arrays (both the same), C-contiguous
+  int add_adapter(const std::vector<std::tuple<int, int, py::array, py::array>>& pairs) {
     std::vector<std::tuple<int, int, LoraPair>> ps;
     for (const auto& [layer, target, a, b] : pairs) {
       if (a.ndim() != 2 || b.ndim() != 2) throw py::value_error("LoRA A and B must be 2-D");
+      const bool f16 = a.dtype().is(py::dtype("float16"));
+      if ((!f16 && !a.dtype().is(py::dtype::of<float>())) || !b.dtype().is(a.dtype()))
+        throw py::value_error("LoRA A and B must both be float32 or both float16");
+      if (!(a.flags() & py::array::c_style) || !(b.flags() & py::array::c_style))
+        throw py::value_error("LoRA A and B must be C-contiguous");
       LoraPair p;
+      p.a.type = p.b.type = f16 ? DType::F16 : DType::F32;
       p.a.rows = a.shape(0);
       p.a.cols = a.shape(1);
       p.b.rows = b.shape(0);
       p.b.cols = b.shape(1);
-      p.a_data.assign(a.data(), a.data() + a.size());
-      p.b_data.assign(b.data(), b.data() + b.size());
+      const auto* ab = static_cast<const uint8_t*>(a.data());
+      const auto* bb = static_cast<const uint8_t*>(b.data());
+      p.a_bytes.assign(ab, ab + a.nbytes());
+      p.b_bytes.assign(bb, bb + b.nbytes());
       ps.emplace_back(layer, target, std::move(p));
     }
     std::lock_guard<std::mutex> lk(mu_);

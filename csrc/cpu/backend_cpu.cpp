@@ -64,9 +64,24 @@ class CpuBackend final : public Backend {
 
   void matmul_small(const WeightView& w, const float* x, int n, float* y) override {
     // below ~256K multiply-adds one thread is faster than a parallel pass
-    if (w.type != DType::F32 || (int64_t)n * w.rows * w.cols > (1 << 18))
+    if ((w.type != DType::F32 && w.type != DType::F16) || (int64_t)n * w.rows * w.cols > (1 << 18))
       return matmul(w, x, n, y);
-    k_.gemm_f32(reinterpret_cast<const float*>(w.data), w.rows, w.cols, x, n, y, w.rows);
+    if (w.type == DType::F32) {
+      k_.gemm_f32(reinterpret_cast<const float*>(w.data), w.rows, w.cols, x, n, y, w.rows);
+      return;
+    }
+    if (n == 1) {  // one token: each row's halves against it, widened as read
+      const cpu::VecDotFn dot = k_.vec_dot[(int)DType::F16];
+      for (int64_t r = 0; r < w.rows; ++r) y[r] = dot(w.data + r * w.row_stride(), x, w.cols);
+      return;
+    }
+    // several: widened into a buffer that stays in cache, then the float
+    // product (the memory read is the halves')
+    thread_local std::vector<float> wide;
+    const size_t count = (size_t)w.rows * w.cols;  // rows end to end
+    wide.resize(count);
+    k_.dequant[(int)DType::F16](w.data, wide.data(), (int64_t)count);
+    k_.gemm_f32(wide.data(), w.rows, w.cols, x, n, y, w.rows);
   }
   void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) override {
     cpu::matmul_many(pool_, k_, jobs, count, x, n, act_, int8_, invariant_);

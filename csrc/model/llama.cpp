@@ -192,17 +192,19 @@ int LlamaModel::add_adapter(std::vector<std::tuple<int, int, LoraPair>> pairs) {
                                   std::to_string(target) + " is outside the model");
     const int64_t rows = shape[target][0], cols = shape[target][1];
     const int64_t r = p.a.rows;
+    const bool f16 = p.a.type == DType::F16;
+    const size_t es = f16 ? 2 : 4;  // bytes a value
     if (r <= 0 || p.a.cols != cols || p.b.rows != rows || p.b.cols != r ||
-        (int64_t)p.a_data.size() != r * cols || (int64_t)p.b_data.size() != rows * r)
+        (p.a.type != DType::F32 && !f16) || p.b.type != p.a.type ||
+        p.a_bytes.size() != (size_t)(r * cols) * es || p.b_bytes.size() != (size_t)(rows * r) * es)
       throw std::invalid_argument("LoRA: layer " + std::to_string(layer) + " target " +
                                   std::to_string(target) + ": A must be (rank, " +
                                   std::to_string(cols) + ") and B (" + std::to_string(rows) +
-                                  ", rank)");
+                                  ", rank), both float32 or both float16");
     LoraPair& q = table[(size_t)layer * kLoraTargets + target];
     q = std::move(p);
-    q.a.type = q.b.type = DType::F32;
-    q.a.data = reinterpret_cast<const uint8_t*>(q.a_data.data());
-    q.b.data = reinterpret_cast<const uint8_t*>(q.b_data.data());
+    q.a.data = q.a_bytes.data();
+    q.b.data = q.b_bytes.data();
     q.a = backend_->prepare_weight(q.a);  // a device copy where the backend has its own memory
     q.b = backend_->prepare_weight(q.b);
     rank = std::max<int>(rank, (int)r);

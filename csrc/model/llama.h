@@ -121,10 +121,10 @@ struct DecodeEntry {
 enum LoraTarget { kLoraQ, kLoraK, kLoraV, kLoraO, kLoraGate, kLoraUp, kLoraDown, kLoraTargets };
 
 // One adapter's low-rank pair for one weight: y += B (A x), A (rank, cols)
-// and B (rows, rank), float32, B already scaled.
+// and B (rows, rank), float32 or float16 (the views' type), B already scaled.
 struct LoraPair {
   WeightView a, b;
-  std::vector<float> a_data, b_data;  // the host copies the views were prepared from
+  std::vector<uint8_t> a_bytes, b_bytes;  // the host copies the views were prepared from
 };
 
 class LlamaModel {

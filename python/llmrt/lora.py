@@ -32,10 +32,17 @@ class AdapterError(ValueError):
     """An adapter that does not fit the model or cannot be read."""
 
 
-def load(path: str | os.PathLike, model: "Model", scale: float = 1.0) -> list[Pair]:
+DTYPES = {"f16": np.float16, "f32": np.float32}
+
+
+def load(path: str | os.PathLike, model: "Model", scale: float = 1.0,
+         dtype: str = "f16") -> list[Pair]:
     """The adapter at path as (layer, target index, A (rank, cols), B (rows,
-    rank) scaled) for model; raises AdapterError when it does not fit."""
+    rank) scaled) for model, stored as dtype ("f16": half the bytes a token
+    reads; "f32"); raises AdapterError when it does not fit."""
     path = os.fspath(path)
+    if dtype not in DTYPES:
+        raise AdapterError(f"LoRA dtype must be 'f16' or 'f32', got {dtype!r}")
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not np.isfinite(scale):
         raise AdapterError(f"LoRA scale must be a finite number, got {scale!r}")
     if os.path.isdir(path):
@@ -56,8 +63,13 @@ def load(path: str | os.PathLike, model: "Model", scale: float = 1.0) -> list[Pa
         if not 0 <= layer < model.config["n_layer"]:
             raise AdapterError(f"{path}: layer {layer} is outside the model's "
                                f"{model.config['n_layer']}")
-        out.append((layer, TARGETS.index(name), np.ascontiguousarray(a, np.float32),
-                    np.ascontiguousarray(b * (s * scale), np.float32)))
+        b = b.astype(np.float32) * np.float32(s * scale)
+        a = a.astype(np.float32)
+        if dtype == "f16" and max(np.abs(a).max(), np.abs(b).max()) > 65504:
+            raise AdapterError(f"{path}: layer {layer} {name}: values beyond float16's range; "
+                               "load it with dtype='f32'")
+        out.append((layer, TARGETS.index(name), np.ascontiguousarray(a, DTYPES[dtype]),
+                    np.ascontiguousarray(b, DTYPES[dtype])))
     return out
 
 

@@ -288,14 +288,16 @@ class Model:
 
     # ---- LoRA adapters ------------------------------------------------------------------
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0,
-                  name: str | None = None) -> int:
+                  name: str | None = None, dtype: str = "f16") -> int:
         """Load a LoRA adapter (a PEFT directory, or a GGUF adapter file) and
         return its id: generate(..., lora=id) runs a request with it, beside
         requests with other adapters or none in the same batch (each row's
-        products get + scale * alpha / r * B (A x)). Raises ValueError
-        (lora.AdapterError) when the adapter does not fit the model."""
+        products get + scale * alpha / r * B (A x)). dtype: how A and B are
+        stored, "f16" (the default: half the bytes each token reads) or
+        "f32". Raises ValueError (lora.AdapterError) when the adapter does
+        not fit the model."""
         from .lora import load
-        pairs = load(path, self, scale)
+        pairs = load(path, self, scale, dtype)
         aid = self.engine.add_adapter(pairs)
         self.adapters.append(os.fspath(path))
         # the server's model id for it (llmrt serve --lora name=path)
