@@ -174,6 +174,37 @@ def test_missing_hyperparameter(tmp_path, good):
         llmrt.Model(_write(tmp_path, d))
 
 
+def test_bad_rope_factors_and_window_keys(tmp_path):
+    import gguf
+    p = str(tmp_path / "lr.gguf")
+    write_model(p, n_layer=1, longrope=True)
+    t = {t.name: t for t in gguf.GGUFReader(p).tensors}["rope_factors_long.weight"]
+    d = _bytes(p)
+    d[t.data_offset:t.data_offset + 4] = struct.pack("<f", 0.0)
+    with pytest.raises(GGUFError, match="rope_factors_long.weight.*positive"):
+        llmrt.Model(_write(tmp_path, d))
+    p = str(tmp_path / "g.gguf")
+    write_model(p, arch="gemma3", n_layer=2)
+    d = _bytes(p)
+    key = b"gemma3.attention.sliding_window_pattern"
+    i = d.index(key) + len(key)
+    assert struct.unpack("<I", d[i:i + 4])[0] == 4  # GGUF type uint32
+    d[i + 4:i + 8] = struct.pack("<I", 1 << 20)
+    with pytest.raises(GGUFError, match="sliding_window_pattern.*out of range"):
+        llmrt.Model(_write(tmp_path, d, "g2.gguf"))
+
+
+def test_fuzzed_gemma_files_never_crash(tmp_path):
+    # sliding-window layers, soft-caps, post-norms: the loader's gemma keys and tensors
+    p = str(tmp_path / "gemma.gguf")
+    write_model(p, arch="gemma2", wtype="Q8_0", n_layer=2, window=4)
+    r = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, p, "99", "150",
+                        str(tmp_path / "fuzz.gguf")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"child died ({r.returncode}): {r.stderr[-2000:]}"
+    ok, err = map(int, r.stdout.split())
+    assert ok + err == 150 and err > 0
+
+
 FUZZ_SCRIPT = r"""
 import random, sys
 import llmrt

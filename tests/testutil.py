@@ -243,7 +243,7 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
     if longrope:  # phi3's LongRoPE: factors for a context past 64 positions and within
         w.add_rope_scaling_orig_ctx_len(64)
         w.add_rope_scaling_attn_factors(1.2)
-        vec("rope_factors_long.weight", hd // 2, 3.0, 1.0)
+        vec("rope_factors_long.weight", hd // 2, 3.0, 0.5)
         vec("rope_factors_short.weight", hd // 2, 1.2, 0.1)
     if not tied:
         mat("output.weight", V, n_embd, wtype, s_in)

@@ -297,6 +297,10 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
             continue
         tensors[name] = _tensor(f, t, shape)
         types[name] = BY_ID[t.type_id].name
+        if name.startswith("rope_f"):  # RoPE frequency divisors: a zero would give inf
+            v = tensors[name][3].view(np.float32)
+            if not np.all(v > 0):
+                raise _err(path, f"tensor {name!r} must hold positive values")
     return LoadedGGUF(path=path, arch=arch, config=cfg, tensors=tensors, metadata=meta,
                       tensor_types=types, reader=f)
 
