@@ -372,6 +372,54 @@ def test_phi3_longrope(tmp_path, sp_model):
     assert np.abs(got - t).max() <= 1e-4 * np.abs(t).max()
 
 
+def test_transformers5_rope_parameters(tmp_path, sp_model):
+    # transformers 5 saves RoPE settings as rope_parameters, not rope_scaling
+    # and top-level keys: a Phi-3.5 re-saved so converts as its published form
+    rng = np.random.default_rng(5)
+    rs = {"type": "longrope", "long_factor": (1 + 3 * rng.random(8)).tolist(),
+          "short_factor": (1 + 0.5 * rng.random(8)).tolist()}
+    d, c, w = _llama_dir(tmp_path, sp_model, arch="Phi3ForCausalLM", rope_scaling=rs,
+                         original_max_position_embeddings=64, max_position_embeddings=256,
+                         rope_theta=20000.0)
+    new = {k: v for k, v in c.items()
+           if k not in ("rope_scaling", "rope_theta", "original_max_position_embeddings")}
+    new["rope_parameters"] = dict(rs, rope_type="longrope", rope_theta=20000.0,
+                                  original_max_position_embeddings=64)
+    new["rope_parameters"].pop("type")
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(new, f)
+    out = str(tmp_path / "t5.gguf")
+    convert(d, out, "f32", progress=False)
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    ids = _llama_ids(sp_model, 90)
+    ref = hf_reference(c, w, ids)
+    assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_qwen2_sliding_window_flags(tmp_path):
+    # Qwen2's window applies from max_window_layers on, and only with
+    # use_sliding_window: none of the layers -> no window in the file; some
+    # of them -> a clear error (llmrt slides all layers or a gemma pattern)
+    for extra, want in ((dict(use_sliding_window=False, sliding_window=16), None),
+                        (dict(use_sliding_window=True, sliding_window=16, max_window_layers=2),
+                         None),
+                        (dict(use_sliding_window=True, sliding_window=16, max_window_layers=0),
+                         16)):
+        d = tmp_path / f"q{len(list(tmp_path.iterdir()))}"
+        _bpe_dir(d, arch="Qwen2ForCausalLM", qwen_bias=True, **extra)
+        out = str(d / "q.gguf")
+        convert(str(d), out, "f32", progress=False)
+        r = gguf.GGUFReader(out)
+        got = r.fields["qwen2.attention.sliding_window"].contents() \
+            if "qwen2.attention.sliding_window" in r.fields else None
+        assert got == want, extra
+    d = tmp_path / "partial"
+    _bpe_dir(d, arch="Qwen2ForCausalLM", qwen_bias=True, use_sliding_window=True, sliding_window=16,
+             max_window_layers=1)
+    with pytest.raises(llmrt.UnsupportedModelError, match="sliding"):
+        convert(str(d), str(d / "q.gguf"), "f32", progress=False)
+
+
 def _llama_ids(sp_model, n):
     import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=sp_model)

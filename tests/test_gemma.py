@@ -298,6 +298,18 @@ def test_new_config_form_converts_alike(tmp_path, sp_model):
     assert _close(m.logits(ids), reference(c, w, ids))
 
 
+def test_gemma2_without_a_window(tmp_path, sp_model):
+    # sliding_window null: no sliding layer, said in the file (a gemma2 file
+    # without the keys at all gets the published models' 4096)
+    d, c, w = _checkpoint(tmp_path, sp_model, "Gemma2ForCausalLM", sliding_window=None)
+    out = str(tmp_path / "nw.gguf")
+    convert(d, out, "f32", progress=False)
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    assert "sliding_window" not in m.cache_stats()
+    ids = m.tokenize(TEXT[:150])
+    assert _close(m.logits(ids), reference(dict(c, sliding_window=12), w, ids, window=False))
+
+
 def test_sliding_pattern_forms():
     assert _swa_pattern(6, 12, "m", "gemma3") == 6
     assert _swa_pattern([True, False] * 3, 6, "m", "gemma2") == 2

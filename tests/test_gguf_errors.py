@@ -194,6 +194,57 @@ def test_bad_rope_factors_and_window_keys(tmp_path):
         llmrt.Model(_write(tmp_path, d, "g2.gguf"))
 
 
+def _rewrite(src, dst, keys):
+    """A copy of src with some keys added or replaced: name -> (value, GGUFValueType)."""
+    import gguf
+    r = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(dst, r.fields["general.architecture"].contents())
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture" or k in keys:
+            continue
+        if f.types[0] == gguf.GGUFValueType.ARRAY:
+            w.add_array(k, f.contents())
+        else:
+            w.add_key_value(k, f.contents(), f.types[0])
+    for k, (v, vt) in keys.items():
+        w.add_key_value(k, v, vt)
+    for t in r.tensors:
+        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
+    return dst
+
+
+@pytest.mark.parametrize("arch,key,value", [
+    ("llama", "llama.rope.scaling.attn_factor", 1e30),
+    ("gemma2", "gemma2.attention.scale", 1e300),
+    ("gemma2", "gemma2.attn_logit_softcapping", 1e300),
+    ("gemma2", "gemma2.final_logit_softcapping", -1.0),
+    ("gemma3", "gemma3.rope.freq_base_swa", 1e-300),
+])
+def test_out_of_range_floats_are_errors(tmp_path, arch, key, value):
+    import gguf
+    src = str(tmp_path / "src.gguf")
+    write_model(src, arch=arch, n_layer=1)
+    p = _rewrite(src, str(tmp_path / "bad.gguf"), {key: (value, gguf.GGUFValueType.FLOAT64)})
+    with pytest.raises(GGUFError, match=key.replace(".", r"\.") + ".*out of range"):
+        llmrt.Model(p)
+
+
+def test_window_and_longrope_keys_without_their_parts(tmp_path):
+    import gguf
+    src = str(tmp_path / "src.gguf")
+    write_model(src, arch="qwen2", n_layer=1, ctx=512)
+    # an original context without LongRoPE's factors: no attention factor
+    p = _rewrite(src, str(tmp_path / "a.gguf"), {
+        "qwen2.rope.scaling.original_context_length": (64, gguf.GGUFValueType.UINT32)})
+    assert llmrt.Model(p).config["rope_mscale"] == 1.0
+    # a window as long as the context, or a huge one: no window
+    for w in (512, 2 ** 40):
+        p = _rewrite(src, str(tmp_path / f"w{w}.gguf"), {
+            "qwen2.attention.sliding_window": (w, gguf.GGUFValueType.UINT64)})
+        assert "sliding_window" not in llmrt.Model(p).cache_stats()
+
+
 def test_fuzzed_gemma_files_never_crash(tmp_path):
     # sliding-window layers, soft-caps, post-norms: the loader's gemma keys and tensors
     p = str(tmp_path / "gemma.gguf")

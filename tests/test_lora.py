@@ -163,8 +163,21 @@ def test_adapter_dtype_is_checked(tmp_path, base):
     with pytest.raises(AdapterError, match="dtype"):
         m.load_lora(str(tmp_path / "peft"), dtype="bf16")
     with pytest.raises(AdapterError, match="float16's range"):
-        m.load_lora(str(tmp_path / "peft"), scale=1e6)
-    assert m.load_lora(str(tmp_path / "peft"), scale=1e6, dtype="f32") == 1
+        m.load_lora(str(tmp_path / "peft"), scale=1e12)
+    assert m.load_lora(str(tmp_path / "peft"), scale=1e12, dtype="f32") == 1
+    # a small scale stays out of float16's subnormals (the factor is split
+    # between A and B): the update within 1% of float32's
+    ids = list(range(5, 30))
+    base_l = m.logits(ids)
+    small16 = m.load_lora(str(tmp_path / "peft"), scale=0.005)
+    small32 = m.load_lora(str(tmp_path / "peft"), scale=0.005, dtype="f32")
+    d16, d32 = m.logits(ids, lora=small16) - base_l, m.logits(ids, lora=small32) - base_l
+    assert np.abs(d16 - d32).max() <= 1e-2 * np.abs(d32).max()
+    bad = {k: (a.copy(), b) for k, (a, b) in ad.items()}
+    next(iter(bad.values()))[0][0, 0] = np.nan
+    _write_peft(str(tmp_path / "nan"), bad, 4, 8.0)
+    with pytest.raises(AdapterError, match="NaN"):
+        m.load_lora(str(tmp_path / "nan"))
 
 
 def test_mismatched_adapters_are_errors(tmp_path, base):

@@ -100,7 +100,65 @@ class _Tensors:
             return np.asarray(h.get_tensor(name)).astype(np.float32)
 
 
+def _rope_legacy(cfg: dict) -> dict:
+    """transformers 5 writes RoPE settings as rope_parameters (rope_theta, the
+    scaling type and its values, partial_rotary_factor, the original
+    context), where older configs have top-level keys and rope_scaling: the
+    flat form -> the older keys. (Gemma 3's per-layer-type form is read by
+    _gemma_hparams.)"""
+    rp = cfg.get("rope_parameters")
+    if not isinstance(rp, dict) or "full_attention" in rp or "sliding_attention" in rp:
+        return cfg
+    cfg = dict(cfg)
+    for k in ("rope_theta", "partial_rotary_factor", "original_max_position_embeddings"):
+        if k in rp:
+            cfg[k] = rp[k]
+    if rp.get("rope_type", rp.get("type")) not in (None, "default"):
+        cfg["rope_scaling"] = rp
+    return cfg
+
+
+def _sliding_flags(cfg: dict, hf: str, n_layer: int, d: str) -> list[bool]:
+    """Which layers attend over config.json's sliding window (non-gemma):
+    layer_types where given; Qwen2's use_sliding_window and the layers from
+    max_window_layers on; every layer otherwise (Mistral, Phi-3)."""
+    types = cfg.get("layer_types")
+    if types:
+        return _layer_type_flags(types, n_layer, d)
+    if not cfg.get("sliding_window"):
+        return [False] * n_layer
+    if "use_sliding_window" in cfg or hf.startswith("Qwen"):
+        if not cfg.get("use_sliding_window", False):
+            return [False] * n_layer
+        first = int(cfg.get("max_window_layers") or 0)
+        return [i >= first for i in range(n_layer)]
+    return [True] * n_layer
+
+
+def _layer_type_flags(types: Any, n_layer: int, d: str) -> list[bool]:
+    if not isinstance(types, list) or len(types) != n_layer or \
+            any(t not in ("sliding_attention", "full_attention") for t in types):
+        raise CheckpointError(f"{d}/config.json: layer_types must name each of the {n_layer} "
+                              "layers 'sliding_attention' or 'full_attention'")
+    return [t == "sliding_attention" for t in types]
+
+
+def _pattern(flags: list[bool], d: str) -> int:
+    """Flags -> the period P of llmrt's rule (layer l slides unless (l + 1) %
+    P == 0; 0: every layer; 1: none)."""
+    L = len(flags)
+    if not any(flags):
+        return 1
+    p = next((p for p in [0] + list(range(2, L + 2))
+              if flags == [p == 0 or (l + 1) % p != 0 for l in range(L)]), None)
+    if p is None:
+        raise UnsupportedModelError(f"{d}: sliding layers in an irregular pattern are not "
+                                    "supported (config.json layer_types / max_window_layers)")
+    return p
+
+
 def _hparams(cfg: dict, d: str) -> dict[str, Any]:
+    cfg = _rope_legacy(cfg)
     arch_names = cfg.get("architectures") or []
     hf = arch_names[0] if arch_names else "?"
     if hf not in ARCHS:
@@ -123,11 +181,15 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
               tied=bool(cfg.get("tie_word_embeddings", ARCHS[hf] in GEMMA)),
               n_expert=int(cfg.get("num_local_experts", 0) if hf == "MixtralForCausalLM" else 0),
               n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None,
-              rope_factors=None,
-              # qwen2 configs name a window they do not use (use_sliding_window: false)
-              sliding_window=int(cfg.get("sliding_window") or 0)
-              if cfg.get("use_sliding_window", True) else 0,
+              rope_factors=None, sliding_window=int(cfg.get("sliding_window") or 0),
               longrope=None)
+    if hp["arch"] not in GEMMA:  # the layers the window applies to: all of them, or none
+        hp["swa_pattern"] = _pattern(_sliding_flags(cfg, hf, hp["n_layer"], d), d)
+        if hp["swa_pattern"] == 1:
+            hp["sliding_window"] = 0
+        elif hp["swa_pattern"] != 0:
+            raise UnsupportedModelError(f"{d}: a sliding window on some layers only is "
+                                        f"supported for Gemma, not {hf}")
     # partial rotary (phi3 family): RoPE on the first n_rot values of a head
     hp["n_rot"] = int(hp["head_dim"] * float(cfg.get("partial_rotary_factor", 1.0))) // 2 * 2
     rs = cfg.get("rope_scaling")
@@ -161,23 +223,19 @@ def _gemma_hparams(cfg: dict, d: str, hp: dict) -> dict | None:
     soft = {"attn_softcap": cfg.get("attn_logit_softcapping"),
             "final_softcap": cfg.get("final_logit_softcapping")}
     hp.update({k: float(v) if v else 0.0 for k, v in soft.items()})
+    if min(hp["attn_softcap"], hp["final_softcap"]) < 0:
+        raise CheckpointError(f"{d}/config.json: logit soft-capping must not be negative")
     L = hp["n_layer"]
     types = cfg.get("layer_types")
     if types:
-        flags = [t == "sliding_attention" for t in types]
-        if len(flags) != L:
-            raise CheckpointError(f"{d}/config.json: layer_types has {len(flags)} entries, "
-                                  f"not {L}")
+        flags = _layer_type_flags(types, L, d)
     else:
         period = int(cfg.get("sliding_window_pattern") or (2 if gemma2 else 6))
         flags = [(l + 1) % period != 0 for l in range(L)]
-    pattern = next((p for p in [0] + list(range(1, L + 2))
-                    if flags == [p == 0 or (l + 1) % p != 0 for l in range(L)]), None)
-    if pattern is None:
-        raise UnsupportedModelError(f"{d}: sliding layers in an irregular pattern are not "
-                                    "supported (config.json layer_types)")
-    hp["swa_pattern"] = pattern
-    if not hp["sliding_window"] or not any(flags):
+    hp["swa_pattern"] = _pattern(flags, d)
+    if not hp["sliding_window"] or hp["swa_pattern"] == 1:
+        # no sliding layer: said in the file (a gemma2 file without the keys
+        # would get the published models' 4096 window)
         hp["sliding_window"], hp["swa_pattern"] = 0, 1
     rp = cfg.get("rope_parameters") or {}
     full, local = rp.get("full_attention") or {}, rp.get("sliding_attention") or {}
@@ -521,8 +579,7 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     if hp["sliding_window"]:
         w.add_sliding_window(hp["sliding_window"])
     if a in GEMMA:
-        if hp["sliding_window"]:
-            w.add_sliding_window_pattern(hp["swa_pattern"])
+        w.add_sliding_window_pattern(hp["swa_pattern"])  # 1: none
         w.add_rope_freq_base_swa(hp["rope_theta_swa"])
         w.add_attention_scale(hp["query_scale"])
         w.add_attn_logit_softcapping(hp["attn_softcap"])  # 0: none

@@ -75,7 +75,16 @@ def _get(meta: dict, path: str, key: str, kind: type, default: Any = None, requi
     return v
 
 
-def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, Any]:
+def _bounded(meta: dict, path: str, key: str, default: float, lo: float, hi: float) -> float:
+    """A float key within [lo, hi] (finite, and so representable in float32)."""
+    v = _get(meta, path, key, float, default=default, required=False)
+    if not lo <= v <= hi:
+        raise _err(path, f"metadata key {key!r}={v} is out of range [{lo:g}, {hi:g}]")
+    return v
+
+
+def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int,
+            longrope: bool = False) -> dict[str, Any]:
     a = arch
     n_embd = _get(meta, path, f"{a}.embedding_length", int)
     n_head = _get(meta, path, f"{a}.attention.head_count", int)
@@ -113,6 +122,8 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
     cfg["n_rot"] = n_rot
     if not cfg["rms_eps"] > 0 or not cfg["rope_freq_base"] > 0:
         raise _err(path, "rms epsilon and rope freq_base must be positive")
+    if not cfg["rope_freq_base"] <= 1e12 or not cfg["rms_eps"] <= 1.0:
+        raise _err(path, "rms epsilon or rope freq_base is out of range")
     scaling = meta.get(f"{a}.rope.scaling.type", "none")
     factor = _get(meta, path, f"{a}.rope.scaling.factor", float, default=1.0, required=False)
     if scaling in ("none", "") or factor in (0.0, 1.0):
@@ -132,15 +143,19 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
         raise _err(path, f"{a}.rope.scaling.original_context_length={orig} is out of range")
     cfg["rope_orig_ctx"] = orig or cfg["n_ctx_train"]
     ratio = cfg["n_ctx_train"] / cfg["rope_orig_ctx"]
-    dflt = float(np.sqrt(1 + np.log(ratio) / np.log(cfg["rope_orig_ctx"]))) if ratio > 1 else 1.0
-    cfg["rope_mscale"] = _get(meta, path, f"{a}.rope.scaling.attn_factor", float, default=dflt,
-                              required=False)
-    if not cfg["rope_mscale"] > 0:
-        raise _err(path, f"{a}.rope.scaling.attn_factor must be positive")
-    window = _get(meta, path, f"{a}.attention.sliding_window", int, default=0, required=False)
+    dflt = 1.0  # without LongRoPE's factors, no attention factor unless the file says one
+    if longrope and ratio > 1 and cfg["rope_orig_ctx"] >= 2:
+        dflt = float(np.sqrt(1 + np.log(ratio) / np.log(cfg["rope_orig_ctx"])))
+    cfg["rope_mscale"] = _bounded(meta, path, f"{a}.rope.scaling.attn_factor", dflt, 1e-3, 1e3)
+    key = f"{a}.attention.sliding_window"
+    window = _get(meta, path, key, int, default=0, required=False)
+    if window < 0:
+        raise _err(path, f"{key}={window} must not be negative")
+    if window >= cfg["n_ctx_train"]:
+        window = 0  # no query sees further back than the context: no window
     if arch in GEMMA:
-        _gemma_config(meta, path, arch, cfg, window)
-    elif 0 < window < cfg["n_ctx_train"]:
+        _gemma_config(meta, path, arch, cfg, window, key in meta)
+    elif window:
         # phi3, mistral: every layer attends over the window
         cfg["sliding_window"], cfg["swa_pattern"] = window, 0
     # Mixture of experts (Mixtral): experts per layer and per token
@@ -157,7 +172,8 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int) -> dict[str, 
     return cfg
 
 
-def _gemma_config(meta: dict, path: str, a: str, cfg: dict, window: int) -> None:
+def _gemma_config(meta: dict, path: str, a: str, cfg: dict, window: int,
+                  window_given: bool) -> None:
     """Gemma 2 / 3: embeddings scaled by sqrt(n_embd), GeGLU, soft-capping
     (gemma 2), the query scale, sliding-window layers alternating with
     global ones, and (gemma 3) another RoPE base for the sliding layers."""
@@ -168,31 +184,21 @@ def _gemma_config(meta: dict, path: str, a: str, cfg: dict, window: int) -> None
     # gemma 2 files written before the keys existed had these values
     for key, k, dflt in (("attn_softcap", f"{a}.attn_logit_softcapping", 50.0 if gemma2 else 0.0),
                          ("final_softcap", f"{a}.final_logit_softcapping", 30.0 if gemma2 else 0.0)):
-        v = _get(meta, path, k, float, default=dflt, required=False)
-        if v < 0:
-            raise _err(path, f"{k}={v} must not be negative")
-        cfg[key] = v
+        cfg[key] = _bounded(meta, path, k, dflt, 0.0, 1e4)
     # the query scale: 1 / sqrt(query_pre_attn_scalar). The file may say it;
     # otherwise the published models' rule: 1 / sqrt(n_embd / n_head) for
     # the 27B ones (46 and 62 layers), 1 / sqrt(head_dim) for the others
-    scale = _get(meta, path, f"{a}.attention.scale", float, default=0.0, required=False)
-    if scale < 0:
-        raise _err(path, f"{a}.attention.scale must be positive")
+    scale = _bounded(meta, path, f"{a}.attention.scale", 0.0, 0.0, 1e3)
     if not scale and cfg["n_layer"] == (46 if gemma2 else 62):
         scale = 1.0 / float(np.sqrt(cfg["n_embd"] // cfg["n_head"]))
     cfg["attn_scale"] = scale
-    if window < 0:
-        raise _err(path, f"{a}.attention.sliding_window={window} must not be negative")
-    if window == 0 and gemma2:
-        window = 4096
+    if not window_given and gemma2:  # gemma 2 files from before the key: 4096
+        window = 4096 if 4096 < cfg["n_ctx_train"] else 0
     cfg["sliding_window"] = window
     pat = meta.get(f"{a}.attention.sliding_window_pattern", 2 if gemma2 else 6)
     cfg["swa_pattern"] = _swa_pattern(pat, cfg["n_layer"], name, a)
-    cfg["rope_freq_base_swa"] = _get(meta, path, f"{a}.rope.freq_base_swa", float,
-                                     default=cfg["rope_freq_base"] if gemma2 else 10000.0,
-                                     required=False)
-    if not cfg["rope_freq_base_swa"] > 0:
-        raise _err(path, f"{a}.rope.freq_base_swa must be positive")
+    cfg["rope_freq_base_swa"] = _bounded(meta, path, f"{a}.rope.freq_base_swa",
+                                         cfg["rope_freq_base"] if gemma2 else 10000.0, 1.0, 1e12)
     # gemma 3's RoPE scaling (4B and up) is its global layers' only
     cfg["rope_pos_scale_swa"] = cfg["rope_pos_scale"] if gemma2 else 1.0
 
@@ -205,7 +211,8 @@ def _swa_pattern(pat: Any, n_layer: int, name: str, a: str) -> int:
         if not 0 <= int(pat) <= 4096:
             raise GGUFError(f"{name}: {key}={pat} is out of range")
         return int(pat)
-    if isinstance(pat, (list, tuple, np.ndarray)) and len(pat) == n_layer:
+    if isinstance(pat, (list, tuple, np.ndarray)) and len(pat) == n_layer and \
+            all(isinstance(x, (bool, np.bool_, int, np.integer)) and x in (0, 1) for x in pat):
         flags = [bool(x) for x in pat]
         for p in [0] + list(range(1, n_layer + 2)):
             if flags == [p == 0 or (l + 1) % p != 0 for l in range(n_layer)]:
@@ -236,7 +243,7 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
         raise _err(path, "missing tensor 'token_embd.weight'")
     if len(emb.shape) != 2:
         raise _err(path, "tensor 'token_embd.weight' must be 2-D")
-    cfg = _config(meta, path, arch, emb.shape[1])
+    cfg = _config(meta, path, arch, emb.shape[1], "rope_factors_long.weight" in f.tensors)
 
     D, L = cfg["n_embd"], cfg["n_layer"]
     qd, kvd, F = cfg["n_head"] * cfg["head_dim"], cfg["n_head_kv"] * cfg["head_dim"], cfg["n_ff"]

@@ -63,8 +63,15 @@ def load(path: str | os.PathLike, model: "Model", scale: float = 1.0,
         if not 0 <= layer < model.config["n_layer"]:
             raise AdapterError(f"{path}: layer {layer} is outside the model's "
                                f"{model.config['n_layer']}")
-        b = b.astype(np.float32) * np.float32(s * scale)
-        a = a.astype(np.float32)
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+            raise AdapterError(f"{path}: layer {layer} {name}: A or B holds NaN or inf")
+        # the update is (s * scale) B A: the factor split between A and B so
+        # that both have the same largest magnitude (float16 keeps small
+        # updates out of its subnormals, and large ones in range)
+        ma, mb = float(np.abs(a).max()), float(np.abs(b).max()) * abs(s * scale)
+        c = np.sqrt(mb / ma) if ma > 0 and mb > 0 else 1.0
+        a, b = a * np.float32(c), b * np.float32(s * scale / c)
         if dtype == "f16" and max(np.abs(a).max(), np.abs(b).max()) > 65504:
             raise AdapterError(f"{path}: layer {layer} {name}: values beyond float16's range; "
                                "load it with dtype='f32'")

@@ -142,6 +142,10 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
     from ..utils import default_model_path
     path = os.path.abspath(path or default_model_path())
     name = model_name or os.path.splitext(os.path.basename(path))[0]
+    lora = [(n, os.path.abspath(p)) for n, p in lora]
+    for n, p in lora:  # fail here rather than in every replica's start
+        if not os.path.exists(p):
+            raise FileNotFoundError(f"LoRA adapter {n!r} not found: {p!r}")
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // replicas)
     cpus = cpus_per_replica if cpus_per_replica is not None else float(threads)
