@@ -12,6 +12,11 @@ class UnsupportedModelError(GGUFError):
     """The GGUF file is well formed but uses an architecture or type llmrt does not support."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be converted: missing or malformed files or
+    tensors."""
+
+
 from ._core import KVCacheFullError  # noqa: E402  (raised by the native KV cache)
 
 KVCacheFullError.__doc__ = (
