@@ -395,3 +395,23 @@ def test_end_of_turn_defined_by_the_sentencepiece_model_ends_generation(tmp_path
     eot = sp.piece_to_id("<end_of_turn>")
     assert eot in m._end_tokens()
     assert m.tokenize("<start_of_turn>user\nhi<end_of_turn>", add_special=False)[-1] == eot
+
+
+@pytest.mark.parametrize("arch", ["Gemma2ForCausalLM", "Gemma3ForCausalLM"])
+def test_lora_on_gemma_equals_merged_weights(tmp_path, sp_model, arch):
+    # the adapters' o-proj and down products join before gemma's post-norms
+    from test_lora import _adapter, _merged, _write_peft
+    d, c, w = _checkpoint(tmp_path, sp_model, arch)
+    ad = _adapter(w, c, np.random.default_rng(4), 4)
+    _write_peft(str(tmp_path / "peft"), ad, 4, 8.0)
+    _merged(d, str(tmp_path / "merged"), c, w, ad, 2.0)
+    out, merged = str(tmp_path / "base.gguf"), str(tmp_path / "merged.gguf")
+    convert(d, out, "f32", progress=False)
+    convert(str(tmp_path / "merged"), merged, "f32", progress=False)
+    kw = dict(threads=2, activations="f32", kv_cache_dtype="f32")
+    m = llmrt.Model(out, **kw)
+    aid = m.load_lora(str(tmp_path / "peft"), dtype="f32")
+    ids = m.tokenize(TEXT[:150])
+    ref = llmrt.Model(merged, **kw).logits(ids)
+    assert _close(m.logits(ids, lora=aid), ref)
+    assert not _close(m.logits(ids), ref, 1e-2)
