@@ -85,6 +85,30 @@ class GGUFFile:
         except UnicodeDecodeError:
             raise self.error(f"{what} is not valid UTF-8") from None
 
+    def _strings(self, count: int, key: str) -> list[str]:
+        """count strings in a row (a vocabulary: 262144 for Gemma), each
+        bounds-checked as _str does, without a call per string."""
+        mm, pos, size = self._mm, self._pos, self.size
+        length = struct.Struct("<Q").unpack_from
+        out = []
+        for i in range(count):
+            if pos + 8 > size:
+                self._pos = pos
+                self._need(8, f"length of element {i} of {key!r}")
+            (n,) = length(mm, pos)
+            pos += 8
+            if n > size - pos:
+                self._pos = pos
+                self._need(n, f"element {i} of {key!r}")
+            raw = mm[pos:pos + n]
+            pos += n
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise self.error(f"element {i} of {key!r} is not valid UTF-8") from None
+        self._pos = pos
+        return out
+
     def _value(self, vtype: int, key: str, depth: int = 0):
         if vtype in _SCALAR:
             v = self._scalar(_SCALAR[vtype], f"value of {key!r}")
@@ -105,6 +129,8 @@ class GGUFFile:
             if etype in (_STR, _ARR):
                 # each element takes at least 8 bytes: a larger count cannot fit
                 self._need(count * 8, f"array {key!r}")
+                if etype == _STR:
+                    return self._strings(count, key)
                 return [self._value(etype, key, depth + 1) for _ in range(count)]
             raise self.error(f"metadata {key!r}: unknown array element type {etype}")
         raise self.error(f"metadata {key!r}: unknown value type {vtype}")

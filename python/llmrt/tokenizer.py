@@ -269,12 +269,19 @@ def _sentencepiece_proto(tokens, scores, types, unk_id: int, add_dummy_prefix: b
     remove_extra_whitespaces=4, escape_whitespaces=5}.
     """
     out = bytearray()
+    known = (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE)
+    lengths: dict[int, bytes] = {}  # varints of lengths, made once each
+    pack = struct.Struct("<f").pack
     for t, s, ty in zip(tokens, scores, types):
-        if ty not in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE):
-            ty = NORMAL
-        piece = _pb_bytes(1, t.encode("utf-8")) + _pb_field(2, 5, struct.pack("<f", s)) + \
-            _pb_field(3, 0, _pb_varint(ty))
-        out += _pb_bytes(1, piece)
+        # SentencePiece{piece=1 (bytes), score=2 (float), type=3 (varint < 128)}
+        text = t.encode("utf-8")
+        n = len(text)
+        ln = lengths.get(n) or lengths.setdefault(n, _pb_varint(n))
+        piece = b"\x0a" + ln + text + b"\x15" + pack(s) + bytes((0x18, ty if ty in known else NORMAL))
+        m = len(piece)
+        out += b"\x0a"  # ModelProto.pieces = 1, length-delimited
+        out += lengths.get(m) or lengths.setdefault(m, _pb_varint(m))
+        out += piece
     trainer = (_pb_field(3, 0, _pb_varint(2)) + _pb_field(35, 0, _pb_varint(1)) +
                _pb_field(40, 0, _pb_varint(unk_id)) + _pb_field(41, 0, _pb_varint(-1)) +
                _pb_field(42, 0, _pb_varint(-1)) + _pb_field(43, 0, _pb_varint(-1)))
