@@ -107,6 +107,8 @@ class KVCache {
   size_t row_bytes() const { return row_bytes_; }  // one position, one layer, K or V
   // One block of the pool of `layer`'s keys and values (all its layers, K and V).
   size_t block_bytes(int layer) const { return pool_of(layer).block_bytes; }
+  // One block of the main pool (sliding: false) or of the sliding one.
+  size_t pool_block_bytes(bool sliding) const { return pools_[sliding].block_bytes; }
   // One block of both pools: what a block of positions costs.
   size_t block_bytes() const { return pools_[0].block_bytes + pools_[1].block_bytes; }
   size_t bytes() const { return block_bytes() * (size_t)n_blocks_; }
@@ -115,7 +117,7 @@ class KVCache {
   bool sliding(int layer) const { return sliding_[layer] != 0; }
   bool has_sliding() const { return pools_[1].n_layer > 0; }
   int window() const { return window_; }
-  // block: an id of the layer's pool (from table(seq, layer))
+  // block: an id of the layer's pool (table() or sliding_table())
   uint8_t* k_block(int block, int layer) const { return at(block, layer, 0); }
   uint8_t* v_block(int block, int layer) const { return at(block, layer, 1); }
 
@@ -134,10 +136,9 @@ class KVCache {
   const std::vector<int32_t>& tokens(int seq) const { return get(seq).tokens; }
   // The block table of the layers without a window.
   const std::vector<int>& table(int seq) const { return get(seq).table; }
-  // The table of `layer`'s pool: for a sliding layer, -1 for released blocks.
-  const std::vector<int>& table(int seq, int layer) const {
-    return sliding(layer) ? get(seq).local : get(seq).table;
-  }
+  // The sliding pool's table (empty without sliding layers): -1 for
+  // released blocks.
+  const std::vector<int>& sliding_table(int seq) const { return get(seq).local; }
 
   // ---- writing ----
   // Room for positions [length, length + n) with these tokens; the caller

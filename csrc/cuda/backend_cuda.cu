@@ -226,7 +226,7 @@ class CudaBackend : public Backend {
     // sliding pool's too (same positions, other blocks)
     for (int which = 0; which < (local ? 2 : 1); ++which) {
       const AttnSeq* sq = which ? local : seqs;
-      const size_t bb = which ? c.block_bytes(sliding_layer(c)) : c.block_bytes(main_layer(c));
+      const size_t bb = c.pool_block_bytes(which == 1);
       int64_t* offs = pass_.h<int64_t>(which ? pass_.offs2 : pass_.offs);
       int32_t* info = pass_.h<int32_t>(pass_.info);
       int32_t* tables = pass_.h<int32_t>(which ? pass_.tables2 : pass_.tables);
@@ -480,17 +480,6 @@ class CudaBackend : public Backend {
   }
   const int* tables_of(const KVCache& c, int layer) const {
     return pass_.d<int32_t>(c.sliding(layer) ? pass_.tables2 : pass_.tables);
-  }
-  // a layer of each pool (their block sizes)
-  static int main_layer(const KVCache& c) {
-    for (int l = 0; l < c.n_layer(); ++l)
-      if (!c.sliding(l)) return l;
-    return 0;
-  }
-  static int sliding_layer(const KVCache& c) {
-    for (int l = 0; l < c.n_layer(); ++l)
-      if (c.sliding(l)) return l;
-    return 0;
   }
   static cuda::KVLayout layout(const KVCache& c, int layer) {
     return cuda::KVLayout{c.k_block(0, layer), c.v_block(0, layer), c.block_bytes(layer),

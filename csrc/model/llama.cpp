@@ -89,8 +89,6 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
   if (c.rope.n_rot <= 0 || c.rope.n_rot > c.head_dim || c.rope.n_rot % 2 != 0)
     throw std::invalid_argument("rope dimension must be even and at most head_dim");
   if ((int)w_.layers.size() != c.n_layer) throw std::invalid_argument("layer count mismatch");
-  for (int l = 0; l < c.n_layer && first_sliding_ < 0; ++l)
-    if (kv_.sliding(l)) first_sliding_ = l;
   check_view(w_.tok_embd, c.n_vocab, c.n_embd, "token_embd");
   check_view(w_.output, c.n_vocab, c.n_embd, "output");
   const int64_t qd = (int64_t)c.n_head * c.head_dim, kvd = (int64_t)c.n_head_kv * c.head_dim;
@@ -119,8 +117,6 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
     if (!L.attn_norm || !L.ffn_norm) throw std::invalid_argument(p + "norm weights missing");
   }
   if (!w_.output_norm) throw std::invalid_argument("output_norm missing");
-  if (!c.sliding.empty() && (int)c.sliding.size() != c.n_layer)
-    throw std::invalid_argument("sliding-window flags: one a layer expected");
   if (c.rope_swa.n_rot != c.rope.n_rot || c.rope_swa.neox != c.rope.neox)
     throw std::invalid_argument("the sliding layers' RoPE must rotate the same dimensions");
   if (c.n_expert < 0 || c.n_expert > 256 ||
@@ -305,7 +301,7 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, const Batch
     for (int i = 0; i < count; ++i) {
       const BatchEntry& e = entries[i];
       const int* table = kv_.table(e.seq).data();
-      const int* local = kv_.has_sliding() ? kv_.table(e.seq, first_sliding_).data() : nullptr;
+      const int* local = kv_.has_sliding() ? kv_.sliding_table(e.seq).data() : nullptr;
       for (int done = 0; done < e.n; done += kChunk) {
         const int m = std::min(kChunk, e.n - done);
         const int first = e.logits == BatchEntry::kAll                        ? 0
@@ -470,7 +466,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
 
     for (int l = 0; l < c.n_layer; ++l) {
       const LayerWeights& L = w_.layers[l];
-      const bool sliding = c.is_sliding(l);
+      const bool sliding = kv_.sliding(l);  // the cache's flags: the config's
       // ---- attention block ----
       {  // q (n, qd), k (n, kvd), v (n, kvd) of the normed x, in one pass
         const MatmulJob qkv[3] = {{&L.wq, s.q, L.bq}, {&L.wk, s.k, L.bk}, {&L.wv, s.v, L.bv}};
@@ -487,7 +483,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
       if (L.q_norm) be.rmsnorm(s.q, L.q_norm, n * c.n_head, hd, c.rms_eps, s.q);
       if (L.k_norm) be.rmsnorm(s.k, L.k_norm, n * c.n_head_kv, hd, c.rms_eps, s.k);
       // a sliding layer's keys and values are in the sliding pool
-      const AttnSeq* as = kv_.sliding(l) ? s.attn_local.data() : s.attn.data();
+      const AttnSeq* as = sliding ? s.attn_local.data() : s.attn.data();
       be.rope_kv_write(kv_, as, count, l, s.q, s.k, s.v, n, c.n_head, c.n_head_kv, hd,
                        s.pos.data(), sliding ? c.rope_swa : c.rope);
       be.attention(kv_, as, count, l, s.q, c.n_head, sliding ? sliding_attn : global_attn,

@@ -41,7 +41,6 @@ struct LlamaConfig {
   int window = 0;
   std::vector<uint8_t> sliding;
   RopeParams rope_swa;
-  bool is_sliding(int l) const { return window > 0 && !sliding.empty() && sliding[l]; }
 };
 
 // The paged KV cache's shape (see core/kv_cache.h).
@@ -200,7 +199,6 @@ class LlamaModel {
   // adapters_[id - 1][layer * kLoraTargets + target]; empty views where absent
   std::vector<std::vector<LoraPair>> adapters_;
   int lora_rank_ = 0;  // the largest rank of any adapter
-  int first_sliding_ = -1;  // a sliding-window layer (its pool's tables), -1: none
   int64_t tokens_computed_ = 0;
 };
 

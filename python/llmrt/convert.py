@@ -21,6 +21,7 @@ import numpy as np
 from .convert_tokenizer import GEMMA, write_tokenizer
 from .errors import CheckpointError, UnsupportedModelError
 from .ggml_types import FILE_TYPES, writable
+from .gguf_loader import sliding_period
 from .quantization import (progress_bar, tensor_type, write_or_remove,
                            write_tensors)
 
@@ -140,11 +141,7 @@ def _layer_type_flags(types: Any, n_layer: int, d: str) -> list[bool]:
 def _pattern(flags: list[bool], d: str) -> int:
     """Flags -> the period P of llmrt's rule (layer l slides unless (l + 1) %
     P == 0; 0: every layer; 1: none)."""
-    L = len(flags)
-    if not any(flags):
-        return 1
-    p = next((p for p in [0] + list(range(2, L + 2))
-              if flags == [p == 0 or (l + 1) % p != 0 for l in range(L)]), None)
+    p = sliding_period(flags)
     if p is None:
         raise UnsupportedModelError(f"{d}: sliding layers in an irregular pattern are not "
                                     "supported (config.json layer_types / max_window_layers)")

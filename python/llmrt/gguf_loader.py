@@ -203,6 +203,16 @@ def _gemma_config(meta: dict, path: str, a: str, cfg: dict, window: int,
     cfg["rope_pos_scale_swa"] = cfg["rope_pos_scale"] if gemma2 else 1.0
 
 
+def sliding_period(flags: list[bool]) -> int | None:
+    """Per-layer sliding flags -> the period P of llmrt's rule (layer l slides
+    unless (l + 1) % P == 0; 0: every layer; 1: none), or None when the flags
+    follow no such period. The first global layer fixes P."""
+    if all(flags):
+        return 0
+    p = flags.index(False) + 1
+    return p if flags == [(l + 1) % p != 0 for l in range(len(flags))] else None
+
+
 def _swa_pattern(pat: Any, n_layer: int, name: str, a: str) -> int:
     """The period P of the sliding layers (layer l slides unless (l + 1) % P
     == 0; 0: every layer) from an integer or a per-layer list of flags."""
@@ -213,10 +223,9 @@ def _swa_pattern(pat: Any, n_layer: int, name: str, a: str) -> int:
         return int(pat)
     if isinstance(pat, (list, tuple, np.ndarray)) and len(pat) == n_layer and \
             all(isinstance(x, (bool, np.bool_, int, np.integer)) and x in (0, 1) for x in pat):
-        flags = [bool(x) for x in pat]
-        for p in [0] + list(range(1, n_layer + 2)):
-            if flags == [p == 0 or (l + 1) % p != 0 for l in range(n_layer)]:
-                return p
+        p = sliding_period([bool(x) for x in pat])
+        if p is not None:
+            return p
         raise UnsupportedModelError(f"{name}: {key}: sliding layers in an irregular pattern "
                                     "are not supported")
     raise GGUFError(f"{name}: {key} should be an integer or one flag a layer")

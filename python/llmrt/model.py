@@ -16,7 +16,7 @@ from .outputs import BatchStream, PerplexityResult, TextStream
 from .sampling import SamplingParams
 from .scheduler import Job, Scheduler
 from .structured import Grammars
-from .tokenizer import USER_DEFINED, Tokenizer
+from .tokenizer import Tokenizer
 from .utils import default_model_path
 
 
@@ -166,8 +166,8 @@ class Model:
         ids = {i for i in (tok.eos_id, tok.eot_id) if i is not None}
         # control tokens, and user-defined ones (Gemma's SentencePiece model
         # defines <end_of_turn> so) that end a turn
-        for i, t in enumerate(tok.tokens):
-            if t in END_OF_TURN_TEXTS and (i in tok.special_ids or tok.types[i] == USER_DEFINED):
+        for i in tok.special_ids | tok.user_defined_ids:
+            if tok.tokens[i] in END_OF_TURN_TEXTS:
                 ids.add(i)
         return frozenset(ids)
 

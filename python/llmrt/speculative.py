@@ -107,9 +107,6 @@ class DraftModel:
                 rng: np.random.Generator) -> tuple[list[int], list[np.ndarray | None]]:
         eng = self.engine
         t = time.perf_counter()
-        if self.len >= n:  # it has seen every position (a draft cut to nothing before): its
-            eng.truncate(self.seq, n - 1)  # last row's logits again, from the last token
-            self.len = n - 1
         lg = eng.forward(self.seq, hist[self.len:n])  # what it has not seen
         if n - self.len > 2:  # text it skipped (plain steps, the prompt); after
             self.catch_up = time.perf_counter() - t  # a verification it has 1 or 2 to see

@@ -18,6 +18,8 @@ import re
 import struct
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from .errors import GGUFError, UnsupportedModelError
 
 # GGUF token types
@@ -83,7 +85,9 @@ class Tokenizer:
         self.eos_id = tok_id("eos_token_id")
         self.eot_id = tok_id("eot_token_id")
         self.pad_id = tok_id("padding_token_id")
-        self.special_ids = frozenset(i for i, t in enumerate(types) if t == CONTROL)
+        ty = np.asarray(types)
+        self.special_ids = frozenset(np.flatnonzero(ty == CONTROL).tolist())
+        self.user_defined_ids = frozenset(np.flatnonzero(ty == USER_DEFINED).tolist())
         default_bos = meta.get("tokenizer.ggml.model") == "llama"
         self.add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", default_bos)) and \
             self.bos_id is not None
