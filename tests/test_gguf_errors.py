@@ -111,8 +111,8 @@ def _rewrite_tensor_type(path, tmp_path, name, new_type):
 
 
 def test_unsupported_tensor_type(tmp_path, good):
-    p = _rewrite_tensor_type(good, tmp_path, "blk.0.attn_q.weight", 6)  # Q5_0
-    with pytest.raises(UnsupportedModelError, match="blk.0.attn_q.weight.*Q5_0"):
+    p = _rewrite_tensor_type(good, tmp_path, "blk.0.attn_q.weight", 10)  # Q2_K
+    with pytest.raises(UnsupportedModelError, match="blk.0.attn_q.weight.*Q2_K"):
         llmrt.Model(p)
 
 

@@ -40,7 +40,7 @@ def dequantize_ref(raw: np.ndarray, type_name: str, rows: int, cols: int) -> np.
             return (d * (q - 8)).reshape(rows, cols)
         m = b[..., 2:4].copy().view(np.float16).astype(np.float64)
         return (d * q + m).reshape(rows, cols)
-    if type_name in ("Q4_K", "Q5_K", "Q6_K"):
+    if type_name in ("Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"):
         # gguf-py's own dequantizer: an implementation independent of llmrt's
         return gguf.quants.dequantize(raw, QT[type_name]).astype(np.float64).reshape(rows, cols)
     raise ValueError(type_name)
@@ -282,7 +282,7 @@ def _rope(x, pos, base, neox):
     return out
 
 
-INT8_TYPES = ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+INT8_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
 
 
 def quantize_act_ref(x: np.ndarray) -> np.ndarray:

@@ -4,7 +4,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <thread>
 #include <stdexcept>
 #include <cstring>
 #include <string>
@@ -28,10 +31,10 @@ namespace {
 class PreparedMatmul {
  public:
   PreparedMatmul(uint32_t type, Bytes data, int64_t rows, int64_t cols, int threads, bool int8,
-                 const std::string& isa)
+                 const std::string& isa, bool repack)
       : data_(data), pool_(threads), int8_(int8), kern_(&kernels_named(isa)) {
     w_ = weight_view(type, rows, cols, data_, "weight");
-    if (int8 && cpu::can_repack(w_)) w_ = cpu::repack(pool_, w_, packed_);
+    if (repack && int8 && cpu::can_repack(w_)) w_ = cpu::repack(pool_, w_, packed_);
   }
   py::array_t<float> run(py::array_t<float, py::array::c_style | py::array::forcecast> x) {
     if (x.ndim() != 2 || x.shape(1) != w_.cols) throw py::value_error("x must have shape (n, cols)");
@@ -124,12 +127,35 @@ void bind_testing(py::module_& m) {
         py::arg("threads") = 1, py::arg("contiguous") = false, py::arg("softcap") = 0.f,
         py::arg("window") = 0);
   py::class_<PreparedMatmul>(m, "PreparedMatmul")
-      .def(py::init<uint32_t, Bytes, int64_t, int64_t, int, bool, const std::string&>(),
+      .def(py::init<uint32_t, Bytes, int64_t, int64_t, int, bool, const std::string&, bool>(),
            py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"),
-           py::arg("threads") = 1, py::arg("int8_activations") = true, py::arg("isa") = "")
+           py::arg("threads") = 1, py::arg("int8_activations") = true, py::arg("isa") = "",
+           py::arg("repack") = true)
       .def("__call__", &PreparedMatmul::run, py::arg("x"))
       .def_property_readonly("layout", &PreparedMatmul::layout)
       .def_property_readonly("nbytes", &PreparedMatmul::nbytes);
+
+  m.def("thread_pool_check",
+        [](int threads, int regions, int max_tasks, int pause_every) {
+          // every task of every region runs exactly once, whatever the
+          // workers were doing (spinning, asleep after a pause, or late)
+          py::gil_scoped_release nogil;
+          ThreadPool pool(threads);
+          std::vector<std::atomic<int>> hits((size_t)max_tasks);
+          int64_t errors = 0;
+          for (int r = 0; r < regions; ++r) {
+            const int n = 1 + (int)((r * 7919LL) % max_tasks);
+            for (auto& h : hits) h.store(0);
+            pool.run(n, [&](int t) { hits[(size_t)t].fetch_add(1); });
+            for (int t = 0; t < max_tasks; ++t) errors += hits[(size_t)t].load() != (t < n ? 1 : 0);
+            if (pause_every > 0 && r % pause_every == pause_every - 1)
+              std::this_thread::sleep_for(std::chrono::milliseconds(3));  // workers fall asleep
+          }
+          return errors;
+        },
+        py::arg("threads"), py::arg("regions"), py::arg("max_tasks") = 40,
+        py::arg("pause_every") = 0,
+        "Runs many parallel regions on a fresh pool; the number of tasks not run exactly once.");
 
   m.def("isa_available", [](const std::string& isa) {
     try {
@@ -143,7 +169,8 @@ void bind_testing(py::module_& m) {
   m.def("matmul",
         [](uint32_t type, Bytes data, int64_t rows,
            int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
-           const std::string& isa, int threads, bool int8, bool repack, bool invariant) {
+           const std::string& isa, int threads, bool int8, bool repack, bool invariant,
+           bool precise, bool row_norms) {
           WeightView w = weight_view(type, rows, cols, data, "weight");
           if (x.ndim() != 2 || x.shape(1) != cols)
             throw py::value_error("x must have shape (n, cols)");
@@ -159,14 +186,29 @@ void bind_testing(py::module_& m) {
             cpu::ActBuffer act;
             // as in a model: Q4_0 / Q4_1 take the repacked layout when they can
             cpu::PackedBytes packed;
+            std::vector<float> l1;
+            if (row_norms) {  // as the CPU backend prepares a head
+              l1.resize((size_t)rows);
+              std::vector<float> row((size_t)cols);
+              for (int64_t r = 0; r < rows; ++r) {
+                k.dequant[(int)w.type](w.row(r), row.data(), cols);
+                double s = 0;
+                for (float v : row) s += (double)v * v;
+                l1[(size_t)r] = (float)(std::sqrt(s) * (1 + 1e-6));
+              }
+            }
             if (repack && int8 && cpu::can_repack(w)) w = cpu::repack(pool, w, packed);
-            cpu::matmul(pool, k, w, xp, n, yp, act, int8, invariant);
+            if (row_norms) w.row_l2 = l1.data();
+            MatmulJob job{&w, yp};
+            job.precise = precise;
+            cpu::matmul_many(pool, k, &job, 1, xp, n, act, int8, invariant);
           }
           return y;
         },
         py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"),
         py::arg("isa") = "", py::arg("threads") = 1, py::arg("int8_activations") = true,
-        py::arg("repack") = true, py::arg("batch_invariant") = false,
+        py::arg("repack") = true, py::arg("batch_invariant") = false, py::arg("precise") = false,
+        py::arg("row_norms") = false,
         "y (n, rows) = x (n, cols) @ W^T for a GGUF-typed weight W (quantized types "
         "quantize x to 8-bit blocks first).");
 
@@ -177,21 +219,24 @@ void bind_testing(py::module_& m) {
           const int64_t n = x.shape(0), nb = n / kQK;
           py::array_t<float> d(nb), s(nb);
           py::array_t<int8_t> qs({nb, (int64_t)kQK});
-          // values, absolute values, values with groups of 8 blocks interleaved
-          std::vector<int8_t> q3((size_t)(kActBytes * n));
+          // values, absolute values, values with groups of 8 blocks interleaved,
+          // sums of 16 (int16)
+          std::vector<int8_t> q3((size_t)act_row_bytes(n));
           const cpu::Kernels& k = kernels_named(isa);
           k.quantize_act(x.data(), q3.data(), d.mutable_data(), s.mutable_data(), n);
           k.interleave_act(q3.data(), q3.data() + 2 * n, n);
           py::array_t<int8_t> qa({nb, (int64_t)kQK}), qt(n);
+          py::array_t<int16_t> s16(n / 16);
+          std::memcpy(s16.mutable_data(), q3.data() + 3 * n, (size_t)(n / 16) * 2);
           std::memcpy(qs.mutable_data(), q3.data(), (size_t)n);
           std::memcpy(qa.mutable_data(), q3.data() + n, (size_t)n);
           std::memcpy(qt.mutable_data(), q3.data() + 2 * n, (size_t)n);
-          return py::make_tuple(d, s, qs, qa, qt);
+          return py::make_tuple(d, s, qs, qa, qt, s16);
         },
         py::arg("x"), py::arg("isa") = "",
         "Activations -> 8 bits: (scales d, d * block sums, int8 values (n/32, 32), their "
         "absolute values (n/32, 32), the values with each group of 8 blocks interleaved "
-        "4 at a time (n,)).");
+        "4 at a time (n,), the sums of each 16 values (n/16,) int16).");
 }
 
 }  // namespace llmrt::bindings

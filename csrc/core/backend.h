@@ -43,11 +43,15 @@ struct AttnParams {
 };
 
 // One output of a matmul_many call: y (n, w->rows), plus bias (w->rows,)
-// when given (the fused operations add it).
+// when given (the fused operations add it). precise: a product whose
+// activations a backend that rounds them (the CPU's 8-bit blocks) should
+// carry at higher precision where it matters (the output head: its rounding
+// is most of the int8 path's distance from float logits).
 struct MatmulJob {
   const WeightView* w;
   float* y;
   const float* bias = nullptr;
+  bool precise = false;
 };
 
 class Backend {
@@ -91,6 +95,9 @@ class Backend {
   // The view the backend wants for a matmul weight: w itself, or a copy in a
   // layout of its own (owned by the backend, alive as long as it is).
   virtual WeightView prepare_weight(const WeightView& w) { return w; }
+  // The output head's weights: as prepare_weight, plus whatever its precise
+  // products need (MatmulJob::precise).
+  virtual WeightView prepare_head(const WeightView& w) { return prepare_weight(w); }
 
   // A forward pass begins: its rows' token ids and positions and its
   // sequences (host memory), the same for every layer's calls until the

@@ -16,6 +16,8 @@ enum class DType : uint32_t {
   F16 = 1,
   Q4_0 = 2,
   Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
   Q8_0 = 8,
   Q4_K = 12,
   Q5_K = 13,
@@ -39,6 +41,25 @@ enum class DType : uint32_t {
   // bytes of a group are interleaved as the Q4 groups' (byte 32m + 4b + i:
   // element 4m + i of block b, m < 8) and biased to unsigned (q + 128).
   Q8_0R = 42,
+  // K-quants repacked for the integer kernels: a super-block of 256 weights
+  // is a group of 8 blocks of 32 (its sub-blocks), interleaved as the Q4
+  // groups are, so that 32-bit lane b of a 256-bit register always belongs
+  // to sub-block b; super-blocks in the same order as the source.
+  // Q4_KR (148 bytes): d, dmin (fp16), the 8 scales and the 8 mins unpacked
+  // to a byte each, then 128 bytes: byte 32c + 4b + i holds element 4c + i
+  // of sub-block b (low nibble) and element 16 + 4c + i (high nibble), c < 4,
+  // i < 4.
+  // Q5_KR (180 bytes): the Q4_KR header, then the fifth bits as a plane of 32
+  // bytes (bit v of byte k: the fifth bit of byte k of weight vector v, where
+  // vector v < 4 is the low nibbles of the 32 bytes at 32v, vector v >= 4
+  // the high nibbles of those at 32(v - 4)), then the 128 bytes as Q4_KR.
+  // Q6_KR (210 bytes, as Q6_K): d, the 16 int8 scales as in Q6_K, the 128
+  // low-nibble bytes as Q4_KR, then two planes of 32 bytes with the top 2
+  // bits: bits 2u, 2u + 1 of byte k of plane p belong to byte k of weight
+  // vector 4p + u.
+  Q4_KR = 43,
+  Q5_KR = 44,
+  Q6_KR = 45,
 };
 
 constexpr int kQK = 32;   // weights per block of the 32-wide formats
@@ -55,6 +76,20 @@ struct BlockQ4_0 {
 struct BlockQ4_1 {
   uint16_t d;  // fp16 scale
   uint16_t m;  // fp16 minimum
+  uint8_t qs[kQK / 2];
+};
+// Q5_0: w = d * (q - 16), q in [0, 31]: the low 4 bits in the Q4_0 nibble
+// order, bit j of qh (little-endian) the fifth bit of element j.
+struct BlockQ5_0 {
+  uint16_t d;
+  uint8_t qh[4];
+  uint8_t qs[kQK / 2];
+};
+// Q5_1: w = d * q + m, q as in Q5_0.
+struct BlockQ5_1 {
+  uint16_t d;
+  uint16_t m;
+  uint8_t qh[4];
   uint8_t qs[kQK / 2];
 };
 // Q8_0: w = d * q, q in [-127, 127].
@@ -113,25 +148,32 @@ LLMRT_HD inline void kq_scale_min(const uint8_t* q, int j, int& sc, int& m) {
 }
 
 // Activations quantized on the fly for the integer dot products, per row of
-// n values: qs (n int8, then their n absolute values, which the kernels of
-// signed weights use, then the n values again with each group of 8 blocks
-// interleaved as the Q4_0R / Q4_1R groups are: byte 32m + 4b + i holds
-// element 4m + i of block b, m < 8; then pairs of blocks likewise, byte
-// 8k + 4j + i: element 4k + i of block j, k < 8; an odd last block as it
-// is; written only for products whose weights are repacked), and per block
-// of 32: d (x ~= d * q) and s = d * sum(q) (for the
-// formats with an offset). Rows of a batch follow each other in each array
-// (qs rows are kActBytes * n bytes apart).
-constexpr int64_t kActBytes = 3;
+// n values (n % 32 == 0), in four parts:
+//   1. qs: n int8 values, x ~= d * q per block of 32;
+//   2. their n absolute values (the kernels of signed weights use them);
+//   3. the n values with each group of 8 blocks interleaved as the Q4_0R /
+//      Q4_1R groups are (byte 32m + 4b + i holds element 4m + i of block b,
+//      m < 8), then pairs of blocks likewise (byte 8k + 4j + i: element
+//      4k + i of block j, k < 8), an odd last block as it is;
+//   4. n / 16 int16: the sum of each 16 values of part 1 (Q6_KR's offset).
+// Parts 3 and 4 are written only for products whose weights are repacked.
+// Per block of 32: d and s = d * sum(q) (for the formats with an offset).
+// Rows of a batch follow each other in each array (qs rows are
+// act_row_bytes(n) bytes apart).
+constexpr int64_t act_row_bytes(int64_t n) { return 3 * n + n / 8; }
 struct QActs {
   const int8_t* qs;
   const float* d;
   const float* s;
   int64_t n;  // values per row
-  const int8_t* row_qs(int64_t t) const { return qs + t * kActBytes * n; }
+  const int8_t* row_qs(int64_t t) const { return qs + t * act_row_bytes(n); }
   const float* row_d(int64_t t) const { return d + t * (n / kQK); }
   const float* row_s(int64_t t) const { return s + t * (n / kQK); }
 };
+// Part 4 of a row whose part 1 starts at q.
+inline const int16_t* act_sums16(const int8_t* q, int64_t n) {
+  return reinterpret_cast<const int16_t*>(q + 3 * n);
+}
 
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block is 144 bytes");
 static_assert(sizeof(BlockQ5_K) == 176, "Q5_K block is 176 bytes");
@@ -139,22 +181,36 @@ static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block is 210 bytes");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block is 18 bytes");
 static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block is 20 bytes");
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block is 34 bytes");
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block is 22 bytes");
+static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block is 24 bytes");
 
 // Elements per block and bytes per block; 0 for an unsupported type.
 constexpr int block_elems(DType t) {
   switch (t) {
     case DType::Q4_0: case DType::Q4_1: case DType::Q8_0: return kQK;
+    case DType::Q5_0: case DType::Q5_1: return kQK;
     case DType::Q4_0R: case DType::Q4_1R: case DType::Q8_0R: return kQK;
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return kQKK;
+    case DType::Q4_KR: case DType::Q5_KR: case DType::Q6_KR: return kQKK;
     default: return 1;
   }
 }
 // Whether matmuls with this weight type run as integer dot products against
 // activations quantized to 8 bits (QActs); the float types use float FMA.
 constexpr bool int8_dot(DType t) {
-  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q8_0 || t == DType::Q4_K ||
+  return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
+         t == DType::Q8_0 || t == DType::Q4_K ||
          t == DType::Q5_K || t == DType::Q6_K || t == DType::Q4_0R || t == DType::Q4_1R ||
-         t == DType::Q8_0R;
+         t == DType::Q8_0R || t == DType::Q4_KR || t == DType::Q5_KR || t == DType::Q6_KR;
+}
+// The layouts whose groups read the interleaved activations (QActs).
+constexpr bool interleaved_layout(DType t) {
+  return t == DType::Q4_0R || t == DType::Q4_1R || t == DType::Q8_0R || t == DType::Q4_KR ||
+         t == DType::Q5_KR || t == DType::Q6_KR;
+}
+// The repacked K-quants: their decode runs through the tile kernel too.
+constexpr bool kquant_repacked(DType t) {
+  return t == DType::Q4_KR || t == DType::Q5_KR || t == DType::Q6_KR;
 }
 constexpr size_t block_bytes(DType t) {
   switch (t) {
@@ -163,6 +219,8 @@ constexpr size_t block_bytes(DType t) {
     case DType::BF16: return 2;
     case DType::Q4_0: return sizeof(BlockQ4_0);
     case DType::Q4_1: return sizeof(BlockQ4_1);
+    case DType::Q5_0: return sizeof(BlockQ5_0);
+    case DType::Q5_1: return sizeof(BlockQ5_1);
     case DType::Q8_0: return sizeof(BlockQ8_0);
     case DType::Q4_K: return sizeof(BlockQ4_K);
     case DType::Q5_K: return sizeof(BlockQ5_K);
@@ -170,16 +228,20 @@ constexpr size_t block_bytes(DType t) {
     case DType::Q4_0R: return sizeof(BlockQ4_0);
     case DType::Q4_1R: return sizeof(BlockQ4_1);
     case DType::Q8_0R: return sizeof(BlockQ8_0);
+    case DType::Q4_KR: return sizeof(BlockQ4_K) + 4;  // scales unpacked: 16 bytes, not 12
+    case DType::Q5_KR: return sizeof(BlockQ5_K) + 4;
+    case DType::Q6_KR: return sizeof(BlockQ6_K);
   }
   return 0;
 }
 inline bool dtype_supported(uint32_t raw) {
   switch (static_cast<DType>(raw)) {
     case DType::F32: case DType::F16: case DType::BF16:
-    case DType::Q4_0: case DType::Q4_1: case DType::Q8_0:
+    case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0:
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
       return true;
     case DType::Q4_0R: case DType::Q4_1R: case DType::Q8_0R:
+    case DType::Q4_KR: case DType::Q5_KR: case DType::Q6_KR:
       return false;  // internal layouts, never valid in a file
   }
   return false;

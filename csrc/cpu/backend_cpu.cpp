@@ -62,6 +62,28 @@ class CpuBackend final : public Backend {
     return cpu::repack(pool_, w, packed_.back());
   }
 
+  // The head: its rows' L2 norms beside the repacked weights, from the
+  // weights as stored (they bound the 8-bit activations' rounding, so the
+  // precise product recomputes only the logits that rounding could reorder).
+  WeightView prepare_head(const WeightView& w) override {
+    WeightView p = prepare_weight(w);
+    if (!int8_ || !int8_dot(w.type)) return p;
+    head_l2_.emplace_back((size_t)w.rows);
+    float* l1 = head_l2_.back().data();
+    const cpu::DequantFn dq = k_.dequant[(int)w.type];
+    pool_.parallel_for(w.rows, 64, [&](int64_t b, int64_t e) {
+      std::vector<float> row((size_t)w.cols);
+      for (int64_t r = b; r < e; ++r) {
+        dq(w.row(r), row.data(), w.cols);
+        double s = 0;
+        for (float v : row) s += (double)v * v;
+        l1[r] = (float)(std::sqrt(s) * (1 + 1e-6));  // rounded up: a bound
+      }
+    });
+    p.row_l2 = l1;
+    return p;
+  }
+
   void matmul_small(const WeightView& w, const float* x, int n, float* y) override {
     // below ~256K multiply-adds one thread is faster than a parallel pass
     if ((w.type != DType::F32 && w.type != DType::F16) || (int64_t)n * w.rows * w.cols > (1 << 18))
@@ -135,6 +157,7 @@ class CpuBackend final : public Backend {
   cpu::RopeTable rope_;        // cos / sin of the current rows' positions
   cpu::AttnScratch attn_;      // block pointers and split-KV partials
   std::vector<cpu::PackedBytes> packed_;  // repacked weights
+  std::vector<std::vector<float>> head_l2_;  // the head's row norms (WeightView::row_l2)
 };
 
 }  // namespace

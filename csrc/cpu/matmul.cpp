@@ -5,6 +5,8 @@
 // band of rows, reading every weight byte once. Prompt (n > 1): tile kernels
 // unpack each weight block once for several tokens.
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <vector>
 
@@ -26,7 +28,9 @@ namespace {
 // Rows [r0, r1) of one job: y[t * rows + r] for every token t.
 void rows_int8(const Kernels& k, const WeightView& w, const QActs& x, int n, float* y,
                int64_t r0, int64_t r1, bool invariant) {
-  if (n == 1 && !invariant) {  // decode: one row at a time, several blocks in flight
+  // decode: one row at a time, several blocks in flight (the repacked
+  // K-quants' tiles take several rows at a time instead)
+  if (n == 1 && !invariant && !kquant_repacked(w.type)) {
     VecDotQFn dot = k.vec_dot_q[(int)w.type];
     for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), x.qs, x.d, x.s, x.n);
     return;
@@ -60,11 +64,115 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
   }
 }
 
+// A token's activations as two rows of 8-bit blocks, x ~= d1 q1 + d2 q2 with
+// q2 the rounding q1 left (about 15 bits a value): row 0 copied from a
+// quantized row `q1` (parts 1-4, d, s), row 1 quantized here. out: two rows
+// of act_row_bytes(n) bytes, d2 / s2: 2 n / 32 floats each.
+void two_rows(const Kernels& k, const float* x, const int8_t* q1, const float* d1,
+              const float* s1, int64_t n, bool interleaved, int8_t* out, float* d2, float* s2,
+              std::vector<float>& rest) {
+  const int64_t nb = n / kQK, row = act_row_bytes(n);
+  std::memcpy(out, q1, (size_t)row);
+  std::memcpy(d2, d1, sizeof(float) * nb);
+  std::memcpy(s2, s1, sizeof(float) * nb);
+  rest.resize((size_t)n);
+  for (int64_t i = 0; i < n; ++i) rest[i] = x[i] - d1[i / kQK] * (float)q1[i];
+  k.quantize_act(rest.data(), out + row, d2 + nb, s2 + nb, n);
+  if (interleaved) k.interleave_act(out + row, out + row + 2 * n, n);
+}
+
+// The precise product (MatmulJob::precise) with the int8 kernels. The 8-bit
+// product is computed as usual; then, for each token, the rounding e its
+// activations were given (known: x - d q) moves row r's result by at most
+// E_r = |w_r|_2 |e|_2 (Cauchy-Schwarz; WeightView::row_l2), so only the rows
+// with y_r + E_r >= max_s (y_s - E_s) can hold the largest exact value, and
+// those are recomputed with the two-row activations (twice the integer work,
+// within float32 rounding of the exact product at these magnitudes). For
+// the output head that is a few of the vocabulary's rows: the top of the
+// distribution, and so greedy decoding, as with float activations, at about
+// the cost of the 8-bit product. Without row norms every row is recomputed.
+void matmul_precise(ThreadPool& pool, const Kernels& k, const MatmulJob& job, const float* x,
+                    int n, ActBuffer& act, bool invariant) {
+  const WeightView& w = *job.w;
+  const int64_t cols = w.cols, nb = cols / kQK, rows = w.rows;
+  const size_t row = (size_t)act_row_bytes(cols);
+  const bool interleaved = interleaved_layout(w.type);
+  const GemmQFn gemm = k.gemm_q[(int)w.type];
+  if (w.row_l2 == nullptr) {  // every row, all tokens' two rows in one pass
+    const int64_t n2 = 2 * (int64_t)n;
+    if (act.qs.size() < row * n2) act.qs.resize(row * n2);
+    if (act.d.size() < (size_t)(n2 * nb)) {
+      act.d.resize((size_t)(n2 * nb));
+      act.s.resize((size_t)(n2 * nb));
+    }
+    if (act.y2.size() < (size_t)(n2 * rows)) act.y2.resize((size_t)(n2 * rows));
+    pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
+      thread_local std::vector<float> rest;
+      thread_local std::vector<int8_t> q1;
+      thread_local std::vector<float> d1, s1;
+      q1.resize(row);
+      d1.resize((size_t)nb);
+      s1.resize((size_t)nb);
+      for (int64_t t = b; t < e; ++t) {
+        k.quantize_act(x + t * cols, q1.data(), d1.data(), s1.data(), cols);
+        if (interleaved) k.interleave_act(q1.data(), q1.data() + 2 * cols, cols);
+        two_rows(k, x + t * cols, q1.data(), d1.data(), s1.data(), cols, interleaved,
+                 act.qs.data() + row * 2 * t, act.d.data() + 2 * t * nb, act.s.data() + 2 * t * nb,
+                 rest);
+      }
+    });
+    const QActs xq{act.qs.data(), act.d.data(), act.s.data(), cols};
+    float* y2 = act.y2.data();
+    pool.parallel_for(rows, 16, [&](int64_t b, int64_t e) {
+      gemm(w.row(b), w.row_stride(), e - b, xq, n2, y2 + b, rows);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = b; r < e; ++r)
+          job.y[t * rows + r] = y2[2 * t * rows + r] + y2[(2 * t + 1) * rows + r];
+    });
+    return;
+  }
+  MatmulJob plain = job;
+  plain.precise = false;
+  matmul_many(pool, k, &plain, 1, x, n, act, true, invariant);  // leaves the tokens' rows in act
+  pool.parallel_for(n, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> rest, d2, s2;
+    thread_local std::vector<int8_t> q2;
+    q2.resize(2 * row);
+    d2.resize((size_t)(2 * nb));
+    s2.resize((size_t)(2 * nb));
+    for (int64_t t = b; t < e; ++t) {
+      const int8_t* q1 = act.qs.data() + row * t;
+      const float* d1 = act.d.data() + t * nb;
+      two_rows(k, x + t * cols, q1, d1, act.s.data() + t * nb, cols, interleaved, q2.data(),
+               d2.data(), s2.data(), rest);
+      double e2 = 0;  // |e|_2 of the rounding, rounded up: a bound
+      for (int64_t i = 0; i < cols; ++i) e2 += (double)rest[i] * rest[i];
+      const float h = (float)(std::sqrt(e2) * (1 + 1e-5));
+      float* yt = job.y + t * rows;
+      float floor = -INFINITY, top = 0.f;
+      for (int64_t r = 0; r < rows; ++r) {
+        floor = std::max(floor, yt[r] - h * w.row_l2[r]);
+        top = std::max(top, std::fabs(yt[r]));
+      }
+      floor -= 1e-5f * top;  // the float rounding of the 8-bit sums themselves
+      const QActs xq{q2.data(), d2.data(), s2.data(), cols};
+      for (int64_t r = 0; r < rows; ++r) {
+        if (!(yt[r] + h * w.row_l2[r] >= floor)) continue;
+        float y2[2];
+        gemm(w.row(r), w.row_stride(), 1, xq, 2, y2, 1);
+        yt[r] = y2[0] + y2[1];
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
                  const float* x, int n, ActBuffer& act, bool int8, bool invariant) {
   if (count <= 0 || n <= 0) return;
+  if (count == 1 && jobs[0].precise && int8 && int8_dot(jobs[0].w->type))
+    return matmul_precise(pool, k, jobs[0], x, n, act, invariant);
   const int64_t cols = jobs[0].w->cols;
   bool any_int8 = false, interleaved = false;
   int64_t total = 0;
@@ -73,15 +181,16 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
   for (int i = 0; i < count; ++i) {
     if (jobs[i].w->cols != cols) throw std::invalid_argument("matmul_many: cols differ");
     any_int8 |= int8 && int8_dot(jobs[i].w->type);
-    const DType t = jobs[i].w->type;  // the repacked groups read interleaved activations
-    interleaved |= int8 && (t == DType::Q4_0R || t == DType::Q4_1R || t == DType::Q8_0R);
+    // the repacked groups read interleaved activations
+    interleaved |= int8 && interleaved_layout(jobs[i].w->type);
     start[i] = total;
     total += jobs[i].w->rows;
   }
   QActs xq{nullptr, nullptr, nullptr, cols};
   if (any_int8) {
     const int64_t nb = cols / kQK;
-    if (act.qs.size() < (size_t)(kActBytes * n * cols)) act.qs.resize((size_t)(kActBytes * n * cols));
+    const size_t row = (size_t)act_row_bytes(cols);
+    if (act.qs.size() < row * n) act.qs.resize(row * n);
     if (act.d.size() < (size_t)(n * nb)) {
       act.d.resize((size_t)(n * nb));
       act.s.resize((size_t)(n * nb));
@@ -89,7 +198,7 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
     xq = QActs{act.qs.data(), act.d.data(), act.s.data(), cols};
     pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
       for (int64_t t = b; t < e; ++t) {
-        int8_t* q = act.qs.data() + kActBytes * t * cols;
+        int8_t* q = act.qs.data() + act_row_bytes(cols) * t;
         k.quantize_act(x + t * cols, q, act.d.data() + t * nb, act.s.data() + t * nb, cols);
         if (interleaved) k.interleave_act(q, q + 2 * cols, cols);
       }

@@ -23,6 +23,7 @@ void embed(ThreadPool& pool, const Kernels& k, const WeightView& table, const in
 struct ActBuffer {
   std::vector<int8_t> qs;
   std::vector<float> d, s;
+  std::vector<float> y2;  // a precise product's two partial outputs
 };
 
 // y_i (n, W_i.rows) = x (n, cols) @ W_i^T for each job, in one parallel pass.
@@ -32,6 +33,9 @@ struct ActBuffer {
 // 1) goes through the same kernels and summation order as several, so a
 // row's result never depends on how many tokens share the call (a little
 // slower for one token: the matrix-vector kernels sum in another order).
+// A job marked precise (alone in its call) carries each token's activations
+// as two rows of 8-bit blocks, the second the rounding of the first: about
+// 15 bits a value, for the output head.
 void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
                  const float* x, int n, ActBuffer& act, bool int8, bool invariant = false);
 inline void matmul(ThreadPool& pool, const Kernels& k, const WeightView& w, const float* x, int n,
@@ -48,9 +52,10 @@ struct AlignedFree {
 using PackedBytes = std::unique_ptr<uint8_t[], AlignedFree>;
 
 // ---- repack.cpp ----
-// Whether w can take the faster repacked layout (Q4_0 / Q4_1, even block count).
+// Whether w can take a faster repacked layout (Q8_0, the K-quants, Q4_0 / Q4_1
+// with an even block count).
 bool can_repack(const WeightView& w);
-// A repacked copy of w (Q4_0R / Q4_1R) in `storage`.
+// A repacked copy of w (Q4_0R / Q4_1R / Q8_0R / Q4_KR / Q5_KR / Q6_KR) in `storage`.
 WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage);
 
 // ---- attention.cpp ----

@@ -1,10 +1,11 @@
-// Load-time repacking of Q4_0 / Q4_1 / Q8_0 weights into the layouts the integer
-// kernels read fastest (DType::Q4_0R / Q4_1R, described in core/dtype.h).
-// Same size as the source; the copy replaces the file's bytes for the
-// model's lifetime.
+// Load-time repacking of Q4_0 / Q4_1 / Q8_0 and Q4_K / Q5_K / Q6_K weights
+// into the layouts the integer kernels read fastest (DType::Q4_0R / Q4_1R /
+// Q8_0R / Q4_KR / Q5_KR / Q6_KR, described in core/dtype.h). The same size
+// as the source but for Q4_KR / Q5_KR (4 bytes more a super-block: their
+// scales unpacked); the copy replaces the file's bytes for the model's
+// lifetime.
 #include <cstdlib>
 #include <cstring>
-#include <new>
 #include <new>
 
 #include "cpu/ops.h"
@@ -12,7 +13,9 @@
 namespace llmrt::cpu {
 
 bool can_repack(const WeightView& w) {
-  if (w.type == DType::Q8_0) return true;
+  if (w.type == DType::Q8_0 || w.type == DType::Q4_K || w.type == DType::Q5_K ||
+      w.type == DType::Q6_K)
+    return true;
   return (w.type == DType::Q4_0 || w.type == DType::Q4_1) && (w.cols / kQK) % 2 == 0;
 }
 
@@ -86,12 +89,90 @@ void repack_row_q8(const uint8_t* src, uint8_t* dst, int64_t nb) {
   }
 }
 
+// ---- K-quants ------------------------------------------------------------------
+// Element j (0..31) of sub-block b lands in weight vector kr_vector(j) (0..3:
+// the low nibbles of the 32 bytes at 32c, c = vector; 4..7: their high
+// nibbles, c = vector - 4), at byte 4b + j % 4 of it.
+inline int kr_vector(int j) { return (j < 16 ? 0 : 4) + (j % 16) / 4; }
+
+// The 256 values of a super-block (0..15, or the low 4 bits) -> 128 bytes.
+void put_nibbles(const uint8_t* q, uint8_t* out) {
+  for (int c = 0; c < 4; ++c)
+    for (int b = 0; b < 8; ++b)
+      for (int i = 0; i < 4; ++i)
+        out[32 * c + 4 * b + i] =
+            (uint8_t)((q[32 * b + 4 * c + i] & 0x0f) | ((q[32 * b + 16 + 4 * c + i] & 0x0f) << 4));
+}
+
+void repack_row_q45k(const uint8_t* src, uint8_t* dst, int64_t nsb, bool q5) {
+  const size_t bytes = q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+  const size_t out_bytes = bytes + 4;
+  uint8_t q[kQKK];
+  for (int64_t k = 0; k < nsb; ++k, src += bytes, dst += out_bytes) {
+    const BlockQ4_K& h = *reinterpret_cast<const BlockQ4_K*>(src);  // d, dmin, scales
+    const uint8_t* qs = q5 ? reinterpret_cast<const BlockQ5_K*>(src)->qs : h.qs;
+    for (int j = 0; j < 8; ++j)  // sub-block j: low nibbles (j even) or high of chunk j / 2
+      for (int l = 0; l < 32; ++l)
+        q[32 * j + l] = (uint8_t)((j & 1) ? (qs[32 * (j / 2) + l] >> 4) : (qs[32 * (j / 2) + l] & 0x0f));
+    std::memcpy(dst, src, 4);  // d, dmin
+    for (int j = 0; j < 8; ++j) {
+      int sc, m;
+      kq_scale_min(h.scales, j, sc, m);
+      dst[4 + j] = (uint8_t)sc;
+      dst[12 + j] = (uint8_t)m;
+    }
+    if (q5) {
+      const uint8_t* qh = reinterpret_cast<const BlockQ5_K*>(src)->qh;
+      uint8_t* plane = dst + 20;
+      std::memset(plane, 0, 32);
+      for (int b = 0; b < 8; ++b)
+        for (int j = 0; j < 32; ++j)
+          plane[4 * b + j % 4] |= (uint8_t)(((qh[j] >> b) & 1) << kr_vector(j));
+    }
+    put_nibbles(q, dst + (q5 ? 52 : 20));
+  }
+}
+
+void repack_row_q6k(const uint8_t* src, uint8_t* dst, int64_t nsb) {
+  uint8_t q[kQKK];
+  for (int64_t k = 0; k < nsb; ++k, src += sizeof(BlockQ6_K), dst += sizeof(BlockQ6_K)) {
+    const BlockQ6_K& b = *reinterpret_cast<const BlockQ6_K*>(src);
+    // Q6_K: per half of 128, four runs of 32 from ql (low / high nibbles of
+    // two 32-byte rows) with their top bits at bits 2r, 2r + 1 of qh
+    for (int j = 0; j < kQKK; ++j) {
+      const int h = j / 128, r = (j % 128) / 32, l = j % 32;
+      const uint8_t lb = b.ql[64 * h + 32 * (r & 1) + l];
+      const int lo = r < 2 ? (lb & 0x0f) : (lb >> 4);
+      q[j] = (uint8_t)(lo | (((b.qh[32 * h + l] >> (2 * r)) & 3) << 4));
+    }
+    std::memcpy(dst, &b.d, 2);
+    std::memcpy(dst + 2, b.scales, 16);
+    put_nibbles(q, dst + 18);
+    uint8_t* planes = dst + 146;
+    std::memset(planes, 0, 64);
+    for (int blk = 0; blk < 8; ++blk)
+      for (int j = 0; j < 32; ++j) {
+        const int v = kr_vector(j);
+        planes[32 * (v / 4) + 4 * blk + j % 4] |= (uint8_t)((q[32 * blk + j] >> 4) << (2 * (v % 4)));
+      }
+  }
+}
+
 }  // namespace
 
 WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage) {
-  const bool q8 = w.type == DType::Q8_0;
-  const bool has_m = w.type == DType::Q4_1;
-  const size_t stride = w.row_stride();
+  const DType t = w.type;
+  const bool kq = t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
+  const bool q8 = t == DType::Q8_0;
+  const bool has_m = t == DType::Q4_1;
+  WeightView v = w;
+  v.type = t == DType::Q4_K   ? DType::Q4_KR
+           : t == DType::Q5_K ? DType::Q5_KR
+           : t == DType::Q6_K ? DType::Q6_KR
+           : q8               ? DType::Q8_0R
+           : has_m            ? DType::Q4_1R
+                              : DType::Q4_0R;
+  const size_t stride = v.row_stride();
   const size_t bytes = (stride * (size_t)w.rows + 63) / 64 * 64;
   storage.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
   if (!storage) throw std::bad_alloc();
@@ -99,14 +180,16 @@ WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage) {
   const int64_t nb = w.cols / kQK;
   pool.parallel_for(w.rows, 64, [&](int64_t b, int64_t e) {
     for (int64_t r = b; r < e; ++r) {
-      if (q8)
+      if (t == DType::Q6_K)
+        repack_row_q6k(w.row(r), out + r * stride, w.cols / kQKK);
+      else if (kq)
+        repack_row_q45k(w.row(r), out + r * stride, w.cols / kQKK, t == DType::Q5_K);
+      else if (q8)
         repack_row_q8(w.row(r), out + r * stride, nb);
       else
         repack_row(w.row(r), out + r * stride, nb, has_m);
     }
   });
-  WeightView v = w;
-  v.type = q8 ? DType::Q8_0R : has_m ? DType::Q4_1R : DType::Q4_0R;
   v.data = out;
   return v;
 }

@@ -128,8 +128,8 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
   // left as stored for row lookups; a tied output head gets its own copy when
   // the backend wants another layout (the lookups then touch only the rows
   // they need).
-  auto prep = [&](WeightView& v) {
-    const WeightView p = backend_->prepare_weight(v);
+  auto prep = [&](WeightView& v, bool head = false) {
+    const WeightView p = head ? backend_->prepare_head(v) : backend_->prepare_weight(v);
     if (p.data != v.data) replaced_.push_back(v.data);
     v = p;
   };
@@ -140,7 +140,7 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
     for (auto* ex : {&L.e_gate, &L.e_up, &L.e_down})
       for (WeightView& v : *ex) prep(v);
   }
-  prep(w_.output);
+  prep(w_.output, true);
 }
 
 LlamaModel::~LlamaModel() = default;
@@ -551,7 +551,8 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
       }
       done += m;
     }
-    const MatmulJob head{&w_.output, head_out};  // the final norm folded into the head
+    // the final norm folded into the head, its activations carried precisely
+    const MatmulJob head{&w_.output, head_out, nullptr, true};
     be.norm_matmul_many(src, w_.output_norm, rows, D, c.rms_eps, &head, 1, s.xn);
     if (c.final_softcap > 0.f)  // gemma 2
       be.softcap(head_out, (size_t)rows * c.n_vocab, c.final_softcap);

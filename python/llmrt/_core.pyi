@@ -80,7 +80,8 @@ class LlamaModel:
 
 class _PreparedMatmul:
     def __init__(self, type: int, data: npt.NDArray[np.uint8], rows: int, cols: int,
-                 threads: int = 1, int8_activations: bool = True, isa: str = "") -> None: ...
+                 threads: int = 1, int8_activations: bool = True, isa: str = "",
+                 repack: bool = True) -> None: ...
     def __call__(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]: ...
     @property
     def layout(self) -> str: ...
@@ -97,11 +98,12 @@ class _Testing:
     def matmul(type: int, data: npt.NDArray[np.uint8], rows: int, cols: int,
                x: npt.NDArray[np.float32], isa: str = "", threads: int = 1,
                int8_activations: bool = True, repack: bool = True,
-               batch_invariant: bool = False) -> npt.NDArray[np.float32]: ...
+               batch_invariant: bool = False, precise: bool = False,
+               row_norms: bool = False) -> npt.NDArray[np.float32]: ...
     @staticmethod
     def quantize_act(x: npt.NDArray[np.float32], isa: str = "") -> tuple[
         npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int8],
-        npt.NDArray[np.int8]]: ...
+        npt.NDArray[np.int8], npt.NDArray[np.int8], npt.NDArray[np.int16]]: ...
     @staticmethod
     def attention_paged(q: npt.NDArray[np.float32], k: npt.NDArray[np.float32],
                         v: npt.NDArray[np.float32], block_tokens: int = 32,
@@ -111,5 +113,8 @@ class _Testing:
     @staticmethod
     def gated(act: str, gate: npt.NDArray[np.float32], up: npt.NDArray[np.float32],
               isa: str = "") -> npt.NDArray[np.float32]: ...
+    @staticmethod
+    def thread_pool_check(threads: int, regions: int, max_tasks: int = 40,
+                          pause_every: int = 0) -> int: ...
 
 testing: _Testing

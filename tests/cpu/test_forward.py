@@ -53,7 +53,7 @@ def _check(tmp_path, tokens=None, n_tokens=29, threads=2, activations="int8", kv
 
 @pytest.mark.parametrize("activations", ["int8", "f32"])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
-@pytest.mark.parametrize("wtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("wtype", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"])
 def test_types_and_archs(tmp_path, arch, wtype, activations):
     _check(tmp_path, arch=arch, wtype=wtype, activations=activations)
 
@@ -70,9 +70,17 @@ def test_kv_cache_types(tmp_path, kv, activations, n_head, n_head_kv, head_dim):
 @pytest.mark.parametrize("activations", ["int8", "f32"])
 @pytest.mark.parametrize("wtype", ["Q4_K", "Q5_K", "Q6_K"])
 def test_kquant_models(tmp_path, wtype, activations):
-    # K-quant rows are 256 wide: n_embd and n_ff multiples of 256
+    # K-quant rows are 256 wide: n_embd and n_ff multiples of 256; a prompt
+    # long enough for several token blocks of the tile kernels
     _check(tmp_path, wtype=wtype, emb_type="Q8_0", n_embd=256, n_ff=512, n_head=4,
-           n_head_kv=2, n_layer=1, activations=activations)
+           n_head_kv=2, n_layer=1, activations=activations, n_tokens=93)
+
+
+@pytest.mark.parametrize("wtype", ["Q4_K", "Q6_K"])
+def test_kquant_head(tmp_path, wtype):
+    # the K-quant output head of llama.cpp's files (Q6_K under Q4_K_M), untied
+    _check(tmp_path, wtype=wtype, emb_type="Q6_K", n_embd=256, n_ff=512, n_head=4,
+           n_head_kv=2, n_layer=2, tied=False)
 
 
 @pytest.mark.parametrize("activations", ["int8", "f32"])

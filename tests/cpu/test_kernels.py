@@ -15,7 +15,8 @@ ISAS = [i for i in ("generic", "avx2", "avx512", "avx512_vnni") if _core.testing
 SHAPES = [(1, 32), (7, 96), (13, 160), (33, 288), (130, 544),
           # even block counts: the repacked Q4 layouts (full groups of 8 blocks, tail pairs)
           (5, 64), (11, 576), (9, 384), (3, 512)]
-K_SHAPES = [(1, 256), (7, 768), (19, 512)]
+# K-quants: rows that fill no tile or several, 1 to 9 super-blocks a row
+K_SHAPES = [(1, 256), (7, 768), (19, 512), (10, 1280), (37, 2304)]
 FLOAT_SHAPES = [(3, 5), (9, 33), (17, 71)]
 
 # Tolerance relative to sqrt(cols) * max|w| * max|x| (the scale of a dot
@@ -62,7 +63,8 @@ MODES = {"int8": (True, True), "int8-stored": (True, False), "f32": (False, Fals
 
 
 MATMUL_CASES = [(mode, *case) for mode in MODES for case in _cases()
-                if mode != "int8-stored" or case[0] in ("Q4_0", "Q4_1", "Q8_0")]
+                if mode != "int8-stored" or case[0] in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K",
+                                                        "Q6_K")]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -101,8 +103,10 @@ def test_quantize_act_matches_rule(isa):
     x = rng.standard_normal(32 * 37).astype(np.float32) * rng.random(32 * 37).astype(np.float32) * 5
     x[:32] = 0.0  # an all-zero block: d = 0, q = 0
     x[32:64] = 0.5  # exact .5 steps after scaling: round half to even
-    d, s, qs, qa, qt = _core.testing.quantize_act(x, isa)
+    d, s, qs, qa, qt, s16 = _core.testing.quantize_act(x, isa)
     np.testing.assert_array_equal(qa, np.abs(qs))
+    # the sums of each 16 values (Q6_KR's offset term)
+    np.testing.assert_array_equal(s16, qs.reshape(-1, 16).astype(np.int64).sum(axis=1))
     # whole groups of 8 blocks interleaved 4 values at a time (the Q4_0R /
     # Q4_1R group order), then pairs of the 5 blocks after them likewise, the
     # last block as it is
@@ -197,3 +201,95 @@ def test_q8_0_minus_128_is_read_as_minus_127():
     got = _core.testing.matmul(8, raw, rows, cols, x)
     ref = quantize_act_ref(x) @ np.full((rows, cols), -127 * 0.5).T
     assert np.allclose(got, ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("n", [1, 4, 7])
+def test_kquant_extreme_values(isa, type_name, n):
+    # every weight at its largest code and every activation at +-127: the
+    # SIMD kernels add int16 pair sums before widening them, which must not
+    # overflow; Q6_K's scales at both ends of int8
+    rows, cols = 9, 512
+    size = {"Q4_K": 144, "Q5_K": 176, "Q6_K": 210}[type_name]
+    raw = np.full((rows, cols // 256, size), 0xFF, np.uint8)
+    d = np.array([1e-3], np.float16).view(np.uint8)
+    if type_name == "Q6_K":
+        raw[..., 192:208] = np.array([127, 0x80] * 8, np.uint8)  # scales 127, -128
+        raw[..., 208:210] = d
+    else:
+        raw[..., 0:2] = d
+        raw[..., 2:4] = np.array([5e-4], np.float16).view(np.uint8)  # dmin
+    raw = raw.reshape(rows, -1)
+    w = dequantize_ref(raw, type_name, rows, cols)
+    x = np.ones((n, cols), np.float32)
+    x[:, 1::3] = -1.0  # mixed signs: |q| = 127 throughout
+    if n > 1:
+        x[1] = 1.0    # one row all +127: the largest same-sign sums
+    got = _core.testing.matmul(TYPE_IDS[type_name], raw, rows, cols, x, isa)
+    ref = quantize_act_ref(x) @ w.T
+    scale = np.sqrt(cols) * np.abs(w).max() * np.abs(x).max()
+    assert np.abs(got - ref).max() <= REL_TOL * scale
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
+def test_kquant_repacked_equals_stored(type_name):
+    # the repacked layout against the kernels of the layout as stored (generic
+    # twins of each): the same weights, so the same products up to float order
+    rng = np.random.default_rng(8)
+    rows, cols = 23, 1024
+    raw, w = _weights(type_name, rows, cols, rng)
+    x = rng.standard_normal((3, cols)).astype(np.float32)
+    t = TYPE_IDS[type_name]
+    stored = _core.testing.matmul(t, raw, rows, cols, x, "generic", 1, True, False)
+    for isa in ISAS:
+        packed = _core.testing.matmul(t, raw, rows, cols, x, isa, 1, True, True)
+        np.testing.assert_allclose(packed, stored, rtol=1e-5,
+                                   atol=1e-5 * np.abs(stored).max())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_1", "Q6_K", "Q4_K", "Q5_0"])
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_precise_product_is_near_the_float_one(isa, type_name, n):
+    # the output head's product: activations as two 8-bit rows (the second the
+    # rounding of the first) stay within ~2^-15 of the exact activations, so
+    # the product is far nearer the float one than one 8-bit row is
+    rows, cols = 37, 768 if type_name.endswith("_K") else 576
+    rng = np.random.default_rng(11 + n)
+    raw, w = _weights(type_name, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    t = TYPE_IDS[type_name]
+    exact = x.astype(np.float64) @ w.T
+    one = _core.testing.matmul(t, raw, rows, cols, x, isa, 1, True)
+    two = _core.testing.matmul(t, raw, rows, cols, x, isa, 2, True, precise=True)
+    scale = np.sqrt(cols) * np.abs(w).max() * np.abs(x).max()
+    err_one, err_two = np.abs(one - exact).max(), np.abs(two - exact).max()
+    assert err_two <= 4 * scale / (254 * 254) + 1e-5 * scale
+    assert err_two < err_one / 20
+    # and a token's result does not depend on the others in the call
+    if n > 1:
+        alone = _core.testing.matmul(t, raw, rows, cols, x[1:2], isa, 1, True, precise=True)
+        np.testing.assert_array_equal(alone[0], two[1])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q6_K", "Q4_K"])
+@pytest.mark.parametrize("n", [1, 4])
+def test_precise_product_refines_the_rows_that_can_lead(isa, type_name, n):
+    # with the rows' L1 norms (a head prepared by the CPU backend) only the
+    # rows whose 8-bit result is within the rounding bound of the leader are
+    # recomputed: each row equals either the 8-bit product or the full
+    # precise one, and the largest value and its row are the precise ones
+    rows, cols = 301, 512
+    rng = np.random.default_rng(21 + n)
+    raw, w = _weights(type_name, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    t = TYPE_IDS[type_name]
+    plain = _core.testing.matmul(t, raw, rows, cols, x, isa, 2, True)
+    full = _core.testing.matmul(t, raw, rows, cols, x, isa, 2, True, precise=True)
+    ref = _core.testing.matmul(t, raw, rows, cols, x, isa, 2, True, precise=True, row_norms=True)
+    assert np.all((ref == plain) | (ref == full))
+    np.testing.assert_array_equal(ref.argmax(-1), full.argmax(-1))
+    np.testing.assert_array_equal(ref.max(-1), full.max(-1))
+    assert (ref == full).sum() < rows * n  # not every row: the bound selects

@@ -1,7 +1,7 @@
 // The per-ISA kernel table of the CPU backend.
 //
-// arch/kernels_impl.inc is compiled three times (generic.cpp, avx2.cpp,
-// avx512.cpp), each with its own target flags, into its own namespace. Only
+// arch/kernels_impl.inc is compiled four times (generic.cpp, avx2.cpp,
+// avx512.cpp, avx512_vnni.cpp), each with its own target flags, into its own namespace. Only
 // the table crosses TU boundaries, so no code built for a wider ISA can be
 // picked by the linker for a narrower one. The generic build is the plain C++
 // twin every other variant is tested against.
@@ -20,7 +20,7 @@ enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3 };
 inline constexpr Isa kAllIsas[] = {Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni};
 
 // Number of DType slots in the per-type tables (max GGUF id we index + 1).
-constexpr int kDTypeSlots = 43;
+constexpr int kDTypeSlots = 46;
 
 using VecDotFn = float (*)(const void* row, const float* x, int64_t n);
 using DequantFn = void (*)(const void* row, float* out, int64_t n);
@@ -71,8 +71,9 @@ struct Kernels {
   DequantFn dequant[kDTypeSlots];
   // x (n floats, n % 32 == 0) -> qs (n, then |qs| in qs[n..2n)), d and s (n / 32)
   void (*quantize_act)(const float* x, int8_t* qs, float* d, float* s, int64_t n);
-  // qs (n values) -> out (n): the interleaved copy the repacked groups read
-  // (the third part of a QActs row); only products with such weights need it
+  // qs (n values) -> out (n bytes, then n / 16 int16): the interleaved copy
+  // the repacked groups read and the sums of 16 (parts 3 and 4 of a QActs
+  // row); only products with such weights need them
   void (*interleave_act)(const int8_t* qs, int8_t* out, int64_t n);
   // per weight type (those with int8_dot(type)); the tile kernel reads each
   // weight block once for all the tokens of the tile
