@@ -12,8 +12,24 @@
 namespace llmrt {
 
 namespace {
-// About a millisecond of spinning before a worker goes to sleep.
+// Spinning before a wait sleeps: about a millisecond on current x86 cores,
+// with the core yielded every kYieldEvery iterations (a system call that
+// returns at once when nothing else wants the core, and otherwise lets it run).
 constexpr int kSpinIters = 1 << 14;
+constexpr int kYieldEvery = 256;
+
+// Spins until done() holds or the budget runs out; true if it holds.
+template <class Pred>
+bool spin_until(Pred done) {
+  for (int i = 1; i <= kSpinIters; ++i) {
+    if (done()) return true;
+    if (i % kYieldEvery == 0)
+      std::this_thread::yield();
+    else
+      LLMRT_PAUSE();
+  }
+  return done();
+}
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
@@ -24,17 +40,52 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stop_.store(true);
-    epoch_.fetch_add(1);
   }
   cv_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::drain() {
+void ThreadPool::work(uint64_t region) {
+  uint64_t s = state_.load(std::memory_order_acquire);
   for (;;) {
-    int t = next_.fetch_add(1, std::memory_order_relaxed);
-    if (t >= n_tasks_) break;
-    (*fn_)(t);
+    if (region_of(s) != region) return;
+    const uint64_t next = s & kField, count = (s >> kCountShift) & kField;
+    if (next >= count) return;
+    // claim task `next` of this region (the region and the count travel in
+    // the same word, so a late thread cannot claim a task of a later one)
+    if (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
+                                      std::memory_order_acquire))
+      continue;
+    (*fn_)((int)next);
+    // seq_cst, as the caller's caller_asleep_ store and done_ load: either
+    // it sees this task done or this sees it asleep
+    if (done_.fetch_add(1) + 1 == (int)count && caller_asleep_.load()) {
+      std::lock_guard<std::mutex> lk(mu_);
+      cv_done_.notify_one();
+    }
+    s = state_.load(std::memory_order_acquire);
+  }
+}
+
+void ThreadPool::run_region(int n_tasks, const std::function<void(int)>& fn) {
+  fn_ = &fn;
+  done_.store(0, std::memory_order_relaxed);
+  // the region number wraps at 2^24 (a worker only compares it for change)
+  const uint64_t region = (region_of(state_.load(std::memory_order_relaxed)) + 1) & kRegionMask;
+  // publishes fn_ and done_ with the new region (seq_cst: ordered against a
+  // worker's sleepers_ increment, so either it sees the region or we see it)
+  state_.store((region << kRegionShift) | ((uint64_t)n_tasks << kCountShift));
+  if (sleepers_.load() > 0) {
+    { std::lock_guard<std::mutex> lk(mu_); }
+    cv_.notify_all();
+  }
+  work(region);
+  auto finished = [&] { return done_.load() == n_tasks; };
+  if (!spin_until(finished)) {
+    std::unique_lock<std::mutex> lk(mu_);
+    caller_asleep_.store(true);
+    cv_done_.wait(lk, finished);
+    caller_asleep_.store(false);
   }
 }
 
@@ -44,35 +95,34 @@ void ThreadPool::run(int n_tasks, const std::function<void(int)>& fn) {
     for (int t = 0; t < n_tasks; ++t) fn(t);
     return;
   }
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    fn_ = &fn;
-    n_tasks_ = n_tasks;
-    next_.store(0, std::memory_order_relaxed);
-    busy_.store((int)workers_.size(), std::memory_order_relaxed);
-    epoch_.fetch_add(1, std::memory_order_release);
+  // the task field holds fewer than 2^20: larger counts run as several regions
+  constexpr int kMax = (int)kField;
+  for (int t0 = 0; t0 < n_tasks; t0 += kMax) {
+    const int n = std::min(kMax, n_tasks - t0);
+    if (t0 == 0 && n == n_tasks) {
+      run_region(n, fn);
+    } else {
+      const std::function<void(int)> part = [&](int t) { fn(t0 + t); };
+      run_region(n, part);
+    }
   }
-  cv_.notify_all();
-  drain();
-  while (busy_.load(std::memory_order_acquire) != 0) LLMRT_PAUSE();
 }
 
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    int spins = 0;
-    while (epoch_.load(std::memory_order_acquire) == seen && spins < kSpinIters) {
-      LLMRT_PAUSE();
-      ++spins;
-    }
-    if (epoch_.load(std::memory_order_acquire) == seen) {
+    // seq_cst, as the caller's state_ store and sleepers_ load: a region
+    // published while this goes to sleep is seen, or the caller wakes it
+    auto ready = [&] { return region_of(state_.load()) != seen || stop_.load(); };
+    if (!spin_until(ready)) {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_.wait(lk, [&] { return epoch_.load(std::memory_order_acquire) != seen; });
+      sleepers_.fetch_add(1);
+      cv_.wait(lk, ready);
+      sleepers_.fetch_sub(1);
     }
-    seen = epoch_.load(std::memory_order_acquire);
     if (stop_.load()) return;
-    drain();
-    busy_.fetch_sub(1, std::memory_order_acq_rel);
+    seen = region_of(state_.load(std::memory_order_acquire));
+    work(seen);
   }
 }
 
