@@ -4,6 +4,11 @@ prompt tokens/s (a 512-token prompt from scratch), the ratio llmrt/llama.cpp,
 and the fraction of the machine's measured read bandwidth that decode uses.
 
     python bench/compare.py [--model PATH] [--threads 2] [--runs 5]
+    python bench/compare.py --shape smollm2-1.7b --types q4_0,q4_k_m,q5_k_m,q6_k,q8_0
+
+--shape writes random-weight files of a real model's shape quantized by
+llama.cpp's own quantizer (bench/real_shapes.py; needs llama-cpp-python),
+runs every type in turn and ends with a table of all of them.
 
 Both engines are driven the same way: one native call per token with the
 argmax taken in Python, so the numbers compare the engines, not samplers.
@@ -99,17 +104,10 @@ class LlamaCppRunner(Runner):
         return self._last_logits()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--decode-tokens", type=int, default=128)
-    ap.add_argument("--prompt-tokens", type=int, default=512)
-    a = ap.parse_args()
-    path = a.model or llmrt.default_model_path()
+def compare_model(path: str, a: argparse.Namespace) -> dict:
+    """One file through both engines (alternating runs); prints its block and
+    returns the medians."""
     n_ctx = 1024
-
     runners = [LlmrtRunner(path, a.threads, n_ctx)]
     try:
         runners.append(LlamaCppRunner(path, a.threads, n_ctx))
@@ -139,12 +137,55 @@ def main() -> None:
         print(f"{name:10s} decode {d['decode']:7.1f} tok/s ({d['decode'] * per_token / 1e9:5.1f} GB/s, "
               f"{100 * d['decode'] * per_token / 1e9 / bw:3.0f}% of measured)   "
               f"prompt {d['prompt']:7.1f} tok/s   "
-              f"[decode runs {' '.join(f'{x:.0f}' for x in runs['decode'])}; "
-              f"prompt runs {' '.join(f'{x:.0f}' for x in runs['prompt'])}]")
+              f"[decode runs {' '.join(f'{x:.1f}' for x in runs['decode'])}; "
+              f"prompt runs {' '.join(f'{x:.1f}' for x in runs['prompt'])}]")
     if len(med) == 2:
         a_, b_ = med["llmrt"], med["llama.cpp"]
         print(f"ratio llmrt/llama.cpp: decode {a_['decode'] / b_['decode']:.2f}x, "
-              f"prompt {a_['prompt'] / b_['prompt']:.2f}x")
+              f"prompt {a_['prompt'] / b_['prompt']:.2f}x", flush=True)
+    del runners
+    return {"med": med, "bw": bw, "per_token": per_token}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--shape", default=None, help="a shape of bench/real_shapes.py")
+    ap.add_argument("--types", default="q4_0,q4_k_m,q5_k_m,q6_k,q8_0",
+                    help="with --shape: the llama.cpp file types to run")
+    ap.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "llmrt-shapes"),
+                    help="with --shape: where the files are kept")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--decode-tokens", type=int, default=128)
+    ap.add_argument("--prompt-tokens", type=int, default=512)
+    a = ap.parse_args()
+    if a.shape is None:
+        compare_model(a.model or llmrt.default_model_path(), a)
+        return
+    from real_shapes import ensure
+    files = ensure(a.shape, [t for t in a.types.split(",") if t], a.dir)
+    rows = []
+    for ty, path in files.items():
+        r = compare_model(path, a)
+        rows.append((ty, r))
+        print()
+    print(f"{a.shape}, {a.threads} threads, {llmrt.build_info()['cpu_isa']}, medians of {a.runs}; "
+          "decode tok/s (GB/s of weights, % of the measured read bandwidth) | prompt tok/s")
+    print("| type | llmrt decode | llama.cpp decode | ratio | llmrt prompt | llama.cpp prompt | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for ty, r in rows:
+        m, pt, bw = r["med"], r["per_token"], r["bw"]
+        lm, lc = m["llmrt"], m.get("llama.cpp")
+
+        def dec(d):
+            gb = d["decode"] * pt / 1e9
+            return f"{d['decode']:.1f} ({gb:.1f} GB/s, {100 * gb / bw:.0f}%)"
+        if lc:
+            print(f"| {ty} | {dec(lm)} | {dec(lc)} | {lm['decode'] / lc['decode']:.2f}x | "
+                  f"{lm['prompt']:.1f} | {lc['prompt']:.1f} | {lm['prompt'] / lc['prompt']:.2f}x |")
+        else:
+            print(f"| {ty} | {dec(lm)} | | | {lm['prompt']:.1f} | | |")
 
 
 if __name__ == "__main__":
