@@ -7,12 +7,10 @@
 // its tasks are done, not when every worker has looked in: a worker the OS
 // has not scheduled costs the region nothing unless it holds a task.
 //
-// Waiting shares the machine: between regions (which follow each other
-// within microseconds inside a forward pass) workers spin briefly, yielding
-// the core every few hundred iterations to whatever else is runnable on it,
-// then sleep on a condition variable, so an idle model costs no CPU and a
-// busy machine loses little to the spinning. The caller waits for the last
-// tasks the same way.
+// Between regions (which follow each other within microseconds inside a
+// forward pass) workers spin briefly, then sleep on a condition variable, so
+// an idle model costs no CPU; the caller waits for a region's last tasks the
+// same way, spinning longer (see threadpool.cpp).
 #pragma once
 
 #include <atomic>
