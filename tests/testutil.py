@@ -116,7 +116,8 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
                 extra_tokens: int = 0, ctx: int = 512, rope_base: float = 10000.0,
                 seed: int = 0, tokenizer: str = "bpe", spm_vocab=None,
                 bias: bool | None = None, norm_type: str = "F32", n_expert: int = 0,
-                n_expert_used: int = 2, window: int = 8, longrope: bool = False):
+                n_expert_used: int = 2, window: int = 8, longrope: bool = False,
+                specials: tuple = (), chat_template: str | None = None):
     """Write a random model; returns (reference weights float64 dict, config dict).
 
     The reference weights are the dequantized values actually stored, so the
@@ -125,6 +126,7 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
     hd = head_dim or n_embd // n_head
     if tokenizer == "bpe":
         tokens, types, merges = bpe_vocab(extra_tokens)
+        tokens, types = tokens + list(specials), types + [4] * len(specials)  # user-defined
     else:
         tokens, scores, types = spm_vocab
         merges = None
@@ -163,6 +165,8 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
         w.add_bos_token_id(0)
         w.add_eos_token_id(0)
         w.add_add_bos_token(False)
+        if chat_template is not None:
+            w.add_chat_template(chat_template)
     else:
         w.add_tokenizer_model("llama")
         w.add_token_list(tokens)
@@ -389,3 +393,40 @@ def _moe_ref(W: dict, p: str, h: np.ndarray, k: int, mm) -> np.ndarray:
             out[t] += we * mm(a, p + "ffn_down_exps.weight", W[p + "ffn_down_exps.weight"][e])[0]
     return out
 
+
+
+# A Hermes-style chat template that takes tools (written for these tests; the
+# shape Qwen 2.5 and Hermes models use): tools in the system turn, calls in
+# <tool_call> tags, results in <tool_response> tags.
+HERMES = """{%- if tools %}<|im_start|>system
+{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}
+
+{% endif %}You may call functions. Their signatures, in <tools></tools>:
+<tools>
+{% for tool in tools %}{{ tool | tojson }}
+{% endfor %}</tools>
+Reply with each call in <tool_call></tool_call> tags:
+<tool_call>
+{"name": <function-name>, "arguments": <args-json-object>}
+</tool_call><|im_end|>
+{% elif messages[0]['role'] == 'system' %}<|im_start|>system
+{{ messages[0]['content'] }}<|im_end|>
+{% endif %}
+{%- for m in messages %}
+{%- if m['role'] == 'system' %}{% continue %}{% endif %}
+{%- if m['role'] == 'tool' %}<|im_start|>user
+<tool_response>
+{{ m['content'] }}
+</tool_response><|im_end|>
+{% elif m['role'] == 'assistant' and m.get('tool_calls') %}<|im_start|>assistant
+{% if m['content'] %}{{ m['content'] }}
+{% endif %}{% for c in m['tool_calls'] %}<tool_call>
+{"name": "{{ c['function']['name'] }}", "arguments": {{ c['function']['arguments'] | tojson }}}
+</tool_call>{% if not loop.last %}
+{% endif %}{% endfor %}<|im_end|>
+{% else %}<|im_start|>{{ m['role'] }}
+{{ m['content'] }}<|im_end|>
+{% endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""

@@ -44,7 +44,9 @@ def render(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str 
                 not (isinstance(m.get("content"), str) or
                      (m.get("content") is None and m.get("tool_calls"))):
             raise ValueError(f"messages[{i}] must be a dict with string 'role' and 'content'")
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    # loop controls ({% break %}, {% continue %}) as transformers enables them
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
     try:

@@ -109,6 +109,10 @@ def end_ids(model: "Model", p: SamplingParams) -> set[int]:
     for t in p.stop_token_ids or []:
         if t >= model.vocab_size:
             raise ValueError(f"stop_token_ids: {t} is outside the vocabulary")
+    for t in p.logit_bias or {}:
+        if t >= model.vocab_size:
+            raise ValueError(f"logit_bias: token id {t} is outside the vocabulary "
+                             f"(size {model.vocab_size})")
     ends = set() if p.ignore_eos else set(model.end_token_ids)
     ends.update(int(i) for i in (p.stop_token_ids or []))
     return ends

@@ -196,6 +196,21 @@ class Model:
         the LoRA adapter `lora`, an id from load_lora)."""
         return self.engine.logits(self._ids(ids), self.check_lora(lora))
 
+    def score(self, prompt: str | Sequence[int], continuation: str | Sequence[int],
+              add_special: bool = True, lora: int | None = None) -> Any:
+        """log P(continuation | prompt) -> scoring.ScoreResult (logprob, is_greedy,
+        token_logprobs): a multiple-choice answer's loglikelihood, as
+        evaluation harnesses compute it."""
+        from .scoring import score
+        return score(self, prompt, continuation, add_special, lora)
+
+    def prompt_logprobs(self, ids: Sequence[int], top: int = 0,
+                        lora: int | None = None) -> list:
+        """Each token's TokenLogprob given the tokens before it (with the
+        `top` likeliest alternatives); None for the first."""
+        from .scoring import prompt_logprobs
+        return prompt_logprobs(self, ids, top, lora)
+
     def embed(self, texts: str | Sequence[str] | Sequence[Sequence[int]], pooling: str = "mean",
               normalize: bool = True, add_special: bool = True) -> np.ndarray:
         """Embeddings of texts (or token id lists) from the model's final
@@ -453,22 +468,55 @@ class Model:
         return shape(job.run())
 
     def chat(self, messages: Sequence[dict[str, Any]], params: SamplingParams | None = None, *,
-             stream: bool = False, add_generation_prompt: bool = True, **kwargs: Any):
+             stream: bool = False, add_generation_prompt: bool = True,
+             tools: Sequence[dict] | None = None, tool_choice: Any = None,
+             parallel_tool_calls: bool = True, **kwargs: Any):
         """Render messages with the model's chat template and generate the reply,
-        stopping at the template's end-of-turn token."""
-        prompt = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        stopping at the template's end-of-turn token.
+
+        ``tools`` (OpenAI's function tools) are rendered through the template
+        and the calls the reply makes are parsed in the model family's format
+        (llmrt.tools): the result's ``tool_calls`` (ToolCall: name, arguments
+        as JSON text, id), its text without them, finish_reason
+        "tool_calls". ``tool_choice`` "auto" (default), "none", "required"
+        or {"type": "function", "function": {"name": ...}}; calls follow the
+        tools' parameter schemas (a grammar: from the first token for
+        "required" and a named tool, from where a call starts for "auto")."""
+        from . import tools as T
+        plan = None
+        if tools is not None:
+            rf = kwargs.get("response_format", params.response_format if params else None)
+            plan = T.plan(self.chat_template, messages, self.tokenizer, tools, tool_choice,
+                          parallel_tool_calls, rf)
+            T.compile_checked(self.grammars, plan, self.tokenizer)
+            messages = plan.messages
+            if plan.response_format is not None:
+                kwargs["response_format"] = plan.response_format
+        elif tool_choice is not None:
+            raise ValueError("tool_choice needs tools")
+        prompt = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                          tools=plan.template_tools() if plan else None)
         tok = self.tokenizer
         bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
         # the template may already write BOS itself
         add_special = not (bos and prompt.startswith(bos))
         if params is None and "max_new_tokens" not in kwargs and "max_tokens" not in kwargs:
             kwargs["max_new_tokens"] = 256
-        return self.generate(prompt, params, stream=stream, add_special=add_special, **kwargs)
+        out = self.generate(prompt, params, stream=stream, add_special=add_special, **kwargs)
+        if plan is None or not plan.parses:
+            return out
+        if stream:
+            return T.ToolStream(out, plan.fmt, tok)
+        for r in out if isinstance(out, list) else [out]:
+            T.attach(r, plan.fmt, tok)
+        return out
 
     def apply_chat_template(self, messages: Sequence[dict[str, Any]],
-                            add_generation_prompt: bool = True) -> str:
+                            add_generation_prompt: bool = True,
+                            tools: Sequence[dict] | None = None) -> str:
         tok = self.tokenizer
+        extra = {"tools": list(tools)} if tools else {}
         return render(self.chat_template or CHATML_TEMPLATE, messages,
                       bos_token=tok.tokens[tok.bos_id] if tok.bos_id is not None else "",
                       eos_token=tok.tokens[tok.eos_id] if tok.eos_id is not None else "",
-                      add_generation_prompt=add_generation_prompt)
+                      add_generation_prompt=add_generation_prompt, **extra)

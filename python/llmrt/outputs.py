@@ -31,12 +31,13 @@ class Beam:
 class GenerationResult:
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (end token or stop string) or "length"
+    finish_reason: str  # "stop" (end token or stop string), "length" or "tool_calls"
     prompt_tokens: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     logprobs: list[TokenLogprob] | None = None  # with SamplingParams.logprobs
     beams: list[Beam] | None = None  # beam search: every final beam, best first
     cached_tokens: int = 0  # prompt tokens whose keys and values the prefix cache held
+    tool_calls: list | None = None  # chat(tools=...): the calls made (llmrt.tools.ToolCall)
 
     def __str__(self) -> str:
         return self.text

@@ -43,7 +43,7 @@ class Request:
                                        logprobs=[] if p.logprobs is not None else None)
         self.greedy = (p.temperature == 0 or p.top_k == 1) and not p.mirostat_mode
         # tokens so far (for the penalties of draws made here, prompt lookup)
-        self.hist = np.zeros(len(prompt) + p.max_new_tokens + 1, np.int32)
+        self.hist = np.zeros(min(len(prompt) + p.max_new_tokens, context_length) + 1, np.int32)
         self.hist[:len(prompt)] = prompt
         self.n_hist = len(prompt)
         self.seq = -1   # its KV-cache sequence

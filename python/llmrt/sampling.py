@@ -31,6 +31,7 @@ import numpy as np
 from . import _core, structured
 
 ALIASES = {"max_tokens": "max_new_tokens"}
+INT32_MAX = 2**31 - 1  # the native sampler's integers
 
 
 def _is_int(v: Any) -> bool:
@@ -105,8 +106,8 @@ class SamplingParams:
 
         def integer(name: str, lo: int, want: str) -> None:
             v = getattr(self, name)
-            if not _is_int(v) or v < lo:
-                bad(name, want)
+            if not _is_int(v) or v < lo or v > INT32_MAX:
+                bad(name, want + f" and at most {INT32_MAX}")
 
         integer("max_new_tokens", 0, "an integer >= 0")
         num("temperature", 0.0, want="a finite number >= 0")
@@ -122,22 +123,24 @@ class SamplingParams:
             if not isinstance(self.logit_bias, dict):
                 bad("logit_bias", "a dict {token id: bias}")
             for t, b in self.logit_bias.items():
-                if not _is_int(t) or t < 0 or not _is_num(b) or math.isnan(b) or b == math.inf:
+                if not _is_int(t) or not 0 <= t <= INT32_MAX or not _is_num(b) or \
+                        math.isnan(b) or b == math.inf:
                     raise ValueError(f"logit_bias must map token ids >= 0 to finite biases "
                                      f"(or -inf), got {t!r}: {b!r}")
         if self.mirostat_mode not in (0, 1, 2) or not _is_int(self.mirostat_mode):
             bad("mirostat_mode", "0, 1 or 2")
         num("mirostat_tau", 0.0, lo_open=True, want="a finite number > 0")
         num("mirostat_eta", 0.0, lo_open=True, want="a finite number > 0")
-        if self.seed is not None and not _is_int(self.seed):
-            bad("seed", "an integer or None")
+        if self.seed is not None and (not _is_int(self.seed) or
+                                      not -2**63 <= self.seed < 2**64):
+            bad("seed", "an integer in [-2**63, 2**64) or None")
         stops = [self.stop] if isinstance(self.stop, str) else self.stop
         if stops is not None and (not isinstance(stops, (list, tuple)) or
                                   any(not isinstance(s, str) or not s for s in stops)):
             bad("stop", "a non-empty string or a list of non-empty strings")
         if self.stop_token_ids is not None and (
                 not isinstance(self.stop_token_ids, (list, tuple, set)) or
-                any(not _is_int(t) or t < 0 for t in self.stop_token_ids)):
+                any(not _is_int(t) or not 0 <= t <= INT32_MAX for t in self.stop_token_ids)):
             bad("stop_token_ids", "a list of token ids")
         if not isinstance(self.ignore_eos, bool):
             bad("ignore_eos", "True or False")

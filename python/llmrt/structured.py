@@ -10,6 +10,9 @@ few more:
     a JSON Schema itself (a dict), or a pydantic model class
     {"type": "regex", "pattern": "..."}
     {"type": "grammar", "grammar": "..."}     a Lark-style grammar (or GBNF)
+    {"type": "grammar", "grammar": "...", "trigger": "..."}
+                                              free text until the text ends with the
+                                              trigger, which the grammar then begins with
     {"type": "choice", "choices": ["a", ...]} exactly one of these strings
 
 llguidance is the constraint engine. Its tokenizer is built once per model
@@ -43,7 +46,8 @@ if TYPE_CHECKING:
 TYPES = ("text", "json_object", "json_schema", "regex", "grammar", "choice")
 # how JSON is laid out unless a schema's "x-guidance" says otherwise
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-_WHAT = {"json": "JSON Schema", "regex": "regex", "grammar": "grammar", "choice": "choices"}
+_WHAT = {"json": "JSON Schema", "regex": "regex", "grammar": "grammar", "lazy": "grammar",
+         "choice": "choices"}
 
 
 # A calendar date (RFC 3339 full-date) with February 29 only in leap years:
@@ -68,6 +72,12 @@ def _strict_dates(node: Any) -> Any:
         del out["format"]
         out["pattern"] = DATE_PATTERN
     return out
+
+
+def _first_line(msg: str, limit: int = 300) -> str:
+    """An engine's message without the state it dumps after the first line."""
+    line = (msg or "").strip().split("\n", 1)[0].strip()
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def _bad(msg: str) -> ValueError:
@@ -121,7 +131,13 @@ def normalize(rf: Any) -> tuple[str, Any] | None:
     if t == "regex":
         return "regex", field("pattern", str, "regex")
     if t == "grammar":
-        return "grammar", field("grammar", str)
+        g = field("grammar", str)
+        trig = rf.get("trigger")
+        if trig is None:
+            return "grammar", g
+        if not isinstance(trig, str) or not trig:
+            raise _bad("a grammar's 'trigger' must be a non-empty string")
+        return "lazy", (g, trig)
     choices = field("choices", list)
     if not all(isinstance(c, str) and c for c in choices):
         raise _bad("'choices' must be non-empty strings")
@@ -139,9 +155,9 @@ def _lark_source(kind: str, src: Any) -> str:
             raise _bad(f"the JSON Schema is invalid: {e}") from None
     if kind == "regex":
         return llg.LLMatcher.grammar_from_regex(src)
-    if kind == "grammar":
+    if kind in ("grammar", "lazy"):
         try:
-            return llg.grammar_from("grammar", src)
+            return llg.grammar_from("grammar", src if kind == "grammar" else src[0])
         except ValueError as e:
             raise _bad(f"the grammar is invalid: {e}") from None
     return llg.LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c) for c in src))
@@ -213,7 +229,7 @@ def start_masks(samplers: Iterable["Sampler"]) -> Pending | None:
     """Before a step: the constrained samplers among those drawing in it
     expect their masks, which the worker computes while the step runs.
     Returns the work to finish (finish_masks) or None."""
-    cs = [s.constraint for s in samplers if s.constraint is not None]
+    cs = [s.constraint for s in samplers if s.constraint is not None and s.constraint.active]
     if not cs:
         return None
     for c in cs:
@@ -293,10 +309,20 @@ class Grammars:
                                   "'llmrt[structured]'") from None
             lltok = self._tokenizer()
             m = llg.LLMatcher(lltok, _lark_source(kind, src), log_level=0)
+            if not m.is_error():
+                # a constraint nothing can satisfy (a schema {"$ref": "#"}) fails
+                # at its first mask: find out here rather than mid-generation
+                probe = m.deep_copy()
+                probe.compute_bitmask()
+                m = probe if probe.is_error() else m
             if m.is_error():
                 raise _bad(f"the {_WHAT[kind]} is invalid or unsupported: "
-                           f"{m.get_error().strip()}")
+                           f"{_first_line(m.get_error())}")
             g = Grammar(m, self.eos)
+            if kind == "lazy":
+                tok = self._tok
+                g.trigger = src[1].encode("utf-8")
+                g.token_bytes = tok.token_bytes
             self._cache[key] = g
             if len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
@@ -306,17 +332,26 @@ class Grammars:
 class Grammar:
     """A compiled response format: a fresh matcher to copy for each sequence."""
 
+    trigger: bytes | None = None  # a lazy grammar's trigger
+    token_bytes: Callable[[int], bytes] | None = None
+
     def __init__(self, matcher: Any, eos: frozenset[int]):
         self._m, self.eos = matcher, eos
 
     def constraint(self, sampler: "Sampler", end_ids: Iterable[int]) -> "Constraint":
-        c = Constraint(self._m.deep_copy(), sampler, set(end_ids), self.eos)
+        if self.trigger is not None and self.token_bytes is not None:
+            c: Constraint = LazyConstraint(self._m.deep_copy(), sampler, set(end_ids), self.eos,
+                                           self.trigger, self.token_bytes)
+        else:
+            c = Constraint(self._m.deep_copy(), sampler, set(end_ids), self.eos)
         sampler.constraint = c
         return c
 
 
 class Constraint:
     """One sequence's constraint: its matcher and its sampler's mask."""
+
+    active = True  # masks the draws (a lazy one only once triggered)
 
     def __init__(self, matcher: Any, sampler: "Sampler", end_ids: set[int],
                  eos: frozenset[int]):
@@ -347,7 +382,7 @@ class Constraint:
         m = self.m
         m.unsafe_compute_mask_ptr(words.ctypes.data, words.nbytes)
         if m.is_error():
-            raise RuntimeError(f"structured output: {m.get_error().strip()}")
+            raise RuntimeError(f"structured output: {_first_line(m.get_error())}")
         for t in self._drop:
             words[t >> 5] &= np.uint32(~(1 << (t & 31)) & 0xFFFFFFFF)
         if self._add and m.is_accepting():
@@ -366,7 +401,7 @@ class Constraint:
                 if i < len(drafts):
                     if not self.m.consume_token(int(drafts[i])):
                         raise RuntimeError(f"structured output: draft token {drafts[i]} "
-                                           f"does not fit ({self.m.get_error().strip()})")
+                                           f"does not fit ({_first_line(self.m.get_error())})")
                     n += 1
         finally:
             if n:
@@ -386,7 +421,52 @@ class Constraint:
             raise err
         if not self.m.consume_token(int(tok)):
             raise RuntimeError(f"structured output: token {tok} does not fit the constraint "
-                               f"({self.m.get_error().strip()})")
+                               f"({_first_line(self.m.get_error())})")
+        return bool(self.m.is_stopped())
+
+
+class LazyConstraint(Constraint):
+    """A lazy grammar's constraint: dormant (no masks) until the generated
+    text ends with the trigger, spelled by whole tokens; those tokens then
+    begin the grammar, which masks every draw from there on. (A trigger
+    that begins inside a token leaves the text unconstrained.)"""
+
+    active = False
+
+    def __init__(self, matcher: Any, sampler: "Sampler", end_ids: set[int],
+                 eos: frozenset[int], trigger: bytes, token_bytes: Callable[[int], bytes]):
+        super().__init__(matcher, sampler, end_ids, eos)
+        self._trigger, self._bytes = trigger, token_bytes
+        self._recent: list[int] = []
+        self._tail = b""
+
+    def valid_prefix(self, tokens: Sequence[int]) -> int:
+        return super().valid_prefix(tokens) if self.active else len(tokens)
+
+    def draft_masks(self, drafts: Sequence[int]) -> np.ndarray:
+        if self.active:
+            return super().draft_masks(drafts)
+        return np.full((len(drafts) + 1, len(self.words)), 0xFFFFFFFF, np.uint32)
+
+    def consume(self, tok: int) -> bool:
+        if self.active:
+            return super().consume(tok)
+        self._recent = (self._recent + [int(tok)])[-64:]
+        self._tail = (self._tail + self._bytes(int(tok)))[-4 * len(self._trigger) - 64:]
+        if not self._tail.endswith(self._trigger):
+            return False
+        spelled, k = b"", 0
+        while k < len(self._recent) and len(spelled) < len(self._trigger):
+            k += 1
+            spelled = self._bytes(self._recent[-k]) + spelled
+        if spelled != self._trigger:
+            return False
+        toks = self._recent[-k:]
+        if self.m.validate_tokens(toks) != len(toks):
+            return False
+        for t in toks:
+            self.m.consume_token(t)
+        self.active = True
         return bool(self.m.is_stopped())
 
 

@@ -133,6 +133,14 @@ class Tokenizer:
     def _encode(self, text: str) -> list[int]:
         raise NotImplementedError
 
+    def special_token_id(self, text: str) -> int | None:
+        """The id of the control or user-defined token spelled `text` (such
+        as "<tool_call>"), or None."""
+        for i in sorted(self.special_ids | self.user_defined_ids):
+            if self.tokens[i] == text:
+                return i
+        return None
+
     # -- decoding ---------------------------------------------------------------------
     def token_bytes(self, token_id: int) -> bytes:
         return self._bytes[token_id]

@@ -59,7 +59,7 @@ def start(model: str, *args: str, timeout: float = 120) -> Server:
 
 
 def metric(server: Server, name: str) -> float:
-    text = httpx.get(server.url + "/metrics").text
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     assert m, name
     return float(m.group(1))

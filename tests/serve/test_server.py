@@ -287,7 +287,7 @@ def test_clients_that_disconnect_free_their_blocks(server):
 
 
 def test_metrics(server):
-    text = httpx.get(server.url + "/metrics").text
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     for name in ("llmrt_requests_total", "llmrt_prompt_tokens_total",
                  "llmrt_generation_tokens_total", "llmrt_queue_depth", "llmrt_running_requests",
                  "llmrt_kv_blocks_used", "llmrt_prefix_cache_hit_rate",

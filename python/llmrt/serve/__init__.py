@@ -44,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", default=[], metavar="NAME=PATH",
                    help="a LoRA adapter (PEFT directory or GGUF file) served as model NAME "
                         "(repeatable)")
+    p.add_argument("--public-metrics", action="store_true",
+                   help="serve /metrics without the API key")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds SIGTERM waits for requests in flight before cancelling "
+                        "them (default 30)")
     p.add_argument("--log-level", default="warning")
 
 
@@ -104,7 +109,9 @@ def main(a: Any) -> int:
         model.load_lora(path, name=name)
     app = create_app(model, model_name=a.model_name, api_key=a.api_key,
                      max_batch_size=a.max_batch_size, max_queue=a.max_queue,
-                     max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)
+                     max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
+                     public_metrics=a.public_metrics)
     print(f"llmrt serve: {model!r} on http://{a.host}:{a.port}/v1", flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)
+    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level,
+                timeout_graceful_shutdown=a.shutdown_timeout)
     return 0

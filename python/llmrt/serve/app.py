@@ -5,17 +5,20 @@ object for every failure."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import protocol as P
+from . import schema as S
 from .service import Service
 
 if TYPE_CHECKING:
@@ -24,40 +27,95 @@ if TYPE_CHECKING:
 log = logging.getLogger("llmrt.serve")
 
 
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models",
+          "/tokenize", "/detokenize", "/health", "/metrics")
+
+
+def route_label(path: str) -> str:
+    """A metrics label for a path: a known route, or "other" (a label per
+    path a client makes up would grow without bound)."""
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
+    return path if path in ROUTES else "other"
+
+
 def install_errors(app: FastAPI, count: Any = None) -> None:
-    """OpenAI's error object for API errors, unknown routes and failures."""
+    """OpenAI's error object for API errors, unknown routes and failures;
+    each counted by status. No internal text reaches a client."""
+    def counted(request: Request, status: int) -> None:
+        if count:
+            count(route_label(request.url.path), status)
+
     @app.exception_handler(P.APIError)
     async def api_error(request: Request, e: P.APIError) -> JSONResponse:
-        if count:
-            count(request.url.path, e.status)
+        counted(request, e.status)
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
+        counted(request, 400)
+        return JSONResponse(P.APIError(400, "invalid request").body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        err = P.APIError(e.status_code, str(e.detail),
+        counted(request, e.status_code)
+        detail = e.detail if isinstance(e.detail, str) else "error"
+        err = P.APIError(e.status_code, detail,
                          code="not_found" if e.status_code == 404 else None)
         return JSONResponse(err.body(), status_code=e.status_code)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> JSONResponse:
         log.exception("request failed")
-        err = P.APIError(500, f"internal error: {e}", type="server_error")
+        counted(request, 500)
+        err = P.APIError(500, "internal server error (see the server's log)",
+                         type="server_error")
         return JSONResponse(err.body(), status_code=500)
 
 
-def install_guard(app: FastAPI, api_key: str | None, max_body_bytes: int) -> None:
-    """The API key on /v1/*, and 413 for a body declared too large."""
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {api_key}":
-                err = P.APIError(401, "invalid or missing API key (Authorization: Bearer ...)",
-                                 code="invalid_api_key")
-                return JSONResponse(err.body(), status_code=401)
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > max_body_bytes:
-            return JSONResponse(_too_large(max_body_bytes).body(), status_code=413)
-        return await call_next(request)
+OPEN_PATHS = ("/health",)
+DOC_PATHS = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+
+
+def install_guard(app: FastAPI, api_key: str | None, max_body_bytes: int,
+                  public_metrics: bool = False, count: Any = None) -> None:
+    """The API key on every route but /health (and /metrics with
+    public_metrics), and 413 for a body declared too large. (Plain ASGI, not
+    an http middleware: that one hides a client's disconnect from the
+    routes, and a request whose client left must be seen to go.)"""
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes,
+                       public_metrics=public_metrics, count=count)
+
+
+class _Guard:
+    def __init__(self, app: Any, api_key: str | None, max_body_bytes: int,
+                 public_metrics: bool, count: Any):
+        self.app, self.key, self.limit = app, api_key, max_body_bytes
+        self.public_metrics, self.count = public_metrics, count
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        open_ = path in OPEN_PATHS or (self.public_metrics and path == "/metrics")
+        if self.key and not open_ and not hmac.compare_digest(
+                headers.get("authorization", "").encode(), f"Bearer {self.key}".encode()):
+            err = P.APIError(401, "invalid or missing API key (Authorization: Bearer ...)",
+                             code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            return await self._refuse(path, err, scope, receive, send)
+        size = headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > self.limit:
+            return await self._refuse(path, _too_large(self.limit), scope, receive, send)
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, path: str, err: P.APIError, scope: dict, receive: Any,
+                      send: Any) -> None:
+        if self.count:
+            self.count(route_label(path), err.status)
+        await JSONResponse(err.body(), status_code=err.status, headers=err.headers)(
+            scope, receive, send)
 
 
 def _too_large(limit: int) -> P.APIError:
@@ -75,8 +133,12 @@ async def read_json(request: Request, max_body_bytes: int) -> dict:
     try:
         body = json.loads(b"".join(chunks) or b"null")
     except (ValueError, UnicodeDecodeError) as e:
-        raise P.APIError(400, f"the request body is not valid JSON: {e}") from None
-    return P.as_object(body)
+        raise P.APIError(400, f"the request body is not valid JSON: {str(e)[:200]}") from None
+    except RecursionError:
+        raise P.APIError(400, f"the request body nests deeper than {S.MAX_DEPTH} levels") \
+            from None
+    S.check_body(body)
+    return S.as_object(body)
 
 
 def respond(out: Any) -> Any:
@@ -88,9 +150,11 @@ def respond(out: Any) -> Any:
 
 def create_app(model: "Model", model_name: str | None = None, api_key: str | None = None,
                max_batch_size: int = 64, max_queue: int = 256,
-               max_body_bytes: int = 8 << 20, default_max_tokens: int = 512) -> FastAPI:
+               max_body_bytes: int = 8 << 20, default_max_tokens: int = 512,
+               public_metrics: bool = False) -> FastAPI:
     """The OpenAI API over `model`: /v1/models, /v1/completions,
-    /v1/chat/completions, /v1/embeddings, /health, /metrics."""
+    /v1/chat/completions, /v1/embeddings, /tokenize, /detokenize, /health,
+    /metrics."""
     svc = Service(model, model_name, max_batch_size, max_queue, default_max_tokens)
     metrics = svc.metrics
 
@@ -102,8 +166,11 @@ def create_app(model: "Model", model_name: str | None = None, api_key: str | Non
 
     app = FastAPI(title="llmrt", lifespan=lifespan)
     app.state.service = svc
-    install_errors(app, lambda path, status: metrics.requests.labels(path, str(status)).inc())
-    install_guard(app, api_key, max_body_bytes)
+
+    def count(path: str, status: int) -> None:
+        metrics.requests.labels(path, str(status)).inc()
+    install_errors(app, count)
+    install_guard(app, api_key, max_body_bytes, public_metrics, count)
 
     async def body_of(request: Request) -> dict:
         body = await read_json(request, max_body_bytes)
@@ -111,24 +178,38 @@ def create_app(model: "Model", model_name: str | None = None, api_key: str | Non
         return body
 
     def ok(path: str, out: Any) -> Any:
-        metrics.requests.labels(path, "200").inc()
+        count(path, 200)
         return respond(out)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        return ok("/v1/completions", await svc.completions(await body_of(request)))
+        return ok("/v1/completions", await svc.completions(await body_of(request),
+                                                           request.is_disconnected))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        return ok("/v1/chat/completions", await svc.chat(await body_of(request)))
+        return ok("/v1/chat/completions", await svc.chat(await body_of(request),
+                                                         request.is_disconnected))
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
         return ok("/v1/embeddings", await svc.embeddings(await body_of(request)))
 
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Any:
+        return ok("/tokenize", svc.tokenize(await body_of(request)))
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Any:
+        return ok("/detokenize", svc.detokenize(await body_of(request)))
+
     @app.get("/v1/models")
     async def models() -> Any:
-        return svc.models()
+        return ok("/v1/models", svc.models())
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model_card(model_id: str) -> Any:
+        return ok("/v1/models/{id}", svc.model_card(model_id))
 
     @app.get("/health")
     async def health() -> Any:

@@ -21,6 +21,7 @@ the nodes unchanged).
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import signal
 import time
@@ -115,6 +116,10 @@ class Replica:
                 out = await svc.chat(body)
             elif endpoint == "embeddings":
                 out = await svc.embeddings(body)
+            elif endpoint == "tokenize":
+                out = svc.tokenize(body)
+            elif endpoint == "detokenize":
+                out = svc.detokenize(body)
             else:
                 out = svc.models()
         except P.APIError as e:
@@ -134,6 +139,7 @@ class Replica:
 def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[str] = None,
             api_key: Optional[str] = None, max_batch_size: int = 64, max_queue: int = 256,
             max_body_bytes: int = 8 << 20, default_max_tokens: int = 512,
+            public_metrics: bool = False,
             threads: Optional[int] = None, cpus_per_replica: Optional[float] = None,
             lora: Sequence[tuple[str, str]] = (), **model_kwargs: Any):
     """The OpenAI endpoint over `replicas` engines, as a Ray Serve
@@ -161,7 +167,7 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
 
     app = FastAPI(title="llmrt")
     install_errors(app)
-    install_guard(app, api_key, max_body_bytes)
+    install_guard(app, api_key, max_body_bytes, public_metrics)
 
     @serve.deployment(name="llmrt-ingress", ray_actor_options={"num_cpus": 0})
     @serve.ingress(app)
@@ -172,8 +178,10 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
         async def _forward(self, endpoint: str, request: Request) -> Any:
             body = await read_json(request, max_body_bytes)
             m = body.get("model")
+            if m is not None and not isinstance(m, str):
+                raise P.bad("model", "model must be a string")
             if m is not None and m not in names:
-                raise P.APIError(404, f"the model {m!r} does not exist (this server has "
+                raise P.APIError(404, f"the model {m[:100]!r} does not exist (this server has "
                                       f"{', '.join(repr(n) for n in names)})", param="model",
                                  code="model_not_found")
             gen = self.handle.options(stream=True).call.remote(
@@ -187,8 +195,14 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
 
             async def rest():
                 yield first[1]
-                async for item in gen:
-                    yield item[1]
+                try:
+                    async for item in gen:
+                        yield item[1]
+                except Exception:  # noqa: BLE001 - the replica died mid-stream
+                    logging.getLogger("llmrt.serve").exception("a replica's stream failed")
+                    err = P.APIError(500, "the replica serving this stream failed; the "
+                                          "text so far is incomplete", type="server_error")
+                    yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
             return StreamingResponse(rest(), media_type="text/event-stream")
 
         @app.post("/v1/completions")
@@ -203,10 +217,24 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
         async def embeddings(self, request: Request) -> Any:
             return await self._forward("embeddings", request)
 
+        @app.post("/tokenize")
+        async def tokenize(self, request: Request) -> Any:
+            return await self._forward("tokenize", request)
+
+        @app.post("/detokenize")
+        async def detokenize(self, request: Request) -> Any:
+            return await self._forward("detokenize", request)
+
         @app.get("/v1/models")
         async def models(self) -> Any:
-            return {"object": "list", "data": [{"id": n, "object": "model", "created": 0,
-                                                "owned_by": "llmrt"} for n in names]}
+            return {"object": "list", "data": [P.model_card(n) for n in names]}
+
+        @app.get("/v1/models/{model_id:path}")
+        async def model_card(self, model_id: str) -> Any:
+            if model_id not in names:
+                raise P.APIError(404, f"the model {model_id[:100]!r} does not exist",
+                                 param="model", code="model_not_found")
+            return P.model_card(model_id)
 
         @app.get("/health")
         async def health(self) -> Any:
@@ -232,7 +260,7 @@ def run(a: Any, lora: Sequence[tuple[str, str]] = ()) -> int:
     app = ray_app(a.model, replicas=a.replicas, model_name=a.model_name, api_key=a.api_key,
                   max_batch_size=a.max_batch_size, max_queue=a.max_queue,
                   max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
-                  threads=threads, kv_cache_tokens=a.kv_cache_tokens, lora=lora, **kw)
+                  public_metrics=a.public_metrics, threads=threads, kv_cache_tokens=a.kv_cache_tokens, lora=lora, **kw)
     serve.run(app, name="llmrt", route_prefix="/")
     print(f"llmrt serve: {a.replicas} replicas on http://{a.host}:{a.port}/v1", flush=True)
     stop = {"now": False}

@@ -18,11 +18,14 @@ import json
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Optional
 
 from starlette.concurrency import run_in_threadpool
 
+from .. import tools as T
 from . import protocol as P
+from . import schema as S
+from .output import Output
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -30,6 +33,26 @@ if TYPE_CHECKING:
     from ..scheduler import Job
 
 log = logging.getLogger("llmrt.serve")
+
+Disconnected = Optional[Callable[[], Awaitable[bool]]]  # whether the client has gone
+
+
+def _short(msg: str, limit: int = 300) -> str:
+    """An error message fit for a client: its first line, cut to `limit`."""
+    line = msg.strip().splitlines()[0] if msg.strip() else msg
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _param_of(msg: str, default: str) -> str:
+    """The request field an engine ValueError names ("top_k must be ...",
+    "logit_bias: ...", "tools[0].function.name: ...")."""
+    head = msg.split(" ", 1)[0].rstrip(":")
+    base = head.split("[")[0].split(".")[0]
+    if base in S.FIELDS or base in ("tools", "tool_choice", "parallel_tool_calls",
+                                    "stop_token_ids", "messages", "prompt"):
+        return head
+    back = S.API_NAME.get(base)
+    return back if back else default
 
 
 class Runner:
@@ -61,12 +84,12 @@ class Runner:
                 except Exception:  # noqa: BLE001 - the step's jobs got the error; keep serving
                     log.exception("a step failed")
                 if self.loop is not None:
-                    self.loop.call_soon_threadsafe(self._wake)
+                    self.loop.call_soon_threadsafe(self.wake_all)
             else:
                 s.work.wait(0.5)
                 s.work.clear()
 
-    def _wake(self) -> None:
+    def wake_all(self) -> None:
         for ev in self.waiters:
             ev.set()
 
@@ -78,12 +101,12 @@ class Runner:
             if job.error is not None:
                 err, job.error = job.error, None
                 raise err
-            if job.finished:
+            if job.finished or job.cancelled:
                 return
             ev = asyncio.Event()
             self.waiters.add(ev)
             try:
-                if job.events or job.finished or job.error is not None:
+                if job.events or job.finished or job.cancelled or job.error is not None:
                     continue
                 await ev.wait()
             finally:
@@ -110,8 +133,12 @@ class Service:
 
     def check_model(self, body: dict) -> None:
         m = body.get("model")
-        if m is not None and m != self.name and m not in self.model.adapter_names:
-            raise P.APIError(404, f"the model {m!r} does not exist (this server has "
+        if m is None:
+            return
+        if not isinstance(m, str):
+            raise P.bad("model", "model must be a string")
+        if m != self.name and m not in self.model.adapter_names:
+            raise P.APIError(404, f"the model {m[:100]!r} does not exist (this server has "
                                   f"{', '.join(repr(n) for n in self.names())})", param="model",
                              code="model_not_found")
 
@@ -120,10 +147,15 @@ class Service:
         return [self.name] + list(self.model.adapter_names)
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0,
-                                            "owned_by": "llmrt"} for n in self.names()]}
+        return {"object": "list", "data": [P.model_card(n) for n in self.names()]}
 
-    def _adapter(self, body: dict, req: P.Request) -> P.Request:
+    def model_card(self, model_id: str) -> dict:
+        if model_id not in self.names():
+            raise P.APIError(404, f"the model {model_id[:100]!r} does not exist", param="model",
+                             code="model_not_found")
+        return P.model_card(model_id)
+
+    def _adapter(self, body: dict, req: S.Request) -> S.Request:
         """A request for an adapter's name runs with that adapter."""
         aid = self.model.adapter_names.get(body.get("model"))
         if aid:
@@ -131,51 +163,117 @@ class Service:
         return req
 
     # ---- generation ----
-    async def completions(self, body: dict) -> dict | AsyncIterator[bytes]:
-        req = self._adapter(body, P.parse_params(body, chat=False,
+    async def completions(self, body: dict, disconnected: Disconnected = None
+                          ) -> dict | AsyncIterator[bytes]:
+        req = self._adapter(body, S.parse_params(body, chat=False,
                                                  default_max_tokens=self.default_max_tokens))
-        return await self._run(P.prompts_of(body), req, chat=False,
-                               add_special=bool(body.get("add_special", True)))
+        add_special = body.get("add_special", True)
+        prompts = S.prompts_of(body)
+        ids = [self._ids(p, add_special, "prompt") for p in prompts]
+        self._fit(req, ids, "prompt")
+        texts = [p if isinstance(p, str) else self.model.detokenize(p) for p in prompts]
+        return await self._run(ids, req, chat=False, disconnected=disconnected, prompts=texts)
 
-    async def chat(self, body: dict) -> dict | AsyncIterator[bytes]:
-        req = self._adapter(body, P.parse_params(body, chat=True,
+    async def chat(self, body: dict, disconnected: Disconnected = None
+                   ) -> dict | AsyncIterator[bytes]:
+        req = self._adapter(body, S.parse_params(body, chat=True,
                                                  default_max_tokens=self.default_max_tokens))
-        msgs = P.messages_of(body)
+        if body.get("functions") is not None or body.get("function_call") is not None:
+            raise P.bad("functions", "functions / function_call are replaced by tools / "
+                                     "tool_choice")
+        msgs = S.messages_of(body)
         model = self.model
+        plan = None
+        if body.get("tools"):
+            try:
+                plan = T.plan(model.chat_template, msgs, model.tokenizer, body["tools"],
+                              body.get("tool_choice"), body.get("parallel_tool_calls", True),
+                              req.params.response_format)
+                T.compile_checked(model.grammars, plan, model.tokenizer)
+            except ValueError as e:
+                raise P.bad(_param_of(str(e), "tools"), str(e)) from None
+            msgs = plan.messages
+            if plan.response_format is not None:
+                req.params = dataclasses.replace(req.params,
+                                                 response_format=plan.response_format)
+        elif body.get("tool_choice") not in (None, "none", "auto"):
+            raise P.bad("tool_choice", "tool_choice needs tools")
+        kw = body.get("chat_template_kwargs") or {}
         try:
-            prompt = model.apply_chat_template(msgs)
+            prompt = model.apply_chat_template(
+                msgs, add_generation_prompt=S.boolean(
+                    "add_generation_prompt", body.get("add_generation_prompt", True)),
+                tools=plan.template_tools() if plan else None, **S.obj("chat_template_kwargs",
+                                                                       kw))
+        except P.APIError:
+            raise
         except Exception as e:  # noqa: BLE001 - the template's own error
-            raise P.bad("messages", f"the chat template failed: {e}") from None
+            raise P.bad("messages", f"the chat template failed: {_short(str(e))}") from None
         tok = model.tokenizer
         bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
-        return await self._run([prompt], req, chat=True,
-                               add_special=not (bos and prompt.startswith(bos)))
+        ids = [self._ids(prompt, not (bos and prompt.startswith(bos)), "messages")]
+        self._fit(req, ids, "messages")
+        return await self._run(ids, req, chat=True, disconnected=disconnected,
+                               plan=plan if plan is not None and plan.parses else None)
 
-    async def _submit(self, prompts: list, req: P.Request, chat: bool,
-                      add_special: bool) -> "Job":
+    def _ids(self, prompt: Any, add_special: bool, param: str) -> list[int]:
+        try:
+            return self.model.prompt_ids(prompt, add_special)
+        except ValueError as e:
+            raise P.bad(param, _short(str(e))) from None
+
+    def _fit(self, req: S.Request, ids: list[list[int]], param: str) -> None:
+        """prompt + max_tokens within the context: a 400 when the client
+        asked for more (as vLLM answers), else max_tokens cut to the room."""
+        n_ctx = self.model.context_length
+        longest = max(len(x) for x in ids)
+        want = req.params.max_new_tokens
+        if longest + want <= n_ctx:
+            return
+        if req.max_tokens_given or longest >= n_ctx:
+            raise P.bad("max_tokens" if req.max_tokens_given else param,
+                        f"this model's maximum context length is {n_ctx} tokens; the request "
+                        f"asks for {longest + want} ({longest} in the prompt, {want} to "
+                        f"generate)")
+        req.params = dataclasses.replace(req.params, max_new_tokens=n_ctx - longest,
+                                         min_new_tokens=min(req.params.min_new_tokens,
+                                                            n_ctx - longest))
+
+    async def _submit(self, ids: list[list[int]], req: S.Request, chat: bool) -> "Job":
         if self.inflight >= self.limit:
             raise P.APIError(503, "the server is at capacity; retry later",
                              type="server_overloaded", headers={"Retry-After": "1"})
         try:
-            job = await run_in_threadpool(self.model.submit, prompts,
-                                          [req.params] * len(prompts), add_special=add_special,
+            job = await run_in_threadpool(self.model.submit, ids, [req.params] * len(ids),
                                           max_batch_size=1 << 30)
         except ValueError as e:
             msg = str(e)
-            if msg.startswith("prompt 0: ") and len(prompts) == 1:
+            if msg.startswith("prompt 0: ") and len(ids) == 1:
                 msg = msg[len("prompt 0: "):]
-            param = "response_format" if "response_format:" in msg else \
-                "messages" if chat else "prompt"
-            raise P.APIError(400, msg, param=param) from None
+            raise P.bad(_param_of(msg, "messages" if chat else "prompt"), _short(msg)) \
+                from None
         self.inflight += 1
         return job
 
-    async def _run(self, prompts: list, req: P.Request, chat: bool,
-                   add_special: bool) -> dict | AsyncIterator[bytes]:
-        job = await self._submit(prompts, req, chat, add_special)
+    async def _prompt_logprobs(self, req: S.Request, ids: list[list[int]]) -> list | None:
+        """Each prompt's TokenLogprobs (echo with logprobs, prompt_logprobs)."""
+        top = req.prompt_logprobs if req.prompt_logprobs is not None else \
+            req.logprobs if req.echo else None
+        if top is None:
+            return None
+        lora = req.params.lora
+        return [await run_in_threadpool(self.model.prompt_logprobs, x, top, lora) for x in ids]
+
+    async def _run(self, ids: list[list[int]], req: S.Request, chat: bool,
+                   disconnected: Disconnected = None, prompts: list[str] | None = None,
+                   plan: "T.Plan | None" = None) -> dict | AsyncIterator[bytes]:
+        plps = await self._prompt_logprobs(req, ids)
+        job = await self._submit(ids, req, chat)
         rid = P.new_id("chatcmpl" if chat else "cmpl")
+        out = Output(self, req, chat, ids, prompts, plps, plan)
         if req.stream:
-            return self._stream(job, req, chat, rid, P.now())
+            return self._stream(job, out, rid, P.now())
+        watch = asyncio.ensure_future(self._watch(job, disconnected)) if disconnected else None
         try:
             async for _ in self.runner.events(job):
                 pass
@@ -184,23 +282,24 @@ class Service:
             raise
         finally:
             self.inflight -= 1
+            if watch is not None:
+                watch.cancel()
+        if job.cancelled:
+            raise P.APIError(499, "the client closed the request", code="client_closed")
         per_prompt = job.results()
         results = [r for rs in per_prompt for r in rs]
         use = self._account(per_prompt, results)
-        choices = []
-        for k, r in enumerate(results):
-            lp = self._logprobs(req, chat, r.logprobs or []) if req.logprobs is not None else None
-            if chat:
-                choices.append({"index": k, "message": {"role": "assistant", "content": r.text},
-                                "logprobs": lp, "finish_reason": r.finish_reason})
-            else:
-                choices.append({"index": k, "text": r.text, "logprobs": lp,
-                                "finish_reason": r.finish_reason})
+        choices = [out.choice(k, r) for k, r in enumerate(results)]
         return (P.chat_body if chat else P.completion_body)(rid, self.name, P.now(), choices, use)
 
-    def _logprobs(self, req: P.Request, chat: bool, lps: list) -> dict:
-        tok = self.model.tokenizer
-        return P.chat_logprobs(tok, lps) if chat else P.completion_logprobs(tok, lps)
+    async def _watch(self, job: "Job", disconnected: Any) -> None:
+        """Cancels the job when its client goes away."""
+        while not job.finished:
+            await asyncio.sleep(0.25)
+            if await disconnected():
+                job.abandon()
+                self.runner.wake_all()
+                return
 
     def _account(self, per_prompt: list, results: list) -> dict:
         """Metrics of a finished request, and its usage."""
@@ -210,11 +309,11 @@ class Service:
         return P.usage(ptoks, sum(len(r.token_ids) for r in results),
                        sum(rs[0].cached_tokens for rs in per_prompt))
 
-    async def _stream(self, job: "Job", req: P.Request, chat: bool, rid: str,
+    async def _stream(self, job: "Job", out: "Output", rid: str,
                       created: int) -> AsyncIterator[bytes]:
+        chat, req = out.chat, out.req
         obj = "chat.completion.chunk" if chat else "text_completion"
         n = req.params.n
-        sent: dict[int, int] = {}  # logprobs already sent, per choice
 
         def chunk(choices: list, use: dict | None = None) -> bytes:
             body: dict = {"id": rid, "object": obj, "created": created, "model": self.name,
@@ -223,31 +322,21 @@ class Service:
                 body["usage"] = use
             return b"data: " + json.dumps(body).encode() + b"\n\n"
 
-        def new_logprobs(k: int) -> Any:
-            if req.logprobs is None:
-                return None
-            lps = job.tasks[k // n].results()[k % n].logprobs or []
-            start, sent[k] = sent.get(k, 0), len(lps)
-            return self._logprobs(req, chat, lps[start:sent[k]])
-
-        def choice(k: int, piece: str | None, finish: str | None) -> dict:
-            c: dict = {"index": k, "logprobs": new_logprobs(k), "finish_reason": finish}
-            if chat:
-                c["delta"] = {"content": piece} if piece is not None else {}
-            else:
-                c["text"] = piece or ""
-            return c
-
+        width = len(job.tasks) * n
         try:
-            if chat:
-                yield chunk([{"index": k, "delta": {"role": "assistant", "content": ""},
-                              "logprobs": None, "finish_reason": None}
-                             for k in range(len(job.tasks) * n)])
+            first = [out.first_delta(k) for k in range(width)]
+            if any(c is not None for c in first):
+                yield chunk([c for c in first if c is not None])
             async for index, piece, sample in self.runner.events(job):
-                yield chunk([choice(index * n + sample, piece, None)])
+                k = index * n + sample
+                c = out.delta(k, piece, job.tasks[index].results()[sample])
+                if c is not None:
+                    yield chunk([c])
             per_prompt = job.results()
             results = [r for rs in per_prompt for r in rs]
-            yield chunk([choice(k, None, r.finish_reason) for k, r in enumerate(results)])
+            for k, r in enumerate(results):
+                for c in out.last_deltas(k, r):
+                    yield chunk([c])
             use = self._account(per_prompt, results)
             if req.include_usage:
                 yield chunk([], use)
@@ -256,11 +345,52 @@ class Service:
             job.abandon()  # the reader went away (or the job failed): its blocks go
             if not isinstance(e, Exception):
                 raise
+            log.error("a stream failed: %s", e)
             err = e if isinstance(e, P.APIError) else P.APIError(
-                500, f"generation failed: {e}", type="server_error")
+                500, "generation failed", type="server_error")
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
         finally:
             self.inflight -= 1
+
+    # ---- tokens ----
+    def tokenize(self, body: dict) -> dict:
+        """vLLM's /tokenize: a prompt (or chat messages, rendered) -> token ids."""
+        S.unknown_fields(body, {"model", "prompt", "messages", "add_special_tokens",
+                                "add_generation_prompt", "tools"}, sampling=False)
+        model = self.model
+        add = S.boolean("add_special_tokens", body.get("add_special_tokens", True))
+        if "messages" in body:
+            msgs = S.messages_of(body)
+            tools = None
+            if body.get("tools"):
+                try:
+                    plan = T.plan(model.chat_template, msgs, model.tokenizer, body["tools"])
+                except ValueError as e:
+                    raise P.bad(_param_of(str(e), "tools"), str(e)) from None
+                msgs, tools = plan.messages, plan.template_tools()
+            try:
+                text = model.apply_chat_template(msgs, add_generation_prompt=S.boolean(
+                    "add_generation_prompt", body.get("add_generation_prompt", True)),
+                    tools=tools)
+            except Exception as e:  # noqa: BLE001 - the template's own error
+                raise P.bad("messages", f"the chat template failed: {_short(str(e))}") \
+                    from None
+            tok = model.tokenizer
+            bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
+            add = add and not (bos and text.startswith(bos))
+        else:
+            text = S.string("prompt", body.get("prompt"))
+        ids = model.tokenize(text, add_special=add)
+        return {"count": len(ids), "max_model_len": model.context_length, "tokens": ids}
+
+    def detokenize(self, body: dict) -> dict:
+        S.unknown_fields(body, {"model", "tokens"}, sampling=False)
+        ids = body.get("tokens")
+        V = self.model.vocab_size
+        if not isinstance(ids, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t < V for t in ids):
+            raise P.bad("tokens", f"tokens must be an array of token ids in [0, {V})")
+        return {"prompt": self.model.detokenize(ids)}
 
     # ---- embeddings ----
     async def embeddings(self, body: dict) -> dict:
@@ -268,7 +398,7 @@ class Service:
                                                 "dimensions", "user")]
         if unknown:
             raise P.bad(unknown[0], f"unrecognized request argument: {unknown[0]}")
-        inputs = P.inputs_of(body)
+        inputs = S.inputs_of(body)
         fmt = body.get("encoding_format", "float")
         if fmt not in ("float", "base64"):
             raise P.bad("encoding_format", "encoding_format must be 'float' or 'base64'")

@@ -1,0 +1,502 @@
+"""Tool (function) calling: the tools rendered through the model's chat
+template, the calls it writes parsed in its family's format, and the
+grammar that enforces them.
+
+Formats, chosen from the chat template:
+
+    hermes    <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>  (Qwen 2.5 / 3,
+              Hermes, SmolLM3 and most templates that take tools)
+    llama3    {"name": ..., "parameters": {...}}, after <|python_tag|> or alone (Llama 3.1-3.3)
+    mistral   [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]
+    generic   a template without tools: the tools are described in a system
+              message that asks for the hermes format
+
+``tool_choice``: "auto" (the model chooses; from the moment it starts a
+call, the call is held to the tools' schemas: a grammar that wakes at the
+format's trigger), "none" (no calls parsed), "required" (at least one call,
+by grammar from the first token) or {"type": "function", "function":
+{"name": ...}} (that call). ``parallel_tool_calls=False`` allows one call.
+A tool's ``parameters`` schema is enforced on its arguments; a schema the
+grammar engine cannot compile is an error for a ``strict`` tool and
+relaxed to any object otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
+
+NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# JSON laid out as the templates write it (", " and ": ", no other whitespace)
+LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+class ToolError(ValueError):
+    """A malformed tools / tool_choice argument (its message names the field)."""
+
+
+@dataclass
+class ToolCall:
+    """One call the model made: arguments as JSON text (OpenAI's shape)."""
+    name: str
+    arguments: str
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = "call_" + uuid.uuid4().hex[:24]
+
+    def to_openai(self) -> dict:
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass
+class Tool:
+    name: str
+    description: str
+    parameters: dict
+    strict: bool
+
+    def openai(self) -> dict:
+        fn: dict[str, Any] = {"name": self.name, "parameters": self.parameters}
+        if self.description:
+            fn["description"] = self.description
+        return {"type": "function", "function": fn}
+
+
+class Tools:
+    """A request's tools and tool_choice, checked."""
+
+    def __init__(self, tools: Any, tool_choice: Any = None, parallel_tool_calls: Any = True):
+        if not isinstance(tools, list) or not tools:
+            raise ToolError("tools: must be a non-empty array of {\"type\": \"function\", "
+                            "\"function\": {\"name\", \"parameters\"}}")
+        self.tools: list[Tool] = []
+        for i, t in enumerate(tools):
+            fn = t.get("function") if isinstance(t, dict) and t.get("type", "function") == \
+                "function" else None
+            if not isinstance(fn, dict):
+                raise ToolError(f"tools[{i}]: a tool is {{\"type\": \"function\", \"function\": "
+                                f"{{...}}}}")
+            name = fn.get("name")
+            if not isinstance(name, str) or not NAME.match(name):
+                raise ToolError(f"tools[{i}].function.name: 1-64 letters, digits, '_', '.' "
+                                f"or '-', got {name!r}")
+            if any(x.name == name for x in self.tools):
+                raise ToolError(f"tools[{i}].function.name: {name!r} is given twice")
+            params = fn.get("parameters", {"type": "object", "properties": {}})
+            if not isinstance(params, dict):
+                raise ToolError(f"tools[{i}].function.parameters: must be a JSON Schema object")
+            desc = fn.get("description", "")
+            if not isinstance(desc, str):
+                raise ToolError(f"tools[{i}].function.description: must be a string")
+            strict = fn.get("strict", False)
+            if not isinstance(strict, bool) and strict is not None:
+                raise ToolError(f"tools[{i}].function.strict: must be true or false")
+            self.tools.append(Tool(name, desc, params, bool(strict)))
+        if tool_choice is None:
+            tool_choice = "auto"
+        if isinstance(tool_choice, dict):
+            fn = tool_choice.get("function")
+            name = fn.get("name") if isinstance(fn, dict) else tool_choice.get("name")
+            if tool_choice.get("type") != "function" or not isinstance(name, str):
+                raise ToolError("tool_choice: \"auto\", \"none\", \"required\" or {\"type\": "
+                                "\"function\", \"function\": {\"name\": ...}}")
+            if not any(t.name == name for t in self.tools):
+                raise ToolError(f"tool_choice: no tool is named {name!r}")
+            self.choice, self.forced = "named", name
+        elif tool_choice in ("auto", "none", "required"):
+            self.choice, self.forced = tool_choice, None
+        else:
+            raise ToolError("tool_choice: \"auto\", \"none\", \"required\" or {\"type\": "
+                            "\"function\", \"function\": {\"name\": ...}}")
+        if not isinstance(parallel_tool_calls, bool):
+            raise ToolError("parallel_tool_calls: must be true or false")
+        self.parallel = parallel_tool_calls and self.choice != "named"
+
+    def callable(self) -> list[Tool]:
+        return [t for t in self.tools if self.forced in (None, t.name)]
+
+    def openai(self) -> list[dict]:
+        return [t.openai() for t in self.tools]
+
+
+# ---- formats --------------------------------------------------------------------------
+class Format:
+    """How one model family writes calls."""
+    name = ""
+    trigger = ""           # the text that begins a call (auto: the grammar wakes here)
+    name_key = "arguments"
+
+    def call_object(self, tool: Tool, args: str) -> str:
+        """Lark for one call's JSON object, given the arguments' grammar."""
+        return (f'"{{\\"name\\": \\"{tool.name}\\", \\"{self.name_key}\\": " {args} "}}"')
+
+    def calls(self, objs: str, parallel: bool, lit: Any) -> str:
+        """Lark for the calls from the trigger on."""
+        raise NotImplementedError
+
+    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+        """(the text apart from the calls, the calls) of a finished reply."""
+        raise NotImplementedError
+
+
+class Hermes(Format):
+    name, trigger = "hermes", "<tool_call>"
+
+    def calls(self, objs: str, parallel: bool, lit: Any) -> str:
+        call = f'{lit("<tool_call>")} "\\n" ({objs}) "\\n" {lit("</tool_call>")}'
+        return f'{call} ("\\n" {call})*' if parallel else call
+
+    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+        calls, rest = [], []
+        pos = 0
+        for m in re.finditer(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", text, re.S):
+            c = _call_of(m.group(1))
+            if c is None:
+                continue
+            rest.append(text[pos:m.start()])
+            pos = m.end()
+            calls.append(c)
+        rest.append(text[pos:])
+        return "".join(rest).strip() if calls else text, calls
+
+
+class Llama3(Format):
+    name, trigger, name_key = "llama3", "<|python_tag|>", "parameters"
+
+    def calls(self, objs: str, parallel: bool, lit: Any) -> str:
+        return f'{lit("<|python_tag|>")}? ({objs})' + (f' ("; " ({objs}))*' if parallel else "")
+
+    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+        body = text.split("<|python_tag|>", 1)[1] if "<|python_tag|>" in text else text
+        body = body.strip()
+        if not body.startswith("{"):
+            return text, []
+        calls = []
+        for part in _json_objects(body):
+            c = _call_of(part)
+            if c is None:
+                return text, []
+            calls.append(c)
+        return "", calls
+
+
+class Mistral(Format):
+    name, trigger = "mistral", "[TOOL_CALLS]"
+
+    def calls(self, objs: str, parallel: bool, lit: Any) -> str:
+        more = f' (", " ({objs}))*' if parallel else ""
+        return f'{lit("[TOOL_CALLS]")} "[" ({objs}){more} "]"'
+
+    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+        if "[TOOL_CALLS]" not in text:
+            return text, []
+        before, after = text.split("[TOOL_CALLS]", 1)
+        try:
+            items = json.loads(after.strip())
+        except ValueError:
+            return text, []
+        items = items if isinstance(items, list) else [items]
+        calls = [_call_of(json.dumps(x)) for x in items]
+        if not calls or any(c is None for c in calls):
+            return text, []
+        return before.strip(), [c for c in calls if c is not None]
+
+
+class Generic(Hermes):
+    """A template that knows no tools: described in a system message."""
+    name = "generic"
+
+
+def detect(template: str | None) -> Format:
+    t = template or ""
+    if "[TOOL_CALLS]" in t:
+        return Mistral()
+    if "<tool_call>" in t:
+        return Hermes()
+    if "<|python_tag|>" in t or ("<|start_header_id|>" in t and "tools" in t):
+        return Llama3()
+    if "tools" in t:
+        return Hermes()
+    return Generic()
+
+
+def system_prompt(tools: Tools) -> str:
+    """The tools described for a template that has no place for them."""
+    lines = ["You can call these functions. Each is described as a JSON Schema:", "<tools>"]
+    lines += [json.dumps(t.openai()["function"]) for t in tools.tools]
+    lines += ["</tools>",
+              "To call a function, reply with a JSON object of its name and arguments "
+              "inside <tool_call></tool_call> tags, one tag per call:",
+              '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n'
+              "</tool_call>"]
+    return "\n".join(lines)
+
+
+def messages_for(fmt: Format, messages: Sequence[dict], tools: Tools | None) -> list[dict]:
+    """The messages a template renders. For the generic format the tools
+    go into the system message, and calls and tool results in history
+    become text the model can read."""
+    messages = [_with_object_arguments(m) for m in messages]
+    if not isinstance(fmt, Generic):
+        return messages
+    out = []
+    for m in messages:
+        m = dict(m)
+        if m.get("tool_calls"):
+            calls = "\n".join(
+                "<tool_call>\n" + json.dumps({"name": c["function"]["name"],
+                                              "arguments": c["function"]["arguments"]}) +
+                "\n</tool_call>" for c in m["tool_calls"])
+            m["content"] = ((m.get("content") or "") + "\n" + calls).strip()
+            del m["tool_calls"]
+        if m.get("role") == "tool":
+            m = {"role": "user", "content": f"<tool_response>\n{m.get('content', '')}\n"
+                                            f"</tool_response>"}
+        out.append(m)
+    if tools is not None and tools.choice != "none":
+        sp = system_prompt(tools)
+        if out and out[0].get("role") == "system":
+            out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + sp}
+        else:
+            out.insert(0, {"role": "system", "content": sp})
+    return out
+
+
+def _with_object_arguments(m: Any) -> Any:
+    """An assistant turn's tool calls with JSON-text arguments parsed (the
+    templates write them with tojson)."""
+    calls = m.get("tool_calls") if isinstance(m, dict) else None
+    if not calls or not isinstance(calls, list):
+        return m
+    fixed = []
+    for c in calls:
+        fn = c.get("function") if isinstance(c, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            try:
+                args = json.loads(fn["arguments"] or "{}")
+            except ValueError:
+                raise ToolError(f"tool_calls: the arguments of {fn.get('name')!r} are not "
+                                f"JSON") from None
+            c = {**c, "function": {**fn, "arguments": args}}
+        fixed.append(c)
+    return {**m, "tool_calls": fixed}
+
+
+def _call_of(text: str) -> ToolCall | None:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    if not isinstance(args, dict):
+        return None
+    return ToolCall(obj["name"], json.dumps(args, ensure_ascii=False))
+
+
+def _json_objects(text: str) -> Iterator[str]:
+    """The top-level JSON objects of text (separated by ';', ',' or space)."""
+    dec = json.JSONDecoder()
+    i = 0
+    while i < len(text):
+        while i < len(text) and text[i] in " \n\t;,":
+            i += 1
+        if i >= len(text):
+            return
+        try:
+            _, end = dec.raw_decode(text, i)
+        except ValueError:
+            yield text[i:]
+            return
+        yield text[i:end]
+        i = end
+
+
+# ---- the grammar ------------------------------------------------------------------------
+def grammar(fmt: Format, tools: Tools, tok: "Tokenizer", relax: bool = False) -> str:
+    """Lark (llguidance) for the calls from the format's trigger on."""
+    objs = []
+    for t in tools.callable():
+        schema = {"type": "object"} if relax and not t.strict else t.parameters
+        schema = {**schema, "x-guidance": LAYOUT}
+        objs.append(fmt.call_object(t, "%json " + json.dumps(schema)))
+    return "start: " + fmt.calls(" | ".join(objs), tools.parallel, _literal(tok))
+
+
+def _literal(tok: "Tokenizer") -> Any:
+    """Lark for a literal text: a special token's id where the text is one
+    (the grammar engine sees special tokens apart from text)."""
+    def lit(text: str) -> str:
+        i = tok.special_token_id(text)
+        return f"<[{i}]>" if i is not None else json.dumps(text)
+    return lit
+
+
+class ToolParser:
+    """A reply's tokens in, as they come: the text that is surely not part
+    of a call (held back while it may begin one), then the calls at the end."""
+
+    def __init__(self, fmt: Format, tok: "Tokenizer"):
+        self.fmt, self._dec = fmt, tok.decoder(skip_special=False, sequence_start=True)
+        self.text = ""
+        self.sent = 0
+        self.in_call = False
+
+    def add(self, ids: Sequence[int]) -> str:
+        """New tokens -> the content that may be shown now."""
+        self.text += self._dec.add_many(ids)
+        if self.in_call:
+            return ""
+        trig = self.fmt.trigger
+        at = self.text.find(trig, self.sent)
+        if isinstance(self.fmt, Llama3) and self.text.lstrip().startswith("{"):
+            at = 0
+        if at >= 0:
+            self.in_call = True
+            out, self.sent = self.text[self.sent:at], at
+            return out
+        # hold back an end that may begin the trigger
+        keep = 0
+        for k in range(min(len(trig) - 1, len(self.text) - self.sent), 0, -1):
+            if trig.startswith(self.text[-k:]):
+                keep = k
+                break
+        if isinstance(self.fmt, Llama3) and not self.text.strip():
+            keep = len(self.text) - self.sent
+        out = self.text[self.sent:len(self.text) - keep]
+        self.sent = len(self.text) - keep
+        return out
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """(the content not yet shown, the calls)."""
+        self.text += self._dec.flush()
+        content, calls = self.fmt.parse(self.text)
+        if not calls:
+            out, self.sent = self.text[self.sent:], len(self.text)
+            return out, []
+        shown = self.text[:self.sent].strip()
+        return (content[len(shown):] if content.startswith(shown) else ""), calls
+
+
+# ---- a chat request with tools ----------------------------------------------------------
+@dataclass
+class Plan:
+    """What a chat request with tools renders and generates with."""
+    tools: Tools
+    fmt: Format
+    messages: list[dict]
+    response_format: Any  # the calls' grammar (lazy for "auto"), or None
+
+    @property
+    def parses(self) -> bool:
+        return self.tools.choice != "none"
+
+    def template_tools(self) -> list[dict] | None:
+        return None if isinstance(self.fmt, Generic) else self.tools.openai()
+
+
+def plan(template: str | None, messages: Sequence[dict], tok: "Tokenizer", tools: Any,
+         tool_choice: Any = None, parallel_tool_calls: Any = True,
+         response_format: Any = None) -> Plan:
+    """Checks a request's tools and gives what to render and the grammar."""
+    t = Tools(tools, tool_choice, parallel_tool_calls)
+    fmt = detect(template)
+    rf = None
+    if t.choice != "none":
+        if response_format is not None and not (isinstance(response_format, dict) and
+                                                response_format.get("type") == "text"):
+            raise ToolError("response_format: give it or tools (with tool_choice other than "
+                            "\"none\"), not both")
+        rf = {"type": "grammar", "grammar": grammar(fmt, t, tok)}
+        if t.choice == "auto":
+            rf["trigger"] = fmt.trigger
+    return Plan(t, fmt, messages_for(fmt, messages, t), rf)
+
+
+def compile_checked(grammars: Any, p: Plan, tok: "Tokenizer") -> None:
+    """Compiles the plan's grammar; a schema the engine refuses is relaxed
+    to any object for tools that are not strict (an error for strict ones)."""
+    if p.response_format is None:
+        return
+    try:
+        grammars.compile(p.response_format)
+    except ValueError as e:
+        if all(x.strict for x in p.tools.callable()):
+            raise ToolError(f"tools: a parameters schema is invalid or unsupported: {e}") \
+                from None
+        p.response_format = dict(p.response_format, grammar=grammar(p.fmt, p.tools, tok,
+                                                                    relax=True))
+        try:
+            grammars.compile(p.response_format)
+        except ValueError as e2:
+            raise ToolError(f"tools: a parameters schema is invalid or unsupported: {e2}") \
+                from None
+
+
+def attach(res: Any, fmt: Format, tok: "Tokenizer") -> Any:
+    """A finished result with the calls it made: text without them,
+    tool_calls, finish_reason "tool_calls"."""
+    text = tok.decode(res.token_ids, skip_special=False)
+    content, calls = fmt.parse(text)
+    if calls:
+        res.text, res.tool_calls, res.finish_reason = content, calls, "tool_calls"
+    return res
+
+
+class ToolStream:
+    """chat(stream=True, tools=...): the reply's text pieces without the
+    calls; ``result`` has them as tool_calls."""
+
+    def __init__(self, stream: Any, fmt: Format, tok: "Tokenizer"):
+        self._s, self._fmt, self._tok = stream, fmt, tok
+        self._parser = ToolParser(fmt, tok)
+        self._seen = 0
+        self._ended = False
+
+    def __iter__(self) -> "ToolStream":
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            try:
+                next(self._s)
+            except StopIteration:
+                if not self._ended:
+                    self._ended = True
+                    rest, _ = self._parser.finish()
+                    if rest:
+                        return rest
+                raise
+            ids = self._s._job.tasks[0].results()[0].token_ids
+            out = self._parser.add(ids[self._seen:])
+            self._seen = len(ids)
+            if out:
+                return out
+
+    @property
+    def result(self) -> Any:
+        return attach(self._s.result, self._fmt, self._tok)
+
+    def close(self) -> None:
+        self._s.close()
+
+    def __enter__(self) -> "ToolStream":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
