@@ -74,10 +74,11 @@ def task(model: "Model", job: Job, index: int, ids: list[int], p: SamplingParams
     for j in range(p.n):  # sample j draws with seed + j
         seed = None if p.seed is None else p.seed + j
         sampler = Sampler(p, model.vocab_size, ends, seed)
-        if grammar is not None:
-            grammar.constraint(sampler, ends)
+        # held here until the request holds it (the sampler's reference is weak)
+        keep = grammar.constraint(sampler, ends) if grammar is not None else None
         reqs.append(Request(model.tokenizer, ids, p, sampler, ends, model.context_length, job,
                             index, speculative=draft is not None, choice=j))
+        del keep
     if draft is not None:
         src = draft if isinstance(draft, str) else draft.engine
         return Speculative(job, index, reqs[0], blocks, src, num_draft_tokens)

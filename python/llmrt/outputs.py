@@ -38,6 +38,7 @@ class GenerationResult:
     beams: list[Beam] | None = None  # beam search: every final beam, best first
     cached_tokens: int = 0  # prompt tokens whose keys and values the prefix cache held
     tool_calls: list | None = None  # chat(tools=...): the calls made (llmrt.tools.ToolCall)
+    stop_string: str | None = None  # the stop string that ended it, if one did
 
     def __str__(self) -> str:
         return self.text

@@ -111,6 +111,8 @@ class Request:
             cut = self._find_stop(text, emitted)
             if cut is not None:
                 self.text = text[:cut]
+                self.result.stop_string = next(
+                    (x for x in self.stops if text.startswith(x, cut)), None)
                 self.finished, self.cut, self.done = "stop", True, True
                 return True
             safe = len(text) - self._held(text, emitted)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import weakref
 from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable
 
@@ -194,9 +195,23 @@ class Sampler(_core.Sampler):
                     logprobs=-1 if params.logprobs is None else params.logprobs)
         super().__init__(opts, n_vocab)
         self.params = params
-        self.constraint: structured.Constraint | None = None  # set by Grammar.constraint
+        self._constraint: weakref.ref | None = None  # set by Grammar.constraint
         self._window = params.penalty_last_n if params.uses_penalties else 0
         self._empty = np.zeros(0, np.int32)
+
+    @property
+    def constraint(self) -> "structured.Constraint | None":
+        """The structured-output constraint whose masks this sampler applies.
+        Held weakly: the constraint holds the mask, a view of this sampler's
+        memory, and a strong reference back would be a cycle through a numpy
+        array, which the garbage collector cannot see (a leaked matcher per
+        constrained request). Its request holds it."""
+        c = self._constraint() if self._constraint is not None else None
+        return c
+
+    @constraint.setter
+    def constraint(self, c: "structured.Constraint | None") -> None:
+        self._constraint = weakref.ref(c) if c is not None else None
 
     def __call__(self, logits: np.ndarray, history: np.ndarray | None = None,
                  n_generated: int = 0) -> int:

@@ -332,3 +332,106 @@ def test_a_client_that_leaves_cancels_its_request(srv):
     assert metric(srv, "llmrt_running_requests") == 0
     assert metric(srv, "llmrt_kv_blocks_used") == 0
     assert metric(srv, "llmrt_generation_tokens_total") == before
+
+
+# ---- OpenAI Responses and Anthropic Messages -------------------------------------------
+def test_responses_round_trip(srv):
+    c = client(srv)
+    r = c.responses.create(model=srv.name, input="hello there", instructions="Be brief.",
+                           max_output_tokens=6, temperature=0)
+    assert r.status == "incomplete" and r.incomplete_details.reason == "max_output_tokens"
+    assert r.output_text and r.usage.output_tokens == 6
+    # the same text as the chat endpoint gives for the same messages
+    chat = c.chat.completions.create(model=srv.name, temperature=0, max_tokens=6, messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}])
+    assert r.output_text == chat.choices[0].message.content
+    text0 = r.output_text
+    # function tools, required: a function_call item; its output goes back as an input item
+    tools = [{"type": "function", "name": "add", "parameters": ADD["function"]["parameters"]}]
+    r = c.responses.create(model=srv.name, input=ASK[0]["content"], tools=tools,
+                           tool_choice="required", temperature=1.0, max_output_tokens=100)
+    calls = [o for o in r.output if o.type == "function_call"]
+    assert calls and r.status == "completed"
+    jsonschema.validate(json.loads(calls[0].arguments), SCHEMAS["add"])
+    r2 = c.responses.create(model=srv.name, tools=tools, max_output_tokens=4, temperature=0,
+                            input=[{"role": "user", "content": ASK[0]["content"]},
+                                   {"type": "function_call", "call_id": calls[0].call_id,
+                                    "name": "add", "arguments": calls[0].arguments},
+                                   {"type": "function_call_output",
+                                    "call_id": calls[0].call_id, "output": "3"}])
+    assert r2.usage.input_tokens > r.usage.input_tokens
+    # streamed: typed events, text deltas joined equal the final text
+    events = list(c.responses.create(model=srv.name, input="hello there", stream=True,
+                                     instructions="Be brief.",
+                                     max_output_tokens=6, temperature=0))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == events[-1].response.output_text == text0
+    # a structured text format
+    r = c.responses.create(model=srv.name, input="a person", max_output_tokens=60,
+                           temperature=0, text={"format": {
+                               "type": "json_schema", "name": "p", "schema": {
+                                   "type": "object", "properties": {"n": {"type": "integer"}},
+                                   "required": ["n"], "additionalProperties": False}}})
+    if r.status == "completed":
+        assert isinstance(json.loads(r.output_text)["n"], int)
+    with pytest.raises(openai.BadRequestError):
+        c.responses.create(model=srv.name, input="x", previous_response_id="resp_1")
+
+
+def test_anthropic_messages_round_trip(srv):
+    anthropic = pytest.importorskip("anthropic")
+    a = anthropic.Anthropic(base_url=srv.url, api_key=KEY, max_retries=0)
+    m = a.messages.create(model=srv.name, max_tokens=6, system="Be brief.", extra_body={"temperature": 0},
+                          messages=[{"role": "user", "content": "hello there"}])
+    assert m.stop_reason == "max_tokens" and m.content[0].type == "text"
+    chat = client(srv).chat.completions.create(
+        model=srv.name, extra_body={"temperature": 0}, max_tokens=6,
+        messages=[{"role": "system", "content": "Be brief."},
+                  {"role": "user", "content": "hello there"}])
+    assert m.content[0].text == chat.choices[0].message.content
+    assert m.usage.input_tokens == chat.usage.prompt_tokens
+    n = a.messages.count_tokens(model=srv.name, system="Be brief.",
+                                messages=[{"role": "user", "content": "hello there"}])
+    assert n.input_tokens == chat.usage.prompt_tokens
+    # tools: any -> a tool_use block, validated; the result goes back as tool_result
+    tools = [{"name": "add", "description": "sum", "input_schema": ADD["function"]["parameters"]}]
+    m = a.messages.create(model=srv.name, max_tokens=100, extra_body={"temperature": 1.0}, tools=tools,
+                          tool_choice={"type": "any"},
+                          messages=[{"role": "user", "content": "1 + 2?"}])
+    assert m.stop_reason == "tool_use"
+    use = [b for b in m.content if b.type == "tool_use"][0]
+    jsonschema.validate(use.input, SCHEMAS["add"])
+    m2 = a.messages.create(model=srv.name, max_tokens=4, extra_body={"temperature": 0}, tools=tools,
+                           messages=[{"role": "user", "content": "1 + 2?"},
+                                     {"role": "assistant", "content": [
+                                         {"type": "tool_use", "id": use.id, "name": "add",
+                                          "input": use.input}]},
+                                     {"role": "user", "content": [
+                                         {"type": "tool_result", "tool_use_id": use.id,
+                                          "content": "3"}]}])
+    assert m2.usage.input_tokens > m.usage.input_tokens
+    # streamed, and the SDK's accumulated message
+    with a.messages.stream(model=srv.name, max_tokens=6, extra_body={"temperature": 0},
+                           messages=[{"role": "user", "content": "hello there"}],
+                           system="Be brief.") as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == final.content[0].text == chat.choices[0].message.content
+    assert final.stop_reason == "max_tokens"
+    with a.messages.stream(model=srv.name, max_tokens=100, extra_body={"temperature": 1.0}, tools=tools,
+                           tool_choice={"type": "tool", "name": "add"},
+                           messages=[{"role": "user", "content": "1 + 2?"}]) as s:
+        final = s.get_final_message()
+    assert final.stop_reason == "tool_use"
+    jsonschema.validate([b for b in final.content if b.type == "tool_use"][0].input,
+                        SCHEMAS["add"])
+    # errors in Anthropic's shape, and its x-api-key header
+    with pytest.raises(anthropic.BadRequestError):
+        a.messages.create(model=srv.name, max_tokens=4, messages=[])
+    r = httpx.post(srv.url + "/v1/messages", headers={"x-api-key": "wrong"},
+                   json={"model": srv.name, "max_tokens": 4, "messages": [
+                       {"role": "user", "content": "a"}]})
+    assert r.status_code == 401 and r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "authentication_error"

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from . import messages as M
 from . import protocol as P
 from . import schema as S
 from .service import Service
@@ -28,7 +29,14 @@ log = logging.getLogger("llmrt.serve")
 
 
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models",
-          "/tokenize", "/detokenize", "/health", "/metrics")
+          "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/tokenize",
+          "/detokenize", "/health", "/metrics")
+
+
+def error_response(path: str, e: P.APIError) -> JSONResponse:
+    """OpenAI's error object; Anthropic's under /v1/messages."""
+    body = M.error_body(e) if path.startswith("/v1/messages") else e.body()
+    return JSONResponse(body, status_code=e.status, headers=e.headers)
 
 
 def route_label(path: str) -> str:
@@ -49,28 +57,26 @@ def install_errors(app: FastAPI, count: Any = None) -> None:
     @app.exception_handler(P.APIError)
     async def api_error(request: Request, e: P.APIError) -> JSONResponse:
         counted(request, e.status)
-        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+        return error_response(request.url.path, e)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
         counted(request, 400)
-        return JSONResponse(P.APIError(400, "invalid request").body(), status_code=400)
+        return error_response(request.url.path, P.APIError(400, "invalid request"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         counted(request, e.status_code)
         detail = e.detail if isinstance(e.detail, str) else "error"
-        err = P.APIError(e.status_code, detail,
-                         code="not_found" if e.status_code == 404 else None)
-        return JSONResponse(err.body(), status_code=e.status_code)
+        return error_response(request.url.path, P.APIError(
+            e.status_code, detail, code="not_found" if e.status_code == 404 else None))
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, e: Exception) -> JSONResponse:
         log.exception("request failed")
         counted(request, 500)
-        err = P.APIError(500, "internal server error (see the server's log)",
-                         type="server_error")
-        return JSONResponse(err.body(), status_code=500)
+        return error_response(request.url.path, P.APIError(
+            500, "internal server error (see the server's log)", type="server_error"))
 
 
 OPEN_PATHS = ("/health",)
@@ -100,8 +106,11 @@ class _Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
         open_ = path in OPEN_PATHS or (self.public_metrics and path == "/metrics")
-        if self.key and not open_ and not hmac.compare_digest(
-                headers.get("authorization", "").encode(), f"Bearer {self.key}".encode()):
+        if self.key and not open_ and not (
+                hmac.compare_digest(headers.get("authorization", "").encode(),
+                                    f"Bearer {self.key}".encode()) or
+                hmac.compare_digest(headers.get("x-api-key", "").encode(),  # Anthropic's
+                                    self.key.encode())):
             err = P.APIError(401, "invalid or missing API key (Authorization: Bearer ...)",
                              code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
             return await self._refuse(path, err, scope, receive, send)
@@ -114,8 +123,7 @@ class _Guard:
                       send: Any) -> None:
         if self.count:
             self.count(route_label(path), err.status)
-        await JSONResponse(err.body(), status_code=err.status, headers=err.headers)(
-            scope, receive, send)
+        await error_response(path, err)(scope, receive, send)
 
 
 def _too_large(limit: int) -> P.APIError:
@@ -194,6 +202,20 @@ def create_app(model: "Model", model_name: str | None = None, api_key: str | Non
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
         return ok("/v1/embeddings", await svc.embeddings(await body_of(request)))
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Any:
+        return ok("/v1/responses", await svc.responses(await body_of(request),
+                                                       request.is_disconnected))
+
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Any:
+        return ok("/v1/messages", await svc.messages(await body_of(request),
+                                                     request.is_disconnected))
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> Any:
+        return ok("/v1/messages/count_tokens", svc.count_tokens(await body_of(request)))
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Any:

@@ -57,12 +57,12 @@ class Output:
                     msg = {"role": "assistant", "content": r.text or None,
                            "tool_calls": [c.to_openai() for c in r.tool_calls]}
             return {"index": k, "message": msg, "logprobs": self._logprobs(r.logprobs or []),
-                    "finish_reason": r.finish_reason}
+                    "finish_reason": r.finish_reason, "stop_reason": r.stop_string}
         echo = self.req.echo
         text = (self.prompts[k // self.n] if echo else "") + r.text
         items = (self._echo_items(k) if echo else []) + list(r.logprobs or [])
         c = {"index": k, "text": text, "logprobs": self._logprobs(items),
-             "finish_reason": r.finish_reason}
+             "finish_reason": r.finish_reason, "stop_reason": r.stop_string}
         plp = self._prompt_logprobs(k)
         if plp is not None:
             c["prompt_logprobs"] = plp
@@ -109,7 +109,7 @@ class Output:
         """The end of choice k: what was held back, its calls, its finish."""
         if not self.chat:
             return [{"index": k, "text": "", "logprobs": self._new_logprobs(k, r),
-                     "finish_reason": r.finish_reason}]
+                     "finish_reason": r.finish_reason, "stop_reason": r.stop_string}]
         out: list[dict] = []
         finish = r.finish_reason
         if self.plan is not None:
@@ -126,5 +126,5 @@ class Output:
                     "logprobs": None, "finish_reason": None})
                 finish = "tool_calls"
         out.append({"index": k, "delta": {}, "logprobs": self._new_logprobs(k, r),
-                    "finish_reason": finish})
+                    "finish_reason": finish, "stop_reason": r.stop_string})
         return out

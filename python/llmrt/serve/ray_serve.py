@@ -33,6 +33,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
+from . import messages as M
 from . import protocol as P
 from .app import install_errors, install_guard, read_json
 
@@ -40,9 +41,14 @@ from .app import install_errors, install_guard, read_json
 def prefix_key(endpoint: str, body: dict) -> Optional[str]:
     """What requests of one conversation share: the first two messages of a
     chat, the first 512 characters of a prompt."""
-    if endpoint == "chat":
+    if endpoint in ("chat", "messages"):
         msgs = body.get("messages")
         start: Any = msgs[:2] if isinstance(msgs, list) else None
+        if endpoint == "messages" and start and body.get("system") is not None:
+            start = [body["system"], start]
+    elif endpoint == "responses":
+        inp = body.get("input")
+        start = [body.get("instructions"), inp[:2] if isinstance(inp, list) else inp]
     elif endpoint == "completions":
         p = body.get("prompt")
         start = p[:512] if isinstance(p, (str, list)) else None
@@ -116,6 +122,12 @@ class Replica:
                 out = await svc.chat(body)
             elif endpoint == "embeddings":
                 out = await svc.embeddings(body)
+            elif endpoint == "responses":
+                out = await svc.responses(body)
+            elif endpoint == "messages":
+                out = await svc.messages(body)
+            elif endpoint == "count_tokens":
+                out = svc.count_tokens(body)
             elif endpoint == "tokenize":
                 out = svc.tokenize(body)
             elif endpoint == "detokenize":
@@ -123,7 +135,8 @@ class Replica:
             else:
                 out = svc.models()
         except P.APIError as e:
-            yield ("error", e.status, e.body(), e.headers)
+            err = M.error_body(e) if endpoint in ("messages", "count_tokens") else e.body()
+            yield ("error", e.status, err, e.headers)
             return
         if isinstance(out, dict):
             yield ("json", out)
@@ -216,6 +229,18 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
         @app.post("/v1/embeddings")
         async def embeddings(self, request: Request) -> Any:
             return await self._forward("embeddings", request)
+
+        @app.post("/v1/responses")
+        async def responses(self, request: Request) -> Any:
+            return await self._forward("responses", request)
+
+        @app.post("/v1/messages")
+        async def messages(self, request: Request) -> Any:
+            return await self._forward("messages", request)
+
+        @app.post("/v1/messages/count_tokens")
+        async def count_tokens(self, request: Request) -> Any:
+            return await self._forward("count_tokens", request)
 
         @app.post("/tokenize")
         async def tokenize(self, request: Request) -> Any:

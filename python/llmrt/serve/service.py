@@ -24,6 +24,8 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import tools as T
 from . import protocol as P
+from . import messages as M
+from . import responses as R
 from . import schema as S
 from .output import Output
 from .metrics import Metrics
@@ -351,6 +353,28 @@ class Service:
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
         finally:
             self.inflight -= 1
+
+    # ---- OpenAI Responses, Anthropic Messages: translations onto chat ----
+    async def responses(self, body: dict, disconnected: Disconnected = None
+                        ) -> dict | AsyncIterator[bytes]:
+        out = await self.chat(R.to_chat(body), disconnected)
+        if isinstance(out, dict):
+            return R.from_chat(out, body, self.name)
+        return R.stream(out, body, self.name)
+
+    async def messages(self, body: dict, disconnected: Disconnected = None
+                       ) -> dict | AsyncIterator[bytes]:
+        chat = M.to_chat(body)
+        if not chat.get("stream"):
+            return M.from_chat(await self.chat(chat, disconnected), self.name)
+        n = self.count_tokens(body)["input_tokens"]
+        return M.stream(await self.chat(chat, disconnected), self.name, n)
+
+    def count_tokens(self, body: dict) -> dict:
+        """Anthropic's count_tokens: the prompt the request renders, in tokens."""
+        chat = M.to_chat(body, count_only=True)
+        return {"input_tokens": self.tokenize({k: chat[k] for k in ("messages", "tools")
+                                               if k in chat})["count"]}
 
     # ---- tokens ----
     def tokenize(self, body: dict) -> dict:
