@@ -84,29 +84,40 @@ def test_tool_choice_required_and_named(srv):
         check_calls(ch.message.tool_calls, {"add"})
 
 
-def test_tool_calls_streamed_as_openai_sends_them(srv):
+@pytest.mark.parametrize("mode", ["required", "named", "auto", "none"])
+def test_tool_calls_streamed_as_openai_sends_them(srv, mode):
     c = client(srv)
-    s = c.chat.completions.create(model=srv.name, messages=ASK, tools=TOOLS,
-                                  tool_choice="required", temperature=1.0, seed=5,
-                                  max_tokens=120, stream=True)
+    trig = llmrt.Model(srv_model_path(srv), threads=1).tokenizer.special_token_id("<tool_call>")
+    kw = dict(model=srv.name, messages=ASK, tools=TOOLS, temperature=1.0, seed=5,
+              max_tokens=120)
+    if mode == "named":
+        kw["tool_choice"] = {"type": "function", "function": {"name": "add"}}
+    else:
+        kw["tool_choice"] = mode
+    if mode in ("auto", "none"):
+        kw["logit_bias"] = {str(trig): 100}  # the model starts a call
     calls: dict[int, dict] = {}
-    finish = None
-    for ch in s:
+    content, finish = "", None
+    for ch in c.chat.completions.create(stream=True, **kw):
         d = ch.choices[0].delta
+        content += d.content or ""
         for tc in d.tool_calls or []:
             cur = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
             cur["id"] = tc.id or cur["id"]
             cur["name"] += (tc.function.name or "") if tc.function else ""
             cur["arguments"] += (tc.function.arguments or "") if tc.function else ""
         finish = ch.choices[0].finish_reason or finish
-    assert finish == "tool_calls" and calls
-    whole = c.chat.completions.create(model=srv.name, messages=ASK, tools=TOOLS,
-                                      tool_choice="required", temperature=1.0, seed=5,
-                                      max_tokens=120).choices[0].message.tool_calls
+    whole = c.chat.completions.create(**kw).choices[0]
+    if mode == "none":  # neither constrained nor parsed: the text as it came
+        assert not calls and finish != "tool_calls" and whole.message.tool_calls is None
+        assert content == whole.message.content
+        return
+    assert finish == "tool_calls" and calls and all(x["id"] for x in calls.values())
     assert [(x["name"], x["arguments"]) for x in calls.values()] == \
-        [(t.function.name, t.function.arguments) for t in whole]
+        [(t.function.name, t.function.arguments) for t in whole.message.tool_calls]
     for x in calls.values():
         jsonschema.validate(json.loads(x["arguments"]), SCHEMAS[x["name"]])
+        assert mode != "named" or x["name"] == "add"
 
 
 def test_tool_choice_auto_and_none(srv):
@@ -435,3 +446,28 @@ def test_anthropic_messages_round_trip(srv):
                        {"role": "user", "content": "a"}]})
     assert r.status_code == 401 and r.json()["type"] == "error"
     assert r.json()["error"]["type"] == "authentication_error"
+
+
+def test_sigterm_drains_then_cancels(default_model_path):
+    # a request that would run ~20 s: SIGTERM lets it run --shutdown-timeout
+    # seconds, then answers 503 in OpenAI's shape and exits
+    import signal
+    import threading
+    s = start(default_model_path, "--threads", "1", "--shutdown-timeout", "1")
+    got = {}
+
+    def req():
+        r = httpx.post(s.url + "/v1/completions", timeout=120,
+                       json={"prompt": "a", "max_tokens": 1900, "ignore_eos": True})
+        got["r"] = r
+
+    t = threading.Thread(target=req)
+    t.start()
+    time.sleep(1.0)
+    t0 = time.time()
+    s.proc.send_signal(signal.SIGTERM)
+    s.proc.wait(60)
+    t.join(60)
+    assert time.time() - t0 < 15
+    assert got["r"].status_code == 503
+    assert "shut down" in got["r"].json()["error"]["message"]

@@ -404,3 +404,63 @@ def test_lora_adapters_on_every_replica(ray_server, model_path, peft_adapter):
     ref = llmrt.Model(model_path, threads=1, kv_cache_tokens=4096, batch_invariant=True)
     aid = ref.load_lora(peft_adapter)
     _check_lora_names(ray_server, ref, aid, {"Authorization": f"Bearer {KEY}"})
+
+def _replica_pids():
+    import subprocess
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()
+            if "ServeReplica" in line and "llmrt-replica" in line]
+
+
+def test_a_replica_killed_mid_load_fails_only_its_own_requests(ray_server):
+    # (last: the replica it kills is restarted by Ray Serve)
+    import os
+    import signal
+    import time
+    pids = _replica_pids()
+    if len(pids) != 2:
+        pytest.skip(f"replica processes not found by name ({pids})")
+    h = {"Authorization": f"Bearer {KEY}"}
+
+    def one(i):
+        lines = []
+        try:
+            with httpx.stream("POST", ray_server.url + "/v1/completions", headers=h, timeout=60,
+                              json={"prompt": f"load {i}", "max_tokens": 400, "stream": True,
+                                    "temperature": 0, "ignore_eos": True}) as r:
+                for line in r.iter_lines():
+                    if line:
+                        lines.append(line)
+        except httpx.HTTPError as e:  # the connection cut: also visible, not silent
+            return ("cut", repr(e))
+        if lines and lines[-1] == "data: [DONE]":
+            return ("done", None)
+        err = [x for x in lines if x.startswith("data: ") and '"error"' in x]
+        return ("error", err[-1] if err else lines[-3:])
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        futs = [ex.submit(one, i) for i in range(8)]
+        time.sleep(1.0)
+        os.kill(pids[0], signal.SIGKILL)
+        got = [f.result() for f in futs]
+    kinds = [k for k, _ in got]
+    print("streams:", kinds)
+    # every stream ended visibly: [DONE], or an error event / a cut connection
+    for k, detail in got:
+        assert k in ("done", "error", "cut"), detail
+        if k == "error":
+            assert isinstance(detail, str) and "failed" in detail, detail
+            assert "Traceback" not in detail and "actor" not in detail.lower()
+    assert kinds.count("done") >= 1, got  # the other replica's finished
+    # and the next requests succeed
+    t0 = time.time()
+    ok = 0
+    while time.time() - t0 < 120 and ok < 4:
+        r = httpx.post(ray_server.url + "/v1/completions", headers=h, timeout=60,
+                       json={"prompt": "after", "max_tokens": 4})
+        ok = ok + 1 if r.status_code == 200 else 0
+        if r.status_code != 200:
+            assert r.status_code in (500, 503), r.text
+            assert "Traceback" not in r.text
+            time.sleep(0.5)
+    assert ok == 4

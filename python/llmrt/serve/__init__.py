@@ -112,6 +112,16 @@ def main(a: Any) -> int:
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
                      public_metrics=a.public_metrics)
     print(f"llmrt serve: {model!r} on http://{a.host}:{a.port}/v1", flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level,
-                timeout_graceful_shutdown=a.shutdown_timeout)
+    svc = app.state.service
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # the first signal drains: requests in flight get shutdown_timeout
+            # seconds, then a 503 each; uvicorn's own cut comes 5 s later
+            if not svc.draining and svc.runner.loop is not None:
+                svc.runner.loop.call_soon_threadsafe(svc.drain, a.shutdown_timeout)
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level,
+                          timeout_graceful_shutdown=a.shutdown_timeout + 5)).run()
     return 0

@@ -30,7 +30,7 @@ log = logging.getLogger("llmrt.serve")
 
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models",
           "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/tokenize",
-          "/detokenize", "/health", "/metrics")
+          "/detokenize", "/tokenizer_info", "/health", "/metrics")
 
 
 def error_response(path: str, e: P.APIError) -> JSONResponse:
@@ -224,6 +224,10 @@ def create_app(model: "Model", model_name: str | None = None, api_key: str | Non
     @app.post("/detokenize")
     async def detokenize(request: Request) -> Any:
         return ok("/detokenize", svc.detokenize(await body_of(request)))
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> Any:
+        return ok("/tokenizer_info", svc.tokenizer_info())
 
     @app.get("/v1/models")
     async def models() -> Any:

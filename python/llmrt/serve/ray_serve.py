@@ -132,6 +132,8 @@ class Replica:
                 out = svc.tokenize(body)
             elif endpoint == "detokenize":
                 out = svc.detokenize(body)
+            elif endpoint == "tokenizer_info":
+                out = svc.tokenizer_info()
             else:
                 out = svc.models()
         except P.APIError as e:
@@ -188,8 +190,10 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
         def __init__(self, handle: Any):
             self.handle = handle
 
-        async def _forward(self, endpoint: str, request: Request) -> Any:
-            body = await read_json(request, max_body_bytes)
+        async def _forward(self, endpoint: str, request: Request,
+                           body: Optional[dict] = None) -> Any:
+            if body is None:
+                body = await read_json(request, max_body_bytes)
             m = body.get("model")
             if m is not None and not isinstance(m, str):
                 raise P.bad("model", "model must be a string")
@@ -249,6 +253,10 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
         @app.post("/detokenize")
         async def detokenize(self, request: Request) -> Any:
             return await self._forward("detokenize", request)
+
+        @app.get("/tokenizer_info")
+        async def tokenizer_info(self, request: Request) -> Any:
+            return await self._forward("tokenizer_info", request, body={})
 
         @app.get("/v1/models")
         async def models(self) -> Any:

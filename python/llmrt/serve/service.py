@@ -124,6 +124,8 @@ class Service:
         self.runner = Runner(model)
         self.metrics = Metrics(model)
         self.inflight = 0
+        self.jobs: set["Job"] = set()   # in flight
+        self.draining = False
         self.limit = max_batch_size + max_queue
         self.default_max_tokens = default_max_tokens
 
@@ -132,6 +134,23 @@ class Service:
 
     def stop(self) -> None:
         self.runner.stop()
+
+    def drain(self, timeout: float) -> None:
+        """Shutting down (SIGTERM): new requests get 503 at once; those in
+        flight may finish for `timeout` seconds, then end with a 503 (an
+        error event in a stream). Call on the event loop's thread."""
+        self.draining = True
+        loop = self.runner.loop
+        if loop is not None:
+            loop.call_later(max(timeout, 0.0), self._cancel_all)
+
+    def _cancel_all(self) -> None:
+        for job in list(self.jobs):
+            if not job.finished:
+                job.error = P.APIError(503, "the server shut down before the request finished",
+                                       type="server_overloaded")
+                job.abandon()
+        self.runner.wake_all()
 
     def check_model(self, body: dict) -> None:
         m = body.get("model")
@@ -242,6 +261,8 @@ class Service:
                                                             n_ctx - longest))
 
     async def _submit(self, ids: list[list[int]], req: S.Request, chat: bool) -> "Job":
+        if self.draining:
+            raise P.APIError(503, "the server is shutting down", type="server_overloaded")
         if self.inflight >= self.limit:
             raise P.APIError(503, "the server is at capacity; retry later",
                              type="server_overloaded", headers={"Retry-After": "1"})
@@ -255,6 +276,7 @@ class Service:
             raise P.bad(_param_of(msg, "messages" if chat else "prompt"), _short(msg)) \
                 from None
         self.inflight += 1
+        self.jobs.add(job)
         return job
 
     async def _prompt_logprobs(self, req: S.Request, ids: list[list[int]]) -> list | None:
@@ -284,6 +306,7 @@ class Service:
             raise
         finally:
             self.inflight -= 1
+            self.jobs.discard(job)
             if watch is not None:
                 watch.cancel()
         if job.cancelled:
@@ -353,6 +376,7 @@ class Service:
             yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
         finally:
             self.inflight -= 1
+            self.jobs.discard(job)
 
     # ---- OpenAI Responses, Anthropic Messages: translations onto chat ----
     async def responses(self, body: dict, disconnected: Disconnected = None
@@ -406,6 +430,18 @@ class Service:
             text = S.string("prompt", body.get("prompt"))
         ids = model.tokenize(text, add_special=add)
         return {"count": len(ids), "max_model_len": model.context_length, "tokens": ids}
+
+    def tokenizer_info(self) -> dict:
+        """vLLM's /tokenizer_info (what evaluation harnesses read to tokenize
+        through the server)."""
+        tok, model = self.model.tokenizer, self.model
+
+        def text(i: int | None) -> str | None:
+            return tok.tokens[i] if i is not None else None
+        return {"tokenizer_class": type(tok).__name__, "bos_token": text(tok.bos_id),
+                "eos_token": text(tok.eos_id), "pad_token": text(tok.pad_id),
+                "add_bos_token": tok.add_bos, "model_max_length": model.context_length,
+                "chat_template": model.chat_template}
 
     def detokenize(self, body: dict) -> dict:
         S.unknown_fields(body, {"model", "tokens"}, sampling=False)
