@@ -197,3 +197,18 @@ def test_stream_parser_holds_back_a_possible_trigger(hermes_model):
                            '</tool_call>', add_special=False))
     rest, calls = p.finish()
     assert out == "ok " and rest == "" and [c.name for c in calls] == ["add"]
+
+
+def test_arguments_take_no_unlisted_keys(hermes_model):
+    # a schema without additionalProperties: the grammar closes it (as
+    # llama.cpp and xgrammar do), so a call is not padded with made-up keys
+    open_tool = [{"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer", "maximum": 99, "minimum": 0},
+                                         "b": {"type": "integer", "maximum": 99, "minimum": 0}},
+        "required": ["a", "b"]}}}]
+    for seed in range(4):
+        r = hermes_model.chat(ASK, tools=open_tool, tool_choice="required", temperature=1.0,
+                              seed=seed, max_new_tokens=100)
+        assert r.finish_reason == "tool_calls"
+        for c in r.tool_calls:
+            assert set(json.loads(c.arguments)) == {"a", "b"}

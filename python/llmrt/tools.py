@@ -16,7 +16,8 @@ call, the call is held to the tools' schemas: a grammar that wakes at the
 format's trigger), "none" (no calls parsed), "required" (at least one call,
 by grammar from the first token) or {"type": "function", "function":
 {"name": ...}} (that call). ``parallel_tool_calls=False`` allows one call.
-A tool's ``parameters`` schema is enforced on its arguments; a schema the
+A tool's ``parameters`` schema is enforced on its arguments (an object
+with listed properties takes no others unless it says so); a schema the
 grammar engine cannot compile is an error for a ``strict`` tool and
 relaxed to any object otherwise.
 """
@@ -332,10 +333,29 @@ def grammar(fmt: Format, tools: Tools, tok: "Tokenizer", relax: bool = False) ->
     """Lark (llguidance) for the calls from the format's trigger on."""
     objs = []
     for t in tools.callable():
-        schema = {"type": "object"} if relax and not t.strict else t.parameters
+        schema = {"type": "object"} if relax and not t.strict else _closed(t.parameters)
         schema = {**schema, "x-guidance": LAYOUT}
         objs.append(fmt.call_object(t, "%json " + json.dumps(schema)))
     return "start: " + fmt.calls(" | ".join(objs), tools.parallel, _literal(tok))
+
+
+_DATA = ("enum", "const", "default", "examples")  # values there are data, not schemas
+
+
+def _closed(node: Any) -> Any:
+    """A schema whose objects with listed properties take no others unless
+    it says so (additionalProperties: false where absent), as llama.cpp's
+    and xgrammar's tool grammars read a schema: else a model may pad the
+    arguments with keys no function takes until max_tokens."""
+    if isinstance(node, list):
+        return [_closed(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: (v if k in _DATA else _closed(v)) for k, v in node.items()}
+    if "properties" in out and "additionalProperties" not in out and \
+            "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def _literal(tok: "Tokenizer") -> Any:
