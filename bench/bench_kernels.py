@@ -17,10 +17,11 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
+from testutil import encode_tensor, random_kquant  # noqa: E402
+
 import llmrt  # noqa: E402
 from llmrt import _core  # noqa: E402
 from llmrt.ggml_types import TYPES as GGML_TYPES  # noqa: E402
-from testutil import encode_tensor, random_kquant  # noqa: E402
 
 TYPES = {name: t.id for name, t in GGML_TYPES.items() if name != "F32"}
 ROWS = COLS = 2048

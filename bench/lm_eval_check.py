@@ -107,9 +107,10 @@ def main() -> int:
     if shutil.which("lm_eval") is None and shutil.which("lm-eval") is None:
         print("lm-eval is not installed: pip install 'lm-eval[api]'")
         return 1
+    from serve_util import start
+
     import llmrt
     from llmrt.utils import default_model_path
-    from serve_util import start
     path = a.model or default_model_path()
     work = tempfile.mkdtemp(prefix="lmeval-")
     docs = items(a.items)

@@ -7,8 +7,8 @@ transformers reference (torch, fp32 dequantized weights from the same GGUF).
 Not needed to run the tests: its output is committed.
 """
 
-import importlib.util
 import glob
+import importlib.util
 import json
 import os
 

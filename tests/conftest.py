@@ -34,8 +34,9 @@ def smollm2_f32(default_model_path):
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """A small random model (2 layers, Q8_0, context 128) for generation tests."""
-    import llmrt
     from testutil import write_model
+
+    import llmrt
     path = str(tmp_path_factory.mktemp("gen") / "tiny.gguf")
     # untied head: a tied one makes "repeat the last token" dominate random logits
     write_model(path, wtype="Q8_0", n_layer=2, ctx=128, tied=False)

@@ -2,11 +2,12 @@
 speculative decoding with a draft model, on tiny random models."""
 import numpy as np
 import pytest
-import llmrt
-from llmrt.speculative import DraftLength, accept_or_resample
-from llmrt.sampling import Sampler
-from test_sampling import assert_follows, chi2_critical
+from test_sampling import assert_follows
 from testutil import write_model
+
+import llmrt
+from llmrt.sampling import Sampler
+from llmrt.speculative import DraftLength, accept_or_resample
 
 PROMPTS = [[1, 5, 9, 13], [2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51],
            [3] + list(range(60, 100)), [4, 7], list(range(100, 170)), [6, 8, 10, 12, 14, 16]]

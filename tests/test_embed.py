@@ -5,9 +5,9 @@ import threading
 
 import numpy as np
 import pytest
+from testutil import write_model
 
 import llmrt
-from testutil import write_model
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import pytest
 
 import llmrt
 
-
 PROMPT = [5, 40, 77, 12, 99]
 
 

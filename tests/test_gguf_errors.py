@@ -1,18 +1,17 @@
 """Bad files: every corrupt, truncated or unsupported GGUF raises a Python
 exception naming the problem; none crashes the process."""
 
-import os
 import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from testutil import write_model
 
 import llmrt
 from llmrt import GGUFError, UnsupportedModelError
 from llmrt.gguf_file import GGUFFile
-from testutil import write_model
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +129,6 @@ def test_wrong_type_changes_size(tmp_path, good):
 
 
 def test_wrong_shape(tmp_path):
-    import gguf
     p = str(tmp_path / "shape.gguf")
     write_model(p, n_layer=1)
     d = _bytes(p)

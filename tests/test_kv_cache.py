@@ -3,9 +3,9 @@ small budget, budget errors, and the pool's memory per cache type."""
 
 import numpy as np
 import pytest
+from testutil import write_model
 
 import llmrt
-from testutil import write_model
 
 
 @pytest.fixture(scope="module")

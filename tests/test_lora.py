@@ -11,11 +11,11 @@ import shutil
 import gguf
 import numpy as np
 import pytest
+from test_convert import _bpe_dir, _llama_dir, _save, sp_model  # noqa: F401 (fixture)
 
 import llmrt
 from llmrt.convert import convert
 from llmrt.lora import AdapterError
-from test_convert import _bpe_dir, _llama_dir, _save, sp_model  # noqa: F401 (fixture)
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
@@ -133,7 +133,7 @@ def test_gguf_adapter_equals_peft(tmp_path, base):
     m = llmrt.Model(path, threads=2, activations="f32", kv_cache_dtype="f32")
     # llama.cpp's GGUF adapter: the model's tensor names, q / k B rows in the
     # file's (permuted) order, alpha in the metadata
-    from llmrt.convert import _permute
+    from llmrt.arrays import permute_qk as _permute
     names = {"q_proj": "attn_q", "k_proj": "attn_k", "up_proj": "ffn_up", "o_proj": "attn_output"}
     gw = gguf.GGUFWriter(str(tmp_path / "lora.gguf"), m.arch)
     gw.add_string("general.type", "adapter")

@@ -6,12 +6,13 @@ import sys
 import gguf
 import numpy as np
 import pytest
+from testutil import dequantize_ref, write_model
 
 import llmrt
 from llmrt import _core
+from llmrt.arrays import dequantize_array
 from llmrt.ggml_types import WRITABLE, writable
-from llmrt.quantization import dequantize_array, quantize_array, tensor_type
-from testutil import dequantize_ref, write_model
+from llmrt.quantization import quantize_array, tensor_type
 
 QT = gguf.GGMLQuantizationType
 # Relative RMS error bounds of one quantize -> dequantize round trip on

@@ -6,9 +6,9 @@ reuse, forks, speculative rollback and batching keep working; memory held by
 the sliding layers stays bounded as a sequence grows."""
 import numpy as np
 import pytest
+from testutil import write_model
 
 import llmrt
-from testutil import write_model
 
 WINDOW, BT, SLACK = 8, 8, 128  # SLACK: KVCache::kSlidingSlack
 

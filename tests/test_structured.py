@@ -14,12 +14,11 @@ import time
 
 import numpy as np
 import pytest
+from test_sampling import assert_follows, chain, softmax
 
 import llmrt
-from llmrt import SamplingParams, structured
+from llmrt import SamplingParams, masks, structured
 from llmrt.sampling import Sampler
-
-from test_sampling import assert_follows, chain, softmax
 
 llg = pytest.importorskip("llguidance")
 jsonschema = pytest.importorskip("jsonschema")
@@ -359,7 +358,7 @@ def test_logprobs_are_those_of_the_constrained_distribution(sm):
     words = np.empty_like(c.words)
     for i, (tok, lp) in enumerate(zip(r.token_ids, r.logprobs)):
         c.compute(words)
-        row = structured.masked(logits[i], words).astype(np.float64)
+        row = masks.masked(logits[i], words).astype(np.float64)
         ref = row - (row[np.isfinite(row)].max() +
                      np.log(np.exp(row[np.isfinite(row)] - row[np.isfinite(row)].max()).sum()))
         assert lp.token_id == tok

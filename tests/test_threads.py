@@ -6,9 +6,9 @@ import threading
 
 import numpy as np
 import pytest
+from testutil import write_model
 
 import llmrt
-from testutil import write_model
 
 PROMPTS = [[1, 5, 9, 13], [2, 40, 41, 42, 43, 44, 45], [3] + list(range(60, 100)), [4, 7],
            list(range(100, 170)), [6, 8, 10, 12, 14, 16], [20, 21, 22], [30] * 12]

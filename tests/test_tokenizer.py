@@ -7,12 +7,10 @@ import io
 import json
 import os
 
-import numpy as np
 import pytest
+from testutil import write_model
 
 import llmrt
-from llmrt.tokenizer import Tokenizer
-from testutil import write_model
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 REF = json.load(open(os.path.join(DATA, "smollm2_reference.json"), encoding="utf-8"))

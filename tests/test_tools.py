@@ -13,9 +13,11 @@ import pytest
 pytest.importorskip("llguidance")
 jsonschema = pytest.importorskip("jsonschema")
 
-import llmrt  # noqa: E402
-from llmrt import tools as T  # noqa: E402
 from testutil import HERMES, write_model  # noqa: E402
+
+import llmrt  # noqa: E402
+from llmrt import tool_use as U  # noqa: E402
+from llmrt import tools as T  # noqa: E402
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -113,12 +115,12 @@ def test_tools_are_rendered_and_history_kept(hermes_model, plain_model):
         {"id": "call_1", "type": "function",
          "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 3}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}]
-    text = hermes_model.apply_chat_template(T.plan(hermes_model.chat_template, hist,
+    text = hermes_model.apply_chat_template(U.plan(hermes_model.chat_template, hist,
                                                    hermes_model.tokenizer, TOOLS).messages,
                                             tools=TOOLS)
     assert '"name": "get_weather"' in text and "<tool_response>\nsunny" in text
     assert '{"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}' in text
-    p = T.plan(plain_model.chat_template, hist, plain_model.tokenizer, TOOLS)
+    p = U.plan(plain_model.chat_template, hist, plain_model.tokenizer, TOOLS)
     assert isinstance(p.fmt, T.Generic)
     text = plain_model.apply_chat_template(p.messages)
     assert "<tools>" in text and "get_weather" in text and "<tool_response>" in text
@@ -187,12 +189,12 @@ def test_format_from_template():
 
 def test_stream_parser_holds_back_a_possible_trigger(hermes_model):
     tok = hermes_model.tokenizer
-    p = T.ToolParser(T.Hermes(), tok)
+    p = U.ToolParser(T.Hermes(), tok)
     shown = p.add(tok.encode("Sure. <tool", add_special=False))
     assert shown == "Sure. "  # "<tool" may begin a call
     shown += p.add(tok.encode("s are fun", add_special=False))
     assert shown == "Sure. <tools are fun"
-    p = T.ToolParser(T.Hermes(), tok)
+    p = U.ToolParser(T.Hermes(), tok)
     out = p.add(tok.encode('ok <tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n'
                            '</tool_call>', add_special=False))
     rest, calls = p.finish()

@@ -4,8 +4,6 @@ llmrt against."""
 
 from __future__ import annotations
 
-import os
-
 import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT

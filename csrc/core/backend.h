@@ -1,8 +1,9 @@
 // What a device must provide to run the llama-family forward pass.
 //
 // The model (csrc/model) is written once against this interface; csrc/cpu and
-// (later) csrc/cuda implement it. Activations are row-major float32 matrices
-// of n tokens; pointers are in the backend's own memory (host for the CPU).
+// csrc/cuda implement it. Activations are row-major float32 matrices of n
+// tokens; pointers are in the backend's own memory (host for the CPU, device
+// memory for CUDA).
 #pragma once
 
 #include <cstddef>

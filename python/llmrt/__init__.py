@@ -1,4 +1,5 @@
-"""llmrt: run GGUF language models from Python with native CPU kernels.
+"""llmrt: run GGUF language models from Python with native CPU (AVX2 / AVX-512)
+and CUDA kernels; `llmrt serve` puts them behind an OpenAI-compatible server.
 
     import llmrt
     model = llmrt.Model()                      # default: SmolLM2-135M-Instruct
@@ -8,8 +9,7 @@
 from . import _core
 from .errors import GGUFError, KVCacheFullError, UnsupportedModelError
 from .model import Model
-from .outputs import (BatchStream, Beam, GenerationResult, PerplexityResult, TextStream,
-                      TokenLogprob)
+from .outputs import BatchStream, Beam, GenerationResult, PerplexityResult, TextStream, TokenLogprob
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 from .utils import default_model_path, physical_cores

@@ -11,7 +11,8 @@ max_new_tokens. Stop strings cut the final texts.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class BeamSearch(Task):
             self.seq = -1  # the beams own the sequences now
         B, step = self.p.num_beams, self.step_i
         cands: list[tuple[float, int, int]] = []
-        for bi, ((_, toks, total), lg) in enumerate(zip(self.beams, logits)):
+        for bi, ((_, _toks, total), lg) in enumerate(zip(self.beams, logits)):
             _, top = top_logprobs(lg, 0, 2 * B)  # the 2B most likely and their logprobs
             cands.extend((total + lp, bi, t) for t, lp in top)
         cands.sort(key=lambda c: (-c[0], c[1], c[2]))
@@ -117,7 +118,7 @@ class BeamSearch(Task):
         done = sorted(self.hyps, key=lambda d: -d[0])[:self.p.num_beams]
         stops = p.stop_strings
         out = []
-        for sc, toks, ended in done:
+        for sc, toks, _ended in done:
             text = self.tokenizer.decode(toks, skip_special=True)
             for s in stops:
                 i = text.find(s)

@@ -8,7 +8,8 @@ and mutation of the values passed in.
 from __future__ import annotations
 
 import datetime
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 # Used when a file carries no template: ChatML, which most small instruct
 # models (SmolLM2 and Qwen2 among them) were trained on.

@@ -47,7 +47,7 @@ def _sampling_kwargs(a: argparse.Namespace) -> dict:
         try:
             bias[int(tok)] = float(val)
         except ValueError:
-            raise SystemExit(f"llmrt: --logit-bias wants TOKEN_ID=BIAS, got {item!r}")
+            raise SystemExit(f"llmrt: --logit-bias wants TOKEN_ID=BIAS, got {item!r}") from None
     return dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
                 top_p=a.top_p, min_p=a.min_p, typical_p=a.typical_p,
                 repetition_penalty=a.repetition_penalty, presence_penalty=a.presence_penalty,
@@ -144,7 +144,8 @@ def _generate(model, a) -> int:
         draft = "prompt_lookup"
     elif a.draft_model:
         from .model import Model
-        draft = Model(a.draft_model, threads=a.threads, context_length=model.context_length)
+        draft = Model(a.draft_model, threads=a.threads,  # type: ignore[assignment]
+                      context_length=model.context_length)
     kw = dict(draft=draft, num_draft_tokens=a.num_draft_tokens) if draft is not None else {}
     it = model.generate(a.prompt, stream=True, **kw, **_sampling_kwargs(a))
     _stream(it)
@@ -202,9 +203,10 @@ def _info(a) -> int:
 
 def _quantize(a) -> int:
     import os
+
     from .quantization import quantize_file
     chosen = quantize_file(a.input, a.output, a.type, progress=None)
-    kinds = {}
+    kinds: dict[str, int] = {}
     for t in chosen.values():
         kinds[t] = kinds.get(t, 0) + 1
     print(f"wrote {a.output} ({os.path.getsize(a.output) / 1e6:.1f} MB): "
@@ -225,6 +227,7 @@ def _perplexity(a) -> int:
 
 def _convert(a) -> int:
     import os
+
     from .convert import convert
     info = convert(a.hf_dir, a.output, a.type, progress=None)
     print(f"wrote {a.output} ({os.path.getsize(a.output) / 1e6:.1f} MB): {info['arch']}, "

@@ -14,16 +14,18 @@ from __future__ import annotations
 import glob
 import json
 import os
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 
+from .arrays import permute_qk
 from .convert_tokenizer import GEMMA, write_tokenizer
 from .errors import CheckpointError, UnsupportedModelError
 from .ggml_types import FILE_TYPES, writable
 from .gguf_loader import sliding_period
-from .quantization import (progress_bar, tensor_type, write_or_remove,
-                           write_tensors)
+from .quantization import tensor_type, write_or_remove, write_tensors
+from .utils import progress_bar
 
 ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
          "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "MixtralForCausalLM": "llama",
@@ -59,11 +61,7 @@ def _json(path: str) -> dict:
         return json.load(f)
 
 
-def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """q / k rows from Hugging Face's order (each head's first half rotated
-    with its second half) to GGUF llama's (adjacent pairs rotated)."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
+_permute = permute_qk
 
 
 class _Tensors:
@@ -161,7 +159,7 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
             raise CheckpointError(f"{d}/config.json: missing {k!r}")
         return cfg[k]
     n_embd, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
-    hp = dict(hf=hf, arch=ARCHS[hf], n_embd=n_embd, n_layer=int(need("num_hidden_layers")),
+    hp: dict[str, Any] = dict(hf=hf, arch=ARCHS[hf], n_embd=n_embd, n_layer=int(need("num_hidden_layers")),
               multimodal=bool(cfg.get("multimodal")), prefix="model.",
               n_head=n_head, n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
               n_ff=int(need("intermediate_size")), n_vocab=int(need("vocab_size")),
@@ -255,7 +253,7 @@ def _longrope(cfg: dict, rs: dict, hp: dict, d: str) -> dict:
     if orig <= 0:
         raise CheckpointError(f"{d}/config.json: LongRoPE without "
                               "original_max_position_embeddings")
-    out = {"orig": orig}
+    out: dict[str, Any] = {"orig": orig}
     for k in ("long_factor", "short_factor"):
         f = np.asarray(rs.get(k) or [], np.float32)
         if f.shape != (hp["n_rot"] // 2,) or not np.all(f > 0):
@@ -285,27 +283,38 @@ def _llama3_factors(rs: dict, head_dim: int, theta: float) -> np.ndarray:
     return div.astype(np.float32)
 
 
-def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
-    """(GGUF name, numpy shape, loader) for every tensor, after checking that
-    the checkpoint has each one with the shape the config implies."""
-    D, L, F, V = hp["n_embd"], hp["n_layer"], hp["n_ff"], hp["n_vocab"]
-    H, KV, hd, E = hp["n_head"], hp["n_head_kv"], hp["head_dim"], hp["n_expert"]
-    llama = hp["arch"] == "llama"
+def _stack(ts: _Tensors, names: list[str]) -> np.ndarray:
+    return np.stack([ts.get(n) for n in names])
 
-    def src(name: str, shape: tuple[int, ...]) -> str:
-        if name not in ts.shapes:
+
+class _Planner:
+    """The conversion plan being built: (GGUF name, numpy shape, loader) for
+    each tensor, each source checked for presence and shape."""
+
+    def __init__(self, ts: _Tensors):
+        self.ts = ts
+        self.plan: list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]] = []
+
+    def src(self, name: str, shape: tuple[int, ...]) -> str:
+        if name not in self.ts.shapes:
             raise CheckpointError(f"the checkpoint has no tensor {name!r}")
-        if ts.shapes[name] != shape:
-            raise CheckpointError(f"tensor {name!r} has shape {ts.shapes[name]}, the config "
+        if self.ts.shapes[name] != shape:
+            raise CheckpointError(f"tensor {name!r} has shape {self.ts.shapes[name]}, the config "
                                   f"implies {shape}")
         return name
 
-    plan = []
+    def add(self, gname: str, name: str, shape: tuple[int, ...],
+            fix: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        self.src(name, shape)
+        ts = self.ts
+        self.plan.append((gname, shape, lambda: fix(ts.get(name)) if fix else ts.get(name)))
 
-    def add(gname, name, shape, fix=None):
-        src(name, shape)
-        plan.append((gname, shape, lambda: fix(ts.get(name)) if fix else ts.get(name)))
 
+def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
+    """(GGUF name, numpy shape, loader) for every tensor, after checking that
+    the checkpoint has each one with the shape the config implies."""
+    D, V = hp["n_embd"], hp["n_vocab"]
+    pl = _Planner(ts)
     if hp["multimodal"]:  # the text model's tensors, under one of two prefixes
         hp["prefix"] = next((p for p in _TEXT_PREFIXES if p + "embed_tokens.weight" in ts.shapes),
                             None)
@@ -313,55 +322,14 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
             raise CheckpointError("the checkpoint has no language model tensors "
                                   f"({' or '.join(p + 'embed_tokens.weight' for p in _TEXT_PREFIXES)})")
     pre = hp["prefix"]
-    add("token_embd.weight", pre + "embed_tokens.weight", (V, D))
-    gemma = hp["arch"] in GEMMA
+    pl.add("token_embd.weight", pre + "embed_tokens.weight", (V, D))
     # gemma's norms scale by (1 + w); the file holds 1 + w (as llama.cpp's converter writes)
-    norm_fix = (lambda w: w + 1.0) if gemma else None
-
-    for i in range(L):
-        p, h = f"blk.{i}.", f"{pre}layers.{i}."
-        add(p + "attn_norm.weight", h + "input_layernorm.weight", (D,), norm_fix)
-        if hp["arch"] == "phi3":  # q/k/v rows in one tensor, kept fused
-            add(p + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", ((H + 2 * KV) * hd, D))
-        else:
-            add(p + "attn_q.weight", h + "self_attn.q_proj.weight", (H * hd, D),
-                (lambda w: _permute(w, H)) if llama else None)
-            add(p + "attn_k.weight", h + "self_attn.k_proj.weight", (KV * hd, D),
-                (lambda w: _permute(w, KV)) if llama else None)
-            add(p + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * hd, D))
-        add(p + "attn_output.weight", h + "self_attn.o_proj.weight", (D, H * hd))
-        biased = hp["arch"] == "qwen2" or h + "self_attn.q_proj.bias" in ts.shapes
-        if biased:
-            add(p + "attn_q.bias", h + "self_attn.q_proj.bias", (H * hd,))
-            add(p + "attn_k.bias", h + "self_attn.k_proj.bias", (KV * hd,))
-            add(p + "attn_v.bias", h + "self_attn.v_proj.bias", (KV * hd,))
-        if hp["arch"] in ("qwen3", "gemma3"):  # RMSNorm of each head of q and k
-            add(p + "attn_q_norm.weight", h + "self_attn.q_norm.weight", (hd,), norm_fix)
-            add(p + "attn_k_norm.weight", h + "self_attn.k_norm.weight", (hd,), norm_fix)
-        if gemma:  # norms after attention and after the FFN, and one before it
-            add(p + "post_attention_norm.weight", h + "post_attention_layernorm.weight", (D,),
-                norm_fix)
-            add(p + "ffn_norm.weight", h + "pre_feedforward_layernorm.weight", (D,), norm_fix)
-            add(p + "post_ffw_norm.weight", h + "post_feedforward_layernorm.weight", (D,),
-                norm_fix)
-        else:
-            add(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", (D,))
-        if E:
-            m = h + "block_sparse_moe."
-            add(p + "ffn_gate_inp.weight", m + "gate.weight", (E, D))
-            for gname, w, shape in (("ffn_gate_exps", "w1", (F, D)), ("ffn_up_exps", "w3", (F, D)),
-                                    ("ffn_down_exps", "w2", (D, F))):
-                names = [src(f"{m}experts.{e}.{w}.weight", shape) for e in range(E)]
-                plan.append((p + gname + ".weight", (E, *shape),
-                             lambda names=names: np.stack([ts.get(n) for n in names])))
-        elif hp["arch"] == "phi3":  # gate rows, then up rows, in one tensor
-            add(p + "ffn_up.weight", h + "mlp.gate_up_proj.weight", (2 * F, D))
-            add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
-        else:
-            add(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", (F, D))
-            add(p + "ffn_up.weight", h + "mlp.up_proj.weight", (F, D))
-            add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
-    add("output_norm.weight", pre + "norm.weight", (D,), norm_fix)
+    norm_fix = (lambda w: w + 1.0) if hp["arch"] in GEMMA else None
+    for i in range(hp["n_layer"]):
+        _attention_plan(pl, hp, f"blk.{i}.", f"{pre}layers.{i}.", norm_fix)
+        _ffn_plan(pl, hp, f"blk.{i}.", f"{pre}layers.{i}.", norm_fix)
+    pl.add("output_norm.weight", pre + "norm.weight", (D,), norm_fix)
+    plan = pl.plan
     if hp["rope_factors"] is not None:
         f = hp["rope_factors"]
         plan.append(("rope_freqs.weight", f.shape, lambda: f))
@@ -371,11 +339,61 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
         plan.append(("rope_factors_short.weight", lr["short_factor"].shape,
                      lambda: lr["short_factor"]))
     if not hp["tied"] and "lm_head.weight" in ts.shapes:
-        add("output.weight", "lm_head.weight", (V, D))
+        pl.add("output.weight", "lm_head.weight", (V, D))
     elif not hp["tied"]:
         raise CheckpointError("the checkpoint has no tensor 'lm_head.weight' (and the config "
                               "does not tie it to the embeddings)")
     return plan
+
+
+def _attention_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> None:
+    """One layer's norm and attention tensors (p: GGUF's prefix, h: the checkpoint's)."""
+    D, H, KV, hd = hp["n_embd"], hp["n_head"], hp["n_head_kv"], hp["head_dim"]
+    llama = hp["arch"] == "llama"
+    pl.add(p + "attn_norm.weight", h + "input_layernorm.weight", (D,), norm_fix)
+    if hp["arch"] == "phi3":  # q/k/v rows in one tensor, kept fused
+        pl.add(p + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", ((H + 2 * KV) * hd, D))
+    else:
+        pl.add(p + "attn_q.weight", h + "self_attn.q_proj.weight", (H * hd, D),
+               (lambda w: _permute(w, H)) if llama else None)
+        pl.add(p + "attn_k.weight", h + "self_attn.k_proj.weight", (KV * hd, D),
+               (lambda w: _permute(w, KV)) if llama else None)
+        pl.add(p + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * hd, D))
+    pl.add(p + "attn_output.weight", h + "self_attn.o_proj.weight", (D, H * hd))
+    if hp["arch"] == "qwen2" or h + "self_attn.q_proj.bias" in pl.ts.shapes:
+        pl.add(p + "attn_q.bias", h + "self_attn.q_proj.bias", (H * hd,))
+        pl.add(p + "attn_k.bias", h + "self_attn.k_proj.bias", (KV * hd,))
+        pl.add(p + "attn_v.bias", h + "self_attn.v_proj.bias", (KV * hd,))
+    if hp["arch"] in ("qwen3", "gemma3"):  # RMSNorm of each head of q and k
+        pl.add(p + "attn_q_norm.weight", h + "self_attn.q_norm.weight", (hd,), norm_fix)
+        pl.add(p + "attn_k_norm.weight", h + "self_attn.k_norm.weight", (hd,), norm_fix)
+
+
+def _ffn_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> None:
+    """One layer's FFN norms and weights (dense, fused gate/up, or experts)."""
+    D, F, E = hp["n_embd"], hp["n_ff"], hp["n_expert"]
+    if hp["arch"] in GEMMA:  # norms after attention and after the FFN, and one before it
+        pl.add(p + "post_attention_norm.weight", h + "post_attention_layernorm.weight", (D,),
+               norm_fix)
+        pl.add(p + "ffn_norm.weight", h + "pre_feedforward_layernorm.weight", (D,), norm_fix)
+        pl.add(p + "post_ffw_norm.weight", h + "post_feedforward_layernorm.weight", (D,),
+               norm_fix)
+    else:
+        pl.add(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", (D,))
+    if E:
+        m = h + "block_sparse_moe."
+        pl.add(p + "ffn_gate_inp.weight", m + "gate.weight", (E, D))
+        for gname, w, shape in (("ffn_gate_exps", "w1", (F, D)), ("ffn_up_exps", "w3", (F, D)),
+                                ("ffn_down_exps", "w2", (D, F))):
+            names = [pl.src(f"{m}experts.{e}.{w}.weight", shape) for e in range(E)]
+            pl.plan.append((p + gname + ".weight", (E, *shape), partial(_stack, pl.ts, names)))
+    elif hp["arch"] == "phi3":  # gate rows, then up rows, in one tensor
+        pl.add(p + "ffn_up.weight", h + "mlp.gate_up_proj.weight", (2 * F, D))
+        pl.add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
+    else:
+        pl.add(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", (F, D))
+        pl.add(p + "ffn_up.weight", h + "mlp.up_proj.weight", (F, D))
+        pl.add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
 
 
 # ---- the file --------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def _user_defined_pieces(model: bytes) -> set[int]:
         while i < len(b):
             key, i = varint(b, i)
             num, wire = key >> 3, key & 7
+            v: int | bytes
             if wire == 0:
                 v, i = varint(b, i)
             elif wire == 2:

@@ -85,7 +85,38 @@ def _bounded(meta: dict, path: str, key: str, default: float, lo: float, hi: flo
 
 def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int,
             longrope: bool = False) -> dict[str, Any]:
+    """The hyperparameters the C++ model takes, from the file's keys, each
+    checked against its range."""
     a = arch
+    cfg = _sizes(meta, path, a, n_vocab_tensor)
+    _rope(meta, path, a, cfg, longrope)
+    key = f"{a}.attention.sliding_window"
+    window = _get(meta, path, key, int, default=0, required=False)
+    if window < 0:
+        raise _err(path, f"{key}={window} must not be negative")
+    if window >= cfg["n_ctx_train"]:
+        window = 0  # no query sees further back than the context: no window
+    if arch in GEMMA:
+        _gemma_config(meta, path, arch, cfg, window, key in meta)
+    elif window:
+        # phi3, mistral: every layer attends over the window
+        cfg["sliding_window"], cfg["swa_pattern"] = window, 0
+    # Mixture of experts (Mixtral): experts per layer and per token
+    cfg["n_expert"] = _get(meta, path, f"{a}.expert_count", int, default=0, required=False)
+    cfg["n_expert_used"] = _get(meta, path, f"{a}.expert_used_count", int, default=0,
+                                required=False)
+    if cfg["n_expert"]:
+        if not 0 < cfg["n_expert"] <= 256 or not 0 < cfg["n_expert_used"] <= cfg["n_expert"]:
+            raise _err(path, f"expert counts out of range: {cfg['n_expert_used']} used of "
+                             f"{cfg['n_expert']}")
+    # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
+    # qwen2 / qwen3 keep the Hugging Face order, which rotates (i, i + n_rot/2).
+    cfg["rope_neox"] = arch in ("qwen2", "qwen3", "phi3") + GEMMA
+    return cfg
+
+
+def _sizes(meta: dict, path: str, a: str, n_vocab_tensor: int) -> dict[str, Any]:
+    """Widths, depths, heads, vocabulary and context, checked."""
     n_embd = _get(meta, path, f"{a}.embedding_length", int)
     n_head = _get(meta, path, f"{a}.attention.head_count", int)
     cfg = {
@@ -120,6 +151,12 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int,
     if n_rot <= 0 or n_rot > head_dim or n_rot % 2:
         raise _err(path, f"{a}.rope.dimension_count={n_rot} must be even and at most {head_dim}")
     cfg["n_rot"] = n_rot
+    return cfg
+
+
+def _rope(meta: dict, path: str, a: str, cfg: dict, longrope: bool) -> None:
+    """RoPE's base, scaling and LongRoPE's original context and attention
+    factor (and the norm epsilon), checked."""
     if not cfg["rms_eps"] > 0 or not cfg["rope_freq_base"] > 0:
         raise _err(path, "rms epsilon and rope freq_base must be positive")
     if not cfg["rope_freq_base"] <= 1e12 or not cfg["rms_eps"] <= 1.0:
@@ -147,29 +184,6 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int,
     if longrope and ratio > 1 and cfg["rope_orig_ctx"] >= 2:
         dflt = float(np.sqrt(1 + np.log(ratio) / np.log(cfg["rope_orig_ctx"])))
     cfg["rope_mscale"] = _bounded(meta, path, f"{a}.rope.scaling.attn_factor", dflt, 1e-3, 1e3)
-    key = f"{a}.attention.sliding_window"
-    window = _get(meta, path, key, int, default=0, required=False)
-    if window < 0:
-        raise _err(path, f"{key}={window} must not be negative")
-    if window >= cfg["n_ctx_train"]:
-        window = 0  # no query sees further back than the context: no window
-    if arch in GEMMA:
-        _gemma_config(meta, path, arch, cfg, window, key in meta)
-    elif window:
-        # phi3, mistral: every layer attends over the window
-        cfg["sliding_window"], cfg["swa_pattern"] = window, 0
-    # Mixture of experts (Mixtral): experts per layer and per token
-    cfg["n_expert"] = _get(meta, path, f"{a}.expert_count", int, default=0, required=False)
-    cfg["n_expert_used"] = _get(meta, path, f"{a}.expert_used_count", int, default=0,
-                                required=False)
-    if cfg["n_expert"]:
-        if not 0 < cfg["n_expert"] <= 256 or not 0 < cfg["n_expert_used"] <= cfg["n_expert"]:
-            raise _err(path, f"expert counts out of range: {cfg['n_expert_used']} used of "
-                             f"{cfg['n_expert']}")
-    # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
-    # qwen2 / qwen3 keep the Hugging Face order, which rotates (i, i + n_rot/2).
-    cfg["rope_neox"] = arch in ("qwen2", "qwen3", "phi3") + GEMMA
-    return cfg
 
 
 def _gemma_config(meta: dict, path: str, a: str, cfg: dict, window: int,
@@ -254,6 +268,29 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
         raise _err(path, "tensor 'token_embd.weight' must be 2-D")
     cfg = _config(meta, path, arch, emb.shape[1], "rope_factors_long.weight" in f.tensors)
 
+    expected = _expected_tensors(arch, cfg, "rope_factors_long.weight" in f.tensors)
+
+    tensors: dict[str, tuple[int, int, int, np.ndarray]] = {}
+    types: dict[str, str] = {}
+    for name, (shape, required) in expected.items():
+        t = f.tensors.get(name)
+        if t is None:
+            if required:
+                raise _err(path, f"missing tensor {name!r}")
+            continue
+        tensors[name] = _tensor(f, t, shape)
+        types[name] = BY_ID[t.type_id].name
+        if name.startswith("rope_f"):  # RoPE frequency divisors: a zero would give inf
+            v = tensors[name][3].view(np.float32)
+            if not np.all(v > 0):
+                raise _err(path, f"tensor {name!r} must hold positive values")
+    return LoadedGGUF(path=path, arch=arch, config=cfg, tensors=tensors, metadata=meta,
+                      tensor_types=types, reader=f)
+
+
+def _expected_tensors(arch: str, cfg: dict, longrope: bool) -> dict[str, tuple[list[int], bool]]:
+    """Every tensor a model of this architecture and size may hold: name ->
+    (GGUF shape [ne0 = cols, ne1 = rows], whether it is required)."""
     D, L = cfg["n_embd"], cfg["n_layer"]
     qd, kvd, F = cfg["n_head"] * cfg["head_dim"], cfg["n_head_kv"] * cfg["head_dim"], cfg["n_ff"]
     V = cfg["n_vocab"]
@@ -265,7 +302,7 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
         "rope_freqs.weight": ([cfg["n_rot"] // 2], False),
         # LongRoPE: frequency divisors past the original context and within it
         "rope_factors_long.weight": ([cfg["n_rot"] // 2], False),
-        "rope_factors_short.weight": ([cfg["n_rot"] // 2], "rope_factors_long.weight" in f.tensors),
+        "rope_factors_short.weight": ([cfg["n_rot"] // 2], longrope),
     }
     for i in range(L):
         p = f"blk.{i}."
@@ -302,23 +339,7 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
                 p + "ffn_up.weight": ([D, 2 * F if phi3 else F], True),
                 p + "ffn_down.weight": ([F, D], True),
             })
-
-    tensors: dict[str, tuple[int, int, int, np.ndarray]] = {}
-    types: dict[str, str] = {}
-    for name, (shape, required) in expected.items():
-        t = f.tensors.get(name)
-        if t is None:
-            if required:
-                raise _err(path, f"missing tensor {name!r}")
-            continue
-        tensors[name] = _tensor(f, t, shape)
-        types[name] = BY_ID[t.type_id].name
-        if name.startswith("rope_f"):  # RoPE frequency divisors: a zero would give inf
-            v = tensors[name][3].view(np.float32)
-            if not np.all(v > 0):
-                raise _err(path, f"tensor {name!r} must hold positive values")
-    return LoadedGGUF(path=path, arch=arch, config=cfg, tensors=tensors, metadata=meta,
-                      tensor_types=types, reader=f)
+    return expected
 
 
 def _tensor(f: GGUFFile, t: TensorInfo, shape: list[int]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .beam_search import BeamSearch
-from .request import Decode, Request, Task
+from .request import Decode, Generation, Task
 from .sampling import Sampler, SamplingParams
 from .scheduler import Job
 from .speculative import Speculative
@@ -76,7 +76,7 @@ def task(model: "Model", job: Job, index: int, ids: list[int], p: SamplingParams
         sampler = Sampler(p, model.vocab_size, ends, seed)
         # held here until the request holds it (the sampler's reference is weak)
         keep = grammar.constraint(sampler, ends) if grammar is not None else None
-        reqs.append(Request(model.tokenizer, ids, p, sampler, ends, model.context_length, job,
+        reqs.append(Generation(model.tokenizer, ids, p, sampler, ends, model.context_length, job,
                             index, speculative=draft is not None, choice=j))
         del keep
     if draft is not None:

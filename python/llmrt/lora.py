@@ -93,7 +93,7 @@ def _permuted(model: "Model", name: str, b: np.ndarray) -> np.ndarray:
     its adjacent-pair RoPE (as llmrt convert and llama.cpp's converter do)."""
     if model.arch != "llama" or name not in ("attn_q", "attn_k"):
         return b
-    from .convert import _permute
+    from .arrays import permute_qk as _permute
     heads = model.config["n_head"] if name == "attn_q" else model.config["n_head_kv"]
     return _permute(b, heads)
 
@@ -143,9 +143,9 @@ def _peft(d: str, model: "Model") -> list[tuple[int, str, np.ndarray, np.ndarray
 
 
 def _gguf(path: str, model: "Model") -> list[tuple[int, str, np.ndarray, np.ndarray, float]]:
+    from .arrays import dequantize_array
     from .ggml_types import BY_ID
     from .gguf_file import GGUFFile
-    from .quantization import dequantize_array
     f = GGUFFile(path)
     meta = f.metadata
     if meta.get("general.type") != "adapter" or meta.get("adapter.type", "lora") != "lora":

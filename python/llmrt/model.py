@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -226,7 +226,8 @@ class Model:
         items = [texts] if single else list(texts)
         if not items:
             raise ValueError("texts is empty")
-        ids = [self.prompt_ids(t, add_special) for t in items]
+        ids = [np.asarray(self.prompt_ids(t, add_special), np.int32)  # type: ignore[arg-type]
+               for t in items]
         bt = self.engine.block_tokens
         blocks = sum(-(-len(t) // bt) for t in ids)
 
@@ -252,54 +253,13 @@ class Model:
     def perplexity(self, text: str | Sequence[int], window: int = 512,
                    max_windows: int | None = None, progress: bool | None = None
                    ) -> PerplexityResult:
-        """Perplexity of a text (or token ids) under the model, as llama.cpp's
-        perplexity tool measures it: the tokens are cut into consecutive
-        windows of `window` tokens (a shorter rest is dropped), each window
-        runs as a fresh sequence (its first token replaced by BOS when the
-        vocabulary adds one), and the second half of each window is scored:
-        exp of the mean negative log-likelihood of each token given the ones
-        before it in its window."""
-        from .quantization import progress_bar
-        if not isinstance(window, int) or isinstance(window, bool) or window < 4:
-            raise ValueError(f"window must be an integer of at least 4 tokens, got {window!r}")
-        if window > self.context_length:
-            raise ValueError(f"window {window} exceeds the context length {self.context_length}")
-        if isinstance(text, str):
-            ids = self.tokenize(text, add_special=False)
-        else:
-            arr = np.asarray(list(text))
-            if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-                raise ValueError("text must be a string or a 1-D sequence of token ids")
-            if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
-                raise ValueError(f"token ids must be in [0, {self.vocab_size})")
-            ids = arr.tolist()
-        n_win = len(ids) // window
-        if max_windows is not None:
-            n_win = min(n_win, max_windows)
-        if n_win < 1:
-            raise ValueError(f"the text is {len(ids)} tokens: perplexity needs at least one "
-                             f"window of {window}")
-        bos = self.tokenizer.bos_id if self.tokenizer.add_bos else None
-        first = window // 2
-        nll, count = 0.0, 0
-        bar = progress_bar(n_win, "perplexity", progress)
-        t0 = time.perf_counter()
-        for w in range(n_win):
-            chunk = list(ids[w * window:(w + 1) * window])
-            if bos is not None:
-                chunk[0] = bos
-            lg = self.logits(chunk)[first:-1].astype(np.float64)
-            target = np.asarray(chunk[first + 1:])
-            mx = lg.max(axis=1)
-            lse = mx + np.log(np.exp(lg - mx[:, None]).sum(axis=1))
-            nll += float((lse - lg[np.arange(len(target)), target]).sum())
-            count += len(target)
-            bar.set_postfix_str(f"ppl {np.exp(nll / count):.4f}", refresh=False)
-            bar.update(1)
-        bar.close()
-        return PerplexityResult(perplexity=float(np.exp(nll / count)), nll=nll / count,
-                                tokens=count, windows=n_win, window=window,
-                                seconds=time.perf_counter() - t0)
+        """Perplexity of a text (or token ids) as llama.cpp's perplexity tool
+        measures it: consecutive windows of `window` tokens (a shorter rest
+        dropped), each a fresh sequence (its first token BOS where the
+        vocabulary adds one), the second half of each scored
+        (scoring.perplexity)."""
+        from .scoring import perplexity
+        return perplexity(self, text, window, max_windows, progress)
 
     # ---- LoRA adapters ------------------------------------------------------------------
     def load_lora(self, path: str | os.PathLike, scale: float = 1.0,
@@ -438,7 +398,8 @@ class Model:
                 raise ValueError("speculative decoding (draft=) runs one prompt at a time")
             return jobs.batch(self, list(prompt), params, add_special=add_special,
                               max_batch_size=max_batch_size, **kwargs)
-        return jobs.single(self, prompt, params, add_special=add_special, draft=draft,
+        return jobs.single(self, prompt, params,  # type: ignore[arg-type]  # checked there
+                           add_special=add_special, draft=draft,
                            num_draft_tokens=num_draft_tokens, **kwargs)
 
     def prompt_ids(self, prompt: str | Sequence[int], add_special: bool = True) -> list[int]:
@@ -482,7 +443,7 @@ class Model:
         or {"type": "function", "function": {"name": ...}}; calls follow the
         tools' parameter schemas (a grammar: from the first token for
         "required" and a named tool, from where a call starts for "auto")."""
-        from . import tools as T
+        from . import tool_use as T
         plan = None
         if tools is not None:
             rf = kwargs.get("response_format", params.response_format if params else None)

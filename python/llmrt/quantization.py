@@ -11,11 +11,13 @@ range, and the weights rounded with the scales as stored.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
+from .arrays import dequantize_array
 from .ggml_types import FILE_TYPES, writable
+from .utils import progress_bar
 
 
 def _f16(x: np.ndarray) -> np.ndarray:
@@ -31,7 +33,8 @@ def _q6_k(x: np.ndarray) -> np.ndarray:
     # q - 32 in [-32, 31]: the sub-block's largest magnitude maps to about
     # 31; a few nearby scales are tried and the one with the least squared
     # error kept (clipping the largest values a little can pay)
-    best_err, scale = None, None
+    best_err: Any = None
+    scale: Any = None
     for div in (31.0, 31.5, 32.0, 30.0, 29.0, 28.0):
         cand = amax / div
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -136,12 +139,6 @@ def quantize_array(x: np.ndarray, type_name: str) -> np.ndarray:
     return np.asarray(quantize(x, QT[gt.name]))
 
 
-def dequantize_array(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
-    """A GGUF tensor's data -> float32 of the given numpy shape."""
-    from gguf.quants import dequantize
-    return np.asarray(dequantize(np.asarray(raw), ggml_type), np.float32).reshape(shape)
-
-
 def tensor_type(name: str, shape: tuple[int, ...], target: str, tied: bool) -> str:
     """The type a tensor gets when a model is quantized to `target`: norms,
     biases, other vectors and mixture-of-experts routers (ffn_gate_inp: a
@@ -166,14 +163,6 @@ def tensor_type(name: str, shape: tuple[int, ...], target: str, tied: bool) -> s
         if cols % writable(t).block:
             t = "f16"
     return t
-
-
-def progress_bar(total: int, what: str, enabled: bool | None = None):
-    """A tqdm bar on stderr: shown when stderr is a terminal (enabled=None)
-    or as forced."""
-    from tqdm import tqdm
-    return tqdm(total=total, desc=what, disable=None if enabled is None else not enabled,
-                unit_scale=True, leave=False, dynamic_ncols=True)
 
 
 def copy_metadata(reader, writer, skip: Callable[[str], bool] = lambda k: False) -> None:
@@ -246,6 +235,7 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike, type_name: str
     and encoded in `type_name` (with the exceptions of tensor_type); returns
     the type chosen per tensor."""
     from gguf import GGUFReader, GGUFWriter
+
     from .errors import GGUFError, UnsupportedModelError
     writable(type_name)
     src, dst = os.fspath(src), os.fspath(dst)

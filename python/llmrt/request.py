@@ -1,6 +1,6 @@
 """One request: a prompt and the sequences that continue it.
 
-Request is one generated sequence: its sampler, its tokens and text, the end
+Generation is one generated sequence: its sampler, its tokens and text, the end
 and stop checks, the pieces it streams, logprobs and timings. Task is what
 the scheduler runs: a prompt (which the scheduler feeds in chunks), the
 KV-cache blocks reserved for it, and per step the entries it adds to the
@@ -12,7 +12,8 @@ sequence), one token a step each, drawn inside the model's step.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from .tokenizer import IncrementalDecoder, Tokenizer
 
 
-class Request:
+class Generation:
     """One sequence's generation. emit() takes each chosen token and hands
     the job the text that is safe to show (held back while it may begin a
     stop string); close() ends it with the result's text and timings."""
@@ -268,7 +269,7 @@ class Decode(Task):
 
     multi_step = True
 
-    def __init__(self, job: "Job", index: int, requests: list[Request], blocks: int,
+    def __init__(self, job: "Job", index: int, requests: list[Generation], blocks: int,
                  per_sample: int):
         super().__init__(job, index, requests[0].prompt, requests[0].p, blocks)
         self.reqs = requests
@@ -276,7 +277,7 @@ class Decode(Task):
         # a constraint's mask is for one draw: constrained samples step singly
         self.multi_step = not any(r.constraint for r in requests)
         self.per_sample = per_sample  # blocks reserved for each sample's own positions
-        self._snap: list[Request] = []  # the requests of the last decode_entries()
+        self._snap: list[Generation] = []  # the requests of the last decode_entries()
 
     @property
     def width(self) -> int:  # type: ignore[override]
@@ -316,7 +317,7 @@ class Decode(Task):
                       logprobs: Sequence | None) -> None:
         self._take(engine, self._snap, tokens, logprobs)
 
-    def _take(self, engine: "Engine", reqs: list[Request], tokens: np.ndarray,
+    def _take(self, engine: "Engine", reqs: list[Generation], tokens: np.ndarray,
               logprobs: Sequence | None) -> None:
         """Each request's drawn token (tokens[i] for reqs[i]; -1 or a request
         already done: skipped, e.g. after a stop string within a multi-step
@@ -336,7 +337,7 @@ class Decode(Task):
             self.live = [r for r in self.live if not r.done]
             self.done = not self.live
 
-    def _finish(self, engine: "Engine", r: Request) -> None:
+    def _finish(self, engine: "Engine", r: Generation) -> None:
         r.close()
         engine.release(r.seq)
         if r.seq == self.seq:

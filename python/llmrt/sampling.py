@@ -24,8 +24,9 @@ from __future__ import annotations
 import math
 import secrets
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 
-from . import structured
+from . import masks
 from .engine import Engine
 
 if TYPE_CHECKING:
@@ -51,6 +51,31 @@ class Job:
 
     def put(self, index: int, piece: str, choice: int = 0) -> None:
         self.events.append((index, piece, choice))
+
+    def take_events(self) -> list[tuple[int, str, int]]:
+        """The events produced so far (taken); once none are left, the job's
+        error is raised (once). For readers that wait in their own way (the
+        server's event loop); next_event() runs steps itself."""
+        out = list(self.events)
+        self.events.clear()
+        if not out and self.error is not None:
+            err, self.error = self.error, None
+            self.cancelled = True
+            raise err
+        return out
+
+    @property
+    def over(self) -> bool:
+        """Finished, cancelled or failed: no more events will come."""
+        return self.finished or self.cancelled
+
+    def has_pending(self) -> bool:
+        """Events to take, or an error to raise."""
+        return bool(self.events) or self.error is not None
+
+    def has_news(self) -> bool:
+        """Events to take, an error to raise, or the end."""
+        return self.has_pending() or self.over
 
     def next_event(self) -> tuple[int, str, int] | None:
         """The next (index, piece, choice), running steps until there is one;
@@ -94,6 +119,12 @@ class Job:
 
 class Scheduler:
     chunk = 256
+
+    def limit_running(self, n: int) -> None:
+        """At most n sequences decode together (more wait their turn)."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"the running limit must be a positive integer, got {n!r}")
+        self.max_running = n
 
     def __init__(self, engine: Engine, max_running: int = 256, decode_steps: int = 1):
         self.engine = engine
@@ -265,13 +296,13 @@ class Scheduler:
             t.pos += c
         # constrained samplers drawing in this step: their masks are computed
         # on the worker thread while the forward pass runs
-        masks = structured.start_masks(s for e in entries if len(e) > 3 and e[3] for s in e[3])
+        pending = masks.start_masks(s for e in entries if len(e) > 3 and e[3] for s in e[3])
         try:
             if entries:
                 try:
                     logits, tokens, lps = eng.step(entries)
                 finally:
-                    structured.finish_masks(masks)
+                    masks.finish_masks(pending)
                 row = draw = 0
                 for t, n_rows, n_draws in plan:
                     try:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import structured
-from .request import Request, Task
+from . import masks
+from .request import Generation, Task
 from .sampling import Sampler
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ class DraftModel:
     engine): it keeps its own KV-cache sequence, drawn from with the same
     sampling parameters."""
 
-    def __init__(self, engine: "Engine", r: Request, seed: int):
+    def __init__(self, engine: "Engine", r: Generation, seed: int):
         self.engine, self.r = engine, r
         self.sampler = Sampler(r.p, engine.vocab_size, r.end_ids, seed=seed + 1)
         self.catch_up = 0.0  # seconds the last proposal spent on skipped text
@@ -239,7 +240,7 @@ class Speculative(Task):
     """One sequence decoded speculatively: each step verifies the draft's
     proposals (or, with none, takes one token drawn inside the step)."""
 
-    def __init__(self, job: "Job", index: int, r: Request, blocks: int,
+    def __init__(self, job: "Job", index: int, r: Generation, blocks: int,
                  draft: "str | Engine", num_draft: int):
         super().__init__(job, index, r.prompt, r.p, blocks)
         self.r, self.draft, self.num_draft = r, draft, num_draft
@@ -250,7 +251,7 @@ class Speculative(Task):
         self.drafts: list[int] = []
         self.qs: list = []
         self.n = 0  # the sequence's tokens when the drafts were made
-        self.masks: structured.Pending | None = None  # a constraint's masks at the drafted positions
+        self.masks: masks.Pending | None = None  # a constraint's masks at the drafted positions
         self.length = DraftLength(num_draft)
         self.t_step = 0.0  # when the last step's results were taken
         self.accepted = 0  # draft tokens that stood in the last step
@@ -281,7 +282,7 @@ class Speculative(Task):
             self.src.keep(n + k)  # a draft model's cache drops the cut tokens
             if self.drafts:
                 drafts = list(self.drafts)
-                self.masks = structured.submit(lambda: c.draft_masks(drafts))
+                self.masks = masks.submit(lambda: c.draft_masks(drafts))
         if not self.drafts:
             return [(self.seq, np.array([r.tok], np.int32), "last", [r.sampler], r.n_generated)]
         return [(self.seq, np.asarray([r.tok] + self.drafts, np.int32), "all")]
@@ -320,7 +321,7 @@ class Speculative(Task):
         drafts, qs, n = self.drafts, self.qs, self.n
         if self.masks is not None:  # the constrained distribution at each position
             words, self.masks = self.masks.wait(), None
-            logits = np.stack([structured.masked(logits[i], words[i])
+            logits = np.stack([masks.masked(logits[i], words[i])
                                for i in range(len(drafts) + 1)])
         r.drafted += len(drafts)
         a, nxt = 0, None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import codecs
 import re
 import struct
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -124,9 +124,9 @@ class Tokenizer:
             raise TypeError(f"text must be str, not {type(text).__name__}")
         ids = self._encode(text)
         if add_special:
-            if self.add_bos and (not ids or ids[0] != self.bos_id):
+            if self.add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
                 ids.insert(0, self.bos_id)
-            if self.add_eos:
+            if self.add_eos and self.eos_id is not None:
                 ids.append(self.eos_id)
         return ids
 
@@ -194,8 +194,8 @@ class IncrementalDecoder:
 class ByteLevelBPETokenizer(Tokenizer):
     def __init__(self, tokens, types, meta, path="model"):
         super().__init__(tokens, types, meta, path)
-        from tokenizers import AddedToken, Regex, Tokenizer as HFTokenizer
-        from tokenizers import decoders, models, pre_tokenizers
+        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
 
         b2u = _byte_unicode_map()
         u2b = {c: b for b, c in b2u.items()}

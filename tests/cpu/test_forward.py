@@ -5,9 +5,9 @@ decoding through the KV cache."""
 
 import numpy as np
 import pytest
+from testutil import INT8_TYPES, reference_logits, write_model
 
 import llmrt
-from testutil import INT8_TYPES, reference_logits, write_model
 
 # Tolerances relative to max|logit| (O(50..150) for these random models).
 # llmrt computes in float32, the reference in float64 with the same

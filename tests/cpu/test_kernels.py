@@ -3,10 +3,10 @@ machine can run, on random data of awkward shapes."""
 
 import numpy as np
 import pytest
+from testutil import INT8_TYPES, dequantize_ref, encode_tensor, quantize_act_ref, random_kquant
 
 from llmrt import _core
 from llmrt.ggml_types import TYPES
-from testutil import INT8_TYPES, dequantize_ref, encode_tensor, quantize_act_ref, random_kquant
 
 TYPE_IDS = {name: t.id for name, t in TYPES.items()}
 ISAS = [i for i in ("generic", "avx2", "avx512", "avx512_vnni") if _core.testing.isa_available(i)]

@@ -5,9 +5,9 @@ speculative decoding. Skipped where no GPU (or no CUDA build) is present."""
 
 import numpy as np
 import pytest
+from testutil import reference_logits, write_model
 
 import llmrt
-from testutil import reference_logits, write_model
 
 pytestmark = pytest.mark.skipif(not llmrt.cuda_available(),
                                 reason="no CUDA device or CUDA build")
@@ -293,8 +293,9 @@ DEVICE_CHAINS = [
 
 @pytest.mark.parametrize("chain", range(len(DEVICE_CHAINS)))
 def test_device_sampler_follows_the_cpu_chain(tmp_path, chain):
-    from llmrt.sampling import Sampler
     from test_sampling import assert_follows
+
+    from llmrt.sampling import Sampler
     path, W, cfg = _model(tmp_path, wtype="F16", n_embd=64, tied=False)
     m = llmrt.Model(path, device="cuda", kv_cache_dtype="f32")
     kw = DEVICE_CHAINS[chain]

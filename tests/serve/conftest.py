@@ -8,9 +8,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-import llmrt  # noqa: E402
 from serve_util import KEY, start  # noqa: E402
 from testutil import write_model  # noqa: E402
+
+import llmrt  # noqa: E402
 
 
 @pytest.fixture(scope="session")

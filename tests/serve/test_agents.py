@@ -19,9 +19,10 @@ openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("llguidance")
 
-import llmrt  # noqa: E402
 from serve_util import KEY, metric, start  # noqa: E402
 from testutil import HERMES, write_model  # noqa: E402
+
+import llmrt  # noqa: E402
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
@@ -31,7 +32,8 @@ WEATHER = {"type": "function", "function": {
         "required": ["city", "days"], "additionalProperties": False}}}
 ADD = {"type": "function", "function": {
     "name": "add", "parameters": {"type": "object", "properties": {
-        "a": {"type": "integer"}, "b": {"type": "integer"}},
+        "a": {"type": "integer", "minimum": 0, "maximum": 999},
+        "b": {"type": "integer", "minimum": 0, "maximum": 999}},
         "required": ["a", "b"], "additionalProperties": False}}}
 TOOLS = [WEATHER, ADD]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}

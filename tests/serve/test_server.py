@@ -17,8 +17,9 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-import llmrt  # noqa: E402
 from serve_util import KEY, metric, start  # noqa: E402
+
+import llmrt  # noqa: E402
 
 MSGS = [{"role": "user", "content": "hello there"}]
 
@@ -319,6 +320,7 @@ def test_prefix_router_ranks_replicas():
     pytest.importorskip("ray.serve")
     import asyncio
     from types import SimpleNamespace
+
     from llmrt.serve.ray_serve import PrefixAffinityRouter, prefix_key
 
     loads = {"a": 0, "b": 0, "c": 0}

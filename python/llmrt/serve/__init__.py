@@ -103,7 +103,7 @@ def main(a: Any) -> int:
     try:
         import uvicorn
     except ImportError:
-        raise SystemExit(f"llmrt serve needs FastAPI and uvicorn: {SERVER_EXTRA}")
+        raise SystemExit(f"llmrt serve needs FastAPI and uvicorn: {SERVER_EXTRA}") from None
     model = load(a.model, a.kv_cache_tokens, **model_kwargs(a))
     for name, path in lora:
         model.load_lora(path, name=name)

@@ -189,41 +189,8 @@ def create_app(model: "Model", model_name: str | None = None, api_key: str | Non
         count(path, 200)
         return respond(out)
 
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        return ok("/v1/completions", await svc.completions(await body_of(request),
-                                                           request.is_disconnected))
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        return ok("/v1/chat/completions", await svc.chat(await body_of(request),
-                                                         request.is_disconnected))
-
-    @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Any:
-        return ok("/v1/embeddings", await svc.embeddings(await body_of(request)))
-
-    @app.post("/v1/responses")
-    async def responses(request: Request) -> Any:
-        return ok("/v1/responses", await svc.responses(await body_of(request),
-                                                       request.is_disconnected))
-
-    @app.post("/v1/messages")
-    async def messages(request: Request) -> Any:
-        return ok("/v1/messages", await svc.messages(await body_of(request),
-                                                     request.is_disconnected))
-
-    @app.post("/v1/messages/count_tokens")
-    async def count_tokens(request: Request) -> Any:
-        return ok("/v1/messages/count_tokens", svc.count_tokens(await body_of(request)))
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request) -> Any:
-        return ok("/tokenize", svc.tokenize(await body_of(request)))
-
-    @app.post("/detokenize")
-    async def detokenize(request: Request) -> Any:
-        return ok("/detokenize", svc.detokenize(await body_of(request)))
+    for path, (method, is_async, watches) in POSTS.items():
+        _post_route(app, svc, path, method, is_async, watches, body_of, ok)
 
     @app.get("/tokenizer_info")
     async def tokenizer_info() -> Any:
@@ -247,3 +214,27 @@ def create_app(model: "Model", model_name: str | None = None, api_key: str | Non
                                  media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+# POST routes: path -> (the Service method, whether it is a coroutine, whether
+# it takes the client's disconnect to cancel on)
+POSTS = {"/v1/completions": ("completions", True, True),
+         "/v1/chat/completions": ("chat", True, True),
+         "/v1/embeddings": ("embeddings", True, False),
+         "/v1/responses": ("responses", True, True),
+         "/v1/messages": ("messages", True, True),
+         "/v1/messages/count_tokens": ("count_tokens", False, False),
+         "/tokenize": ("tokenize", False, False),
+         "/detokenize": ("detokenize", False, False)}
+
+
+def _post_route(app: FastAPI, svc: Service, path: str, method: str, is_async: bool,
+                watches: bool, body_of: Any, ok: Any) -> None:
+    fn = getattr(svc, method)
+
+    async def route(request: Request) -> Any:
+        args: tuple = (await body_of(request),)
+        if watches:
+            args += (request.is_disconnected,)
+        return ok(path, await fn(*args) if is_async else fn(*args))
+    app.add_api_route(path, route, methods=["POST"], name=method)

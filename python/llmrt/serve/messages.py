@@ -8,7 +8,8 @@ Errors are in Anthropic's shape: {"type": "error", "error": {type, message}}."""
 from __future__ import annotations
 
 import json
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from . import protocol as P
 from . import schema as S
@@ -106,16 +107,16 @@ def _turn(m: dict, where: str) -> list[dict]:
                                        "arguments": json.dumps(b.get("input", {}))}})
         elif t == "tool_result" and m["role"] == "user":
             c = b.get("content", "")
-            out = c if isinstance(c, str) else _text(c, f"{w}.content")
+            res = c if isinstance(c, str) else _text(c, f"{w}.content")
             if b.get("is_error"):
-                out = f"Error: {out}"
+                res = f"Error: {res}"
             results.append({"role": "tool", "tool_call_id": str(b.get("tool_use_id") or ""),
-                            "content": out})
+                            "content": res})
         elif t in ("thinking", "redacted_thinking"):
             continue
         else:
             raise P.bad(w, f"content blocks of type {t!r} are not supported here")
-    out = list(results)
+    out: list[dict] = list(results)
     if text or not (calls or results):
         out.append({"role": m["role"], "content": "".join(text)})
     if calls:

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .. import tools as T
+from .. import tool_use as T
 from ..outputs import TokenLogprob
 from . import protocol as P
 
 if TYPE_CHECKING:
-    from .schema import Request
+    from .schema import ParsedRequest
     from .service import Service
 
 
 class Output:
-    def __init__(self, svc: "Service", req: "Request", chat: bool, ids: list[list[int]],
+    def __init__(self, svc: "Service", req: "ParsedRequest", chat: bool, ids: list[list[int]],
                  prompts: list[str] | None, prompt_lps: list | None, plan: "T.Plan | None"):
         self.tok = svc.model.tokenizer
         self.req, self.chat, self.ids, self.prompts = req, chat, ids, prompts or []

@@ -51,7 +51,10 @@ def token_text(tokenizer: Any, tok: int) -> tuple[str, list[int]]:
 def completion_logprobs(tokenizer: Any, lps: list, text_start: int = 0) -> dict:
     """Completions' logprobs of TokenLogprob items (an echoed prompt's first
     token has logprob None: nothing precedes it)."""
-    tokens, token_lps, tops, offsets = [], [], [], []
+    tokens: list[str] = []
+    token_lps: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
     off = text_start
     for x in lps:
         t, _ = token_text(tokenizer, x.token_id)

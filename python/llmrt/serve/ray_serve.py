@@ -25,7 +25,8 @@ import logging
 import os
 import signal
 import time
-from typing import Any, List, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -67,9 +68,9 @@ class PrefixAffinityRouter(RequestRouter):
 
     imbalance = 8
 
-    async def choose_replicas(self, candidate_replicas: List[RunningReplica],
+    async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: Optional[PendingRequest] = None
-                              ) -> List[List[RunningReplica]]:
+                              ) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
 
@@ -170,16 +171,31 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
     if threads is None:
         threads = max(1, (os.cpu_count() or 1) // replicas)
     cpus = cpus_per_replica if cpus_per_replica is not None else float(threads)
-    replica = serve.deployment(
+    router = RequestRouterConfig(request_router_class=PrefixAffinityRouter)  # type: ignore[arg-type]
+    deployment: Any = serve.deployment(
         Replica, name="llmrt-replica", num_replicas=replicas,
         ray_actor_options={"num_cpus": cpus},
-        max_ongoing_requests=max_batch_size + max_queue,
-        request_router_config=RequestRouterConfig(request_router_class=PrefixAffinityRouter),
-    ).bind(path, dict(model_kwargs, threads=threads),
-           dict(model_name=name, max_batch_size=max_batch_size, max_queue=max_queue,
-                default_max_tokens=default_max_tokens), list(lora))
-    names = [name] + [n for n, _ in lora]
+        max_ongoing_requests=max_batch_size + max_queue, request_router_config=router)
+    replica = deployment.bind(path, dict(model_kwargs, threads=threads),
+                              dict(model_name=name, max_batch_size=max_batch_size,
+                                   max_queue=max_queue, default_max_tokens=default_max_tokens),
+                              list(lora))
+    ingress: Any = _ingress([name] + [n for n, _ in lora], api_key, max_body_bytes,
+                            public_metrics)
+    return ingress.bind(replica)
 
+
+# POST routes -> the Replica.call endpoint
+ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
+             "/v1/embeddings": "embeddings", "/v1/responses": "responses",
+             "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens",
+             "/tokenize": "tokenize", "/detokenize": "detokenize"}
+
+
+def _ingress(names: list[str], api_key: Optional[str], max_body_bytes: int,
+             public_metrics: bool) -> Any:
+    """The ingress deployment: the guard and checks, then each request to a
+    replica and its answer back."""
     app = FastAPI(title="llmrt")
     install_errors(app)
     install_guard(app, api_key, max_body_bytes, public_metrics)
@@ -190,73 +206,9 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
         def __init__(self, handle: Any):
             self.handle = handle
 
-        async def _forward(self, endpoint: str, request: Request,
-                           body: Optional[dict] = None) -> Any:
-            if body is None:
-                body = await read_json(request, max_body_bytes)
-            m = body.get("model")
-            if m is not None and not isinstance(m, str):
-                raise P.bad("model", "model must be a string")
-            if m is not None and m not in names:
-                raise P.APIError(404, f"the model {m[:100]!r} does not exist (this server has "
-                                      f"{', '.join(repr(n) for n in names)})", param="model",
-                                 code="model_not_found")
-            gen = self.handle.options(stream=True).call.remote(
-                endpoint, body, prefix_key=prefix_key(endpoint, body))
-            first = await gen.__anext__()
-            if first[0] == "error":
-                _, status, err, headers = first
-                return JSONResponse(err, status_code=status, headers=headers)
-            if first[0] == "json":
-                return JSONResponse(first[1])
-
-            async def rest():
-                yield first[1]
-                try:
-                    async for item in gen:
-                        yield item[1]
-                except Exception:  # noqa: BLE001 - the replica died mid-stream
-                    logging.getLogger("llmrt.serve").exception("a replica's stream failed")
-                    err = P.APIError(500, "the replica serving this stream failed; the "
-                                          "text so far is incomplete", type="server_error")
-                    yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
-            return StreamingResponse(rest(), media_type="text/event-stream")
-
-        @app.post("/v1/completions")
-        async def completions(self, request: Request) -> Any:
-            return await self._forward("completions", request)
-
-        @app.post("/v1/chat/completions")
-        async def chat(self, request: Request) -> Any:
-            return await self._forward("chat", request)
-
-        @app.post("/v1/embeddings")
-        async def embeddings(self, request: Request) -> Any:
-            return await self._forward("embeddings", request)
-
-        @app.post("/v1/responses")
-        async def responses(self, request: Request) -> Any:
-            return await self._forward("responses", request)
-
-        @app.post("/v1/messages")
-        async def messages(self, request: Request) -> Any:
-            return await self._forward("messages", request)
-
-        @app.post("/v1/messages/count_tokens")
-        async def count_tokens(self, request: Request) -> Any:
-            return await self._forward("count_tokens", request)
-
-        @app.post("/tokenize")
-        async def tokenize(self, request: Request) -> Any:
-            return await self._forward("tokenize", request)
-
-        @app.post("/detokenize")
-        async def detokenize(self, request: Request) -> Any:
-            return await self._forward("detokenize", request)
-
         @app.get("/tokenizer_info")
-        async def tokenizer_info(self, request: Request) -> Any:
-            return await self._forward("tokenizer_info", request, body={})
+        async def tokenizer_info(self) -> Any:
+            return await _forward(self.handle, "tokenizer_info", {}, names)
 
         @app.get("/v1/models")
         async def models(self) -> Any:
@@ -278,12 +230,56 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
             # one replica's (each keeps its own; Ray's metrics cover the cluster)
             return PlainTextResponse(await self.handle.metrics.remote())
 
-    return Ingress.bind(replica)
+        @app.get("/{route:path}")
+        async def unknown(self, route: str) -> Any:
+            raise P.APIError(404, "Not Found", code="not_found")
+
+        @app.post("/{route:path}")
+        async def post(self, route: str, request: Request) -> Any:
+            endpoint = ENDPOINTS.get("/" + route)
+            if endpoint is None:
+                raise P.APIError(404, "Not Found", code="not_found")
+            return await _forward(self.handle, endpoint,
+                                  await read_json(request, max_body_bytes), names)
+    return Ingress
+
+
+async def _forward(handle: Any, endpoint: str, body: dict, names: list[str]) -> Any:
+    """A request to a replica, its answer (JSON, or a stream that ends with
+    an error event if the replica dies) back."""
+    m = body.get("model")
+    if m is not None and not isinstance(m, str):
+        raise P.bad("model", "model must be a string")
+    if m is not None and m not in names:
+        raise P.APIError(404, f"the model {m[:100]!r} does not exist (this server has "
+                              f"{', '.join(repr(n) for n in names)})", param="model",
+                         code="model_not_found")
+    gen = handle.options(stream=True).call.remote(endpoint, body,
+                                                  prefix_key=prefix_key(endpoint, body))
+    first = await gen.__anext__()
+    if first[0] == "error":
+        _, status, err, headers = first
+        return JSONResponse(err, status_code=status, headers=headers)
+    if first[0] == "json":
+        return JSONResponse(first[1])
+
+    async def rest():
+        yield first[1]
+        try:
+            async for item in gen:
+                yield item[1]
+        except Exception:  # noqa: BLE001 - the replica died mid-stream
+            logging.getLogger("llmrt.serve").exception("a replica's stream failed")
+            err = P.APIError(500, "the replica serving this stream failed; the "
+                                  "text so far is incomplete", type="server_error")
+            yield b"data: " + json.dumps(err.body()).encode() + b"\n\n"
+    return StreamingResponse(rest(), media_type="text/event-stream")
 
 
 def run(a: Any, lora: Sequence[tuple[str, str]] = ()) -> int:
     """``llmrt serve --replicas N``: a local Ray instance and the app on it."""
     import ray
+
     from . import model_kwargs
     kw = model_kwargs(a)
     threads = kw.pop("threads") or max(1, (os.cpu_count() or 1) // a.replicas)

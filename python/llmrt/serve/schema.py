@@ -189,7 +189,7 @@ COMPLETION_ONLY = {"prompt", "logprobs", "echo", "suffix", "add_special", "promp
 
 
 @dataclass
-class Request:
+class ParsedRequest:
     """A completions or chat request, checked."""
     params: SamplingParams
     stream: bool = False
@@ -200,7 +200,7 @@ class Request:
     prompt_logprobs: int | None = None  # vLLM's: the prompt tokens' logprobs (top-n)
 
 
-def parse_params(body: dict, *, chat: bool, default_max_tokens: int) -> Request:
+def parse_params(body: dict, *, chat: bool, default_max_tokens: int) -> ParsedRequest:
     body = as_object(body)
     unknown_fields(body, COMMON | (CHAT_ONLY if chat else COMPLETION_ONLY))
     kw, given = sampling_kwargs(body)
@@ -255,7 +255,7 @@ def parse_params(body: dict, *, chat: bool, default_max_tokens: int) -> Request:
         field_ = msg.split(" ", 1)[0].rstrip(":")
         name = API_NAME.get(field_, field_)
         raise bad(name, msg.replace(field_, name, 1)) from None
-    return Request(params=params, stream=stream, include_usage=include_usage, logprobs=logprobs,
+    return ParsedRequest(params=params, stream=stream, include_usage=include_usage, logprobs=logprobs,
                    max_tokens_given=max_given, echo=echo, prompt_logprobs=prompt_lp)
 
 

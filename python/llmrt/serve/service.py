@@ -18,17 +18,18 @@ import json
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Optional
+from collections.abc import AsyncIterator, Awaitable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from starlette.concurrency import run_in_threadpool
 
-from .. import tools as T
-from . import protocol as P
+from .. import tool_use as T
 from . import messages as M
+from . import protocol as P
 from . import responses as R
 from . import schema as S
-from .output import Output
 from .metrics import Metrics
+from .output import Output
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -98,17 +99,16 @@ class Runner:
     async def events(self, job: "Job") -> AsyncIterator[tuple[int, str, int]]:
         """The job's events as the steps produce them; raises its error."""
         while True:
-            while job.events:
-                yield job.events.popleft()
-            if job.error is not None:
-                err, job.error = job.error, None
-                raise err
-            if job.finished or job.cancelled:
+            for e in job.take_events():  # raises the job's error after its last events
+                yield e
+            if job.over:
+                if job.has_pending():
+                    continue
                 return
             ev = asyncio.Event()
             self.waiters.add(ev)
             try:
-                if job.events or job.finished or job.cancelled or job.error is not None:
+                if job.has_news():
                     continue
                 await ev.wait()
             finally:
@@ -120,7 +120,7 @@ class Service:
                  max_queue: int = 256, default_max_tokens: int = 512):
         self.model = model
         self.name = model_name or os.path.splitext(os.path.basename(model.path))[0]
-        model.scheduler.max_running = max_batch_size
+        model.scheduler.limit_running(max_batch_size)
         self.runner = Runner(model)
         self.metrics = Metrics(model)
         self.inflight = 0
@@ -176,9 +176,9 @@ class Service:
                              code="model_not_found")
         return P.model_card(model_id)
 
-    def _adapter(self, body: dict, req: S.Request) -> S.Request:
+    def _adapter(self, body: dict, req: S.ParsedRequest) -> S.ParsedRequest:
         """A request for an adapter's name runs with that adapter."""
-        aid = self.model.adapter_names.get(body.get("model"))
+        aid = self.model.adapter_names.get(str(body.get("model")))
         if aid:
             req.params = dataclasses.replace(req.params, lora=aid)
         return req
@@ -243,7 +243,7 @@ class Service:
         except ValueError as e:
             raise P.bad(param, _short(str(e))) from None
 
-    def _fit(self, req: S.Request, ids: list[list[int]], param: str) -> None:
+    def _fit(self, req: S.ParsedRequest, ids: list[list[int]], param: str) -> None:
         """prompt + max_tokens within the context: a 400 when the client
         asked for more (as vLLM answers), else max_tokens cut to the room."""
         n_ctx = self.model.context_length
@@ -260,7 +260,7 @@ class Service:
                                          min_new_tokens=min(req.params.min_new_tokens,
                                                             n_ctx - longest))
 
-    async def _submit(self, ids: list[list[int]], req: S.Request, chat: bool) -> "Job":
+    async def _submit(self, ids: list[list[int]], req: S.ParsedRequest, chat: bool) -> "Job":
         if self.draining:
             raise P.APIError(503, "the server is shutting down", type="server_overloaded")
         if self.inflight >= self.limit:
@@ -279,7 +279,7 @@ class Service:
         self.jobs.add(job)
         return job
 
-    async def _prompt_logprobs(self, req: S.Request, ids: list[list[int]]) -> list | None:
+    async def _prompt_logprobs(self, req: S.ParsedRequest, ids: list[list[int]]) -> list | None:
         """Each prompt's TokenLogprobs (echo with logprobs, prompt_logprobs)."""
         top = req.prompt_logprobs if req.prompt_logprobs is not None else \
             req.logprobs if req.echo else None
@@ -288,7 +288,7 @@ class Service:
         lora = req.params.lora
         return [await run_in_threadpool(self.model.prompt_logprobs, x, top, lora) for x in ids]
 
-    async def _run(self, ids: list[list[int]], req: S.Request, chat: bool,
+    async def _run(self, ids: list[list[int]], req: S.ParsedRequest, chat: bool,
                    disconnected: Disconnected = None, prompts: list[str] | None = None,
                    plan: "T.Plan | None" = None) -> dict | AsyncIterator[bytes]:
         plps = await self._prompt_logprobs(req, ids)
@@ -389,10 +389,10 @@ class Service:
     async def messages(self, body: dict, disconnected: Disconnected = None
                        ) -> dict | AsyncIterator[bytes]:
         chat = M.to_chat(body)
-        if not chat.get("stream"):
-            return M.from_chat(await self.chat(chat, disconnected), self.name)
-        n = self.count_tokens(body)["input_tokens"]
-        return M.stream(await self.chat(chat, disconnected), self.name, n)
+        out = await self.chat(chat, disconnected)
+        if isinstance(out, dict):
+            return M.from_chat(out, self.name)
+        return M.stream(out, self.name, self.count_tokens(body)["input_tokens"])
 
     def count_tokens(self, body: dict) -> dict:
         """Anthropic's count_tokens: the prompt the request renders, in tokens."""
