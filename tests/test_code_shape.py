@@ -97,3 +97,28 @@ def test_the_runtime_does_not_import_the_offline_tools():
             seen.add(m)
             todo.extend(graph.get(m, ()))
     assert not seen & {"llmrt.convert", "llmrt.quantization", "llmrt.cli"}, seen
+
+
+def test_no_module_but_the_family_table_tests_an_architecture_name():
+    import re
+    names = "|".join(["llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3"])
+    pat = re.compile(r"""arch"?\]?\s*(==|!=|in)\s*\(?["'](""" + names + r""")["']""")
+    hits = [(n, i + 1) for n, p in _modules().items() if n != "llmrt.families"
+            for i, line in enumerate(open(p)) if pat.search(line)]
+    assert not hits, hits
+
+
+def test_a_family_that_differs_in_flags_only_is_one_table_entry(tmp_path, monkeypatch):
+    # Qwen3 under another architecture name: one Family entry, nothing else
+    import numpy as np
+    from testutil import write_model
+
+    from llmrt.families import FAMILIES, Family
+    a, b = str(tmp_path / "a.gguf"), str(tmp_path / "b.gguf")
+    write_model(a, arch="qwen3", seed=3)
+    write_model(b, arch="qwen3", seed=3, gguf_arch="myqwen")
+    monkeypatch.setitem(FAMILIES, "myqwen", Family("myqwen", (), qk_norm=True, rope_neox=True))
+    ids = [5, 9, 200, 17, 64]
+    want = llmrt.Model(a, threads=1, activations="f32").logits(ids)
+    got = llmrt.Model(b, threads=1, activations="f32").logits(ids)
+    np.testing.assert_array_equal(got, want)

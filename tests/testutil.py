@@ -115,7 +115,8 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
                 seed: int = 0, tokenizer: str = "bpe", spm_vocab=None,
                 bias: bool | None = None, norm_type: str = "F32", n_expert: int = 0,
                 n_expert_used: int = 2, window: int = 8, longrope: bool = False,
-                specials: tuple = (), chat_template: str | None = None):
+                specials: tuple = (), chat_template: str | None = None,
+                gguf_arch: str | None = None):
     """Write a random model; returns (reference weights float64 dict, config dict).
 
     The reference weights are the dequantized values actually stored, so the
@@ -129,7 +130,7 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
         tokens, scores, types = spm_vocab
         merges = None
     V = len(tokens)
-    w = gguf.GGUFWriter(path, arch)
+    w = gguf.GGUFWriter(path, gguf_arch or arch)  # gguf_arch: the same model under another name
     w.add_context_length(ctx)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)

@@ -20,17 +20,15 @@ from typing import Any, Callable
 import numpy as np
 
 from .arrays import permute_qk
-from .convert_tokenizer import GEMMA, write_tokenizer
+from .convert_tokenizer import write_tokenizer
 from .errors import CheckpointError, UnsupportedModelError
+from .families import BY_HF_CLASS
 from .ggml_types import FILE_TYPES, writable
 from .gguf_loader import sliding_period
 from .quantization import tensor_type, write_or_remove, write_tensors
 from .utils import progress_bar
 
-ARCHS = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "llama",
-         "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "MixtralForCausalLM": "llama",
-         "Phi3ForCausalLM": "phi3", "Gemma2ForCausalLM": "gemma2",
-         "Gemma3ForCausalLM": "gemma3"}
+ARCHS = {c: f.arch for c, f in BY_HF_CLASS.items()}  # Hugging Face class -> GGUF architecture
 
 # Gemma 3's multimodal checkpoints (4B and up): the text model's config is
 # text_config, listing only what differs from these defaults (transformers'
@@ -159,7 +157,8 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
             raise CheckpointError(f"{d}/config.json: missing {k!r}")
         return cfg[k]
     n_embd, n_head = int(need("hidden_size")), int(need("num_attention_heads"))
-    hp: dict[str, Any] = dict(hf=hf, arch=ARCHS[hf], n_embd=n_embd, n_layer=int(need("num_hidden_layers")),
+    fam = BY_HF_CLASS[hf]
+    hp: dict[str, Any] = dict(hf=hf, arch=fam.arch, family=fam, n_embd=n_embd, n_layer=int(need("num_hidden_layers")),
               multimodal=bool(cfg.get("multimodal")), prefix="model.",
               n_head=n_head, n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
               n_ff=int(need("intermediate_size")), n_vocab=int(need("vocab_size")),
@@ -167,12 +166,12 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
               rope_theta=float(cfg.get("rope_theta", 10000.0)),
               ctx=int(cfg.get("max_position_embeddings", 4096)),
               head_dim=int(cfg.get("head_dim") or n_embd // n_head),
-              tied=bool(cfg.get("tie_word_embeddings", ARCHS[hf] in GEMMA)),
+              tied=bool(cfg.get("tie_word_embeddings", fam.tied_default)),
               n_expert=int(cfg.get("num_local_experts", 0) if hf == "MixtralForCausalLM" else 0),
               n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None,
               rope_factors=None, sliding_window=int(cfg.get("sliding_window") or 0),
               longrope=None)
-    if hp["arch"] not in GEMMA:  # the layers the window applies to: all of them, or none
+    if not fam.gemma:  # the layers the window applies to: all of them, or none
         hp["swa_pattern"] = _pattern(_sliding_flags(cfg, hf, hp["n_layer"], d), d)
         if hp["swa_pattern"] == 1:
             hp["sliding_window"] = 0
@@ -182,7 +181,7 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
     # partial rotary (phi3 family): RoPE on the first n_rot values of a head
     hp["n_rot"] = int(hp["head_dim"] * float(cfg.get("partial_rotary_factor", 1.0))) // 2 * 2
     rs = cfg.get("rope_scaling")
-    if hp["arch"] in GEMMA:
+    if fam.gemma:
         rs = _gemma_hparams(cfg, d, hp)
     if rs:
         kind = rs.get("rope_type", rs.get("type"))
@@ -190,7 +189,7 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
             hp["rope_linear"] = float(rs["factor"])
         elif kind == "llama3":
             hp["rope_factors"] = _llama3_factors(rs, hp["n_rot"], hp["rope_theta"])
-        elif kind in ("longrope", "su") and hp["arch"] == "phi3":
+        elif kind in ("longrope", "su") and fam.longrope:
             hp["longrope"] = _longrope(cfg, rs, hp, d)
         elif kind not in (None, "default"):
             raise UnsupportedModelError(f"{d}: RoPE scaling {kind!r} is not supported "
@@ -203,7 +202,7 @@ def _gemma_hparams(cfg: dict, d: str, hp: dict) -> dict | None:
     scaling. Reads both config.json forms: the published one (rope_theta,
     rope_local_base_freq, sliding_window_pattern, rope_scaling) and
     transformers' newer one (rope_parameters and layer_types)."""
-    gemma2 = hp["arch"] == "gemma2"
+    gemma2 = hp["family"].gemma2
     act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in ("gelu_pytorch_tanh", "gelu_new"):
         raise UnsupportedModelError(f"{d}: hidden_activation {act!r} is not supported "
@@ -324,7 +323,7 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
     pre = hp["prefix"]
     pl.add("token_embd.weight", pre + "embed_tokens.weight", (V, D))
     # gemma's norms scale by (1 + w); the file holds 1 + w (as llama.cpp's converter writes)
-    norm_fix = (lambda w: w + 1.0) if hp["arch"] in GEMMA else None
+    norm_fix = (lambda w: w + 1.0) if hp["family"].gemma else None
     for i in range(hp["n_layer"]):
         _attention_plan(pl, hp, f"blk.{i}.", f"{pre}layers.{i}.", norm_fix)
         _ffn_plan(pl, hp, f"blk.{i}.", f"{pre}layers.{i}.", norm_fix)
@@ -349,9 +348,10 @@ def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[
 def _attention_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> None:
     """One layer's norm and attention tensors (p: GGUF's prefix, h: the checkpoint's)."""
     D, H, KV, hd = hp["n_embd"], hp["n_head"], hp["n_head_kv"], hp["head_dim"]
-    llama = hp["arch"] == "llama"
+    fam = hp["family"]
+    llama = fam.permute_qk
     pl.add(p + "attn_norm.weight", h + "input_layernorm.weight", (D,), norm_fix)
-    if hp["arch"] == "phi3":  # q/k/v rows in one tensor, kept fused
+    if fam.fused_qkv:  # q/k/v rows in one tensor, kept fused
         pl.add(p + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", ((H + 2 * KV) * hd, D))
     else:
         pl.add(p + "attn_q.weight", h + "self_attn.q_proj.weight", (H * hd, D),
@@ -360,11 +360,11 @@ def _attention_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> No
                (lambda w: _permute(w, KV)) if llama else None)
         pl.add(p + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * hd, D))
     pl.add(p + "attn_output.weight", h + "self_attn.o_proj.weight", (D, H * hd))
-    if hp["arch"] == "qwen2" or h + "self_attn.q_proj.bias" in pl.ts.shapes:
+    if fam.qkv_bias or h + "self_attn.q_proj.bias" in pl.ts.shapes:
         pl.add(p + "attn_q.bias", h + "self_attn.q_proj.bias", (H * hd,))
         pl.add(p + "attn_k.bias", h + "self_attn.k_proj.bias", (KV * hd,))
         pl.add(p + "attn_v.bias", h + "self_attn.v_proj.bias", (KV * hd,))
-    if hp["arch"] in ("qwen3", "gemma3"):  # RMSNorm of each head of q and k
+    if fam.qk_norm:  # RMSNorm of each head of q and k
         pl.add(p + "attn_q_norm.weight", h + "self_attn.q_norm.weight", (hd,), norm_fix)
         pl.add(p + "attn_k_norm.weight", h + "self_attn.k_norm.weight", (hd,), norm_fix)
 
@@ -372,7 +372,7 @@ def _attention_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> No
 def _ffn_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> None:
     """One layer's FFN norms and weights (dense, fused gate/up, or experts)."""
     D, F, E = hp["n_embd"], hp["n_ff"], hp["n_expert"]
-    if hp["arch"] in GEMMA:  # norms after attention and after the FFN, and one before it
+    if hp["family"].post_norms:  # norms after attention and after the FFN, and one before it
         pl.add(p + "post_attention_norm.weight", h + "post_attention_layernorm.weight", (D,),
                norm_fix)
         pl.add(p + "ffn_norm.weight", h + "pre_feedforward_layernorm.weight", (D,), norm_fix)
@@ -387,7 +387,7 @@ def _ffn_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> None:
                                 ("ffn_down_exps", "w2", (D, F))):
             names = [pl.src(f"{m}experts.{e}.{w}.weight", shape) for e in range(E)]
             pl.plan.append((p + gname + ".weight", (E, *shape), partial(_stack, pl.ts, names)))
-    elif hp["arch"] == "phi3":  # gate rows, then up rows, in one tensor
+    elif hp["family"].fused_qkv:  # gate rows, then up rows, in one tensor
         pl.add(p + "ffn_up.weight", h + "mlp.gate_up_proj.weight", (2 * F, D))
         pl.add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
     else:
@@ -424,7 +424,7 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     w.add_rope_dimension_count(hp["n_rot"])
     if hp["sliding_window"]:
         w.add_sliding_window(hp["sliding_window"])
-    if a in GEMMA:
+    if hp["family"].gemma:
         w.add_sliding_window_pattern(hp["swa_pattern"])  # 1: none
         w.add_rope_freq_base_swa(hp["rope_theta_swa"])
         w.add_attention_scale(hp["query_scale"])

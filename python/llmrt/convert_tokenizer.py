@@ -13,8 +13,6 @@ from typing import Any
 
 from .errors import CheckpointError, UnsupportedModelError
 
-GEMMA = ("gemma2", "gemma3")
-
 
 def _json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
@@ -80,7 +78,7 @@ def write_tokenizer(d: str, hp: dict, w) -> int:
     tc = _json(tc_path) if os.path.exists(tc_path) else {}
     V = hp["n_vocab"]
     sp_path, tj_path = os.path.join(d, "tokenizer.model"), os.path.join(d, "tokenizer.json")
-    if os.path.exists(sp_path) and hp["arch"] in ("llama", "phi3") + GEMMA:
+    if os.path.exists(sp_path) and hp["family"].sentencepiece:
         import sentencepiece as spm
         sp = spm.SentencePieceProcessor(model_file=sp_path)
         n = sp.get_piece_size()
@@ -107,7 +105,7 @@ def write_tokenizer(d: str, hp: dict, w) -> int:
                 getattr(w, f"add_{key}_token_id")(v)
         w.add_add_bos_token(bool(tc.get("add_bos_token", True)))
         w.add_add_eos_token(bool(tc.get("add_eos_token", False)))
-        if hp["arch"] in GEMMA:  # gemma's SentencePiece model adds no space before the text
+        if hp["family"].gemma:  # gemma's SentencePiece model adds no space before the text
             w.add_add_space_prefix(False)
     elif os.path.exists(tj_path):
         tj = _json(tj_path)

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from .errors import GGUFError, UnsupportedModelError
+from .families import FAMILIES
 from .ggml_types import BY_ID, TYPES, name_of
 from .gguf_file import GGUFFile, TensorInfo
 
-SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3", "phi3", "gemma2", "gemma3")
-GEMMA = ("gemma2", "gemma3")
+SUPPORTED_ARCHS = tuple(FAMILIES)
 
 # Sanity bounds on hyperparameters; a file outside them is corrupt or hostile.
 _LIMITS = {
@@ -96,7 +96,7 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int,
         raise _err(path, f"{key}={window} must not be negative")
     if window >= cfg["n_ctx_train"]:
         window = 0  # no query sees further back than the context: no window
-    if arch in GEMMA:
+    if FAMILIES[arch].gemma:
         _gemma_config(meta, path, arch, cfg, window, key in meta)
     elif window:
         # phi3, mistral: every layer attends over the window
@@ -111,7 +111,7 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int,
                              f"{cfg['n_expert']}")
     # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
     # qwen2 / qwen3 keep the Hugging Face order, which rotates (i, i + n_rot/2).
-    cfg["rope_neox"] = arch in ("qwen2", "qwen3", "phi3") + GEMMA
+    cfg["rope_neox"] = FAMILIES[arch].rope_neox
     return cfg
 
 
@@ -192,7 +192,7 @@ def _gemma_config(meta: dict, path: str, a: str, cfg: dict, window: int,
     (gemma 2), the query scale, sliding-window layers alternating with
     global ones, and (gemma 3) another RoPE base for the sliding layers."""
     name = os.path.basename(path)
-    gemma2 = a == "gemma2"
+    gemma2 = FAMILIES[a].gemma2
     cfg["embd_scale"] = float(np.sqrt(cfg["n_embd"]))
     cfg["ffn_gelu"] = 1
     # gemma 2 files written before the keys existed had these values
@@ -256,10 +256,10 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str):
         raise _err(path, "missing metadata key 'general.architecture'")
-    if arch not in SUPPORTED_ARCHS:
+    if arch not in FAMILIES:
         raise UnsupportedModelError(
             f"{os.path.basename(path)}: architecture {arch!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+            f"(supported: {', '.join(FAMILIES)})")
 
     emb = f.tensors.get("token_embd.weight")
     if emb is None:
@@ -291,6 +291,7 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
 def _expected_tensors(arch: str, cfg: dict, longrope: bool) -> dict[str, tuple[list[int], bool]]:
     """Every tensor a model of this architecture and size may hold: name ->
     (GGUF shape [ne0 = cols, ne1 = rows], whether it is required)."""
+    fam = FAMILIES[arch]
     D, L = cfg["n_embd"], cfg["n_layer"]
     qd, kvd, F = cfg["n_head"] * cfg["head_dim"], cfg["n_head_kv"] * cfg["head_dim"], cfg["n_ff"]
     V = cfg["n_vocab"]
@@ -306,7 +307,7 @@ def _expected_tensors(arch: str, cfg: dict, longrope: bool) -> dict[str, tuple[l
     }
     for i in range(L):
         p = f"blk.{i}."
-        phi3 = arch == "phi3"  # q/k/v rows in one tensor, gate/up rows in one tensor
+        phi3 = fam.fused_qkv  # q/k/v rows in one tensor, gate/up rows in one tensor
         expected.update({
             p + "attn_norm.weight": ([D], True),
             p + "attn_qkv.weight": ([D, qd + 2 * kvd], phi3),
@@ -318,12 +319,12 @@ def _expected_tensors(arch: str, cfg: dict, longrope: bool) -> dict[str, tuple[l
             p + "attn_k.bias": ([kvd], False),
             p + "attn_v.bias": ([kvd], False),
             # qwen3, gemma 3: RMSNorm of each head of q and k
-            p + "attn_q_norm.weight": ([cfg["head_dim"]], arch in ("qwen3", "gemma3")),
-            p + "attn_k_norm.weight": ([cfg["head_dim"]], arch in ("qwen3", "gemma3")),
+            p + "attn_q_norm.weight": ([cfg["head_dim"]], fam.qk_norm),
+            p + "attn_k_norm.weight": ([cfg["head_dim"]], fam.qk_norm),
             p + "ffn_norm.weight": ([D], True),
             # gemma: RMSNorm of the attention's and the FFN's outputs
-            p + "post_attention_norm.weight": ([D], arch in GEMMA),
-            p + "post_ffw_norm.weight": ([D], arch in GEMMA),
+            p + "post_attention_norm.weight": ([D], fam.post_norms),
+            p + "post_ffw_norm.weight": ([D], fam.post_norms),
         })
         E = cfg["n_expert"]
         if E:

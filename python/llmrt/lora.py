@@ -91,7 +91,8 @@ def _shape(model: "Model", name: str) -> tuple[int, int]:
 def _permuted(model: "Model", name: str, b: np.ndarray) -> np.ndarray:
     """B's rows in the file's order: GGUF llama stores q / k rows permuted for
     its adjacent-pair RoPE (as llmrt convert and llama.cpp's converter do)."""
-    if model.arch != "llama" or name not in ("attn_q", "attn_k"):
+    from .families import family
+    if not family(model.arch).permute_qk or name not in ("attn_q", "attn_k"):
         return b
     from .arrays import permute_qk as _permute
     heads = model.config["n_head"] if name == "attn_q" else model.config["n_head_kv"]

@@ -407,11 +407,26 @@ def test_lora_adapters_on_every_replica(ray_server, model_path, peft_adapter):
     aid = ref.load_lora(peft_adapter)
     _check_lora_names(ray_server, ref, aid, {"Authorization": f"Bearer {KEY}"})
 
-def _replica_pids():
+def _replica_pids(root: int):
+    """The replica processes descending from the server process `root`."""
     import subprocess
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()
-            if "ServeReplica" in line and "llmrt-replica" in line]
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    parent, cands = {}, []
+    for line in out.splitlines()[1:]:
+        pid, ppid, *args = line.split(None, 2)
+        parent[int(pid)] = int(ppid)
+        if args and "ServeReplica" in args[0] and "llmrt-replica" in args[0]:
+            cands.append(int(pid))
+
+    def under(pid: int) -> bool:
+        for _ in range(64):
+            if pid == root:
+                return True
+            if pid not in parent or pid <= 1:
+                return False
+            pid = parent[pid]
+        return False
+    return [p for p in cands if under(p)]
 
 
 def test_a_replica_killed_mid_load_fails_only_its_own_requests(ray_server):
@@ -419,7 +434,7 @@ def test_a_replica_killed_mid_load_fails_only_its_own_requests(ray_server):
     import os
     import signal
     import time
-    pids = _replica_pids()
+    pids = _replica_pids(ray_server.proc.pid)
     if len(pids) != 2:
         pytest.skip(f"replica processes not found by name ({pids})")
     h = {"Authorization": f"Bearer {KEY}"}

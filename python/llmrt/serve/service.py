@@ -321,7 +321,12 @@ class Service:
         """Cancels the job when its client goes away."""
         while not job.finished:
             await asyncio.sleep(0.25)
-            if await disconnected():
+            try:
+                gone = await disconnected()
+            except Exception:  # noqa: BLE001 - keep watching
+                log.exception("checking a client's connection failed")
+                continue
+            if gone:
                 job.abandon()
                 self.runner.wake_all()
                 return
