@@ -133,7 +133,7 @@ def test_gguf_adapter_equals_peft(tmp_path, base):
     m = llmrt.Model(path, threads=2, activations="f32", kv_cache_dtype="f32")
     # llama.cpp's GGUF adapter: the model's tensor names, q / k B rows in the
     # file's (permuted) order, alpha in the metadata
-    from llmrt.arrays import permute_qk as _permute
+    from llmrt.arrays import permute_qk
     names = {"q_proj": "attn_q", "k_proj": "attn_k", "up_proj": "ffn_up", "o_proj": "attn_output"}
     gw = gguf.GGUFWriter(str(tmp_path / "lora.gguf"), m.arch)
     gw.add_string("general.type", "adapter")
@@ -141,7 +141,7 @@ def test_gguf_adapter_equals_peft(tmp_path, base):
     gw.add_float32("adapter.lora.alpha", alpha)
     for (i, mod), (a, b) in ad.items():
         if m.arch == "llama" and mod in ("q_proj", "k_proj"):
-            b = _permute(b, c["num_attention_heads"] if mod == "q_proj" else c["num_key_value_heads"])
+            b = permute_qk(b, c["num_attention_heads"] if mod == "q_proj" else c["num_key_value_heads"])
         gw.add_tensor(f"blk.{i}.{names[mod]}.weight.lora_a", np.ascontiguousarray(a, np.float32))
         gw.add_tensor(f"blk.{i}.{names[mod]}.weight.lora_b", np.ascontiguousarray(b, np.float32))
     gw.write_header_to_file()

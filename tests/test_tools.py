@@ -13,32 +13,20 @@ import pytest
 pytest.importorskip("llguidance")
 jsonschema = pytest.importorskip("jsonschema")
 
-from testutil import HERMES, write_model  # noqa: E402
+from testutil import HERMES, TOOLS, write_model, write_tools_model  # noqa: E402
+from testutil import TOOL_SCHEMAS as SCHEMAS  # noqa: E402
+from testutil import WEATHER_ASK as ASK  # noqa: E402
+from testutil import WEATHER_TOOL as WEATHER  # noqa: E402
 
 import llmrt  # noqa: E402
 from llmrt import tool_use as U  # noqa: E402
 from llmrt import tools as T  # noqa: E402
 
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 16},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7}},
-        "required": ["city", "days"], "additionalProperties": False}}}
-ADD = {"type": "function", "function": {
-    "name": "add", "parameters": {"type": "object", "properties": {
-        "a": {"type": "integer"}, "b": {"type": "integer"}},
-        "required": ["a", "b"], "additionalProperties": False}}}
-TOOLS = [WEATHER, ADD]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-ASK = [{"role": "user", "content": "What is the weather in Paris for 3 days?"}]
-
 
 @pytest.fixture(scope="module")
 def hermes_model(tmp_path_factory):
     p = str(tmp_path_factory.mktemp("tools") / "hermes.gguf")
-    write_model(p, wtype="Q8_0", n_layer=2, ctx=2048, tied=False, seed=4,
-                specials=("<tool_call>", "</tool_call>"), chat_template=HERMES)
+    write_tools_model(p)
     return llmrt.Model(p, threads=2)
 
 
@@ -214,3 +202,15 @@ def test_arguments_take_no_unlisted_keys(hermes_model):
         assert r.finish_reason == "tool_calls"
         for c in r.tool_calls:
             assert set(json.loads(c.arguments)) == {"a", "b"}
+
+
+def test_closing_a_schema_leaves_property_names_alone():
+    # a property named "properties" is a name, not a keyword
+    s = {"type": "object", "properties": {"properties": {"type": "object", "properties": {
+        "x": {"type": "integer", "enum": [{"properties": {}}]}}}}}
+    c = T._closed(s)
+    assert c["additionalProperties"] is False
+    assert set(c["properties"]) == {"properties"}
+    inner = c["properties"]["properties"]
+    assert inner["additionalProperties"] is False and set(inner["properties"]) == {"x"}
+    assert inner["properties"]["x"]["enum"] == [{"properties": {}}]  # data untouched

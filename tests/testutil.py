@@ -429,3 +429,27 @@ Reply with each call in <tool_call></tool_call> tags:
 {%- endfor %}
 {%- if add_generation_prompt %}<|im_start|>assistant
 {% endif %}"""
+
+
+# Tools for the tool-calling tests: two functions, their schemas, a question
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 16},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "required": ["city", "days"], "additionalProperties": False}}}
+ADD_TOOL = {"type": "function", "function": {
+    "name": "add", "parameters": {"type": "object", "properties": {
+        "a": {"type": "integer", "minimum": 0, "maximum": 999},
+        "b": {"type": "integer", "minimum": 0, "maximum": 999}},
+        "required": ["a", "b"], "additionalProperties": False}}}
+TOOLS = [WEATHER_TOOL, ADD_TOOL]
+TOOL_SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+WEATHER_ASK = [{"role": "user", "content": "What is the weather in Paris for 3 days?"}]
+
+
+def write_tools_model(path: str, n_layer: int = 2, seed: int = 4):
+    """A tiny random model whose vocabulary has <tool_call> tokens and whose
+    chat template (HERMES) takes tools."""
+    return write_model(path, wtype="Q8_0", n_layer=n_layer, ctx=2048, tied=False, seed=seed,
+                       specials=("<tool_call>", "</tool_call>"), chat_template=HERMES)

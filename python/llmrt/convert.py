@@ -59,7 +59,6 @@ def _json(path: str) -> dict:
         return json.load(f)
 
 
-_permute = permute_qk
 
 
 class _Tensors:
@@ -355,9 +354,9 @@ def _attention_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> No
         pl.add(p + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", ((H + 2 * KV) * hd, D))
     else:
         pl.add(p + "attn_q.weight", h + "self_attn.q_proj.weight", (H * hd, D),
-               (lambda w: _permute(w, H)) if llama else None)
+               (lambda w: permute_qk(w, H)) if llama else None)
         pl.add(p + "attn_k.weight", h + "self_attn.k_proj.weight", (KV * hd, D),
-               (lambda w: _permute(w, KV)) if llama else None)
+               (lambda w: permute_qk(w, KV)) if llama else None)
         pl.add(p + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * hd, D))
     pl.add(p + "attn_output.weight", h + "self_attn.o_proj.weight", (D, H * hd))
     if fam.qkv_bias or h + "self_attn.q_proj.bias" in pl.ts.shapes:

@@ -20,8 +20,6 @@ from .families import FAMILIES
 from .ggml_types import BY_ID, TYPES, name_of
 from .gguf_file import GGUFFile, TensorInfo
 
-SUPPORTED_ARCHS = tuple(FAMILIES)
-
 # Sanity bounds on hyperparameters; a file outside them is corrupt or hostile.
 _LIMITS = {
     "n_vocab": 1 << 22,

@@ -94,9 +94,9 @@ def _permuted(model: "Model", name: str, b: np.ndarray) -> np.ndarray:
     from .families import family
     if not family(model.arch).permute_qk or name not in ("attn_q", "attn_k"):
         return b
-    from .arrays import permute_qk as _permute
+    from .arrays import permute_qk
     heads = model.config["n_head"] if name == "attn_q" else model.config["n_head_kv"]
-    return _permute(b, heads)
+    return permute_qk(b, heads)
 
 
 def _peft(d: str, model: "Model") -> list[tuple[int, str, np.ndarray, np.ndarray, float]]:

@@ -457,13 +457,11 @@ class Model:
             raise ValueError("tool_choice needs tools")
         prompt = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
                                           tools=plan.template_tools() if plan else None)
-        tok = self.tokenizer
-        bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
-        # the template may already write BOS itself
-        add_special = not (bos and prompt.startswith(bos))
+        add_special = self.chat_add_special(prompt)
         if params is None and "max_new_tokens" not in kwargs and "max_tokens" not in kwargs:
             kwargs["max_new_tokens"] = 256
         out = self.generate(prompt, params, stream=stream, add_special=add_special, **kwargs)
+        tok = self.tokenizer
         if plan is None or not plan.parses:
             return out
         if stream:
@@ -474,10 +472,20 @@ class Model:
 
     def apply_chat_template(self, messages: Sequence[dict[str, Any]],
                             add_generation_prompt: bool = True,
-                            tools: Sequence[dict] | None = None) -> str:
+                            tools: Sequence[dict] | None = None, **template_kwargs: Any) -> str:
+        """The messages rendered by the model's chat template (ChatML where the
+        file has none); ``tools`` and any other keywords become the
+        template's variables (e.g. enable_thinking)."""
         tok = self.tokenizer
-        extra = {"tools": list(tools)} if tools else {}
+        extra = dict(template_kwargs, **({"tools": list(tools)} if tools else {}))
         return render(self.chat_template or CHATML_TEMPLATE, messages,
                       bos_token=tok.tokens[tok.bos_id] if tok.bos_id is not None else "",
                       eos_token=tok.tokens[tok.eos_id] if tok.eos_id is not None else "",
                       add_generation_prompt=add_generation_prompt, **extra)
+
+    def chat_add_special(self, prompt: str) -> bool:
+        """Whether tokenizing a rendered chat prompt adds BOS: not where the
+        template wrote it already."""
+        tok = self.tokenizer
+        bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
+        return not (bos and prompt.startswith(bos))

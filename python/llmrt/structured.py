@@ -57,21 +57,40 @@ DATE_PATTERN = (
     r"|[0-9]{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
     r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8])))$")
 _DATA_KEYS = ("enum", "const", "default", "examples")  # values there are data, not schemas
+# keywords whose value maps names to subschemas (the names are not keywords)
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def map_schema(node: Any, fix: Callable[[dict], dict]) -> Any:
+    """A copy of a JSON Schema with `fix` applied to every subschema,
+    innermost first; data (enum, const, default, examples) and the names
+    of properties and definitions are left alone."""
+    if isinstance(node, list):
+        return [map_schema(x, fix) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out: dict = {}
+    for k, v in node.items():
+        if k in _DATA_KEYS:
+            out[k] = v
+        elif k in _SCHEMA_MAPS and isinstance(v, dict):
+            out[k] = {name: map_schema(s, fix) for name, s in v.items()}
+        else:
+            out[k] = map_schema(v, fix)
+    return fix(out)
+
+
+def _strict_date(s: dict) -> dict:
+    """A {"format": "date"} string (without a pattern of its own) given
+    DATE_PATTERN instead."""
+    if s.get("format") == "date" and "pattern" not in s and s.get("type", "string") == "string":
+        s = {k: v for k, v in s.items() if k != "format"}
+        s["pattern"] = DATE_PATTERN
+    return s
 
 
 def _strict_dates(node: Any) -> Any:
-    """A schema with each {"format": "date"} string (without a pattern of
-    its own) given DATE_PATTERN instead."""
-    if isinstance(node, list):
-        return [_strict_dates(x) for x in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: (v if k in _DATA_KEYS else _strict_dates(v)) for k, v in node.items()}
-    if out.get("format") == "date" and "pattern" not in out and \
-            out.get("type", "string") == "string":
-        del out["format"]
-        out["pattern"] = DATE_PATTERN
-    return out
+    return map_schema(node, _strict_date)
 
 
 def _first_line(msg: str, limit: int = 300) -> str:

@@ -94,6 +94,7 @@ class Tokenizer:
         self.add_eos = bool(meta.get("tokenizer.ggml.add_eos_token", False)) and \
             self.eos_id is not None
         self._bytes: list[bytes] = []  # filled by subclasses
+        self._special_by_text: dict[str, int] | None = None  # special_token_id's index
 
     # -- building -------------------------------------------------------------------
     @staticmethod
@@ -136,10 +137,12 @@ class Tokenizer:
     def special_token_id(self, text: str) -> int | None:
         """The id of the control or user-defined token spelled `text` (such
         as "<tool_call>"), or None."""
-        for i in sorted(self.special_ids | self.user_defined_ids):
-            if self.tokens[i] == text:
-                return i
-        return None
+        if self._special_by_text is None:
+            by_text: dict[str, int] = {}
+            for i in sorted(self.special_ids | self.user_defined_ids):
+                by_text.setdefault(self.tokens[i], i)
+            self._special_by_text = by_text
+        return self._special_by_text.get(text)
 
     # -- decoding ---------------------------------------------------------------------
     def token_bytes(self, token_id: int) -> bytes:

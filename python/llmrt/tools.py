@@ -340,23 +340,18 @@ def grammar(fmt: Format, tools: Tools, tok: "Tokenizer", relax: bool = False) ->
     return "start: " + fmt.calls(" | ".join(objs), tools.parallel, _literal(tok))
 
 
-_DATA = ("enum", "const", "default", "examples")  # values there are data, not schemas
-
-
 def _closed(node: Any) -> Any:
     """A schema whose objects with listed properties take no others unless
     it says so (additionalProperties: false where absent), as llama.cpp's
     and xgrammar's tool grammars read a schema: else a model may pad the
     arguments with keys no function takes until max_tokens."""
-    if isinstance(node, list):
-        return [_closed(x) for x in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: (v if k in _DATA else _closed(v)) for k, v in node.items()}
-    if "properties" in out and "additionalProperties" not in out and \
-            "patternProperties" not in out:
-        out["additionalProperties"] = False
-    return out
+    from .structured import map_schema
+
+    def close(s: dict) -> dict:
+        if "properties" in s and "additionalProperties" not in s and "patternProperties" not in s:
+            return dict(s, additionalProperties=False)
+        return s
+    return map_schema(node, close)
 
 
 def _literal(tok: "Tokenizer") -> Any:

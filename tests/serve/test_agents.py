@@ -20,31 +20,18 @@ jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("llguidance")
 
 from serve_util import KEY, metric, start  # noqa: E402
-from testutil import HERMES, write_model  # noqa: E402
+from testutil import ADD_TOOL as ADD  # noqa: E402
+from testutil import TOOL_SCHEMAS as SCHEMAS  # noqa: E402
+from testutil import TOOLS, write_tools_model  # noqa: E402
+from testutil import WEATHER_ASK as ASK  # noqa: E402
 
 import llmrt  # noqa: E402
-
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city",
-    "parameters": {"type": "object", "properties": {
-        "city": {"type": "string", "maxLength": 16},
-        "days": {"type": "integer", "minimum": 1, "maximum": 7}},
-        "required": ["city", "days"], "additionalProperties": False}}}
-ADD = {"type": "function", "function": {
-    "name": "add", "parameters": {"type": "object", "properties": {
-        "a": {"type": "integer", "minimum": 0, "maximum": 999},
-        "b": {"type": "integer", "minimum": 0, "maximum": 999}},
-        "required": ["a", "b"], "additionalProperties": False}}}
-TOOLS = [WEATHER, ADD]
-SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
-ASK = [{"role": "user", "content": "What is the weather in Paris for 3 days?"}]
 
 
 @pytest.fixture(scope="module")
 def tools_model(tmp_path_factory):
     p = str(tmp_path_factory.mktemp("tools") / "hermes.gguf")
-    write_model(p, wtype="Q8_0", n_layer=2, ctx=2048, tied=False, seed=4,
-                specials=("<tool_call>", "</tool_call>"), chat_template=HERMES)
+    write_tools_model(p)
     return p
 
 
@@ -272,6 +259,10 @@ HOSTILE = [
         {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
      "messages[1].tool_calls[0].function.arguments"),
     ("/v1/chat/completions", {"messages": ASK, "functions": [{"name": "f"}]}, "functions"),
+    ("/v1/chat/completions", {"messages": ASK, "chat_template_kwargs": {"bos_token": "x"}},
+     "chat_template_kwargs"),
+    ("/v1/chat/completions", {"messages": ASK, "chat_template_kwargs": [1]},
+     "chat_template_kwargs"),
     ("/v1/embeddings", b'{"input": "\\ud800"}', "input"),
 ]
 

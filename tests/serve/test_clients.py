@@ -14,7 +14,7 @@ pytest.importorskip("llguidance")
 pydantic = pytest.importorskip("pydantic")
 
 from serve_util import KEY, start  # noqa: E402
-from testutil import HERMES, write_model  # noqa: E402
+from testutil import write_tools_model  # noqa: E402
 
 
 class Add(pydantic.BaseModel):
@@ -29,8 +29,7 @@ TOOL = {"type": "function", "function": {"name": "add", "parameters": Add.model_
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
     p = str(tmp_path_factory.mktemp("clients") / "hc.gguf")
-    write_model(p, wtype="Q8_0", n_layer=2, ctx=2048, tied=False, seed=4,
-                specials=("<tool_call>", "</tool_call>"), chat_template=HERMES)
+    write_tools_model(p)
     s = start(p, "--threads", "2", "--api-key", KEY)
     yield s
     s.stop()

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("llguidance")
 
 from serve_util import KEY, start  # noqa: E402
-from testutil import HERMES, write_model  # noqa: E402
+from testutil import write_tools_model  # noqa: E402
 
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
@@ -67,8 +67,7 @@ def one(url: str, i: int) -> int:
 
 def test_soak_2000_mixed_requests(tmp_path_factory):
     p = str(tmp_path_factory.mktemp("soak") / "soak.gguf")
-    write_model(p, wtype="Q8_0", n_layer=1, ctx=2048, tied=False, seed=6,
-                specials=("<tool_call>", "</tool_call>"), chat_template=HERMES)
+    write_tools_model(p, n_layer=1, seed=6)
     s = start(p, "--api-key", KEY, "--threads", "2", "--max-batch-size", "8",
               "--kv-cache-tokens", "4096")
     try:

@@ -189,10 +189,7 @@ async def stream(chunks: AsyncIterator[bytes], model: str, input_tokens: int
         "usage": {"input_tokens": input_tokens, "output_tokens": 0}})
     index, text_open = 0, False
     finish, stop, usage = None, None, None
-    async for raw in chunks:
-        if raw.startswith(b"data: [DONE]"):
-            break
-        data = json.loads(raw[len(b"data: "):])
+    async for data in P.chat_chunks(chunks):
         if "error" in data:
             yield ev("error", error={"type": "api_error", "message": data["error"]["message"]})
             return

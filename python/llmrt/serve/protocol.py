@@ -5,8 +5,10 @@ in OpenAI's error object."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -122,6 +124,16 @@ def embedding_item(i: int, vec: np.ndarray, fmt: str) -> dict:
     else:
         emb = [float(v) for v in vec]
     return {"object": "embedding", "index": i, "embedding": emb}
+
+
+async def chat_chunks(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict]:
+    """A chat stream's server-sent events (as Service writes them, one JSON
+    object a chunk) parsed, up to [DONE]: what the Responses and Messages
+    translations read."""
+    async for raw in chunks:
+        if raw.startswith(b"data: [DONE]"):
+            return
+        yield json.loads(raw[len(b"data: "):])
 
 
 def now() -> int:

@@ -194,10 +194,7 @@ async def stream(chunks: AsyncIterator[bytes], body: dict, model: str
     yield ev("response.in_progress", response=dict(resp))
     mid, text, opened = P.new_id("msg"), "", False
     finish, usage = None, None
-    async for raw in chunks:
-        if raw.startswith(b"data: [DONE]"):
-            break
-        data = json.loads(raw[len(b"data: "):])
+    async for data in P.chat_chunks(chunks):
         if "error" in data:
             resp["status"], resp["error"] = "failed", {"code": "server_error",
                                                        "message": data["error"]["message"]}

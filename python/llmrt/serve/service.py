@@ -197,6 +197,12 @@ class Service:
 
     async def chat(self, body: dict, disconnected: Disconnected = None
                    ) -> dict | AsyncIterator[bytes]:
+        req, ids, plan = self._chat_parts(body)
+        return await self._run(ids, req, chat=True, disconnected=disconnected, plan=plan)
+
+    def _chat_parts(self, body: dict) -> tuple[S.ParsedRequest, list[list[int]], "T.Plan | None"]:
+        """A chat request checked: its parameters, its prompt's ids (fit to the
+        context) and its tools' plan (None when no calls are parsed)."""
         req = self._adapter(body, S.parse_params(body, chat=True,
                                                  default_max_tokens=self.default_max_tokens))
         if body.get("functions") is not None or body.get("function_call") is not None:
@@ -213,29 +219,32 @@ class Service:
                 T.compile_checked(model.grammars, plan, model.tokenizer)
             except ValueError as e:
                 raise P.bad(_param_of(str(e), "tools"), str(e)) from None
-            msgs = plan.messages
             if plan.response_format is not None:
                 req.params = dataclasses.replace(req.params,
                                                  response_format=plan.response_format)
         elif body.get("tool_choice") not in (None, "none", "auto"):
             raise P.bad("tool_choice", "tool_choice needs tools")
-        kw = body.get("chat_template_kwargs") or {}
+        prompt, add_special = self._render(body, plan.messages if plan else msgs, plan)
+        ids = [self._ids(prompt, add_special, "messages")]
+        self._fit(req, ids, "messages")
+        return req, ids, plan if plan is not None and plan.parses else None
+
+    def _render(self, body: dict, msgs: list[dict], plan: "T.Plan | None") -> tuple[str, bool]:
+        """The chat template over the messages (and the plan's tools) -> the
+        prompt and whether tokenizing it adds BOS."""
+        kw = S.obj("chat_template_kwargs", body.get("chat_template_kwargs") or {})
+        taken = {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"} & set(kw)
+        if taken:
+            raise P.bad("chat_template_kwargs", f"chat_template_kwargs may not set "
+                                                f"{', '.join(sorted(taken))}")
+        add_gen = S.boolean("add_generation_prompt", body.get("add_generation_prompt", True))
         try:
-            prompt = model.apply_chat_template(
-                msgs, add_generation_prompt=S.boolean(
-                    "add_generation_prompt", body.get("add_generation_prompt", True)),
-                tools=plan.template_tools() if plan else None, **S.obj("chat_template_kwargs",
-                                                                       kw))
-        except P.APIError:
-            raise
+            prompt = self.model.apply_chat_template(
+                msgs, add_generation_prompt=add_gen,
+                tools=plan.template_tools() if plan else None, **kw)
         except Exception as e:  # noqa: BLE001 - the template's own error
             raise P.bad("messages", f"the chat template failed: {_short(str(e))}") from None
-        tok = model.tokenizer
-        bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
-        ids = [self._ids(prompt, not (bos and prompt.startswith(bos)), "messages")]
-        self._fit(req, ids, "messages")
-        return await self._run(ids, req, chat=True, disconnected=disconnected,
-                               plan=plan if plan is not None and plan.parses else None)
+        return prompt, self.model.chat_add_special(prompt)
 
     def _ids(self, prompt: Any, add_special: bool, param: str) -> list[int]:
         try:
@@ -393,11 +402,11 @@ class Service:
 
     async def messages(self, body: dict, disconnected: Disconnected = None
                        ) -> dict | AsyncIterator[bytes]:
-        chat = M.to_chat(body)
-        out = await self.chat(chat, disconnected)
+        req, ids, plan = self._chat_parts(M.to_chat(body))
+        out = await self._run(ids, req, chat=True, disconnected=disconnected, plan=plan)
         if isinstance(out, dict):
             return M.from_chat(out, self.name)
-        return M.stream(out, self.name, self.count_tokens(body)["input_tokens"])
+        return M.stream(out, self.name, len(ids[0]))
 
     def count_tokens(self, body: dict) -> dict:
         """Anthropic's count_tokens: the prompt the request renders, in tokens."""
@@ -409,28 +418,20 @@ class Service:
     def tokenize(self, body: dict) -> dict:
         """vLLM's /tokenize: a prompt (or chat messages, rendered) -> token ids."""
         S.unknown_fields(body, {"model", "prompt", "messages", "add_special_tokens",
-                                "add_generation_prompt", "tools"}, sampling=False)
+                                "add_generation_prompt", "tools", "chat_template_kwargs"},
+                         sampling=False)
         model = self.model
         add = S.boolean("add_special_tokens", body.get("add_special_tokens", True))
         if "messages" in body:
             msgs = S.messages_of(body)
-            tools = None
+            plan = None
             if body.get("tools"):
                 try:
                     plan = T.plan(model.chat_template, msgs, model.tokenizer, body["tools"])
                 except ValueError as e:
                     raise P.bad(_param_of(str(e), "tools"), str(e)) from None
-                msgs, tools = plan.messages, plan.template_tools()
-            try:
-                text = model.apply_chat_template(msgs, add_generation_prompt=S.boolean(
-                    "add_generation_prompt", body.get("add_generation_prompt", True)),
-                    tools=tools)
-            except Exception as e:  # noqa: BLE001 - the template's own error
-                raise P.bad("messages", f"the chat template failed: {_short(str(e))}") \
-                    from None
-            tok = model.tokenizer
-            bos = tok.tokens[tok.bos_id] if tok.bos_id is not None else ""
-            add = add and not (bos and text.startswith(bos))
+            text, add_bos = self._render(body, plan.messages if plan else msgs, plan)
+            add = add and add_bos
         else:
             text = S.string("prompt", body.get("prompt"))
         ids = model.tokenize(text, add_special=add)
