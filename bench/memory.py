@@ -59,7 +59,10 @@ def main() -> None:
         return
     print(f"after import: {rss_mb():.1f} MB")
     t = time.perf_counter()
-    m = llmrt.Model(a.model, threads=2, context_length=8192, kv_cache_dtype=a.kv_dtype)
+    from llmrt.gguf_loader import load_gguf
+    from llmrt.utils import default_model_path
+    ctx = min(8192, load_gguf(a.model or default_model_path()).config["n_ctx_train"])
+    m = llmrt.Model(a.model, threads=2, context_length=ctx, kv_cache_dtype=a.kv_dtype)
     print(f"load {time.perf_counter() - t:.2f} s, after load: {rss_mb():.1f} MB")
     m.generate("The capital of France is", max_new_tokens=128, ignore_eos=True)
     print(f"after 128 tokens: {rss_mb():.1f} MB")
