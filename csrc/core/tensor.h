@@ -4,6 +4,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 #include "core/dtype.h"
 
 namespace llmrt {
@@ -23,6 +28,24 @@ struct WeightView {
   size_t row_stride() const { return row_bytes(type, cols); }
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_stride(); }
   bool empty() const { return data == nullptr; }
+  size_t nbytes() const { return static_cast<size_t>(rows) * row_stride(); }
 };
+
+// Source bytes a backend has copied (repacked, or uploaded to a device): ask
+// the OS to reclaim their pages now, so a load does not hold the file's pages
+// and the copies at once. MADV_PAGEOUT keeps the contents (file pages are
+// dropped and read again if touched; anonymous ones go to swap or stay), so
+// it is safe whatever memory the view lies in. A hint: no-op where missing.
+inline void page_out(const void* p, size_t n) {
+#if defined(__linux__) && defined(MADV_PAGEOUT)
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t lo = (a + page - 1) & ~(page - 1), hi = (a + n) & ~(page - 1);
+  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_PAGEOUT);
+#else
+  (void)p;
+  (void)n;
+#endif
+}
 
 }  // namespace llmrt

@@ -130,7 +130,10 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
   // they need).
   auto prep = [&](WeightView& v, bool head = false) {
     const WeightView p = head ? backend_->prepare_head(v) : backend_->prepare_weight(v);
-    if (p.data != v.data) replaced_.push_back(v.data);
+    if (p.data != v.data) {
+      replaced_.push_back(v.data);
+      page_out(v.data, v.nbytes());  // the source's pages go now, not after the whole load
+    }
     v = p;
   };
   for (auto& L : w_.layers) {
