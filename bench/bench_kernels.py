@@ -9,19 +9,14 @@ would (repacked where the backend does so), with the default thread count.
 The throughput of each case is printed after the run.
 """
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-
-from testutil import encode_tensor, random_kquant  # noqa: E402
-
-import llmrt  # noqa: E402
-from llmrt import _core  # noqa: E402
-from llmrt.ggml_types import TYPES as GGML_TYPES  # noqa: E402
+import llmrt
+from llmrt import _core
+from llmrt.ggml_types import TYPES as GGML_TYPES
+from llmrt.testing.blocks import encode_tensor, random_kquant
 
 TYPES = {name: t.id for name, t in GGML_TYPES.items() if name != "F32"}
 ROWS = COLS = 2048

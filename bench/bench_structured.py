@@ -32,13 +32,11 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_generate import read_bandwidth, weight_bytes_per_token  # noqa: E402
+from bench_generate import read_bandwidth, weight_bytes_per_token
 
-import llmrt  # noqa: E402
+import llmrt
 
 PERSON = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 24},

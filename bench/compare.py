@@ -21,15 +21,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
+from bench_generate import TEXT, read_bandwidth, weight_bytes_per_token
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_generate import TEXT, read_bandwidth, weight_bytes_per_token  # noqa: E402
-
-import llmrt  # noqa: E402
+import llmrt
 
 
 class Runner:

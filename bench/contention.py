@@ -16,10 +16,9 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import LlamaCppRunner, LlmrtRunner  # noqa: E402
+from compare import LlamaCppRunner, LlmrtRunner
 
-import llmrt  # noqa: E402
+import llmrt
 
 BUSY = "while True: pass"
 

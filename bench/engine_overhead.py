@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -28,9 +27,7 @@ SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
 
 def narrow_model(path: str) -> str:
     if not os.path.exists(path):
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                        "tests"))
-        from testutil import write_model
+        from llmrt.testing.models import write_model
         write_model(path + ".tmp", wtype="Q8_0", n_embd=64, n_layer=1, n_head=2, n_head_kv=1,
                     n_ff=128, tied=True, extra_tokens=49152 - 269, ctx=1024)
         os.replace(path + ".tmp", path)

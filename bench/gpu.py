@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -40,14 +39,14 @@ import numpy as np
 
 import llmrt
 from llmrt.sampling import Sampler
+from llmrt.step import StepEntry
 
 SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
 
 
 def shaped_model(path: str) -> str:
     if not os.path.exists(path):
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-        from testutil import write_model
+        from llmrt.testing.models import write_model
         write_model(path + ".tmp", wtype="Q4_1", emb_type="Q8_0", n_embd=576, n_layer=30, n_head=9,
                     n_head_kv=3, n_ff=1536, tied=True, extra_tokens=49152 - 269, ctx=8192)
         os.replace(path + ".tmp", path)
@@ -74,7 +73,7 @@ def step_time(m: llmrt.Model, batch: int, context: int, steps: int) -> float:
     tok = np.asarray([5], np.int32)
 
     def step():
-        eng.step([(s, tok, "last", [g], 1) for s, g in zip(seqs, greedy)])
+        eng.step([StepEntry(s, tok, "last", [g], 1) for s, g in zip(seqs, greedy)])
     for _ in range(4):  # warm-up: the first run, the graph capture, replays
         step()
     t = time.perf_counter()

@@ -14,19 +14,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
+from bench_generate import read_bandwidth
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from bench_generate import read_bandwidth  # noqa: E402
-from testutil import encode_tensor  # noqa: E402
-
-import llmrt  # noqa: E402
-from llmrt import _core  # noqa: E402
-from llmrt.ggml_types import TYPES  # noqa: E402
+import llmrt
+from llmrt import _core
+from llmrt.ggml_types import TYPES
+from llmrt.testing.blocks import encode_tensor
 
 # (type, rows, cols): q/o and gate/up (576-wide rows: 2 groups of 8 blocks and
 # a pair), down (1536-wide: 6 groups), the tied Q8_0 head (a slice of it)

@@ -22,9 +22,6 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests",
-                                "serve"))
-
 CAPITALS = [("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
             ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Russia", "Moscow"), ("Greece", "Athens"),
             ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Poland", "Warsaw"),
@@ -107,9 +104,8 @@ def main() -> int:
     if shutil.which("lm_eval") is None and shutil.which("lm-eval") is None:
         print("lm-eval is not installed: pip install 'lm-eval[api]'")
         return 1
-    from serve_util import start
-
     import llmrt
+    from llmrt.testing.server import start
     from llmrt.utils import default_model_path
     path = a.model or default_model_path()
     work = tempfile.mkdtemp(prefix="lmeval-")

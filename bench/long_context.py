@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
+from bench_generate import TEXT, weight_bytes_per_token
+from compare import LlamaCppRunner, LlmrtRunner
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_generate import TEXT, weight_bytes_per_token  # noqa: E402
-from compare import LlamaCppRunner, LlmrtRunner  # noqa: E402
-
-import llmrt  # noqa: E402
+import llmrt
 
 
 def main() -> None:

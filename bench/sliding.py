@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 
 import llmrt
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-from testutil import write_model  # noqa: E402
+from llmrt.testing.models import write_model
 
 
 def build(d: str, window: int) -> str:

@@ -8,6 +8,7 @@ from testutil import write_model
 import llmrt
 from llmrt.sampling import Sampler
 from llmrt.speculative import DraftLength, accept_or_resample
+from llmrt.step import DecodeEntry, StepEntry
 
 PROMPTS = [[1, 5, 9, 13], [2, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51],
            [3] + list(range(60, 100)), [4, 7], list(range(100, 170)), [6, 8, 10, 12, 14, 16]]
@@ -53,13 +54,13 @@ def test_forward_batch_prompts_equal_alone(fast):
     ps = [np.asarray(p, np.int32) for p in PROMPTS[:4]]
     ref = [fast.logits(p) for p in ps]
     seqs = [eng.new_sequence() for _ in ps]
-    out = eng.step([(s, p, "all") for s, p in zip(seqs, ps)])[0]
+    out = eng.step([StepEntry(s, p, "all") for s, p in zip(seqs, ps)])[0]
     assert out.shape == (sum(len(p) for p in ps), fast.vocab_size)
     assert np.array_equal(out, np.concatenate(ref))
     # modes: none / last / all pick the rows
     more = [np.asarray([7, 8], np.int32), np.asarray([9], np.int32), np.asarray([10, 11, 12], np.int32)]
-    out2 = eng.step([(seqs[0], more[0], "none"), (seqs[1], more[1], "last"),
-                     (seqs[2], more[2], "all")])[0]
+    out2 = eng.step([StepEntry(seqs[0], more[0], "none"), StepEntry(seqs[1], more[1], "last"),
+                     StepEntry(seqs[2], more[2], "all")])[0]
     assert out2.shape == (1 + 3, fast.vocab_size)
     assert [eng.length(s) for s in seqs[:3]] == [len(ps[0]) + 2, len(ps[1]) + 1,
                                                len(ps[2]) + 3]
@@ -69,14 +70,14 @@ def test_forward_batch_prompts_equal_alone(fast):
     for s, p in zip(seqs[:3], more):
         eng.truncate(s, eng.length(s) - len(p))
     greedy = [Sampler(SP(), fast.vocab_size) for _ in range(2)]
-    lg, ids, lps = eng.step([(seqs[0], more[0], "none"), (seqs[1], more[1], "last", greedy[:1], 0),
-                             (seqs[2], more[2], "all")])
+    lg, ids, lps = eng.step([StepEntry(seqs[0], more[0], "none"), StepEntry(seqs[1], more[1], "last", greedy[:1], 0),
+                             StepEntry(seqs[2], more[2], "all")])
     assert np.array_equal(lg, out2[1:]) and lps is None
     assert ids.dtype == np.int32 and ids.tolist() == [out2[0].argmax()]
     for s, p in zip(seqs[:3], more):
         eng.truncate(s, eng.length(s) - len(p))
-    lg, ids, _ = eng.step([(seqs[2], more[2], "last", greedy[1:], 0),
-                           (seqs[1], more[1], "last", greedy[:1], 0)])
+    lg, ids, _ = eng.step([StepEntry(seqs[2], more[2], "last", greedy[1:], 0),
+                           StepEntry(seqs[1], more[1], "last", greedy[:1], 0)])
     assert lg.shape == (0, fast.vocab_size)
     assert ids.tolist() == [out2[3].argmax(), out2[0].argmax()]
     for s in seqs:
@@ -94,7 +95,7 @@ def test_sampling_inside_the_step_equals_sampling_the_logits(fast):
     lg = eng.forward(a, p)
     inside = [Sampler(SP(seed=s, **kw), fast.vocab_size) for s in (1, 2, 3)]
     outside = [Sampler(SP(seed=s, **kw), fast.vocab_size) for s in (1, 2, 3)]
-    _, ids, lps = eng.step([(b, p, "last", inside, 0)])
+    _, ids, lps = eng.step([StepEntry(b, p, "last", inside, 0)])
     assert ids.tolist() == [o(lg, p, 0) for o in outside]
     for tok, lp in zip(ids, lps):
         want, top = llmrt.sampling.top_logprobs(lg, int(tok), 3)
@@ -102,7 +103,7 @@ def test_sampling_inside_the_step_equals_sampling_the_logits(fast):
     # and the next step: history = the prompt and the fed token
     t = np.asarray([int(ids[0])], np.int32)
     lg2 = eng.forward(a, t)
-    _, ids2, _ = eng.step([(b, t, "last", inside[:1], 1)])
+    _, ids2, _ = eng.step([StepEntry(b, t, "last", inside[:1], 1)])
     assert ids2.tolist() == [outside[0](lg2, np.concatenate([p, t]), 1)]
     eng.release(a)
     eng.release(b)
@@ -119,7 +120,7 @@ def test_forward_batch_one_token_rows(inv, fast):
             eng.forward(s, p)
         t = np.asarray([77], np.int32)
         lone = eng.forward(a, t)
-        out = eng.step([(b, t, "last"), (c, np.asarray([5, 6, 7], np.int32), "last")])[0]
+        out = eng.step([StepEntry(b, t, "last"), StepEntry(c, np.asarray([5, 6, 7], np.int32), "last")])[0]
         if exact:
             assert np.array_equal(out[0], lone)
         else:
@@ -135,7 +136,7 @@ def test_forward_batch_long_prompt_chunks_equal_alone(inv):
     ref = inv.logits(long)
     s1, s2 = eng.new_sequence(), eng.new_sequence()
     eng.forward(s2, np.asarray(PROMPTS[0], np.int32))
-    out = eng.step([(s2, np.asarray([3], np.int32), "last"), (s1, long, "all")])[0]
+    out = eng.step([StepEntry(s2, np.asarray([3], np.int32), "last"), StepEntry(s1, long, "all")])[0]
     assert np.array_equal(out[1:], ref)
     eng.release(s1)
     eng.release(s2)
@@ -147,17 +148,17 @@ def test_forward_batch_errors_leave_sequences_unchanged(paths):
     a, b = eng.new_sequence(), eng.new_sequence()
     eng.forward(a, np.arange(1, 41, dtype=np.int32))  # 2 blocks
     with pytest.raises(ValueError, match="twice"):
-        eng.step([(a, np.asarray([1], np.int32), "last"),
-                           (a, np.asarray([2], np.int32), "last")])
+        eng.step([StepEntry(a, np.asarray([1], np.int32), "last"),
+                           StepEntry(a, np.asarray([2], np.int32), "last")])
     with pytest.raises(ValueError, match="'none', 'last' or 'all'"):
-        eng.step([(a, np.asarray([1], np.int32), "first")])
+        eng.step([StepEntry(a, np.asarray([1], np.int32), "first")])
     with pytest.raises(ValueError, match="vocabulary"):
-        eng.step([(a, np.asarray([1], np.int32), "last"),
-                           (b, np.asarray([10**6], np.int32), "last")])
+        eng.step([StepEntry(a, np.asarray([1], np.int32), "last"),
+                           StepEntry(b, np.asarray([10**6], np.int32), "last")])
     # a fits, b does not: neither is changed
     with pytest.raises(llmrt.KVCacheFullError):
-        eng.step([(a, np.asarray([1, 2], np.int32), "last"),
-                           (b, np.arange(1, 60, dtype=np.int32), "last")])
+        eng.step([StepEntry(a, np.asarray([1, 2], np.int32), "last"),
+                           StepEntry(b, np.arange(1, 60, dtype=np.int32), "last")])
     assert eng.length(a) == 40 and eng.length(b) == 0
 
 
@@ -413,10 +414,10 @@ def test_invariance_with_odd_sizes(tmp_path):
     ref = m.logits(p)
     a, b = eng.new_sequence(), eng.new_sequence()
     eng.forward(b, np.asarray(PROMPTS[1], np.int32))
-    rows = [eng.step([(a, p[:1], "all"), (b, np.asarray([9], np.int32), "last")])[0][:1]]
+    rows = [eng.step([StepEntry(a, p[:1], "all"), StepEntry(b, np.asarray([9], np.int32), "last")])[0][:1]]
     for lo, hi in ((1, 2), (2, 7), (7, 8), (8, 150)):  # one token, chunks, one token, the rest
-        rows.append(eng.step([(b, np.asarray([9], np.int32), "last"),
-                                       (a, p[lo:hi], "all")])[0][1:])
+        rows.append(eng.step([StepEntry(b, np.asarray([9], np.int32), "last"),
+                                       StepEntry(a, p[lo:hi], "all")])[0][1:])
     assert np.array_equal(np.concatenate(rows), ref)
     r = m.generate(list(p[:20]), max_new_tokens=25, ignore_eos=True)
     assert m.generate([list(p[:20]), list(p[5:9])], max_new_tokens=25,
@@ -503,11 +504,11 @@ def test_several_decode_steps_per_call_equal_single_steps(inv, paths):
     eng.forward(b, p)
     kw = dict(temperature=0.9, seed=4, logprobs=2)
     s1, s2 = Sampler(SP(**kw), inv.vocab_size), Sampler(SP(**kw), inv.vocab_size)
-    tokens, lps = eng.decode([(a, first, s1, 1, 6)], 10)
+    tokens, lps = eng.decode([DecodeEntry(a, first, s1, 1, 6)], 10)
     assert tokens.shape == (6, 1)  # the budget ends it
     want, tok = [], first
     for i in range(6):
-        _, ids, lp = eng.step([(b, np.asarray([tok], np.int32), "last", [s2], 1 + i)])
+        _, ids, lp = eng.step([StepEntry(b, np.asarray([tok], np.int32), "last", [s2], 1 + i)])
         tok = int(ids[0])
         want.append(tok)
         assert lps[i][0] == lp[0]

@@ -16,7 +16,7 @@ import pytest
 
 import llmrt
 from llmrt.convert import convert
-from llmrt.gguf_loader import _swa_pattern
+from llmrt.gguf_loader import sliding_pattern
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 spm = pytest.importorskip("sentencepiece")
@@ -311,14 +311,14 @@ def test_gemma2_without_a_window(tmp_path, sp_model):
 
 
 def test_sliding_pattern_forms():
-    assert _swa_pattern(6, 12, "m", "gemma3") == 6
-    assert _swa_pattern([True, False] * 3, 6, "m", "gemma2") == 2
-    assert _swa_pattern([True] * 5 + [False], 6, "m", "gemma3") == 6
-    assert _swa_pattern([True] * 4, 4, "m", "gemma3") == 0
+    assert sliding_pattern(6, 12, "m", "gemma3") == 6
+    assert sliding_pattern([True, False] * 3, 6, "m", "gemma2") == 2
+    assert sliding_pattern([True] * 5 + [False], 6, "m", "gemma3") == 6
+    assert sliding_pattern([True] * 4, 4, "m", "gemma3") == 0
     with pytest.raises(llmrt.UnsupportedModelError, match="irregular"):
-        _swa_pattern([True, False, False, True], 4, "m", "gemma3")
+        sliding_pattern([True, False, False, True], 4, "m", "gemma3")
     with pytest.raises(llmrt.GGUFError, match="sliding_window_pattern"):
-        _swa_pattern("x", 4, "m", "gemma3")
+        sliding_pattern("x", 4, "m", "gemma3")
 
 
 def test_unsupported_activation_is_a_clear_error(tmp_path, sp_model):

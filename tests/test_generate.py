@@ -58,14 +58,15 @@ def test_eos_stops(tiny):
     # make the model's end token the argmax by stopping on whatever it picks first
     r = tiny.generate(PROMPT, max_new_tokens=5, ignore_eos=True)
     eos = r.token_ids[0]
-    tiny._stop_ids = frozenset({eos})
+    ends = tiny.end_token_ids
+    tiny.end_token_ids = {eos}
     try:
         r2 = tiny.generate(PROMPT, max_new_tokens=5)
         assert r2.finish_reason == "stop" and r2.token_ids == []
         r3 = tiny.generate(PROMPT, max_new_tokens=5, ignore_eos=True)
         assert r3.token_ids == r.token_ids
     finally:
-        tiny._stop_ids = tiny._end_tokens()
+        tiny.end_token_ids = ends
 
 
 def test_seeded_sampling_is_reproducible(tiny):

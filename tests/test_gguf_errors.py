@@ -287,3 +287,27 @@ def test_fuzzed_files_never_crash(tmp_path, good):
     assert r.returncode == 0, f"child died ({r.returncode}): {r.stderr[-2000:]}"
     ok, err = map(int, r.stdout.split())
     assert ok + err == 300 and err > 0
+
+
+def test_the_native_model_takes_tensors_by_known_roles_only(tmp_path):
+    # the loader hands the weights over by role (families.LAYER_TENSORS);
+    # a role the native model does not know, or a layer past its depth, is
+    # an error rather than a tensor silently left unused
+    from llmrt import _core
+    from llmrt.gguf_loader import load_gguf
+
+    p = str(tmp_path / "m.gguf")
+    write_model(p, n_layer=2)
+    g = load_gguf(p)
+    by_role = {role: g.tensors[name] for role, name in g.roles.items()}
+    assert {"tok_embd", "layers.1.wq", "layers.0.w_down"} <= set(by_role)
+    assert not any("." in r and not r.startswith("layers.") for r in by_role)
+    cfg = dict(g.config, n_ctx=64)
+    assert _core.LlamaModel(cfg, by_role, _core.ModelOptions()).n_vocab == g.config["n_vocab"]
+    norm = by_role["layers.0.attn_norm"]
+    for bad in ("layers.0.bogus", "layers.2.attn_norm", "layers.x.wq", "blk.0.attn_norm.weight"):
+        with pytest.raises(ValueError, match="unknown tensor role"):
+            _core.LlamaModel(cfg, dict(by_role, **{bad: norm}), _core.ModelOptions())
+    missing = {r: t for r, t in by_role.items() if r != "layers.1.wk"}
+    with pytest.raises(ValueError, match="missing tensor 'layers.1.wk'"):
+        _core.LlamaModel(cfg, missing, _core.ModelOptions())

@@ -342,7 +342,7 @@ def test_streaming_stop_strings_and_length(sm):
     # cut by max_new_tokens: "length", and what was made is a valid prefix
     short = sm.generate(prompt, **dict(kw, max_new_tokens=7))
     assert short.finish_reason == "length" and len(short.token_ids) == 7
-    m = sm.grammars.compile(schema)._m.deep_copy()
+    m = sm.grammars.compile(schema).matcher()
     assert m.validate_tokens(short.token_ids) == 7
 
 

@@ -1,7 +1,7 @@
 // Binding of LlamaModel. The Python loader (llmrt/gguf_loader.py) validates
 // the file and hands over hyperparameters and numpy views of the mmap'd
 // tensors; this file only turns them into a config map and weight views
-// (model/llama_gguf.h knows the names), picks the backend named in the
+// (model/llama_config.h knows the names), picks the backend named in the
 // options, and keeps the views alive for as long as the model points into
 // them. llmrt/engine.py is the one Python user.
 #include <pybind11/numpy.h>
@@ -19,7 +19,7 @@
 #include "cuda/backend_cuda.h"
 #endif
 #include "model/llama.h"
-#include "model/llama_gguf.h"
+#include "model/llama_config.h"
 
 namespace py = pybind11;
 
@@ -79,9 +79,10 @@ class PyLlamaModel {
     model_ = std::make_unique<LlamaModel>(c, std::move(w), make_backend(o), co);
   }
 
-  // Entries (seq, tokens, logits) or (seq, tokens, "last", samplers,
-  // n_generated) -> (logits (rows, vocab) float32, tokens (draws,) int32,
-  // logprobs: None, or per draw None / (logprob, top ids, top logprobs)).
+  // Entries llmrt.step.StepEntry (seq, tokens, logits[, samplers,
+  // n_generated]) -> the fields of llmrt.step.StepResult: (logits (rows,
+  // vocab) float32, tokens (draws,) int32, logprobs: None, or per draw None /
+  // (logprob, top ids, top logprobs)).
   py::tuple forward_batch(const py::list& entries) {
     const int count = (int)py::len(entries);
     if (count == 0) throw py::value_error("forward_batch: no entries");
@@ -94,8 +95,8 @@ class PyLlamaModel {
     for (int i = 0; i < count; ++i) {
       const py::tuple e = entries[i].cast<py::tuple>();
       if (e.size() != 3 && e.size() != 5)
-        throw py::value_error("forward_batch: entries are (seq, tokens, logits) or (seq, tokens, "
-                              "'last', samplers, n_generated)");
+        throw py::value_error("forward_batch: entries are StepEntry(seq, tokens, logits, samplers, "
+                              "n_generated) tuples");
       keep.push_back(e[1].cast<I32>());
       const I32& t = keep.back();
       if (t.ndim() != 1 || t.shape(0) == 0)
@@ -146,8 +147,9 @@ class PyLlamaModel {
     return py::make_tuple(logits, tokens, lp_out);
   }
 
-  // Entries (seq, token, sampler, n_generated, budget) -> up to `steps`
-  // decode steps in one call: (tokens int32 (steps run, entries), -1 where an
+  // Entries llmrt.step.DecodeEntry (seq, token, sampler, n_generated, budget)
+  // -> up to `steps` decode steps in one call, the fields of
+  // llmrt.step.DecodeResult: (tokens int32 (steps run, entries), -1 where an
   // entry had stopped; logprobs: None, or per step a list per entry of None /
   // (logprob, top ids, top logprobs)).
   py::tuple decode(const py::list& entries, int steps) {
@@ -159,7 +161,8 @@ class PyLlamaModel {
     for (int i = 0; i < count; ++i) {
       const py::tuple e = entries[i].cast<py::tuple>();
       if (e.size() != 5)
-        throw py::value_error("decode: entries are (seq, token, sampler, n_generated, budget)");
+        throw py::value_error("decode: entries are DecodeEntry(seq, token, sampler, n_generated, "
+                              "budget) tuples");
       es[i].seq = e[0].cast<int>();
       es[i].token = e[1].cast<int32_t>();
       es[i].sampler = e[2].cast<Sampler*>();

@@ -82,6 +82,200 @@ inline void finish(const Kernels& k, float* O, float L, int hd) {
 
 }  // namespace
 
+namespace {
+
+constexpr int kTokens = 8;         // query tokens of one prefill task
+constexpr int kMaxRows = 8 * 64;   // query rows of one task: tokens x GQA group
+
+// The shape of one attention call, shared by its tasks.
+struct AttnCall {
+  const Kernels& k;
+  const KVCache& cache;
+  const AttnParams& ap;
+  AttnScratch& scr;
+  const float* q;
+  float* out;
+  int n_heads, n_kv, group, hd, bt;
+  int blocks_per_range;  // cache blocks per key range
+};
+
+// Each sequence's rows, block pointers, partial rows and tasks; the scratch
+// sized for them. Returns the tasks of the call.
+int64_t plan_attention(const AttnCall& c, const AttnSeq* seqs, int count, int layer) {
+  AttnScratch& scr = c.scr;
+  const int per_range = c.blocks_per_range;
+  std::vector<AttnPlan>& plans = scr.plans;
+  plans.resize(count);
+  size_t rows = 0, ptrs = 0, parts = 0;
+  int64_t tasks = 0;
+  for (int i = 0; i < count; ++i) {
+    AttnPlan& sp = plans[i];
+    sp.n = seqs[i].n;
+    sp.pos0 = seqs[i].pos0;
+    sp.nb = (sp.pos0 + sp.n + c.bt - 1) / c.bt;  // cache blocks the last row reads
+    sp.ranges = (sp.nb + per_range - 1) / per_range;
+    // a decode row with a window: the ranges wholly behind it get no task
+    sp.range0 = c.ap.window > 0 ? std::max(0, sp.pos0 + 1 - c.ap.window) / (per_range * c.bt) : 0;
+    sp.row0 = rows;
+    sp.ptr0 = ptrs;
+    sp.part0 = parts;
+    sp.task0 = tasks;
+    if (sp.n == 1) {
+      sp.tasks = (int64_t)c.n_kv * (sp.ranges - sp.range0);
+      parts += (size_t)sp.ranges * c.n_heads;
+    } else {
+      sp.tasks = (int64_t)((sp.n + kTokens - 1) / kTokens) * c.n_kv;
+    }
+    rows += (size_t)sp.n * c.n_heads;
+    ptrs += (size_t)c.n_kv * sp.nb;
+    tasks += sp.tasks;
+  }
+
+  // block pointers of each sequence and kv head, [seq][kvh][block]
+  const size_t head_off = c.cache.row_bytes() / c.n_kv;
+  scr.kp.resize(ptrs);
+  scr.vp.resize(ptrs);
+  for (int i = 0; i < count; ++i) {
+    const AttnPlan& sp = plans[i];
+    const int* table = seqs[i].table;
+    for (int b = 0; b < sp.nb; ++b) {
+      const bool gone = table[b] < 0;  // behind every row's window: never read
+      const uint8_t* kb = gone ? nullptr : c.cache.k_block(table[b], layer);
+      const uint8_t* vb = gone ? nullptr : c.cache.v_block(table[b], layer);
+      for (int h = 0; h < c.n_kv; ++h) {
+        scr.kp[sp.ptr0 + (size_t)h * sp.nb + b] = gone ? nullptr : kb + h * head_off;
+        scr.vp[sp.ptr0 + (size_t)h * sp.nb + b] = gone ? nullptr : vb + h * head_off;
+      }
+    }
+  }
+  scr.part_out.resize(parts * c.hd);
+  scr.part_max.resize(parts);
+  scr.part_sum.resize(parts);
+  scr.task_seq.resize(tasks);
+  for (int i = 0; i < count; ++i)
+    std::fill(scr.task_seq.begin() + plans[i].task0,
+              scr.task_seq.begin() + plans[i].task0 + plans[i].tasks, i);
+  return tasks;
+}
+
+// The per-row arrays a task hands the fused kernel.
+struct TaskRows {
+  const float* q[kMaxRows];
+  float* out[kMaxRows];
+  int n_keys[kMaxRows];
+  float m[kMaxRows], l[kMaxRows];
+};
+
+AttnBlock block_for(const AttnCall& c, const AttnPlan& sp, int kvh, TaskRows& tr) {
+  AttnBlock a{nullptr, nullptr, nullptr, 0, c.scr.kp.data() + sp.ptr0 + (size_t)kvh * sp.nb,
+              c.scr.vp.data() + sp.ptr0 + (size_t)kvh * sp.nb, c.bt, c.cache.row_bytes(),
+              (int)c.cache.type(), c.hd, c.ap.scale, 0, sp.nb};
+  a.window = c.ap.window;
+  a.softcap = c.ap.softcap;
+  a.q_rows = tr.q;
+  a.out_rows = tr.out;
+  a.n_keys = tr.n_keys;
+  a.m_out = tr.m;
+  a.l_out = tr.l;
+  return a;
+}
+
+// One key range of a decode row's GQA group -> its partials.
+void decode_task(const AttnCall& c, const AttnPlan& sp, int64_t task) {
+  const int kvh = (int)(task % c.n_kv);
+  const int range = sp.range0 + (int)(task / c.n_kv);
+  TaskRows tr;
+  AttnBlock a = block_for(c, sp, kvh, tr);
+  int r = 0;
+  for (int h = kvh * c.group; h < (kvh + 1) * c.group; ++h, ++r) {
+    const size_t pr = sp.part0 + (size_t)range * c.n_heads + h;
+    tr.q[r] = c.q + (sp.row0 + h) * c.hd;
+    tr.out[r] = c.scr.part_out.data() + pr * c.hd;
+    tr.n_keys[r] = sp.pos0 + 1;
+  }
+  a.n_q = r;
+  a.b_begin = range * c.blocks_per_range;
+  a.b_end = std::min(sp.nb, (range + 1) * c.blocks_per_range);
+  c.k.attention_block(a);
+  for (int i = 0; i < r; ++i) {
+    const size_t pr = sp.part0 + (size_t)range * c.n_heads + kvh * c.group + i;
+    c.scr.part_max[pr] = tr.m[i];
+    c.scr.part_sum[pr] = tr.l[i];
+  }
+}
+
+// Up to kTokens rows of a prompt chunk with one kv head's GQA group: every
+// key range in turn, folded into the output rows.
+void prefill_task(const AttnCall& c, const AttnPlan& sp, int64_t task) {
+  const int kvh = (int)(task % c.n_kv);
+  const int span = c.blocks_per_range * c.bt;  // positions of a range
+  const int t0 = (int)(task / c.n_kv) * kTokens;
+  const int t1 = std::min(sp.n, t0 + kTokens);
+  TaskRows tr;
+  AttnBlock a = block_for(c, sp, kvh, tr);
+  int r = 0;
+  for (int t = t0; t < t1; ++t)
+    for (int h = kvh * c.group; h < (kvh + 1) * c.group; ++h, ++r) {
+      const size_t row = sp.row0 + (size_t)t * c.n_heads + h;
+      tr.q[r] = c.q + row * c.hd;
+      tr.out[r] = c.out + row * c.hd;
+      tr.n_keys[r] = sp.pos0 + t + 1;  // causal: keys at positions <= the query's
+    }
+  a.n_q = r;
+  const int ranges = (sp.pos0 + t1 + span - 1) / span;  // those the last row reads
+  // with a window, the ranges wholly behind the first row's are skipped
+  const int first_key = c.ap.window > 0 ? std::max(0, sp.pos0 + t0 + 1 - c.ap.window) : 0;
+  const int j0 = first_key / span;
+  a.b_begin = j0 * c.blocks_per_range;
+  a.b_end = std::min(sp.nb, (j0 + 1) * c.blocks_per_range);
+  c.k.attention_block(a);  // the first range straight into the output rows
+  float M[kMaxRows], L[kMaxRows];
+  std::copy(tr.m, tr.m + r, M);
+  std::copy(tr.l, tr.l + r, L);
+  if (ranges > j0 + 1) {
+    thread_local std::vector<float> tmp;
+    tmp.resize((size_t)r * c.hd);
+    float* O[kMaxRows];
+    std::copy(tr.out, tr.out + r, O);
+    for (int i = 0; i < r; ++i) tr.out[i] = tmp.data() + (size_t)i * c.hd;
+    for (int j = j0 + 1; j < ranges; ++j) {
+      a.b_begin = j * c.blocks_per_range;
+      a.b_end = std::min(sp.nb, (j + 1) * c.blocks_per_range);
+      c.k.attention_block(a);
+      for (int i = 0; i < r; ++i) fold(c.k, O[i], L[i], M[i], tr.out[i], tr.l[i], tr.m[i], c.hd);
+    }
+    std::copy(O, O + r, tr.out);
+  }
+  for (int i = 0; i < r; ++i) finish(c.k, tr.out[i], L[i], c.hd);
+}
+
+// Decode rows: each head's range partials folded in order into its output.
+void merge_decode_partials(ThreadPool& pool, const AttnCall& c, int count) {
+  AttnScratch& scr = c.scr;
+  std::vector<int>& dec = scr.decode;
+  dec.clear();
+  for (int si = 0; si < count; ++si)
+    if (scr.plans[si].n == 1) dec.push_back(si);
+  const int hd = c.hd, n_heads = c.n_heads;
+  pool.parallel_for((int64_t)dec.size() * n_heads, 4, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const AttnPlan& sp = scr.plans[dec[r / n_heads]];
+      const int h = (int)(r % n_heads);
+      float* O = c.out + (sp.row0 + h) * hd;
+      const size_t p0 = sp.part0 + (size_t)sp.range0 * n_heads + h;
+      std::copy(scr.part_out.data() + p0 * hd, scr.part_out.data() + (p0 + 1) * hd, O);
+      float M = scr.part_max[p0], L = scr.part_sum[p0];
+      for (int j = sp.range0 + 1; j < sp.ranges; ++j) {
+        const size_t pj = sp.part0 + (size_t)j * n_heads + h;
+        fold(c.k, O, L, M, scr.part_out.data() + pj * hd, scr.part_sum[pj], scr.part_max[pj], hd);
+      }
+      finish(c.k, O, L, hd);
+    }
+  });
+}
+
+}  // namespace
+
 // q (rows, n_heads, hd) -> out (rows, n_heads, hd), the rows of every
 // sequence of `seqs` end to end.
 //
@@ -95,171 +289,24 @@ inline void finish(const Kernels& k, float* O, float L, int hd) {
 void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const AttnSeq* seqs,
                int count, int layer, const float* q, int n_heads, const AttnParams& ap,
                float* out, AttnScratch& scr) {
-  const int hd = cache.head_dim();
   const int n_kv = cache.n_kv_heads();
   const int group = n_heads / n_kv;
-  const int bt = cache.block_tokens();
-  const int G = std::max(1, kRangePositions / bt);  // cache blocks per range
-  constexpr int kTokens = 8;
-  constexpr int kMaxRows = 8 * 64;  // query rows of one task: tokens x GQA group
   if ((int64_t)kTokens * group > kMaxRows)
     throw std::invalid_argument("attention: GQA group too large");
-
-  using Plan = AttnPlan;
-  std::vector<Plan>& plans = scr.plans;
-  plans.resize(count);
-  size_t rows = 0, ptrs = 0, parts = 0;
-  int64_t tasks = 0;
-  for (int i = 0; i < count; ++i) {
-    Plan& P = plans[i];
-    P.n = seqs[i].n;
-    P.pos0 = seqs[i].pos0;
-    P.nb = (P.pos0 + P.n + bt - 1) / bt;  // cache blocks the last row reads
-    P.ranges = (P.nb + G - 1) / G;
-    // a decode row with a window: the ranges wholly behind it get no task
-    P.range0 = ap.window > 0 ? std::max(0, P.pos0 + 1 - ap.window) / (G * bt) : 0;
-    P.row0 = rows;
-    P.ptr0 = ptrs;
-    P.part0 = parts;
-    P.task0 = tasks;
-    if (P.n == 1) {
-      P.tasks = (int64_t)n_kv * (P.ranges - P.range0);
-      parts += (size_t)P.ranges * n_heads;
-    } else {
-      P.tasks = (int64_t)((P.n + kTokens - 1) / kTokens) * n_kv;
-    }
-    rows += (size_t)P.n * n_heads;
-    ptrs += (size_t)n_kv * P.nb;
-    tasks += P.tasks;
-  }
-
-  // block pointers of each sequence and kv head, [seq][kvh][block]
-  const size_t head_off = cache.row_bytes() / n_kv;
-  scr.kp.resize(ptrs);
-  scr.vp.resize(ptrs);
-  for (int i = 0; i < count; ++i) {
-    const Plan& P = plans[i];
-    const int* table = seqs[i].table;
-    for (int b = 0; b < P.nb; ++b) {
-      const bool gone = table[b] < 0;  // behind every row's window: never read
-      const uint8_t* kb = gone ? nullptr : cache.k_block(table[b], layer);
-      const uint8_t* vb = gone ? nullptr : cache.v_block(table[b], layer);
-      for (int h = 0; h < n_kv; ++h) {
-        scr.kp[P.ptr0 + (size_t)h * P.nb + b] = gone ? nullptr : kb + h * head_off;
-        scr.vp[P.ptr0 + (size_t)h * P.nb + b] = gone ? nullptr : vb + h * head_off;
-      }
-    }
-  }
-  scr.po.resize(parts * hd);
-  scr.pm.resize(parts);
-  scr.pl.resize(parts);
-  scr.task_seq.resize(tasks);
-  for (int i = 0; i < count; ++i)
-    std::fill(scr.task_seq.begin() + plans[i].task0,
-              scr.task_seq.begin() + plans[i].task0 + plans[i].tasks, i);
-
+  const int bt = cache.block_tokens();
+  const AttnCall c{k,      cache, ap, scr, q, out, n_heads, n_kv, group, cache.head_dim(), bt,
+                   std::max(1, kRangePositions / bt)};
+  const int64_t tasks = plan_attention(c, seqs, count, layer);
   // A sequence's tasks run latest tokens / ranges first: causal rows get
   // longer with the position, so the big tasks go first and the small ones
   // even out the threads at the end.
   pool.run((int)tasks, [&](int task_index) {
-    const int si = scr.task_seq[task_index];
-    const Plan& P = plans[si];
-    const int64_t task = P.tasks - 1 - (task_index - P.task0);
-    const int n = P.n, nb = P.nb;
-    const int kvh = (int)(task % n_kv);
-    AttnBlock a{nullptr, nullptr, nullptr, 0, scr.kp.data() + P.ptr0 + (size_t)kvh * nb,
-                scr.vp.data() + P.ptr0 + (size_t)kvh * nb, bt, cache.row_bytes(),
-                (int)cache.type(), hd, ap.scale, 0, nb};
-    a.window = ap.window;
-    a.softcap = ap.softcap;
-    const float* qr[kMaxRows];
-    float* orow[kMaxRows];
-    int nk[kMaxRows];
-    float ms[kMaxRows], ls[kMaxRows];
-    a.q_rows = qr;
-    a.out_rows = orow;
-    a.n_keys = nk;
-    a.m_out = ms;
-    a.l_out = ls;
-    if (n == 1) {  // one range of one decode row's keys -> a partial
-      const int range = P.range0 + (int)(task / n_kv);
-      int r = 0;
-      for (int h = kvh * group; h < (kvh + 1) * group; ++h, ++r) {
-        const size_t pr = P.part0 + (size_t)range * n_heads + h;
-        qr[r] = q + (P.row0 + h) * hd;
-        orow[r] = scr.po.data() + pr * hd;
-        nk[r] = P.pos0 + 1;
-      }
-      a.n_q = r;
-      a.b_begin = range * G;
-      a.b_end = std::min(nb, (range + 1) * G);
-      k.attention_block(a);
-      for (int i = 0; i < r; ++i) {
-        const size_t pr = P.part0 + (size_t)range * n_heads + kvh * group + i;
-        scr.pm[pr] = ms[i];
-        scr.pl[pr] = ls[i];
-      }
-      return;
-    }
-    // several rows: every range in turn, folded into the output rows
-    const int t0 = (int)(task / n_kv) * kTokens;
-    const int t1 = std::min(n, t0 + kTokens);
-    int r = 0;
-    for (int t = t0; t < t1; ++t)
-      for (int h = kvh * group; h < (kvh + 1) * group; ++h, ++r) {
-        const size_t row = P.row0 + (size_t)t * n_heads + h;
-        qr[r] = q + row * hd;
-        orow[r] = out + row * hd;
-        nk[r] = P.pos0 + t + 1;  // causal: keys at positions <= the query's
-      }
-    a.n_q = r;
-    const int ranges = (P.pos0 + t1 + G * bt - 1) / (G * bt);  // those the last row reads
-    // with a window, the ranges wholly behind the first row's are skipped
-    const int first_key = ap.window > 0 ? std::max(0, P.pos0 + t0 + 1 - ap.window) : 0;
-    const int j0 = first_key / (G * bt);
-    a.b_begin = j0 * G;
-    a.b_end = std::min(nb, (j0 + 1) * G);
-    k.attention_block(a);  // the first range straight into the output rows
-    float M[kMaxRows], L[kMaxRows];
-    std::copy(ms, ms + r, M);
-    std::copy(ls, ls + r, L);
-    if (ranges > j0 + 1) {
-      thread_local std::vector<float> tmp;
-      tmp.resize((size_t)r * hd);
-      float* O[kMaxRows];
-      std::copy(orow, orow + r, O);
-      for (int i = 0; i < r; ++i) orow[i] = tmp.data() + (size_t)i * hd;
-      for (int j = j0 + 1; j < ranges; ++j) {
-        a.b_begin = j * G;
-        a.b_end = std::min(nb, (j + 1) * G);
-        k.attention_block(a);
-        for (int i = 0; i < r; ++i) fold(k, O[i], L[i], M[i], orow[i], ls[i], ms[i], hd);
-      }
-      std::copy(O, O + r, orow);
-    }
-    for (int i = 0; i < r; ++i) finish(k, orow[i], L[i], hd);
+    const AttnPlan& sp = scr.plans[scr.task_seq[task_index]];
+    const int64_t task = sp.tasks - 1 - (task_index - sp.task0);
+    if (sp.n == 1) decode_task(c, sp, task);
+    else prefill_task(c, sp, task);
   });
-
-  // decode rows: fold the ranges' partials in order
-  std::vector<int>& dec = scr.decode;
-  dec.clear();
-  for (int si = 0; si < count; ++si)
-    if (plans[si].n == 1) dec.push_back(si);
-  pool.parallel_for((int64_t)dec.size() * n_heads, 4, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const Plan& P = plans[dec[r / n_heads]];
-      const int h = (int)(r % n_heads);
-      float* O = out + (P.row0 + h) * hd;
-      const size_t p0 = P.part0 + (size_t)P.range0 * n_heads + h;
-      std::copy(scr.po.data() + p0 * hd, scr.po.data() + (p0 + 1) * hd, O);
-      float M = scr.pm[p0], L = scr.pl[p0];
-      for (int j = P.range0 + 1; j < P.ranges; ++j) {
-        const size_t pj = P.part0 + (size_t)j * n_heads + h;
-        fold(k, O, L, M, scr.po.data() + pj * hd, scr.pl[pj], scr.pm[pj], hd);
-      }
-      finish(k, O, L, hd);
-    }
-  });
+  merge_decode_partials(pool, c, count);
 }
 
 }  // namespace llmrt::cpu

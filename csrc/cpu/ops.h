@@ -65,6 +65,7 @@ void kv_write(const Kernels& k, KVCache& cache, const int* table, int layer, int
               const float* kx, const float* vx);
 // Buffers of attention(), reused across calls.
 // How one sequence's rows are split into tasks.
+// One sequence's share of an attention call.
 struct AttnPlan {
   int n, pos0, nb, ranges;   // rows, first position, cache blocks, key ranges
   int range0;                // a decode row's first range (the window's)
@@ -73,7 +74,8 @@ struct AttnPlan {
 };
 struct AttnScratch {
   std::vector<const uint8_t*> kp, vp;  // block pointers per sequence and kv head
-  std::vector<float> po, pm, pl;       // split-KV partials
+  // split-KV partials of decode rows: unnormalised outputs, running max, sum
+  std::vector<float> part_out, part_max, part_sum;
   std::vector<AttnPlan> plans;
   std::vector<int> task_seq;           // sequence of each task
   std::vector<int> decode;             // the one-row sequences

@@ -64,26 +64,45 @@ struct Cands {
   __device__ bool in(float l) const { return l >= lo && fabsf(l - c) <= d && l > -INFINITY; }
 };
 
-__global__ void __launch_bounds__(kThreads)
-sample_kernel(const float* __restrict__ logits, int V, const DeviceDraw* __restrict__ draws,
-              const LogitMod* __restrict__ mods, float* __restrict__ work,
-              int32_t* __restrict__ out) {
-  __shared__ float fs[32];
-  __shared__ double ds[32];
-  __shared__ int is[32];
-  __shared__ int32_t pick;
-  const DeviceDraw q = draws[blockIdx.x];
-  const float* src = logits + (size_t)q.row * V;
-  float* w = work + (size_t)blockIdx.x * V;
-  for (int i = threadIdx.x; i < V; i += kThreads) w[i] = src[i];
-  __syncthreads();
-  // penalties (one entry per distinct token in the window), then bias, then
-  // the end tokens' mask, in the CPU chain's order
+// One block's row of working logits and its reduction scratch (shared).
+struct Row {
+  float* w;
+  int V;
+  float* fs;
+  double* ds;
+  int* is;
+
+  // mass of the candidates under temperature 1 (sum of e^(l - top)), and in
+  // s1 the sum of e^(l - top) (l - top)
+  __device__ double mass(const Cands& c, float top, double* s1) const {
+    float s0 = 0.f, t1 = 0.f;  // a thread's few dozen terms in float, the block's in double
+    for (int i = threadIdx.x; i < V; i += kThreads) {
+      const float l = w[i];
+      if (!c.in(l)) continue;
+      const float e = expf(l - top);
+      s0 += e;
+      t1 += e > 0.f ? e * (l - top) : 0.f;  // 0, not 0 * -inf
+    }
+    const double total = block_reduce((double)s0, ds, Sum());
+    if (s1) *s1 = block_reduce((double)t1, ds, Sum());
+    return total;
+  }
+  __device__ float max_of(const Cands& c) const {
+    float m = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += kThreads)
+      if (c.in(w[i])) m = fmaxf(m, w[i]);
+    return block_reduce(m, fs, Max());
+  }
+};
+
+// Penalties (one entry per distinct token in the window), then bias, then
+// the end tokens' mask, in the CPU chain's order.
+__device__ void apply_mods(const Row& r, const DeviceDraw& q, const LogitMod* __restrict__ mods) {
   for (int kind = 0; kind < 3; ++kind) {
     for (int m = q.mods_begin + threadIdx.x; m < q.mods_end; m += kThreads) {
       const LogitMod md = mods[m];
-      if (md.kind != kind || md.token < 0 || md.token >= V) continue;
-      float& l = w[md.token];
+      if (md.kind != kind || md.token < 0 || md.token >= r.V) continue;
+      float& l = r.w[md.token];
       if (kind == 0) {
         if (q.repetition_penalty != 1.f)
           l = l > 0.f ? l / q.repetition_penalty : l * q.repetition_penalty;
@@ -96,109 +115,75 @@ sample_kernel(const float* __restrict__ logits, int V, const DeviceDraw* __restr
     }
     __syncthreads();
   }
+}
 
-  // the largest logit (and, for greedy, its first index)
-  float mx = -INFINITY;
-  for (int i = threadIdx.x; i < V; i += kThreads) mx = fmaxf(mx, w[i]);
-  mx = block_reduce(mx, fs, Max());
-  if (!(mx > -INFINITY)) {  // every token masked, or NaN logits
-    if (threadIdx.x == 0) out[blockIdx.x] = -1;
-    return;
-  }
-  if (q.temperature == 0.f || q.top_k == 1) {
-    int first = 0x7fffffff;
-    for (int i = threadIdx.x; i < V; i += kThreads)
-      if (w[i] == mx) {
-        first = i;
-        break;
-      }
-    first = block_reduce(first, is, [](int a, int b) { return min(a, b); });
-    if (threadIdx.x == 0) out[blockIdx.x] = first;
-    return;
-  }
+// The first index of the largest logit mx.
+__device__ int first_argmax(const Row& r, float mx) {
+  int first = 0x7fffffff;
+  for (int i = threadIdx.x; i < r.V; i += kThreads)
+    if (r.w[i] == mx) {
+      first = i;
+      break;
+    }
+  return block_reduce(first, r.is, [](int a, int b) { return min(a, b); });
+}
 
-  Cands C;
-  // mass of the candidates under temperature 1, and sum of e (l - mx)
-  auto mass = [&](const Cands& c, float top, double* s1) {
-    float s0 = 0.f, t1 = 0.f;  // a thread's few dozen terms in float, the block's in double
-    for (int i = threadIdx.x; i < V; i += kThreads) {
-      const float l = w[i];
-      if (!c.in(l)) continue;
-      const float e = expf(l - top);
-      s0 += e;
-      t1 += e > 0.f ? e * (l - top) : 0.f;  // 0, not 0 * -inf
-    }
-    const double total = block_reduce((double)s0, ds, Sum());
-    if (s1) *s1 = block_reduce((double)t1, ds, Sum());
-    return total;
-  };
-  auto cand_max = [&](const Cands& c) {
-    float m = -INFINITY;
-    for (int i = threadIdx.x; i < V; i += kThreads)
-      if (c.in(w[i])) m = fmaxf(m, w[i]);
-    return block_reduce(m, fs, Max());
-  };
-  const bool any_filter = (q.top_k > 0 && q.top_k < V) || q.typical_p < 1.f || q.top_p < 1.f ||
-                          q.min_p > 0.f;
+// top-k: the k-th largest value, the largest key with >= k tokens at or above it
+__device__ float top_k_threshold(const Row& r, int k, float mx) {
+  // count(>= key_float(lo)) = every token (lo: -inf); count(>= mx) >= 1
+  uint32_t lo = order_key(-INFINITY), hi = order_key(mx);
+  while (lo < hi) {
+    const uint32_t mid = lo + (hi - lo + 1) / 2;
+    const float t = key_float(mid);
+    int n = 0;
+    for (int i = threadIdx.x; i < r.V; i += kThreads) n += r.w[i] >= t ? 1 : 0;
+    n = block_reduce(n, r.is, Sum());
+    if (n >= k) lo = mid;
+    else hi = mid - 1;
+  }
+  return key_float(lo);
+}
 
-  // top-k: the k-th largest value, the largest key with >= k tokens at or above it
-  if (q.top_k > 0 && q.top_k < V) {
-    // count(>= key_float(lo)) = every token (lo: -inf); count(>= mx) >= 1
-    uint32_t lo = order_key(-INFINITY), hi = order_key(mx);
-    while (lo < hi) {
-      const uint32_t mid = lo + (hi - lo + 1) / 2;
-      const float t = key_float(mid);
-      int n = 0;
-      for (int i = threadIdx.x; i < V; i += kThreads) n += w[i] >= t ? 1 : 0;
-      n = block_reduce(n, is, Sum());
-      if (n >= q.top_k) lo = mid;
-      else hi = mid - 1;
-    }
-    C.lo = key_float(lo);
+// typical-p: the tokens whose surprise is closest to the entropy, up to
+// typical_p of the mass; -log p - H = center - l with center = top + s1 / s0
+__device__ Cands typical_p_filter(const Row& r, const Cands& C, float top, float typical_p) {
+  double s1 = 0.0;
+  const double z = r.mass(C, top, &s1);
+  Cands T = C;
+  T.c = top + (float)(s1 / z);
+  const double need = (double)typical_p * z;
+  uint32_t lo = 0, hi = __float_as_uint(INFINITY);  // distances >= 0: key order = bit order
+  while (lo < hi) {  // the smallest distance d with mass(|l - center| <= d) >= need
+    const uint32_t mid = lo + (hi - lo) / 2;
+    T.d = __uint_as_float(mid);
+    if (r.mass(T, top, nullptr) >= need) hi = mid;
+    else lo = mid + 1;
   }
-  double z = 0.0;
-  float top = mx;  // the largest candidate (always kept by top-k and top-p)
-  // typical-p: the tokens whose surprise is closest to the entropy, up to
-  // typical_p of the mass; -log p - H = center - l with center = top + s1 / s0
-  if (q.typical_p < 1.f) {
-    double s1 = 0.0;
-    z = mass(C, top, &s1);
-    const float center = top + (float)(s1 / z);
-    Cands T = C;
-    T.c = center;
-    const double need = (double)q.typical_p * z;
-    uint32_t lo = 0, hi = __float_as_uint(INFINITY);  // distances >= 0: key order = bit order
-    while (lo < hi) {  // the smallest distance d with mass(|l - center| <= d) >= need
-      const uint32_t mid = lo + (hi - lo) / 2;
-      T.d = __uint_as_float(mid);
-      if (mass(T, top, nullptr) >= need) hi = mid;
-      else lo = mid + 1;
-    }
-    T.d = __uint_as_float(lo);
-    C = T;
-    top = cand_max(C);
-  }
-  // top-p: the most likely up to top_p of the (remaining) mass
-  if (q.top_p < 1.f) {
-    z = mass(C, top, nullptr);
-    const double need = (double)q.top_p * z;
-    uint32_t lo = order_key(-FLT_MAX), hi = order_key(top);
-    Cands T = C;
-    while (lo < hi) {  // the largest threshold with mass(l >= t) >= need
-      const uint32_t mid = lo + (hi - lo + 1) / 2;
-      T.lo = fmaxf(C.lo, key_float(mid));
-      if (mass(T, top, nullptr) >= need) lo = mid;
-      else hi = mid - 1;
-    }
-    C.lo = fmaxf(C.lo, key_float(lo));
-  }
-  // min-p: at least min_p times as likely as the best candidate
-  if (q.min_p > 0.f) C.lo = fmaxf(C.lo, top + logf(q.min_p));
-  if (!any_filter) C = Cands{};
+  T.d = __uint_as_float(lo);
+  return T;
+}
 
-  // temperature, then the draw: the candidates' weights exp((l - top) / T)
-  // in index order, each thread a contiguous range
-  const float inv_t = 1.f / q.temperature;
+// top-p: the largest threshold keeping top_p of the candidates' mass
+__device__ float top_p_threshold(const Row& r, const Cands& C, float top, float top_p) {
+  const double need = (double)top_p * r.mass(C, top, nullptr);
+  uint32_t lo = order_key(-FLT_MAX), hi = order_key(top);
+  Cands T = C;
+  while (lo < hi) {  // the largest threshold with mass(l >= t) >= need
+    const uint32_t mid = lo + (hi - lo + 1) / 2;
+    T.lo = fmaxf(C.lo, key_float(mid));
+    if (r.mass(T, top, nullptr) >= need) lo = mid;
+    else hi = mid - 1;
+  }
+  return fmaxf(C.lo, key_float(lo));
+}
+
+// Temperature, then the draw: the candidates' weights exp((l - top) / T) in
+// index order, each thread a contiguous range; u in [0, 1) picks the token.
+__device__ int draw_candidate(const Row& r, const Cands& C, float top, float temperature,
+                              double u, int32_t& pick) {
+  const float* w = r.w;
+  const int V = r.V;
+  const float inv_t = 1.f / temperature;
   const int per = (V + kThreads - 1) / kThreads;
   const int b = threadIdx.x * per, e = min(V, b + per);
   double part = 0.0;
@@ -212,16 +197,16 @@ sample_kernel(const float* __restrict__ logits, int V, const DeviceDraw* __restr
     if (lane >= o) incl += v;
   }
   __syncthreads();
-  if (lane == 31) ds[warp] = incl;
+  if (lane == 31) r.ds[warp] = incl;
   if (threadIdx.x == 0) pick = -1;
   __syncthreads();
   double before = 0.0, total = 0.0;
   for (int k = 0; k < kWarpsPerBlock; ++k) {
-    if (k < warp) before += ds[k];
-    total += ds[k];
+    if (k < warp) before += r.ds[k];
+    total += r.ds[k];
   }
   before += incl - part;
-  const double target = q.u * total;
+  const double target = u * total;
   if (target >= before && target < before + part) {
     double cum = before;
     for (int i = b; i < e; ++i) {
@@ -238,11 +223,57 @@ sample_kernel(const float* __restrict__ logits, int V, const DeviceDraw* __restr
     int last = -1;
     for (int i = threadIdx.x; i < V; i += kThreads)
       if (C.in(w[i]) && exp((double)((w[i] - top) * inv_t)) > 0.0) last = max(last, i);
-    last = block_reduce(last, is, [](int x, int y) { return max(x, y); });
+    last = block_reduce(last, r.is, [](int x, int y) { return max(x, y); });
     if (threadIdx.x == 0) pick = last;
     __syncthreads();
   }
-  if (threadIdx.x == 0) out[blockIdx.x] = pick;
+  return pick;
+}
+
+__global__ void __launch_bounds__(kThreads)
+sample_kernel(const float* __restrict__ logits, int V, const DeviceDraw* __restrict__ draws,
+              const LogitMod* __restrict__ mods, float* __restrict__ work,
+              int32_t* __restrict__ out) {
+  __shared__ float fs[32];
+  __shared__ double ds[32];
+  __shared__ int is[32];
+  __shared__ int32_t pick;
+  const DeviceDraw q = draws[blockIdx.x];
+  const float* src = logits + (size_t)q.row * V;
+  const Row r{work + (size_t)blockIdx.x * V, V, fs, ds, is};
+  for (int i = threadIdx.x; i < V; i += kThreads) r.w[i] = src[i];
+  __syncthreads();
+  apply_mods(r, q, mods);
+
+  // the largest logit (and, for greedy, its first index)
+  float mx = -INFINITY;
+  for (int i = threadIdx.x; i < V; i += kThreads) mx = fmaxf(mx, r.w[i]);
+  mx = block_reduce(mx, fs, Max());
+  if (!(mx > -INFINITY)) {  // every token masked, or NaN logits
+    if (threadIdx.x == 0) out[blockIdx.x] = -1;
+    return;
+  }
+  if (q.temperature == 0.f || q.top_k == 1) {
+    const int first = first_argmax(r, mx);
+    if (threadIdx.x == 0) out[blockIdx.x] = first;
+    return;
+  }
+
+  Cands C;
+  const bool any_filter = (q.top_k > 0 && q.top_k < V) || q.typical_p < 1.f || q.top_p < 1.f ||
+                          q.min_p > 0.f;
+  if (q.top_k > 0 && q.top_k < V) C.lo = top_k_threshold(r, q.top_k, mx);
+  float top = mx;  // the largest candidate (always kept by top-k and top-p)
+  if (q.typical_p < 1.f) {
+    C = typical_p_filter(r, C, top, q.typical_p);
+    top = r.max_of(C);
+  }
+  if (q.top_p < 1.f) C.lo = top_p_threshold(r, C, top, q.top_p);
+  // min-p: at least min_p times as likely as the best candidate
+  if (q.min_p > 0.f) C.lo = fmaxf(C.lo, top + logf(q.min_p));
+  if (!any_filter) C = Cands{};
+  const int chosen = draw_candidate(r, C, top, q.temperature, q.u, pick);
+  if (threadIdx.x == 0) out[blockIdx.x] = chosen;
 }
 
 }  // namespace

@@ -89,30 +89,30 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
   if (c.rope.n_rot <= 0 || c.rope.n_rot > c.head_dim || c.rope.n_rot % 2 != 0)
     throw std::invalid_argument("rope dimension must be even and at most head_dim");
   if ((int)w_.layers.size() != c.n_layer) throw std::invalid_argument("layer count mismatch");
-  check_view(w_.tok_embd, c.n_vocab, c.n_embd, "token_embd");
+  check_view(w_.tok_embd, c.n_vocab, c.n_embd, "tok_embd");
   check_view(w_.output, c.n_vocab, c.n_embd, "output");
   const int64_t qd = (int64_t)c.n_head * c.head_dim, kvd = (int64_t)c.n_head_kv * c.head_dim;
   for (int i = 0; i < c.n_layer; ++i) {
     const auto& L = w_.layers[i];
-    const std::string p = "blk." + std::to_string(i) + ".";
-    check_view(L.wq, qd, c.n_embd, p + "attn_q");
-    check_view(L.wk, kvd, c.n_embd, p + "attn_k");
-    check_view(L.wv, kvd, c.n_embd, p + "attn_v");
-    check_view(L.wo, c.n_embd, qd, p + "attn_output");
+    const std::string p = "layers." + std::to_string(i) + ".";
+    check_view(L.wq, qd, c.n_embd, p + "wq");
+    check_view(L.wk, kvd, c.n_embd, p + "wk");
+    check_view(L.wv, kvd, c.n_embd, p + "wv");
+    check_view(L.wo, c.n_embd, qd, p + "wo");
     if (c.n_expert > 0) {
-      check_view(L.router, c.n_expert, c.n_embd, p + "ffn_gate_inp");
+      check_view(L.router, c.n_expert, c.n_embd, p + "router");
       if ((int)L.e_gate.size() != c.n_expert || (int)L.e_up.size() != c.n_expert ||
           (int)L.e_down.size() != c.n_expert)
         throw std::invalid_argument(p + "experts: expected " + std::to_string(c.n_expert));
       for (int e = 0; e < c.n_expert; ++e) {
-        check_view(L.e_gate[e], c.n_ff, c.n_embd, p + "ffn_gate_exps");
-        check_view(L.e_up[e], c.n_ff, c.n_embd, p + "ffn_up_exps");
-        check_view(L.e_down[e], c.n_embd, c.n_ff, p + "ffn_down_exps");
+        check_view(L.e_gate[e], c.n_ff, c.n_embd, p + "e_gate");
+        check_view(L.e_up[e], c.n_ff, c.n_embd, p + "e_up");
+        check_view(L.e_down[e], c.n_embd, c.n_ff, p + "e_down");
       }
     } else {
-      check_view(L.w_gate, c.n_ff, c.n_embd, p + "ffn_gate");
-      check_view(L.w_up, c.n_ff, c.n_embd, p + "ffn_up");
-      check_view(L.w_down, c.n_embd, c.n_ff, p + "ffn_down");
+      check_view(L.w_gate, c.n_ff, c.n_embd, p + "w_gate");
+      check_view(L.w_up, c.n_ff, c.n_embd, p + "w_up");
+      check_view(L.w_down, c.n_embd, c.n_ff, p + "w_down");
     }
     if (!L.attn_norm || !L.ffn_norm) throw std::invalid_argument(p + "norm weights missing");
   }
@@ -398,24 +398,65 @@ int LlamaModel::decode(const DecodeEntry* entries, int count, int max_steps, int
   return steps;
 }
 
+// What one forward pass runs on: its segments and rows, where the wanted
+// logits go, the segments' LoRA adapters and the attention parameters.
+struct LlamaModel::Pass {
+  const Segment* segs;
+  int count;
+  int n = 0;                 // rows of the pass
+  int rows = 0;              // rows whose logits are wanted
+  bool drawing = false;      // some entry draws from its rows
+  bool hidden = false;       // some entry wants its final hidden states
+  float* direct = nullptr;   // the caller's buffer, when the head writes there
+  float* head_out = nullptr; // where the head writes its rows
+  bool lora = false;         // some segment's sequence has an adapter
+  std::vector<int> adapter;  // each segment's adapter (0: none)
+  AttnParams global_attn, sliding_attn;
+};
+
 // One pass over the weights for the rows of every segment, end to end.
 void LlamaModel::forward_pass(const Segment* segs, int count) {
-  int n = 0;
-  for (int i = 0; i < count; ++i) n += segs[i].n;
-  ensure_scratch(n);
+  const Pass p = begin_pass(segs, count);
+  Backend& be = *backend_;
+  auto body = [&] {
+    be.embed(w_.tok_embd, s_->ids.data(), p.n, s_->x);  // x (n, D)
+    if (cfg_.embd_scale > 0.f)  // gemma: sqrt(D)
+      be.scale(s_->x, (size_t)p.n * cfg_.n_embd, cfg_.embd_scale);
+    for (int l = 0; l < cfg_.n_layer; ++l) {
+      attention_block(p, l);
+      ffn_block(p, l);
+    }
+    output_head(p);
+  };
+  // a pass of one-token rows (decoding) may replay a device graph, keyed by
+  // its shape: the rows and which of them want logits
+  if (be.graphs() && p.n == count && cfg_.n_expert == 0 && !p.hidden && !p.lora) {
+    std::string key(count, '0');  // a character a row: whether it wants logits
+    for (int i = 0; i < count; ++i)
+      if (segs[i].wanted()) key[i] = '1';
+    be.run_graph(key, body);
+  } else {
+    body();
+  }
+  end_pass(p);
+}
+
+// The pass's token ids, positions and attention rows staged in the scratch,
+// its logit destination chosen, its adapters looked up; the backend told.
+LlamaModel::Pass LlamaModel::begin_pass(const Segment* segs, int count) {
+  Pass p{segs, count};
+  for (int i = 0; i < count; ++i) p.n += segs[i].n;
+  ensure_scratch(p.n);
   Backend& be = *backend_;
   Scratch& s = *s_;
   const auto& c = cfg_;
-  const int D = c.n_embd, hd = c.head_dim;
-  AttnParams global_attn, sliding_attn;
-  global_attn.scale = c.attn_scale > 0.f ? c.attn_scale : 1.f / std::sqrt((float)hd);
-  global_attn.softcap = c.attn_softcap;
-  sliding_attn = global_attn;
-  sliding_attn.window = c.window;
+  p.global_attn.scale = c.attn_scale > 0.f ? c.attn_scale : 1.f / std::sqrt((float)c.head_dim);
+  p.global_attn.softcap = c.attn_softcap;
+  p.sliding_attn = p.global_attn;
+  p.sliding_attn.window = c.window;
 
-  // token ids, positions and attention rows of the pass
-  s.ids.resize(n);
-  s.pos.resize(n);
+  s.ids.resize(p.n);
+  s.pos.resize(p.n);
   s.attn.resize(count);
   s.attn_local.resize(kv_.has_sliding() ? count : 0);
   for (int i = 0, r = 0; i < count; ++i) {
@@ -426,165 +467,175 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     }
     s.attn[i] = AttnSeq{g.table, g.n, g.pos0};
     if (g.local) s.attn_local[i] = AttnSeq{g.local, g.n, g.pos0};
+    p.hidden |= g.hidden != nullptr;
   }
 
   // Rows whose logits are wanted. They go straight to the caller's buffer
   // when the backend's memory is the host's and no row is drawn from;
   // otherwise to a buffer of the backend's, from which they are copied out
   // or drawn from.
-  int rows = 0;
-  bool drawing = false;
-  float* direct = nullptr;
   for (int i = 0; i < count; ++i) {
     if (segs[i].wanted() == 0) continue;
-    rows += segs[i].wanted();
-    if (segs[i].entry->n_samplers > 0) drawing = true;
-    else if (!direct) direct = segs[i].logits;
+    p.rows += segs[i].wanted();
+    if (segs[i].entry->n_samplers > 0) p.drawing = true;
+    else if (!p.direct) p.direct = segs[i].logits;
   }
-  float* head_out = direct;
-  if (!be.host_memory() || drawing) head_out = nullptr;
-  if (rows > 0 && !head_out) {
-    if (s.logits_cap < (size_t)rows * c.n_vocab) {
+  p.head_out = be.host_memory() && !p.drawing ? p.direct : nullptr;
+  if (p.rows > 0 && !p.head_out) {
+    const size_t need = (size_t)p.rows * c.n_vocab;
+    if (s.logits_cap < need) {
       be.forget_graphs();
       if (s.logits) be.free_floats(s.logits);
-      s.logits = be.alloc_floats((size_t)rows * c.n_vocab);
-      s.logits_cap = (size_t)rows * c.n_vocab;
+      s.logits = be.alloc_floats(need);
+      s.logits_cap = need;
     }
-    head_out = s.logits;
+    p.head_out = s.logits;
   }
-  // LoRA: each segment's adapter (0: none); with any, the layers run
-  // through the primitives so that the adapters' products join each weight's
-  std::vector<int> adapter(count, 0);
-  bool lora = false;
+  // LoRA: with any adapter, the layers run through the primitives so that
+  // the adapters' products join each weight's
+  p.adapter.assign(count, 0);
   for (int i = 0; i < count; ++i) {
-    adapter[i] = kv_.adapter(segs[i].entry->seq);
-    lora |= adapter[i] != 0;
+    p.adapter[i] = kv_.adapter(segs[i].entry->seq);
+    p.lora |= p.adapter[i] != 0;
   }
   be.begin_pass(kv_, s.attn.data(), kv_.has_sliding() ? s.attn_local.data() : nullptr, count,
-                s.ids.data(), s.pos.data(), n);
+                s.ids.data(), s.pos.data(), p.n);
+  return p;
+}
 
-  auto body = [&] {
-    be.embed(w_.tok_embd, s.ids.data(), n, s.x);  // x (n, D)
-    if (c.embd_scale > 0.f) be.scale(s.x, (size_t)n * D, c.embd_scale);  // gemma: sqrt(D)
-
-    for (int l = 0; l < c.n_layer; ++l) {
-      const LayerWeights& L = w_.layers[l];
-      const bool sliding = kv_.sliding(l);  // the cache's flags: the config's
-      // ---- attention block ----
-      {  // q (n, qd), k (n, kvd), v (n, kvd) of the normed x, in one pass
-        const MatmulJob qkv[3] = {{&L.wq, s.q, L.bq}, {&L.wk, s.k, L.bk}, {&L.wv, s.v, L.bv}};
-        if (!lora) {
-          be.norm_matmul_many(s.x, L.attn_norm, n, D, c.rms_eps, qkv, 3, s.xn);
-        } else {  // the normed x stays in xn for the adapters
-          be.Backend::norm_matmul_many(s.x, L.attn_norm, n, D, c.rms_eps, qkv, 3, s.xn);
-          lora_add(l, kLoraQ, s.xn, D, s.q, c.n_head * hd, segs, count, adapter);
-          lora_add(l, kLoraK, s.xn, D, s.k, c.n_head_kv * hd, segs, count, adapter);
-          lora_add(l, kLoraV, s.xn, D, s.v, c.n_head_kv * hd, segs, count, adapter);
-        }
-      }
-      // qwen3, gemma 3: each head of q and k RMSNormed (in place) before RoPE
-      if (L.q_norm) be.rmsnorm(s.q, L.q_norm, n * c.n_head, hd, c.rms_eps, s.q);
-      if (L.k_norm) be.rmsnorm(s.k, L.k_norm, n * c.n_head_kv, hd, c.rms_eps, s.k);
-      // a sliding layer's keys and values are in the sliding pool
-      const AttnSeq* as = sliding ? s.attn_local.data() : s.attn.data();
-      be.rope_kv_write(kv_, as, count, l, s.q, s.k, s.v, n, c.n_head, c.n_head_kv, hd,
-                       s.pos.data(), sliding ? c.rope_swa : c.rope);
-      be.attention(kv_, as, count, l, s.q, c.n_head, sliding ? sliding_attn : global_attn,
-                   s.att);  // (n, qd)
-      if (!L.post_attn_norm) {
-        be.matmul_add(L.wo, s.att, n, s.x, s.xn);  // x += o-proj (n, D)
-        if (lora) lora_add(l, kLoraO, s.att, c.n_head * hd, s.x, D, segs, count, adapter);
-      } else {  // gemma: x += rmsnorm(o-proj)
-        be.matmul(L.wo, s.att, n, s.xn);
-        if (lora) lora_add(l, kLoraO, s.att, c.n_head * hd, s.xn, D, segs, count, adapter);
-        be.rmsnorm(s.xn, L.post_attn_norm, n, D, c.rms_eps, s.xn);
-        be.add(s.x, s.xn, (size_t)n * D);
-      }
-      // ---- feed-forward block ----
-      if (!L.router.empty()) {
-        be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
-        moe_ffn(L, n);
-        continue;
-      }
-      // gate = silu(gate) * up (gelu for gemma), (n, n_ff), of the normed x
-      if (!lora && !c.gelu) {
-        be.norm_gate_up(s.x, L.ffn_norm, n, D, c.rms_eps, L.w_gate, L.w_up, s.xn, s.gate, s.up);
-      } else {  // the adapters' products join gate and up before the activation
-        be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
-        const MatmulJob gu[2] = {{&L.w_gate, s.gate, nullptr}, {&L.w_up, s.up, nullptr}};
-        be.matmul_many(gu, 2, s.xn, n);
-        if (lora) {
-          lora_add(l, kLoraGate, s.xn, D, s.gate, c.n_ff, segs, count, adapter);
-          lora_add(l, kLoraUp, s.xn, D, s.up, c.n_ff, segs, count, adapter);
-        }
-        if (c.gelu) be.geglu(s.gate, s.up, (size_t)n * c.n_ff);
-        else be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
-      }
-      if (!L.post_ffn_norm) {
-        be.matmul_add(L.w_down, s.gate, n, s.x, s.xn);  // x += down (n, D)
-        if (lora) lora_add(l, kLoraDown, s.gate, c.n_ff, s.x, D, segs, count, adapter);
-      } else {  // gemma: x += rmsnorm(down)
-        be.matmul(L.w_down, s.gate, n, s.xn);
-        if (lora) lora_add(l, kLoraDown, s.gate, c.n_ff, s.xn, D, segs, count, adapter);
-        be.rmsnorm(s.xn, L.post_ffn_norm, n, D, c.rms_eps, s.xn);
-        be.add(s.x, s.xn, (size_t)n * D);
-      }
-    }
-
-    // final hidden states (embeddings): the head's norm of the rows
-    for (int i = 0, r = 0; i < count; r += segs[i].n, ++i)
-      if (segs[i].hidden)
-        be.rmsnorm(s.x + (size_t)r * D, w_.output_norm, segs[i].n, D, c.rms_eps,
-                   be.host_memory() ? segs[i].hidden : s.hid + (size_t)r * D);
-
-    // Output head only on the rows whose logits are wanted, gathered end to
-    // end (the rows of one segment are consecutive already).
-    if (rows == 0) return;
-    int done = 0;
-    const float* src = nullptr;
-    for (int i = 0, r = 0; i < count; r += segs[i].n, ++i) {
-      const int m = segs[i].wanted();
-      if (m == 0) continue;
-      const float* row = s.x + (size_t)(r + segs[i].first_logit) * D;
-      if (done == 0 && count == 1) {
-        src = row;  // one segment: no copy
-      } else {
-        be.copy(s.att + (size_t)done * D, row, (size_t)m * D);
-        src = s.att;
-      }
-      done += m;
-    }
-    // the final norm folded into the head, its activations carried precisely
-    const MatmulJob head{&w_.output, head_out, nullptr, true};
-    be.norm_matmul_many(src, w_.output_norm, rows, D, c.rms_eps, &head, 1, s.xn);
-    if (c.final_softcap > 0.f)  // gemma 2
-      be.softcap(head_out, (size_t)rows * c.n_vocab, c.final_softcap);
-  };
-
-  bool hidden = false;
-  for (int i = 0; i < count; ++i) hidden |= segs[i].hidden != nullptr;
-  // a pass of one-token rows (decoding) may replay a device graph, keyed by
-  // its shape: the rows and which of them want logits
-  if (be.graphs() && n == count && c.n_expert == 0 && !hidden && !lora) {
-    std::string key(count, '0');  // a character a row: whether it wants logits
-    for (int i = 0; i < count; ++i)
-      if (segs[i].wanted()) key[i] = '1';
-    be.run_graph(key, body);
-  } else {
-    body();
+// x += the projection of `in` (in_cols wide) by w, with the adapters'
+// products for target t; through post_norm first where the family has one.
+void LlamaModel::residual_projection(const Pass& p, int l, const WeightView& w, LoraTarget t,
+                                     const float* in, int in_cols, const float* post_norm) {
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const int D = cfg_.n_embd, n = p.n;
+  if (!post_norm) {
+    be.matmul_add(w, in, n, s.x, s.xn);
+    if (p.lora) lora_add(l, t, in, in_cols, s.x, D, p.segs, p.count, p.adapter);
+  } else {  // gemma: x += rmsnorm(projection)
+    be.matmul(w, in, n, s.xn);
+    if (p.lora) lora_add(l, t, in, in_cols, s.xn, D, p.segs, p.count, p.adapter);
+    be.rmsnorm(s.xn, post_norm, n, D, cfg_.rms_eps, s.xn);
+    be.add(s.x, s.xn, (size_t)n * D);
   }
-  if (hidden && !be.host_memory())
-    for (int i = 0, r = 0; i < count; r += segs[i].n, ++i)
+}
+
+// Layer l's attention block: q, k, v of the normed x (with the adapters'
+// products), the per-head norms, RoPE and the cache write, attention over
+// each sequence's cache, and the output projection into the residual.
+void LlamaModel::attention_block(const Pass& p, int l) {
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const auto& c = cfg_;
+  const LayerWeights& L = w_.layers[l];
+  const int D = c.n_embd, hd = c.head_dim, n = p.n;
+  const bool sliding = kv_.sliding(l);  // the cache's flags: the config's
+  // q (n, qd), k (n, kvd), v (n, kvd) of the normed x, in one pass
+  const MatmulJob qkv[3] = {{&L.wq, s.q, L.bq}, {&L.wk, s.k, L.bk}, {&L.wv, s.v, L.bv}};
+  if (!p.lora) {
+    be.norm_matmul_many(s.x, L.attn_norm, n, D, c.rms_eps, qkv, 3, s.xn);
+  } else {  // the normed x stays in xn for the adapters
+    be.Backend::norm_matmul_many(s.x, L.attn_norm, n, D, c.rms_eps, qkv, 3, s.xn);
+    lora_add(l, kLoraQ, s.xn, D, s.q, c.n_head * hd, p.segs, p.count, p.adapter);
+    lora_add(l, kLoraK, s.xn, D, s.k, c.n_head_kv * hd, p.segs, p.count, p.adapter);
+    lora_add(l, kLoraV, s.xn, D, s.v, c.n_head_kv * hd, p.segs, p.count, p.adapter);
+  }
+  // qwen3, gemma 3: each head of q and k RMSNormed (in place) before RoPE
+  if (L.q_norm) be.rmsnorm(s.q, L.q_norm, n * c.n_head, hd, c.rms_eps, s.q);
+  if (L.k_norm) be.rmsnorm(s.k, L.k_norm, n * c.n_head_kv, hd, c.rms_eps, s.k);
+  // a sliding layer's keys and values are in the sliding pool
+  const AttnSeq* as = sliding ? s.attn_local.data() : s.attn.data();
+  be.rope_kv_write(kv_, as, p.count, l, s.q, s.k, s.v, n, c.n_head, c.n_head_kv, hd,
+                   s.pos.data(), sliding ? c.rope_swa : c.rope);
+  be.attention(kv_, as, p.count, l, s.q, c.n_head, sliding ? p.sliding_attn : p.global_attn,
+               s.att);  // (n, qd)
+  residual_projection(p, l, L.wo, kLoraO, s.att, c.n_head * hd, L.post_attn_norm);
+}
+
+// Layer l's feed-forward block: act(gate) * up of the normed x (SiLU, or
+// GELU for gemma; the experts' mixture where the layer has a router), then
+// the down projection into the residual.
+void LlamaModel::ffn_block(const Pass& p, int l) {
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const auto& c = cfg_;
+  const LayerWeights& L = w_.layers[l];
+  const int D = c.n_embd, n = p.n;
+  if (!L.router.empty()) {
+    be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
+    moe_ffn(L, n);
+    return;
+  }
+  if (!p.lora && !c.gelu) {
+    be.norm_gate_up(s.x, L.ffn_norm, n, D, c.rms_eps, L.w_gate, L.w_up, s.xn, s.gate, s.up);
+  } else {  // the adapters' products join gate and up before the activation
+    be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
+    const MatmulJob gu[2] = {{&L.w_gate, s.gate, nullptr}, {&L.w_up, s.up, nullptr}};
+    be.matmul_many(gu, 2, s.xn, n);
+    if (p.lora) {
+      lora_add(l, kLoraGate, s.xn, D, s.gate, c.n_ff, p.segs, p.count, p.adapter);
+      lora_add(l, kLoraUp, s.xn, D, s.up, c.n_ff, p.segs, p.count, p.adapter);
+    }
+    if (c.gelu) be.geglu(s.gate, s.up, (size_t)n * c.n_ff);
+    else be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
+  }
+  residual_projection(p, l, L.w_down, kLoraDown, s.gate, c.n_ff, L.post_ffn_norm);
+}
+
+// The final norm of the rows whose hidden states are wanted, and the output
+// head on the rows whose logits are wanted, gathered end to end (the rows
+// of one segment are consecutive already).
+void LlamaModel::output_head(const Pass& p) {
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const auto& c = cfg_;
+  const int D = c.n_embd;
+  const Segment* segs = p.segs;
+  for (int i = 0, r = 0; i < p.count; r += segs[i].n, ++i)
+    if (segs[i].hidden)
+      be.rmsnorm(s.x + (size_t)r * D, w_.output_norm, segs[i].n, D, c.rms_eps,
+                 be.host_memory() ? segs[i].hidden : s.hid + (size_t)r * D);
+  if (p.rows == 0) return;
+  int done = 0;
+  const float* src = nullptr;
+  for (int i = 0, r = 0; i < p.count; r += segs[i].n, ++i) {
+    const int m = segs[i].wanted();
+    if (m == 0) continue;
+    const float* row = s.x + (size_t)(r + segs[i].first_logit) * D;
+    if (done == 0 && p.count == 1) {
+      src = row;  // one segment: no copy
+    } else {
+      be.copy(s.att + (size_t)done * D, row, (size_t)m * D);
+      src = s.att;
+    }
+    done += m;
+  }
+  // the final norm folded into the head, its activations carried precisely
+  const MatmulJob head{&w_.output, p.head_out, nullptr, true};
+  be.norm_matmul_many(src, w_.output_norm, p.rows, D, c.rms_eps, &head, 1, s.xn);
+  if (c.final_softcap > 0.f)  // gemma 2
+    be.softcap(p.head_out, (size_t)p.rows * c.n_vocab, c.final_softcap);
+}
+
+// Results out of the backend's buffers: hidden states, the logit rows not
+// written in place (runs of rows that follow each other in both buffers in
+// one copy), and the draws.
+void LlamaModel::end_pass(const Pass& p) {
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const Segment* segs = p.segs;
+  const int D = cfg_.n_embd;
+  if (p.hidden && !be.host_memory())
+    for (int i = 0, r = 0; i < p.count; r += segs[i].n, ++i)
       if (segs[i].hidden)
         be.download(segs[i].hidden, s.hid + (size_t)r * D, (size_t)segs[i].n * D);
-  if (rows == 0 || head_out == direct) return;
-  // rows wanted as logits: out of the backend's buffer, runs of rows that
-  // follow each other in both buffers in one copy
-  const size_t V = c.n_vocab;
+  if (p.rows == 0 || p.head_out == p.direct) return;
+  const size_t V = cfg_.n_vocab;
   float* dst = nullptr;
   const float* src = nullptr;
   size_t run = 0;
-  for (int i = 0, r = 0; i < count; r += segs[i].wanted(), ++i) {
+  for (int i = 0, r = 0; i < p.count; r += segs[i].wanted(), ++i) {
     const Segment& g = segs[i];
     if (g.wanted() == 0 || g.entry->n_samplers > 0) continue;
     const float* from = s.logits + (size_t)r * V;
@@ -596,7 +647,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     dst = g.logits, src = from, run = g.wanted();
   }
   if (run) be.download(dst, src, run * V);
-  if (drawing) draw(segs, count, rows);
+  if (p.drawing) draw(segs, p.count, p.rows);
 }
 
 // The samplers of the pass's entries draw from their rows of s.logits. On

@@ -179,7 +179,17 @@ class LlamaModel {
  private:
   struct Scratch;
   struct Segment;  // up to kChunk tokens of one entry
+  struct Pass;     // what one forward pass runs on
   void forward_pass(const Segment* segs, int count);
+  // the steps of a pass: staging its rows; per layer the attention and the
+  // feed-forward block; the head; the results out of the backend
+  Pass begin_pass(const Segment* segs, int count);
+  void attention_block(const Pass& p, int layer);
+  void ffn_block(const Pass& p, int layer);
+  void residual_projection(const Pass& p, int layer, const WeightView& w, LoraTarget t,
+                           const float* in, int in_cols, const float* post_norm);
+  void output_head(const Pass& p);
+  void end_pass(const Pass& p);
   // the draws of a pass's entries with samplers, from its head output
   void draw(const Segment* segs, int count, int rows);
   // x += the layer's mixture-of-experts FFN of xn, n rows

@@ -1,9 +1,12 @@
 """Type stubs for the native extension llmrt._core."""
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from llmrt.step import DecodeEntry, StepEntry
 
 def build_info() -> dict[str, Any]: ...
 def ggml_types() -> list[tuple[str, int, int, int]]: ...
@@ -46,17 +49,14 @@ class ModelOptions:
     prefix_caching: bool
     def __init__(self) -> None: ...
 
-# (seq, tokens, "none" | "last" | "all") or (seq, tokens, "last", samplers, n_generated)
-Entry = tuple[Any, ...]
-
 class LlamaModel:
     def __init__(self, config: dict[str, float],
                  tensors: dict[str, tuple[int, int, int, npt.NDArray[np.uint8]]],
                  options: ModelOptions) -> None: ...
-    def forward_batch(self, entries: list[Entry]) -> tuple[
+    def forward_batch(self, entries: Sequence[StepEntry]) -> tuple[
         npt.NDArray[np.float32], npt.NDArray[np.int32],
         list[tuple[float, list[int], list[float]] | None] | None]: ...
-    def decode(self, entries: list[tuple[Any, ...]], steps: int) -> tuple[
+    def decode(self, entries: Sequence[DecodeEntry], steps: int) -> tuple[
         npt.NDArray[np.int32], list[list[tuple[float, list[int], list[float]] | None]] | None]: ...
     def hidden_states(self, entries: list[tuple[int, npt.NDArray[np.int32]]]
                       ) -> npt.NDArray[np.float32]: ...

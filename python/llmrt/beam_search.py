@@ -12,18 +12,46 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from .outputs import Beam, GenerationResult
 from .request import Task
 from .sampling import SamplingParams, top_logprobs
+from .step import StepEntry
 
 if TYPE_CHECKING:
-    from .engine import Engine, Entry
+    from .engine import Engine
     from .scheduler import Job
     from .tokenizer import Tokenizer
+
+
+class LiveBeam(NamedTuple):
+    """A beam still growing: its KV-cache sequence, its tokens so far and
+    their summed logprob."""
+
+    seq: int
+    tokens: list[int]
+    logprob: float
+
+
+class Hypothesis(NamedTuple):
+    """A finished beam: its length-penalised score, its tokens, and whether
+    it ended on an end token (rather than at the length limit)."""
+
+    score: float
+    tokens: list[int]
+    ended: bool
+
+
+class Candidate(NamedTuple):
+    """A beam's possible next token: the summed logprob with it, the beam's
+    index and the token."""
+
+    logprob: float
+    beam: int
+    token: int
 
 
 class BeamSearch(Task):
@@ -33,8 +61,8 @@ class BeamSearch(Task):
         self.width = p.num_beams
         self.end_ids, self.tokenizer = end_ids, tokenizer
         self.max_new = min(p.max_new_tokens, context_length - len(prompt) + 1)
-        self.beams: list[tuple[int, list[int], float]] = []  # (seq, tokens, sum logprob)
-        self.hyps: list[tuple[float, list[int], bool]] = []  # (score, tokens, ended on an end token)
+        self.beams: list[LiveBeam] = []
+        self.hyps: list[Hypothesis] = []
         self.step_i = 0
         self.result = GenerationResult(text="", token_ids=[], finish_reason="length",
                                        prompt_tokens=len(prompt))
@@ -46,11 +74,11 @@ class BeamSearch(Task):
         self.t_admit = time.perf_counter()
         self.result.cached_tokens = self.pos
 
-    def first_entry(self, tokens: np.ndarray) -> "Entry":
-        return (self.seq, tokens, "last")
+    def first_entry(self, tokens: np.ndarray) -> StepEntry:
+        return StepEntry(self.seq, tokens, "last")
 
-    def entries(self) -> list["Entry"]:
-        return [(seq, np.asarray(toks[-1:], np.int32), "last") for seq, toks, _ in self.beams]
+    def entries(self) -> list[StepEntry]:
+        return [StepEntry(b.seq, np.asarray(b.tokens[-1:], np.int32), "last") for b in self.beams]
 
     def _score(self, total: float, n: int) -> float:
         return total / (max(n, 1) ** self.p.length_penalty)
@@ -60,75 +88,76 @@ class BeamSearch(Task):
         if not self.started:
             self.started = True
             self.t_prompt = time.perf_counter()
-            self.beams = [(self.seq, [], 0.0)]
+            self.beams = [LiveBeam(self.seq, [], 0.0)]
             self.seq = -1  # the beams own the sequences now
         B, step = self.p.num_beams, self.step_i
-        cands: list[tuple[float, int, int]] = []
-        for bi, ((_, _toks, total), lg) in enumerate(zip(self.beams, logits)):
+        cands: list[Candidate] = []
+        for bi, (beam, lg) in enumerate(zip(self.beams, logits)):
             _, top = top_logprobs(lg, 0, 2 * B)  # the 2B most likely and their logprobs
-            cands.extend((total + lp, bi, t) for t, lp in top)
-        cands.sort(key=lambda c: (-c[0], c[1], c[2]))
-        chosen = []
-        for rank, (total, bi, t) in enumerate(cands):
-            if t in self.end_ids:
+            cands.extend(Candidate(beam.logprob + lp, bi, t) for t, lp in top)
+        cands.sort(key=lambda c: (-c.logprob, c.beam, c.token))
+        chosen: list[Candidate] = []
+        for rank, c in enumerate(cands):
+            if c.token in self.end_ids:
                 if rank < B:  # only end tokens among the best B candidates finish a beam
-                    toks = self.beams[bi][1]
-                    self.hyps.append((self._score(total, len(toks) + 1), toks, True))
+                    toks = self.beams[c.beam].tokens
+                    self.hyps.append(Hypothesis(self._score(c.logprob, len(toks) + 1), toks, True))
                 continue
-            chosen.append((total, bi, t))
+            chosen.append(c)
             if len(chosen) == B:
                 break
         last = step == self.max_new - 1
-        best_live = max((c[0] for c in chosen), default=-np.inf)
+        best_live = max((c.logprob for c in chosen), default=-np.inf)
         finished = len(self.hyps) >= B and (
             not chosen or
-            min(sorted((d[0] for d in self.hyps), reverse=True)[:B]) >=
+            min(sorted((h.score for h in self.hyps), reverse=True)[:B]) >=
             self._score(best_live, step + 1))
         if finished or last or not chosen:
             if not finished:
-                self.hyps.extend((self._score(total, step + 1), self.beams[bi][1] + [t], False)
-                                 for total, bi, t in chosen)
+                self.hyps.extend(Hypothesis(self._score(c.logprob, step + 1),
+                                            self.beams[c.beam].tokens + [c.token], False)
+                                 for c in chosen)
             self._finish()
             return
         # children: the first child of a beam takes over its sequence, the
         # others fork it before it moves on
         users: dict[int, int] = {}
-        for _, bi, _ in chosen:
-            users[bi] = users.get(bi, 0) + 1
-        new = []
+        for c in chosen:
+            users[c.beam] = users.get(c.beam, 0) + 1
+        new: list[LiveBeam] = []
         try:
-            for total, bi, t in chosen:
-                parent = self.beams[bi][0]
-                users[bi] -= 1
-                seq = engine.fork(parent) if users[bi] > 0 else parent
-                new.append((seq, self.beams[bi][1] + [t], total))
+            for c in chosen:
+                parent = self.beams[c.beam]
+                users[c.beam] -= 1
+                seq = engine.fork(parent.seq) if users[c.beam] > 0 else parent.seq
+                new.append(LiveBeam(seq, parent.tokens + [c.token], c.logprob))
         except BaseException:
-            for seq, _, _ in new:  # the forks made so far
-                if seq not in (b[0] for b in self.beams):
-                    engine.release(seq)
+            for b in new:  # the forks made so far
+                if b.seq not in (x.seq for x in self.beams):
+                    engine.release(b.seq)
             raise
         old, self.beams = self.beams, new
         for bi, b in enumerate(old):
             if bi not in users:  # no child: its blocks go back
-                engine.release(b[0])
+                engine.release(b.seq)
         self.step_i += 1
 
     def _finish(self) -> None:
         res, p = self.result, self.p
-        done = sorted(self.hyps, key=lambda d: -d[0])[:self.p.num_beams]
+        done = sorted(self.hyps, key=lambda h: -h.score)[:self.p.num_beams]
         stops = p.stop_strings
         out = []
-        for sc, toks, _ended in done:
-            text = self.tokenizer.decode(toks, skip_special=True)
+        for h in done:
+            text = self.tokenizer.decode(h.tokens, skip_special=True)
             for s in stops:
                 i = text.find(s)
                 if i != -1:
                     text = text[:i]
-            out.append(Beam(text, list(toks), float(sc)))
+            out.append(Beam(text, list(h.tokens), float(h.score)))
         best = out[0]
         t_end = time.perf_counter()
         res.text, res.token_ids = best.text, best.token_ids
-        res.finish_reason = "stop" if done[0][2] or any(s in self.tokenizer.decode(
+        res.finish_reason = "stop" if done[0].ended or any(s in self.tokenizer.decode(
             best.token_ids, skip_special=True) for s in stops) else "length"
         res.beams = out
         t0 = self.job.t0
@@ -153,7 +182,7 @@ class BeamSearch(Task):
         return len(blocks)
 
     def sequences(self) -> list[int]:
-        return super().sequences() + [b[0] for b in self.beams]
+        return super().sequences() + [b.seq for b in self.beams]
 
     def release(self, engine: "Engine") -> None:
         super().release(engine)

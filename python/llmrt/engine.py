@@ -18,11 +18,7 @@ import numpy as np
 
 from . import _core
 from .gguf_loader import LoadedGGUF
-
-# A step entry: (seq, tokens, "none" | "last" | "all"), or (seq, tokens,
-# "last", samplers, n_generated) whose samplers each draw a next token from
-# the last row inside the step (the logits stay native).
-Entry = tuple
+from .step import DecodeEntry, DecodeResult, Logits, StepEntry, StepResult
 
 
 class Engine:
@@ -30,11 +26,12 @@ class Engine:
         opts = _core.ModelOptions()
         for k, v in options.items():
             setattr(opts, k, v)
-        self._native = _core.LlamaModel(dict(g.config, n_ctx=context_length), g.tensors, opts)
+        by_role = {role: g.tensors[name] for role, name in g.roles.items()}
+        self._native = _core.LlamaModel(dict(g.config, n_ctx=context_length), by_role, opts)
         self._gguf = g  # keeps the memory map alive
         # Tensors the backend copied into its own layout are not read from the
         # file again: drop their pages from this process's resident set.
-        g.reader.release([g.tensors[n][3] for n in self._native.released_tensors])
+        g.reader.release([by_role[r][3] for r in self._native.released_tensors])
         self.lock = threading.RLock()
         self.vocab_size: int = self._native.n_vocab
         self.context_length = context_length
@@ -112,41 +109,35 @@ class Engine:
             self._native.clear_prefix_cache()
 
     # ---- forward ------------------------------------------------------------------------
-    def step(self, entries: list[Entry]) -> tuple[np.ndarray, np.ndarray, list | None]:
+    def step(self, entries: list[StepEntry]) -> StepResult:
         """One forward over every entry's tokens (shared passes over the
-        weights) -> (logits of the wanted rows of entries without samplers,
-        float32 (rows, vocab); drawn tokens, int32, one per sampler; logprobs:
-        None, or per sampler None / (logprob, top ids, top logprobs)). The KV
-        cache is left as it was when it raises."""
+        weights). The KV cache is left as it was when it raises."""
         with self.lock:
             t0 = time.perf_counter()
             try:
-                return self._native.forward_batch(entries)
+                return StepResult(*self._native.forward_batch(entries))
             finally:
                 self.step_seconds += time.perf_counter() - t0
                 self.steps += 1
 
-    def decode(self, entries: list[tuple], steps: int) -> tuple[np.ndarray, list | None]:
-        """Up to `steps` decode steps in one native call. entries: (seq, token
-        to feed, sampler, tokens generated, tokens it may still draw); an
-        entry stops after one of its sampler's end tokens or its budget ->
-        (tokens int32 (steps run, entries), -1 once stopped; logprobs: None,
-        or per step per entry None / (logprob, top ids, top logprobs))."""
+    def decode(self, entries: list[DecodeEntry], steps: int) -> DecodeResult:
+        """Up to `steps` decode steps in one native call; an entry stops after
+        one of its sampler's end tokens or its budget."""
         with self.lock:
             t0 = time.perf_counter()
             try:
-                out = self._native.decode(entries, steps)
+                out = DecodeResult(*self._native.decode(entries, steps))
             finally:
                 self.step_seconds += time.perf_counter() - t0
-            self.steps += out[0].shape[0]
+            self.steps += out.tokens.shape[0]
             return out
 
     def forward(self, seq: int, tokens: Sequence[int] | np.ndarray,
-                logits: str = "last") -> np.ndarray:
+                logits: Logits = "last") -> np.ndarray:
         """Appends tokens to a sequence -> the logits of its last token
         (vocab,), of every token (n, vocab) with logits="all", or of none
         (0, vocab) with "none"."""
-        out = self.step([(seq, np.asarray(tokens, np.int32), logits)])[0]
+        out = self.step([StepEntry(seq, np.asarray(tokens, np.int32), logits)]).logits
         return out[0] if logits == "last" else out
 
     def hidden_states(self, entries: list[tuple[int, np.ndarray]]) -> np.ndarray:

@@ -3,13 +3,17 @@ the tokenizer writer need to know about it, as flags. No other module tests
 an architecture's name; a family that differs from another only in flags is
 one entry here (and its tests).
 
-The C++ model never sees a name either: the loader turns these flags into
-the config it hands over (rope_neox, embd_scale, ffn_gelu, soft-caps, the
-sliding pattern) and the tensors present (q/k norms, post-norms, fused
-tensors, biases)."""
+The tensors every family's GGUF files may hold are listed once, below
+(GLOBAL_TENSORS, LAYER_TENSORS): each under its GGUF name and the role the
+native model gives it (a field of its LlamaWeights / LayerWeights), with its
+shape and when it is required. The C++ model never sees a GGUF name or an
+architecture: the loader turns the flags into the config it hands over
+(rope_neox, embd_scale, ffn_gelu, soft-caps, the sliding pattern) and the
+tensors present into a table by role."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -51,3 +55,132 @@ BY_HF_CLASS: dict[str, Family] = {c: f for f in FAMILIES.values() for c in f.hf_
 def family(arch: str) -> Family:
     """The family of a GGUF architecture name (KeyError if unsupported)."""
     return FAMILIES[arch]
+
+
+# ---- tensors -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The widths a model's tensor shapes are made of."""
+
+    D: int     # n_embd
+    V: int     # n_vocab
+    qd: int    # n_head * head_dim
+    kvd: int   # n_head_kv * head_dim
+    F: int     # n_ff (an expert's, in a mixture-of-experts layer)
+    E: int     # experts (0: dense)
+    hd: int    # head_dim
+    rot: int   # n_rot
+
+    @staticmethod
+    def of(cfg: dict) -> Sizes:
+        hd = cfg["head_dim"]
+        return Sizes(cfg["n_embd"], cfg["n_vocab"], cfg["n_head"] * hd, cfg["n_head_kv"] * hd,
+                     cfg["n_ff"], cfg.get("n_expert", 0), hd, cfg["n_rot"])
+
+
+Shape = Callable[[Sizes], list[int]]
+When = Callable[[Family, Sizes], bool]
+
+
+def _always(f: Family, z: Sizes) -> bool:
+    return True
+
+
+def _never(f: Family, z: Sizes) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    role: str          # the native model's name (a LlamaWeights / LayerWeights field)
+    gguf: str          # the GGUF name (after "blk.N." for a layer's)
+    shape: Shape       # GGUF shape [ne0 = cols, ne1 = rows, ne2 = experts]
+    required: When = _never
+    present: When = _always  # whether the family's layout has it at all
+
+
+def _dense(f: Family, z: Sizes) -> bool:
+    return z.E == 0
+
+
+def _moe(f: Family, z: Sizes) -> bool:
+    return z.E > 0
+
+
+def _split(f: Family, z: Sizes) -> bool:
+    return not f.fused_qkv
+
+
+def _fused(f: Family, z: Sizes) -> bool:
+    return f.fused_qkv
+
+
+GLOBAL_TENSORS: tuple[TensorSpec, ...] = (
+    TensorSpec("tok_embd", "token_embd.weight", lambda z: [z.D, z.V], _always),
+    TensorSpec("output_norm", "output_norm.weight", lambda z: [z.D], _always),
+    TensorSpec("output", "output.weight", lambda z: [z.D, z.V]),  # absent: tied to tok_embd
+    TensorSpec("rope_freqs", "rope_freqs.weight", lambda z: [z.rot // 2]),
+    # LongRoPE: frequency divisors past the original context and within it
+    # (the short ones are required beside the long ones: see expected_tensors)
+    TensorSpec("rope_factors_long", "rope_factors_long.weight", lambda z: [z.rot // 2]),
+    TensorSpec("rope_factors_short", "rope_factors_short.weight", lambda z: [z.rot // 2]),
+)
+
+LAYER_TENSORS: tuple[TensorSpec, ...] = (
+    TensorSpec("attn_norm", "attn_norm.weight", lambda z: [z.D], _always),
+    # q, k and v rows in one tensor (phi3), else one each
+    TensorSpec("wqkv", "attn_qkv.weight", lambda z: [z.D, z.qd + 2 * z.kvd], _always, _fused),
+    TensorSpec("wq", "attn_q.weight", lambda z: [z.D, z.qd], _always, _split),
+    TensorSpec("wk", "attn_k.weight", lambda z: [z.D, z.kvd], _always, _split),
+    TensorSpec("wv", "attn_v.weight", lambda z: [z.D, z.kvd], _always, _split),
+    TensorSpec("wo", "attn_output.weight", lambda z: [z.qd, z.D], _always),
+    TensorSpec("bq", "attn_q.bias", lambda z: [z.qd]),
+    TensorSpec("bk", "attn_k.bias", lambda z: [z.kvd]),
+    TensorSpec("bv", "attn_v.bias", lambda z: [z.kvd]),
+    # RMSNorm of each head of q and k (qwen3, gemma 3)
+    TensorSpec("q_norm", "attn_q_norm.weight", lambda z: [z.hd], lambda f, z: f.qk_norm),
+    TensorSpec("k_norm", "attn_k_norm.weight", lambda z: [z.hd], lambda f, z: f.qk_norm),
+    TensorSpec("ffn_norm", "ffn_norm.weight", lambda z: [z.D], _always),
+    # RMSNorm of the attention's and the FFN's outputs (gemma)
+    TensorSpec("post_attn_norm", "post_attention_norm.weight", lambda z: [z.D],
+               lambda f, z: f.post_norms),
+    TensorSpec("post_ffn_norm", "post_ffw_norm.weight", lambda z: [z.D],
+               lambda f, z: f.post_norms),
+    # a mixture of experts: the router and the experts stacked
+    TensorSpec("router", "ffn_gate_inp.weight", lambda z: [z.D, z.E], _always, _moe),
+    TensorSpec("e_gate", "ffn_gate_exps.weight", lambda z: [z.D, z.F, z.E], _always, _moe),
+    TensorSpec("e_up", "ffn_up_exps.weight", lambda z: [z.D, z.F, z.E], _always, _moe),
+    TensorSpec("e_down", "ffn_down_exps.weight", lambda z: [z.F, z.D, z.E], _always, _moe),
+    # a dense FFN; phi3 holds the gate's and the up rows in ffn_up, gate first
+    TensorSpec("w_gate", "ffn_gate.weight", lambda z: [z.D, z.F], _always,
+               lambda f, z: _dense(f, z) and not f.fused_qkv),
+    TensorSpec("w_up", "ffn_up.weight", lambda z: [z.D, z.F], _always,
+               lambda f, z: _dense(f, z) and not f.fused_qkv),
+    TensorSpec("w_gate_up", "ffn_up.weight", lambda z: [z.D, 2 * z.F], _always,
+               lambda f, z: _dense(f, z) and f.fused_qkv),
+    TensorSpec("w_down", "ffn_down.weight", lambda z: [z.F, z.D], _always, _dense),
+)
+
+
+@dataclass(frozen=True)
+class Expected:
+    role: str          # the native model's key: "tok_embd", "layers.3.wq", ...
+    shape: list[int]
+    required: bool
+
+
+def expected_tensors(fam: Family, cfg: dict, longrope: bool) -> dict[str, Expected]:
+    """Every tensor a model of this family and size may hold, by GGUF name."""
+    z = Sizes.of(cfg)
+    out: dict[str, Expected] = {}
+    for t in GLOBAL_TENSORS:
+        req = t.required(fam, z) or (t.role == "rope_factors_short" and longrope)
+        out[t.gguf] = Expected(t.role, t.shape(z), req)
+    for i in range(cfg["n_layer"]):
+        for t in LAYER_TENSORS:
+            if t.present(fam, z):
+                out[f"blk.{i}.{t.gguf}"] = Expected(f"layers.{i}.{t.role}", t.shape(z),
+                                                    t.required(fam, z))
+    return out

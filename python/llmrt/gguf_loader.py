@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import GGUFError, UnsupportedModelError
-from .families import FAMILIES
+from .families import FAMILIES, expected_tensors
 from .ggml_types import BY_ID, TYPES, name_of
 from .gguf_file import GGUFFile, TensorInfo
 
@@ -38,10 +38,12 @@ class LoadedGGUF:
     path: str
     arch: str
     config: dict[str, Any]
-    # name -> (type id, rows, cols, uint8 view of the bytes) as the engine takes them
+    # GGUF name -> (type id, rows, cols, uint8 view of the bytes)
     tensors: dict[str, tuple[int, int, int, np.ndarray]]
     metadata: dict[str, Any]
     tensor_types: dict[str, str] = field(default_factory=dict)
+    # the native model's role of each tensor present -> its GGUF name
+    roles: dict[str, str] = field(default_factory=dict)
     reader: Any = None  # the GGUFFile; keeps the memory map open
 
 
@@ -208,7 +210,7 @@ def _gemma_config(meta: dict, path: str, a: str, cfg: dict, window: int,
         window = 4096 if 4096 < cfg["n_ctx_train"] else 0
     cfg["sliding_window"] = window
     pat = meta.get(f"{a}.attention.sliding_window_pattern", 2 if gemma2 else 6)
-    cfg["swa_pattern"] = _swa_pattern(pat, cfg["n_layer"], name, a)
+    cfg["swa_pattern"] = sliding_pattern(pat, cfg["n_layer"], name, a)
     cfg["rope_freq_base_swa"] = _bounded(meta, path, f"{a}.rope.freq_base_swa",
                                          cfg["rope_freq_base"] if gemma2 else 10000.0, 1.0, 1e12)
     # gemma 3's RoPE scaling (4B and up) is its global layers' only
@@ -225,7 +227,7 @@ def sliding_period(flags: list[bool]) -> int | None:
     return p if flags == [(l + 1) % p != 0 for l in range(len(flags))] else None
 
 
-def _swa_pattern(pat: Any, n_layer: int, name: str, a: str) -> int:
+def sliding_pattern(pat: Any, n_layer: int, name: str, a: str) -> int:
     """The period P of the sliding layers (layer l slides unless (l + 1) % P
     == 0; 0: every layer) from an integer or a per-layer list of flags."""
     key = f"{a}.attention.sliding_window_pattern"
@@ -266,79 +268,26 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
         raise _err(path, "tensor 'token_embd.weight' must be 2-D")
     cfg = _config(meta, path, arch, emb.shape[1], "rope_factors_long.weight" in f.tensors)
 
-    expected = _expected_tensors(arch, cfg, "rope_factors_long.weight" in f.tensors)
+    expected = expected_tensors(FAMILIES[arch], cfg, "rope_factors_long.weight" in f.tensors)
 
     tensors: dict[str, tuple[int, int, int, np.ndarray]] = {}
     types: dict[str, str] = {}
-    for name, (shape, required) in expected.items():
+    roles: dict[str, str] = {}
+    for name, e in expected.items():
         t = f.tensors.get(name)
         if t is None:
-            if required:
+            if e.required:
                 raise _err(path, f"missing tensor {name!r}")
             continue
-        tensors[name] = _tensor(f, t, shape)
+        tensors[name] = _tensor(f, t, e.shape)
         types[name] = BY_ID[t.type_id].name
+        roles[e.role] = name
         if name.startswith("rope_f"):  # RoPE frequency divisors: a zero would give inf
             v = tensors[name][3].view(np.float32)
             if not np.all(v > 0):
                 raise _err(path, f"tensor {name!r} must hold positive values")
     return LoadedGGUF(path=path, arch=arch, config=cfg, tensors=tensors, metadata=meta,
-                      tensor_types=types, reader=f)
-
-
-def _expected_tensors(arch: str, cfg: dict, longrope: bool) -> dict[str, tuple[list[int], bool]]:
-    """Every tensor a model of this architecture and size may hold: name ->
-    (GGUF shape [ne0 = cols, ne1 = rows], whether it is required)."""
-    fam = FAMILIES[arch]
-    D, L = cfg["n_embd"], cfg["n_layer"]
-    qd, kvd, F = cfg["n_head"] * cfg["head_dim"], cfg["n_head_kv"] * cfg["head_dim"], cfg["n_ff"]
-    V = cfg["n_vocab"]
-    # name -> (GGUF shape [ne0 = cols, ne1 = rows], required)
-    expected: dict[str, tuple[list[int], bool]] = {
-        "token_embd.weight": ([D, V], True),
-        "output_norm.weight": ([D], True),
-        "output.weight": ([D, V], False),
-        "rope_freqs.weight": ([cfg["n_rot"] // 2], False),
-        # LongRoPE: frequency divisors past the original context and within it
-        "rope_factors_long.weight": ([cfg["n_rot"] // 2], False),
-        "rope_factors_short.weight": ([cfg["n_rot"] // 2], longrope),
-    }
-    for i in range(L):
-        p = f"blk.{i}."
-        phi3 = fam.fused_qkv  # q/k/v rows in one tensor, gate/up rows in one tensor
-        expected.update({
-            p + "attn_norm.weight": ([D], True),
-            p + "attn_qkv.weight": ([D, qd + 2 * kvd], phi3),
-            p + "attn_q.weight": ([D, qd], not phi3),
-            p + "attn_k.weight": ([D, kvd], not phi3),
-            p + "attn_v.weight": ([D, kvd], not phi3),
-            p + "attn_output.weight": ([qd, D], True),
-            p + "attn_q.bias": ([qd], False),
-            p + "attn_k.bias": ([kvd], False),
-            p + "attn_v.bias": ([kvd], False),
-            # qwen3, gemma 3: RMSNorm of each head of q and k
-            p + "attn_q_norm.weight": ([cfg["head_dim"]], fam.qk_norm),
-            p + "attn_k_norm.weight": ([cfg["head_dim"]], fam.qk_norm),
-            p + "ffn_norm.weight": ([D], True),
-            # gemma: RMSNorm of the attention's and the FFN's outputs
-            p + "post_attention_norm.weight": ([D], fam.post_norms),
-            p + "post_ffw_norm.weight": ([D], fam.post_norms),
-        })
-        E = cfg["n_expert"]
-        if E:
-            expected.update({
-                p + "ffn_gate_inp.weight": ([D, E], True),
-                p + "ffn_gate_exps.weight": ([D, F, E], True),
-                p + "ffn_up_exps.weight": ([D, F, E], True),
-                p + "ffn_down_exps.weight": ([F, D, E], True),
-            })
-        else:
-            expected.update({
-                p + "ffn_gate.weight": ([D, F], not phi3),
-                p + "ffn_up.weight": ([D, 2 * F if phi3 else F], True),
-                p + "ffn_down.weight": ([F, D], True),
-            })
-    return expected
+                      tensor_types=types, roles=roles, reader=f)
 
 
 def _tensor(f: GGUFFile, t: TensorInfo, shape: list[int]):

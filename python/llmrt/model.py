@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -150,6 +150,15 @@ class Model:
     def end_token_ids(self) -> frozenset[int]:
         """The tokens that end a generation (end of text, end of turn)."""
         return self._stop_ids
+
+    @end_token_ids.setter
+    def end_token_ids(self, ids: Iterable[int]) -> None:
+        """Replaces them for the generations started from now on."""
+        stop = frozenset(int(i) for i in ids)
+        if any(not 0 <= i < self.vocab_size for i in stop):
+            raise ValueError(f"end token ids must be in [0, {self.vocab_size})")
+        self._stop_ids = stop
+        self.grammars = Grammars(self.tokenizer, self.vocab_size, stop)
 
     @property
     def chat_template(self) -> str | None:

@@ -19,9 +19,10 @@ import numpy as np
 
 from .outputs import GenerationResult, TokenLogprob
 from .sampling import Sampler, SamplingParams, top_logprobs
+from .step import DecodeEntry, StepEntry
 
 if TYPE_CHECKING:
-    from .engine import Engine, Entry
+    from .engine import Engine
     from .scheduler import Job
     from .tokenizer import IncrementalDecoder, Tokenizer
 
@@ -222,10 +223,10 @@ class Task:
             engine.set_adapter(self.seq, self.p.lora)
         self.pos = engine.reuse_prefix(self.seq, self.prompt)
 
-    def first_entry(self, tokens: np.ndarray) -> "Entry":
+    def first_entry(self, tokens: np.ndarray) -> StepEntry:
         raise NotImplementedError
 
-    def entries(self) -> list["Entry"]:
+    def entries(self) -> list[StepEntry]:
         raise NotImplementedError
 
     def apply(self, engine: "Engine", logits: np.ndarray, tokens: np.ndarray,
@@ -244,7 +245,7 @@ class Task:
             engine.release(s)
         self.seq = -1
 
-    def decode_entries(self) -> list[tuple]:
+    def decode_entries(self) -> list[DecodeEntry]:
         """With multi_step: its entries of a multi-step decode (Engine.decode)."""
         raise NotImplementedError
 
@@ -290,11 +291,11 @@ class Decode(Task):
             r.t_admit = t
             r.result.cached_tokens = self.pos
 
-    def first_entry(self, tokens: np.ndarray) -> "Entry":
-        return (self.seq, tokens, "last", [r.sampler for r in self.reqs], 0)
+    def first_entry(self, tokens: np.ndarray) -> StepEntry:
+        return StepEntry(self.seq, tokens, "last", [r.sampler for r in self.reqs], 0)
 
-    def entries(self) -> list["Entry"]:
-        return [(r.seq, np.array([r.tok], np.int32), "last", [r.sampler], r.n_generated)
+    def entries(self) -> list[StepEntry]:
+        return [StepEntry(r.seq, np.array([r.tok], np.int32), "last", [r.sampler], r.n_generated)
                 for r in self.live]
 
     def apply(self, engine: "Engine", logits: np.ndarray, tokens: np.ndarray,
@@ -309,9 +310,9 @@ class Decode(Task):
                 r.t_prompt = t
         self._take(engine, self.live, tokens, logprobs)
 
-    def decode_entries(self) -> list[tuple]:
+    def decode_entries(self) -> list[DecodeEntry]:
         self._snap = list(self.live)
-        return [(r.seq, r.tok, r.sampler, r.n_generated, r.budget()) for r in self._snap]
+        return [DecodeEntry(r.seq, r.tok, r.sampler, r.n_generated, r.budget()) for r in self._snap]
 
     def apply_decoded(self, engine: "Engine", tokens: np.ndarray,
                       logprobs: Sequence | None) -> None:

@@ -25,6 +25,8 @@ import numpy as np
 
 from . import masks
 from .engine import Engine
+from .step import DecodeEntry, StepEntry
+from .step import outputs as step_outputs
 
 if TYPE_CHECKING:
     from .request import Task
@@ -263,56 +265,9 @@ class Scheduler:
                 all(t.started and t.multi_step for t in self.active):
             self._decode_steps()
             return True
-        eng = self.engine
-        entries: list = []
-        plan: list[tuple[Task, int, int]] = []  # task, its logit rows, its draws
-        failed: list[tuple[Task, BaseException]] = []
-        budget = self.chunk
-        for t in self.active:
-            if not t.started:
-                continue
-            try:
-                es = t.entries()
-            except Exception as err:  # noqa: BLE001 - the task's own failure (its draft model, ...)
-                failed.append((t, err))
-                continue
-            plan.append((t, *_outputs(es)))
-            entries.extend(es)
-        for t in self.active:  # prompt chunks after the decoding rows, within the budget
-            if t.started:
-                continue
-            left = len(t.prompt) - t.pos
-            c = min(self.chunk, left)
-            if c > budget:
-                continue
-            budget -= c
-            toks = np.asarray(t.prompt[t.pos:t.pos + c], np.int32)
-            if c == left:
-                entry = t.first_entry(toks)
-                plan.append((t, *_outputs([entry])))
-            else:
-                entry = (t.seq, toks, "none")
-            entries.append(entry)
-            t.pos += c
-        # constrained samplers drawing in this step: their masks are computed
-        # on the worker thread while the forward pass runs
-        pending = masks.start_masks(s for e in entries if len(e) > 3 and e[3] for s in e[3])
+        plan = StepPlan(self.active, self.chunk)
         try:
-            if entries:
-                try:
-                    logits, tokens, lps = eng.step(entries)
-                finally:
-                    masks.finish_masks(pending)
-                row = draw = 0
-                for t, n_rows, n_draws in plan:
-                    try:
-                        t.apply(eng, logits[row:row + n_rows] if n_rows else logits,
-                                tokens[draw:draw + n_draws],
-                                lps[draw:draw + n_draws] if lps is not None else None)
-                    except Exception as err:  # noqa: BLE001 - the task's own failure
-                        failed.append((t, err))
-                    row += n_rows
-                    draw += n_draws
+            plan.run(self.engine)
         except BaseException as e:
             # the batch failed as a whole (or was interrupted half-applied):
             # every task in it ends, each job with an error of its own
@@ -320,13 +275,16 @@ class Scheduler:
             if not isinstance(e, Exception):
                 raise
             return True
-        self._fail(failed)
-        if any(t.done for t in self.active):
-            for t in [t for t in self.active if t.done]:
-                self.active.remove(t)
-                t.job.open -= 1
-                self._release(t)
+        self._fail(plan.failed)
+        self._retire_done()
         return True
+
+    def _retire_done(self) -> None:
+        """Finished tasks leave the batch; their sequences go back."""
+        for t in [t for t in self.active if t.done]:
+            self.active.remove(t)
+            t.job.open -= 1
+            self._release(t)
 
     def _decode_steps(self) -> None:
         """Several decode steps in one native call, for a batch of tasks that
@@ -334,12 +292,12 @@ class Scheduler:
         would apply them (tokens drawn after a stop string are dropped)."""
         eng = self.engine
         plan: list[tuple[Task, int]] = []
-        entries: list[tuple] = []
+        entries: list[DecodeEntry] = []
         for t in self.active:
             es = t.decode_entries()
             plan.append((t, len(es)))
             entries.extend(es)
-        steps = min(self.decode_steps, max(e[4] for e in entries))
+        steps = min(self.decode_steps, max(e.budget for e in entries))
         failed: list[tuple[Task, BaseException]] = []
         try:
             tokens, lps = eng.decode(entries, steps)
@@ -360,10 +318,7 @@ class Scheduler:
                 raise
             return
         self._fail(failed)
-        for t in [t for t in self.active if t.done]:
-            self.active.remove(t)
-            t.job.open -= 1
-            self._release(t)
+        self._retire_done()
 
     def _admit(self) -> None:
         """Starts waiting tasks, in order, while the blocks they may need are
@@ -413,17 +368,65 @@ class Scheduler:
             self.waiting.extendleft(reversed(skipped))
 
 
-def _outputs(entries: list) -> tuple[int, int]:
-    """(logit rows, draws) a list of entries produces."""
-    rows = draws = 0
-    for e in entries:
-        if len(e) > 3 and e[3]:
-            draws += len(e[3])
-        elif e[2] == "last":
-            rows += 1
-        elif e[2] == "all":
-            rows += len(e[1])
-    return rows, draws
+class StepPlan:
+    """One forward step of the batch: every started task's entries, then the
+    prompt chunks that fit the chunk budget; which of the step's logit rows
+    and draws go to which task; and the tasks that failed on the way."""
+
+    def __init__(self, active: list[Task], chunk: int):
+        self.entries: list[StepEntry] = []
+        self.parts: list[tuple[Task, int, int]] = []  # task, its logit rows, its draws
+        self.failed: list[tuple[Task, BaseException]] = []
+        for t in active:
+            if not t.started:
+                continue
+            try:
+                es = t.entries()
+            except Exception as err:  # noqa: BLE001 - the task's own failure (its draft model, ...)
+                self.failed.append((t, err))
+                continue
+            self._add(t, es)
+        budget = chunk
+        for t in active:  # prompt chunks after the decoding rows, within the budget
+            if t.started:
+                continue
+            left = len(t.prompt) - t.pos
+            c = min(chunk, left)
+            if c > budget:
+                continue
+            budget -= c
+            toks = np.asarray(t.prompt[t.pos:t.pos + c], np.int32)
+            if c == left:  # the prompt's last chunk: its outputs go to the task
+                self._add(t, [t.first_entry(toks)])
+            else:
+                self.entries.append(StepEntry(t.seq, toks, "none"))
+            t.pos += c
+
+    def _add(self, t: Task, es: list[StepEntry]) -> None:
+        self.parts.append((t, *step_outputs(es)))
+        self.entries.extend(es)
+
+    def run(self, eng: Engine) -> None:
+        """Runs the step and hands each task its outputs. The masks of the
+        constrained samplers drawing in it are computed on the worker thread
+        while the forward pass runs. Raises when the step as a whole fails."""
+        if not self.entries:
+            return
+        pending = masks.start_masks(s for e in self.entries if e.samplers for s in e.samplers)
+        try:
+            res = eng.step(self.entries)
+        finally:
+            masks.finish_masks(pending)
+        row = draw = 0
+        for t, n_rows, n_draws in self.parts:
+            try:
+                t.apply(eng, res.logits[row:row + n_rows] if n_rows else res.logits,
+                        res.tokens[draw:draw + n_draws],
+                        res.logprobs[draw:draw + n_draws] if res.logprobs is not None else None)
+            except Exception as err:  # noqa: BLE001 - the task's own failure
+                self.failed.append((t, err))
+            row += n_rows
+            draw += n_draws
 
 
 def _error_for_others(e: BaseException) -> BaseException:

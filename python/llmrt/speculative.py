@@ -23,9 +23,10 @@ import numpy as np
 from . import masks
 from .request import Generation, Task
 from .sampling import Sampler
+from .step import StepEntry
 
 if TYPE_CHECKING:
-    from .engine import Engine, Entry
+    from .engine import Engine
     from .outputs import GenerationResult
     from .scheduler import Job
 
@@ -263,10 +264,10 @@ class Speculative(Task):
         self.src = (PromptLookup() if isinstance(self.draft, str)
                     else DraftModel(self.draft, self.r, self.seed))
 
-    def first_entry(self, tokens: np.ndarray) -> "Entry":
-        return (self.seq, tokens, "last", [self.r.sampler], 0)
+    def first_entry(self, tokens: np.ndarray) -> StepEntry:
+        return StepEntry(self.seq, tokens, "last", [self.r.sampler], 0)
 
-    def entries(self) -> list["Entry"]:
+    def entries(self) -> list[StepEntry]:
         r = self.r
         n = self.n = r.n_hist  # the cache holds n - 1 positions; r.tok is hist[n - 1]
         room = self.length.choose(min(self.num_draft, r.p.max_new_tokens - r.n_generated - 1,
@@ -284,8 +285,8 @@ class Speculative(Task):
                 drafts = list(self.drafts)
                 self.masks = masks.submit(lambda: c.draft_masks(drafts))
         if not self.drafts:
-            return [(self.seq, np.array([r.tok], np.int32), "last", [r.sampler], r.n_generated)]
-        return [(self.seq, np.asarray([r.tok] + self.drafts, np.int32), "all")]
+            return [StepEntry(self.seq, np.array([r.tok], np.int32), "last", [r.sampler], r.n_generated)]
+        return [StepEntry(self.seq, np.asarray([r.tok] + self.drafts, np.int32), "all")]
 
     def apply(self, engine: "Engine", logits: np.ndarray, tokens: np.ndarray,
               logprobs: Sequence | None) -> None:

@@ -259,12 +259,16 @@ class Grammar:
     def __init__(self, matcher: Any, eos: frozenset[int]):
         self._m, self.eos = matcher, eos
 
+    def matcher(self) -> Any:
+        """A fresh llguidance matcher of the format (a copy: its state is the caller's)."""
+        return self._m.deep_copy()
+
     def constraint(self, sampler: "Sampler", end_ids: Iterable[int]) -> "Constraint":
         if self.trigger is not None and self.token_bytes is not None:
-            c: Constraint = LazyConstraint(self._m.deep_copy(), sampler, set(end_ids), self.eos,
+            c: Constraint = LazyConstraint(self.matcher(), sampler, set(end_ids), self.eos,
                                            self.trigger, self.token_bytes)
         else:
-            c = Constraint(self._m.deep_copy(), sampler, set(end_ids), self.eos)
+            c = Constraint(self.matcher(), sampler, set(end_ids), self.eos)
         sampler.constraint = c
         return c
 

@@ -8,6 +8,7 @@ import pytest
 from testutil import reference_logits, write_model
 
 import llmrt
+from llmrt.step import StepEntry
 
 pytestmark = pytest.mark.skipif(not llmrt.cuda_available(),
                                 reason="no CUDA device or CUDA build")
@@ -203,7 +204,7 @@ def test_decode_rows_of_different_contexts_in_one_step(tmp_path):
     ids = [eng.new_sequence() for _ in seqs]
     for s, t in zip(ids, seqs):
         eng.forward(s, t[:-1], "none")
-    out = eng.step([(s, t[-1:], "last") for s, t in zip(ids, seqs)])[0]
+    out = eng.step([StepEntry(s, t[-1:], "last") for s, t in zip(ids, seqs)])[0]
     for row, t in zip(out, seqs):
         want = cpu.logits(t)[-1]
         assert np.abs(row - want).max() <= RTOL["f32"] * 10 * np.abs(want).max()
@@ -223,8 +224,8 @@ def test_graphs_keyed_by_the_rows_wanted(tmp_path):
     modes = ["last", "none", "last", "none", "last", "last", "none", "none", "last"]
     for i, (ma, mb) in enumerate(zip(modes, modes[::-1])):
         t = [np.asarray([30 + i], np.int32), np.asarray([60 + i], np.int32)]
-        g = eng.step([(a, t[0], ma), (b, t[1], mb)])[0]
-        c = ref.step([(ra, t[0], ma), (rb, t[1], mb)])[0]
+        g = eng.step([StepEntry(a, t[0], ma), StepEntry(b, t[1], mb)])[0]
+        c = ref.step([StepEntry(ra, t[0], ma), StepEntry(rb, t[1], mb)])[0]
         assert g.shape == c.shape, i
         if g.size:
             assert np.abs(g - c).max() <= 1e-4 * np.abs(c).max(), i
@@ -312,7 +313,7 @@ def test_device_sampler_follows_the_cpu_chain(tmp_path, chain):
         samplers = [Sampler(llmrt.SamplingParams(seed=rep * 1000 + i, **kw), m.vocab_size,
                             end_ids=end) for i in range(500)]
         s = eng.new_sequence()
-        ids = eng.step([(s, prompt, "last", samplers, 0)])[1]
+        ids = eng.step([StepEntry(s, prompt, "last", samplers, 0)])[1]
         eng.release(s)
         counts += np.bincount(ids, minlength=m.vocab_size)
     assert_follows(counts, p)

@@ -1,17 +1,13 @@
-import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from serve_util import KEY, start  # noqa: E402
-from testutil import write_model  # noqa: E402
+from testutil import write_model
 
-import llmrt  # noqa: E402
+import llmrt
+from llmrt.testing.server import KEY, start
 
 
 @pytest.fixture(scope="session")

@@ -19,13 +19,13 @@ openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 pytest.importorskip("llguidance")
 
-from serve_util import KEY, metric, start  # noqa: E402
-from testutil import ADD_TOOL as ADD  # noqa: E402
-from testutil import TOOL_SCHEMAS as SCHEMAS  # noqa: E402
-from testutil import TOOLS, write_tools_model  # noqa: E402
-from testutil import WEATHER_ASK as ASK  # noqa: E402
+from testutil import ADD_TOOL as ADD
+from testutil import TOOL_SCHEMAS as SCHEMAS
+from testutil import TOOLS, write_tools_model
+from testutil import WEATHER_ASK as ASK
 
-import llmrt  # noqa: E402
+import llmrt
+from llmrt.testing.server import KEY, metric, start
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ pytest.importorskip("openai")
 pytest.importorskip("llguidance")
 pydantic = pytest.importorskip("pydantic")
 
-from serve_util import KEY, start  # noqa: E402
-from testutil import write_tools_model  # noqa: E402
+from testutil import write_tools_model
+
+from llmrt.testing.server import KEY, start
 
 
 class Add(pydantic.BaseModel):

@@ -17,9 +17,8 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
-from serve_util import KEY, metric, start  # noqa: E402
-
-import llmrt  # noqa: E402
+import llmrt
+from llmrt.testing.server import KEY, metric, start
 
 MSGS = [{"role": "user", "content": "hello there"}]
 
@@ -347,7 +346,7 @@ def test_prefix_router_ranks_replicas():
 
 def test_the_default_model_through_the_server(default_model_path):
     # SmolLM2's own chat template (ChatML) and end-of-turn token over HTTP
-    from serve_util import start
+    from llmrt.testing.server import start
     s = start(default_model_path, "--batch-invariant", "--threads", "2",
               "--context-length", "2048", "--kv-cache-tokens", "4096")
     try:

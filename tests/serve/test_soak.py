@@ -13,8 +13,9 @@ import pytest
 
 pytest.importorskip("llguidance")
 
-from serve_util import KEY, start  # noqa: E402
-from testutil import write_tools_model  # noqa: E402
+from testutil import write_tools_model
+
+from llmrt.testing.server import KEY, start
 
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},

@@ -1,4 +1,4 @@
-"""Starting `llmrt serve` subprocesses for the tests."""
+"""`llmrt serve` in a subprocess, for tests and benchmarks (needs httpx)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-
-import httpx
 
 KEY = "test-key"
 
@@ -37,6 +35,9 @@ class Server:
 
 
 def start(model: str, *args: str, timeout: float = 120) -> Server:
+    """Starts the server on a free port and waits until /health answers."""
+    import httpx
+
     port = free_port()
     log = os.path.join(os.path.dirname(model), f"serve-{port}.log")
     out = open(log, "w")
@@ -59,7 +60,11 @@ def start(model: str, *args: str, timeout: float = 120) -> Server:
 
 
 def metric(server: Server, name: str) -> float:
+    """A metric's value from the server's /metrics."""
+    import httpx
+
     text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    assert m, name
+    if m is None:
+        raise KeyError(name)
     return float(m.group(1))

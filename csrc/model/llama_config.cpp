@@ -1,4 +1,4 @@
-#include "model/llama_gguf.h"
+#include "model/llama_config.h"
 
 #include <algorithm>
 #include <cmath>
@@ -30,8 +30,36 @@ float float_value(const ConfigValues& v, const char* key, float dflt) {
 
 // Expert tensors are sliced into one view per expert: their pages are
 // shared by several views.
-bool sliced(const std::string& name) {
-  return name.size() > 12 && name.compare(name.size() - 12, 12, "_exps.weight") == 0;
+bool sliced(const std::string& role) {
+  const size_t dot = role.rfind('.');
+  return role.compare(dot == std::string::npos ? 0 : dot + 1, 2, "e_") == 0;
+}
+
+// The roles a table may hold: a name it does not know is an error (a loader
+// out of step with the model), not a tensor silently left unused.
+const char* const kGlobalRoles[] = {"tok_embd",   "output_norm",       "output",
+                                    "rope_freqs", "rope_factors_long", "rope_factors_short"};
+const char* const kLayerRoles[] = {
+    "attn_norm", "wqkv", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "q_norm", "k_norm",
+    "ffn_norm", "post_attn_norm", "post_ffn_norm", "router", "e_gate", "e_up", "e_down",
+    "w_gate", "w_up", "w_gate_up", "w_down"};
+
+void check_roles(const TensorTable& tensors, int n_layer) {
+  for (const auto& item : tensors) {
+    const std::string& name = item.first;
+    bool known = false;
+    if (name.compare(0, 7, "layers.") == 0) {
+      const size_t dot = name.find('.', 7);
+      const std::string idx = name.substr(7, dot == std::string::npos ? 0 : dot - 7);
+      const bool digits = !idx.empty() && idx.size() < 9 &&
+                          idx.find_first_not_of("0123456789") == std::string::npos;
+      if (digits && std::stoi(idx) < n_layer)
+        for (const char* r : kLayerRoles) known |= name.compare(dot + 1, std::string::npos, r) == 0;
+    } else {
+      for (const char* r : kGlobalRoles) known |= name == r;
+    }
+    if (!known) throw std::invalid_argument("unknown tensor role '" + name + "'");
+  }
 }
 
 }  // namespace
@@ -126,58 +154,59 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
     return v;
   };
 
+  check_roles(tensors, c.n_layer);
   LlamaWeights w;
-  w.tok_embd = view("token_embd.weight", true);
-  w.output_norm = vec("output_norm.weight", c.n_embd, true);
-  w.output = view("output.weight", false);
+  w.tok_embd = view("tok_embd", true);
+  w.output_norm = vec("output_norm", c.n_embd, true);
+  w.output = view("output", false);
   if (w.output.empty()) w.output = w.tok_embd;  // tied embeddings
-  c.rope.freq_factors = vec("rope_freqs.weight", c.rope.n_rot / 2, false);
+  c.rope.freq_factors = vec("rope_freqs", c.rope.n_rot / 2, false);
   // LongRoPE (phi3): the long factors where the context runs past the
   // original one, else the short ones (as llama.cpp chooses)
-  const WeightView long_f = view("rope_factors_long.weight", false);
-  if (!long_f.empty())
-    c.rope.freq_factors = vec(c.n_ctx > c.rope_orig_ctx ? "rope_factors_long.weight"
-                                                        : "rope_factors_short.weight",
-                              c.rope.n_rot / 2, true);
+  if (!view("rope_factors_long", false).empty())
+    c.rope.freq_factors =
+        vec(c.n_ctx > c.rope_orig_ctx ? "rope_factors_long" : "rope_factors_short",
+            c.rope.n_rot / 2, true);
   c.rope_swa.freq_factors = c.rope.freq_factors;
   const int64_t qd = (int64_t)c.n_head * c.head_dim, kvd = (int64_t)c.n_head_kv * c.head_dim;
   for (int i = 0; i < c.n_layer; ++i) {
-    const std::string p = "blk." + std::to_string(i) + ".";
+    const std::string p = "layers." + std::to_string(i) + ".";
     LayerWeights L;
-    L.attn_norm = vec(p + "attn_norm.weight", c.n_embd, true);
-    const WeightView qkv = view(p + "attn_qkv.weight", false);
-    if (!qkv.empty()) {  // phi3: q, k and v rows in one tensor
-      L.wq = rows(p + "attn_qkv.weight", qkv, 0, qd);
-      L.wk = rows(p + "attn_qkv.weight", qkv, qd, kvd);
-      L.wv = rows(p + "attn_qkv.weight", qkv, qd + kvd, kvd);
+    L.attn_norm = vec(p + "attn_norm", c.n_embd, true);
+    const WeightView qkv = view(p + "wqkv", false);
+    if (!qkv.empty()) {  // q, k and v rows in one tensor
+      L.wq = rows(p + "wqkv", qkv, 0, qd);
+      L.wk = rows(p + "wqkv", qkv, qd, kvd);
+      L.wv = rows(p + "wqkv", qkv, qd + kvd, kvd);
     } else {
-      L.wq = view(p + "attn_q.weight", true);
-      L.wk = view(p + "attn_k.weight", true);
-      L.wv = view(p + "attn_v.weight", true);
+      L.wq = view(p + "wq", true);
+      L.wk = view(p + "wk", true);
+      L.wv = view(p + "wv", true);
     }
-    L.wo = view(p + "attn_output.weight", true);
-    L.bq = vec(p + "attn_q.bias", qd, false);
-    L.bk = vec(p + "attn_k.bias", kvd, false);
-    L.bv = vec(p + "attn_v.bias", kvd, false);
-    L.q_norm = vec(p + "attn_q_norm.weight", c.head_dim, false);
-    L.k_norm = vec(p + "attn_k_norm.weight", c.head_dim, false);
-    L.post_attn_norm = vec(p + "post_attention_norm.weight", c.n_embd, false);
-    L.post_ffn_norm = vec(p + "post_ffw_norm.weight", c.n_embd, false);
-    L.ffn_norm = vec(p + "ffn_norm.weight", c.n_embd, true);
+    L.wo = view(p + "wo", true);
+    L.bq = vec(p + "bq", qd, false);
+    L.bk = vec(p + "bk", kvd, false);
+    L.bv = vec(p + "bv", kvd, false);
+    L.q_norm = vec(p + "q_norm", c.head_dim, false);
+    L.k_norm = vec(p + "k_norm", c.head_dim, false);
+    L.post_attn_norm = vec(p + "post_attn_norm", c.n_embd, false);
+    L.post_ffn_norm = vec(p + "post_ffn_norm", c.n_embd, false);
+    L.ffn_norm = vec(p + "ffn_norm", c.n_embd, true);
     if (c.n_expert > 0) {
-      L.router = view(p + "ffn_gate_inp.weight", true);
-      experts(p + "ffn_gate_exps.weight", L.e_gate);
-      experts(p + "ffn_up_exps.weight", L.e_up);
-      experts(p + "ffn_down_exps.weight", L.e_down);
+      L.router = view(p + "router", true);
+      experts(p + "e_gate", L.e_gate);
+      experts(p + "e_up", L.e_up);
+      experts(p + "e_down", L.e_down);
     } else {
-      L.w_gate = view(p + "ffn_gate.weight", false);
-      L.w_up = view(p + "ffn_up.weight", true);
-      if (L.w_gate.empty()) {  // phi3: gate and up rows in one tensor, gate first
-        const WeightView gu = L.w_up;
-        L.w_gate = rows(p + "ffn_up.weight", gu, 0, c.n_ff);
-        L.w_up = rows(p + "ffn_up.weight", gu, c.n_ff, c.n_ff);
+      const WeightView gu = view(p + "w_gate_up", false);
+      if (!gu.empty()) {  // gate and up rows in one tensor, gate first
+        L.w_gate = rows(p + "w_gate_up", gu, 0, c.n_ff);
+        L.w_up = rows(p + "w_gate_up", gu, c.n_ff, c.n_ff);
+      } else {
+        L.w_gate = view(p + "w_gate", true);
+        L.w_up = view(p + "w_up", true);
       }
-      L.w_down = view(p + "ffn_down.weight", true);
+      L.w_down = view(p + "w_down", true);
     }
     w.layers.push_back(std::move(L));
   }
