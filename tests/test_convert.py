@@ -50,7 +50,7 @@ def _hf_weights(c, rng, qwen_bias=False):
         if qwen_bias:
             for n, rows in (("q", H * hd), ("k", KV * hd), ("v", KV * hd)):
                 w[p + f"self_attn.{n}_proj.bias"] = 0.1 * rng.standard_normal(rows)
-        if c["architectures"][0] == "Qwen3ForCausalLM":  # RMSNorm of each head of q and k
+        if c["architectures"][0] in ("Qwen3ForCausalLM", "Qwen3MoeForCausalLM"):  # per-head norms
             w[p + "self_attn.q_norm.weight"] = 1 + 0.3 * rng.standard_normal(hd)
             w[p + "self_attn.k_norm.weight"] = 1 + 0.3 * rng.standard_normal(hd)
         E = c.get("num_local_experts", 0)
@@ -61,6 +61,8 @@ def _hf_weights(c, rng, qwen_bias=False):
                 w[m + f"experts.{e}.w1.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
                 w[m + f"experts.{e}.w3.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
                 w[m + f"experts.{e}.w2.weight"] = rng.standard_normal((D, F)) / np.sqrt(F)
+        elif c.get("num_experts"):  # Qwen's MoE: mlp.gate, mlp.experts.N.*, a shared expert
+            w.update(_qwen_moe_weights(c, p + "mlp.", rng))
         else:
             w[p + "mlp.gate_proj.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
             w[p + "mlp.up_proj.weight"] = rng.standard_normal((F, D)) / np.sqrt(D)
@@ -71,6 +73,22 @@ def _hf_weights(c, rng, qwen_bias=False):
             w[p + "mlp.gate_up_proj.weight"] = np.concatenate(
                 [w.pop(p + "mlp.gate_proj.weight"), w.pop(p + "mlp.up_proj.weight")])
     return {k: v.astype(np.float32) for k, v in w.items()}
+
+
+def _qwen_moe_weights(c, m, rng):
+    D, E, Fe = c["hidden_size"], c["num_experts"], c["moe_intermediate_size"]
+    w = {m + "gate.weight": rng.standard_normal((E, D))}
+    for e in range(E):
+        w[m + f"experts.{e}.gate_proj.weight"] = rng.standard_normal((Fe, D)) / np.sqrt(D)
+        w[m + f"experts.{e}.up_proj.weight"] = rng.standard_normal((Fe, D)) / np.sqrt(D)
+        w[m + f"experts.{e}.down_proj.weight"] = rng.standard_normal((D, Fe)) / np.sqrt(Fe)
+    Fs = c.get("shared_expert_intermediate_size")
+    if Fs:
+        w[m + "shared_expert_gate.weight"] = rng.standard_normal((1, D)) / np.sqrt(D)
+        w[m + "shared_expert.gate_proj.weight"] = rng.standard_normal((Fs, D)) / np.sqrt(D)
+        w[m + "shared_expert.up_proj.weight"] = rng.standard_normal((Fs, D)) / np.sqrt(D)
+        w[m + "shared_expert.down_proj.weight"] = rng.standard_normal((D, Fs)) / np.sqrt(Fs)
+    return w
 
 
 def _save(d, c, w, shards=2):
@@ -147,21 +165,8 @@ def hf_reference(c, w, ids):
             out[:, hh] = (s / s.sum(-1, keepdims=True)) @ v[:, hh // (H // KV)]
         x = x + out.reshape(n, -1) @ W[p + "self_attn.o_proj.weight"].T
         h = _rmsnorm(x, W[p + "post_attention_layernorm.weight"], eps)
-        E = c.get("num_local_experts", 0)
-        if E:
-            m = p + "block_sparse_moe."
-            logits = h @ W[m + "gate.weight"].T
-            pr = np.exp(logits - logits.max(-1, keepdims=True))
-            pr /= pr.sum(-1, keepdims=True)
-            y = np.zeros_like(h)
-            for t in range(n):
-                top = np.argsort(-pr[t], kind="stable")[:c["num_experts_per_tok"]]
-                for e in top:
-                    g = h[t] @ W[m + f"experts.{e}.w1.weight"].T
-                    u = h[t] @ W[m + f"experts.{e}.w3.weight"].T
-                    y[t] += pr[t, e] / pr[t, top].sum() * (
-                        (g / (1 + np.exp(-g)) * u) @ W[m + f"experts.{e}.w2.weight"].T)
-            x = x + y
+        if c.get("num_local_experts") or c.get("num_experts"):
+            x = x + _moe_reference(c, W, p, h)
         else:
             g = h @ W[p + "mlp.gate_proj.weight"].T
             u = h @ W[p + "mlp.up_proj.weight"].T
@@ -169,6 +174,34 @@ def hf_reference(c, w, ids):
     x = _rmsnorm(x, W["model.norm.weight"], eps)
     head = W["lm_head.weight"] if "lm_head.weight" in W else W["model.embed_tokens.weight"]
     return x @ head.T
+
+
+def _moe_reference(c, W, p, h):
+    """A sparse layer with Hugging Face's conventions: softmax over every
+    expert, the top k (renormalised where norm_topk_prob, always for Mixtral),
+    and Qwen2-MoE's shared expert scaled by the sigmoid of its gate."""
+    mixtral = "num_local_experts" in c
+    m = p + ("block_sparse_moe." if mixtral else "mlp.")
+    names = ("w1", "w3", "w2") if mixtral else ("gate_proj", "up_proj", "down_proj")
+    norm = mixtral or c.get("norm_topk_prob", False)
+    logits = h @ W[m + "gate.weight"].T
+    pr = np.exp(logits - logits.max(-1, keepdims=True))
+    pr /= pr.sum(-1, keepdims=True)
+
+    def ffn(x, pre):
+        g, u = x @ W[pre + names[0] + ".weight"].T, x @ W[pre + names[1] + ".weight"].T
+        return (g / (1 + np.exp(-g)) * u) @ W[pre + names[2] + ".weight"].T
+
+    y = np.zeros_like(h)
+    for t in range(len(h)):
+        top = np.argsort(-pr[t], kind="stable")[:c["num_experts_per_tok"]]
+        for e in top:
+            y[t] += pr[t, e] / (pr[t, top].sum() if norm else 1.0) * ffn(h[t], f"{m}experts.{e}.")
+    if m + "shared_expert_gate.weight" in W:
+        names = ("gate_proj", "up_proj", "down_proj")
+        gate = 1 / (1 + np.exp(-(h @ W[m + "shared_expert_gate.weight"].T)))
+        y += gate * ffn(h, m + "shared_expert.")
+    return y
 
 
 @pytest.fixture(scope="module")

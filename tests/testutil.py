@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from llmrt.families import family
 from llmrt.testing.blocks import KQUANT_BYTES, dequantize_ref, encode_tensor, random_kquant
 from llmrt.testing.models import (
     ADD_TOOL,
@@ -99,7 +100,7 @@ def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None,
     tokens = np.asarray(tokens)
     n = len(tokens)
     H, KV, hd = cfg["n_head"], cfg["n_head_kv"], cfg["head_dim"]
-    neox = cfg["arch"] in ("qwen2", "qwen3")
+    neox = family(cfg["arch"]).rope_neox
     pos = np.arange(n, dtype=np.float64)
     x = W["token_embd.weight"][tokens]
     mask = np.triu(np.full((n, n), -np.inf), 1)
@@ -128,7 +129,7 @@ def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None,
         x = x + mm(out.reshape(n, H * hd), p + "attn_output.weight")
         h = _rmsnorm(x, W[p + "ffn_norm.weight"], cfg["eps"])
         if cfg.get("n_expert"):
-            x = x + _moe_ref(W, p, h, cfg["n_expert_used"], mm)
+            x = x + _moe_ref(W, p, h, cfg["n_expert_used"], mm, cfg.get("expert_norm", True))
         else:
             gate = mm(h, p + "ffn_gate.weight")
             up = mm(h, p + "ffn_up.weight")
@@ -138,22 +139,28 @@ def reference_logits(W: dict, cfg: dict, tokens, types: dict | None = None,
     return mm(x, head)
 
 
-def _moe_ref(W: dict, p: str, h: np.ndarray, k: int, mm) -> np.ndarray:
-    """Mixtral's sparse FFN: softmax over the router's logits, the k largest
-    kept and renormalised, the chosen experts' SwiGLU FFNs mixed."""
+def _moe_ref(W: dict, p: str, h: np.ndarray, k: int, mm, norm: bool = True) -> np.ndarray:
+    """A sparse FFN: softmax over the router's logits, the k largest kept (and
+    renormalised with norm), the chosen experts' SwiGLU FFNs mixed; plus a
+    shared expert scaled by the sigmoid of its gate where the layer has one."""
     logits = mm(h, p + "ffn_gate_inp.weight")
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     out = np.zeros_like(h)
     for t in range(len(h)):
         top = np.argsort(-probs[t], kind="stable")[:k]
-        w = probs[t, top] / probs[t, top].sum()
+        w = probs[t, top] / (probs[t, top].sum() if norm else 1.0)
         for e, we in zip(top, w):
             ht = h[t:t + 1]
             g = mm(ht, p + "ffn_gate_exps.weight", W[p + "ffn_gate_exps.weight"][e])
             u = mm(ht, p + "ffn_up_exps.weight", W[p + "ffn_up_exps.weight"][e])
             a = g / (1 + np.exp(-g)) * u
             out[t] += we * mm(a, p + "ffn_down_exps.weight", W[p + "ffn_down_exps.weight"][e])[0]
+    if p + "ffn_gate_inp_shexp.weight" in W:
+        gate = 1 / (1 + np.exp(-(h @ W[p + "ffn_gate_inp_shexp.weight"])))
+        g = mm(h, p + "ffn_gate_shexp.weight")
+        u = mm(h, p + "ffn_up_shexp.weight")
+        out += gate[:, None] * mm(g / (1 + np.exp(-g)) * u, p + "ffn_down_shexp.weight")
     return out
 
 

@@ -35,6 +35,9 @@ struct LlamaModel::Scratch {
   float *lora_a = nullptr, *lora_b = nullptr;  // LoRA: (rows, rank) and (rows, widest output)
   int lora_cap = 0, lora_rank = 0;
   std::vector<float> router_host;
+  std::vector<std::vector<int32_t>> expert_rows;  // mixture of experts: each expert's rows
+  std::vector<std::vector<float>> expert_weights;  // and their weights
+  std::vector<int32_t> all_rows;
   std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
   std::vector<AttnSeq> attn;      // the pass's sequences, for attention
   std::vector<AttnSeq> attn_local;  // the same with the sliding pool's tables
@@ -105,9 +108,15 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
           (int)L.e_down.size() != c.n_expert)
         throw std::invalid_argument(p + "experts: expected " + std::to_string(c.n_expert));
       for (int e = 0; e < c.n_expert; ++e) {
-        check_view(L.e_gate[e], c.n_ff, c.n_embd, p + "e_gate");
-        check_view(L.e_up[e], c.n_ff, c.n_embd, p + "e_up");
-        check_view(L.e_down[e], c.n_embd, c.n_ff, p + "e_down");
+        check_view(L.e_gate[e], c.n_ff_exp, c.n_embd, p + "e_gate");
+        check_view(L.e_up[e], c.n_ff_exp, c.n_embd, p + "e_up");
+        check_view(L.e_down[e], c.n_embd, c.n_ff_exp, p + "e_down");
+      }
+      if (c.n_ff_shexp > 0) {
+        check_view(L.s_gate_inp, 1, c.n_embd, p + "s_gate_inp");
+        check_view(L.s_gate, c.n_ff_shexp, c.n_embd, p + "s_gate");
+        check_view(L.s_up, c.n_ff_shexp, c.n_embd, p + "s_up");
+        check_view(L.s_down, c.n_embd, c.n_ff_shexp, p + "s_down");
       }
     } else {
       check_view(L.w_gate, c.n_ff, c.n_embd, p + "w_gate");
@@ -139,7 +148,8 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
   for (auto& L : w_.layers) {
     for (WeightView* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
       if (!v->empty()) prep(*v);
-    if (!L.router.empty()) prep(L.router);
+    for (WeightView* v : {&L.router, &L.s_gate_inp, &L.s_gate, &L.s_up, &L.s_down})
+      if (!v->empty()) prep(*v);
     for (auto* ex : {&L.e_gate, &L.e_up, &L.e_down})
       for (WeightView& v : *ex) prep(v);
   }
@@ -164,10 +174,11 @@ void LlamaModel::ensure_scratch(int n) {
   s->v = backend_->alloc_floats((size_t)n * kvd);
   s->att = backend_->alloc_floats((size_t)n * std::max<size_t>(qd, c.n_embd));
   s->hid = backend_->alloc_floats((size_t)n * c.n_embd);
-  s->gate = backend_->alloc_floats((size_t)n * c.n_ff);
-  s->up = backend_->alloc_floats((size_t)n * c.n_ff);
+  const size_t ff = std::max({c.n_ff, c.n_expert > 0 ? c.n_ff_exp : 0, c.n_ff_shexp});
+  s->gate = backend_->alloc_floats((size_t)n * ff);
+  s->up = backend_->alloc_floats((size_t)n * ff);
   if (c.n_expert > 0) {
-    s->router = backend_->alloc_floats((size_t)n * c.n_expert);
+    s->router = backend_->alloc_floats((size_t)n * (c.n_expert + 1));  // + the shared gate
     s->ex = backend_->alloc_floats((size_t)n * c.n_embd);
     s->ey = backend_->alloc_floats((size_t)n * c.n_embd);
   }
@@ -769,7 +780,7 @@ void LlamaModel::moe_ffn(const LayerWeights& L, int n) {
   Backend& be = *backend_;
   Scratch& s = *s_;
   const auto& c = cfg_;
-  const int E = c.n_expert, K = c.n_expert_used, D = c.n_embd, F = c.n_ff;
+  const int E = c.n_expert, K = c.n_expert_used, D = c.n_embd, F = c.n_ff_exp;
   be.matmul(L.router, s.xn, n, s.router);  // (n, E)
   const float* R = s.router;
   if (!be.host_memory()) {
@@ -777,8 +788,13 @@ void LlamaModel::moe_ffn(const LayerWeights& L, int n) {
     be.download(s.router_host.data(), s.router, (size_t)n * E);
     R = s.router_host.data();
   }
-  std::vector<std::vector<int32_t>> rows(E);
-  std::vector<std::vector<float>> weights(E);
+  // each expert's rows and their weights: the softmax over every expert of
+  // the K largest logits, renormalised over those K or not
+  std::vector<std::vector<int32_t>>& rows = s.expert_rows;
+  std::vector<std::vector<float>>& weights = s.expert_weights;
+  rows.resize(E);
+  weights.resize(E);
+  for (int e = 0; e < E; ++e) rows[e].clear(), weights[e].clear();
   std::vector<int> order(E);
   for (int t = 0; t < n; ++t) {
     const float* r = R + (size_t)t * E;
@@ -786,23 +802,55 @@ void LlamaModel::moe_ffn(const LayerWeights& L, int n) {
     std::partial_sort(order.begin(), order.begin() + K, order.end(),
                       [r](int a, int b) { return r[a] > r[b] || (r[a] == r[b] && a < b); });
     const float mx = r[order[0]];
-    float sum = 0.f;
-    for (int k = 0; k < K; ++k) sum += std::exp(r[order[k]] - mx);
+    double sum = 0.0;
+    if (c.expert_norm) {
+      for (int k = 0; k < K; ++k) sum += std::exp((double)(r[order[k]] - mx));
+    } else {
+      for (int e = 0; e < E; ++e) sum += std::exp((double)(r[e] - mx));
+    }
     for (int k = 0; k < K; ++k) {
       rows[order[k]].push_back(t);
-      weights[order[k]].push_back(std::exp(r[order[k]] - mx) / sum);
+      weights[order[k]].push_back((float)(std::exp((double)(r[order[k]] - mx)) / sum));
     }
   }
+  // each chosen expert once, over all the rows that chose it
   for (int e = 0; e < E; ++e) {
     const int m = (int)rows[e].size();
     if (m == 0) continue;
-    be.gather_rows(s.ex, s.xn, rows[e].data(), m, D);
+    const float* in = s.xn;  // every row (in order): no gather
+    if (m < n) {
+      be.gather_rows(s.ex, s.xn, rows[e].data(), m, D);
+      in = s.ex;
+    }
     const MatmulJob gu[2] = {{&L.e_gate[e], s.gate}, {&L.e_up[e], s.up}};
-    be.matmul_many(gu, 2, s.ex, m);
+    be.matmul_many(gu, 2, in, m);
     be.swiglu(s.gate, s.up, (size_t)m * F);
     be.matmul(L.e_down[e], s.gate, m, s.ey);
     be.scatter_add_rows(s.x, s.ey, rows[e].data(), weights[e].data(), m, D);
   }
+  if (c.n_ff_shexp > 0) shared_expert(L, n);
+}
+
+void LlamaModel::shared_expert(const LayerWeights& L, int n) {
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const auto& c = cfg_;
+  const int D = c.n_embd, F = c.n_ff_shexp;
+  // its gate: sigmoid(s_gate_inp . xn) per row, on the host
+  be.matmul(L.s_gate_inp, s.xn, n, s.router);  // (n, 1)
+  std::vector<float>& g = s.router_host;
+  g.resize(n);
+  if (be.host_memory()) std::copy(s.router, s.router + n, g.begin());
+  else be.download(g.data(), s.router, (size_t)n);
+  for (float& v : g) v = 1.f / (1.f + std::exp(-v));
+  std::vector<int32_t>& ident = s.all_rows;  // rows 0 .. n-1
+  ident.resize(n);
+  for (int i = 0; i < n; ++i) ident[i] = i;
+  const MatmulJob gu[2] = {{&L.s_gate, s.gate}, {&L.s_up, s.up}};
+  be.matmul_many(gu, 2, s.xn, n);
+  be.swiglu(s.gate, s.up, (size_t)n * F);
+  be.matmul(L.s_down, s.gate, n, s.ey);
+  be.scatter_add_rows(s.x, s.ey, ident.data(), g.data(), n, D);
 }
 
 // ---- LoRA ----------------------------------------------------------------------------

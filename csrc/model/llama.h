@@ -27,6 +27,11 @@ struct LlamaConfig {
   int n_ctx = 0;  // positions of one sequence
   int n_expert = 0;       // Mixture-of-Experts FFN: experts per layer (0: dense)
   int n_expert_used = 0;  // experts each token goes through
+  int n_ff_exp = 0;       // an expert's FFN width (0: n_ff)
+  int n_ff_shexp = 0;     // the shared expert's (0: none)
+  // the chosen experts' weights: softmax over all experts, then renormalised
+  // over the chosen ones (true: Mixtral, qwen3moe) or not (qwen2moe)
+  bool expert_norm = true;
   float rms_eps = 1e-5f;
   RopeParams rope;
   int rope_orig_ctx = 0;      // LongRoPE: the context its short factors are for
@@ -65,9 +70,12 @@ struct LayerWeights {
   const float* ffn_norm = nullptr;   // (n_embd,)
   WeightView w_gate, w_up, w_down;   // (n_ff, n_embd), (n_ff, n_embd), (n_embd, n_ff)
   // Mixture of experts (instead of w_gate / w_up / w_down): the router
-  // (n_expert, n_embd) and each expert's FFN.
+  // (n_expert, n_embd) and each expert's FFN (n_ff_exp wide).
   WeightView router;
   std::vector<WeightView> e_gate, e_up, e_down;
+  // A shared expert beside them (n_ff_shexp wide), scaled by the sigmoid of
+  // s_gate_inp (1, n_embd) . x (qwen2moe).
+  WeightView s_gate_inp, s_gate, s_up, s_down;
 };
 
 struct LlamaWeights {
@@ -194,6 +202,8 @@ class LlamaModel {
   void draw(const Segment* segs, int count, int rows);
   // x += the layer's mixture-of-experts FFN of xn, n rows
   void moe_ffn(const LayerWeights& L, int n);
+  // x += its shared expert's FFN of xn, scaled by its gate
+  void shared_expert(const LayerWeights& L, int n);
   void ensure_scratch(int n);
   // y (rows of the pass, out) += B (A x) for the segments whose sequence uses
   // an adapter with a pair for (layer, target); x (rows, cols).

@@ -42,7 +42,7 @@ const char* const kGlobalRoles[] = {"tok_embd",   "output_norm",       "output",
 const char* const kLayerRoles[] = {
     "attn_norm", "wqkv", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "q_norm", "k_norm",
     "ffn_norm", "post_attn_norm", "post_ffn_norm", "router", "e_gate", "e_up", "e_down",
-    "w_gate", "w_up", "w_gate_up", "w_down"};
+    "s_gate_inp", "s_gate", "s_up", "s_down", "w_gate", "w_up", "w_gate_up", "w_down"};
 
 void check_roles(const TensorTable& tensors, int n_layer) {
   for (const auto& item : tensors) {
@@ -83,6 +83,12 @@ LlamaConfig llama_config(const ConfigValues& v) {
   if (!(c.rope.mscale > 0.f)) throw std::invalid_argument("rope_mscale must be positive");
   c.n_expert = int_value(v, "n_expert", false);
   c.n_expert_used = int_value(v, "n_expert_used", false);
+  c.n_ff_exp = int_value(v, "n_ff_exp", false);
+  c.n_ff_shexp = int_value(v, "n_ff_shexp", false);
+  c.expert_norm = int_value(v, "expert_norm", false, 1) != 0;
+  if (c.n_ff_exp < 0 || c.n_ff_shexp < 0)
+    throw std::invalid_argument("n_ff_exp and n_ff_shexp must not be negative");
+  if (c.n_ff_exp == 0) c.n_ff_exp = int_value(v, "n_ff", true);
   c.rope_orig_ctx = int_value(v, "rope_orig_ctx", false, c.n_ctx);
   c.embd_scale = float_value(v, "embd_scale", 0.f);
   c.gelu = int_value(v, "ffn_gelu", false) != 0;
@@ -197,6 +203,12 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
       experts(p + "e_gate", L.e_gate);
       experts(p + "e_up", L.e_up);
       experts(p + "e_down", L.e_down);
+      if (c.n_ff_shexp > 0) {
+        L.s_gate_inp = view(p + "s_gate_inp", true);
+        L.s_gate = view(p + "s_gate", true);
+        L.s_up = view(p + "s_up", true);
+        L.s_down = view(p + "s_down", true);
+      }
     } else {
       const WeightView gu = view(p + "w_gate_up", false);
       if (!gu.empty()) {  // gate and up rows in one tensor, gate first

@@ -11,15 +11,13 @@ Gemma 3 (the text model; of a multimodal checkpoint, its language model).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .arrays import permute_qk
+from .convert_plan import Tensors, tensor_plan
 from .convert_tokenizer import write_tokenizer
 from .errors import CheckpointError, UnsupportedModelError
 from .families import BY_HF_CLASS
@@ -40,7 +38,6 @@ _GEMMA3_TEXT_DEFAULTS = dict(
     rms_norm_eps=1e-6, rope_theta=1000000.0, rope_local_base_freq=10000.0,
     query_pre_attn_scalar=256, sliding_window=4096, sliding_window_pattern=6,
     hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True)
-_TEXT_PREFIXES = ("model.language_model.", "language_model.model.")
 
 
 def _text_config(cfg: dict, d: str) -> dict:
@@ -57,37 +54,6 @@ def _text_config(cfg: dict, d: str) -> dict:
 def _json(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
-
-
-
-
-class _Tensors:
-    """Lazy access to the tensors of a directory's safetensors files."""
-
-    def __init__(self, d: str):
-        try:
-            from safetensors import safe_open
-        except ImportError:
-            raise ImportError("llmrt convert reads checkpoints with the safetensors package: "
-                              "pip install safetensors (or llmrt[convert])") from None
-        files = sorted(glob.glob(os.path.join(d, "*.safetensors")))
-        if not files:
-            raise CheckpointError(f"{d}: no *.safetensors files")
-        self.where: dict[str, str] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self._open = safe_open
-        for f in files:
-            try:
-                with safe_open(f, "np") as h:
-                    for k in h.keys():
-                        self.where[k] = f
-                        self.shapes[k] = tuple(h.get_slice(k).get_shape())
-            except Exception as e:  # noqa: BLE001 - a broken file
-                raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
-
-    def get(self, name: str) -> np.ndarray:
-        with self._open(self.where[name], "np") as h:
-            return np.asarray(h.get_tensor(name)).astype(np.float32)
 
 
 def _rope_legacy(cfg: dict) -> dict:
@@ -166,10 +132,12 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
               ctx=int(cfg.get("max_position_embeddings", 4096)),
               head_dim=int(cfg.get("head_dim") or n_embd // n_head),
               tied=bool(cfg.get("tie_word_embeddings", fam.tied_default)),
-              n_expert=int(cfg.get("num_local_experts", 0) if hf == "MixtralForCausalLM" else 0),
+              n_expert=int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0),
               n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None,
               rope_factors=None, sliding_window=int(cfg.get("sliding_window") or 0),
               longrope=None)
+    if hp["n_expert"]:
+        _moe_hparams(cfg, d, hp)
     if not fam.gemma:  # the layers the window applies to: all of them, or none
         hp["swa_pattern"] = _pattern(_sliding_flags(cfg, hf, hp["n_layer"], d), d)
         if hp["swa_pattern"] == 1:
@@ -194,6 +162,19 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
             raise UnsupportedModelError(f"{d}: RoPE scaling {kind!r} is not supported "
                                         "(linear and llama3 are; config.json rope_scaling)")
     return hp
+
+
+def _moe_hparams(cfg: dict, d: str, hp: dict) -> None:
+    """A mixture of experts' widths and weighting (into hp); every layer sparse."""
+    if int(cfg.get("decoder_sparse_step", 1)) != 1 or cfg.get("mlp_only_layers"):
+        raise UnsupportedModelError(f"{d}: dense layers among the sparse ones are not supported "
+                                    "(config.json decoder_sparse_step / mlp_only_layers)")
+    if not 0 < hp["n_expert_used"] <= hp["n_expert"]:
+        raise CheckpointError(f"{d}/config.json: num_experts_per_tok must be in "
+                              f"[1, {hp['n_expert']}]")
+    hp["n_ff_exp"] = int(cfg.get("moe_intermediate_size") or hp["n_ff"])
+    hp["n_ff_shexp"] = int(cfg.get("shared_expert_intermediate_size") or hp["n_ff"])
+    hp["expert_norm"] = bool(cfg.get("norm_topk_prob", hp["family"].expert_norm))
 
 
 def _gemma_hparams(cfg: dict, d: str, hp: dict) -> dict | None:
@@ -281,120 +262,6 @@ def _llama3_factors(rs: dict, head_dim: int, theta: float) -> np.ndarray:
     return div.astype(np.float32)
 
 
-def _stack(ts: _Tensors, names: list[str]) -> np.ndarray:
-    return np.stack([ts.get(n) for n in names])
-
-
-class _Planner:
-    """The conversion plan being built: (GGUF name, numpy shape, loader) for
-    each tensor, each source checked for presence and shape."""
-
-    def __init__(self, ts: _Tensors):
-        self.ts = ts
-        self.plan: list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]] = []
-
-    def src(self, name: str, shape: tuple[int, ...]) -> str:
-        if name not in self.ts.shapes:
-            raise CheckpointError(f"the checkpoint has no tensor {name!r}")
-        if self.ts.shapes[name] != shape:
-            raise CheckpointError(f"tensor {name!r} has shape {self.ts.shapes[name]}, the config "
-                                  f"implies {shape}")
-        return name
-
-    def add(self, gname: str, name: str, shape: tuple[int, ...],
-            fix: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        self.src(name, shape)
-        ts = self.ts
-        self.plan.append((gname, shape, lambda: fix(ts.get(name)) if fix else ts.get(name)))
-
-
-def _plan(hp: dict, ts: _Tensors) -> list[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
-    """(GGUF name, numpy shape, loader) for every tensor, after checking that
-    the checkpoint has each one with the shape the config implies."""
-    D, V = hp["n_embd"], hp["n_vocab"]
-    pl = _Planner(ts)
-    if hp["multimodal"]:  # the text model's tensors, under one of two prefixes
-        hp["prefix"] = next((p for p in _TEXT_PREFIXES if p + "embed_tokens.weight" in ts.shapes),
-                            None)
-        if hp["prefix"] is None:
-            raise CheckpointError("the checkpoint has no language model tensors "
-                                  f"({' or '.join(p + 'embed_tokens.weight' for p in _TEXT_PREFIXES)})")
-    pre = hp["prefix"]
-    pl.add("token_embd.weight", pre + "embed_tokens.weight", (V, D))
-    # gemma's norms scale by (1 + w); the file holds 1 + w (as llama.cpp's converter writes)
-    norm_fix = (lambda w: w + 1.0) if hp["family"].gemma else None
-    for i in range(hp["n_layer"]):
-        _attention_plan(pl, hp, f"blk.{i}.", f"{pre}layers.{i}.", norm_fix)
-        _ffn_plan(pl, hp, f"blk.{i}.", f"{pre}layers.{i}.", norm_fix)
-    pl.add("output_norm.weight", pre + "norm.weight", (D,), norm_fix)
-    plan = pl.plan
-    if hp["rope_factors"] is not None:
-        f = hp["rope_factors"]
-        plan.append(("rope_freqs.weight", f.shape, lambda: f))
-    if hp["longrope"] is not None:
-        lr = hp["longrope"]
-        plan.append(("rope_factors_long.weight", lr["long_factor"].shape, lambda: lr["long_factor"]))
-        plan.append(("rope_factors_short.weight", lr["short_factor"].shape,
-                     lambda: lr["short_factor"]))
-    if not hp["tied"] and "lm_head.weight" in ts.shapes:
-        pl.add("output.weight", "lm_head.weight", (V, D))
-    elif not hp["tied"]:
-        raise CheckpointError("the checkpoint has no tensor 'lm_head.weight' (and the config "
-                              "does not tie it to the embeddings)")
-    return plan
-
-
-def _attention_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> None:
-    """One layer's norm and attention tensors (p: GGUF's prefix, h: the checkpoint's)."""
-    D, H, KV, hd = hp["n_embd"], hp["n_head"], hp["n_head_kv"], hp["head_dim"]
-    fam = hp["family"]
-    llama = fam.permute_qk
-    pl.add(p + "attn_norm.weight", h + "input_layernorm.weight", (D,), norm_fix)
-    if fam.fused_qkv:  # q/k/v rows in one tensor, kept fused
-        pl.add(p + "attn_qkv.weight", h + "self_attn.qkv_proj.weight", ((H + 2 * KV) * hd, D))
-    else:
-        pl.add(p + "attn_q.weight", h + "self_attn.q_proj.weight", (H * hd, D),
-               (lambda w: permute_qk(w, H)) if llama else None)
-        pl.add(p + "attn_k.weight", h + "self_attn.k_proj.weight", (KV * hd, D),
-               (lambda w: permute_qk(w, KV)) if llama else None)
-        pl.add(p + "attn_v.weight", h + "self_attn.v_proj.weight", (KV * hd, D))
-    pl.add(p + "attn_output.weight", h + "self_attn.o_proj.weight", (D, H * hd))
-    if fam.qkv_bias or h + "self_attn.q_proj.bias" in pl.ts.shapes:
-        pl.add(p + "attn_q.bias", h + "self_attn.q_proj.bias", (H * hd,))
-        pl.add(p + "attn_k.bias", h + "self_attn.k_proj.bias", (KV * hd,))
-        pl.add(p + "attn_v.bias", h + "self_attn.v_proj.bias", (KV * hd,))
-    if fam.qk_norm:  # RMSNorm of each head of q and k
-        pl.add(p + "attn_q_norm.weight", h + "self_attn.q_norm.weight", (hd,), norm_fix)
-        pl.add(p + "attn_k_norm.weight", h + "self_attn.k_norm.weight", (hd,), norm_fix)
-
-
-def _ffn_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> None:
-    """One layer's FFN norms and weights (dense, fused gate/up, or experts)."""
-    D, F, E = hp["n_embd"], hp["n_ff"], hp["n_expert"]
-    if hp["family"].post_norms:  # norms after attention and after the FFN, and one before it
-        pl.add(p + "post_attention_norm.weight", h + "post_attention_layernorm.weight", (D,),
-               norm_fix)
-        pl.add(p + "ffn_norm.weight", h + "pre_feedforward_layernorm.weight", (D,), norm_fix)
-        pl.add(p + "post_ffw_norm.weight", h + "post_feedforward_layernorm.weight", (D,),
-               norm_fix)
-    else:
-        pl.add(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", (D,))
-    if E:
-        m = h + "block_sparse_moe."
-        pl.add(p + "ffn_gate_inp.weight", m + "gate.weight", (E, D))
-        for gname, w, shape in (("ffn_gate_exps", "w1", (F, D)), ("ffn_up_exps", "w3", (F, D)),
-                                ("ffn_down_exps", "w2", (D, F))):
-            names = [pl.src(f"{m}experts.{e}.{w}.weight", shape) for e in range(E)]
-            pl.plan.append((p + gname + ".weight", (E, *shape), partial(_stack, pl.ts, names)))
-    elif hp["family"].fused_qkv:  # gate rows, then up rows, in one tensor
-        pl.add(p + "ffn_up.weight", h + "mlp.gate_up_proj.weight", (2 * F, D))
-        pl.add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
-    else:
-        pl.add(p + "ffn_gate.weight", h + "mlp.gate_proj.weight", (F, D))
-        pl.add(p + "ffn_up.weight", h + "mlp.up_proj.weight", (F, D))
-        pl.add(p + "ffn_down.weight", h + "mlp.down_proj.weight", (D, F))
-
-
 # ---- the file --------------------------------------------------------------------------
 
 def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = "f16",
@@ -407,8 +274,8 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     if not os.path.isfile(os.path.join(d, "config.json")):
         raise CheckpointError(f"{d}: no config.json (not a Hugging Face checkpoint directory)")
     hp = _hparams(_text_config(_json(os.path.join(d, "config.json")), d), d)
-    ts = _Tensors(d)
-    plan = _plan(hp, ts)
+    ts = Tensors(d)
+    plan = tensor_plan(hp, ts)
     a = hp["arch"]
     w = GGUFWriter(os.fspath(out), a)
     w.add_name(os.path.basename(os.path.normpath(d)))
@@ -442,6 +309,12 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     if hp["n_expert"]:
         w.add_expert_count(hp["n_expert"])
         w.add_expert_used_count(hp["n_expert_used"])
+        if hp["n_ff_exp"] != hp["n_ff"]:
+            w.add_expert_feed_forward_length(hp["n_ff_exp"])
+        if hp["family"].shared_expert:
+            w.add_expert_shared_feed_forward_length(hp["n_ff_shexp"])
+        if hp["expert_norm"] != hp["family"].expert_norm:
+            w.add_expert_weights_norm(hp["expert_norm"])
     w.add_vocab_size(hp["n_vocab"])
     w.add_file_type(FILE_TYPES[type_name])
     write_tokenizer(d, hp, w)

@@ -33,6 +33,9 @@ class Family:
     longrope: bool = False           # Phi-3's LongRoPE factors may be present
     sentencepiece: bool = False      # convert: a tokenizer.model is a SentencePiece vocabulary
     tied_default: bool = False       # convert: tie_word_embeddings when the config is silent
+    # a mixture of experts (where the file has expert_count > 0):
+    expert_norm: bool = True         # the chosen experts' softmax weights renormalised to 1
+    shared_expert: bool = False      # a dense shared expert beside them, sigmoid-gated
 
 
 FAMILIES: dict[str, Family] = {f.arch: f for f in (
@@ -46,6 +49,9 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
            gemma2=True, sentencepiece=True, tied_default=True),
     Family("gemma3", ("Gemma3ForCausalLM",), qk_norm=True, post_norms=True, rope_neox=True,
            gemma=True, sentencepiece=True, tied_default=True),
+    Family("qwen2moe", ("Qwen2MoeForCausalLM",), qkv_bias=True, rope_neox=True,
+           expert_norm=False, shared_expert=True),
+    Family("qwen3moe", ("Qwen3MoeForCausalLM",), qk_norm=True, rope_neox=True),
 )}
 
 # Hugging Face architecture -> family
@@ -68,16 +74,20 @@ class Sizes:
     V: int     # n_vocab
     qd: int    # n_head * head_dim
     kvd: int   # n_head_kv * head_dim
-    F: int     # n_ff (an expert's, in a mixture-of-experts layer)
+    F: int     # n_ff
     E: int     # experts (0: dense)
+    Fe: int    # an expert's n_ff
+    Fs: int    # the shared expert's n_ff
     hd: int    # head_dim
     rot: int   # n_rot
 
     @staticmethod
     def of(cfg: dict) -> Sizes:
         hd = cfg["head_dim"]
+        F = cfg["n_ff"]
         return Sizes(cfg["n_embd"], cfg["n_vocab"], cfg["n_head"] * hd, cfg["n_head_kv"] * hd,
-                     cfg["n_ff"], cfg.get("n_expert", 0), hd, cfg["n_rot"])
+                     F, cfg.get("n_expert", 0), cfg.get("n_ff_exp") or F,
+                     cfg.get("n_ff_shexp") or F, hd, cfg["n_rot"])
 
 
 Shape = Callable[[Sizes], list[int]]
@@ -107,6 +117,10 @@ def _dense(f: Family, z: Sizes) -> bool:
 
 def _moe(f: Family, z: Sizes) -> bool:
     return z.E > 0
+
+
+def _shexp(f: Family, z: Sizes) -> bool:
+    return z.E > 0 and f.shared_expert
 
 
 def _split(f: Family, z: Sizes) -> bool:
@@ -150,9 +164,14 @@ LAYER_TENSORS: tuple[TensorSpec, ...] = (
                lambda f, z: f.post_norms),
     # a mixture of experts: the router and the experts stacked
     TensorSpec("router", "ffn_gate_inp.weight", lambda z: [z.D, z.E], _always, _moe),
-    TensorSpec("e_gate", "ffn_gate_exps.weight", lambda z: [z.D, z.F, z.E], _always, _moe),
-    TensorSpec("e_up", "ffn_up_exps.weight", lambda z: [z.D, z.F, z.E], _always, _moe),
-    TensorSpec("e_down", "ffn_down_exps.weight", lambda z: [z.F, z.D, z.E], _always, _moe),
+    TensorSpec("e_gate", "ffn_gate_exps.weight", lambda z: [z.D, z.Fe, z.E], _always, _moe),
+    TensorSpec("e_up", "ffn_up_exps.weight", lambda z: [z.D, z.Fe, z.E], _always, _moe),
+    TensorSpec("e_down", "ffn_down_exps.weight", lambda z: [z.Fe, z.D, z.E], _always, _moe),
+    # the shared expert (qwen2moe): a dense FFN and its sigmoid gate's weights
+    TensorSpec("s_gate_inp", "ffn_gate_inp_shexp.weight", lambda z: [z.D], _always, _shexp),
+    TensorSpec("s_gate", "ffn_gate_shexp.weight", lambda z: [z.D, z.Fs], _always, _shexp),
+    TensorSpec("s_up", "ffn_up_shexp.weight", lambda z: [z.D, z.Fs], _always, _shexp),
+    TensorSpec("s_down", "ffn_down_shexp.weight", lambda z: [z.Fs, z.D], _always, _shexp),
     # a dense FFN; phi3 holds the gate's and the up rows in ffn_up, gate first
     TensorSpec("w_gate", "ffn_gate.weight", lambda z: [z.D, z.F], _always,
                lambda f, z: _dense(f, z) and not f.fused_qkv),

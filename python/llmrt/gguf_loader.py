@@ -106,13 +106,30 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int,
     cfg["n_expert_used"] = _get(meta, path, f"{a}.expert_used_count", int, default=0,
                                 required=False)
     if cfg["n_expert"]:
-        if not 0 < cfg["n_expert"] <= 256 or not 0 < cfg["n_expert_used"] <= cfg["n_expert"]:
-            raise _err(path, f"expert counts out of range: {cfg['n_expert_used']} used of "
-                             f"{cfg['n_expert']}")
+        _experts(meta, path, arch, cfg)
     # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
     # qwen2 / qwen3 keep the Hugging Face order, which rotates (i, i + n_rot/2).
     cfg["rope_neox"] = FAMILIES[arch].rope_neox
     return cfg
+
+
+def _experts(meta: dict, path: str, a: str, cfg: dict) -> None:
+    """A mixture of experts' counts, widths and weighting, checked."""
+    fam = FAMILIES[a]
+    if not 0 < cfg["n_expert"] <= 256 or not 0 < cfg["n_expert_used"] <= cfg["n_expert"]:
+        raise _err(path, f"expert counts out of range: {cfg['n_expert_used']} used of "
+                         f"{cfg['n_expert']}")
+    cfg["n_ff_exp"] = _get(meta, path, f"{a}.expert_feed_forward_length", int,
+                           default=cfg["n_ff"])
+    cfg["n_ff_shexp"] = _get(meta, path, f"{a}.expert_shared_feed_forward_length", int,
+                             default=cfg["n_ff"]) if fam.shared_expert else 0
+    for k in ("n_ff_exp", "n_ff_shexp"):
+        if not 0 <= cfg[k] <= _LIMITS["n_ff"] or (k == "n_ff_exp" and not cfg[k]):
+            raise _err(path, f"hyperparameter {k}={cfg[k]} is out of range")
+    norm = meta.get(f"{a}.expert_weights_norm", fam.expert_norm)
+    if not isinstance(norm, (bool, np.bool_)):
+        raise _err(path, f"metadata key {a}.expert_weights_norm should be a bool")
+    cfg["expert_norm"] = bool(norm)
 
 
 def _sizes(meta: dict, path: str, a: str, n_vocab_tensor: int) -> dict[str, Any]:

@@ -486,3 +486,22 @@ def test_longrope_matches_cpu(tmp_path):
         n = min(ctx, len(tokens))
         g, c = gpu.logits(tokens[:n]), cpu.logits(tokens[:n])
         assert np.abs(g - c).max() <= RTOL["f32"] * 10 * np.abs(c).max()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3moe", "qwen2moe"])
+def test_mixture_of_experts_matches_cpu(tmp_path, arch):
+    # Mixtral's, Qwen3-MoE's and Qwen2-MoE's sparse layers (a shared expert,
+    # unnormalised top-k weights): the experts' rows gathered, run once each
+    # and scattered back on the device; prompts, batched decode rows
+    path, W, cfg = _model(tmp_path, arch=arch, wtype="Q8_0", n_embd=128, n_head=4, n_head_kv=2,
+                          n_ff=256, n_expert=8, n_expert_used=2, n_ff_exp=64, n_ff_shexp=192,
+                          tied=False)
+    tokens = np.random.default_rng(4).integers(0, cfg["n_vocab"], 45)
+    gpu = llmrt.Model(path, device="cuda", kv_cache_dtype="f32")
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32")
+    g, c = gpu.logits(tokens), cpu.logits(tokens)
+    assert np.abs(g - c).max() <= RTOL["f32"] * np.abs(c).max() * 10
+    prompts = [tokens[:5].tolist(), tokens[7:30].tolist(), tokens[:1].tolist()]
+    kw = dict(max_new_tokens=8, ignore_eos=True)
+    assert [r.token_ids for r in gpu.generate(prompts, **kw)] == \
+        [r.token_ids for r in cpu.generate(prompts, **kw)]

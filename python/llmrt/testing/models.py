@@ -94,7 +94,8 @@ class _Tensors:
 
 def _hparams(w: gguf.GGUFWriter, fam: Family, n_embd: int, n_layer: int, n_head: int,
              n_head_kv: int, n_ff: int, hd: int, head_dim: int | None, ctx: int,
-             rope_base: float, n_expert: int, n_expert_used: int, window: int) -> None:
+             rope_base: float, n_expert: int, n_expert_used: int, window: int,
+             n_ff_exp: int | None, n_ff_shexp: int | None) -> None:
     w.add_context_length(ctx)
     w.add_embedding_length(n_embd)
     w.add_block_count(n_layer)
@@ -110,6 +111,10 @@ def _hparams(w: gguf.GGUFWriter, fam: Family, n_embd: int, n_layer: int, n_head:
     if n_expert:
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_expert_used)
+        if n_ff_exp:
+            w.add_expert_feed_forward_length(n_ff_exp)
+        if n_ff_shexp and fam.shared_expert:
+            w.add_expert_shared_feed_forward_length(n_ff_shexp)
     if fam.gemma:  # the family's quirks at strengths a tiny model feels (llmrt's forward only)
         w.add_sliding_window(window)
         w.add_sliding_window_pattern(2 if fam.gemma2 else 3)
@@ -145,7 +150,8 @@ def _tokenizer(w: gguf.GGUFWriter, tokenizer: str, tokens: list[str], types: lis
 
 
 def _layer(t: _Tensors, i: int, fam: Family, wtype: str, n_embd: int, n_head: int, n_head_kv: int,
-           hd: int, n_ff: int, n_expert: int, use_bias: bool) -> None:
+           hd: int, n_ff: int, n_expert: int, use_bias: bool, n_ff_exp: int,
+           n_ff_shexp: int) -> None:
     p = f"blk.{i}."
     s_in = 1.0 / np.sqrt(n_embd)
     t.vec(p + "attn_norm.weight", n_embd, 1.0, 0.1)
@@ -164,11 +170,18 @@ def _layer(t: _Tensors, i: int, fam: Family, wtype: str, n_embd: int, n_head: in
     if fam.post_norms:
         t.vec(p + "post_attention_norm.weight", n_embd, 1.0, 0.1)
         t.vec(p + "post_ffw_norm.weight", n_embd, 1.0, 0.1)
-    if n_expert:  # Mixtral layout: a router and (E, rows, cols) expert tensors
+    if n_expert:  # a router and (E, rows, cols) expert tensors
+        Fe = n_ff_exp
         t.mat(p + "ffn_gate_inp.weight", n_expert, n_embd, "F32", 1.0)
-        t.experts(p + "ffn_gate_exps.weight", n_expert, n_ff, n_embd, wtype, s_in)
-        t.experts(p + "ffn_up_exps.weight", n_expert, n_ff, n_embd, wtype, s_in)
-        t.experts(p + "ffn_down_exps.weight", n_expert, n_embd, n_ff, wtype, 1.0 / np.sqrt(n_ff))
+        t.experts(p + "ffn_gate_exps.weight", n_expert, Fe, n_embd, wtype, s_in)
+        t.experts(p + "ffn_up_exps.weight", n_expert, Fe, n_embd, wtype, s_in)
+        t.experts(p + "ffn_down_exps.weight", n_expert, n_embd, Fe, wtype, 1.0 / np.sqrt(Fe))
+        if fam.shared_expert:  # and the shared one, with its gate's weights
+            Fs = n_ff_shexp
+            t.vec(p + "ffn_gate_inp_shexp.weight", n_embd, 0.0, 1.0 / np.sqrt(n_embd))
+            t.mat(p + "ffn_gate_shexp.weight", Fs, n_embd, wtype, s_in)
+            t.mat(p + "ffn_up_shexp.weight", Fs, n_embd, wtype, s_in)
+            t.mat(p + "ffn_down_shexp.weight", n_embd, Fs, wtype, 1.0 / np.sqrt(Fs))
     else:
         t.mat(p + "ffn_gate.weight", n_ff, n_embd, wtype, s_in)
         t.mat(p + "ffn_up.weight", n_ff, n_embd, wtype, s_in)
@@ -181,7 +194,8 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
                 extra_tokens: int = 0, ctx: int = 512, rope_base: float = 10000.0,
                 seed: int = 0, tokenizer: str = "bpe", spm_vocab: Any = None,
                 bias: bool | None = None, norm_type: str = "F32", n_expert: int = 0,
-                n_expert_used: int = 2, window: int = 8, longrope: bool = False,
+                n_expert_used: int = 2, n_ff_exp: int | None = None,
+                n_ff_shexp: int | None = None, window: int = 8, longrope: bool = False,
                 specials: tuple = (), chat_template: str | None = None,
                 gguf_arch: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Write a random model; returns (reference weights float64 dict, config dict).
@@ -202,13 +216,14 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
     w = gguf.GGUFWriter(path, gguf_arch or arch)
     fam = family(arch)
     _hparams(w, fam, n_embd, n_layer, n_head, n_head_kv, n_ff, hd, head_dim, ctx, rope_base,
-             n_expert, n_expert_used, window)
+             n_expert, n_expert_used, window, n_ff_exp, n_ff_shexp)
     _tokenizer(w, tokenizer, tokens, types, merges, scores, chat_template)
     t = _Tensors(w, rng, norm_type)
     t.mat("token_embd.weight", V, n_embd, emb_type or wtype, 1.0)
     use_bias = fam.qkv_bias if bias is None else bias
     for i in range(n_layer):
-        _layer(t, i, fam, wtype, n_embd, n_head, n_head_kv, hd, n_ff, n_expert, use_bias)
+        _layer(t, i, fam, wtype, n_embd, n_head, n_head_kv, hd, n_ff, n_expert, use_bias,
+               n_ff_exp or n_ff, n_ff_shexp or n_ff)
     t.vec("output_norm.weight", n_embd, 1.0, 0.1)
     if longrope:  # phi3's LongRoPE: factors for a context past 64 positions and within
         w.add_rope_scaling_orig_ctx_len(64)
@@ -223,7 +238,7 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
     w.close()
     cfg = dict(arch=arch, n_vocab=V, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
                n_head_kv=n_head_kv, head_dim=hd, n_ff=n_ff, rope_base=rope_base, eps=1e-5,
-               n_expert=n_expert, n_expert_used=n_expert_used)
+               n_expert=n_expert, n_expert_used=n_expert_used, expert_norm=fam.expert_norm)
     return t.ref, cfg
 
 

@@ -1,0 +1,203 @@
+"""A Qwen3-30B-A3B-shaped mixture of experts, scaled to fit this machine,
+against llama-cpp-python on the same files and against a dense model of the
+same active size, in one run:
+
+    python bench/moe.py [--types q4_0,q4_k_m] [--dir /tmp/llmrt-shapes] [--runs 3]
+
+Qwen3-30B-A3B: 48 layers of width 2048, 32 query / 4 key-value heads of 128,
+128 experts of width 768 with 8 chosen per token, a 151936-token vocabulary.
+The scaled shape keeps the head size, the expert width and the ratio of
+chosen to all experts (1/16): width 1024, 8 / 2 heads, 64 experts of which 4,
+16 layers. The dense twin has the same attention and an FFN as wide as the
+chosen experts together (4 x 768), so both read the same weights per token
+outside the experts' choice.
+
+Files are random F16 written tensor by tensor and quantized by llama.cpp's
+own quantizer (bench/real_shapes.py), so both engines read files llama.cpp
+wrote; they are kept in --dir. Prints, per type, decode and prompt tok/s of
+each engine on each file, the ratios, and the resident memory of llmrt after
+loading the MoE file and after decoding with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+from compare import compare_model
+from real_shapes import _tokenizer_fields, quantize
+
+# (width, layers, heads, kv heads, head size, vocabulary, experts, chosen, expert width)
+SHAPE = (1024, 16, 8, 2, 128, 151936, 64, 4, 768)
+
+
+def _tensors(moe: bool) -> list[tuple[str, tuple[int, ...], type]]:
+    D, L, H, KV, hd, V, E, K, Fe = SHAPE
+    out: list[tuple[str, tuple[int, ...], type]] = [("token_embd.weight", (V, D), np.float16)]
+    for i in range(L):
+        p = f"blk.{i}."
+        out += [(p + "attn_norm.weight", (D,), np.float32),
+                (p + "attn_q.weight", (H * hd, D), np.float16),
+                (p + "attn_k.weight", (KV * hd, D), np.float16),
+                (p + "attn_v.weight", (KV * hd, D), np.float16),
+                (p + "attn_output.weight", (D, H * hd), np.float16),
+                (p + "attn_q_norm.weight", (hd,), np.float32),
+                (p + "attn_k_norm.weight", (hd,), np.float32),
+                (p + "ffn_norm.weight", (D,), np.float32)]
+        if moe:
+            out += [(p + "ffn_gate_inp.weight", (E, D), np.float32),
+                    (p + "ffn_gate_exps.weight", (E, Fe, D), np.float16),
+                    (p + "ffn_up_exps.weight", (E, Fe, D), np.float16),
+                    (p + "ffn_down_exps.weight", (E, D, Fe), np.float16)]
+        else:
+            out += [(p + "ffn_gate.weight", (K * Fe, D), np.float16),
+                    (p + "ffn_up.weight", (K * Fe, D), np.float16),
+                    (p + "ffn_down.weight", (D, K * Fe), np.float16)]
+    out += [("output_norm.weight", (D,), np.float32), ("output.weight", (V, D), np.float16)]
+    return out
+
+
+def write_f16(path: str, moe: bool, seed: int = 0) -> None:
+    import gguf
+    D, L, H, KV, hd, V, E, K, Fe = SHAPE
+    arch = "qwen3moe" if moe else "qwen3"
+    w = gguf.GGUFWriter(path, arch)
+    w.add_name(f"random {arch} (Qwen3-30B-A3B scaled)")
+    w.add_block_count(L)
+    w.add_context_length(4096)
+    w.add_embedding_length(D)
+    w.add_feed_forward_length(K * Fe)
+    w.add_head_count(H)
+    w.add_head_count_kv(KV)
+    w.add_key_length(hd)
+    w.add_value_length(hd)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(1000000.0)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_vocab_size(V)
+    w.add_file_type(1)
+    if moe:
+        w.add_expert_count(E)
+        w.add_expert_used_count(K)
+        w.add_expert_feed_forward_length(Fe)
+    for k, v, types in _tokenizer_fields():
+        if k == "tokenizer.ggml.tokens":
+            w.add_token_list(list(v) + [f"<|unused_{i}|>" for i in range(V - len(v))])
+        elif k == "tokenizer.ggml.token_type":
+            w.add_token_types(list(v) + [3] * (V - len(v)))
+        elif k == "tokenizer.ggml.merges":
+            w.add_token_merges(list(v))
+        elif types[0] == gguf.GGUFValueType.STRING:
+            w.add_string(k, v)
+        elif types[0] == gguf.GGUFValueType.BOOL:
+            w.add_bool(k, bool(v))
+        elif types[0] == gguf.GGUFValueType.UINT32:
+            w.add_uint32(k, int(v))
+    tensors = _tensors(moe)
+    for name, shp, dt in tensors:
+        n = int(np.prod(shp))
+        w.add_tensor_info(name, shp, np.dtype(dt), n * np.dtype(dt).itemsize)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    rng = np.random.default_rng(seed)
+    for name, shp, dt in tensors:
+        if len(shp) == 1:
+            a = (np.ones(shp, np.float32) if name.endswith("norm.weight")
+                 else (0.02 * rng.standard_normal(shp)).astype(np.float32))
+        elif dt is np.float32:  # the router: logits of a few units, a varied choice
+            a = rng.standard_normal(shp).astype(np.float32) / np.sqrt(shp[-1])
+        else:
+            a = np.empty(shp, np.float16)
+            flat = a.reshape(-1, shp[-1])
+            step = max(1, (1 << 24) // shp[-1])
+            for r in range(0, flat.shape[0], step):
+                flat[r:r + step] = 0.02 * rng.standard_normal(
+                    (min(step, flat.shape[0] - r), shp[-1]), dtype=np.float32)
+        w.write_tensor_data(a)
+    w.close()
+
+
+def ensure(kind: str, types: list[str], out_dir: str, threads: int) -> dict[str, str]:
+    os.makedirs(out_dir, exist_ok=True)
+    f16 = os.path.join(out_dir, f"qwen3-a3b-scaled-{kind}.f16.gguf")
+    if not os.path.exists(f16):
+        t = time.perf_counter()
+        write_f16(f16 + ".part", kind == "moe")
+        os.replace(f16 + ".part", f16)
+        print(f"wrote {f16} ({os.path.getsize(f16) / 1e9:.2f} GB, "
+              f"{time.perf_counter() - t:.0f} s)", file=sys.stderr)
+    paths = {}
+    for ty in types:
+        dst = os.path.join(out_dir, f"qwen3-a3b-scaled-{kind}.{ty}.gguf")
+        if not os.path.exists(dst):
+            quantize(f16, dst + ".part", ty, threads)
+            os.replace(dst + ".part", dst)
+        paths[ty] = dst
+    return paths
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory(path: str, threads: int) -> tuple[float, float, float]:
+    """llmrt's resident MB: before, after loading the file, after 32 tokens."""
+    import llmrt
+    before = rss_mb()
+    m = llmrt.Model(path, threads=threads, context_length=1024)
+    loaded = rss_mb()
+    m.generate("The capital of France is", max_new_tokens=32, ignore_eos=True)
+    used = rss_mb()
+    del m
+    return before, loaded, used
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--types", default="q4_0,q4_k_m")
+    ap.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "llmrt-shapes"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--prompt-tokens", type=int, default=256)
+    a = ap.parse_args()
+    types = [t for t in a.types.split(",") if t]
+    moe = ensure("moe", types, a.dir, a.threads)
+    dense = ensure("dense", types, a.dir, a.threads)
+    import llmrt
+    rows = []
+    for ty in types:
+        print(f"== {ty}: the mixture of experts")
+        rm = compare_model(moe[ty], a)
+        print(f"== {ty}: the dense model of the same active size")
+        rd = compare_model(dense[ty], a)
+        rows.append((ty, rm["med"], rd["med"], memory(moe[ty], a.threads),
+                     os.path.getsize(moe[ty]) / 1e6))
+        print()
+    D, L, H, KV, hd, V, E, K, Fe = SHAPE
+    print(f"Qwen3-30B-A3B scaled: {L} layers x {E} experts ({K} chosen, width {Fe}), width {D}; "
+          f"{a.threads} threads, {llmrt.build_info()['cpu_isa']}, medians of {a.runs}")
+    print("| type | MoE decode llmrt / llama.cpp | ratio | dense decode llmrt | MoE / dense | "
+          "MoE prompt llmrt / llama.cpp | ratio | llmrt RSS loaded / after decode (file) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for ty, m, d, (b, loaded, used), size in rows:
+        lm, lc = m["llmrt"], m.get("llama.cpp")
+        dec = f"{lm['decode']:.1f} / {lc['decode']:.1f}" if lc else f"{lm['decode']:.1f} / -"
+        pr = f"{lm['prompt']:.1f} / {lc['prompt']:.1f}" if lc else f"{lm['prompt']:.1f} / -"
+        r_dec = f"{lm['decode'] / lc['decode']:.2f}x" if lc else "-"
+        r_pr = f"{lm['prompt'] / lc['prompt']:.2f}x" if lc else "-"
+        print(f"| {ty} | {dec} | {r_dec} | {d['llmrt']['decode']:.1f} | "
+              f"{lm['decode'] / d['llmrt']['decode']:.2f}x | {pr} | {r_pr} | "
+              f"{loaded - b:.0f} / {used - b:.0f} MB ({size:.0f} MB) |")
+
+
+if __name__ == "__main__":
+    main()
