@@ -36,10 +36,13 @@ SAMPLED = dict(temperature=0.8, top_k=40, top_p=0.95, min_p=0.05)
 
 def weight_bytes_per_token(m: llmrt.Model) -> int:
     """Weight bytes one decode step reads: every matrix once, the embedding
-    table one row (but all of it when it is also the output head)."""
+    table one row (but all of it when it is also the output head), and of a
+    mixture of experts' stacked tensors the chosen experts' share."""
     from gguf import GGUFReader
     t = {x.name: int(x.n_bytes) for x in GGUFReader(m.path).tensors}
-    total = sum(v for k, v in t.items() if k != "token_embd.weight")
+    E, K = m.config.get("n_expert", 0), m.config.get("n_expert_used", 0)
+    total = sum(v * K // E if E and k.endswith("_exps.weight") else v
+                for k, v in t.items() if k != "token_embd.weight")
     if "output.weight" not in t:
         total += t["token_embd.weight"]
     return total

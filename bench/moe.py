@@ -109,7 +109,7 @@ def write_f16(path: str, moe: bool, seed: int = 0) -> None:
             a = (np.ones(shp, np.float32) if name.endswith("norm.weight")
                  else (0.02 * rng.standard_normal(shp)).astype(np.float32))
         elif dt is np.float32:  # the router: logits of a few units, a varied choice
-            a = rng.standard_normal(shp).astype(np.float32) / np.sqrt(shp[-1])
+            a = (rng.standard_normal(shp) / np.sqrt(shp[-1])).astype(np.float32)
         else:
             a = np.empty(shp, np.float16)
             flat = a.reshape(-1, shp[-1])

@@ -136,24 +136,32 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
   // Matmul weights in the backend's preferred layout. The token embedding is
   // left as stored for row lookups; a tied output head gets its own copy when
   // the backend wants another layout (the lookups then touch only the rows
-  // they need).
-  auto prep = [&](WeightView& v, bool head = false) {
-    const WeightView p = head ? backend_->prepare_head(v) : backend_->prepare_weight(v);
-    if (p.data != v.data) {
-      replaced_.push_back(v.data);
-      page_out(v.data, v.nbytes());  // the source's pages go now, not after the whole load
-    }
-    v = p;
-  };
+  // they need). The experts are prepared when first chosen (prepare_expert):
+  // memory grows with the experts a workload touches, not with all of them.
   for (auto& L : w_.layers) {
-    for (WeightView* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down})
-      if (!v->empty()) prep(*v);
-    for (WeightView* v : {&L.router, &L.s_gate_inp, &L.s_gate, &L.s_up, &L.s_down})
-      if (!v->empty()) prep(*v);
-    for (auto* ex : {&L.e_gate, &L.e_up, &L.e_down})
-      for (WeightView& v : *ex) prep(v);
+    for (WeightView* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.router,
+                          &L.s_gate_inp, &L.s_gate, &L.s_up, &L.s_down})
+      if (!v->empty()) prepare(*v);
   }
-  prep(w_.output, true);
+  if (c.n_expert > 0) expert_ready_.assign((size_t)c.n_layer * c.n_expert, 0);
+  prepare(w_.output, true);
+}
+
+void LlamaModel::prepare(WeightView& v, bool head) {
+  const WeightView p = head ? backend_->prepare_head(v) : backend_->prepare_weight(v);
+  if (p.data != v.data) {
+    replaced_.push_back(v.data);
+    page_out(v.data, v.nbytes());  // the source's pages go now, not after the whole load
+  }
+  v = p;
+}
+
+void LlamaModel::prepare_expert(int layer, int e) {
+  uint8_t& ready = expert_ready_[(size_t)layer * cfg_.n_expert + e];
+  if (ready) return;
+  LayerWeights& L = w_.layers[layer];
+  for (auto* ex : {&L.e_gate, &L.e_up, &L.e_down}) prepare((*ex)[e]);
+  ready = 1;
 }
 
 LlamaModel::~LlamaModel() = default;
@@ -174,13 +182,15 @@ void LlamaModel::ensure_scratch(int n) {
   s->v = backend_->alloc_floats((size_t)n * kvd);
   s->att = backend_->alloc_floats((size_t)n * std::max<size_t>(qd, c.n_embd));
   s->hid = backend_->alloc_floats((size_t)n * c.n_embd);
+  // a decode row keeps its K experts' activations side by side
   const size_t ff = std::max({c.n_ff, c.n_expert > 0 ? c.n_ff_exp : 0, c.n_ff_shexp});
-  s->gate = backend_->alloc_floats((size_t)n * ff);
-  s->up = backend_->alloc_floats((size_t)n * ff);
+  const size_t rows_ff = std::max((size_t)n * ff, (size_t)c.n_expert_used * c.n_ff_exp);
+  s->gate = backend_->alloc_floats(rows_ff);
+  s->up = backend_->alloc_floats(rows_ff);
   if (c.n_expert > 0) {
     s->router = backend_->alloc_floats((size_t)n * (c.n_expert + 1));  // + the shared gate
     s->ex = backend_->alloc_floats((size_t)n * c.n_embd);
-    s->ey = backend_->alloc_floats((size_t)n * c.n_embd);
+    s->ey = backend_->alloc_floats((size_t)std::max(n, c.n_expert_used) * c.n_embd);
   }
   s_ = std::move(s);
 }
@@ -575,7 +585,7 @@ void LlamaModel::ffn_block(const Pass& p, int l) {
   const int D = c.n_embd, n = p.n;
   if (!L.router.empty()) {
     be.rmsnorm(s.x, L.ffn_norm, n, D, c.rms_eps, s.xn);
-    moe_ffn(L, n);
+    moe_ffn(l, n);
     return;
   }
   if (!p.lora && !c.gelu) {
@@ -776,7 +786,8 @@ void LlamaModel::draw(const Segment* segs, int count, int rows) {
 // best experts (ties to the lower index), weighted by the softmax over the
 // chosen ones; tokens are grouped by expert so that each expert's weights
 // are read once for all its tokens, and each result is added to x.
-void LlamaModel::moe_ffn(const LayerWeights& L, int n) {
+void LlamaModel::moe_ffn(int layer, int n) {
+  const LayerWeights& L = w_.layers[layer];
   Backend& be = *backend_;
   Scratch& s = *s_;
   const auto& c = cfg_;
@@ -813,10 +824,61 @@ void LlamaModel::moe_ffn(const LayerWeights& L, int n) {
       weights[order[k]].push_back((float)(std::exp((double)(r[order[k]] - mx)) / sum));
     }
   }
-  // each chosen expert once, over all the rows that chose it
+  if (n == 1) {
+    decode_experts(layer, rows, weights);
+  } else {
+    grouped_experts(layer, n, rows, weights);
+  }
+  if (c.n_ff_shexp > 0) shared_expert(L, n);
+}
+
+// One row (a decode step of one sequence): its K experts' gate and up
+// products in shared dispatches (4 experts to a call), their activations side
+// by side, then each one's down product added with its weight.
+void LlamaModel::decode_experts(int layer, const std::vector<std::vector<int32_t>>& rows,
+                                const std::vector<std::vector<float>>& weights) {
+  const LayerWeights& L = w_.layers[layer];
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const int E = cfg_.n_expert, D = cfg_.n_embd, F = cfg_.n_ff_exp;
+  int chosen[256];
+  float w[256];
+  int K = 0;
+  for (int e = 0; e < E; ++e)
+    if (!rows[e].empty()) {
+      prepare_expert(layer, e);
+      chosen[K] = e;
+      w[K++] = weights[e][0];
+    }
+  for (int k0 = 0; k0 < K; k0 += 4) {
+    MatmulJob jobs[8];
+    int count = 0;
+    for (int k = k0; k < std::min(K, k0 + 4); ++k) {
+      jobs[count++] = {&L.e_gate[chosen[k]], s.gate + (size_t)k * F};
+      jobs[count++] = {&L.e_up[chosen[k]], s.up + (size_t)k * F};
+    }
+    be.matmul_many(jobs, count, s.xn, 1);
+  }
+  be.swiglu(s.gate, s.up, (size_t)K * F);
+  const int32_t row0 = 0;
+  for (int k = 0; k < K; ++k) {
+    be.matmul(L.e_down[chosen[k]], s.gate + (size_t)k * F, 1, s.ey + (size_t)k * D);
+    be.scatter_add_rows(s.x, s.ey + (size_t)k * D, &row0, &w[k], 1, D);
+  }
+}
+
+// Several rows: each chosen expert once, over all the rows that chose it
+// (gathered into one multi-row product, scattered back with their weights).
+void LlamaModel::grouped_experts(int layer, int n, const std::vector<std::vector<int32_t>>& rows,
+                                 const std::vector<std::vector<float>>& weights) {
+  const LayerWeights& L = w_.layers[layer];
+  Backend& be = *backend_;
+  Scratch& s = *s_;
+  const int E = cfg_.n_expert, D = cfg_.n_embd, F = cfg_.n_ff_exp;
   for (int e = 0; e < E; ++e) {
     const int m = (int)rows[e].size();
     if (m == 0) continue;
+    prepare_expert(layer, e);
     const float* in = s.xn;  // every row (in order): no gather
     if (m < n) {
       be.gather_rows(s.ex, s.xn, rows[e].data(), m, D);
@@ -828,7 +890,6 @@ void LlamaModel::moe_ffn(const LayerWeights& L, int n) {
     be.matmul(L.e_down[e], s.gate, m, s.ey);
     be.scatter_add_rows(s.x, s.ey, rows[e].data(), weights[e].data(), m, D);
   }
-  if (c.n_ff_shexp > 0) shared_expert(L, n);
 }
 
 void LlamaModel::shared_expert(const LayerWeights& L, int n) {

@@ -201,7 +201,16 @@ class LlamaModel {
   // the draws of a pass's entries with samplers, from its head output
   void draw(const Segment* segs, int count, int rows);
   // x += the layer's mixture-of-experts FFN of xn, n rows
-  void moe_ffn(const LayerWeights& L, int n);
+  void moe_ffn(int layer, int n);
+  // a weight in the backend's layout (the source's pages given back)
+  void prepare(WeightView& v, bool head = false);
+  // expert e of a layer prepared, the first time it is chosen
+  void prepare_expert(int layer, int e);
+  // the chosen experts of one row / of several rows (rows, weights: per expert)
+  void decode_experts(int layer, const std::vector<std::vector<int32_t>>& rows,
+                      const std::vector<std::vector<float>>& weights);
+  void grouped_experts(int layer, int n, const std::vector<std::vector<int32_t>>& rows,
+                       const std::vector<std::vector<float>>& weights);
   // x += its shared expert's FFN of xn, scaled by its gate
   void shared_expert(const LayerWeights& L, int n);
   void ensure_scratch(int n);
@@ -220,6 +229,7 @@ class LlamaModel {
   std::vector<std::vector<LoraPair>> adapters_;
   int lora_rank_ = 0;  // the largest rank of any adapter
   int64_t tokens_computed_ = 0;
+  std::vector<uint8_t> expert_ready_;  // [layer * n_expert + e]: prepared
 };
 
 }  // namespace llmrt
