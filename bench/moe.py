@@ -2,7 +2,7 @@
 against llama-cpp-python on the same files and against a dense model of the
 same active size, in one run:
 
-    python bench/moe.py [--types q4_0,q4_k_m] [--dir /tmp/llmrt-shapes] [--runs 3]
+    python bench/moe.py [--types q4_0,q4_k_m,mxfp4_moe] [--dir /tmp/llmrt-shapes] [--runs 3]
 
 Qwen3-30B-A3B: 48 layers of width 2048, 32 query / 4 key-value heads of 128,
 128 experts of width 768 with 8 chosen per token, a 151936-token vocabulary.
@@ -14,7 +14,8 @@ outside the experts' choice.
 
 Files are random F16 written tensor by tensor and quantized by llama.cpp's
 own quantizer (bench/real_shapes.py), so both engines read files llama.cpp
-wrote; they are kept in --dir. Prints, per type, decode and prompt tok/s of
+wrote; they are kept in --dir. mxfp4_moe is llama.cpp's gpt-oss type: the
+experts MXFP4, every other matrix Q8_0 (so the dense twin is all Q8_0). Prints, per type, decode and prompt tok/s of
 each engine on each file, the ratios, and the resident memory of llmrt after
 loading the MoE file and after decoding with it.
 """
@@ -162,7 +163,7 @@ def memory(path: str, threads: int) -> tuple[float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--types", default="q4_0,q4_k_m")
+    ap.add_argument("--types", default="q4_0,q4_k_m,mxfp4_moe")
     ap.add_argument("--dir", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "llmrt-shapes"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=3)

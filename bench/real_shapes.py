@@ -41,7 +41,8 @@ SHAPES = {
 
 # llama.cpp's file types (enum llama_ftype)
 FTYPES = {"f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9, "q4_k_s": 14,
-          "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30}
+          "q4_k_m": 15, "q5_k_s": 16, "q5_k_m": 17, "q6_k": 18, "iq4_nl": 25, "iq4_xs": 30,
+          "mxfp4_moe": 38}  # mxfp4_moe: experts MXFP4, the other matrices Q8_0
 
 
 def _tokenizer_fields():

@@ -170,7 +170,7 @@ def test_quantized_conversions(moe, tmp_path, wtype, bound):
 # ---- GGUF files written here ---------------------------------------------------------
 
 @pytest.mark.parametrize("arch", ["qwen3moe", "qwen2moe"])
-@pytest.mark.parametrize("wtype", ["F32", "Q8_0"])
+@pytest.mark.parametrize("wtype", ["F32", "Q8_0", "MXFP4"])
 def test_gguf_file_matches_numpy_forward(tmp_path, arch, wtype):
     p = str(tmp_path / "m.gguf")
     W, cfg = write_model(p, arch=arch, wtype=wtype, n_expert=6, n_expert_used=2, n_ff_exp=32,
@@ -179,6 +179,31 @@ def test_gguf_file_matches_numpy_forward(tmp_path, arch, wtype):
     m = llmrt.Model(p, threads=2, activations="f32", kv_cache_dtype="f32")
     ref = reference_logits(W, cfg, tokens)
     assert _close(m.logits(tokens), ref, 1e-4)
+    # int8 activations against the reference that rounds them the same way
+    m8 = llmrt.Model(p, threads=2, kv_cache_dtype="f32")
+    assert m8.tensor_types["blk.0.ffn_up_exps.weight"] == wtype
+    ref8 = reference_logits(W, cfg, tokens, m8.tensor_types)
+    # every position within 2e-2 and their mean within 5e-3 of max|logit|: an
+    # activation that lands on a .5 step may round the other way in one of
+    # the two (tests/cpu/test_forward.py)
+    per_pos = np.abs(m8.logits(tokens) - ref8).max(axis=-1) / np.abs(ref8).max()
+    assert per_pos.mean() < 5e-3 and per_pos.max() < 2e-2, per_pos
+
+
+def test_mismatched_mxfp4_blocks_are_refused(tmp_path):
+    import struct
+    p = str(tmp_path / "m.gguf")
+    write_model(p, arch="qwen3moe", wtype="Q8_0", n_expert=4, n_expert_used=2, n_ff_exp=32,
+                n_layer=1)
+    d = bytearray(open(p, "rb").read())
+    name = b"blk.0.ffn_up_exps.weight"
+    i = d.index(struct.pack("<Q", len(name)) + name) + 8 + len(name)
+    (n_dims,) = struct.unpack_from("<I", d, i)
+    d[i + 4 + 8 * n_dims:i + 8 + 8 * n_dims] = struct.pack("<I", 39)  # claimed MXFP4, Q8_0 bytes
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(bytes(d))
+    with pytest.raises(GGUFError, match="blk.0.ffn_up_exps.weight"):
+        llmrt.Model(str(bad))
 
 
 def _rewrite(src, dst, keys=None, drop=()):

@@ -50,7 +50,7 @@ def _rope(x, pos, base, neox):
     return out
 
 
-INT8_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K")
+INT8_TYPES = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "MXFP4")
 
 
 def quantize_act_ref(x: np.ndarray) -> np.ndarray:

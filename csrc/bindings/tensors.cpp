@@ -43,7 +43,8 @@ void bind_tensors(py::module_& m) {
   m.def("ggml_types", [] {
     py::list out;
     for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_1,
-                    DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K})
+                    DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K,
+                    DType::MXFP4})
       out.append(py::make_tuple(dtype_name(t), (uint32_t)t, block_elems(t), block_bytes(t)));
     return out;
   }, "The GGUF tensor types llmrt runs: (name, ggml_type id, weights per block, bytes per "

@@ -23,6 +23,7 @@ enum class DType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   BF16 = 30,
+  MXFP4 = 39,  // OCP microscaling FP4 (gpt-oss's experts)
   // llmrt-internal layouts (never read from a file): Q4_0 / Q4_1 repacked by
   // the CPU backend for its integer kernels. A row is groups of 8 blocks,
   // [8 fp16 d][8 fp16 m (Q4_1R only)][4 x 32 bytes], then the remaining
@@ -92,6 +93,22 @@ struct BlockQ5_1 {
   uint8_t qh[4];
   uint8_t qs[kQK / 2];
 };
+// MXFP4 (OCP microscaling, E2M1 values with a shared E8M0 exponent): w =
+// kMxfp4Values[q] * 2^(e - 128), q in [0, 15] (bit 3: the sign), the
+// nibbles in Q4_0's order. The table holds the E2M1 values doubled, so they
+// are integers, and the scale is halved to match.
+struct BlockMXFP4 {
+  uint8_t e;
+  uint8_t qs[kQK / 2];
+};
+inline constexpr int8_t kMxfp4Values[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+// 2^(e - 128): half the E8M0 scale 2^(e - 127), exact (a subnormal for e < 2)
+inline float e8m0_half(uint8_t e) {
+  const uint32_t bits = e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 // Q8_0: w = d * q, q in [-127, 127].
 struct BlockQ8_0 {
   uint16_t d;  // fp16 scale
@@ -183,12 +200,13 @@ static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block is 20 bytes");
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block is 34 bytes");
 static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block is 22 bytes");
 static_assert(sizeof(BlockQ5_1) == 24, "Q5_1 block is 24 bytes");
+static_assert(sizeof(BlockMXFP4) == 17, "MXFP4 block is 17 bytes");
 
 // Elements per block and bytes per block; 0 for an unsupported type.
 constexpr int block_elems(DType t) {
   switch (t) {
     case DType::Q4_0: case DType::Q4_1: case DType::Q8_0: return kQK;
-    case DType::Q5_0: case DType::Q5_1: return kQK;
+    case DType::Q5_0: case DType::Q5_1: case DType::MXFP4: return kQK;
     case DType::Q4_0R: case DType::Q4_1R: case DType::Q8_0R: return kQK;
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return kQKK;
     case DType::Q4_KR: case DType::Q5_KR: case DType::Q6_KR: return kQKK;
@@ -199,7 +217,7 @@ constexpr int block_elems(DType t) {
 // activations quantized to 8 bits (QActs); the float types use float FMA.
 constexpr bool int8_dot(DType t) {
   return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
-         t == DType::Q8_0 || t == DType::Q4_K ||
+         t == DType::Q8_0 || t == DType::MXFP4 || t == DType::Q4_K ||
          t == DType::Q5_K || t == DType::Q6_K || t == DType::Q4_0R || t == DType::Q4_1R ||
          t == DType::Q8_0R || t == DType::Q4_KR || t == DType::Q5_KR || t == DType::Q6_KR;
 }
@@ -222,6 +240,7 @@ constexpr size_t block_bytes(DType t) {
     case DType::Q5_0: return sizeof(BlockQ5_0);
     case DType::Q5_1: return sizeof(BlockQ5_1);
     case DType::Q8_0: return sizeof(BlockQ8_0);
+    case DType::MXFP4: return sizeof(BlockMXFP4);
     case DType::Q4_K: return sizeof(BlockQ4_K);
     case DType::Q5_K: return sizeof(BlockQ5_K);
     case DType::Q6_K: return sizeof(BlockQ6_K);
@@ -238,7 +257,7 @@ inline bool dtype_supported(uint32_t raw) {
   switch (static_cast<DType>(raw)) {
     case DType::F32: case DType::F16: case DType::BF16:
     case DType::Q4_0: case DType::Q4_1: case DType::Q5_0: case DType::Q5_1: case DType::Q8_0:
-    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+    case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::MXFP4:
       return true;
     case DType::Q4_0R: case DType::Q4_1R: case DType::Q8_0R:
     case DType::Q4_KR: case DType::Q5_KR: case DType::Q6_KR:

@@ -136,14 +136,20 @@ LlamaModel::LlamaModel(const LlamaConfig& cfg, LlamaWeights weights,
   // Matmul weights in the backend's preferred layout. The token embedding is
   // left as stored for row lookups; a tied output head gets its own copy when
   // the backend wants another layout (the lookups then touch only the rows
-  // they need). The experts are prepared when first chosen (prepare_expert):
-  // memory grows with the experts a workload touches, not with all of them.
+  // they need). On the host, the experts are prepared when first chosen
+  // (prepare_expert): memory grows with the experts a workload touches, not
+  // with all of them.
   for (auto& L : w_.layers) {
     for (WeightView* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down, &L.router,
                           &L.s_gate_inp, &L.s_gate, &L.s_up, &L.s_down})
       if (!v->empty()) prepare(*v);
   }
-  if (c.n_expert > 0) expert_ready_.assign((size_t)c.n_layer * c.n_expert, 0);
+  if (c.n_expert > 0) {
+    expert_ready_.assign((size_t)c.n_layer * c.n_expert, 0);
+    if (!backend_->host_memory())  // a device holds every expert from the start
+      for (int l = 0; l < c.n_layer; ++l)
+        for (int e = 0; e < c.n_expert; ++e) prepare_expert(l, e);
+  }
   prepare(w_.output, true);
 }
 

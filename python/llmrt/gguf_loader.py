@@ -303,8 +303,29 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
             v = tensors[name][3].view(np.float32)
             if not np.all(v > 0):
                 raise _err(path, f"tensor {name!r} must hold positive values")
+    _check_layout(f)
     return LoadedGGUF(path=path, arch=arch, config=cfg, tensors=tensors, metadata=meta,
                       tensor_types=types, roles=roles, reader=f)
+
+
+def _check_layout(f: GGUFFile) -> None:
+    """Tensors lie end to end as writers put them (each padded to the
+    alignment): a tensor whose type or shape does not match the bytes it was
+    written as overlaps the next one or leaves a gap before it."""
+    spans = []
+    for t in f.tensors.values():
+        gt = BY_ID.get(t.type_id)
+        if gt is None or not t.shape or t.shape[0] % gt.block:
+            continue
+        rows = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
+        spans.append((t.offset, t.offset + rows * gt.row_bytes(int(t.shape[0])), t.name))
+    spans.sort()
+    pad = f.alignment
+    for (start, end, name), (nxt, _, other) in zip(spans, spans[1:]):
+        if end > nxt or nxt - end >= pad:
+            raise _err(f.path, f"tensor {name!r} ({end - start} bytes for its type and shape) "
+                               f"does not fill the space before tensor {other!r} "
+                               f"({nxt - start} bytes): its type or shape does not match its data")
 
 
 def _tensor(f: GGUFFile, t: TensorInfo, shape: list[int]):

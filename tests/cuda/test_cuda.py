@@ -505,3 +505,10 @@ def test_mixture_of_experts_matches_cpu(tmp_path, arch):
     kw = dict(max_new_tokens=8, ignore_eos=True)
     assert [r.token_ids for r in gpu.generate(prompts, **kw)] == \
         [r.token_ids for r in cpu.generate(prompts, **kw)]
+
+
+def test_mxfp4_experts_are_a_clear_error_until_the_device_has_kernels(tmp_path):
+    path, W, cfg = _model(tmp_path, arch="qwen3moe", wtype="MXFP4", n_embd=64, n_ff=96,
+                          n_expert=4, n_expert_used=2, n_ff_exp=64)
+    with pytest.raises(ValueError, match="no kernel for MXFP4"):
+        llmrt.Model(path, device="cuda")

@@ -26,6 +26,14 @@ def dequantize_ref(raw: np.ndarray, type_name: str, rows: int, cols: int) -> np.
         d = b[..., :2].copy().view(np.float16).astype(np.float64)  # (rows, nb, 1)
         q = b[..., 2:].copy().view(np.int8).astype(np.float64)
         return (d * q).reshape(rows, cols)
+    if type_name == "MXFP4":  # doubled E2M1 values, half the E8M0 scale
+        b = raw.reshape(rows, nb, 17)
+        e = b[..., :1].astype(np.int64)
+        d = np.ldexp(1.0, e - 128)  # (rows, nb, 1); 2^(e - 128) exactly, subnormal scales too
+        qs = b[..., 1:]
+        q = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+        values = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], np.float64)
+        return (d * values[q]).reshape(rows, cols)
     if type_name in ("Q4_0", "Q4_1"):
         size = 18 if type_name == "Q4_0" else 20
         b = raw.reshape(rows, nb, size)
