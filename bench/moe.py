@@ -141,23 +141,32 @@ def ensure(kind: str, types: list[str], out_dir: str, threads: int) -> dict[str,
     return paths
 
 
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+MEMORY_SCRIPT = r"""
+import sys
+import llmrt
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
     return float("nan")
+
+before = rss()
+m = llmrt.Model(sys.argv[1], threads=int(sys.argv[2]), context_length=1024)
+loaded = rss()
+r = m.generate("The capital of France is", max_new_tokens=32, ignore_eos=True)
+print(before, loaded, rss())
+"""
 
 
 def memory(path: str, threads: int) -> tuple[float, float, float]:
-    """llmrt's resident MB: before, after loading the file, after 32 tokens."""
-    import llmrt
-    before = rss_mb()
-    m = llmrt.Model(path, threads=threads, context_length=1024)
-    loaded = rss_mb()
-    m.generate("The capital of France is", max_new_tokens=32, ignore_eos=True)
-    used = rss_mb()
-    del m
+    """llmrt's resident MB in a fresh process (freed memory of earlier models
+    in this one would hide growth): before, after loading the file, after 32
+    new tokens."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, path, str(threads)],
+                         capture_output=True, text=True, check=True).stdout.split()
+    before, loaded, used = map(float, out[-3:])
     return before, loaded, used
 
 

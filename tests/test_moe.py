@@ -153,13 +153,15 @@ def test_speculative_and_structured_output(moe):
         assert isinstance(json.loads(r.text)["n"], int)
 
 
-@pytest.mark.parametrize("wtype, bound", [("q8_0", 0.03), ("q4_0", 0.2)])
+@pytest.mark.parametrize("wtype, bound", [("q8_0", 0.03), ("q4_0", 0.2), ("mxfp4", 0.2)])
 def test_quantized_conversions(moe, tmp_path, wtype, bound):
     out = str(tmp_path / f"{wtype}.gguf")
     info = convert(moe["dir"], out, wtype, progress=False)
     # routers and the shared expert's gate stay F32, as llama.cpp keeps them
     assert all(t == "f32" for n, t in info["types"].items() if "gate_inp" in n)
     assert info["types"]["blk.0.ffn_up_exps.weight"] == wtype
+    if wtype == "mxfp4":  # the other matrices Q8_0, as llama.cpp's MXFP4_MOE files
+        assert info["types"]["blk.0.attn_q.weight"] == "q8_0"
     ids = moe["ids"]
     ref = moe["model"].logits(ids)
     got = llmrt.Model(out, threads=2).logits(ids)

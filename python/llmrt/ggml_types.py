@@ -31,7 +31,7 @@ BY_ID: dict[int, GGMLType] = {t.id: t for t in TYPES.values()}
 
 # name -> general.file_type ("mostly this type"), for the types llmrt writes
 FILE_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q4_k": 15, "q6_k": 18,
-              "bf16": 32}
+              "bf16": 32, "mxfp4": 38}  # mxfp4: a mixture of experts' experts (the rest q8_0)
 WRITABLE = tuple(FILE_TYPES)
 
 

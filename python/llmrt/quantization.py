@@ -1,7 +1,7 @@
 """Quantization to the GGUF block formats llmrt runs, and requantization of
 GGUF files: ``llmrt quantize in.gguf out.gguf --type q4_k``.
 
-Encoders for F16, BF16, Q8_0, Q4_0 and Q4_1 are gguf-py's; Q4_K and Q6_K are
+Encoders for F16, BF16, Q8_0, Q4_0, Q4_1 and MXFP4 are gguf-py's; Q4_K and Q6_K are
 written here from the block layouts (llmrt/csrc/core/dtype.h): per 256-weight
 super-block, 6-bit (Q4_K) or 8-bit (Q6_K) sub-block scales relative to a
 half-precision super-block scale, each sub-block's scale chosen from its
@@ -152,6 +152,8 @@ def tensor_type(name: str, shape: tuple[int, ...], target: str, tied: bool) -> s
         return "f32"
     cols = shape[-1]
     t = target
+    if target == "mxfp4":  # as llama.cpp's MXFP4_MOE: the experts MXFP4, the rest Q8_0
+        t = "mxfp4" if name.endswith("_exps.weight") else "q8_0"
     is_head = name == "output.weight" or (tied and name == "token_embd.weight")
     if name == "token_embd.weight" or is_head:
         if target in ("q4_0", "q4_1"):
