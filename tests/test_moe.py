@@ -278,3 +278,15 @@ def test_llama_cpp_reads_the_converted_file(moe):
     theirs = np.asarray(lm.scores[:len(ids)], np.float64)
     ours = moe["model"].logits(ids)
     assert np.abs(theirs - ours).max() <= 1e-3 * np.abs(ours).max()
+
+
+def test_thread_counts_and_batch_shapes_give_identical_results(tmp_path):
+    # the experts' products run as grouped passes whose bands move with the
+    # thread count; a row's results must not
+    p = str(tmp_path / "m.gguf")
+    write_model(p, arch="qwen3moe", wtype="Q4_0", n_embd=128, n_head=4, n_head_kv=2,
+                n_expert=8, n_expert_used=3, n_ff_exp=64, n_layer=2, seed=9)
+    tokens = np.random.default_rng(3).integers(0, 250, 37)
+    one = llmrt.Model(p, threads=1).logits(tokens)
+    for threads in (2, 3):
+        assert np.array_equal(one, llmrt.Model(p, threads=threads).logits(tokens))

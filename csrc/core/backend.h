@@ -55,6 +55,15 @@ struct MatmulJob {
   bool precise = false;
 };
 
+// One product of a matmul_grouped call: rows [row0, row0 + n) of x times
+// w^T into y (n, w->rows).
+struct GroupedJob {
+  const WeightView* w;
+  float* y;
+  int row0;
+  int n;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -143,6 +152,13 @@ class Backend {
   // gate/up) as one parallel pass: x is prepared once and the threads share
   // all the rows.
   virtual void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) = 0;
+  // Products of different weights over slices of the same x (cols wide: a
+  // mixture of experts' rows grouped by expert), as one pass where the
+  // backend can.
+  virtual void matmul_grouped(const GroupedJob* jobs, int count, const float* x, int cols) {
+    for (int i = 0; i < count; ++i)
+      matmul(*jobs[i].w, x + (size_t)jobs[i].row0 * cols, jobs[i].n, jobs[i].y);
+  }
   // y (n, dim) = x / rms(x) * weight, row by row. y may alias x.
   virtual void rmsnorm(const float* x, const float* weight, int n, int dim, float eps,
                        float* y) = 0;

@@ -108,6 +108,11 @@ class CpuBackend final : public Backend {
   void matmul_many(const MatmulJob* jobs, int count, const float* x, int n) override {
     cpu::matmul_many(pool_, k_, jobs, count, x, n, act_, int8_, invariant_);
   }
+  void matmul_grouped(const GroupedJob* jobs, int count, const float* x, int cols) override {
+    int n = 0;
+    for (int i = 0; i < count; ++i) n = std::max(n, jobs[i].row0 + jobs[i].n);
+    cpu::matmul_grouped(pool_, k_, jobs, count, x, n, cols, act_, int8_, invariant_);
+  }
   void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override {
     cpu::rmsnorm(pool_, k_, x, w, n, dim, eps, y);
   }

@@ -168,6 +168,31 @@ void matmul_precise(ThreadPool& pool, const Kernels& k, const MatmulJob& job, co
 
 }  // namespace
 
+namespace {
+
+// The n rows of x as 8-bit blocks in act (interleaved too where a repacked
+// layout reads them).
+QActs quantize_rows(ThreadPool& pool, const Kernels& k, const float* x, int64_t n, int64_t cols,
+                    ActBuffer& act, bool interleaved) {
+  const int64_t nb = cols / kQK;
+  const size_t row = (size_t)act_row_bytes(cols);
+  if (act.qs.size() < row * n) act.qs.resize(row * n);
+  if (act.d.size() < (size_t)(n * nb)) {
+    act.d.resize((size_t)(n * nb));
+    act.s.resize((size_t)(n * nb));
+  }
+  pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      int8_t* q = act.qs.data() + act_row_bytes(cols) * t;
+      k.quantize_act(x + t * cols, q, act.d.data() + t * nb, act.s.data() + t * nb, cols);
+      if (interleaved) k.interleave_act(q, q + 2 * cols, cols);
+    }
+  });
+  return QActs{act.qs.data(), act.d.data(), act.s.data(), cols};
+}
+
+}  // namespace
+
 void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
                  const float* x, int n, ActBuffer& act, bool int8, bool invariant) {
   if (count <= 0 || n <= 0) return;
@@ -187,23 +212,7 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
     total += jobs[i].w->rows;
   }
   QActs xq{nullptr, nullptr, nullptr, cols};
-  if (any_int8) {
-    const int64_t nb = cols / kQK;
-    const size_t row = (size_t)act_row_bytes(cols);
-    if (act.qs.size() < row * n) act.qs.resize(row * n);
-    if (act.d.size() < (size_t)(n * nb)) {
-      act.d.resize((size_t)(n * nb));
-      act.s.resize((size_t)(n * nb));
-    }
-    xq = QActs{act.qs.data(), act.d.data(), act.s.data(), cols};
-    pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) {
-        int8_t* q = act.qs.data() + act_row_bytes(cols) * t;
-        k.quantize_act(x + t * cols, q, act.d.data() + t * nb, act.s.data() + t * nb, cols);
-        if (interleaved) k.interleave_act(q, q + 2 * cols, cols);
-      }
-    });
-  }
+  if (any_int8) xq = quantize_rows(pool, k, x, n, cols, act, interleaved);
   // The rows of all jobs, end to end, split into bands across the threads.
   pool.parallel_for(total, 16, [&](int64_t b, int64_t e) {
     for (int i = 0; i < count; ++i) {
@@ -214,6 +223,46 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
         rows_int8(k, w, xq, n, jobs[i].y, lo - start[i], hi - start[i], invariant);
       else
         rows_float(k, w, x, n, jobs[i].y, lo - start[i], hi - start[i], invariant);
+    }
+  });
+}
+
+// Each job's slice of x (rows [row0, row0 + n)) against its weight: x is
+// quantized once for all of them, and the threads share every job's weight
+// rows in one pass. A row's results are those of a matmul of its slice alone.
+void matmul_grouped(ThreadPool& pool, const Kernels& k, const GroupedJob* jobs, int count,
+                    const float* x, int n, int cols, ActBuffer& act, bool int8, bool invariant) {
+  if (count <= 0 || n <= 0) return;
+  bool any_int8 = false, interleaved = false;
+  std::vector<int64_t>& start = act.group_start;
+  start.assign(count + 1, 0);
+  for (int i = 0; i < count; ++i) {
+    const WeightView& w = *jobs[i].w;
+    if (w.cols != cols || jobs[i].row0 < 0 || jobs[i].n < 0 || jobs[i].row0 + jobs[i].n > n)
+      throw std::invalid_argument("matmul_grouped: a job outside x or of other cols");
+    any_int8 |= int8 && int8_dot(w.type);
+    interleaved |= int8 && interleaved_layout(w.type);
+    start[i + 1] = start[i] + (jobs[i].n > 0 ? w.rows : 0);
+  }
+  QActs xq{nullptr, nullptr, nullptr, cols};
+  if (any_int8) xq = quantize_rows(pool, k, x, n, cols, act, interleaved);
+  const int64_t nb = cols / kQK;
+  pool.parallel_for(start[count], 16, [&](int64_t b, int64_t e) {
+    // the first job whose rows reach past b
+    int i = (int)(std::upper_bound(start.begin(), start.end(), b) - start.begin()) - 1;
+    for (; i < count && start[i] < e; ++i) {
+      const int64_t lo = std::max(b, start[i]), hi = std::min(e, start[i + 1]);
+      if (lo >= hi) continue;
+      const GroupedJob& j = jobs[i];
+      const WeightView& w = *j.w;
+      if (int8 && int8_dot(w.type)) {
+        const QActs part{xq.qs + act_row_bytes(cols) * j.row0, xq.d + nb * j.row0,
+                         xq.s + nb * j.row0, cols};
+        rows_int8(k, w, part, j.n, j.y, lo - start[i], hi - start[i], invariant);
+      } else {
+        rows_float(k, w, x + (size_t)j.row0 * cols, j.n, j.y, lo - start[i], hi - start[i],
+                   invariant);
+      }
     }
   });
 }

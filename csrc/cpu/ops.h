@@ -24,6 +24,7 @@ struct ActBuffer {
   std::vector<int8_t> qs;
   std::vector<float> d, s;
   std::vector<float> y2;  // a precise product's two partial outputs
+  std::vector<int64_t> group_start;  // matmul_grouped: each job's first weight row in the pass
 };
 
 // y_i (n, W_i.rows) = x (n, cols) @ W_i^T for each job, in one parallel pass.
@@ -38,6 +39,8 @@ struct ActBuffer {
 // 15 bits a value, for the output head.
 void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int count,
                  const float* x, int n, ActBuffer& act, bool int8, bool invariant = false);
+void matmul_grouped(ThreadPool& pool, const Kernels& k, const GroupedJob* jobs, int count,
+                    const float* x, int n, int cols, ActBuffer& act, bool int8, bool invariant);
 inline void matmul(ThreadPool& pool, const Kernels& k, const WeightView& w, const float* x, int n,
                    float* y, ActBuffer& act, bool int8 = true, bool invariant = false) {
   const MatmulJob job{&w, y};

@@ -37,7 +37,8 @@ struct LlamaModel::Scratch {
   std::vector<float> router_host;
   std::vector<std::vector<int32_t>> expert_rows;  // mixture of experts: each expert's rows
   std::vector<std::vector<float>> expert_weights;  // and their weights
-  std::vector<int32_t> all_rows;
+  std::vector<int32_t> all_rows, expert_order;
+  std::vector<GroupedJob> gate_up_jobs, down_jobs;  // mixture of experts: the grouped products
   std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
   std::vector<AttnSeq> attn;      // the pass's sequences, for attention
   std::vector<AttnSeq> attn_local;  // the same with the sliding pool's tables
@@ -188,15 +189,16 @@ void LlamaModel::ensure_scratch(int n) {
   s->v = backend_->alloc_floats((size_t)n * kvd);
   s->att = backend_->alloc_floats((size_t)n * std::max<size_t>(qd, c.n_embd));
   s->hid = backend_->alloc_floats((size_t)n * c.n_embd);
-  // a decode row keeps its K experts' activations side by side
+  // a mixture of experts gathers each row once for each of its K experts
   const size_t ff = std::max({c.n_ff, c.n_expert > 0 ? c.n_ff_exp : 0, c.n_ff_shexp});
-  const size_t rows_ff = std::max((size_t)n * ff, (size_t)c.n_expert_used * c.n_ff_exp);
+  const size_t pairs = (size_t)n * std::max(1, c.n_expert_used);
+  const size_t rows_ff = std::max((size_t)n * ff, pairs * c.n_ff_exp);
   s->gate = backend_->alloc_floats(rows_ff);
   s->up = backend_->alloc_floats(rows_ff);
   if (c.n_expert > 0) {
     s->router = backend_->alloc_floats((size_t)n * (c.n_expert + 1));  // + the shared gate
-    s->ex = backend_->alloc_floats((size_t)n * c.n_embd);
-    s->ey = backend_->alloc_floats((size_t)std::max(n, c.n_expert_used) * c.n_embd);
+    s->ex = backend_->alloc_floats(pairs * c.n_embd);
+    s->ey = backend_->alloc_floats(pairs * c.n_embd);
   }
   s_ = std::move(s);
 }
@@ -797,7 +799,7 @@ void LlamaModel::moe_ffn(int layer, int n) {
   Backend& be = *backend_;
   Scratch& s = *s_;
   const auto& c = cfg_;
-  const int E = c.n_expert, K = c.n_expert_used, D = c.n_embd, F = c.n_ff_exp;
+  const int E = c.n_expert, K = c.n_expert_used;
   be.matmul(L.router, s.xn, n, s.router);  // (n, E)
   const float* R = s.router;
   if (!be.host_memory()) {
@@ -830,71 +832,47 @@ void LlamaModel::moe_ffn(int layer, int n) {
       weights[order[k]].push_back((float)(std::exp((double)(r[order[k]] - mx)) / sum));
     }
   }
-  if (n == 1) {
-    decode_experts(layer, rows, weights);
-  } else {
-    grouped_experts(layer, n, rows, weights);
-  }
+  run_experts(layer, n, rows, weights);
   if (c.n_ff_shexp > 0) shared_expert(L, n);
 }
 
-// One row (a decode step of one sequence): its K experts' gate and up
-// products in shared dispatches (4 experts to a call), their activations side
-// by side, then each one's down product added with its weight.
-void LlamaModel::decode_experts(int layer, const std::vector<std::vector<int32_t>>& rows,
-                                const std::vector<std::vector<float>>& weights) {
+// The chosen experts of the pass's rows: the rows gathered in expert order
+// (a row once for each of its experts), each expert's gate and up products
+// over its rows, one SwiGLU, its down products, and the results added back
+// to each row with its weight. The products of all experts run as grouped
+// passes (one dispatch each on the CPU): each chosen expert's weights are
+// read once for all the rows that chose it, the others not at all.
+void LlamaModel::run_experts(int layer, int n, const std::vector<std::vector<int32_t>>& rows,
+                             const std::vector<std::vector<float>>& weights) {
   const LayerWeights& L = w_.layers[layer];
   Backend& be = *backend_;
   Scratch& s = *s_;
   const int E = cfg_.n_expert, D = cfg_.n_embd, F = cfg_.n_ff_exp;
-  int chosen[256];
-  float w[256];
-  int K = 0;
-  for (int e = 0; e < E; ++e)
-    if (!rows[e].empty()) {
-      prepare_expert(layer, e);
-      chosen[K] = e;
-      w[K++] = weights[e][0];
-    }
-  for (int k0 = 0; k0 < K; k0 += 4) {
-    MatmulJob jobs[8];
-    int count = 0;
-    for (int k = k0; k < std::min(K, k0 + 4); ++k) {
-      jobs[count++] = {&L.e_gate[chosen[k]], s.gate + (size_t)k * F};
-      jobs[count++] = {&L.e_up[chosen[k]], s.up + (size_t)k * F};
-    }
-    be.matmul_many(jobs, count, s.xn, 1);
-  }
-  be.swiglu(s.gate, s.up, (size_t)K * F);
-  const int32_t row0 = 0;
-  for (int k = 0; k < K; ++k) {
-    be.matmul(L.e_down[chosen[k]], s.gate + (size_t)k * F, 1, s.ey + (size_t)k * D);
-    be.scatter_add_rows(s.x, s.ey + (size_t)k * D, &row0, &w[k], 1, D);
-  }
-}
-
-// Several rows: each chosen expert once, over all the rows that chose it
-// (gathered into one multi-row product, scattered back with their weights).
-void LlamaModel::grouped_experts(int layer, int n, const std::vector<std::vector<int32_t>>& rows,
-                                 const std::vector<std::vector<float>>& weights) {
-  const LayerWeights& L = w_.layers[layer];
-  Backend& be = *backend_;
-  Scratch& s = *s_;
-  const int E = cfg_.n_expert, D = cfg_.n_embd, F = cfg_.n_ff_exp;
+  std::vector<int32_t>& order = s.expert_order;  // the pass's row of each gathered row
+  order.clear();
+  std::vector<GroupedJob>& gu = s.gate_up_jobs;
+  std::vector<GroupedJob>& down = s.down_jobs;
+  gu.clear();
+  down.clear();
   for (int e = 0; e < E; ++e) {
     const int m = (int)rows[e].size();
     if (m == 0) continue;
     prepare_expert(layer, e);
-    const float* in = s.xn;  // every row (in order): no gather
-    if (m < n) {
-      be.gather_rows(s.ex, s.xn, rows[e].data(), m, D);
-      in = s.ex;
-    }
-    const MatmulJob gu[2] = {{&L.e_gate[e], s.gate}, {&L.e_up[e], s.up}};
-    be.matmul_many(gu, 2, in, m);
-    be.swiglu(s.gate, s.up, (size_t)m * F);
-    be.matmul(L.e_down[e], s.gate, m, s.ey);
-    be.scatter_add_rows(s.x, s.ey, rows[e].data(), weights[e].data(), m, D);
+    const int r0 = (int)order.size();
+    order.insert(order.end(), rows[e].begin(), rows[e].end());
+    gu.push_back({&L.e_gate[e], s.gate + (size_t)r0 * F, r0, m});
+    gu.push_back({&L.e_up[e], s.up + (size_t)r0 * F, r0, m});
+    down.push_back({&L.e_down[e], s.ey + (size_t)r0 * D, r0, m});
+  }
+  const int pairs = (int)order.size();
+  be.gather_rows(s.ex, s.xn, order.data(), pairs, D);
+  be.matmul_grouped(gu.data(), (int)gu.size(), s.ex, D);
+  be.swiglu(s.gate, s.up, (size_t)pairs * F);
+  be.matmul_grouped(down.data(), (int)down.size(), s.gate, F);
+  // each expert's rows back, in expert order (a row's experts add in turn)
+  for (const GroupedJob& j : down) {
+    const int e = (int)(j.w - L.e_down.data());
+    be.scatter_add_rows(s.x, s.ey + (size_t)j.row0 * D, rows[e].data(), weights[e].data(), j.n, D);
   }
 }
 

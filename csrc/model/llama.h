@@ -206,11 +206,9 @@ class LlamaModel {
   void prepare(WeightView& v, bool head = false);
   // expert e of a layer prepared, the first time it is chosen
   void prepare_expert(int layer, int e);
-  // the chosen experts of one row / of several rows (rows, weights: per expert)
-  void decode_experts(int layer, const std::vector<std::vector<int32_t>>& rows,
-                      const std::vector<std::vector<float>>& weights);
-  void grouped_experts(int layer, int n, const std::vector<std::vector<int32_t>>& rows,
-                       const std::vector<std::vector<float>>& weights);
+  // the chosen experts of the pass's rows (rows, weights: per expert)
+  void run_experts(int layer, int n, const std::vector<std::vector<int32_t>>& rows,
+                   const std::vector<std::vector<float>>& weights);
   // x += its shared expert's FFN of xn, scaled by its gate
   void shared_expert(const LayerWeights& L, int n);
   void ensure_scratch(int n);
