@@ -29,7 +29,8 @@ import time
 
 import numpy as np
 from compare import compare_model
-from real_shapes import _tokenizer_fields, quantize
+from memory import rss_mb
+from real_shapes import add_tokenizer, quantize, write_random
 
 # (width, layers, heads, kv heads, head size, vocabulary, experts, chosen, expert width)
 SHAPE = (1024, 16, 8, 2, 128, 151936, 64, 4, 768)
@@ -84,42 +85,8 @@ def write_f16(path: str, moe: bool, seed: int = 0) -> None:
         w.add_expert_count(E)
         w.add_expert_used_count(K)
         w.add_expert_feed_forward_length(Fe)
-    for k, v, types in _tokenizer_fields():
-        if k == "tokenizer.ggml.tokens":
-            w.add_token_list(list(v) + [f"<|unused_{i}|>" for i in range(V - len(v))])
-        elif k == "tokenizer.ggml.token_type":
-            w.add_token_types(list(v) + [3] * (V - len(v)))
-        elif k == "tokenizer.ggml.merges":
-            w.add_token_merges(list(v))
-        elif types[0] == gguf.GGUFValueType.STRING:
-            w.add_string(k, v)
-        elif types[0] == gguf.GGUFValueType.BOOL:
-            w.add_bool(k, bool(v))
-        elif types[0] == gguf.GGUFValueType.UINT32:
-            w.add_uint32(k, int(v))
-    tensors = _tensors(moe)
-    for name, shp, dt in tensors:
-        n = int(np.prod(shp))
-        w.add_tensor_info(name, shp, np.dtype(dt), n * np.dtype(dt).itemsize)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    rng = np.random.default_rng(seed)
-    for name, shp, dt in tensors:
-        if len(shp) == 1:
-            a = (np.ones(shp, np.float32) if name.endswith("norm.weight")
-                 else (0.02 * rng.standard_normal(shp)).astype(np.float32))
-        elif dt is np.float32:  # the router: logits of a few units, a varied choice
-            a = (rng.standard_normal(shp) / np.sqrt(shp[-1])).astype(np.float32)
-        else:
-            a = np.empty(shp, np.float16)
-            flat = a.reshape(-1, shp[-1])
-            step = max(1, (1 << 24) // shp[-1])
-            for r in range(0, flat.shape[0], step):
-                flat[r:r + step] = 0.02 * rng.standard_normal(
-                    (min(step, flat.shape[0] - r), shp[-1]), dtype=np.float32)
-        w.write_tensor_data(a)
-    w.close()
+    add_tokenizer(w, V)
+    write_random(w, _tensors(moe), seed)
 
 
 def ensure(kind: str, types: list[str], out_dir: str, threads: int) -> dict[str, str]:
@@ -141,33 +108,25 @@ def ensure(kind: str, types: list[str], out_dir: str, threads: int) -> dict[str,
     return paths
 
 
-MEMORY_SCRIPT = r"""
-import sys
-import llmrt
-
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-before = rss()
-m = llmrt.Model(sys.argv[1], threads=int(sys.argv[2]), context_length=1024)
-loaded = rss()
-r = m.generate("The capital of France is", max_new_tokens=32, ignore_eos=True)
-print(before, loaded, rss())
-"""
-
-
 def memory(path: str, threads: int) -> tuple[float, float, float]:
     """llmrt's resident MB in a fresh process (freed memory of earlier models
     in this one would hide growth): before, after loading the file, after 32
     new tokens."""
     import subprocess
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, path, str(threads)],
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-of", path,
+                          "--threads", str(threads)],
                          capture_output=True, text=True, check=True).stdout.split()
     before, loaded, used = map(float, out[-3:])
     return before, loaded, used
+
+
+def _measure_memory(path: str, threads: int) -> None:
+    import llmrt
+    before = rss_mb()
+    m = llmrt.Model(path, threads=threads, context_length=1024)
+    loaded = rss_mb()
+    m.generate("The capital of France is", max_new_tokens=32, ignore_eos=True)
+    print(before, loaded, rss_mb())
 
 
 def main() -> None:
@@ -178,7 +137,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=256)
+    ap.add_argument("--memory-of", default=None, help=argparse.SUPPRESS)  # the child of memory()
     a = ap.parse_args()
+    if a.memory_of:
+        _measure_memory(a.memory_of, a.threads)
+        return
     types = [t for t in a.types.split(",") if t]
     moe = ensure("moe", types, a.dir, a.threads)
     dense = ensure("dense", types, a.dir, a.threads)

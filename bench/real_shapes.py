@@ -58,6 +58,54 @@ def _tokenizer_fields():
     return out
 
 
+def add_tokenizer(w, V: int) -> None:
+    """The default model's tokenizer, its vocabulary padded to V with unused
+    control tokens."""
+    import gguf
+    for k, v, types in _tokenizer_fields():
+        if k == "tokenizer.ggml.tokens":
+            w.add_token_list(list(v) + [f"<|unused_{i}|>" for i in range(V - len(v))])
+        elif k == "tokenizer.ggml.token_type":
+            w.add_token_types(list(v) + [3] * (V - len(v)))  # control tokens
+        elif k == "tokenizer.ggml.merges":
+            w.add_token_merges(list(v))
+        elif types[0] == gguf.GGUFValueType.STRING:
+            w.add_string(k, v)
+        elif types[0] == gguf.GGUFValueType.BOOL:
+            w.add_bool(k, bool(v))
+        elif types[0] == gguf.GGUFValueType.UINT32:
+            w.add_uint32(k, int(v))
+
+
+def write_random(w, tensors, seed: int) -> None:
+    """Writes the header and the tensors (name, shape, dtype) one at a time:
+    unit norms, N(0, 0.02) other vectors and F16 matrices (any rank, rows in
+    chunks), F32 matrices (routers) at N(0, 1 / cols), so their logits are of
+    a few units."""
+    for name, shp, dt in tensors:
+        n = int(np.prod(shp))
+        w.add_tensor_info(name, shp, np.dtype(dt), n * np.dtype(dt).itemsize)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    rng = np.random.default_rng(seed)
+    for name, shp, dt in tensors:
+        if len(shp) == 1:
+            a = (np.ones(shp, np.float32) if name.endswith("norm.weight")
+                 else (0.02 * rng.standard_normal(shp)).astype(np.float32))
+        elif dt is np.float32:
+            a = (rng.standard_normal(shp) / np.sqrt(shp[-1])).astype(np.float32)
+        else:
+            a = np.empty(shp, np.float16)
+            flat = a.reshape(-1, shp[-1])
+            step = max(1, (1 << 24) // shp[-1])
+            for r in range(0, flat.shape[0], step):
+                flat[r:r + step] = 0.02 * rng.standard_normal(
+                    (min(step, flat.shape[0] - r), shp[-1]), dtype=np.float32)
+        w.write_tensor_data(a)
+    w.close()
+
+
 def write_f16(path: str, shape: str, seed: int = 0) -> None:
     """The F16 file of a shape, tensor by tensor (never the whole model in memory)."""
     import gguf
@@ -76,21 +124,7 @@ def write_f16(path: str, shape: str, seed: int = 0) -> None:
     w.add_layer_norm_rms_eps(1e-5 if arch == "llama" else 1e-6)
     w.add_vocab_size(V)
     w.add_file_type(1)
-    for k, v, types in _tokenizer_fields():
-        if k == "tokenizer.ggml.tokens":
-            v = list(v) + [f"<|unused_{i}|>" for i in range(V - len(v))]
-            w.add_token_list(v)
-        elif k == "tokenizer.ggml.token_type":
-            v = list(v) + [3] * (V - len(v))  # control tokens
-            w.add_token_types(v)
-        elif k == "tokenizer.ggml.merges":
-            w.add_token_merges(list(v))
-        elif types[0] == gguf.GGUFValueType.STRING:
-            w.add_string(k, v)
-        elif types[0] == gguf.GGUFValueType.BOOL:
-            w.add_bool(k, bool(v))
-        elif types[0] == gguf.GGUFValueType.UINT32:
-            w.add_uint32(k, int(v))
+    add_tokenizer(w, V)
 
     tensors = []  # (name, shape (rows, cols) or (n,), dtype)
     tensors.append(("token_embd.weight", (V, D), np.float16))
@@ -112,25 +146,7 @@ def write_f16(path: str, shape: str, seed: int = 0) -> None:
     tensors.append(("output_norm.weight", (D,), np.float32))
     if not tied:
         tensors.append(("output.weight", (V, D), np.float16))
-    for name, shp, dt in tensors:
-        n = int(np.prod(shp))
-        w.add_tensor_info(name, shp, np.dtype(dt), n * np.dtype(dt).itemsize)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
-    rng = np.random.default_rng(seed)
-    for name, shp, dt in tensors:
-        if len(shp) == 1:
-            a = (np.ones(shp, np.float32) if name.endswith("norm.weight")
-                 else (0.02 * rng.standard_normal(shp)).astype(np.float32))
-        else:
-            a = np.empty(shp, np.float16)
-            step = max(1, (1 << 24) // shp[1])
-            for r in range(0, shp[0], step):
-                a[r:r + step] = (0.02 * rng.standard_normal((min(step, shp[0] - r), shp[1]),
-                                                             dtype=np.float32))
-        w.write_tensor_data(a)
-    w.close()
+    write_random(w, tensors, seed)
 
 
 def quantize(src: str, dst: str, ftype: str, threads: int) -> None:

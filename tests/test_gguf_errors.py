@@ -2,12 +2,10 @@
 exception naming the problem; none crashes the process."""
 
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from testutil import write_model
+from testutil import fuzz_gguf, rewrite_gguf, write_model
 
 import llmrt
 from llmrt import GGUFError, UnsupportedModelError
@@ -192,26 +190,6 @@ def test_bad_rope_factors_and_window_keys(tmp_path):
         llmrt.Model(_write(tmp_path, d, "g2.gguf"))
 
 
-def _rewrite(src, dst, keys):
-    """A copy of src with some keys added or replaced: name -> (value, GGUFValueType)."""
-    import gguf
-    r = gguf.GGUFReader(src)
-    w = gguf.GGUFWriter(dst, r.fields["general.architecture"].contents())
-    for k, f in r.fields.items():
-        if k.startswith("GGUF.") or k == "general.architecture" or k in keys:
-            continue
-        if f.types[0] == gguf.GGUFValueType.ARRAY:
-            w.add_array(k, f.contents())
-        else:
-            w.add_key_value(k, f.contents(), f.types[0])
-    for k, (v, vt) in keys.items():
-        w.add_key_value(k, v, vt)
-    for t in r.tensors:
-        w.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-    w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
-    return dst
-
-
 @pytest.mark.parametrize("arch,key,value", [
     ("llama", "llama.rope.scaling.attn_factor", 1e30),
     ("gemma2", "gemma2.attention.scale", 1e300),
@@ -223,7 +201,7 @@ def test_out_of_range_floats_are_errors(tmp_path, arch, key, value):
     import gguf
     src = str(tmp_path / "src.gguf")
     write_model(src, arch=arch, n_layer=1)
-    p = _rewrite(src, str(tmp_path / "bad.gguf"), {key: (value, gguf.GGUFValueType.FLOAT64)})
+    p = rewrite_gguf(src, str(tmp_path / "bad.gguf"), {key: (value, gguf.GGUFValueType.FLOAT64)})
     with pytest.raises(GGUFError, match=key.replace(".", r"\.") + ".*out of range"):
         llmrt.Model(p)
 
@@ -233,12 +211,12 @@ def test_window_and_longrope_keys_without_their_parts(tmp_path):
     src = str(tmp_path / "src.gguf")
     write_model(src, arch="qwen2", n_layer=1, ctx=512)
     # an original context without LongRoPE's factors: no attention factor
-    p = _rewrite(src, str(tmp_path / "a.gguf"), {
+    p = rewrite_gguf(src, str(tmp_path / "a.gguf"), {
         "qwen2.rope.scaling.original_context_length": (64, gguf.GGUFValueType.UINT32)})
     assert llmrt.Model(p).config["rope_mscale"] == 1.0
     # a window as long as the context, or a huge one: no window
     for w in (512, 2 ** 40):
-        p = _rewrite(src, str(tmp_path / f"w{w}.gguf"), {
+        p = rewrite_gguf(src, str(tmp_path / f"w{w}.gguf"), {
             "qwen2.attention.sliding_window": (w, gguf.GGUFValueType.UINT64)})
         assert "sliding_window" not in llmrt.Model(p).cache_stats()
 
@@ -247,46 +225,14 @@ def test_fuzzed_gemma_files_never_crash(tmp_path):
     # sliding-window layers, soft-caps, post-norms: the loader's gemma keys and tensors
     p = str(tmp_path / "gemma.gguf")
     write_model(p, arch="gemma2", wtype="Q8_0", n_layer=2, window=4)
-    r = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, p, "99", "150",
-                        str(tmp_path / "fuzz.gguf")], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"child died ({r.returncode}): {r.stderr[-2000:]}"
-    ok, err = map(int, r.stdout.split())
-    assert ok + err == 150 and err > 0
-
-
-FUZZ_SCRIPT = r"""
-import random, sys
-import llmrt
-data = open(sys.argv[1], 'rb').read()
-rng = random.Random(int(sys.argv[2]))
-ok = err = 0
-for it in range(int(sys.argv[3])):
-    d = bytearray(data)
-    # corrupt the header / metadata / tensor table region mostly, where parsing happens
-    limit = len(d) if rng.random() < 0.2 else min(len(d), 4096)
-    for _ in range(rng.randint(1, 8)):
-        d[rng.randrange(limit)] = rng.randrange(256)
-    if rng.random() < 0.3:
-        d = d[:rng.randrange(len(d))]
-    p = sys.argv[4]
-    open(p, 'wb').write(d)
-    try:
-        m = llmrt.Model(p, threads=1, context_length=16)
-        m.generate([1, 2, 3], max_new_tokens=2, ignore_eos=True)
-        ok += 1
-    except (llmrt.GGUFError, ValueError, FileNotFoundError, UnicodeDecodeError) as e:
-        err += 1
-print(ok, err)
-"""
+    ok, err = fuzz_gguf(p, 99, 150, tmp_path / "fuzz.gguf")
+    assert err > 0
 
 
 def test_fuzzed_files_never_crash(tmp_path, good):
     # In a child process: a crash there fails this test instead of the run.
-    r = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, good, "1234", "300",
-                        str(tmp_path / "fuzz.gguf")], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, f"child died ({r.returncode}): {r.stderr[-2000:]}"
-    ok, err = map(int, r.stdout.split())
-    assert ok + err == 300 and err > 0
+    ok, err = fuzz_gguf(good, 1234, 300, tmp_path / "fuzz.gguf")
+    assert err > 0
 
 
 def test_the_native_model_takes_tensors_by_known_roles_only(tmp_path):

@@ -22,7 +22,7 @@ from llmrt.testing.models import (
 __all__ = ["ADD_TOOL", "HERMES", "INT8_TYPES", "KQUANT_BYTES", "TOOLS", "TOOL_SCHEMAS", "WEATHER_ASK",
            "WEATHER_TOOL", "bpe_vocab", "dequantize_ref", "encode_tensor", "kv_round",
            "quantize_act_ref", "random_kquant", "reference_logits", "write_model",
-           "write_tools_model"]
+           "write_tools_model", "rewrite_gguf", "fuzz_gguf"]
 
 
 # ---- numpy reference forward ------------------------------------------------------
@@ -168,3 +168,74 @@ def _moe_ref(W: dict, p: str, h: np.ndarray, k: int, mm, norm: bool = True) -> n
 # A Hermes-style chat template that takes tools (written for these tests; the
 # shape Qwen 2.5 and Hermes models use): tools in the system turn, calls in
 # <tool_call> tags, results in <tool_response> tags.
+
+
+# ---- corrupted and rewritten files ----------------------------------------------------
+
+def rewrite_gguf(src, dst, keys=None, drop=()):
+    """A copy of a GGUF file with keys added or replaced (name -> (value,
+    GGUFValueType)) and tensors dropped."""
+    import gguf
+
+    r = gguf.GGUFReader(src)
+    w = gguf.GGUFWriter(dst, r.fields["general.architecture"].contents())
+    for k, f in r.fields.items():
+        if k.startswith("GGUF.") or k == "general.architecture":
+            continue
+        if keys and k in keys:
+            continue
+        vt = f.types[0]
+        sub = f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(k, f.contents(), vt, sub_type=sub)
+    for k, (v, vt) in (keys or {}).items():
+        w.add_key_value(k, v, vt)
+    for t in r.tensors:
+        if t.name not in drop:
+            w.add_tensor(t.name, np.asarray(t.data), raw_shape=list(reversed(t.shape.tolist())),
+                         raw_dtype=t.tensor_type)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst
+
+
+FUZZ_SCRIPT = r"""
+import random, sys
+import llmrt
+data = open(sys.argv[1], 'rb').read()
+rng = random.Random(int(sys.argv[2]))
+ok = err = 0
+for it in range(int(sys.argv[3])):
+    d = bytearray(data)
+    # corrupt the header / metadata / tensor table region mostly, where parsing happens
+    limit = len(d) if rng.random() < 0.2 else min(len(d), 4096)
+    for _ in range(rng.randint(1, 8)):
+        d[rng.randrange(limit)] = rng.randrange(256)
+    if rng.random() < 0.3:
+        d = d[:rng.randrange(len(d))]
+    p = sys.argv[4]
+    open(p, 'wb').write(d)
+    try:
+        m = llmrt.Model(p, threads=1, context_length=16)
+        m.generate([1, 2, 3], max_new_tokens=2, ignore_eos=True)
+        ok += 1
+    except (llmrt.GGUFError, ValueError, FileNotFoundError, UnicodeDecodeError) as e:
+        err += 1
+print(ok, err)
+"""
+
+
+
+def fuzz_gguf(path, seed, runs, scratch):
+    """Loads and runs `runs` corrupted copies of a GGUF file in a child
+    process (a crash there fails the caller, not the test run) -> (loaded,
+    refused with a clear error)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, path, str(seed), str(runs),
+                        str(scratch)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"child died ({r.returncode}): {r.stderr[-2000:]}"
+    ok, err = map(int, r.stdout.split())
+    assert ok + err == runs
+    return ok, err

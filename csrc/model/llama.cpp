@@ -38,6 +38,7 @@ struct LlamaModel::Scratch {
   std::vector<std::vector<int32_t>> expert_rows;  // mixture of experts: each expert's rows
   std::vector<std::vector<float>> expert_weights;  // and their weights
   std::vector<int32_t> all_rows, expert_order;
+  std::vector<int> expert_rank;  // a row's experts by router logit
   std::vector<GroupedJob> gate_up_jobs, down_jobs;  // mixture of experts: the grouped products
   std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
   std::vector<AttnSeq> attn;      // the pass's sequences, for attention
@@ -814,7 +815,8 @@ void LlamaModel::moe_ffn(int layer, int n) {
   rows.resize(E);
   weights.resize(E);
   for (int e = 0; e < E; ++e) rows[e].clear(), weights[e].clear();
-  std::vector<int> order(E);
+  std::vector<int>& order = s.expert_rank;
+  order.resize(E);
   for (int t = 0; t < n; ++t) {
     const float* r = R + (size_t)t * E;
     for (int e = 0; e < E; ++e) order[e] = e;
