@@ -561,10 +561,10 @@ def test_bad_checkpoints(tmp_path, sp_model):
     _save(str(other), dict(c, architectures=["GPTNeoXForCausalLM"]), w, shards=1)
     with pytest.raises(llmrt.UnsupportedModelError, match="GPTNeoXForCausalLM"):
         convert(str(other), out)
-    yarn = tmp_path / "yarn"
-    _save(str(yarn), dict(c, rope_scaling={"rope_type": "yarn", "factor": 4.0}), w, shards=1)
-    with pytest.raises(llmrt.UnsupportedModelError, match="yarn"):
-        convert(str(yarn), out)
+    dyn = tmp_path / "dynamic"
+    _save(str(dyn), dict(c, rope_scaling={"rope_type": "dynamic", "factor": 4.0}), w, shards=1)
+    with pytest.raises(llmrt.UnsupportedModelError, match="dynamic"):
+        convert(str(dyn), out)
     with pytest.raises(CheckpointError, match="config.json"):
         convert(str(tmp_path), out)
 
@@ -579,3 +579,38 @@ def test_convert_cli(tmp_path, sp_model):
     r = subprocess.run([sys.executable, "-m", "llmrt", "convert", str(tmp_path / "nope"), "-o",
                         out], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "config.json" in r.stderr
+
+
+def test_yarn_rope_scaling_matches_transformers(tmp_path):
+    # Qwen2.5's long-context setting: YaRN with its ramp's ends rounded to
+    # whole dimensions (transformers' truncate default), positions past the
+    # original context; against transformers' own forward
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    rs = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}
+    tk, c, w = _bpe_dir(tmp_path / "q", arch="Qwen2ForCausalLM", qwen_bias=True,
+                        rope_scaling=rs, max_position_embeddings=128)
+    out = str(tmp_path / "q.gguf")
+    convert(str(tmp_path / "q"), out, "f32", progress=False)
+    r = gguf.GGUFReader(out)
+    assert r.fields["qwen2.rope.scaling.type"].contents() == "yarn"
+    ids = tk.encode(TEXT * 2).ids[:100]
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    from safetensors.numpy import save_file
+    d = tmp_path / "one"
+    d.mkdir()
+    save_file(w, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps(c))
+    hf = transformers.Qwen2ForCausalLM.from_pretrained(str(d), dtype=torch.float32).eval()
+    with torch.no_grad():
+        t = hf(torch.tensor([ids])).logits[0].double().numpy()
+    got = m.logits(ids)
+    assert np.abs(got - t).max() <= 1e-4 * np.abs(t).max()
+    # without the scaling the logits past the start move well beyond that
+    plain = tmp_path / "plain.gguf"
+    convert(str(tmp_path / "q"), str(plain), "f32", progress=False)
+    from testutil import rewrite_gguf
+    p2 = rewrite_gguf(str(plain), str(tmp_path / "noyarn.gguf"),
+                      {"qwen2.rope.scaling.type": ("none", gguf.GGUFValueType.STRING)})
+    far = llmrt.Model(p2, threads=2, activations="f32", kv_cache_dtype="f32").logits(ids)
+    assert np.abs(far - t).max() > 1e-2 * np.abs(t).max()

@@ -3,6 +3,7 @@
 // can be checked against the plain C++ one and against numpy.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <atomic>
 #include <chrono>
@@ -10,6 +11,7 @@
 #include <thread>
 #include <stdexcept>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,7 +75,8 @@ using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 // layer's cache frees them.
 py::array_t<float> attention_paged(F32 q, F32 k, F32 v, int block_tokens,
                                    const std::string& kv_type, const std::string& isa,
-                                   int threads, bool contiguous, float softcap, int window) {
+                                   int threads, bool contiguous, float softcap, int window,
+                                   std::optional<F32> sinks) {
   if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
     throw py::value_error("q, k, v must be 3-D");
   const int n = (int)q.shape(0), H = (int)q.shape(1), hd = (int)q.shape(2);
@@ -103,6 +106,10 @@ py::array_t<float> attention_paged(F32 q, F32 k, F32 v, int block_tokens,
   ap.scale = 1.f / std::sqrt((float)hd);
   ap.softcap = softcap;
   ap.window = window;
+  if (sinks) {
+    if (sinks->ndim() != 1 || sinks->shape(0) != H) throw py::value_error("sinks must be (H,)");
+    ap.sinks = sinks->data();
+  }
   cpu::attention(pool, kern, cache, &one, 1, 0, q.data(), H, ap, out.mutable_data(), scr);
   return out;
 }
@@ -125,7 +132,7 @@ void bind_testing(py::module_& m) {
   m.def("attention_paged", &attention_paged, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("block_tokens") = 32, py::arg("kv_type") = "f32", py::arg("isa") = "",
         py::arg("threads") = 1, py::arg("contiguous") = false, py::arg("softcap") = 0.f,
-        py::arg("window") = 0);
+        py::arg("window") = 0, py::arg("sinks") = py::none());
   py::class_<PreparedMatmul>(m, "PreparedMatmul")
       .def(py::init<uint32_t, Bytes, int64_t, int64_t, int, bool, const std::string&, bool>(),
            py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"),

@@ -41,6 +41,9 @@ struct AttnParams {
   float scale = 1.f;    // scores = q k^T * scale
   float softcap = 0.f;  // then softcap * tanh(scores / softcap) (0: none; gemma 2)
   int window = 0;       // a query at position p sees keys (p - window, p] (0: all of [0, p])
+  // optional (n_heads,) logits, one per query head, that join the softmax's
+  // denominator without a value (gpt-oss's attention sinks); host memory
+  const float* sinks = nullptr;
 };
 
 // One output of a matmul_many call: y (n, w->rows), plus bias (w->rows,)
@@ -177,6 +180,10 @@ class Backend {
   virtual void swiglu(float* gate, const float* up, size_t count) = 0;
   // gate = gelu(gate) * up (GELU's tanh form), count elements.
   virtual void geglu(float* gate, const float* up, size_t count) = 0;
+  // gate = g * sigmoid(alpha * g) * (u + 1), with g = min(gate, limit) and
+  // u = up clamped to [-limit, limit] (gpt-oss's experts), count elements.
+  virtual void swiglu_clamped(float* gate, const float* up, size_t count, float alpha,
+                              float limit) = 0;
   // x = cap * tanh(x / cap), count elements (logit soft-capping).
   virtual void softcap(float* x, size_t count, float cap) = 0;
   // x *= s, count elements.

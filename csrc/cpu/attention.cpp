@@ -76,7 +76,16 @@ inline void fold(const Kernels& k, float* O, float& L, float& M, const float* o,
   M = mn;
 }
 
-inline void finish(const Kernels& k, float* O, float L, int hd) {
+// O /= L; with a sink logit (gpt-oss), exp(sink) joins L first (O, L
+// relative to the running max M; the sink has no value).
+inline void finish(const Kernels& k, float* O, float L, float M, const float* sink, int hd) {
+  if (sink) {
+    const float mn = std::max(M, *sink);
+    const float a = M == kNegInf ? 0.f : std::exp(M - mn);
+    L = L * a + std::exp(*sink - mn);
+    k.scale(a / L, O, hd);
+    return;
+  }
   k.scale(L > 0.f ? 1.f / L : 0.f, O, hd);
 }
 
@@ -246,7 +255,10 @@ void prefill_task(const AttnCall& c, const AttnPlan& sp, int64_t task) {
     }
     std::copy(O, O + r, tr.out);
   }
-  for (int i = 0; i < r; ++i) finish(c.k, tr.out[i], L[i], c.hd);
+  for (int i = 0; i < r; ++i) {
+    const float* sink = c.ap.sinks ? c.ap.sinks + kvh * c.group + i % c.group : nullptr;
+    finish(c.k, tr.out[i], L[i], M[i], sink, c.hd);
+  }
 }
 
 // Decode rows: each head's range partials folded in order into its output.
@@ -269,7 +281,7 @@ void merge_decode_partials(ThreadPool& pool, const AttnCall& c, int count) {
         const size_t pj = sp.part0 + (size_t)j * n_heads + h;
         fold(c.k, O, L, M, scr.part_out.data() + pj * hd, scr.part_sum[pj], scr.part_max[pj], hd);
       }
-      finish(c.k, O, L, hd);
+      finish(c.k, O, L, M, c.ap.sinks ? c.ap.sinks + h : nullptr, hd);
     }
   });
 }

@@ -130,6 +130,9 @@ class CpuBackend final : public Backend {
   }
   void swiglu(float* g, const float* u, size_t count) override { cpu::swiglu(pool_, k_, g, u, count); }
   void geglu(float* g, const float* u, size_t count) override { cpu::geglu(pool_, k_, g, u, count); }
+  void swiglu_clamped(float* g, const float* u, size_t count, float alpha, float limit) override {
+    cpu::swiglu_clamped(pool_, g, u, count, alpha, limit);
+  }
   void softcap(float* x, size_t count, float cap) override {
     const float inv = 1.f / cap;
     pool_.parallel_for((int64_t)count, 16384, [&](int64_t b, int64_t e) {

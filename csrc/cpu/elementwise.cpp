@@ -34,6 +34,17 @@ void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, si
   });
 }
 
+void swiglu_clamped(ThreadPool& pool, float* gate, const float* up, size_t count, float alpha,
+                    float limit) {
+  pool.parallel_for((int64_t)count, 8192, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float g = std::min(gate[i], limit);
+      const float u = std::min(std::max(up[i], -limit), limit);
+      gate[i] = g / (1.f + std::exp(-alpha * g)) * (u + 1.f);
+    }
+  });
+}
+
 void geglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count) {
   pool.parallel_for((int64_t)count, 8192, [&](int64_t b, int64_t e) {
     k.geglu(gate + b, up + b, e - b);

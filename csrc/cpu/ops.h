@@ -94,6 +94,8 @@ void add_bias(float* y, const float* bias, int n, int dim);
 void add(float* y, const float* x, size_t count);
 void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count);
 void geglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count);
+void swiglu_clamped(ThreadPool& pool, float* gate, const float* up, size_t count, float alpha,
+                    float limit);
 // cos / sin tables of a chunk's positions, kept between the layers' calls:
 // two sets of parameters (gemma 3's local and global layers alternate).
 struct RopeTable {

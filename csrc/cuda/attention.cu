@@ -90,6 +90,17 @@ __device__ __forceinline__ float capped(float s, float cap) {
   return cap > 0.f ? cap * tanhf(s / cap) : s;
 }
 
+// The factor that normalises an output accumulated relative to the running
+// max m with sum l: 1 / l, or, with head h's sink logit (gpt-oss), the
+// sink's exponential joining the sum first (no keys: m = -inf, output 0).
+__device__ __forceinline__ float normaliser(float m, float l, const float* sinks, int h) {
+  if (!sinks) return l > 0.f ? 1.f / l : 0.f;
+  const float s = sinks[h];
+  const float mn = fmaxf(m, s);
+  const float a = m > -INFINITY ? __expf(m - mn) : 0.f;
+  return a / (l * a + __expf(s - mn));
+}
+
 __global__ void attention_kernel(KVLayout L, const int* __restrict__ tables,
                                  const int* __restrict__ info, int n_heads, AttnParams ap,
                                  const float* __restrict__ q, float* __restrict__ out) {
@@ -139,7 +150,7 @@ __global__ void attention_kernel(KVLayout L, const int* __restrict__ tables,
     m = mn;
   }
   float* o = out + ((size_t)t * n_heads + h) * hd;
-  const float inv = l > 0.f ? 1.f / l : 0.f;
+  const float inv = normaliser(m, l, ap.sinks, h);
 #pragma unroll
   for (int i = 0; i < kDims; ++i) {
     const int d = lane + 32 * i;
@@ -259,7 +270,7 @@ split_attention_kernel(KVLayout L, const int* __restrict__ tables, const int* __
     }
     const size_t row_head = (size_t)t * n_heads + h0 + g;
     if (S == 1) {
-      out[row_head * hd + d] = sum > 0.f ? o / sum : 0.f;
+      out[row_head * hd + d] = o * normaliser(mx, sum, ap.sinks, h0 + g);
     } else {
       const size_t part = row_head * S + s;
       part_acc[part * hd + d] = o;
@@ -274,7 +285,8 @@ split_attention_kernel(KVLayout L, const int* __restrict__ tables, const int* __
 // out (row t, head h) = the slices' outputs weighted by exp(m_s - M) and
 // normalised by the weighted sums.
 __global__ void combine_kernel(int n_heads, int hd, int S, const float* __restrict__ part_ml,
-                               const float* __restrict__ part_acc, float* __restrict__ out) {
+                               const float* __restrict__ part_acc, const float* __restrict__ sinks,
+                               float* __restrict__ out) {
   const size_t row_head = (size_t)blockIdx.x * n_heads + blockIdx.y;
   const float* ml = part_ml + 2 * row_head * S;
   float mx = -INFINITY;
@@ -289,7 +301,7 @@ __global__ void combine_kernel(int n_heads, int hd, int S, const float* __restri
         o += f * part_acc[(row_head * S + s) * hd + d];
       }
     }
-    out[row_head * hd + d] = sum > 0.f ? o / sum : 0.f;
+    out[row_head * hd + d] = o * normaliser(mx, sum, sinks, blockIdx.y);
   }
 }
 
@@ -305,7 +317,7 @@ void launch_split(const KVLayout& L, const int* tables, const int* info, int row
   LLMRT_CUDA_LAUNCHED("split attention");
   if (S > 1) {
     combine_kernel<<<dim3((unsigned)rows, (unsigned)n_heads), 32, 0, stream>>>(
-        n_heads, L.head_dim, S, part_ml, part_acc, out);
+        n_heads, L.head_dim, S, part_ml, part_acc, ap.sinks, out);
     LLMRT_CUDA_LAUNCHED("attention combine");
   }
 }

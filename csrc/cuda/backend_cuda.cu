@@ -314,6 +314,9 @@ class CudaBackend : public Backend {
   void geglu(float* g, const float* u, size_t count) override {
     cuda::geglu(g, u, count, stream_);
   }
+  void swiglu_clamped(float* g, const float* u, size_t count, float alpha, float limit) override {
+    cuda::swiglu_clamped(g, u, count, alpha, limit, stream_);
+  }
   void softcap(float* x, size_t count, float cap) override {
     cuda::softcap(x, count, cap, stream_);
   }
@@ -387,7 +390,9 @@ class CudaBackend : public Backend {
     cuda::kv_write(layout(c, layer), offs_of(c, layer), n, k, v, stream_);
   }
   void attention(const KVCache& c, const AttnSeq* seqs, int count, int layer, const float* q,
-                 int n_heads, const AttnParams& p, float* out) override {
+                 int n_heads, const AttnParams& params, float* out) override {
+    AttnParams p = params;  // the sinks in device memory
+    if (p.sinks) p.sinks = device_copy(p.sinks, n_heads);
     int n = 0;
     for (int i = 0; i < count; ++i) n += seqs[i].n;
     check_pass(n);

@@ -49,6 +49,13 @@ __device__ __forceinline__ void rotate_pair(float* head, int i, float p,
   head[i1] = a * sn + b * cs;
 }
 
+// An MXFP4 code's value, doubled (kMxfp4Values without a table).
+__device__ __forceinline__ float mxfp4_value(int q) {
+  const int m = q & 7;
+  const int v = m < 4 ? m : (2 + (m & 1)) << ((m >> 1) - 1);
+  return (float)(q & 8 ? -v : v);
+}
+
 // Weights [32 sb, 32 sb + 32) of a row of type T -> w[0..32).
 template <DType T>
 __device__ __forceinline__ void load_sub(const uint8_t* row, int sb, float* w) {
@@ -72,6 +79,16 @@ __device__ __forceinline__ void load_sub(const uint8_t* row, int sb, float* w) {
     for (int i = 0; i < 16; ++i) {
       w[i] = d * (float)((b->qs[i] & 0x0f) - 8);
       w[i + 16] = d * (float)((b->qs[i] >> 4) - 8);
+    }
+  } else if constexpr (T == DType::MXFP4) {
+    // E2M1 codes (bit 3 the sign) of doubled magnitudes {0,1,2,3,4,6,8,12},
+    // times 2^(e - 128): low nibbles the first 16 weights, high the rest
+    const BlockMXFP4* b = reinterpret_cast<const BlockMXFP4*>(row) + sb;
+    const float d = ldexpf(1.f, (int)b->e - 128);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      w[i] = d * mxfp4_value(b->qs[i] & 0x0f);
+      w[i + 16] = d * mxfp4_value(b->qs[i] >> 4);
     }
   } else if constexpr (T == DType::Q4_1) {
     const BlockQ4_1* b = reinterpret_cast<const BlockQ4_1*>(row) + sb;

@@ -56,6 +56,15 @@ __global__ void swiglu_kernel(float* g, const float* u, size_t count) {
   if (i < count) g[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
 
+__global__ void swiglu_clamped_kernel(float* g, const float* u, size_t count, float alpha,
+                                      float limit) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const float x = fminf(g[i], limit);
+  const float y = fminf(fmaxf(u[i], -limit), limit);
+  g[i] = x / (1.f + expf(-alpha * x)) * (y + 1.f);
+}
+
 // gelu (tanh form) as x / (1 + exp(-2 y)), y = sqrt(2 / pi) (x + 0.044715 x^3)
 __global__ void geglu_kernel(float* g, const float* u, size_t count) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -149,6 +158,7 @@ void embed(const WeightView& table, const int32_t* ids, int n, float* out, cudaS
     LLMRT_EMBED(DType::Q4_K)
     LLMRT_EMBED(DType::Q5_K)
     LLMRT_EMBED(DType::Q6_K)
+    LLMRT_EMBED(DType::MXFP4)
 #undef LLMRT_EMBED
     default: throw std::invalid_argument("CUDA embed: unsupported table type");
   }
@@ -192,6 +202,13 @@ void add(float* y, const float* x, size_t count, cudaStream_t stream) {
 void swiglu(float* gate, const float* up, size_t count, cudaStream_t stream) {
   swiglu_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(gate, up, count);
   LLMRT_CUDA_LAUNCHED("swiglu");
+}
+
+void swiglu_clamped(float* gate, const float* up, size_t count, float alpha, float limit,
+                    cudaStream_t stream) {
+  swiglu_clamped_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(gate, up, count, alpha,
+                                                                     limit);
+  LLMRT_CUDA_LAUNCHED("swiglu_clamped");
 }
 
 void geglu(float* gate, const float* up, size_t count, cudaStream_t stream) {

@@ -298,6 +298,7 @@ void dispatch_fused(DType t, const Jobs& jobs, int blocks, const float* x, const
     LLMRT_FUSED(DType::Q4_K)
     LLMRT_FUSED(DType::Q5_K)
     LLMRT_FUSED(DType::Q6_K)
+    LLMRT_FUSED(DType::MXFP4)
 #undef LLMRT_FUSED
     default: throw std::invalid_argument("CUDA matmul: unsupported weight type");
   }
@@ -328,7 +329,8 @@ Jobs job_table(const MatmulJob* js, int count, int& blocks) {
 bool matmul_supported(DType t) {
   switch (t) {
     case DType::F32: case DType::F16: case DType::BF16: case DType::Q8_0: case DType::Q4_0:
-    case DType::Q4_1: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return true;
+    case DType::Q4_1: case DType::Q4_K: case DType::Q5_K: case DType::Q6_K:
+    case DType::MXFP4: return true;
     default: return false;
   }
 }
@@ -347,6 +349,7 @@ void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t s
       case DType::Q4_K: return launch_tc<DType::Q4_K>(w, x, n, y, stream);
       case DType::Q5_K: return launch_tc<DType::Q5_K>(w, x, n, y, stream);
       case DType::Q6_K: return launch_tc<DType::Q6_K>(w, x, n, y, stream);
+      case DType::MXFP4: return launch_tc<DType::MXFP4>(w, x, n, y, stream);
       default: break;  // the float kernels below say what is unsupported
     }
   }
@@ -360,6 +363,7 @@ void matmul(const WeightView& w, const float* x, int n, float* y, cudaStream_t s
     case DType::Q4_K: launch<DType::Q4_K>(w, x, n, y, stream); break;
     case DType::Q5_K: launch<DType::Q5_K>(w, x, n, y, stream); break;
     case DType::Q6_K: launch<DType::Q6_K>(w, x, n, y, stream); break;
+    case DType::MXFP4: launch<DType::MXFP4>(w, x, n, y, stream); break;
     default: throw std::invalid_argument("CUDA matmul: unsupported weight type");
   }
 }

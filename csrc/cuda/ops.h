@@ -46,6 +46,9 @@ void add_bias(float* y, const float* bias, int n, int dim, cudaStream_t stream);
 void add(float* y, const float* x, size_t count, cudaStream_t stream);
 void swiglu(float* gate, const float* up, size_t count, cudaStream_t stream);
 void geglu(float* gate, const float* up, size_t count, cudaStream_t stream);  // GELU (tanh)
+// gpt-oss: min(g, limit) * sigmoid(alpha * min(g, limit)) * (clamp(u, +-limit) + 1)
+void swiglu_clamped(float* gate, const float* up, size_t count, float alpha, float limit,
+                    cudaStream_t stream);
 void softcap(float* x, size_t count, float cap, cudaStream_t stream);  // cap tanh(x / cap)
 void scale(float* x, size_t count, float s, cudaStream_t stream);
 // dst row i = src row rows[i]; dst row rows[i] += weights[i] * src row i

@@ -533,18 +533,22 @@ LlamaModel::Pass LlamaModel::begin_pass(const Segment* segs, int count) {
   return p;
 }
 
-// x += the projection of `in` (in_cols wide) by w, with the adapters'
-// products for target t; through post_norm first where the family has one.
+// x += the projection of `in` (in_cols wide) by w (plus bias, where given),
+// with the adapters' products for target t; through post_norm first where
+// the family has one.
 void LlamaModel::residual_projection(const Pass& p, int l, const WeightView& w, LoraTarget t,
-                                     const float* in, int in_cols, const float* post_norm) {
+                                     const float* in, int in_cols, const float* bias,
+                                     const float* post_norm) {
   Backend& be = *backend_;
   Scratch& s = *s_;
   const int D = cfg_.n_embd, n = p.n;
   if (!post_norm) {
     be.matmul_add(w, in, n, s.x, s.xn);
+    if (bias) be.add_bias(s.x, bias, n, D);
     if (p.lora) lora_add(l, t, in, in_cols, s.x, D, p.segs, p.count, p.adapter);
   } else {  // gemma: x += rmsnorm(projection)
     be.matmul(w, in, n, s.xn);
+    if (bias) be.add_bias(s.xn, bias, n, D);
     if (p.lora) lora_add(l, t, in, in_cols, s.xn, D, p.segs, p.count, p.adapter);
     be.rmsnorm(s.xn, post_norm, n, D, cfg_.rms_eps, s.xn);
     be.add(s.x, s.xn, (size_t)n * D);
@@ -578,9 +582,10 @@ void LlamaModel::attention_block(const Pass& p, int l) {
   const AttnSeq* as = sliding ? s.attn_local.data() : s.attn.data();
   be.rope_kv_write(kv_, as, p.count, l, s.q, s.k, s.v, n, c.n_head, c.n_head_kv, hd,
                    s.pos.data(), sliding ? c.rope_swa : c.rope);
-  be.attention(kv_, as, p.count, l, s.q, c.n_head, sliding ? p.sliding_attn : p.global_attn,
-               s.att);  // (n, qd)
-  residual_projection(p, l, L.wo, kLoraO, s.att, c.n_head * hd, L.post_attn_norm);
+  AttnParams ap = sliding ? p.sliding_attn : p.global_attn;
+  ap.sinks = L.sinks;
+  be.attention(kv_, as, p.count, l, s.q, c.n_head, ap, s.att);  // (n, qd)
+  residual_projection(p, l, L.wo, kLoraO, s.att, c.n_head * hd, L.bo, L.post_attn_norm);
 }
 
 // Layer l's feed-forward block: act(gate) * up of the normed x (SiLU, or
@@ -610,7 +615,7 @@ void LlamaModel::ffn_block(const Pass& p, int l) {
     if (c.gelu) be.geglu(s.gate, s.up, (size_t)n * c.n_ff);
     else be.swiglu(s.gate, s.up, (size_t)n * c.n_ff);
   }
-  residual_projection(p, l, L.w_down, kLoraDown, s.gate, c.n_ff, L.post_ffn_norm);
+  residual_projection(p, l, L.w_down, kLoraDown, s.gate, c.n_ff, nullptr, L.post_ffn_norm);
 }
 
 // The final norm of the rows whose hidden states are wanted, and the output
@@ -802,6 +807,7 @@ void LlamaModel::moe_ffn(int layer, int n) {
   const auto& c = cfg_;
   const int E = c.n_expert, K = c.n_expert_used;
   be.matmul(L.router, s.xn, n, s.router);  // (n, E)
+  if (L.router_b) be.add_bias(s.router, L.router_b, n, E);
   const float* R = s.router;
   if (!be.host_memory()) {
     s.router_host.resize((size_t)n * E);
@@ -869,8 +875,22 @@ void LlamaModel::run_experts(int layer, int n, const std::vector<std::vector<int
   const int pairs = (int)order.size();
   be.gather_rows(s.ex, s.xn, order.data(), pairs, D);
   be.matmul_grouped(gu.data(), (int)gu.size(), s.ex, D);
-  be.swiglu(s.gate, s.up, (size_t)pairs * F);
+  if (L.e_gate_b || L.e_up_b)  // gpt-oss: each expert's biases on its rows
+    for (const GroupedJob& j : down) {
+      const size_t e = (size_t)(j.w - L.e_down.data());
+      if (L.e_gate_b) be.add_bias(s.gate + (size_t)j.row0 * F, L.e_gate_b + e * F, j.n, F);
+      if (L.e_up_b) be.add_bias(s.up + (size_t)j.row0 * F, L.e_up_b + e * F, j.n, F);
+    }
+  if (cfg_.swiglu_limit > 0.f)
+    be.swiglu_clamped(s.gate, s.up, (size_t)pairs * F, cfg_.swiglu_alpha, cfg_.swiglu_limit);
+  else
+    be.swiglu(s.gate, s.up, (size_t)pairs * F);
   be.matmul_grouped(down.data(), (int)down.size(), s.gate, F);
+  if (L.e_down_b)
+    for (const GroupedJob& j : down) {
+      const size_t e = (size_t)(j.w - L.e_down.data());
+      be.add_bias(s.ey + (size_t)j.row0 * D, L.e_down_b + e * D, j.n, D);
+    }
   // each expert's rows back, in expert order (a row's experts add in turn)
   for (const GroupedJob& j : down) {
     const int e = (int)(j.w - L.e_down.data());

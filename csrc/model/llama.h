@@ -32,6 +32,10 @@ struct LlamaConfig {
   // the chosen experts' weights: softmax over all experts, then renormalised
   // over the chosen ones (true: Mixtral, qwen3moe) or not (qwen2moe)
   bool expert_norm = true;
+  // the experts' activation: SwiGLU, or with swiglu_limit > 0 gpt-oss's
+  // clamped form (see Backend::swiglu_clamped)
+  float swiglu_limit = 0.f;
+  float swiglu_alpha = 1.f;
   float rms_eps = 1e-5f;
   RopeParams rope;
   int rope_orig_ctx = 0;      // LongRoPE: the context its short factors are for
@@ -63,6 +67,8 @@ struct LayerWeights {
   const float* bq = nullptr;         // optional biases (qwen2)
   const float* bk = nullptr;
   const float* bv = nullptr;
+  const float* bo = nullptr;         // optional (n_embd,): the output projection's (gpt-oss)
+  const float* sinks = nullptr;      // optional (n_head,): attention sink logits (gpt-oss)
   const float* q_norm = nullptr;     // optional (head_dim,): RMSNorm of each head of q
   const float* k_norm = nullptr;     // and of k, before RoPE (qwen3)
   const float* post_attn_norm = nullptr;  // optional (n_embd,): RMSNorm of the attention's
@@ -73,6 +79,12 @@ struct LayerWeights {
   // (n_expert, n_embd) and each expert's FFN (n_ff_exp wide).
   WeightView router;
   std::vector<WeightView> e_gate, e_up, e_down;
+  // optional biases (gpt-oss): the router's (n_expert,) and each expert's
+  // gate / up (n_expert, n_ff_exp) and down (n_expert, n_embd)
+  const float* router_b = nullptr;
+  const float* e_gate_b = nullptr;
+  const float* e_up_b = nullptr;
+  const float* e_down_b = nullptr;
   // A shared expert beside them (n_ff_shexp wide), scaled by the sigmoid of
   // s_gate_inp (1, n_embd) . x (qwen2moe).
   WeightView s_gate_inp, s_gate, s_up, s_down;
@@ -195,7 +207,8 @@ class LlamaModel {
   void attention_block(const Pass& p, int layer);
   void ffn_block(const Pass& p, int layer);
   void residual_projection(const Pass& p, int layer, const WeightView& w, LoraTarget t,
-                           const float* in, int in_cols, const float* post_norm);
+                           const float* in, int in_cols, const float* bias,
+                           const float* post_norm);
   void output_head(const Pass& p);
   void end_pass(const Pass& p);
   // the draws of a pass's entries with samplers, from its head output

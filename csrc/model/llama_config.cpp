@@ -40,8 +40,9 @@ bool sliced(const std::string& role) {
 const char* const kGlobalRoles[] = {"tok_embd",   "output_norm",       "output",
                                     "rope_freqs", "rope_factors_long", "rope_factors_short"};
 const char* const kLayerRoles[] = {
-    "attn_norm", "wqkv", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "q_norm", "k_norm",
-    "ffn_norm", "post_attn_norm", "post_ffn_norm", "router", "e_gate", "e_up", "e_down",
+    "attn_norm", "wqkv", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "sinks", "q_norm",
+    "k_norm", "ffn_norm", "post_attn_norm", "post_ffn_norm", "router", "router_b", "e_gate",
+    "e_up", "e_down", "e_gate_b", "e_up_b", "e_down_b",
     "s_gate_inp", "s_gate", "s_up", "s_down", "w_gate", "w_up", "w_gate_up", "w_down"};
 
 void check_roles(const TensorTable& tensors, int n_layer) {
@@ -86,6 +87,10 @@ LlamaConfig llama_config(const ConfigValues& v) {
   c.n_ff_exp = int_value(v, "n_ff_exp", false);
   c.n_ff_shexp = int_value(v, "n_ff_shexp", false);
   c.expert_norm = int_value(v, "expert_norm", false, 1) != 0;
+  c.swiglu_limit = float_value(v, "swiglu_limit", 0.f);
+  c.swiglu_alpha = float_value(v, "swiglu_alpha", 1.f);
+  if (c.swiglu_limit < 0.f || !(c.swiglu_alpha > 0.f))
+    throw std::invalid_argument("swiglu_limit must not be negative, swiglu_alpha must be positive");
   if (c.n_ff_exp < 0 || c.n_ff_shexp < 0)
     throw std::invalid_argument("n_ff_exp and n_ff_shexp must not be negative");
   if (c.n_ff_exp == 0) c.n_ff_exp = int_value(v, "n_ff", true);
@@ -193,6 +198,8 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
     L.bq = vec(p + "bq", qd, false);
     L.bk = vec(p + "bk", kvd, false);
     L.bv = vec(p + "bv", kvd, false);
+    L.bo = vec(p + "bo", c.n_embd, false);
+    L.sinks = vec(p + "sinks", c.n_head, false);
     L.q_norm = vec(p + "q_norm", c.head_dim, false);
     L.k_norm = vec(p + "k_norm", c.head_dim, false);
     L.post_attn_norm = vec(p + "post_attn_norm", c.n_embd, false);
@@ -203,6 +210,10 @@ LlamaWeights llama_weights(LlamaConfig& c, const TensorTable& tensors) {
       experts(p + "e_gate", L.e_gate);
       experts(p + "e_up", L.e_up);
       experts(p + "e_down", L.e_down);
+      L.router_b = vec(p + "router_b", c.n_expert, false);
+      L.e_gate_b = vec(p + "e_gate_b", (int64_t)c.n_expert * c.n_ff_exp, false);
+      L.e_up_b = vec(p + "e_up_b", (int64_t)c.n_expert * c.n_ff_exp, false);
+      L.e_down_b = vec(p + "e_down_b", (int64_t)c.n_expert * c.n_embd, false);
       if (c.n_ff_shexp > 0) {
         L.s_gate_inp = view(p + "s_gate_inp", true);
         L.s_gate = view(p + "s_gate", true);

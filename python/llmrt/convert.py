@@ -12,6 +12,7 @@ Gemma 3 (the text model; of a multimodal checkpoint, its language model).
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -135,16 +136,22 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
               n_expert=int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0),
               n_expert_used=int(cfg.get("num_experts_per_tok", 0)), rope_linear=None,
               rope_factors=None, sliding_window=int(cfg.get("sliding_window") or 0),
-              longrope=None)
+              longrope=None, yarn=None)
     if hp["n_expert"]:
         _moe_hparams(cfg, d, hp)
     if not fam.gemma:  # the layers the window applies to: all of them, or none
         hp["swa_pattern"] = _pattern(_sliding_flags(cfg, hf, hp["n_layer"], d), d)
         if hp["swa_pattern"] == 1:
             hp["sliding_window"] = 0
-        elif hp["swa_pattern"] != 0:
-            raise UnsupportedModelError(f"{d}: a sliding window on some layers only is "
-                                        f"supported for Gemma, not {hf}")
+        elif hp["swa_pattern"] not in (0, fam.swa_period):
+            raise UnsupportedModelError(f"{d}: sliding-window layers in this pattern are not "
+                                        f"supported for {hf} (config.json layer_types)")
+    if fam.swiglu_limit:  # the experts' clamped SwiGLU: the family's constants
+        got = (float(cfg.get("swiglu_limit", fam.swiglu_limit)),
+               float(cfg.get("swiglu_alpha", fam.swiglu_alpha)))
+        if got != (fam.swiglu_limit, fam.swiglu_alpha):
+            raise UnsupportedModelError(f"{d}: swiglu_limit / swiglu_alpha {got} differ from "
+                                        f"{hf}'s ({fam.swiglu_limit}, {fam.swiglu_alpha})")
     # partial rotary (phi3 family): RoPE on the first n_rot values of a head
     hp["n_rot"] = int(hp["head_dim"] * float(cfg.get("partial_rotary_factor", 1.0))) // 2 * 2
     rs = cfg.get("rope_scaling")
@@ -158,10 +165,35 @@ def _hparams(cfg: dict, d: str) -> dict[str, Any]:
             hp["rope_factors"] = _llama3_factors(rs, hp["n_rot"], hp["rope_theta"])
         elif kind in ("longrope", "su") and fam.longrope:
             hp["longrope"] = _longrope(cfg, rs, hp, d)
+        elif kind == "yarn":
+            hp["yarn"] = _yarn(rs, hp, d)
         elif kind not in (None, "default"):
             raise UnsupportedModelError(f"{d}: RoPE scaling {kind!r} is not supported "
-                                        "(linear and llama3 are; config.json rope_scaling)")
+                                        "(linear, llama3 and yarn are; config.json "
+                                        "rope_scaling)")
     return hp
+
+
+def _yarn(rs: dict, hp: dict, d: str) -> dict:
+    """YaRN's factor, original context, ramp ends and attention factor (as
+    the GGUF keys llama.cpp reads: the attention factor relative to
+    0.1 ln(factor) + 1)."""
+    factor = float(rs.get("factor") or 0)
+    # (older configs leave the original context to max_position_embeddings)
+    orig = int(rs.get("original_max_position_embeddings") or hp["ctx"])
+    if not factor > 0 or orig <= 0:
+        raise CheckpointError(f"{d}/config.json: YaRN needs a positive factor and "
+                              "original_max_position_embeddings")
+    if rs.get("mscale") or rs.get("mscale_all_dim"):
+        raise UnsupportedModelError(f"{d}: YaRN with mscale / mscale_all_dim is not supported")
+    if bool(rs.get("truncate", True)) != hp["family"].yarn_truncate:
+        raise UnsupportedModelError(f"{d}: YaRN truncate={rs.get('truncate', True)} is not "
+                                    f"supported for {hp['hf']}")
+    default = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+    attn = rs.get("attention_factor")
+    return dict(factor=factor, orig=orig, fast=float(rs.get("beta_fast") or 32.0),
+                slow=float(rs.get("beta_slow") or 1.0),
+                attn=1.0 if attn is None else float(attn) / default)
 
 
 def _moe_hparams(cfg: dict, d: str, hp: dict) -> None:
@@ -306,11 +338,21 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
         from gguf import RopeScalingType
         w.add_rope_scaling_type(RopeScalingType.LINEAR)
         w.add_rope_scaling_factor(hp["rope_linear"])
+    if hp["yarn"]:
+        from gguf import RopeScalingType
+        y = hp["yarn"]
+        w.add_rope_scaling_type(RopeScalingType.YARN)
+        w.add_rope_scaling_factor(y["factor"])
+        w.add_rope_scaling_orig_ctx_len(y["orig"])
+        if (y["fast"], y["slow"]) != (32.0, 1.0):
+            w.add_rope_scaling_yarn_beta_fast(y["fast"])
+            w.add_rope_scaling_yarn_beta_slow(y["slow"])
+        if y["attn"] != 1.0:
+            w.add_rope_scaling_yarn_attn_factor(y["attn"])
     if hp["n_expert"]:
         w.add_expert_count(hp["n_expert"])
         w.add_expert_used_count(hp["n_expert_used"])
-        if hp["n_ff_exp"] != hp["n_ff"]:
-            w.add_expert_feed_forward_length(hp["n_ff_exp"])
+        w.add_expert_feed_forward_length(hp["n_ff_exp"])
         if hp["family"].shared_expert:
             w.add_expert_shared_feed_forward_length(hp["n_ff_shexp"])
         if hp["expert_norm"] != hp["family"].expert_norm:

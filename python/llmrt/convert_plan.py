@@ -42,8 +42,12 @@ class Tensors:
                 raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
 
     def get(self, name: str) -> np.ndarray:
+        return self.raw(name).astype(np.float32)
+
+    def raw(self, name: str) -> np.ndarray:
+        """A tensor as stored (MXFP4 blocks and scales: uint8)."""
         with self._open(self.where[name], "np") as h:
-            return np.asarray(h.get_tensor(name)).astype(np.float32)
+            return np.asarray(h.get_tensor(name))
 
 
 def _stack(ts: Tensors, names: list[str]) -> np.ndarray:
@@ -128,6 +132,10 @@ def _attention_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> No
         pl.add(p + "attn_q.bias", h + "self_attn.q_proj.bias", (H * hd,))
         pl.add(p + "attn_k.bias", h + "self_attn.k_proj.bias", (KV * hd,))
         pl.add(p + "attn_v.bias", h + "self_attn.v_proj.bias", (KV * hd,))
+    if fam.biases:  # gpt-oss: the output projection's bias and a sink logit per head
+        pl.add(p + "attn_output.bias", h + "self_attn.o_proj.bias", (D,))
+    if fam.sinks:
+        pl.add(p + "attn_sinks.weight", h + "self_attn.sinks", (H,))
     if fam.qk_norm:  # RMSNorm of each head of q and k
         pl.add(p + "attn_q_norm.weight", h + "self_attn.q_norm.weight", (hd,), norm_fix)
         pl.add(p + "attn_k_norm.weight", h + "self_attn.k_norm.weight", (hd,), norm_fix)
@@ -142,9 +150,12 @@ def _ffn_plan(pl: _Planner, hp: dict, p: str, h: str, norm_fix: Any) -> None:
         pl.add(p + "ffn_norm.weight", h + "pre_feedforward_layernorm.weight", (D,), norm_fix)
         pl.add(p + "post_ffw_norm.weight", h + "post_feedforward_layernorm.weight", (D,),
                norm_fix)
-    else:
-        pl.add(p + "ffn_norm.weight", h + "post_attention_layernorm.weight", (D,))
-    if E:
+    else:  # (gpt-oss's files name it post_attention_norm, as llama.cpp's converter does)
+        pl.add(p + ("post_attention_norm.weight" if hp["family"].ffn_norm_post_attn
+                    else "ffn_norm.weight"), h + "post_attention_layernorm.weight", (D,))
+    if E and h + "mlp.router.weight" in pl.ts.shapes:
+        _gpt_oss_moe_plan(pl, hp, p, h)
+    elif E:
         _moe_plan(pl, hp, p, h)
     elif hp["family"].fused_qkv:  # gate rows, then up rows, in one tensor
         pl.add(p + "ffn_up.weight", h + "mlp.gate_up_proj.weight", (2 * F, D))
@@ -185,3 +196,58 @@ def _moe_plan(pl: _Planner, hp: dict, p: str, h: str) -> None:
         pl.add(p + "ffn_gate_shexp.weight", m + "shared_expert.gate_proj.weight", (Fs, D))
         pl.add(p + "ffn_up_shexp.weight", m + "shared_expert.up_proj.weight", (Fs, D))
         pl.add(p + "ffn_down_shexp.weight", m + "shared_expert.down_proj.weight", (D, Fs))
+
+
+# MXFP4's 4-bit values (E2M1), by code
+_FP4 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                 -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+
+
+def mxfp4_dequantize(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """OpenAI's MXFP4 checkpoint tensors -> float32: blocks (..., n/32, 16)
+    bytes, each two 4-bit codes (the low nibble first), and scales (..., n/32)
+    power-of-two exponents biased by 127 -> (..., n)."""
+    b = np.asarray(blocks, np.uint8)
+    codes = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(*b.shape[:-1], 32)
+    exp = np.asarray(scales, np.int32)[..., None] - 127
+    return np.ldexp(_FP4[codes], exp).reshape(*b.shape[:-2], -1).astype(np.float32)
+
+
+def _gpt_oss_moe_plan(pl: _Planner, hp: dict, p: str, h: str) -> None:
+    """gpt-oss's sparse layer: the router with its bias; the experts' gate and
+    up rows interleaved in one tensor (gate even, up odd), stored (E, D, 2F)
+    with their biases, or as MXFP4 blocks and scales (E, 2F, D/32, 16) /
+    (E, 2F, D/32); down (E, F, D) or its blocks (E, D, F/32, 16)."""
+    D, F, E = hp["n_embd"], hp["n_ff_exp"], hp["n_expert"]
+    m = h + "mlp."
+    pl.add(p + "ffn_gate_inp.weight", m + "router.weight", (E, D))
+    pl.add(p + "ffn_gate_inp.bias", m + "router.bias", (E,))
+    ts = pl.ts
+    if m + "experts.gate_up_proj_blocks" in ts.shapes:  # the released checkpoints
+        if D % 32 or F % 32:
+            raise CheckpointError("MXFP4 expert tensors need widths that are multiples of 32")
+        gu = (pl.src(m + "experts.gate_up_proj_blocks", (E, 2 * F, D // 32, 16)),
+              pl.src(m + "experts.gate_up_proj_scales", (E, 2 * F, D // 32)))
+        dn = (pl.src(m + "experts.down_proj_blocks", (E, D, F // 32, 16)),
+              pl.src(m + "experts.down_proj_scales", (E, D, F // 32)))
+
+        def gate_up(part: int) -> np.ndarray:  # (E, F, D)
+            return mxfp4_dequantize(ts.raw(gu[0])[:, part::2], ts.raw(gu[1])[:, part::2])
+
+        pl.plan.append((p + "ffn_gate_exps.weight", (E, F, D), lambda: gate_up(0)))
+        pl.plan.append((p + "ffn_up_exps.weight", (E, F, D), lambda: gate_up(1)))
+        pl.plan.append((p + "ffn_down_exps.weight", (E, D, F),
+                        lambda: mxfp4_dequantize(ts.raw(dn[0]), ts.raw(dn[1]))))
+    else:  # (transformers writes the weights transposed: x @ W)
+        src = pl.src(m + "experts.gate_up_proj", (E, D, 2 * F))
+        pl.plan.append((p + "ffn_gate_exps.weight", (E, F, D),
+                        lambda: ts.get(src)[:, :, 0::2].transpose(0, 2, 1).copy()))
+        pl.plan.append((p + "ffn_up_exps.weight", (E, F, D),
+                        lambda: ts.get(src)[:, :, 1::2].transpose(0, 2, 1).copy()))
+        pl.add(p + "ffn_down_exps.weight", m + "experts.down_proj", (E, F, D),
+               lambda w: w.transpose(0, 2, 1).copy())
+        pl.plan[-1] = (pl.plan[-1][0], (E, D, F), pl.plan[-1][2])
+    bias = pl.src(m + "experts.gate_up_proj_bias", (E, 2 * F))
+    pl.plan.append((p + "ffn_gate_exps.bias", (E, F), lambda: ts.get(bias)[:, 0::2].copy()))
+    pl.plan.append((p + "ffn_up_exps.bias", (E, F), lambda: ts.get(bias)[:, 1::2].copy()))
+    pl.add(p + "ffn_down_exps.bias", m + "experts.down_proj_bias", (E, D))

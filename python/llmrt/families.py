@@ -36,6 +36,18 @@ class Family:
     # a mixture of experts (where the file has expert_count > 0):
     expert_norm: bool = True         # the chosen experts' softmax weights renormalised to 1
     shared_expert: bool = False      # a dense shared expert beside them, sigmoid-gated
+    # gpt-oss: biases on q/k/v/o, the router and the experts; attention sinks;
+    # the FFN's norm stored as post_attention_norm; the experts' clamped
+    # SwiGLU (limit, alpha); sliding-window layers every swa_period-th
+    # layer excepted (0: every layer, where the file gives a window); YaRN
+    # without rounding its ramp's ends (Hugging Face's truncate=False)
+    biases: bool = False
+    sinks: bool = False
+    ffn_norm_post_attn: bool = False
+    swiglu_limit: float = 0.0
+    swiglu_alpha: float = 1.0
+    swa_period: int = 0
+    yarn_truncate: bool = True
 
 
 FAMILIES: dict[str, Family] = {f.arch: f for f in (
@@ -52,6 +64,9 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("qwen2moe", ("Qwen2MoeForCausalLM",), qkv_bias=True, rope_neox=True,
            expert_norm=False, shared_expert=True),
     Family("qwen3moe", ("Qwen3MoeForCausalLM",), qk_norm=True, rope_neox=True),
+    Family("gpt-oss", ("GptOssForCausalLM",), qkv_bias=True, rope_neox=True, biases=True,
+           sinks=True, ffn_norm_post_attn=True, swiglu_limit=7.0, swiglu_alpha=1.702,
+           swa_period=2, yarn_truncate=False),
 )}
 
 # Hugging Face architecture -> family
@@ -80,6 +95,7 @@ class Sizes:
     Fs: int    # the shared expert's n_ff
     hd: int    # head_dim
     rot: int   # n_rot
+    nh: int    # n_head
 
     @staticmethod
     def of(cfg: dict) -> Sizes:
@@ -87,7 +103,7 @@ class Sizes:
         F = cfg["n_ff"]
         return Sizes(cfg["n_embd"], cfg["n_vocab"], cfg["n_head"] * hd, cfg["n_head_kv"] * hd,
                      F, cfg.get("n_expert", 0), cfg.get("n_ff_exp") or F,
-                     cfg.get("n_ff_shexp") or F, hd, cfg["n_rot"])
+                     cfg.get("n_ff_shexp") or F, hd, cfg["n_rot"], cfg["n_head"])
 
 
 Shape = Callable[[Sizes], list[int]]
@@ -123,6 +139,18 @@ def _shexp(f: Family, z: Sizes) -> bool:
     return z.E > 0 and f.shared_expert
 
 
+def _post_norms(f: Family, z: Sizes) -> bool:
+    return f.post_norms
+
+
+def _biases(f: Family, z: Sizes) -> bool:
+    return f.biases
+
+
+def _moe_biases(f: Family, z: Sizes) -> bool:
+    return z.E > 0 and f.biases
+
+
 def _split(f: Family, z: Sizes) -> bool:
     return not f.fused_qkv
 
@@ -150,23 +178,33 @@ LAYER_TENSORS: tuple[TensorSpec, ...] = (
     TensorSpec("wk", "attn_k.weight", lambda z: [z.D, z.kvd], _always, _split),
     TensorSpec("wv", "attn_v.weight", lambda z: [z.D, z.kvd], _always, _split),
     TensorSpec("wo", "attn_output.weight", lambda z: [z.qd, z.D], _always),
-    TensorSpec("bq", "attn_q.bias", lambda z: [z.qd]),
-    TensorSpec("bk", "attn_k.bias", lambda z: [z.kvd]),
-    TensorSpec("bv", "attn_v.bias", lambda z: [z.kvd]),
+    TensorSpec("bq", "attn_q.bias", lambda z: [z.qd], _biases),
+    TensorSpec("bk", "attn_k.bias", lambda z: [z.kvd], _biases),
+    TensorSpec("bv", "attn_v.bias", lambda z: [z.kvd], _biases),
+    TensorSpec("bo", "attn_output.bias", lambda z: [z.D], _biases, _biases),
+    # a logit per head in the softmax's denominator (gpt-oss)
+    TensorSpec("sinks", "attn_sinks.weight", lambda z: [z.nh], _always, lambda f, z: f.sinks),
     # RMSNorm of each head of q and k (qwen3, gemma 3)
     TensorSpec("q_norm", "attn_q_norm.weight", lambda z: [z.hd], lambda f, z: f.qk_norm),
     TensorSpec("k_norm", "attn_k_norm.weight", lambda z: [z.hd], lambda f, z: f.qk_norm),
-    TensorSpec("ffn_norm", "ffn_norm.weight", lambda z: [z.D], _always),
+    TensorSpec("ffn_norm", "ffn_norm.weight", lambda z: [z.D], _always,
+               lambda f, z: not f.ffn_norm_post_attn),
+    TensorSpec("ffn_norm", "post_attention_norm.weight", lambda z: [z.D], _always,
+               lambda f, z: f.ffn_norm_post_attn),
     # RMSNorm of the attention's and the FFN's outputs (gemma)
     TensorSpec("post_attn_norm", "post_attention_norm.weight", lambda z: [z.D],
-               lambda f, z: f.post_norms),
+               _post_norms, _post_norms),
     TensorSpec("post_ffn_norm", "post_ffw_norm.weight", lambda z: [z.D],
-               lambda f, z: f.post_norms),
+               _post_norms, _post_norms),
     # a mixture of experts: the router and the experts stacked
     TensorSpec("router", "ffn_gate_inp.weight", lambda z: [z.D, z.E], _always, _moe),
     TensorSpec("e_gate", "ffn_gate_exps.weight", lambda z: [z.D, z.Fe, z.E], _always, _moe),
     TensorSpec("e_up", "ffn_up_exps.weight", lambda z: [z.D, z.Fe, z.E], _always, _moe),
     TensorSpec("e_down", "ffn_down_exps.weight", lambda z: [z.Fe, z.D, z.E], _always, _moe),
+    TensorSpec("router_b", "ffn_gate_inp.bias", lambda z: [z.E], _always, _moe_biases),
+    TensorSpec("e_gate_b", "ffn_gate_exps.bias", lambda z: [z.Fe, z.E], _always, _moe_biases),
+    TensorSpec("e_up_b", "ffn_up_exps.bias", lambda z: [z.Fe, z.E], _always, _moe_biases),
+    TensorSpec("e_down_b", "ffn_down_exps.bias", lambda z: [z.D, z.E], _always, _moe_biases),
     # the shared expert (qwen2moe): a dense FFN and its sigmoid gate's weights
     TensorSpec("s_gate_inp", "ffn_gate_inp_shexp.weight", lambda z: [z.D], _always, _shexp),
     TensorSpec("s_gate", "ffn_gate_shexp.weight", lambda z: [z.D, z.Fs], _always, _shexp),
@@ -200,6 +238,7 @@ def expected_tensors(fam: Family, cfg: dict, longrope: bool) -> dict[str, Expect
     for i in range(cfg["n_layer"]):
         for t in LAYER_TENSORS:
             if t.present(fam, z):
+                assert f"blk.{i}.{t.gguf}" not in out, t.gguf  # one role a name
                 out[f"blk.{i}.{t.gguf}"] = Expected(f"layers.{i}.{t.role}", t.shape(z),
                                                     t.required(fam, z))
     return out

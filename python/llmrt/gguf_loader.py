@@ -99,14 +99,22 @@ def _config(meta: dict, path: str, arch: str, n_vocab_tensor: int,
     if FAMILIES[arch].gemma:
         _gemma_config(meta, path, arch, cfg, window, key in meta)
     elif window:
-        # phi3, mistral: every layer attends over the window
-        cfg["sliding_window"], cfg["swa_pattern"] = window, 0
+        # phi3, mistral: every layer attends over the window; gpt-oss: every
+        # other layer (the family's period, or the file's pattern)
+        period = FAMILIES[arch].swa_period
+        pat = meta.get(f"{a}.attention.sliding_window_pattern")
+        if pat is not None:
+            period = sliding_pattern(pat, cfg["n_layer"], os.path.basename(path), a)
+        cfg["sliding_window"], cfg["swa_pattern"] = window, period
     # Mixture of experts (Mixtral): experts per layer and per token
     cfg["n_expert"] = _get(meta, path, f"{a}.expert_count", int, default=0, required=False)
     cfg["n_expert_used"] = _get(meta, path, f"{a}.expert_used_count", int, default=0,
                                 required=False)
     if cfg["n_expert"]:
         _experts(meta, path, arch, cfg)
+    if FAMILIES[arch].swiglu_limit:
+        cfg["swiglu_limit"] = FAMILIES[arch].swiglu_limit
+        cfg["swiglu_alpha"] = FAMILIES[arch].swiglu_alpha
     # GGUF stores llama's q/k rows permuted for rotation of adjacent pairs;
     # qwen2 / qwen3 keep the Hugging Face order, which rotates (i, i + n_rot/2).
     cfg["rope_neox"] = FAMILIES[arch].rope_neox
@@ -180,15 +188,18 @@ def _rope(meta: dict, path: str, a: str, cfg: dict, longrope: bool) -> None:
         raise _err(path, "rms epsilon or rope freq_base is out of range")
     scaling = meta.get(f"{a}.rope.scaling.type", "none")
     factor = _get(meta, path, f"{a}.rope.scaling.factor", float, default=1.0, required=False)
+    cfg["rope_pos_scale"] = 1.0
     if scaling in ("none", "") or factor in (0.0, 1.0):
-        cfg["rope_pos_scale"] = 1.0
-    elif scaling == "linear":
-        if factor <= 0:
-            raise _err(path, f"{a}.rope.scaling.factor must be positive")
-        cfg["rope_pos_scale"] = 1.0 / factor
+        scaling = "none"
+    elif scaling in ("linear", "yarn"):
+        if not 0 < factor <= 1e6:
+            raise _err(path, f"{a}.rope.scaling.factor={factor} is out of range")
+        if scaling == "linear":
+            cfg["rope_pos_scale"] = 1.0 / factor
     else:
         raise UnsupportedModelError(
-            f"{os.path.basename(path)}: RoPE scaling type {scaling!r} is not supported (only linear)")
+            f"{os.path.basename(path)}: RoPE scaling type {scaling!r} is not supported "
+            "(linear and yarn are)")
     # phi3's LongRoPE: the original context (the short factors' one) and the
     # attention factor that scales cos and sin; the factors are tensors
     orig = _get(meta, path, f"{a}.rope.scaling.original_context_length", int, default=0,
@@ -201,6 +212,35 @@ def _rope(meta: dict, path: str, a: str, cfg: dict, longrope: bool) -> None:
     if longrope and ratio > 1 and cfg["rope_orig_ctx"] >= 2:
         dflt = float(np.sqrt(1 + np.log(ratio) / np.log(cfg["rope_orig_ctx"])))
     cfg["rope_mscale"] = _bounded(meta, path, f"{a}.rope.scaling.attn_factor", dflt, 1e-3, 1e3)
+    if scaling == "yarn":
+        _yarn(meta, path, a, cfg, factor)
+
+
+def _yarn(meta: dict, path: str, a: str, cfg: dict, factor: float) -> None:
+    """YaRN as RoPE frequency divisors and a cos / sin scale: each
+    frequency blends its interpolated (divided by the factor) and its
+    original value by a linear ramp over the dimensions between the
+    beta_fast and beta_slow rotations in the original context; cos and sin
+    are scaled by 0.1 ln(factor) + 1 (times the file's yarn_attn_factor)."""
+    orig = cfg["rope_orig_ctx"]
+    fast = _bounded(meta, path, f"{a}.rope.scaling.yarn_beta_fast", 32.0, 1e-3, 1e4)
+    slow = _bounded(meta, path, f"{a}.rope.scaling.yarn_beta_slow", 1.0, 1e-3, 1e4)
+    attn = _bounded(meta, path, f"{a}.rope.scaling.yarn_attn_factor", 1.0, 1e-3, 1e3)
+    dim, base = cfg["n_rot"], cfg["rope_freq_base"]
+
+    def corr(rot: float) -> float:  # the dimension that turns `rot` times over orig
+        return dim * np.log(orig / (rot * 2 * np.pi)) / (2 * np.log(base))
+    lo, hi = corr(fast), corr(slow)
+    if FAMILIES[a].yarn_truncate:
+        lo, hi = np.floor(lo), np.ceil(hi)
+    lo, hi = max(lo, 0.0), min(hi, dim - 1.0)
+    if hi == lo:
+        hi += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    extrap = 1.0 - ramp  # 1: the original frequency, 0: the interpolated one
+    keep = (1.0 - extrap) / factor + extrap  # inv_freq multiplier
+    cfg["rope_yarn_divisors"] = (1.0 / keep).astype(np.float32)
+    cfg["rope_mscale"] = float((0.1 * np.log(factor) + 1.0) * attn)
 
 
 def _gemma_config(meta: dict, path: str, a: str, cfg: dict, window: int,
@@ -304,6 +344,12 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
             if not np.all(v > 0):
                 raise _err(path, f"tensor {name!r} must hold positive values")
     _check_layout(f)
+    yarn = cfg.pop("rope_yarn_divisors", None)
+    if yarn is not None:  # YaRN: its divisors are the frequency factors
+        if "rope_freqs" in roles:
+            raise _err(path, "YaRN scaling and a rope_freqs.weight tensor together")
+        roles["rope_freqs"] = "(yarn) rope_freqs"
+        tensors["(yarn) rope_freqs"] = (TYPES["F32"].id, 1, len(yarn), yarn.view(np.uint8))
     return LoadedGGUF(path=path, arch=arch, config=cfg, tensors=tensors, metadata=meta,
                       tensor_types=types, roles=roles, reader=f)
 
@@ -348,12 +394,13 @@ def _tensor(f: GGUFFile, t: TensorInfo, shape: list[int]):
                          f"{gt.name} block size {gt.block}")
     nbytes = rows * gt.row_bytes(cols)
     buf = f.tensor_bytes(t, nbytes)
-    if len(shape) == 1:
-        # Small vectors (norms, biases): the native side takes float32.
-        vec = _to_f32(buf, type_id, cols)
+    if len(shape) == 1 or name.endswith(".bias"):
+        # Small vectors (norms, biases; the experts' biases by expert): the
+        # native side takes float32.
+        vec = _to_f32(buf, type_id, cols * rows)
         if not np.all(np.isfinite(vec)):
             raise _err(path, f"tensor {name!r} contains non-finite values")
-        return (TYPES["F32"].id, 1, cols, vec.view(np.uint8))
+        return (TYPES["F32"].id, rows, cols, vec.view(np.uint8))
     return (type_id, rows, cols, buf)
 
 

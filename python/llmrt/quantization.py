@@ -148,7 +148,7 @@ def tensor_type(name: str, shape: tuple[int, ...], target: str, tied: bool) -> s
     precision than 4-bit targets (Q6_K under a K target, Q8_0 otherwise);
     rows that are not whole blocks of the type fall back to a type whose
     blocks fit (K types: Q4_1 for q4_k, Q8_0 for q6_k)."""
-    if len(shape) < 2 or name.endswith("ffn_gate_inp.weight"):
+    if len(shape) < 2 or name.endswith(("ffn_gate_inp.weight", ".bias")):
         return "f32"
     cols = shape[-1]
     t = target

@@ -13,8 +13,9 @@ from llmrt import _core
 ISAS = [i for i in ("generic", "avx2", "avx512", "avx512_vnni") if _core.testing.isa_available(i)]
 
 
-def reference(q, k, v, kv_dtype, softcap=0.0, window=0):
-    """float64 causal attention; the queries are the last n positions."""
+def reference(q, k, v, kv_dtype, softcap=0.0, window=0, sinks=None):
+    """float64 causal attention; the queries are the last n positions; each
+    head's sink logit (gpt-oss) joins its softmax's denominator."""
     n, H, hd = q.shape
     T, KV, _ = k.shape
     k, v = kv_round(k, kv_dtype), kv_round(v, kv_dtype)
@@ -30,20 +31,22 @@ def reference(q, k, v, kv_dtype, softcap=0.0, window=0):
         if softcap:
             s = softcap * np.tanh(s / softcap)
         s += mask
-        p = np.exp(s - s.max(-1, keepdims=True))
-        out[:, h] = (p / p.sum(-1, keepdims=True)) @ v[:, g]
+        sk = -np.inf if sinks is None else float(sinks[h])
+        mx = np.maximum(s.max(-1, keepdims=True), sk)
+        p = np.exp(s - mx)
+        out[:, h] = (p / (p.sum(-1, keepdims=True) + np.exp(sk - mx))) @ v[:, g]
     return out
 
 
 def run(n, T, H, KV, hd, bt, kv, isa, threads=2, contiguous=False, seed=0, softcap=0.0,
-        window=0, qscale=1.0):
+        window=0, qscale=1.0, sinks=None):
     rng = np.random.default_rng(seed)
     q = (qscale * rng.standard_normal((n, H, hd))).astype(np.float32)
     k = rng.standard_normal((T, KV, hd)).astype(np.float32)
     v = rng.standard_normal((T, KV, hd)).astype(np.float32)
     got = _core.testing.attention_paged(q, k, v, bt, kv, isa, threads, contiguous, softcap,
-                                        window)
-    return got, reference(q, k, v, kv, softcap, window)
+                                        window, sinks)
+    return got, reference(q, k, v, kv, softcap, window, sinks)
 
 
 # float32 sums over <= 200 keys: ~1e-6 of |v| (O(1) here); the reference
@@ -155,3 +158,17 @@ def test_gated_activations(isa, act, n):
     got = _core.testing.gated(act, g, u, isa)
     # float32 exp / division: a few ulps of the result, relative to |x u|
     assert np.all(np.abs(got - ref) <= 1e-6 * (np.abs(x * u) + 1e-30) + 1e-30)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n,T", [(1, 1), (1, 17), (1, 300), (5, 5), (20, 300)])
+@pytest.mark.parametrize("window", [0, 7])
+def test_sinks(isa, n, T, window):
+    # gpt-oss: a logit per head in the denominator, no value; large ones take
+    # most of the weight, very negative ones none (the plain softmax)
+    sinks = np.array([-30.0, 0.0, 2.0, 8.0, -1.0, 4.0], np.float32)
+    got, ref = run(n, T, 6, 2, 64, 16, "f32", isa, window=window, sinks=sinks)
+    assert np.abs(got - ref).max() < TOL
+    plain, _ = run(n, T, 6, 2, 64, 16, "f32", isa, window=window)
+    assert np.abs(got[:, 0] - plain[:, 0]).max() < TOL  # a sink at -30 changes nothing
+    assert np.abs(got[:, 3] - plain[:, 3]).max() > 0.1  # one at 8 shrinks the output

@@ -507,8 +507,35 @@ def test_mixture_of_experts_matches_cpu(tmp_path, arch):
         [r.token_ids for r in cpu.generate(prompts, **kw)]
 
 
-def test_mxfp4_experts_are_a_clear_error_until_the_device_has_kernels(tmp_path):
-    path, W, cfg = _model(tmp_path, arch="qwen3moe", wtype="MXFP4", n_embd=64, n_ff=96,
-                          n_expert=4, n_expert_used=2, n_ff_exp=64)
-    with pytest.raises(ValueError, match="no kernel for MXFP4"):
-        llmrt.Model(path, device="cuda")
+@pytest.mark.parametrize("n_tokens", [1, 45, 140])  # decode rows, prompts, tensor-core sizes
+def test_mxfp4_experts_match_cpu(tmp_path, n_tokens):
+    path, W, cfg = _model(tmp_path, arch="qwen3moe", wtype="MXFP4", emb_type="Q8_0", n_embd=128,
+                          n_ff=96, n_expert=4, n_expert_used=2, n_ff_exp=64, tied=False)
+    tokens = np.random.default_rng(5).integers(0, cfg["n_vocab"], n_tokens)
+    g = llmrt.Model(path, device="cuda", kv_cache_dtype="f32").logits(tokens)
+    c = llmrt.Model(path, activations="f32", kv_cache_dtype="f32").logits(tokens)
+    assert np.abs(g - c).max() <= RTOL["f32"] * 10 * np.abs(c).max()
+    tc = llmrt.Model(path, device="cuda", activations="f16", kv_cache_dtype="f32")
+    tol = RTOL["f32"] * 10 if n_tokens < 16 else TC_TOL  # below 16 tokens: the float32 kernels
+    assert np.abs(tc.logits(tokens) - c).max() <= tol * np.abs(c).max()
+
+
+def test_gpt_oss_matches_cpu(tmp_path):
+    # attention sinks (through the split-KV kernels and their combine),
+    # sliding layers alternating with full ones, YaRN, biases on the
+    # projections, the router and the experts, the clamped SwiGLU
+    from test_gpt_oss import TEXT, checkpoint
+
+    from llmrt.convert import convert
+    tk, c, w = checkpoint(tmp_path / "hf")
+    path = str(tmp_path / "oss.gguf")
+    convert(str(tmp_path / "hf"), path, "q8_0", progress=False)
+    tokens = tk.encode(TEXT).ids
+    gpu = llmrt.Model(path, device="cuda", kv_cache_dtype="f32")
+    cpu = llmrt.Model(path, activations="f32", kv_cache_dtype="f32")
+    g, c_ = gpu.logits(tokens), cpu.logits(tokens)
+    assert np.abs(g - c_).max() <= RTOL["f32"] * np.abs(c_).max() * 10
+    prompts = [tokens[:5], tokens[7:40], tokens[:1]]
+    kw = dict(max_new_tokens=12, ignore_eos=True)
+    assert [r.token_ids for r in gpu.generate(prompts, **kw)] == \
+        [r.token_ids for r in cpu.generate(prompts, **kw)]
