@@ -122,3 +122,16 @@ def test_templates_cannot_reach_outside_the_sandbox():
     mutate = "{% set x = messages.append({'role': 'user', 'content': 'x'}) %}{{ x }}"
     with pytest.raises(TemplateError):
         render(mutate, CHAT[:2])
+
+
+def test_tojson_is_plain_json_and_template_errors_are_template_errors():
+    # as transformers renders: keys in order, nothing HTML-escaped, plain text
+    # that the template may add to (gpt-oss adds markers to a tool result)
+    t = "{{ messages[0].content | tojson }}{{ '<|end|>' + {'b': '<x&y>', 'a': 'é'} | tojson }}"
+    assert render(t, [{"role": "user", "content": "a<b>"}]) == \
+        '"a<b>"<|end|>{"b": "<x&y>", "a": "é"}'
+    # a template's own Python error on these messages is a TemplateError
+    calls = [{"type": "function", "function": {"name": "f", "arguments": {}}}]
+    with pytest.raises(TemplateError, match="chat template failed"):
+        render("{{ 'x' in messages[0].content }}",
+               [{"role": "assistant", "content": None, "tool_calls": calls}])

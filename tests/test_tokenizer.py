@@ -79,6 +79,82 @@ def test_bad_ids(smollm2):
         smollm2.tokenize(b"bytes")
 
 
+# ---- the o200k split (gpt-4o; gpt-oss's o200k_harmony) -----------------------------
+
+O200K_TEXTS = ["HelloWorld CamelCaseString XMLHttpRequest iPhone McDonald's",
+               "They're here, we'll see; I'VE DONE it, don't WE'LL",
+               "1234567 and 12 and 3.14159 and 1,000,000",
+               "line one\nline two\r\n\n  indented\n\n\n   trailing   ",
+               "path/to/file and a//b, http://x.y/z/\nnext ./run.sh --flag=1",
+               "naïve café Ελληνικά 日本語 Привет мир ǅemal",
+               "emoji 😀🎉👍🏽 done!!! ...\n",
+               "tabs\tand   spaces \t\n x", ""]
+
+
+@pytest.fixture(scope="module")
+def o200k_bpe():
+    """A byte-level BPE trained by Hugging Face tokenizers with tokenizer.json's
+    gpt-oss pre-tokenizer (the o200k Split, then ByteLevel without its regex)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+
+    from llmrt.tokenizer import O200K_SPLIT
+    tk = tokenizers.Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(O200K_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(O200K_TEXTS * 5 + CORPUS * 5, trainers.BpeTrainer(
+        vocab_size=700, special_tokens=["<|endoftext|>", "<|start|>", "<|end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    return tk
+
+
+def _llmrt_bpe(tk, pre):
+    vocab = tk.get_vocab()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda x: x[1])]
+    specials = {"<|endoftext|>", "<|start|>", "<|end|>"}
+    merges = json.loads(tk.to_str())["model"]["merges"]
+    return llmrt.Tokenizer.from_metadata({
+        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [3 if t in specials else 1 for t in tokens],
+        "tokenizer.ggml.merges": [m if isinstance(m, str) else " ".join(m) for m in merges]})
+
+
+def test_o200k_split_matches_hugging_face(o200k_bpe):
+    tok = _llmrt_bpe(o200k_bpe, "gpt-4o")
+    for text in O200K_TEXTS + ["<|start|>user<|end|>Don'tStop 99999/"]:
+        ids = tok.encode(text, add_special=False)
+        assert ids == o200k_bpe.encode(text).ids, text
+        assert tok.decode(ids) == text
+
+
+def test_o200k_split_differs_from_gpt2_and_llama3(o200k_bpe):
+    from tokenizers import Regex, pre_tokenizers
+
+    from llmrt.tokenizer import LLAMA3_SPLIT, O200K_SPLIT
+
+    def pieces(pat, text):
+        return [p for p, _ in pre_tokenizers.Split(Regex(pat), behavior="isolated")
+                .pre_tokenize_str(text)]
+    assert pieces(O200K_SPLIT, "CamelCase they're 1234567") == \
+        ["Camel", "Case", " they're", " ", "123", "456", "7"]
+    assert pieces(LLAMA3_SPLIT, "CamelCase they're") == ["CamelCase", " they", "'re"]
+    # the same vocabulary split as llama3 / GPT-2 gives other tokens for some texts
+    o200k = _llmrt_bpe(o200k_bpe, "gpt-4o")
+    for pre in ("llama-bpe", "default"):
+        other = _llmrt_bpe(o200k_bpe, pre)
+        differ = [t for t in O200K_TEXTS
+                  if other.encode(t, add_special=False) != o200k.encode(t, add_special=False)]
+        assert O200K_TEXTS[0] in differ and O200K_TEXTS[1] in differ, (pre, differ)
+
+
+def test_convert_names_the_o200k_split(o200k_bpe):
+    from llmrt.convert_tokenizer import _pre_name
+    assert _pre_name(json.loads(o200k_bpe.to_str()), {}) == "gpt-4o"
+
+
 # ---- SentencePiece ------------------------------------------------------------------
 
 CORPUS = """The quick brown fox jumps over the lazy dog. A journey of a thousand miles

@@ -156,7 +156,7 @@ def write_tokenizer(d: str, hp: dict, w) -> int:
 def _pre_name(tj: dict, hp: dict) -> str:
     """tokenizer.ggml.pre: the name of the pre-tokenizer tokenizer.json uses,
     recognised by its split pattern."""
-    from .tokenizer import LLAMA3_SPLIT, QWEN2_SPLIT
+    from .tokenizer import LLAMA3_SPLIT, O200K_SPLIT, QWEN2_SPLIT
     text = json.dumps(tj.get("pre_tokenizer"))
     pats = []
 
@@ -174,6 +174,8 @@ def _pre_name(tj: dict, hp: dict) -> str:
         return "llama-bpe"
     if QWEN2_SPLIT in pats:
         return "qwen2"
+    if O200K_SPLIT in pats:
+        return "gpt-4o"
     if not pats and '"ByteLevel"' in text:
         return "smollm" if '"individual_digits": true' in text else "default"
     warnings.warn("unrecognised pre-tokenizer in tokenizer.json; the file says 'default' "

@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 from . import _core, jobs
-from .chat import CHATML_TEMPLATE, END_OF_TURN_TEXTS, render
+from .chat import CHATML_TEMPLATE, end_token_ids, render, with_reasoning
 from .engine import Engine
 from .gguf_loader import load_gguf
 from .outputs import BatchStream, PerplexityResult, TextStream
+from .reasoning import style_of
 from .sampling import SamplingParams
 from .scheduler import Job, Scheduler
 from .structured import Grammars
@@ -171,14 +172,7 @@ class Model:
                 f"backend={self.engine.backend}, threads={self.threads})")
 
     def _end_tokens(self) -> frozenset[int]:
-        tok = self.tokenizer
-        ids = {i for i in (tok.eos_id, tok.eot_id) if i is not None}
-        # control tokens, and user-defined ones (Gemma's SentencePiece model
-        # defines <end_of_turn> so) that end a turn
-        for i in tok.special_ids | tok.user_defined_ids:
-            if tok.tokens[i] in END_OF_TURN_TEXTS:
-                ids.add(i)
-        return frozenset(ids)
+        return end_token_ids(self.tokenizer)
 
     # ---- tokens -----------------------------------------------------------------------
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
@@ -443,6 +437,9 @@ class Model:
              parallel_tool_calls: bool = True, **kwargs: Any):
         """Render messages with the model's chat template and generate the reply,
         stopping at the template's end-of-turn token.
+        Where the template shows the model reasons first (harmony channels,
+        ``<think>``), text is the answer and ``reasoning_content`` the
+        reasoning (a stream's ``deltas()`` gives ("reasoning" | "content", text)).
 
         ``tools`` (OpenAI's function tools) are rendered through the template
         and the calls the reply makes are parsed in the model family's format
@@ -470,13 +467,13 @@ class Model:
         if params is None and "max_new_tokens" not in kwargs and "max_tokens" not in kwargs:
             kwargs["max_new_tokens"] = 256
         out = self.generate(prompt, params, stream=stream, add_special=add_special, **kwargs)
-        tok = self.tokenizer
-        if plan is None or not plan.parses:
+        reply = T.reply_for(self.chat_template, prompt, plan)
+        if not reply.active:
             return out
         if stream:
-            return T.ToolStream(out, plan.fmt, tok)
+            return T.ReplyStream(out, reply, self.tokenizer)
         for r in out if isinstance(out, list) else [out]:
-            T.attach(r, plan.fmt, tok)
+            T.finish_reply(r, reply, self.tokenizer)
         return out
 
     def apply_chat_template(self, messages: Sequence[dict[str, Any]],
@@ -487,7 +484,8 @@ class Model:
         template's variables (e.g. enable_thinking)."""
         tok = self.tokenizer
         extra = dict(template_kwargs, **({"tools": list(tools)} if tools else {}))
-        return render(self.chat_template or CHATML_TEMPLATE, messages,
+        harmony = style_of(self.chat_template)[0] == "harmony"
+        return render(self.chat_template or CHATML_TEMPLATE, with_reasoning(messages, harmony),
                       bos_token=tok.tokens[tok.bos_id] if tok.bos_id is not None else "",
                       eos_token=tok.tokens[tok.eos_id] if tok.eos_id is not None else "",
                       add_generation_prompt=add_generation_prompt, **extra)

@@ -39,6 +39,9 @@ class GenerationResult:
     cached_tokens: int = 0  # prompt tokens whose keys and values the prefix cache held
     tool_calls: list | None = None  # chat(tools=...): the calls made (llmrt.tools.ToolCall)
     stop_string: str | None = None  # the stop string that ended it, if one did
+    # chat() of a model that reasons first (harmony's analysis channel,
+    # <think>...</think>): the reasoning, apart from text (the answer)
+    reasoning_content: str | None = None
 
     def __str__(self) -> str:
         return self.text

@@ -32,6 +32,14 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# tiktoken's o200k_base split (gpt-4o, o200k_harmony of gpt-oss): cased words with
+# their contractions, runs of 1-3 digits, punctuation runs taking trailing
+# newlines and slashes
+O200K_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+               r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+               r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+               r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+               r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _DIGITS = r"\p{N}"
 
 # name -> list of split patterns applied in order (each isolating its matches)
@@ -45,6 +53,7 @@ PRE_TOKENIZERS: dict[str, list[str]] = {
     "llama3": [LLAMA3_SPLIT], "llama-v3": [LLAMA3_SPLIT], "llama-bpe": [LLAMA3_SPLIT], "smaug-bpe": [LLAMA3_SPLIT],
     "falcon3": [LLAMA3_SPLIT], "dbrx": [LLAMA3_SPLIT],
     "qwen2": [QWEN2_SPLIT], "deepseek-r1-qwen": [QWEN2_SPLIT], "megrez": [QWEN2_SPLIT],
+    "gpt-4o": [O200K_SPLIT],
 }
 # Vocabularies whose reference tokenizer uses a whole word found in the vocab
 # before trying merges.

@@ -8,6 +8,9 @@ Formats, chosen from the chat template:
               Hermes, SmolLM3 and most templates that take tools)
     llama3    {"name": ..., "parameters": {...}}, after <|python_tag|> or alone (Llama 3.1-3.3)
     mistral   [TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]
+    harmony   gpt-oss: a commentary message to functions.NAME whose body is the
+              arguments (<|channel|>commentary to=functions.NAME <|constrain|>json
+              <|message|>{...}<|call|>); one call a turn (<|call|> ends it)
     generic   a template without tools: the tools are described in a system
               message that asks for the hermes format
 
@@ -30,6 +33,8 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from .reasoning import CHANNEL, CONSTRAIN, END, MESSAGE, START, HarmonySplitter, join
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -149,6 +154,11 @@ class Format:
         """(the text apart from the calls, the calls) of a finished reply."""
         raise NotImplementedError
 
+    def from_start(self, calls: str) -> str:
+        """Lark for a reply that must call from its first token, given the
+        calls' (those after the trigger)."""
+        return calls
+
 
 class Hermes(Format):
     name, trigger = "hermes", "<tool_call>"
@@ -213,6 +223,32 @@ class Mistral(Format):
         return before.strip(), [c for c in calls if c is not None]
 
 
+class Harmony(Format):
+    """gpt-oss's calls: the grammar wakes at the recipient (" to=functions",
+    written before or after the channel) and holds the name, the header's
+    rest and the arguments; from the first token (tool_choice "required"
+    or named) an analysis message may come first."""
+    name, trigger = "harmony", " to=functions"
+
+    def call_object(self, tool: Tool, args: str) -> str:
+        return f'{json.dumps(tool.name)} header {args}'
+
+    def calls(self, objs: str, parallel: bool, lit: Any) -> str:
+        return (f'" to=functions." ({objs})\n'
+                f'header: ({lit(CHANNEL)} "commentary")? ctype? {lit(MESSAGE)}\n'
+                f'ctype: " " {lit(CONSTRAIN)}? "json" | {lit(CONSTRAIN)} "json"\n'
+                f'before: (analysis ({lit(START)} "assistant")?)? ({lit(CHANNEL)} "commentary")?\n'
+                f'analysis: {lit(CHANNEL)} "analysis" {lit(MESSAGE)} /(.|\\n)*/ {lit(END)}')
+
+    def from_start(self, calls: str) -> str:
+        return "before " + calls
+
+    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+        h = HarmonySplitter()
+        pieces = h.feed(text) + h.end()
+        return join(pieces, "content"), [ToolCall(n, a) for n, a in h.calls]
+
+
 class Generic(Hermes):
     """A template that knows no tools: described in a system message."""
     name = "generic"
@@ -220,6 +256,8 @@ class Generic(Hermes):
 
 def detect(template: str | None) -> Format:
     t = template or ""
+    if CHANNEL in t and MESSAGE in t:
+        return Harmony()
     if "[TOOL_CALLS]" in t:
         return Mistral()
     if "<tool_call>" in t:
@@ -330,14 +368,17 @@ def _json_objects(text: str) -> Iterator[str]:
 
 
 # ---- the grammar ------------------------------------------------------------------------
-def grammar(fmt: Format, tools: Tools, tok: "Tokenizer", relax: bool = False) -> str:
-    """Lark (llguidance) for the calls from the format's trigger on."""
+def grammar(fmt: Format, tools: Tools, tok: "Tokenizer", relax: bool = False,
+            lazy: bool = True) -> str:
+    """Lark (llguidance) for the calls from the format's trigger on (lazy),
+    or from the reply's first token."""
     objs = []
     for t in tools.callable():
         schema = {"type": "object"} if relax and not t.strict else _closed(t.parameters)
         schema = {**schema, "x-guidance": LAYOUT}
         objs.append(fmt.call_object(t, "%json " + json.dumps(schema)))
-    return "start: " + fmt.calls(" | ".join(objs), tools.parallel, _literal(tok))
+    calls = fmt.calls(" | ".join(objs), tools.parallel, _literal(tok))
+    return "start: " + (calls if lazy else fmt.from_start(calls))
 
 
 def _closed(node: Any) -> Any:

@@ -2,7 +2,9 @@
 as a translation onto the chat path: system and content blocks (text,
 tool_use, tool_result) become chat messages, tools (input_schema) and
 tool_choice (auto / any / tool / none) become OpenAI's; the chat answer (or
-its stream of chunks) becomes a Message (or Anthropic's stream of events).
+its stream of chunks) becomes a Message (or Anthropic's stream of events),
+a reply's reasoning a thinking block before the text (thinking blocks
+given in the history are dropped: templates drop past reasoning).
 Errors are in Anthropic's shape: {"type": "error", "error": {type, message}}."""
 
 from __future__ import annotations
@@ -169,6 +171,9 @@ def from_chat(out: dict, model: str) -> dict:
     ch = out["choices"][0]
     msg = ch["message"]
     content: list[dict] = []
+    if msg.get("reasoning_content"):
+        content.append({"type": "thinking", "thinking": msg["reasoning_content"],
+                        "signature": ""})
     if msg.get("content"):
         content.append({"type": "text", "text": msg["content"]})
     content += [_tool_use(c) for c in msg.get("tool_calls") or []]
@@ -187,7 +192,7 @@ async def stream(chunks: AsyncIterator[bytes], model: str, input_tokens: int
         "id": P.new_id("msg"), "type": "message", "role": "assistant", "model": model,
         "content": [], "stop_reason": None, "stop_sequence": None,
         "usage": {"input_tokens": input_tokens, "output_tokens": 0}})
-    index, text_open = 0, False
+    index, text_open, thinking_open = 0, False, False
     finish, stop, usage = None, None, None
     async for data in P.chat_chunks(chunks):
         if "error" in data:
@@ -196,6 +201,16 @@ async def stream(chunks: AsyncIterator[bytes], model: str, input_tokens: int
         usage = data.get("usage") or usage
         for ch in data.get("choices", []):
             d = ch.get("delta", {})
+            if d.get("reasoning_content"):
+                if not thinking_open:
+                    thinking_open = True
+                    yield ev("content_block_start", index=index,
+                             content_block={"type": "thinking", "thinking": "", "signature": ""})
+                yield ev("content_block_delta", index=index,
+                         delta={"type": "thinking_delta", "thinking": d["reasoning_content"]})
+            if thinking_open and (d.get("content") or d.get("tool_calls")):
+                yield ev("content_block_stop", index=index)
+                thinking_open, index = False, index + 1
             if d.get("content"):
                 if not text_open:
                     text_open = True
@@ -216,7 +231,7 @@ async def stream(chunks: AsyncIterator[bytes], model: str, input_tokens: int
                 index += 1
             finish = ch.get("finish_reason") or finish
             stop = ch.get("stop_reason") or stop
-    if text_open:
+    if text_open or thinking_open:
         yield ev("content_block_stop", index=index)
     yield ev("message_delta", delta={"stop_reason": _stop(finish, stop), "stop_sequence": stop},
              usage={"output_tokens": _usage(usage)["output_tokens"]})

@@ -1,6 +1,7 @@
 """How a request's results are written out: the choices of a JSON body,
 or the deltas of a stream (text, logprobs, the echoed prompt, vLLM's
-prompt_logprobs, and tool calls parsed from the reply)."""
+prompt_logprobs, and a chat reply's reasoning_content and tool calls parsed
+from it)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ if TYPE_CHECKING:
 
 class Output:
     def __init__(self, svc: "Service", req: "ParsedRequest", chat: bool, ids: list[list[int]],
-                 prompts: list[str] | None, prompt_lps: list | None, plan: "T.Plan | None"):
+                 prompts: list[str] | None, prompt_lps: list | None, reply: "T.Reply | None"):
         self.tok = svc.model.tokenizer
         self.req, self.chat, self.ids, self.prompts = req, chat, ids, prompts or []
-        self.prompt_lps, self.plan = prompt_lps, plan
+        self.prompt_lps = prompt_lps
+        self.reply = reply if reply is not None and reply.active else None
         self.n = req.params.n
-        self.parsers: dict[int, T.ToolParser] = {}
-        self.seen: dict[int, int] = {}    # tokens a choice's tool parser has had
+        self.parsers: dict[int, T.ReplyParser] = {}
         self.sent: dict[int, int] = {}    # logprobs a choice's stream has sent
 
     # ---- pieces ----
@@ -51,11 +52,14 @@ class Output:
     def choice(self, k: int, r: Any) -> dict:
         if self.chat:
             msg: dict[str, Any] = {"role": "assistant", "content": r.text}
-            if self.plan is not None:
-                T.attach(r, self.plan.fmt, self.tok)
+            if self.reply is not None:
+                T.finish_reply(r, self.reply, self.tok)
+                msg["content"] = r.text
+                if self.reply.style is not None:
+                    msg["reasoning_content"] = r.reasoning_content
                 if r.tool_calls:
-                    msg = {"role": "assistant", "content": r.text or None,
-                           "tool_calls": [c.to_openai() for c in r.tool_calls]}
+                    msg["content"] = r.text or None
+                    msg["tool_calls"] = [c.to_openai() for c in r.tool_calls]
             return {"index": k, "message": msg, "logprobs": self._logprobs(r.logprobs or []),
                     "finish_reason": r.finish_reason, "stop_reason": r.stop_string}
         echo = self.req.echo
@@ -90,20 +94,29 @@ class Output:
             c["prompt_logprobs"] = plp
         return c
 
-    def delta(self, k: int, piece: str, r: Any) -> dict | None:
-        """A text piece of choice k (r: its result so far)."""
+    def _parser(self, k: int) -> "T.ReplyParser":
+        assert self.reply is not None
+        return self.parsers.setdefault(k, T.ReplyParser(self.reply, self.tok))
+
+    def _pieces(self, k: int, pieces: list, r: Any) -> list[dict]:
+        """Deltas of reasoning_content and content; the logprobs so far ride
+        on the first."""
+        out = [{"index": k, "delta": {"reasoning_content" if kind == "reasoning" else
+                                      "content": text}, "logprobs": None,
+                "finish_reason": None} for kind, text in pieces if text]
+        if out:
+            out[0]["logprobs"] = self._new_logprobs(k, r)
+        return out
+
+    def delta(self, k: int, piece: str, r: Any) -> list[dict]:
+        """The deltas of a text piece of choice k (r: its result so far)."""
         if not self.chat:
-            return {"index": k, "text": piece, "logprobs": self._new_logprobs(k, r),
-                    "finish_reason": None}
-        if self.plan is not None:
-            p = self.parsers.setdefault(k, T.ToolParser(self.plan.fmt, self.tok))
-            ids = r.token_ids
-            piece = p.add(ids[self.seen.get(k, 0):])
-            self.seen[k] = len(ids)
-            if not piece:
-                return None
-        return {"index": k, "delta": {"content": piece}, "logprobs": self._new_logprobs(k, r),
-                "finish_reason": None}
+            return [{"index": k, "text": piece, "logprobs": self._new_logprobs(k, r),
+                     "finish_reason": None}]
+        if self.reply is not None:
+            return self._pieces(k, self._parser(k).add(piece, r.token_ids), r)
+        return [{"index": k, "delta": {"content": piece}, "logprobs": self._new_logprobs(k, r),
+                 "finish_reason": None}]
 
     def last_deltas(self, k: int, r: Any) -> list[dict]:
         """The end of choice k: what was held back, its calls, its finish."""
@@ -112,14 +125,9 @@ class Output:
                      "finish_reason": r.finish_reason, "stop_reason": r.stop_string}]
         out: list[dict] = []
         finish = r.finish_reason
-        if self.plan is not None:
-            p = self.parsers.setdefault(k, T.ToolParser(self.plan.fmt, self.tok))
-            p.add(r.token_ids[self.seen.get(k, 0):])
-            self.seen[k] = len(r.token_ids)
-            rest, calls = p.finish()
-            if rest:
-                out.append({"index": k, "delta": {"content": rest}, "logprobs": None,
-                            "finish_reason": None})
+        if self.reply is not None:
+            rest, calls = self._parser(k).finish(r.token_ids)
+            out += self._pieces(k, rest, r)
             if calls:
                 out.append({"index": k, "delta": {"tool_calls": [
                     {"index": i, **c.to_openai()} for i, c in enumerate(calls)]},

@@ -2,8 +2,9 @@
 chat path: input items and instructions become chat messages, function
 tools and text.format become tools and response_format; the chat answer
 (or its stream of chunks) becomes a Response object (or its stream of
-typed events). Stateless: previous_response_id is refused, store is
-ignored."""
+typed events); a reply's reasoning becomes a reasoning item before the
+message. Stateless: previous_response_id is refused, store is ignored;
+reasoning items in the input are dropped (templates drop past reasoning)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def to_chat(body: dict) -> dict:
         chat["stream_options"] = {"include_usage": True}
     if body.get("top_logprobs"):
         chat["logprobs"], chat["top_logprobs"] = True, body["top_logprobs"]
+    effort = body["reasoning"].get("effort") if isinstance(body.get("reasoning"), dict) else None
+    if effort is not None:
+        chat["reasoning_effort"] = effort
     if body.get("tools"):
         chat["tools"] = _tools(body["tools"])
     tc = body.get("tool_choice")
@@ -108,6 +112,8 @@ def _item(item: Any, where: str, msgs: list[dict]) -> list[dict]:
             out = S.text_of(out, f"{where}.output") if isinstance(out, list) else json.dumps(out)
         return [{"role": "tool", "tool_call_id": str(item.get("call_id") or ""),
                  "content": out}]
+    if t == "reasoning":
+        return []
     raise P.bad(f"{where}.type", f"input items of type {t!r} are not supported")
 
 
@@ -160,6 +166,11 @@ def _message(mid: str, text: str, status: str = "completed") -> dict:
             "content": [{"type": "output_text", "text": text, "annotations": []}]}
 
 
+def _reasoning(rid: str, text: str, status: str = "completed") -> dict:
+    return {"type": "reasoning", "id": rid, "summary": [], "status": status,
+            "content": [{"type": "reasoning_text", "text": text}]}
+
+
 def _call(c: dict, status: str = "completed") -> dict:
     return {"type": "function_call", "id": "fc_" + c["id"].removeprefix("call_"),
             "call_id": c["id"], "name": c["function"]["name"],
@@ -171,6 +182,8 @@ def from_chat(out: dict, body: dict, model: str) -> dict:
     ch = out["choices"][0]
     resp = _base(P.new_id("resp"), body, model, out["created"])
     msg = ch["message"]
+    if msg.get("reasoning_content"):
+        resp["output"].append(_reasoning(P.new_id("rs"), msg["reasoning_content"]))
     if msg.get("content"):
         resp["output"].append(_message(P.new_id("msg"), msg["content"]))
     for c in msg.get("tool_calls") or []:
@@ -193,6 +206,7 @@ async def stream(chunks: AsyncIterator[bytes], body: dict, model: str
     yield ev("response.created", response=dict(resp))
     yield ev("response.in_progress", response=dict(resp))
     mid, text, opened = P.new_id("msg"), "", False
+    thinking: dict | None = None  # the reasoning item being written
     finish, usage = None, None
     async for data in P.chat_chunks(chunks):
         if "error" in data:
@@ -203,6 +217,19 @@ async def stream(chunks: AsyncIterator[bytes], body: dict, model: str
         usage = data.get("usage") or usage
         for ch in data.get("choices", []):
             d = ch.get("delta", {})
+            if d.get("reasoning_content"):
+                if thinking is None:
+                    thinking = _reasoning(P.new_id("rs"), "", "in_progress")
+                    yield ev("response.output_item.added", output_index=len(resp["output"]),
+                             item=dict(thinking, content=[]))
+                thinking["content"][0]["text"] += d["reasoning_content"]
+                yield ev("response.reasoning_text.delta", item_id=thinking["id"],
+                         output_index=len(resp["output"]), content_index=0,
+                         delta=d["reasoning_content"])
+            if (d.get("content") or d.get("tool_calls")) and thinking is not None:
+                for b in _close_reasoning(ev, resp, thinking):
+                    yield b
+                thinking = None
             if d.get("content"):
                 if not opened:
                     opened = True
@@ -230,6 +257,9 @@ async def stream(chunks: AsyncIterator[bytes], body: dict, model: str
                 yield ev("response.output_item.done", output_index=idx, item=item)
                 resp["output"].append(item)
             finish = ch.get("finish_reason") or finish
+    if thinking is not None:
+        for b in _close_reasoning(ev, resp, thinking):
+            yield b
     if opened:
         for b in from_close(ev, resp, mid, text):
             yield b
@@ -245,4 +275,14 @@ def from_close(ev: Any, resp: dict, mid: str, text: str) -> list[bytes]:
                text=text),
             ev("response.content_part.done", item_id=mid, output_index=idx, content_index=0,
                part=item["content"][0]),
+            ev("response.output_item.done", output_index=idx, item=item)]
+
+
+def _close_reasoning(ev: Any, resp: dict, item: dict) -> list[bytes]:
+    """The events that close the reasoning item being written."""
+    idx = len(resp["output"])
+    item["status"] = "completed"
+    resp["output"].append(item)
+    return [ev("response.reasoning_text.done", item_id=item["id"], output_index=idx,
+               content_index=0, text=item["content"][0]["text"]),
             ev("response.output_item.done", output_index=idx, item=item)]

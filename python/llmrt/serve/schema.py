@@ -305,6 +305,9 @@ def messages_of(body: dict) -> list[dict]:
             msg["role"] = "system"
         if isinstance(m.get("name"), str):
             msg["name"] = m["name"]
+        reasoning = m.get("reasoning_content", m.get("reasoning"))
+        if reasoning is not None and m["role"] == "assistant":  # reaches the template
+            msg["reasoning_content"] = string(f"{where}.reasoning_content", reasoning)
         calls = m.get("tool_calls")
         if calls is not None and m["role"] == "assistant":
             msg["tool_calls"] = tool_calls_of(calls, f"{where}.tool_calls")

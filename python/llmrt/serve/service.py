@@ -197,12 +197,12 @@ class Service:
 
     async def chat(self, body: dict, disconnected: Disconnected = None
                    ) -> dict | AsyncIterator[bytes]:
-        req, ids, plan = self._chat_parts(body)
-        return await self._run(ids, req, chat=True, disconnected=disconnected, plan=plan)
+        req, ids, reply = self._chat_parts(body)
+        return await self._run(ids, req, chat=True, disconnected=disconnected, reply=reply)
 
-    def _chat_parts(self, body: dict) -> tuple[S.ParsedRequest, list[list[int]], "T.Plan | None"]:
+    def _chat_parts(self, body: dict) -> tuple[S.ParsedRequest, list[list[int]], "T.Reply"]:
         """A chat request checked: its parameters, its prompt's ids (fit to the
-        context) and its tools' plan (None when no calls are parsed)."""
+        context) and how its reply is read (reasoning, the tools' calls)."""
         req = self._adapter(body, S.parse_params(body, chat=True,
                                                  default_max_tokens=self.default_max_tokens))
         if body.get("functions") is not None or body.get("function_call") is not None:
@@ -227,7 +227,7 @@ class Service:
         prompt, add_special = self._render(body, plan.messages if plan else msgs, plan)
         ids = [self._ids(prompt, add_special, "messages")]
         self._fit(req, ids, "messages")
-        return req, ids, plan if plan is not None and plan.parses else None
+        return req, ids, T.reply_for(model.chat_template, prompt, plan)
 
     def _render(self, body: dict, msgs: list[dict], plan: "T.Plan | None") -> tuple[str, bool]:
         """The chat template over the messages (and the plan's tools) -> the
@@ -237,6 +237,8 @@ class Service:
         if taken:
             raise P.bad("chat_template_kwargs", f"chat_template_kwargs may not set "
                                                 f"{', '.join(sorted(taken))}")
+        if body.get("reasoning_effort") in ("low", "medium", "high"):  # harmony's system line
+            kw = {"reasoning_effort": body["reasoning_effort"], **kw}
         add_gen = S.boolean("add_generation_prompt", body.get("add_generation_prompt", True))
         try:
             prompt = self.model.apply_chat_template(
@@ -299,11 +301,11 @@ class Service:
 
     async def _run(self, ids: list[list[int]], req: S.ParsedRequest, chat: bool,
                    disconnected: Disconnected = None, prompts: list[str] | None = None,
-                   plan: "T.Plan | None" = None) -> dict | AsyncIterator[bytes]:
+                   reply: "T.Reply | None" = None) -> dict | AsyncIterator[bytes]:
         plps = await self._prompt_logprobs(req, ids)
         job = await self._submit(ids, req, chat)
         rid = P.new_id("chatcmpl" if chat else "cmpl")
-        out = Output(self, req, chat, ids, prompts, plps, plan)
+        out = Output(self, req, chat, ids, prompts, plps, reply)
         if req.stream:
             return self._stream(job, out, rid, P.now())
         watch = asyncio.ensure_future(self._watch(job, disconnected)) if disconnected else None
@@ -368,8 +370,7 @@ class Service:
                 yield chunk([c for c in first if c is not None])
             async for index, piece, sample in self.runner.events(job):
                 k = index * n + sample
-                c = out.delta(k, piece, job.tasks[index].results()[sample])
-                if c is not None:
+                for c in out.delta(k, piece, job.tasks[index].results()[sample]):
                     yield chunk([c])
             per_prompt = job.results()
             results = [r for rs in per_prompt for r in rs]
@@ -402,8 +403,8 @@ class Service:
 
     async def messages(self, body: dict, disconnected: Disconnected = None
                        ) -> dict | AsyncIterator[bytes]:
-        req, ids, plan = self._chat_parts(M.to_chat(body))
-        out = await self._run(ids, req, chat=True, disconnected=disconnected, plan=plan)
+        req, ids, reply = self._chat_parts(M.to_chat(body))
+        out = await self._run(ids, req, chat=True, disconnected=disconnected, reply=reply)
         if isinstance(out, dict):
             return M.from_chat(out, self.name)
         return M.stream(out, self.name, len(ids[0]))
@@ -418,7 +419,8 @@ class Service:
     def tokenize(self, body: dict) -> dict:
         """vLLM's /tokenize: a prompt (or chat messages, rendered) -> token ids."""
         S.unknown_fields(body, {"model", "prompt", "messages", "add_special_tokens",
-                                "add_generation_prompt", "tools", "chat_template_kwargs"},
+                                "add_generation_prompt", "tools", "chat_template_kwargs",
+                                "reasoning_effort"},
                          sampling=False)
         model = self.model
         add = S.boolean("add_special_tokens", body.get("add_special_tokens", True))

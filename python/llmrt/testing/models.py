@@ -197,12 +197,14 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
                 n_expert_used: int = 2, n_ff_exp: int | None = None,
                 n_ff_shexp: int | None = None, window: int = 8, longrope: bool = False,
                 specials: tuple = (), chat_template: str | None = None,
-                gguf_arch: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+                gguf_arch: str | None = None, control_specials: tuple = ()
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Write a random model; returns (reference weights float64 dict, config dict).
 
     The reference weights are the dequantized values actually stored, so the
     numpy reference and llmrt see the same model. gguf_arch: the same model
-    under another architecture name."""
+    under another architecture name. specials: user-defined tokens added to
+    the tiny BPE vocabulary; control_specials: control tokens after them."""
     rng = np.random.default_rng(seed)
     hd = head_dim or n_embd // n_head
     merges: list[str] | None = None
@@ -210,6 +212,7 @@ def write_model(path: str, *, arch: str = "llama", wtype: str = "F32", emb_type:
     if tokenizer == "bpe":
         tokens, types, merges = bpe_vocab(extra_tokens)
         tokens, types = tokens + list(specials), types + [4] * len(specials)  # user-defined
+        tokens, types = tokens + list(control_specials), types + [3] * len(control_specials)
     else:
         tokens, scores, types = spm_vocab
     V = len(tokens)
@@ -301,3 +304,18 @@ def write_tools_model(path: str, n_layer: int = 2, seed: int = 4
     chat template (HERMES) takes tools."""
     return write_model(path, wtype="Q8_0", n_layer=n_layer, ctx=2048, tied=False, seed=seed,
                        specials=("<tool_call>", "</tool_call>"), chat_template=HERMES)
+
+
+# ---- a model that writes harmony (gpt-oss's chat format) ---------------------------
+
+HARMONY_SPECIALS = ("<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|constrain|>",
+                    "<|return|>", "<|call|>")
+
+
+def write_harmony_model(path: str, chat_template: str, n_layer: int = 2, seed: int = 4
+                        ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A tiny random model whose vocabulary has harmony's markers as control
+    tokens (as gpt-oss's o200k_harmony has; <|endoftext|> is the tiny
+    vocabulary's own), with a harmony chat template."""
+    return write_model(path, wtype="Q8_0", n_layer=n_layer, ctx=2048, tied=False, seed=seed,
+                       control_specials=HARMONY_SPECIALS, chat_template=chat_template)
