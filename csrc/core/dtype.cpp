@@ -22,6 +22,7 @@ const char* dtype_name(DType t) {
     case DType::Q4_KR: return "Q4_KR";
     case DType::Q5_KR: return "Q5_KR";
     case DType::Q6_KR: return "Q6_KR";
+    case DType::MXFP4R: return "MXFP4R";
   }
   return "unknown";
 }

@@ -61,6 +61,11 @@ enum class DType : uint32_t {
   Q4_KR = 43,
   Q5_KR = 44,
   Q6_KR = 45,
+  // MXFP4 in the Q4_0R layout (the nibble codes where Q4_0R puts its
+  // nibbles, fp16 d = half the block's E8M0 scale, so a weight is
+  // kMxfp4Values[code] * d): for blocks whose scales fp16 holds exactly
+  // (E8M0 exponents 104..143); one byte a block more than the source.
+  MXFP4R = 46,
 };
 
 constexpr int kQK = 32;   // weights per block of the 32-wide formats
@@ -207,7 +212,7 @@ constexpr int block_elems(DType t) {
   switch (t) {
     case DType::Q4_0: case DType::Q4_1: case DType::Q8_0: return kQK;
     case DType::Q5_0: case DType::Q5_1: case DType::MXFP4: return kQK;
-    case DType::Q4_0R: case DType::Q4_1R: case DType::Q8_0R: return kQK;
+    case DType::Q4_0R: case DType::Q4_1R: case DType::Q8_0R: case DType::MXFP4R: return kQK;
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: return kQKK;
     case DType::Q4_KR: case DType::Q5_KR: case DType::Q6_KR: return kQKK;
     default: return 1;
@@ -219,12 +224,13 @@ constexpr bool int8_dot(DType t) {
   return t == DType::Q4_0 || t == DType::Q4_1 || t == DType::Q5_0 || t == DType::Q5_1 ||
          t == DType::Q8_0 || t == DType::MXFP4 || t == DType::Q4_K ||
          t == DType::Q5_K || t == DType::Q6_K || t == DType::Q4_0R || t == DType::Q4_1R ||
-         t == DType::Q8_0R || t == DType::Q4_KR || t == DType::Q5_KR || t == DType::Q6_KR;
+         t == DType::Q8_0R || t == DType::Q4_KR || t == DType::Q5_KR || t == DType::Q6_KR ||
+         t == DType::MXFP4R;
 }
 // The layouts whose groups read the interleaved activations (QActs).
 constexpr bool interleaved_layout(DType t) {
   return t == DType::Q4_0R || t == DType::Q4_1R || t == DType::Q8_0R || t == DType::Q4_KR ||
-         t == DType::Q5_KR || t == DType::Q6_KR;
+         t == DType::Q5_KR || t == DType::Q6_KR || t == DType::MXFP4R;
 }
 // The repacked K-quants: their decode runs through the tile kernel too.
 constexpr bool kquant_repacked(DType t) {
@@ -245,6 +251,7 @@ constexpr size_t block_bytes(DType t) {
     case DType::Q5_K: return sizeof(BlockQ5_K);
     case DType::Q6_K: return sizeof(BlockQ6_K);
     case DType::Q4_0R: return sizeof(BlockQ4_0);
+    case DType::MXFP4R: return sizeof(BlockQ4_0);
     case DType::Q4_1R: return sizeof(BlockQ4_1);
     case DType::Q8_0R: return sizeof(BlockQ8_0);
     case DType::Q4_KR: return sizeof(BlockQ4_K) + 4;  // scales unpacked: 16 bytes, not 12
@@ -260,7 +267,7 @@ inline bool dtype_supported(uint32_t raw) {
     case DType::Q4_K: case DType::Q5_K: case DType::Q6_K: case DType::MXFP4:
       return true;
     case DType::Q4_0R: case DType::Q4_1R: case DType::Q8_0R:
-    case DType::Q4_KR: case DType::Q5_KR: case DType::Q6_KR:
+    case DType::Q4_KR: case DType::Q5_KR: case DType::Q6_KR: case DType::MXFP4R:
       return false;  // internal layouts, never valid in a file
   }
   return false;

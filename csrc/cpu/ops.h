@@ -58,7 +58,8 @@ using PackedBytes = std::unique_ptr<uint8_t[], AlignedFree>;
 // Whether w can take a faster repacked layout (Q8_0, the K-quants, Q4_0 / Q4_1
 // with an even block count).
 bool can_repack(const WeightView& w);
-// A repacked copy of w (Q4_0R / Q4_1R / Q8_0R / Q4_KR / Q5_KR / Q6_KR) in `storage`.
+// A repacked copy of w (Q4_0R / Q4_1R / Q8_0R / Q4_KR / Q5_KR / Q6_KR / MXFP4R) in
+// `storage`.
 WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage);
 
 // ---- attention.cpp ----

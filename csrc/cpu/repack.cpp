@@ -12,10 +12,30 @@
 
 namespace llmrt::cpu {
 
+namespace {
+
+// fp16 bits of 2^(e - 128), half an E8M0 scale, where fp16 holds it exactly
+// (e in [104, 143]: subnormal below 114); 0 elsewhere.
+uint16_t e8m0_half_fp16(uint8_t e) {
+  if (e < 104 || e > 143) return 0;
+  return e >= 114 ? (uint16_t)((e - 113) << 10) : (uint16_t)(1u << (e - 104));
+}
+
+}  // namespace
+
 bool can_repack(const WeightView& w) {
   if (w.type == DType::Q8_0 || w.type == DType::Q4_K || w.type == DType::Q5_K ||
       w.type == DType::Q6_K)
     return true;
+  if (w.type == DType::MXFP4) {  // every block's scale must be exact in fp16
+    if ((w.cols / kQK) % 2 != 0) return false;
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const BlockMXFP4* b = reinterpret_cast<const BlockMXFP4*>(w.row(r));
+      for (int64_t k = 0; k < w.cols / kQK; ++k)
+        if (e8m0_half_fp16(b[k].e) == 0) return false;
+    }
+    return true;
+  }
   return (w.type == DType::Q4_0 || w.type == DType::Q4_1) && (w.cols / kQK) % 2 == 0;
 }
 
@@ -27,9 +47,19 @@ inline uint8_t q4_elem(const uint8_t* row, size_t bytes, size_t qoff, int64_t b,
   return j < 16 ? (qs[j] & 0x0f) : (qs[j - 16] >> 4);
 }
 
-void repack_row(const uint8_t* src, uint8_t* dst, int64_t nb, bool has_m) {
-  const size_t bytes = has_m ? sizeof(BlockQ4_1) : sizeof(BlockQ4_0);
-  const size_t qoff = has_m ? 4 : 2;
+// Q4_0 / Q4_1 -> Q4_0R / Q4_1R; MXFP4 (mx) -> MXFP4R: the same nibbles, the
+// scale as fp16 (its bytes where Q4_0R keeps d).
+void repack_row(const uint8_t* src, uint8_t* dst, int64_t nb, bool has_m, bool mx = false) {
+  const size_t bytes = mx ? sizeof(BlockMXFP4) : has_m ? sizeof(BlockQ4_1) : sizeof(BlockQ4_0);
+  const size_t qoff = mx ? 1 : has_m ? 4 : 2;
+  auto put_d = [&](uint8_t* out, const uint8_t* blk) {
+    if (!mx) {
+      std::memcpy(out, blk, 2);
+      return;
+    }
+    const uint16_t h = e8m0_half_fp16(blk[0]);
+    std::memcpy(out, &h, 2);
+  };
   const size_t gbytes = has_m ? 160 : 144, pbytes = has_m ? 40 : 36;
   const int64_t groups = nb / 8, pairs = (nb % 8) / 2;
   // blocks b0, b0 + 1 -> 32 bytes: byte 8k + 4j + i holds element 4k + i of
@@ -45,7 +75,7 @@ void repack_row(const uint8_t* src, uint8_t* dst, int64_t nb, bool has_m) {
     uint8_t* base = dst + g * gbytes;
     for (int i = 0; i < 8; ++i) {
       const uint8_t* blk = src + (8 * g + i) * bytes;
-      std::memcpy(base + 2 * i, blk, 2);                  // d
+      put_d(base + 2 * i, blk);                           // d
       if (has_m) std::memcpy(base + 16 + 2 * i, blk + 2, 2);  // m
     }
     // byte 32c + 4b + i: element 4c + i (low nibble) and 16 + 4c + i (high) of block b
@@ -61,7 +91,7 @@ void repack_row(const uint8_t* src, uint8_t* dst, int64_t nb, bool has_m) {
     const int64_t b0 = groups * 8 + 2 * p;
     for (int i = 0; i < 2; ++i) {
       const uint8_t* blk = src + (b0 + i) * bytes;
-      std::memcpy(base + 2 * i, blk, 2);
+      put_d(base + 2 * i, blk);
       if (has_m) std::memcpy(base + 4 + 2 * i, blk + 2, 2);
     }
     put_pair(base + (has_m ? 8 : 4), b0);
@@ -165,12 +195,14 @@ WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage) {
   const bool kq = t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K;
   const bool q8 = t == DType::Q8_0;
   const bool has_m = t == DType::Q4_1;
+  const bool mx = t == DType::MXFP4;
   WeightView v = w;
   v.type = t == DType::Q4_K   ? DType::Q4_KR
            : t == DType::Q5_K ? DType::Q5_KR
            : t == DType::Q6_K ? DType::Q6_KR
            : q8               ? DType::Q8_0R
            : has_m            ? DType::Q4_1R
+           : mx               ? DType::MXFP4R
                               : DType::Q4_0R;
   const size_t stride = v.row_stride();
   const size_t bytes = (stride * (size_t)w.rows + 63) / 64 * 64;
@@ -187,7 +219,7 @@ WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage) {
       else if (q8)
         repack_row_q8(w.row(r), out + r * stride, nb);
       else
-        repack_row(w.row(r), out + r * stride, nb, has_m);
+        repack_row(w.row(r), out + r * stride, nb, has_m, mx);
     }
   });
   v.data = out;

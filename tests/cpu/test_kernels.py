@@ -64,7 +64,7 @@ MODES = {"int8": (True, True), "int8-stored": (True, False), "f32": (False, Fals
 
 MATMUL_CASES = [(mode, *case) for mode in MODES for case in _cases()
                 if mode != "int8-stored" or case[0] in ("Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K",
-                                                        "Q6_K")]
+                                                        "Q6_K", "MXFP4")]
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -293,3 +293,24 @@ def test_precise_product_refines_the_rows_that_can_lead(isa, type_name, n):
     np.testing.assert_array_equal(ref.argmax(-1), full.argmax(-1))
     np.testing.assert_array_equal(ref.max(-1), full.max(-1))
     assert (ref == full).sum() < rows * n  # not every row: the bound selects
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("scale", [1e-9, 3e4, 1.0])
+def test_mxfp4_repacked_where_fp16_holds_its_scales(isa, scale):
+    # MXFP4R keeps half of each block's power-of-two scale as fp16: blocks
+    # whose scales fp16 cannot hold exactly (tiny or huge weights) stay in
+    # the stored layout; either way the product is the stored weights'
+    rng = np.random.default_rng(3)
+    rows, cols = 19, 576  # two groups of 8 blocks and a tail pair
+    w = (scale * rng.standard_normal((rows, cols))).astype(np.float32)
+    raw = np.ascontiguousarray(np.asarray(encode_tensor(w, "MXFP4"))).view(np.uint8).reshape(rows, -1)
+    ref_w = dequantize_ref(raw, "MXFP4", rows, cols)
+    x = rng.standard_normal((5, cols)).astype(np.float32)
+    for n in (1, 5):
+        got = _core.testing.matmul(TYPE_IDS["MXFP4"], raw, rows, cols, x[:n], isa, 1, True, True)
+        stored = _core.testing.matmul(TYPE_IDS["MXFP4"], raw, rows, cols, x[:n], isa, 1, True,
+                                      False)
+        ref = quantize_act_ref(x[:n]) @ ref_w.T
+        tol = REL_TOL * np.sqrt(cols) * np.abs(ref_w).max() * np.abs(x).max()
+        assert np.abs(got - ref).max() <= tol and np.abs(stored - ref).max() <= tol

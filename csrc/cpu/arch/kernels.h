@@ -20,7 +20,7 @@ enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2, Avx512Vnni = 3 };
 inline constexpr Isa kAllIsas[] = {Isa::Generic, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni};
 
 // Number of DType slots in the per-type tables (max GGUF id we index + 1).
-constexpr int kDTypeSlots = 46;
+constexpr int kDTypeSlots = 47;
 
 using VecDotFn = float (*)(const void* row, const float* x, int64_t n);
 using DequantFn = void (*)(const void* row, float* out, int64_t n);
