@@ -385,6 +385,29 @@ def test_quantized_conversions(oss, tmp_path, wtype, bound):
     assert _close(m.logits(ids), reference(c, stored, ids))
 
 
+def test_mxfp4_files_requantize(oss, tmp_path):
+    # `llmrt quantize` reads gpt-oss's MXFP4 experts: to mxfp4 again without
+    # loss, to q8_0 within its rounding
+    from llmrt.quantization import quantize_file
+    src = str(tmp_path / "mx.gguf")
+    convert(oss["dir"], src, "mxfp4", progress=False)
+    c = oss["c"]
+    before = weights_from_gguf(src, c)
+    same = str(tmp_path / "again.gguf")
+    quantize_file(src, same, "mxfp4", progress=False)
+    again = weights_from_gguf(same, c)
+    name = "model.layers.2.mlp.experts.gate_up_proj"
+    assert np.array_equal(again[name], before[name])
+    q8 = str(tmp_path / "q8.gguf")
+    types = quantize_file(src, q8, "q8_0", progress=False)
+    assert types["blk.2.ffn_gate_exps.weight"] == "q8_0"
+    w8 = weights_from_gguf(q8, c)
+    rel = np.sqrt(((w8[name] - before[name]) ** 2).mean() / (before[name] ** 2).mean())
+    assert 0 < rel < 0.01
+    m = llmrt.Model(q8, threads=2, activations="f32", kv_cache_dtype="f32")
+    assert _close(m.logits(oss["ids"][:30]), reference(c, w8, oss["ids"][:30]))
+
+
 def test_thread_counts_give_identical_results(oss, tmp_path):
     out = str(tmp_path / "q8.gguf")
     convert(oss["dir"], out, "q8_0", progress=False)

@@ -216,7 +216,7 @@ def write_tensors(w, entries, bar) -> None:
 
 # GGUF types whose data the requantizer reads (through gguf-py)
 _READABLE = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K",
-             "Q6_K", "Q2_K", "Q3_K"}
+             "Q6_K", "Q2_K", "Q3_K", "MXFP4"}
 
 
 def write_or_remove(path: str, write: Callable[[], None]) -> None:
