@@ -236,6 +236,21 @@ def test_chat_splits_the_channels(harmony):
     assert r.reasoning_content and "The user asks".startswith(r.reasoning_content)
 
 
+def test_chat_passes_template_variables(harmony, monkeypatch):
+    # chat_template_kwargs reach the template: gpt-oss's reasoning effort
+    seen = {}
+    cls = type(harmony)
+    orig = cls.apply_chat_template
+
+    def spy(self, messages, **kw):
+        seen.update(kw)
+        return orig(self, messages, **kw)
+    monkeypatch.setattr(cls, "apply_chat_template", spy)
+    harmony.chat(WEATHER_ASK, max_new_tokens=2, chat_template_kwargs={"reasoning_effort": "high"})
+    assert seen["reasoning_effort"] == "high"
+    assert "Reasoning: high" in orig(harmony, WEATHER_ASK, reasoning_effort="high")
+
+
 def test_required_and_named_calls(harmony):
     m = harmony
     ch = m.tokenizer.special_token_id("<|channel|>")

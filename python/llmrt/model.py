@@ -434,9 +434,10 @@ class Model:
     def chat(self, messages: Sequence[dict[str, Any]], params: SamplingParams | None = None, *,
              stream: bool = False, add_generation_prompt: bool = True,
              tools: Sequence[dict] | None = None, tool_choice: Any = None,
-             parallel_tool_calls: bool = True, **kwargs: Any):
-        """Render messages with the model's chat template and generate the reply,
-        stopping at the template's end-of-turn token.
+             parallel_tool_calls: bool = True, chat_template_kwargs: dict | None = None,
+             **kwargs: Any):
+        """Render messages with the model's chat template (chat_template_kwargs: its
+        variables, e.g. reasoning_effort) and generate the reply up to its end of turn.
         Where the template shows the model reasons first (harmony channels,
         ``<think>``), text is the answer and ``reasoning_content`` the
         reasoning (a stream's ``deltas()`` gives ("reasoning" | "content", text)).
@@ -462,7 +463,8 @@ class Model:
         elif tool_choice is not None:
             raise ValueError("tool_choice needs tools")
         prompt = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                          tools=plan.template_tools() if plan else None)
+                                          tools=plan.template_tools() if plan else None,
+                                          **(chat_template_kwargs or {}))
         add_special = self.chat_add_special(prompt)
         if params is None and "max_new_tokens" not in kwargs and "max_tokens" not in kwargs:
             kwargs["max_new_tokens"] = 256
