@@ -421,12 +421,15 @@ def test_bad_files_fail_clearly(oss, tmp_path):
     src = oss["path"]
     U32 = gguf.GGUFValueType.UINT32
     STR = gguf.GGUFValueType.STRING
+    F32 = gguf.GGUFValueType.FLOAT32
     cases = [
         (None, ("blk.1.attn_sinks.weight",), "missing tensor 'blk.1.attn_sinks.weight'"),
         (None, ("blk.0.ffn_down_exps.bias",), "missing tensor 'blk.0.ffn_down_exps.bias'"),
         (None, ("blk.0.attn_output.bias",), "missing tensor 'blk.0.attn_output.bias'"),
         ({"gpt-oss.expert_used_count": (9, U32)}, (), "expert counts out of range"),
         ({"gpt-oss.rope.scaling.type": ("ntk-by-parts", STR)}, (), "not supported"),
+        ({"gpt-oss.rope.freq_base": (1.0, F32)}, (), "above 1 for YaRN"),
+        ({"gpt-oss.rope.scaling.factor": (-2.0, F32)}, (), "out of range"),
     ]
     for i, (keys, drop, msg) in enumerate(cases):
         p = rewrite_gguf(src, str(tmp_path / f"bad{i}.gguf"), keys, drop)

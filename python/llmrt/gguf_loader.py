@@ -227,6 +227,8 @@ def _yarn(meta: dict, path: str, a: str, cfg: dict, factor: float) -> None:
     slow = _bounded(meta, path, f"{a}.rope.scaling.yarn_beta_slow", 1.0, 1e-3, 1e4)
     attn = _bounded(meta, path, f"{a}.rope.scaling.yarn_attn_factor", 1.0, 1e-3, 1e3)
     dim, base = cfg["n_rot"], cfg["rope_freq_base"]
+    if not base > 1.0:
+        raise _err(path, f"{a}.rope.freq_base={base} must be above 1 for YaRN")
 
     def corr(rot: float) -> float:  # the dimension that turns `rot` times over orig
         return dim * np.log(orig / (rot * 2 * np.pi)) / (2 * np.log(base))
@@ -239,7 +241,10 @@ def _yarn(meta: dict, path: str, a: str, cfg: dict, factor: float) -> None:
     ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
     extrap = 1.0 - ramp  # 1: the original frequency, 0: the interpolated one
     keep = (1.0 - extrap) / factor + extrap  # inv_freq multiplier
-    cfg["rope_yarn_divisors"] = (1.0 / keep).astype(np.float32)
+    div = (1.0 / keep).astype(np.float32)
+    if not np.all(np.isfinite(div) & (div > 0)):
+        raise _err(path, "YaRN settings give non-finite RoPE frequencies")
+    cfg["rope_yarn_divisors"] = div
     cfg["rope_mscale"] = float((0.1 * np.log(factor) + 1.0) * attn)
 
 
@@ -346,8 +351,8 @@ def load_gguf(path: str | os.PathLike) -> LoadedGGUF:
     _check_layout(f)
     yarn = cfg.pop("rope_yarn_divisors", None)
     if yarn is not None:  # YaRN: its divisors are the frequency factors
-        if "rope_freqs" in roles:
-            raise _err(path, "YaRN scaling and a rope_freqs.weight tensor together")
+        if "rope_freqs" in roles or "rope_factors_long" in roles:
+            raise _err(path, "YaRN scaling and RoPE factor tensors together")
         roles["rope_freqs"] = "(yarn) rope_freqs"
         tensors["(yarn) rope_freqs"] = (TYPES["F32"].id, 1, len(yarn), yarn.view(np.uint8))
     return LoadedGGUF(path=path, arch=arch, config=cfg, tensors=tensors, metadata=meta,
