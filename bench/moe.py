@@ -41,7 +41,7 @@ import time
 import numpy as np
 from compare import compare_model
 from memory import rss_mb
-from real_shapes import add_tokenizer, quantize, write_random
+from real_shapes import add_sizes, add_tokenizer, attention_tensors, quantize, write_random
 
 # (width, layers, heads, kv heads, head size, vocabulary, experts, chosen, expert width)
 SHAPES = {"qwen3": (1024, 16, 8, 2, 128, 151936, 64, 4, 768),
@@ -55,12 +55,8 @@ def _gpt_oss_tensors() -> list[tuple[str, tuple[int, ...], type]]:
     out: list[tuple[str, tuple[int, ...], type]] = [("token_embd.weight", (V, D), np.float16)]
     for i in range(L):
         p = f"blk.{i}."
-        out += [(p + "attn_norm.weight", (D,), np.float32),
-                (p + "attn_q.weight", (H * hd, D), np.float16),
-                (p + "attn_k.weight", (KV * hd, D), np.float16),
-                (p + "attn_v.weight", (KV * hd, D), np.float16),
-                (p + "attn_output.weight", (D, H * hd), np.float16),
-                (p + "attn_q.bias", (H * hd,), np.float32),
+        out += attention_tensors(p, D, H, KV, hd)
+        out += [(p + "attn_q.bias", (H * hd,), np.float32),
                 (p + "attn_k.bias", (KV * hd,), np.float32),
                 (p + "attn_v.bias", (KV * hd,), np.float32),
                 (p + "attn_output.bias", (D,), np.float32),
@@ -82,16 +78,7 @@ def _write_gpt_oss(path: str, seed: int = 0) -> None:
     import gguf
     D, L, H, KV, hd, V, E, K, Fe = SHAPES["gpt-oss"]
     w = gguf.GGUFWriter(path, "gpt-oss")
-    w.add_name("random gpt-oss (gpt-oss-20b scaled)")
-    w.add_block_count(L)
-    w.add_context_length(131072)
-    w.add_embedding_length(D)
-    w.add_feed_forward_length(Fe)
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
-    w.add_key_length(hd)
-    w.add_value_length(hd)
-    w.add_rope_dimension_count(hd)
+    add_sizes(w, "random gpt-oss (gpt-oss-20b scaled)", L, 131072, D, Fe, H, KV, hd, hd)
     w.add_rope_freq_base(150000.0)
     w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
     w.add_rope_scaling_factor(32.0)
@@ -112,12 +99,8 @@ def _tensors(moe: bool) -> list[tuple[str, tuple[int, ...], type]]:
     out: list[tuple[str, tuple[int, ...], type]] = [("token_embd.weight", (V, D), np.float16)]
     for i in range(L):
         p = f"blk.{i}."
-        out += [(p + "attn_norm.weight", (D,), np.float32),
-                (p + "attn_q.weight", (H * hd, D), np.float16),
-                (p + "attn_k.weight", (KV * hd, D), np.float16),
-                (p + "attn_v.weight", (KV * hd, D), np.float16),
-                (p + "attn_output.weight", (D, H * hd), np.float16),
-                (p + "attn_q_norm.weight", (hd,), np.float32),
+        out += attention_tensors(p, D, H, KV, hd)
+        out += [(p + "attn_q_norm.weight", (hd,), np.float32),
                 (p + "attn_k_norm.weight", (hd,), np.float32),
                 (p + "ffn_norm.weight", (D,), np.float32)]
         if moe:
@@ -138,16 +121,7 @@ def write_f16(path: str, moe: bool, seed: int = 0) -> None:
     D, L, H, KV, hd, V, E, K, Fe = SHAPE
     arch = "qwen3moe" if moe else "qwen3"
     w = gguf.GGUFWriter(path, arch)
-    w.add_name(f"random {arch} (Qwen3-30B-A3B scaled)")
-    w.add_block_count(L)
-    w.add_context_length(4096)
-    w.add_embedding_length(D)
-    w.add_feed_forward_length(K * Fe)
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
-    w.add_key_length(hd)
-    w.add_value_length(hd)
-    w.add_rope_dimension_count(hd)
+    add_sizes(w, f"random {arch} (Qwen3-30B-A3B scaled)", L, 4096, D, K * Fe, H, KV, hd, hd)
     w.add_rope_freq_base(1000000.0)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_vocab_size(V)

@@ -106,20 +106,39 @@ def write_random(w, tensors, seed: int) -> None:
     w.close()
 
 
+def add_sizes(w, name: str, L: int, ctx: int, D: int, F: int, H: int, KV: int, rot: int,
+              head_dim: int | None = None) -> None:
+    """A random model's name and sizes (the key and value length where the
+    head size is not D / H)."""
+    w.add_name(name)
+    w.add_block_count(L)
+    w.add_context_length(ctx)
+    w.add_embedding_length(D)
+    w.add_feed_forward_length(F)
+    w.add_head_count(H)
+    w.add_head_count_kv(KV)
+    if head_dim is not None:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_rope_dimension_count(rot)
+
+
+def attention_tensors(p: str, D: int, H: int, KV: int, hd: int) -> list:
+    """A layer's attention norm and q / k / v / o matrices (F16), prefix p."""
+    return [(p + "attn_norm.weight", (D,), np.float32),
+            (p + "attn_q.weight", (H * hd, D), np.float16),
+            (p + "attn_k.weight", (KV * hd, D), np.float16),
+            (p + "attn_v.weight", (KV * hd, D), np.float16),
+            (p + "attn_output.weight", (D, H * hd), np.float16)]
+
+
 def write_f16(path: str, shape: str, seed: int = 0) -> None:
     """The F16 file of a shape, tensor by tensor (never the whole model in memory)."""
     import gguf
     arch, D, L, H, KV, F, V, tied, bias = SHAPES[shape]
     hd = D // H
     w = gguf.GGUFWriter(path, arch)
-    w.add_name(f"random {shape}")
-    w.add_block_count(L)
-    w.add_context_length(4096)
-    w.add_embedding_length(D)
-    w.add_feed_forward_length(F)
-    w.add_head_count(H)
-    w.add_head_count_kv(KV)
-    w.add_rope_dimension_count(hd)
+    add_sizes(w, f"random {shape}", L, 4096, D, F, H, KV, hd)
     w.add_rope_freq_base(100000.0 if arch == "llama" else 1000000.0)
     w.add_layer_norm_rms_eps(1e-5 if arch == "llama" else 1e-6)
     w.add_vocab_size(V)
@@ -130,12 +149,8 @@ def write_f16(path: str, shape: str, seed: int = 0) -> None:
     tensors.append(("token_embd.weight", (V, D), np.float16))
     for i in range(L):
         p = f"blk.{i}."
-        tensors += [(p + "attn_norm.weight", (D,), np.float32),
-                    (p + "attn_q.weight", (H * hd, D), np.float16),
-                    (p + "attn_k.weight", (KV * hd, D), np.float16),
-                    (p + "attn_v.weight", (KV * hd, D), np.float16),
-                    (p + "attn_output.weight", (D, H * hd), np.float16),
-                    (p + "ffn_norm.weight", (D,), np.float32),
+        tensors += attention_tensors(p, D, H, KV, hd)
+        tensors += [(p + "ffn_norm.weight", (D,), np.float32),
                     (p + "ffn_gate.weight", (F, D), np.float16),
                     (p + "ffn_up.weight", (F, D), np.float16),
                     (p + "ffn_down.weight", (D, F), np.float16)]

@@ -12,7 +12,14 @@ import gguf
 import numpy as np
 import pytest
 from test_convert import _bpe_dir, _save, hf_reference
-from testutil import fuzz_gguf, reference_logits, rewrite_gguf, write_model
+from testutil import (
+    check_batched_equals_alone,
+    check_speculative_and_structured,
+    fuzz_gguf,
+    reference_logits,
+    rewrite_gguf,
+    write_model,
+)
 
 import llmrt
 from llmrt import GGUFError
@@ -128,29 +135,13 @@ def test_fused_expert_tensors_convert_alike(moe, tmp_path):
 
 
 def test_batched_equals_alone_and_prompt_chunks(moe):
-    m, ids = moe["model"], moe["ids"]
-    alone = [m.generate(p, max_new_tokens=6, ignore_eos=True).token_ids
-             for p in (ids[:9], ids[3:30], ids[:1])]
-    both = m.generate([ids[:9], ids[3:30], ids[:1]], max_new_tokens=6, ignore_eos=True)
-    assert [r.token_ids for r in both] == alone
     # decode rows run each chosen expert once for all the rows that chose it;
     # a prompt in pieces gives the logits of the whole
-    full = m.logits(ids)
-    assert _close(m.logits(ids[:17]), full[:17], 1e-5)
+    check_batched_equals_alone(moe["model"], moe["ids"], 30)
 
 
 def test_speculative_and_structured_output(moe):
-    m, ids = moe["model"], moe["ids"]
-    plain = m.generate(ids[:12], max_new_tokens=10, ignore_eos=True).token_ids
-    spec = m.generate(ids[:12], max_new_tokens=10, ignore_eos=True, draft="prompt_lookup",
-                      num_draft_tokens=3).token_ids
-    assert spec == plain
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
-              "additionalProperties": False}
-    r = m.generate("Answer: ", max_new_tokens=24, temperature=0.7, seed=3,
-                   response_format={"type": "json_schema", "json_schema": {"schema": schema}})
-    if r.finish_reason == "stop":
-        assert isinstance(json.loads(r.text)["n"], int)
+    check_speculative_and_structured(moe["model"], moe["ids"], 10)
 
 
 @pytest.mark.parametrize("wtype, bound", [("q8_0", 0.03), ("q4_0", 0.2), ("mxfp4", 0.2)])

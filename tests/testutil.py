@@ -22,7 +22,8 @@ from llmrt.testing.models import (
 __all__ = ["ADD_TOOL", "HERMES", "INT8_TYPES", "KQUANT_BYTES", "TOOLS", "TOOL_SCHEMAS", "WEATHER_ASK",
            "WEATHER_TOOL", "bpe_vocab", "dequantize_ref", "encode_tensor", "kv_round",
            "quantize_act_ref", "random_kquant", "reference_logits", "write_model",
-           "write_tools_model", "rewrite_gguf", "fuzz_gguf"]
+           "write_tools_model", "rewrite_gguf", "fuzz_gguf", "check_batched_equals_alone",
+           "check_speculative_and_structured"]
 
 
 # ---- numpy reference forward ------------------------------------------------------
@@ -168,6 +169,36 @@ def _moe_ref(W: dict, p: str, h: np.ndarray, k: int, mm, norm: bool = True) -> n
 # A Hermes-style chat template that takes tools (written for these tests; the
 # shape Qwen 2.5 and Hermes models use): tools in the system turn, calls in
 # <tool_call> tags, results in <tool_response> tags.
+
+
+# ---- checks shared by the families' tests -------------------------------------------
+
+def check_batched_equals_alone(m, ids, end: int, chunk: int = 17, rtol: float = 1e-5) -> None:
+    """Three prompts generated together give the tokens each gives alone;
+    a prompt's first `chunk` tokens give the logits of the whole's."""
+    prompts = [ids[:9], ids[3:end], ids[:1]]
+    alone = [m.generate(p, max_new_tokens=6, ignore_eos=True).token_ids for p in prompts]
+    both = m.generate(prompts, max_new_tokens=6, ignore_eos=True)
+    assert [r.token_ids for r in both] == alone
+    full = m.logits(ids)
+    part = m.logits(ids[:chunk])
+    assert np.abs(part - full[:chunk]).max() <= rtol * np.abs(full[:chunk]).max()
+
+
+def check_speculative_and_structured(m, ids, n_new: int) -> None:
+    """Prompt-lookup speculation gives plain greedy's tokens; a JSON schema
+    holds where the reply ends."""
+    import json
+    plain = m.generate(ids[:12], max_new_tokens=n_new, ignore_eos=True).token_ids
+    spec = m.generate(ids[:12], max_new_tokens=n_new, ignore_eos=True, draft="prompt_lookup",
+                      num_draft_tokens=3).token_ids
+    assert spec == plain
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    r = m.generate("Answer: ", max_new_tokens=24, temperature=0.7, seed=3,
+                   response_format={"type": "json_schema", "json_schema": {"schema": schema}})
+    if r.finish_reason == "stop":
+        assert isinstance(json.loads(r.text)["n"], int)
 
 
 # ---- corrupted and rewritten files ----------------------------------------------------
