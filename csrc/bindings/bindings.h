@@ -5,8 +5,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+#include <memory>
 #include <string>
 
+#include "core/backend.h"
 #include "core/tensor.h"
 
 namespace llmrt::cpu {
@@ -27,8 +30,26 @@ WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& d
 // the CPU lacks it.
 const cpu::Kernels& kernels_named(const std::string& isa);
 
+// Model(...)'s keywords, one struct at the binding edge.
+struct ModelOptions {
+  std::string device = "cpu";
+  int threads = 1;
+  bool int8_activations = true;
+  bool tensor_cores = false;  // CUDA: several-token products in f16 on tensor cores
+  bool batch_invariant = false;
+  int64_t kv_cache_tokens = 0;  // 0: the context length
+  int64_t kv_cache_bytes = 0;   // 0: from kv_cache_tokens
+  std::string kv_cache_dtype = "f16";
+  int kv_block_tokens = 32;
+  bool prefix_caching = true;
+};
+
+// The backend the options name (ValueError for a bad device or thread count).
+std::unique_ptr<Backend> make_backend(const ModelOptions& o);
+
 void bind_tensors(pybind11::module_& m);   // ggml_types, dequantize
 void bind_model(pybind11::module_& m);     // ModelOptions, LlamaModel
+void bind_vision(pybind11::module_& m);    // VisionModel (after bind_model: its options)
 void bind_sampler(pybind11::module_& m);   // Sampler, top_logprobs
 void bind_testing(pybind11::module_& m);   // single kernels, for tests and microbenchmarks
 

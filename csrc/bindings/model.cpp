@@ -25,22 +25,6 @@ namespace py = pybind11;
 
 namespace llmrt::bindings {
 
-namespace {
-
-// Model(...)'s keywords, one struct at the binding edge.
-struct ModelOptions {
-  std::string device = "cpu";
-  int threads = 1;
-  bool int8_activations = true;
-  bool tensor_cores = false;  // CUDA: several-token products in f16 on tensor cores
-  bool batch_invariant = false;
-  int64_t kv_cache_tokens = 0;  // 0: the context length
-  int64_t kv_cache_bytes = 0;   // 0: from kv_cache_tokens
-  std::string kv_cache_dtype = "f16";
-  int kv_block_tokens = 32;
-  bool prefix_caching = true;
-};
-
 std::unique_ptr<Backend> make_backend(const ModelOptions& o) {
   if (o.threads < 1) throw py::value_error("threads must be >= 1");
   if (o.device == "cpu") return make_cpu_backend(o.threads, o.int8_activations, o.batch_invariant);
@@ -53,6 +37,8 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& o) {
   }
   throw py::value_error("device must be 'cpu' or 'cuda', got '" + o.device + "'");
 }
+
+namespace {
 
 using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 
@@ -88,15 +74,16 @@ class PyLlamaModel {
     if (count == 0) throw py::value_error("forward_batch: no entries");
     std::vector<I32> keep;  // the token arrays, alive until the call returns
     keep.reserve(count);
+    std::vector<F32> keep_f;  // and the embeddings'
     std::vector<BatchEntry> es(count);
     std::vector<Sampler*> samplers;
     std::vector<int> first_sampler(count, 0);
     bool want_logprobs = false;
     for (int i = 0; i < count; ++i) {
       const py::tuple e = entries[i].cast<py::tuple>();
-      if (e.size() != 3 && e.size() != 5)
+      if (e.size() != 3 && e.size() != 5 && e.size() != 6)
         throw py::value_error("forward_batch: entries are StepEntry(seq, tokens, logits, samplers, "
-                              "n_generated) tuples");
+                              "n_generated, embeds) tuples");
       keep.push_back(e[1].cast<I32>());
       const I32& t = keep.back();
       if (t.ndim() != 1 || t.shape(0) == 0)
@@ -112,7 +99,7 @@ class PyLlamaModel {
       else throw py::value_error("forward_batch: logits must be 'none', 'last' or 'all', got '" +
                                  mode + "'");
       first_sampler[i] = (int)samplers.size();
-      if (e.size() == 5 && !e[3].is_none()) {
+      if (e.size() >= 5 && !e[3].is_none()) {
         for (auto s : e[3].cast<py::list>()) {
           Sampler* sp = s.cast<Sampler*>();
           for (const Sampler* other : samplers)
@@ -122,6 +109,17 @@ class PyLlamaModel {
         }
         es[i].n_samplers = (int)samplers.size() - first_sampler[i];
         es[i].n_generated = e[4].cast<int>();
+      }
+      if (e.size() == 6 && !e[5].is_none()) {  // rows given as embeddings
+        keep_f.push_back(e[5].cast<F32>());
+        const F32& x = keep_f.back();
+        const int64_t m = model_->embed_rows(t.data(), es[i].n);
+        if (x.ndim() != 2 || x.shape(0) != m || x.shape(1) != model_->config().n_embd)
+          throw py::value_error("forward_batch: entry " + std::to_string(i) + ": embeds must be (" +
+                                std::to_string(m) + ", " +
+                                std::to_string(model_->config().n_embd) +
+                                "), one row for each token id >= n_vocab");
+        es[i].embeds = x.data();
       }
     }
     for (int i = 0; i < count; ++i) es[i].samplers = samplers.data() + first_sampler[i];

@@ -34,6 +34,11 @@ struct AttnSeq {
   const int* table;
   int n;
   int pos0;
+  // optional (n,), host memory: the last key position each row sees (at
+  // least its own; more for rows of an image whose tokens see each other,
+  // gemma 3). Null: causal, row t sees [0, pos0 + t]. A sliding window
+  // still starts from the row's own position.
+  const int32_t* last = nullptr;
 };
 
 // How a layer's attention scores are formed.
@@ -85,6 +90,8 @@ class Backend {
   virtual void copy(float* dst, const float* src, size_t n) = 0;
   // host = src (backend memory), n floats; waits for the device.
   virtual void download(float* host, const float* src, size_t n) = 0;
+  // dst (backend memory) = host, n floats.
+  virtual void upload(float* dst, const float* host, size_t n) { copy(dst, host, n); }
   // host[r] = the first index of the largest of row r of x (rows, cols), in
   // backend memory; waits for the device. Greedy decoding without the
   // logits leaving the device.
@@ -165,6 +172,19 @@ class Backend {
   // y (n, dim) = x / rms(x) * weight, row by row. y may alias x.
   virtual void rmsnorm(const float* x, const float* weight, int n, int dim, float eps,
                        float* y) = 0;
+  // y (n, dim) = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, row
+  // by row (LayerNorm; weight and bias host memory, as rmsnorm's). y may
+  // alias x.
+  virtual void layernorm(const float* x, const float* weight, const float* bias, int n, int dim,
+                         float eps, float* y) = 0;
+  // x = gelu(x), GELU's tanh form, count elements.
+  virtual void gelu(float* x, size_t count) = 0;
+  // Bidirectional attention without a cache (a vision encoder): n_seq
+  // independent sequences of T rows each; q, k, v and out (n_seq * T,
+  // n_heads * hd), row-major; per sequence and head out = softmax(q k^T *
+  // scale) v over all T keys.
+  virtual void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
+                               int n_heads, int hd, float scale, float* out) = 0;
   // y (n, dim) += bias (dim,)
   virtual void add_bias(float* y, const float* bias, int n, int dim) = 0;
   // y += x, count elements.

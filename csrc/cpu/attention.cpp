@@ -121,6 +121,7 @@ int64_t plan_attention(const AttnCall& c, const AttnSeq* seqs, int count, int la
     AttnPlan& sp = plans[i];
     sp.n = seqs[i].n;
     sp.pos0 = seqs[i].pos0;
+    sp.last = seqs[i].last;
     sp.nb = (sp.pos0 + sp.n + c.bt - 1) / c.bt;  // cache blocks the last row reads
     sp.ranges = (sp.nb + per_range - 1) / per_range;
     // a decode row with a window: the ranges wholly behind it get no task
@@ -172,6 +173,7 @@ struct TaskRows {
   const float* q[kMaxRows];
   float* out[kMaxRows];
   int n_keys[kMaxRows];
+  int k_first[kMaxRows];
   float m[kMaxRows], l[kMaxRows];
 };
 
@@ -228,10 +230,15 @@ void prefill_task(const AttnCall& c, const AttnPlan& sp, int64_t task) {
       const size_t row = sp.row0 + (size_t)t * c.n_heads + h;
       tr.q[r] = c.q + row * c.hd;
       tr.out[r] = c.out + row * c.hd;
-      tr.n_keys[r] = sp.pos0 + t + 1;  // causal: keys at positions <= the query's
+      // causal: keys at positions <= the query's; an image's rows see the
+      // whole image (last, never before their own)
+      tr.n_keys[r] = (sp.last ? sp.last[t] : sp.pos0 + t) + 1;
+      tr.k_first[r] = c.ap.window > 0 ? std::max(0, sp.pos0 + t + 1 - c.ap.window) : 0;
     }
   a.n_q = r;
-  const int ranges = (sp.pos0 + t1 + span - 1) / span;  // those the last row reads
+  if (sp.last) a.k_first = tr.k_first;  // the window from the row's own position
+  // the ranges the last row reads (rows' last keys never decrease)
+  const int ranges = (tr.n_keys[r - 1] + span - 1) / span;
   // with a window, the ranges wholly behind the first row's are skipped
   const int first_key = c.ap.window > 0 ? std::max(0, sp.pos0 + t0 + 1 - c.ap.window) : 0;
   const int j0 = first_key / span;
@@ -319,6 +326,63 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
     else prefill_task(c, sp, task);
   });
   merge_decode_partials(pool, c, count);
+}
+
+// ---- bidirectional attention without a cache (vision encoders) ----
+//
+// Per (sequence, head): its keys (T, hd) and values transposed (hd, T) are
+// gathered contiguous once; then each task, a tile of query rows, forms its
+// scores (rows, T) with the float GEMM kernel, exponentiates them against
+// each row's max and multiplies by the values with the same kernel. The
+// whole row of scores fits: T is an image's patches (a few thousand).
+void attention_dense(ThreadPool& pool, const Kernels& k, const float* q, const float* kx,
+                     const float* v, int n_seq, int T, int n_heads, int hd, float scale,
+                     float* out) {
+  constexpr int kTile = 32;  // query rows of a task
+  const int64_t ld = (int64_t)n_heads * hd, heads = (int64_t)n_seq * n_heads;
+  const size_t per = (size_t)T * hd;
+  std::vector<float> keys(heads * per), vals(heads * per);
+  pool.parallel_for(heads, 1, [&](int64_t b, int64_t e) {
+    for (int64_t sh = b; sh < e; ++sh) {
+      const int64_t sq = sh / n_heads, h = sh % n_heads;
+      float* kd = keys.data() + sh * per;
+      float* vd = vals.data() + sh * per;
+      for (int t = 0; t < T; ++t) {
+        const size_t src = (size_t)(sq * T + t) * ld + h * hd;
+        std::copy(kx + src, kx + src + hd, kd + (size_t)t * hd);
+        for (int d = 0; d < hd; ++d) vd[(size_t)d * T + t] = v[src + d];
+      }
+    }
+  });
+  const int tiles = (T + kTile - 1) / kTile;
+  pool.parallel_for(heads * tiles, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> qs, sc, o;
+    qs.resize((size_t)kTile * hd);
+    sc.resize((size_t)kTile * T);
+    o.resize((size_t)kTile * hd);
+    for (int64_t task = b; task < e; ++task) {
+      const int64_t sh = task / tiles, sq = sh / n_heads, h = sh % n_heads;
+      const int t0 = (int)(task % tiles) * kTile, m = std::min(kTile, T - t0);
+      for (int i = 0; i < m; ++i) {  // the tile's queries, scaled
+        const float* src = q + (size_t)(sq * T + t0 + i) * ld + h * hd;
+        for (int d = 0; d < hd; ++d) qs[(size_t)i * hd + d] = src[d] * scale;
+      }
+      // scores (m, T) = q K^T
+      k.gemm_f32(keys.data() + sh * per, T, hd, qs.data(), m, sc.data(), T);
+      float inv[kTile];
+      for (int i = 0; i < m; ++i) {
+        float* row = sc.data() + (size_t)i * T;
+        const float mx = *std::max_element(row, row + T);
+        inv[i] = 1.f / k.exp_sum(row, mx, T);
+      }
+      // out (m, hd) = P V
+      k.gemm_f32(vals.data() + sh * per, hd, T, sc.data(), m, o.data(), hd);
+      for (int i = 0; i < m; ++i) {
+        float* dst = out + (size_t)(sq * T + t0 + i) * ld + h * hd;
+        for (int d = 0; d < hd; ++d) dst[d] = o[(size_t)i * hd + d] * inv[i];
+      }
+    }
+  });
 }
 
 }  // namespace llmrt::cpu

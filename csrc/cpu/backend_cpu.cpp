@@ -117,6 +117,15 @@ class CpuBackend final : public Backend {
     cpu::rmsnorm(pool_, k_, x, w, n, dim, eps, y);
   }
   void add_bias(float* y, const float* b, int n, int dim) override { cpu::add_bias(y, b, n, dim); }
+  void layernorm(const float* x, const float* w, const float* b, int n, int dim, float eps,
+                 float* y) override {
+    cpu::layernorm(pool_, x, w, b, n, dim, eps, y);
+  }
+  void gelu(float* x, size_t count) override { cpu::gelu(pool_, k_, x, count); }
+  void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
+                       int n_heads, int hd, float scale, float* out) override {
+    cpu::attention_dense(pool_, k_, q, k, v, n_seq, T, n_heads, hd, scale, out);
+  }
   void add(float* y, const float* x, size_t count) override { cpu::add(y, x, count); }
   void gather_rows(float* dst, const float* src, const int32_t* rows, int count,
                    int dim) override {

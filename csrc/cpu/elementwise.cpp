@@ -1,4 +1,4 @@
-// RMSNorm, RoPE, SwiGLU and residual adds.
+// RMSNorm, LayerNorm, RoPE, SwiGLU / GELU and residual adds.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -16,6 +16,32 @@ void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w,
       float* yt = y + t * dim;
       for (int i = 0; i < dim; ++i) yt[i] = xt[i] * inv * w[i];
     }
+  });
+}
+
+void layernorm(ThreadPool& pool, const float* x, const float* w, const float* b, int n, int dim,
+               float eps, float* y) {
+  pool.parallel_for(n, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t) {
+      const float* xt = x + t * dim;
+      // mean, then the variance about it (two passes: no cancellation)
+      double sum = 0;
+      for (int i = 0; i < dim; ++i) sum += xt[i];
+      const float mean = (float)(sum / dim);
+      double var = 0;
+      for (int i = 0; i < dim; ++i) var += (double)(xt[i] - mean) * (xt[i] - mean);
+      const float inv = (float)(1.0 / std::sqrt(var / dim + eps));
+      float* yt = y + t * dim;
+      for (int i = 0; i < dim; ++i) yt[i] = (xt[i] - mean) * inv * w[i] + b[i];
+    }
+  });
+}
+
+void gelu(ThreadPool& pool, const Kernels& k, float* x, size_t count) {
+  constexpr int64_t kPiece = 4096;
+  static const std::vector<float> ones(kPiece, 1.f);  // gelu(x) = geglu(x, 1)
+  pool.parallel_for((int64_t)count, 8192, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; i += kPiece) k.geglu(x + i, ones.data(), std::min(kPiece, e - i));
   });
 }
 

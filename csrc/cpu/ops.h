@@ -73,6 +73,7 @@ void kv_write(const Kernels& k, KVCache& cache, const int* table, int layer, int
 struct AttnPlan {
   int n, pos0, nb, ranges;   // rows, first position, cache blocks, key ranges
   int range0;                // a decode row's first range (the window's)
+  const int32_t* last;       // AttnSeq::last
   size_t row0, ptr0, part0;  // first row, first block pointer, first partial row
   int64_t task0, tasks;
 };
@@ -88,7 +89,15 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
                int count, int layer, const float* q, int n_heads, const AttnParams& p,
                float* out, AttnScratch& scr);
 
+// Bidirectional attention without a cache (core/backend.h attention_dense).
+void attention_dense(ThreadPool& pool, const Kernels& k, const float* q, const float* kx,
+                     const float* v, int n_seq, int T, int n_heads, int hd, float scale,
+                     float* out);
+
 // ---- elementwise.cpp ----
+void layernorm(ThreadPool& pool, const float* x, const float* w, const float* b, int n, int dim,
+               float eps, float* y);
+void gelu(ThreadPool& pool, const Kernels& k, float* x, size_t count);
 void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w, int n, int dim,
              float eps, float* y);
 void add_bias(float* y, const float* bias, int n, int dim);

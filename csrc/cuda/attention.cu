@@ -107,8 +107,8 @@ __global__ void attention_kernel(KVLayout L, const int* __restrict__ tables,
   __shared__ float qs[kMaxHeadDim];
   const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
   const int hd = L.head_dim, kvh = h / (n_heads / L.n_kv_heads);
-  const int nk = info[2 * t] + 1;
-  const int* table = tables + info[2 * t + 1];
+  const int nk = info[3 * t + 2] + 1, own = info[3 * t] + 1;
+  const int* table = tables + info[3 * t + 1];
   const float* qr = q + ((size_t)t * n_heads + h) * hd;
   for (int d = lane; d < hd; d += 32) qs[d] = qr[d];
   __syncwarp();
@@ -118,7 +118,7 @@ __global__ void attention_kernel(KVLayout L, const int* __restrict__ tables,
   for (int i = 0; i < kDims; ++i) acc[i] = 0.f;
   float m = -INFINITY, l = 0.f;
   const size_t head_off = (size_t)kvh * L.head_bytes;
-  const int k0 = ap.window > 0 && nk > ap.window ? nk - ap.window : 0;  // the window's start
+  const int k0 = ap.window > 0 && own > ap.window ? own - ap.window : 0;  // the window's start
   for (int base = k0; base < nk; base += 32) {
     const int p = base + lane;
     float s = -INFINITY;
@@ -189,9 +189,10 @@ split_attention_kernel(KVLayout L, const int* __restrict__ tables, const int* __
   }
   __syncthreads();
 
-  const int nk = info[2 * t] + 1;  // causal: positions [0, pos]
-  const int* table = tables + info[2 * t + 1];
-  const int kw = ap.window > 0 && nk > ap.window ? nk - ap.window : 0;  // the window's start
+  // causal: positions [0, pos], or to an image's last for its rows
+  const int nk = info[3 * t + 2] + 1, own = info[3 * t] + 1;
+  const int* table = tables + info[3 * t + 1];
+  const int kw = ap.window > 0 && own > ap.window ? own - ap.window : 0;  // the window's start
   const int chunk = (nk - kw + S - 1) / S;
   const int k0 = min(nk, kw + s * chunk), k1 = min(nk, k0 + chunk);
   const size_t head_off = (size_t)kvh * L.head_bytes;
@@ -336,7 +337,69 @@ void launch_split_dpl(const KVLayout& L, const int* tables, const int* info, int
   else
     launch_split<4, DPL>(L, tables, info, rows, n_heads, S, ap, q, out, part_ml, part_acc, stream);
 }
+// Bidirectional attention without a cache: one block per (query row, head,
+// sequence). The row's T scores live in shared memory; the block's max and
+// sum go through warp reductions; then each thread owns output dims.
+constexpr int kDenseThreads = 128;
+
+__device__ float block_reduce(float v, bool is_max, float* red) {
+  v = is_max ? warp_max(v) : warp_sum(v);
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane == 0) red[w] = v;
+  __syncthreads();
+  float r = red[0];
+  for (int i = 1; i < kDenseThreads / 32; ++i) r = is_max ? fmaxf(r, red[i]) : r + red[i];
+  __syncthreads();  // red[] free for the next reduction
+  return r;
+}
+
+__global__ void __launch_bounds__(kDenseThreads)
+attention_dense_kernel(const float* __restrict__ q, const float* __restrict__ k,
+                       const float* __restrict__ v, int T, int n_heads, int hd, float scale,
+                       float* __restrict__ out) {
+  extern __shared__ float sc[];  // T scores, then hd query values
+  __shared__ float red[kDenseThreads / 32];
+  const int t = blockIdx.x, h = blockIdx.y, sq = blockIdx.z;
+  const size_t ld = (size_t)n_heads * hd, base = (size_t)sq * T;
+  float* qs = sc + T;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) qs[d] = q[(base + t) * ld + h * hd + d];
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < T; j += blockDim.x) {
+    const float* kr = k + (base + j) * ld + h * hd;
+    float dot = 0.f;
+    for (int d = 0; d < hd; ++d) dot += qs[d] * kr[d];
+    sc[j] = dot * scale;
+    mx = fmaxf(mx, sc[j]);
+  }
+  mx = block_reduce(mx, true, red);
+  float sum = 0.f;
+  for (int j = threadIdx.x; j < T; j += blockDim.x) {
+    const float e = __expf(sc[j] - mx);
+    sc[j] = e;
+    sum += e;
+  }
+  sum = block_reduce(sum, false, red);  // its barrier publishes sc[]
+  const float inv = 1.f / sum;
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float acc = 0.f;
+    for (int j = 0; j < T; ++j) acc += sc[j] * v[(base + j) * ld + h * hd + d];
+    out[(base + t) * ld + h * hd + d] = acc * inv;
+  }
+}
+
 }  // namespace
+
+void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
+                     int n_heads, int hd, float scale, float* out, cudaStream_t stream) {
+  const size_t shared = sizeof(float) * ((size_t)T + hd);
+  if (shared > 48 * 1024)
+    throw std::invalid_argument("CUDA dense attention: more than 12K rows a sequence");
+  const dim3 grid((unsigned)T, (unsigned)n_heads, (unsigned)n_seq);
+  attention_dense_kernel<<<grid, kDenseThreads, shared, stream>>>(q, k, v, T, n_heads, hd, scale,
+                                                                  out);
+  LLMRT_CUDA_LAUNCHED("attention_dense");
+}
 
 void kv_write(const KVLayout& L, const int64_t* offs, int n, const float* k, const float* v,
               cudaStream_t stream) {

@@ -85,7 +85,7 @@ struct PassBuffers {
     ids = offs2 + sizeof(int64_t) * rows;
     pos = ids + sizeof(int32_t) * rows;
     info = pos + sizeof(int32_t) * rows;
-    tables = info + sizeof(int32_t) * 2 * rows;
+    tables = info + sizeof(int32_t) * 3 * rows;
     tables2 = tables + sizeof(int32_t) * (size_t)seqs * stride;
     bytes = tables2 + sizeof(int32_t) * (size_t)seqs * stride;
     LLMRT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), bytes, cudaHostAllocDefault));
@@ -237,8 +237,9 @@ class CudaBackend : public Backend {
         for (int t = 0; t < q.n; ++t, ++r) {
           const int p = q.pos0 + t;
           offs[r] = (int64_t)q.table[p / bt] * (int64_t)bb + (int64_t)(p % bt) * (int64_t)c.row_bytes();
-          info[2 * r] = p;
-          info[2 * r + 1] = i * stride;
+          info[3 * r] = p;
+          info[3 * r + 1] = i * stride;
+          info[3 * r + 2] = q.last ? q.last[t] : p;  // the last key the row sees
         }
       }
     }
@@ -311,6 +312,20 @@ class CudaBackend : public Backend {
     cuda::add_bias(y, device_copy(b, dim), n, dim, stream_);
   }
   void add(float* y, const float* x, size_t count) override { cuda::add(y, x, count, stream_); }
+  void upload(float* dst, const float* host, size_t n) override {
+    LLMRT_CUDA_CHECK(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice,
+                                     stream_));
+    LLMRT_CUDA_CHECK(cudaStreamSynchronize(stream_));  // host may be reused at once
+  }
+  void layernorm(const float* x, const float* w, const float* b, int n, int dim, float eps,
+                 float* y) override {
+    cuda::layernorm(x, device_copy(w, dim), device_copy(b, dim), n, dim, eps, y, stream_);
+  }
+  void gelu(float* x, size_t count) override { cuda::gelu(x, count, stream_); }
+  void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
+                       int n_heads, int hd, float scale, float* out) override {
+    cuda::attention_dense(q, k, v, n_seq, T, n_heads, hd, scale, out, stream_);
+  }
   void geglu(float* g, const float* u, size_t count) override {
     cuda::geglu(g, u, count, stream_);
   }

@@ -41,6 +41,44 @@ __global__ void rmsnorm_kernel(const float* x, const float* __restrict__ w, int 
   for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
 }
 
+// one block per row: the mean, then the variance about it
+__global__ void layernorm_kernel(const float* x, const float* __restrict__ w,
+                                 const float* __restrict__ b, int dim, float eps, float* y) {
+  __shared__ float part[8];
+  __shared__ float stat;
+  const float* xr = x + (size_t)blockIdx.x * dim;
+  float* yr = y + (size_t)blockIdx.x * dim;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) s += xr[i];
+  s = warp_sum(s);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) total += part[i];
+    stat = total / (float)dim;
+  }
+  __syncthreads();
+  const float mean = stat;
+  float v = 0.f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) v += (xr[i] - mean) * (xr[i] - mean);
+  v = warp_sum(v);
+  __syncthreads();  // every thread has read part[] and stat
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int i = 0; i < (int)(blockDim.x >> 5); ++i) total += part[i];
+  const float inv = rsqrtf(total / (float)dim + eps);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = (xr[i] - mean) * inv * w[i] + b[i];
+}
+
+__global__ void gelu_kernel(float* g, size_t count) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const float x = g[i];
+  g[i] = x / (1.f + expf(-x * (1.5957691216f + 0.0713548163f * x * x)));
+}
+
 __global__ void add_bias_kernel(float* y, const float* b, int dim, size_t count) {
   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < count) y[i] += b[i % dim];
@@ -186,6 +224,17 @@ void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y
              cudaStream_t stream) {
   rmsnorm_kernel<<<n, 256, 0, stream>>>(x, w, dim, eps, y);
   LLMRT_CUDA_LAUNCHED("rmsnorm");
+}
+
+void layernorm(const float* x, const float* w, const float* b, int n, int dim, float eps,
+               float* y, cudaStream_t stream) {
+  layernorm_kernel<<<n, 256, 0, stream>>>(x, w, b, dim, eps, y);
+  LLMRT_CUDA_LAUNCHED("layernorm");
+}
+
+void gelu(float* x, size_t count, cudaStream_t stream) {
+  gelu_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(x, count);
+  LLMRT_CUDA_LAUNCHED("gelu");
 }
 
 void add_bias(float* y, const float* bias, int n, int dim, cudaStream_t stream) {

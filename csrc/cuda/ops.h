@@ -57,6 +57,11 @@ void gather_rows(float* dst, const float* src, const int32_t* rows, int count, i
 void scatter_add_rows(float* dst, const float* src, const int32_t* rows, const float* weights,
                       int count, int dim, cudaStream_t stream);
 // inv_freq: (n_rot / 2) frequencies (already divided by any factors).
+// y (n, dim) = LayerNorm(x) * w + b, row by row (w, b device memory).
+void layernorm(const float* x, const float* w, const float* b, int n, int dim, float eps,
+               float* y, cudaStream_t stream);
+// x = gelu(x), the tanh form.
+void gelu(float* x, size_t count, cudaStream_t stream);
 void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, const float* inv_freq,
           int n_rot, float pos_scale, bool neox, float mscale, cudaStream_t stream);
 
@@ -87,10 +92,11 @@ void rope_kv_write(const KVLayout& L, const int64_t* offs, int n, const int32_t*
 // the layer's k / v base).
 void kv_write(const KVLayout& L, const int64_t* offs, int n, const float* k, const float* v,
               cudaStream_t stream);
-// q (rows, n_heads, head_dim) -> out: row t attends to positions
-// [0, info[2t]] of the sequence whose block table starts at
-// tables + info[2t + 1] (the last p.window of them when set; scores
-// soft-capped when p.softcap is).
+// q (rows, n_heads, head_dim) -> out: row t, at position info[3t], attends
+// to positions [0, info[3t + 2]] (its own, or an image's last) of the
+// sequence whose block table starts at tables + info[3t + 1] (with p.window
+// set, only the keys after info[3t] - p.window; scores soft-capped when
+// p.softcap is).
 void attention(const KVLayout& L, const int* tables, const int* info, int rows, int n_heads,
                const AttnParams& p, const float* q, float* out, cudaStream_t stream);
 // The same, split-KV: each row's keys cut into S slices run by separate
@@ -104,5 +110,10 @@ void split_attention(const KVLayout& L, const int* tables, const int* info, int 
 // The slices for a pass of `rows` rows: enough blocks to fill the GPU (a
 // function of rows only, so a captured graph keeps its grid).
 int attention_splits(int rows, int n_kv_heads, int n_heads, int sm_count);
+// Bidirectional attention without a cache: n_seq sequences of T rows; q, k,
+// v, out (n_seq * T, n_heads * hd); out = softmax(q k^T * scale) v per
+// sequence and head.
+void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
+                     int n_heads, int hd, float scale, float* out, cudaStream_t stream);
 
 }  // namespace llmrt::cuda

@@ -41,6 +41,7 @@ struct LlamaModel::Scratch {
   std::vector<int> expert_rank;  // a row's experts by router logit
   std::vector<GroupedJob> gate_up_jobs, down_jobs;  // mixture of experts: the grouped products
   std::vector<int32_t> ids, pos;  // token ids and positions of the pass's rows
+  std::vector<int32_t> last;      // each row's last key position (AttnSeq::last)
   std::vector<AttnSeq> attn;      // the pass's sequences, for attention
   std::vector<AttnSeq> attn_local;  // the same with the sliding pool's tables
   std::vector<float> host_logits; // device backends: the head's output, downloaded to draw
@@ -259,8 +260,15 @@ struct LlamaModel::Segment {
   int32_t* drawn;
   TopLogprobs* logprobs;
   float* hidden;  // its rows' final hidden states (host memory), or null
+  const float* embeds;  // the rows of its token ids >= n_vocab, in order
   int wanted() const { return n - first_logit; }
 };
+
+int64_t LlamaModel::embed_rows(const int32_t* tokens, int n) const {
+  int64_t m = 0;
+  for (int t = 0; t < n; ++t) m += tokens[t] >= cfg_.n_vocab;
+  return m;
+}
 
 int64_t LlamaModel::logit_rows(const BatchEntry* entries, int count) {
   int64_t rows = 0;
@@ -275,6 +283,22 @@ int64_t LlamaModel::draws(const BatchEntry* entries, int count) {
   int64_t n = 0;
   for (int i = 0; i < count; ++i) n += entries[i].n_samplers;
   return n;
+}
+
+// Rows of the entry's piece starting at `done`: kChunk at most, and, where
+// a run of embedding rows sees itself whole, cut before such a run rather
+// than inside it (its keys must all be in the cache when it attends).
+int LlamaModel::chunk_length(const BatchEntry& e, int done) const {
+  const int m = std::min(kChunk, e.n - done);
+  if (!cfg_.embeds_bidirectional || !e.embeds || done + m == e.n) return m;
+  const int V = cfg_.n_vocab;
+  if (e.tokens[done + m - 1] < V || e.tokens[done + m] < V) return m;
+  int start = done + m - 1;
+  while (start > done && e.tokens[start - 1] >= V) --start;
+  if (start == done)
+    throw std::invalid_argument("forward: a run of more than " + std::to_string(kChunk) +
+                                " embedding rows (an image's tokens) cannot attend as one");
+  return start - done;
 }
 
 void LlamaModel::forward_batch(const BatchEntry* entries, int count, const BatchOutput& out) {
@@ -297,7 +321,7 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, const Batch
                               " exceed the context length " + std::to_string(cfg_.n_ctx) +
                               which());
     for (int t = 0; t < e.n; ++t)
-      if (e.tokens[t] < 0 || e.tokens[t] >= cfg_.n_vocab)
+      if (e.tokens[t] < 0 || (e.tokens[t] >= cfg_.n_vocab && !e.embeds))
         throw std::out_of_range("token id " + std::to_string(e.tokens[t]) + " at index " +
                                 std::to_string(t) + " is outside the vocabulary (size " +
                                 std::to_string(cfg_.n_vocab) + ")" + which());
@@ -335,14 +359,16 @@ void LlamaModel::forward_batch(const BatchEntry* entries, int count, const Batch
       const BatchEntry& e = entries[i];
       const int* table = kv_.table(e.seq).data();
       const int* local = kv_.has_sliding() ? kv_.sliding_table(e.seq).data() : nullptr;
-      for (int done = 0; done < e.n; done += kChunk) {
-        const int m = std::min(kChunk, e.n - done);
+      const float* embeds = e.embeds;
+      for (int done = 0, m; done < e.n; done += m) {
+        m = chunk_length(e, done);
         const int first = e.logits == BatchEntry::kAll                        ? 0
                           : e.logits == BatchEntry::kLast && done + m == e.n ? m - 1
                                                                                : m;
         segs.push_back({table, local, e.tokens + done, m, past[i] + done, first, &e, lg, drawn, lps,
-                        e.hidden ? e.hidden + (size_t)done * cfg_.n_embd : nullptr});
+                        e.hidden ? e.hidden + (size_t)done * cfg_.n_embd : nullptr, embeds});
         if (e.n_samplers == 0 && lg) lg += (size_t)(m - first) * cfg_.n_vocab;
+        if (embeds) embeds += (size_t)embed_rows(e.tokens + done, m) * cfg_.n_embd;
       }
       drawn += e.n_samplers;
       if (lps) lps += e.n_samplers;
@@ -440,6 +466,7 @@ struct LlamaModel::Pass {
   float* direct = nullptr;   // the caller's buffer, when the head writes there
   float* head_out = nullptr; // where the head writes its rows
   bool lora = false;         // some segment's sequence has an adapter
+  bool embeds = false;       // some rows are given as embeddings
   std::vector<int> adapter;  // each segment's adapter (0: none)
   AttnParams global_attn, sliding_attn;
 };
@@ -452,6 +479,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     be.embed(w_.tok_embd, s_->ids.data(), p.n, s_->x);  // x (n, D)
     if (cfg_.embd_scale > 0.f)  // gemma: sqrt(D)
       be.scale(s_->x, (size_t)p.n * cfg_.n_embd, cfg_.embd_scale);
+    if (p.embeds) given_rows(p);
     for (int l = 0; l < cfg_.n_layer; ++l) {
       attention_block(p, l);
       ffn_block(p, l);
@@ -460,7 +488,7 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
   };
   // a pass of one-token rows (decoding) may replay a device graph, keyed by
   // its shape: the rows and which of them want logits
-  if (be.graphs() && p.n == count && cfg_.n_expert == 0 && !p.hidden && !p.lora) {
+  if (be.graphs() && p.n == count && cfg_.n_expert == 0 && !p.hidden && !p.lora && !p.embeds) {
     std::string key(count, '0');  // a character a row: whether it wants logits
     for (int i = 0; i < count; ++i)
       if (segs[i].wanted()) key[i] = '1';
@@ -469,6 +497,27 @@ void LlamaModel::forward_pass(const Segment* segs, int count) {
     body();
   }
   end_pass(p);
+}
+
+// x's rows of token ids >= n_vocab replaced by the entries' embeddings, a
+// run of consecutive rows in one copy.
+void LlamaModel::given_rows(const Pass& p) {
+  const int D = cfg_.n_embd, V = cfg_.n_vocab;
+  for (int i = 0, r = 0; i < p.count; r += p.segs[i++].n) {
+    const Segment& g = p.segs[i];
+    const float* src = g.embeds;
+    for (int t = 0; t < g.n;) {
+      if (g.tokens[t] < V) {
+        ++t;
+        continue;
+      }
+      int u = t;
+      while (u < g.n && g.tokens[u] >= V) ++u;
+      backend_->upload(s_->x + (size_t)(r + t) * D, src, (size_t)(u - t) * D);
+      src += (size_t)(u - t) * D;
+      t = u;
+    }
+  }
 }
 
 // The pass's token ids, positions and attention rows staged in the scratch,
@@ -489,14 +538,28 @@ LlamaModel::Pass LlamaModel::begin_pass(const Segment* segs, int count) {
   s.pos.resize(p.n);
   s.attn.resize(count);
   s.attn_local.resize(kv_.has_sliding() ? count : 0);
+  s.last.resize(p.n);
   for (int i = 0, r = 0; i < count; ++i) {
     const Segment& g = segs[i];
+    const int r0 = r;
+    bool runs = false;  // rows that see a run of embedding rows whole
     for (int t = 0; t < g.n; ++t, ++r) {
-      s.ids[r] = g.tokens[t];
+      const bool given = g.tokens[t] >= c.n_vocab;
+      s.ids[r] = given ? 0 : g.tokens[t];  // looked up, then replaced
       s.pos[r] = g.pos0 + t;
+      s.last[r] = g.pos0 + t;
+      p.embeds |= given;
+      runs |= given && c.embeds_bidirectional;
     }
-    s.attn[i] = AttnSeq{g.table, g.n, g.pos0};
-    if (g.local) s.attn_local[i] = AttnSeq{g.local, g.n, g.pos0};
+    if (runs)  // each run's rows see to its end
+      for (int t = g.n - 1, end = -1; t >= 0; --t) {
+        if (g.tokens[t] < c.n_vocab) end = -1;
+        else if (end < 0) end = g.pos0 + t;
+        if (end >= 0) s.last[r0 + t] = end;
+      }
+    const int32_t* last = runs ? s.last.data() + r0 : nullptr;
+    s.attn[i] = AttnSeq{g.table, g.n, g.pos0, last};
+    if (g.local) s.attn_local[i] = AttnSeq{g.local, g.n, g.pos0, last};
     p.hidden |= g.hidden != nullptr;
   }
 

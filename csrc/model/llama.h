@@ -50,6 +50,10 @@ struct LlamaConfig {
   int window = 0;
   std::vector<uint8_t> sliding;
   RopeParams rope_swa;
+  // Rows given as embeddings (BatchEntry::embeds, an image's tokens): a run
+  // of them sees the whole run, not only the rows before (gemma 3), where
+  // set; otherwise they are causal like any row.
+  bool embeds_bidirectional = false;
 };
 
 // The paged KV cache's shape (see core/kv_cache.h).
@@ -116,6 +120,11 @@ struct BatchEntry {
   // When set (host memory): the final normed hidden states of the n rows
   // (n, n_embd), the input of the output head (embeddings).
   float* hidden = nullptr;
+  // Rows given as input embeddings instead of token ids (an image's tokens):
+  // every token id >= n_vocab takes the next row of embeds (host memory,
+  // n_embd floats each, in order), never scaled by embd_scale. The id
+  // itself only keys the prefix cache (the same image, the same ids).
+  const float* embeds = nullptr;
 };
 
 // Where forward_batch puts its results, entry after entry.
@@ -192,6 +201,8 @@ class LlamaModel {
   // shapes that do not fit the model.
   int add_adapter(std::vector<std::tuple<int, int, LoraPair>> pairs);
   int adapters() const { return (int)adapters_.size(); }
+  // Rows of an entry given as embeddings (its token ids >= n_vocab).
+  int64_t embed_rows(const int32_t* tokens, int n) const;
   // Rows forward_batch writes to out.logits, and tokens to out.tokens.
   static int64_t logit_rows(const BatchEntry* entries, int count);
   static int64_t draws(const BatchEntry* entries, int count);
@@ -211,6 +222,10 @@ class LlamaModel {
                            const float* post_norm);
   void output_head(const Pass& p);
   void end_pass(const Pass& p);
+  // x's rows given as embeddings, from the segments' entries
+  void given_rows(const Pass& p);
+  // rows of the next piece of an entry (see forward_batch)
+  int chunk_length(const BatchEntry& e, int done) const;
   // the draws of a pass's entries with samplers, from its head output
   void draw(const Segment* segs, int count, int rows);
   // x += the layer's mixture-of-experts FFN of xn, n rows

@@ -97,6 +97,7 @@ LlamaConfig llama_config(const ConfigValues& v) {
   c.rope_orig_ctx = int_value(v, "rope_orig_ctx", false, c.n_ctx);
   c.embd_scale = float_value(v, "embd_scale", 0.f);
   c.gelu = int_value(v, "ffn_gelu", false) != 0;
+  c.embeds_bidirectional = int_value(v, "embeds_bidirectional", false) != 0;
   c.attn_scale = float_value(v, "attn_scale", 0.f);
   c.attn_softcap = float_value(v, "attn_softcap", 0.f);
   c.final_softcap = float_value(v, "final_softcap", 0.f);

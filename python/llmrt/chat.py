@@ -94,10 +94,12 @@ def render(template: str, messages: Sequence[dict[str, Any]], *, bos_token: str 
     if not isinstance(messages, (list, tuple)) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...}")
     for i, m in enumerate(messages):
-        # content may be None on an assistant turn that only calls tools
+        # content may be None on an assistant turn that only calls tools, and
+        # a list of parts where it holds images (vision.split_images)
+        c = m.get("content") if isinstance(m, dict) else None
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or \
-                not (isinstance(m.get("content"), str) or
-                     (m.get("content") is None and m.get("tool_calls"))):
+                not (isinstance(c, str) or (c is None and m.get("tool_calls")) or
+                     (isinstance(c, list) and all(isinstance(p, dict) for p in c))):
             raise ValueError(f"messages[{i}] must be a dict with string 'role' and 'content'")
     # loop controls ({% break %}, {% continue %}) as transformers enables them
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,

@@ -98,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     cv.add_argument("hf_dir")
     cv.add_argument("--output", "-o", required=True)
     cv.add_argument("--type", default="f16", choices=sorted(WRITABLE))
+    cv.add_argument("--mmproj", default=None,
+                    help="where a multimodal checkpoint's vision half goes (default: "
+                         "mmproj-OUTPUT beside the model)")
+    cv.add_argument("--no-mmproj", action="store_true", help="convert the text model only")
     from .serve import add_arguments as serve_arguments
     sv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (llmrt[server])")
     serve_arguments(sv)
@@ -229,7 +233,11 @@ def _convert(a) -> int:
     import os
 
     from .convert import convert
-    info = convert(a.hf_dir, a.output, a.type, progress=None)
+    info = convert(a.hf_dir, a.output, a.type, progress=None,
+                   mmproj=False if a.no_mmproj else a.mmproj)
     print(f"wrote {a.output} ({os.path.getsize(a.output) / 1e6:.1f} MB): {info['arch']}, "
           f"{info['tensors']} tensors, vocabulary {info['vocab']}")
+    if "mmproj" in info:
+        print(f"wrote {info['mmproj']} ({os.path.getsize(info['mmproj']) / 1e6:.1f} MB): "
+              f"{info['vision']['projector']} vision tower, {info['vision']['tensors']} tensors")
     return 0

@@ -20,6 +20,7 @@ import numpy as np
 
 from .convert_plan import Tensors, tensor_plan
 from .convert_tokenizer import write_tokenizer
+from .convert_vision import projector_of, write_mmproj
 from .errors import CheckpointError, UnsupportedModelError
 from .families import BY_HF_CLASS
 from .ggml_types import FILE_TYPES, writable
@@ -42,8 +43,17 @@ _GEMMA3_TEXT_DEFAULTS = dict(
 
 
 def _text_config(cfg: dict, d: str) -> dict:
-    """A multimodal Gemma 3 config -> its text model's, as Gemma3ForCausalLM."""
-    if (cfg.get("architectures") or ["?"])[0] != "Gemma3ForConditionalGeneration":
+    """A multimodal config -> its text model's: Gemma 3's as Gemma3ForCausalLM,
+    Idefics3 / SmolVLM's as LlamaForCausalLM."""
+    hf = (cfg.get("architectures") or ["?"])[0]
+    if projector_of(hf) == "idefics3":
+        t = dict(cfg.get("text_config") or {})
+        t["architectures"] = ["LlamaForCausalLM"]
+        t["tie_word_embeddings"] = cfg.get("tie_word_embeddings",
+                                           t.get("tie_word_embeddings", False))
+        t["multimodal"] = True
+        return t
+    if hf != "Gemma3ForConditionalGeneration":
         return cfg
     t = dict(_GEMMA3_TEXT_DEFAULTS)
     t.update(cfg.get("text_config") or {})
@@ -296,16 +306,38 @@ def _llama3_factors(rs: dict, head_dim: int, theta: float) -> np.ndarray:
 
 # ---- the file --------------------------------------------------------------------------
 
+def mmproj_path(out: str | os.PathLike) -> str:
+    """Where convert writes a multimodal checkpoint's vision half by default:
+    mmproj-<name>.gguf beside the model (where Model() looks for it)."""
+    o = os.fspath(out)
+    return os.path.join(os.path.dirname(o), "mmproj-" + os.path.basename(o))
+
+
 def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = "f16",
-            progress: bool | None = None) -> dict[str, Any]:
+            progress: bool | None = None,
+            mmproj: str | os.PathLike | bool | None = None) -> dict[str, Any]:
     """Convert a Hugging Face checkpoint directory to a GGUF file; returns a
-    summary (arch, tensors, vocab, types)."""
-    from gguf import GGUFWriter
+    summary (arch, tensors, vocab, types). A multimodal checkpoint's vision
+    tower and projector go to an mmproj file (llama.cpp's layout): at
+    `mmproj`, or mmproj_path(out) by default; mmproj=False: text only."""
     d = os.fspath(hf_dir)
     writable(type_name)
     if not os.path.isfile(os.path.join(d, "config.json")):
         raise CheckpointError(f"{d}: no config.json (not a Hugging Face checkpoint directory)")
-    hp = _hparams(_text_config(_json(os.path.join(d, "config.json")), d), d)
+    top = _json(os.path.join(d, "config.json"))
+    info = _convert_text(d, top, out, type_name, progress)
+    if info["multimodal"] and mmproj is not False:
+        path = mmproj_path(out) if mmproj in (None, True) else os.fspath(mmproj)  # type: ignore[arg-type]
+        info["mmproj"] = path
+        info["vision"] = write_mmproj(d, top, info.pop("n_embd"), path, type_name, progress)
+    info.pop("n_embd", None)
+    return info
+
+
+def _convert_text(d: str, top: dict, out: str | os.PathLike, type_name: str,
+                  progress: bool | None) -> dict[str, Any]:
+    from gguf import GGUFWriter
+    hp = _hparams(_text_config(top, d), d)
     ts = Tensors(d)
     plan = tensor_plan(hp, ts)
     a = hp["arch"]
@@ -365,5 +397,6 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
         w, [(name, shape, chosen[name], load) for name, shape, load in plan],
         progress_bar(sum(int(np.prod(shape)) for _, shape, _ in plan), f"convert {type_name}",
                      progress)))
-    return dict(arch=hp["hf"] if not hp["multimodal"] else "Gemma3ForConditionalGeneration",
-                tensors=len(plan), vocab=hp["n_vocab"], types=chosen)
+    return dict(arch=hp["hf"] if not hp["multimodal"] else top["architectures"][0],
+                tensors=len(plan), vocab=hp["n_vocab"], types=chosen,
+                multimodal=hp["multimodal"], n_embd=hp["n_embd"])

@@ -14,7 +14,7 @@ import numpy as np
 from .arrays import permute_qk
 from .errors import CheckpointError
 
-TEXT_PREFIXES = ("model.language_model.", "language_model.model.")
+TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.text_model.")
 
 
 class Tensors:

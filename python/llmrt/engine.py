@@ -44,6 +44,8 @@ class Engine:
         # time spent in native forward steps, and their count
         self.step_seconds = 0.0
         self.steps = 0
+        # the ids past the vocabulary that stand for images' rows (vision.ImageTable)
+        self.images: Any = None
 
     # ---- sequences of the KV cache ------------------------------------------------------
     def new_sequence(self) -> int:
@@ -112,6 +114,8 @@ class Engine:
     def step(self, entries: list[StepEntry]) -> StepResult:
         """One forward over every entry's tokens (shared passes over the
         weights). The KV cache is left as it was when it raises."""
+        if self.images is not None and self.images.active():
+            entries = [self.images.attach(e) for e in entries]
         with self.lock:
             t0 = time.perf_counter()
             try:

@@ -242,3 +242,69 @@ def expected_tensors(fam: Family, cfg: dict, longrope: bool) -> dict[str, Expect
                 out[f"blk.{i}.{t.gguf}"] = Expected(f"layers.{i}.{t.role}", t.shape(z),
                                                     t.required(fam, z))
     return out
+
+
+# ---- vision: an mmproj file (llama.cpp's `clip` layout) beside a decoder -------------------
+
+
+@dataclass(frozen=True)
+class Projector:
+    """How a vision tower's patches become a decoder's input embeddings."""
+
+    name: str                    # clip.projector_type
+    hf_classes: tuple[str, ...]  # Hugging Face architectures that convert to it
+    text_archs: tuple[str, ...]  # decoder families it feeds
+    marker: str                  # what the chat template writes where an image goes
+    image_token: str             # the token each embedding row stands in for
+    pool: bool = False           # gemma 3: average pooling of the patch grid (n_merge^2)
+    #                              idefics3: pixel shuffle (n_merge^2 patches a row) instead
+    norm: bool = False           # RMSNorm (weight stored as 1 + w) before the projection
+    bidirectional: bool = False  # an image's rows attend to each other in the decoder
+    tiles: bool = False          # large images split into tiles plus a global view
+    default_merge: int = 0       # n_merge when the file does not say (0: it must)
+
+
+PROJECTORS: dict[str, Projector] = {p.name: p for p in (
+    Projector("gemma3", ("Gemma3ForConditionalGeneration",), ("gemma3",),
+              "<start_of_image>", "<image_soft_token>", pool=True, norm=True,
+              bidirectional=True, default_merge=4),
+    Projector("idefics3", ("Idefics3ForConditionalGeneration",
+                           "SmolVLMForConditionalGeneration"), ("llama",),
+              "<image>", "<image>", tiles=True),
+)}
+
+# The tower's tensors: (role, GGUF name after "v.", or "mm." for the
+# projector's, GGUF shape from (D, F, patch, P, proj_in, proj_out), required).
+VisionShape = Callable[[int, int, int, int, int, int], list[int]]
+VISION_TENSORS: tuple[tuple[str, str, VisionShape, bool], ...] = (
+    ("patch", "v.patch_embd.weight", lambda D, F, p, P, i, o: [p, p, 3, D], True),
+    ("patch_b", "v.patch_embd.bias", lambda D, F, p, P, i, o: [D], True),
+    ("pos", "v.position_embd.weight", lambda D, F, p, P, i, o: [D, P], True),
+    ("post_w", "v.post_ln.weight", lambda D, F, p, P, i, o: [D], True),
+    ("post_b", "v.post_ln.bias", lambda D, F, p, P, i, o: [D], True),
+)
+VISION_LAYER_TENSORS: tuple[tuple[str, str, VisionShape], ...] = (
+    ("ln1_w", "ln1.weight", lambda D, F, p, P, i, o: [D]),
+    ("ln1_b", "ln1.bias", lambda D, F, p, P, i, o: [D]),
+    ("wq", "attn_q.weight", lambda D, F, p, P, i, o: [D, D]),
+    ("bq", "attn_q.bias", lambda D, F, p, P, i, o: [D]),
+    ("wk", "attn_k.weight", lambda D, F, p, P, i, o: [D, D]),
+    ("bk", "attn_k.bias", lambda D, F, p, P, i, o: [D]),
+    ("wv", "attn_v.weight", lambda D, F, p, P, i, o: [D, D]),
+    ("bv", "attn_v.bias", lambda D, F, p, P, i, o: [D]),
+    ("wo", "attn_out.weight", lambda D, F, p, P, i, o: [D, D]),
+    ("bo", "attn_out.bias", lambda D, F, p, P, i, o: [D]),
+    ("ln2_w", "ln2.weight", lambda D, F, p, P, i, o: [D]),
+    ("ln2_b", "ln2.bias", lambda D, F, p, P, i, o: [D]),
+    ("up", "ffn_up.weight", lambda D, F, p, P, i, o: [D, F]),
+    ("b_up", "ffn_up.bias", lambda D, F, p, P, i, o: [F]),
+    ("down", "ffn_down.weight", lambda D, F, p, P, i, o: [F, D]),
+    ("b_down", "ffn_down.bias", lambda D, F, p, P, i, o: [D]),
+)
+# the projector's: gemma 3's input projection is stored as Hugging Face's
+# (vision, text) parameter, GGUF shape [text, vision] (transposed on load)
+PROJECTOR_TENSORS: dict[str, tuple[tuple[str, str, VisionShape], ...]] = {
+    "gemma3": (("proj_t", "mm.input_projection.weight", lambda D, F, p, P, i, o: [o, i]),
+               ("proj_norm", "mm.soft_emb_norm.weight", lambda D, F, p, P, i, o: [i])),
+    "idefics3": (("proj", "mm.model.fc.weight", lambda D, F, p, P, i, o: [i, o]),),
+}

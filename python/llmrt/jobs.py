@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 def single(model: "Model", prompt: Any, params: SamplingParams | None, *, add_special: bool,
-           draft: "str | Model | None", num_draft_tokens: int, **kwargs: Any) -> Job:
+           draft: "str | Model | None", num_draft_tokens: int, images: Any = None,
+           **kwargs: Any) -> Job:
     """A job of one prompt."""
     if not isinstance(params, (SamplingParams, type(None))):
         raise ValueError("params must be a SamplingParams for one prompt (a list of them "
@@ -26,7 +27,9 @@ def single(model: "Model", prompt: Any, params: SamplingParams | None, *, add_sp
     p = SamplingParams.make(params, **kwargs)
     if draft is not None:
         check_draft(model, draft, p, num_draft_tokens)
-    ids = model.prompt_ids(prompt, add_special)
+        if images and not isinstance(draft, str):
+            raise ValueError("a draft model cannot read images: use draft='prompt_lookup'")
+    ids = model.prompt_ids(prompt, add_special, images)
     check_budget(model, ids, p)
     if not isinstance(draft, (str, type(None))):
         check_budget(draft, ids, p, what="the draft model's")

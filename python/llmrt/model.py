@@ -19,6 +19,7 @@ from .scheduler import Job, Scheduler
 from .structured import Grammars
 from .tokenizer import Tokenizer
 from .utils import default_model_path
+from .vision import split_images, vision_for
 
 
 def _is_batch(prompt: Any) -> bool:
@@ -74,7 +75,8 @@ class Model:
                  activations: str = "int8", kv_cache_tokens: int | None = None,
                  kv_cache_bytes: int | None = None, kv_cache_dtype: str = "f16",
                  kv_block_tokens: int = 32, prefix_caching: bool = True,
-                 batch_invariant: bool = False, lora: Sequence[Any] | None = None):
+                 batch_invariant: bool = False, lora: Sequence[Any] | None = None,
+                 mmproj: str | os.PathLike | bool | None = None):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
@@ -117,8 +119,13 @@ class Model:
             raise ValueError(f"context_length {context_length} exceeds the {n_train} tokens "
                              f"this model was trained for")
         self.context_length = context_length
-        self.config = dict(g.config)
         self.activations = activations
+        # images: the vision tower of an mmproj file (given, or found beside the model)
+        self.vision = vision_for(path, mmproj, self.tokenizer, g, dict(
+            device=device, threads=threads, int8_activations=activations == "int8"))
+        if self.vision is not None and self.vision.projector.bidirectional:
+            g.config["embeds_bidirectional"] = 1
+        self.config = dict(g.config)
         # the one owner of the native model, and the batch every generation joins
         self.engine = Engine(g, context_length, device=device, threads=threads,
                              int8_activations=activations == "int8",
@@ -127,6 +134,7 @@ class Model:
                              kv_cache_tokens=kv_cache_tokens or 0,
                              kv_cache_bytes=kv_cache_bytes or 0, kv_cache_dtype=kv_cache_dtype,
                              kv_block_tokens=kv_block_tokens, prefix_caching=bool(prefix_caching))
+        self.engine.images = self.vision.table if self.vision is not None else None
         # on a GPU, decode steps run 8 to a native call when nothing waits
         self.scheduler = Scheduler(self.engine, decode_steps=8 if device == "cuda" else 1)
         self._stop_ids = self._end_tokens()
@@ -221,37 +229,8 @@ class Model:
         the last token's ("last"), L2-normalised unless normalize=False ->
         float32 (len(texts), n_embd). The texts run as one batch of fresh
         sequences between the steps of running generations."""
-        if pooling not in ("mean", "last"):
-            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
-        single = isinstance(texts, str) or (
-            isinstance(texts, (list, tuple, np.ndarray)) and len(texts) > 0 and
-            not isinstance(texts[0], (str, list, tuple, np.ndarray)))
-        items = [texts] if single else list(texts)
-        if not items:
-            raise ValueError("texts is empty")
-        ids = [np.asarray(self.prompt_ids(t, add_special), np.int32)  # type: ignore[arg-type]
-               for t in items]
-        bt = self.engine.block_tokens
-        blocks = sum(-(-len(t) // bt) for t in ids)
-
-        def run() -> np.ndarray:
-            eng = self.engine
-            seqs = [eng.new_sequence() for _ in ids]
-            try:
-                return eng.hidden_states(list(zip(seqs, ids)))
-            finally:
-                for s in seqs:
-                    eng.release(s)
-        h = self.scheduler.exclusive(blocks, run)
-        out = np.empty((len(ids), h.shape[1]), np.float32)
-        row = 0
-        for i, t in enumerate(ids):
-            rows = h[row:row + len(t)]
-            row += len(t)
-            out[i] = rows.mean(axis=0) if pooling == "mean" else rows[-1]
-        if normalize:
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-        return out
+        from .embedding import embed
+        return embed(self, texts, pooling, normalize, add_special)
 
     def perplexity(self, text: str | Sequence[int], window: int = 512,
                    max_windows: int | None = None, progress: bool | None = None
@@ -315,9 +294,12 @@ class Model:
                  params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                  stream: bool = False, add_special: bool = True,
                  draft: "str | Model | None" = None, num_draft_tokens: int = 8,
-                 max_batch_size: int = 64, **kwargs: Any) -> Any:
+                 max_batch_size: int = 64, images: Sequence[Any] | None = None,
+                 **kwargs: Any) -> Any:
         """Continue a prompt (text, or token ids used as given), or a list of
-        prompts.
+        prompts. ``images`` (paths, bytes, data URIs, PIL images or arrays; a
+        model loaded with its mmproj) go where the text has the chat
+        template's image markers, or before the text.
 
         ``params`` (a SamplingParams) and/or its fields as keywords
         (``max_new_tokens`` / ``max_tokens``, ``temperature``, ``top_k``,
@@ -377,7 +359,7 @@ class Model:
         if p is not None and (p.n > 1 or p.num_beams > 1) and stream:
             raise ValueError("stream=True produces one sequence: use n=1 and num_beams=1")
         job = self.submit(prompt, params, add_special=add_special, draft=draft,
-                          num_draft_tokens=num_draft_tokens, **kwargs)
+                          num_draft_tokens=num_draft_tokens, images=images, **kwargs)
         many = p is not None and p.n > 1
 
         def shape(results: list) -> Any:
@@ -389,7 +371,8 @@ class Model:
     def submit(self, prompt: str | Sequence[int] | Sequence[str | Sequence[int]],
                params: SamplingParams | Sequence[SamplingParams] | None = None, *,
                add_special: bool = True, draft: "str | Model | None" = None,
-               num_draft_tokens: int = 8, max_batch_size: int = 64, **kwargs: Any) -> Job:
+               num_draft_tokens: int = 8, max_batch_size: int = 64,
+               images: Sequence[Any] | None = None, **kwargs: Any) -> Job:
         """Queues a generation (as generate() takes it) without running it,
         for a server whose own thread runs the steps (Scheduler.run_once):
         the returned Job's ``events`` fill with (prompt index, text piece,
@@ -397,18 +380,24 @@ class Model:
         ``results()`` gives each prompt's list of n results at the end, and
         ``abandon()`` / ``cancel()`` stop it."""
         if _is_batch(prompt):
-            if draft is not None:
-                raise ValueError("speculative decoding (draft=) runs one prompt at a time")
+            if draft is not None or images:
+                raise ValueError("speculative decoding (draft=) and images= go with one prompt")
             return jobs.batch(self, list(prompt), params, add_special=add_special,
                               max_batch_size=max_batch_size, **kwargs)
         return jobs.single(self, prompt, params,  # type: ignore[arg-type]  # checked there
                            add_special=add_special, draft=draft,
-                           num_draft_tokens=num_draft_tokens, **kwargs)
+                           num_draft_tokens=num_draft_tokens, images=images, **kwargs)
 
-    def prompt_ids(self, prompt: str | Sequence[int], add_special: bool = True) -> list[int]:
-        """A prompt's token ids (text tokenized, or ids checked), at most the
-        context length."""
-        if isinstance(prompt, str):
+    def prompt_ids(self, prompt: str | Sequence[int], add_special: bool = True,
+                   images: Sequence[Any] | None = None) -> list[int]:
+        """A prompt's token ids (text tokenized, or ids checked; with images
+        their tokens spliced in), at most the context length."""
+        if images:
+            if self.vision is None or not isinstance(prompt, str):
+                raise ValueError("images need a text prompt and a model loaded with its "
+                                 "vision encoder (Model(path, mmproj=...))")
+            ids: list[int] = self.vision.prompt(prompt, list(images), add_special)
+        elif isinstance(prompt, str):
             ids = self.tokenize(prompt, add_special=add_special)
         else:
             ids = self._ids(prompt).tolist()
@@ -451,6 +440,9 @@ class Model:
         tools' parameter schemas (a grammar: from the first token for
         "required" and a named tool, from where a call starts for "auto")."""
         from . import tool_use as T
+        messages, images = split_images(messages)
+        if images:
+            kwargs["images"] = images
         plan = None
         if tools is not None:
             rf = kwargs.get("response_format", params.response_format if params else None)

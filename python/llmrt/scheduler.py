@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
@@ -265,7 +265,7 @@ class Scheduler:
                 all(t.started and t.multi_step for t in self.active):
             self._decode_steps()
             return True
-        plan = StepPlan(self.active, self.chunk)
+        plan = StepPlan(self.active, self.chunk, self.engine.images)
         try:
             plan.run(self.engine)
         except BaseException as e:
@@ -373,7 +373,7 @@ class StepPlan:
     prompt chunks that fit the chunk budget; which of the step's logit rows
     and draws go to which task; and the tasks that failed on the way."""
 
-    def __init__(self, active: list[Task], chunk: int):
+    def __init__(self, active: list[Task], chunk: int, images: Any = None):
         self.entries: list[StepEntry] = []
         self.parts: list[tuple[Task, int, int]] = []  # task, its logit rows, its draws
         self.failed: list[tuple[Task, BaseException]] = []
@@ -392,7 +392,9 @@ class StepPlan:
                 continue
             left = len(t.prompt) - t.pos
             c = min(chunk, left)
-            if c > budget:
+            if images is not None:  # an image whose rows see each other goes in whole
+                c = images.cut(t.prompt, t.pos, c)
+            if c > budget and not (c > chunk and budget == chunk):  # (such an image: alone)
                 continue
             budget -= c
             toks = np.asarray(t.prompt[t.pos:t.pos + c], np.int32)

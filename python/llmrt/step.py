@@ -34,6 +34,9 @@ class StepEntry(NamedTuple):
     logits: Logits = "none"
     samplers: list[Sampler] | None = None
     n_generated: int = 0
+    # float32 (m, n_embd): the rows of its token ids past the vocabulary (an
+    # image's), in order; the engine fills it in (vision.ImageTable)
+    embeds: np.ndarray | None = None
 
     @property
     def rows(self) -> int:

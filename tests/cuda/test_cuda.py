@@ -539,3 +539,39 @@ def test_gpt_oss_matches_cpu(tmp_path):
     kw = dict(max_new_tokens=12, ignore_eos=True)
     assert [r.token_ids for r in gpu.generate(prompts, **kw)] == \
         [r.token_ids for r in cpu.generate(prompts, **kw)]
+
+
+@pytest.mark.parametrize("family", ["gemma3", "idefics3"])
+def test_vision_tower_and_image_prompt_match_cpu(tmp_path, family):
+    # the tower (LayerNorm, GELU, dense bidirectional attention) and a prompt
+    # with an image's rows (gemma 3: seeing each other) on the GPU against
+    # the CPU's float path
+    pytest.importorskip("PIL")
+    from testutil import image, tiny_gemma3_vision, tiny_idefics3_vision
+
+    from llmrt.convert import convert
+    b = (tiny_gemma3_vision if family == "gemma3" else tiny_idefics3_vision)(tmp_path)
+    out = str(tmp_path / "m.gguf")
+    convert(b["dir"], out, "f32", progress=False)
+    cpu = llmrt.Model(out, activations="f32", kv_cache_dtype="f32")
+    gpu = llmrt.Model(out, device="cuda", kv_cache_dtype="f32")
+    img = image(100, 20, 5)
+    px = cpu.vision.pixels(img)[0]
+    ref = cpu.vision.encode_pixels(px)
+    assert np.abs(gpu.vision.encode_pixels(px) - ref).max() <= 1e-4 * np.abs(ref).max()
+    marker = cpu.vision.projector.marker
+    ids = cpu.prompt_ids(f"Some text before {marker} and after", images=[img])
+    gids = gpu.prompt_ids(f"Some text before {marker} and after", images=[img])
+    assert [i < cpu.vocab_size for i in ids] == [i < gpu.vocab_size for i in gids]
+
+    def logits(m, t):
+        seq = m.engine.new_sequence()
+        try:
+            return m.engine.forward(seq, np.asarray(t, np.int32), "all")
+        finally:
+            m.engine.release(seq)
+    a, g = logits(cpu, ids), logits(gpu, gids)
+    assert np.abs(g - a).max() <= 1e-4 * np.abs(a).max()
+    r = gpu.generate(f"{marker} The", images=[img], max_new_tokens=6, ignore_eos=True)
+    assert r.token_ids == cpu.generate(f"{marker} The", images=[img], max_new_tokens=6,
+                                       ignore_eos=True).token_ids

@@ -58,6 +58,9 @@ struct AttnBlock {
   // Sliding window: row i sees keys [n_keys[i] - window, n_keys[i]) only
   // (0: all). Rows that go through a group together share n_keys.
   int window = 0;
+  // optional: the first key of each row, instead of the window's start
+  // (rows that see keys past their own position, gemma 3's image tokens)
+  const int* k_first = nullptr;
   float softcap = 0.f;  // scores -> softcap * tanh(scores / softcap) (0: none)
   float* m_out = nullptr;
   float* l_out = nullptr;
@@ -84,6 +87,8 @@ struct Kernels {
   void (*swiglu)(float* gate, const float* up, int64_t n);
   // gate[i] = gelu(gate[i]) * up[i], GELU's tanh form
   void (*geglu)(float* gate, const float* up, int64_t n);
+  // x[i] = exp(x[i] - m); returns sum_i x[i]
+  float (*exp_sum)(float* x, float m, int64_t n);
   // sum_i a[i] * b[i]
   float (*dot_f32)(const float* a, const float* b, int64_t n);
   // y[t * ys + r] = w_r . x_t for nr float rows w (stride cols) and n tokens x
