@@ -411,3 +411,30 @@ def test_gemma3_image_past_the_first_native_chunk_matches_transformers(gemma, ge
     ref = _hf_logits(hf, _hf_ids(m, ids), gemma["ids"]["<image_soft_token>"],
                      _hf_pixels(img, [0.5, 0.4, 0.3], [0.2, 0.3, 0.4], 56))
     assert _close(_llmrt_logits(m, ids), ref)
+
+
+def test_cli_generate_and_chat_with_an_image(gemma, tmp_path, capsys):
+    from llmrt.cli import main
+    png = str(tmp_path / "i.png")
+    _image(40, 30, 11).save(png)
+    assert main(["generate", "<start_of_image> The", "-m", gemma["path"], "--image", png,
+                 "-n", "3", "--temperature", "0", "--ignore-eos"]) == 0
+    assert main(["chat", "What is it?", "-m", gemma["path"], "--image", png, "-n", "3"]) == 0
+    assert main(["generate", "x", "-m", gemma["path"], "--image",
+                 str(tmp_path / "missing.png"), "-n", "1"]) == 2
+    assert "image" in capsys.readouterr().err
+
+
+def test_quantize_an_mmproj_file(gemma, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from llmrt.quantization import quantize_file
+    out = str(tmp_path / "mm-q8.gguf")
+    quantize_file(gemma["mmproj"], out, "q8_0")
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    assert types["v.blk.0.attn_q.weight"] == "Q8_0"
+    assert types["v.position_embd.weight"] == types["v.patch_embd.weight"] == "F32"
+    assert types["mm.input_projection.weight"] == "F16"
+    m = llmrt.Model(gemma["path"], mmproj=out, threads=2)
+    img = _image(30, 40, 12)
+    ref = gemma["model"].vision.encode_pixels(gemma["model"].vision.pixels(img)[0])
+    assert _close(m.vision.encode_pixels(m.vision.pixels(img)[0]), ref, 3e-2)

@@ -6,8 +6,10 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/tensor.h"
@@ -24,6 +26,11 @@ using Bytes = pybind11::array_t<uint8_t, pybind11::array::c_style>;
 // ValueError naming `what` if the type, shape or byte count is wrong.
 WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& data,
                        const std::string& what);
+
+// The tensors the loader hands over, name -> (type, rows, cols, bytes), as
+// weight views; each array is appended to `keep` (the views point into it).
+std::map<std::string, WeightView> weight_table(const pybind11::dict& tensors,
+                                               std::vector<pybind11::object>& keep);
 
 // The CPU kernel table of an ISA by name ("generic", "avx2", "avx512", "avx512_vnni"), or
 // the active one for ""; ValueError for an unknown name, RuntimeError when

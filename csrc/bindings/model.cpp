@@ -45,15 +45,7 @@ using I32 = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
 class PyLlamaModel {
  public:
   PyLlamaModel(const ConfigValues& config, const py::dict& tensors, const ModelOptions& o) {
-    for (auto item : tensors) {
-      const std::string name = item.first.cast<std::string>();
-      py::tuple t = item.second.cast<py::tuple>();
-      if (t.size() != 4) throw py::value_error("tensors are (type, rows, cols, bytes)");
-      Bytes arr = t[3].cast<Bytes>();
-      table_[name] = weight_view(t[0].cast<uint32_t>(), t[1].cast<int64_t>(),
-                                 t[2].cast<int64_t>(), arr, "tensor '" + name + "'");
-      keep_.push_back(arr);
-    }
+    table_ = weight_table(tensors, keep_);
     CacheOptions co;
     co.tokens = o.kv_cache_tokens;
     co.bytes = o.kv_cache_bytes;

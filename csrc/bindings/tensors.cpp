@@ -32,6 +32,21 @@ WeightView weight_view(uint32_t type, int64_t rows, int64_t cols, const Bytes& d
   return w;
 }
 
+std::map<std::string, WeightView> weight_table(const py::dict& tensors,
+                                               std::vector<py::object>& keep) {
+  std::map<std::string, WeightView> table;
+  for (auto item : tensors) {
+    const std::string name = item.first.cast<std::string>();
+    py::tuple t = item.second.cast<py::tuple>();
+    if (t.size() != 4) throw py::value_error("tensors are (type, rows, cols, bytes)");
+    Bytes arr = t[3].cast<Bytes>();
+    table[name] = weight_view(t[0].cast<uint32_t>(), t[1].cast<int64_t>(), t[2].cast<int64_t>(),
+                              arr, "tensor '" + name + "'");
+    keep.push_back(arr);
+  }
+  return table;
+}
+
 const cpu::Kernels& kernels_named(const std::string& isa) {
   if (isa.empty()) return *cpu::active_kernels();
   for (auto i : cpu::kAllIsas)

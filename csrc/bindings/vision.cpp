@@ -25,16 +25,7 @@ using F32 = py::array_t<float, py::array::c_style | py::array::forcecast>;
 class PyVisionModel {
  public:
   PyVisionModel(const ConfigValues& config, const py::dict& tensors, const ModelOptions& o) {
-    std::map<std::string, WeightView> table;
-    for (auto item : tensors) {
-      const std::string name = item.first.cast<std::string>();
-      py::tuple t = item.second.cast<py::tuple>();
-      if (t.size() != 4) throw py::value_error("tensors are (type, rows, cols, bytes)");
-      Bytes arr = t[3].cast<Bytes>();
-      table[name] = weight_view(t[0].cast<uint32_t>(), t[1].cast<int64_t>(),
-                                t[2].cast<int64_t>(), arr, "tensor '" + name + "'");
-      keep_.push_back(arr);
-    }
+    const std::map<std::string, WeightView> table = weight_table(tensors, keep_);
     try {
       const VisionConfig c = vision_config(config);
       tower_ = std::make_unique<VisionTower>(c, vision_weights(c, table), make_backend(o));
@@ -85,7 +76,7 @@ class PyVisionModel {
 
  private:
   std::unique_ptr<VisionTower> tower_;
-  std::vector<Bytes> keep_;  // the views' buffers
+  std::vector<py::object> keep_;  // the views' buffers
   std::mutex mu_;
 };
 

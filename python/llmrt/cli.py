@@ -11,6 +11,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", help="GGUF file (default: SmolLM2-135M-Instruct)")
     p.add_argument("--threads", "-t", type=int, default=None, help="CPU threads (default: physical cores)")
     p.add_argument("--ctx", type=int, default=None, help="context length (default: the model's)")
+    p.add_argument("--mmproj", default=None,
+                   help="the vision tower's GGUF file (default: an mmproj*.gguf beside the model)")
+    p.add_argument("--image", action="append", default=[],
+                   help="an image file for the prompt (repeatable; needs a vision model)")
 
 
 def _sampling_args(p: argparse.ArgumentParser, default_max: int) -> None:
@@ -60,7 +64,7 @@ def _sampling_kwargs(a: argparse.Namespace) -> dict:
 
 def _load(a: argparse.Namespace):
     from .model import Model
-    return Model(a.model, threads=a.threads, context_length=a.ctx)
+    return Model(a.model, threads=a.threads, context_length=a.ctx, mmproj=a.mmproj)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +155,8 @@ def _generate(model, a) -> int:
         draft = Model(a.draft_model, threads=a.threads,  # type: ignore[assignment]
                       context_length=model.context_length)
     kw = dict(draft=draft, num_draft_tokens=a.num_draft_tokens) if draft is not None else {}
+    if a.image:
+        kw["images"] = a.image
     it = model.generate(a.prompt, stream=True, **kw, **_sampling_kwargs(a))
     _stream(it)
     if a.stats:
@@ -168,8 +174,10 @@ def _chat(model, a) -> int:
     messages = []
     if a.system:
         messages.append({"role": "system", "content": a.system})
+    images = [{"type": "image", "image": path} for path in a.image]
     if a.message is not None:
-        messages.append({"role": "user", "content": a.message})
+        messages.append({"role": "user", "content": images + [{"type": "text", "text": a.message}]
+                         if images else a.message})
         _stream(model.chat(messages, stream=True, **_sampling_kwargs(a)))
         return 0
     interactive = sys.stdin.isatty()

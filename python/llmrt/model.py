@@ -19,7 +19,7 @@ from .scheduler import Job, Scheduler
 from .structured import Grammars
 from .tokenizer import Tokenizer
 from .utils import default_model_path
-from .vision import split_images, vision_for
+from .vision import PromptIds, split_images, vision_for
 
 
 def _is_batch(prompt: Any) -> bool:
@@ -397,6 +397,8 @@ class Model:
                 raise ValueError("images need a text prompt and a model loaded with its "
                                  "vision encoder (Model(path, mmproj=...))")
             ids: list[int] = self.vision.prompt(prompt, list(images), add_special)
+        elif isinstance(prompt, PromptIds):  # made by prompt_ids with images: checked
+            ids = prompt
         elif isinstance(prompt, str):
             ids = self.tokenize(prompt, add_special=add_special)
         else:

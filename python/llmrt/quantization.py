@@ -147,9 +147,14 @@ def tensor_type(name: str, shape: tuple[int, ...], target: str, tied: bool) -> s
     embedding, which is also the head) and the token embedding keep more
     precision than 4-bit targets (Q6_K under a K target, Q8_0 otherwise);
     rows that are not whole blocks of the type fall back to a type whose
-    blocks fit (K types: Q4_1 for q4_k, Q8_0 for q6_k)."""
-    if len(shape) < 2 or name.endswith(("ffn_gate_inp.weight", ".bias")):
+    blocks fit (K types: Q4_1 for q4_k, Q8_0 for q6_k). Of a vision tower
+    (mmproj), the patch kernel and positions stay float32 and gemma 3's
+    projection f16."""
+    if len(shape) < 2 or name.endswith(("ffn_gate_inp.weight", ".bias")) or \
+            name in ("v.patch_embd.weight", "v.position_embd.weight"):  # a vision tower's input
         return "f32"
+    if name == "mm.input_projection.weight":  # gemma 3's projector: f16, as llama.cpp keeps it
+        return "f32" if target == "f32" else "f16"
     cols = shape[-1]
     t = target
     if target == "mxfp4":  # as llama.cpp's MXFP4_MOE: the experts MXFP4, the rest Q8_0

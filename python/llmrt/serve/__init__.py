@@ -36,7 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-length", type=int, default=None)
     p.add_argument("--default-max-tokens", type=int, default=512,
                    help="max_tokens of a chat request that gives none (default 512)")
-    p.add_argument("--max-body-bytes", type=int, default=8 << 20)
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="bytes a request body may have (default 8 MiB; 32 MiB for a model "
+                        "that takes images, whose base64 data URIs come in the body)")
     p.add_argument("--batch-invariant", action="store_true",
                    help="results equal to a request sent alone, bit for bit")
     p.add_argument("--replicas", type=int, default=1,
@@ -49,7 +51,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds SIGTERM waits for requests in flight before cancelling "
                         "them (default 30)")
+    p.add_argument("--max-images", type=int, default=8,
+                   help="images a request may hold (default 8)")
+    p.add_argument("--max-image-bytes", type=int, default=20 << 20,
+                   help="bytes an image may have, encoded (default 20 MiB; a data URI also "
+                        "counts in --max-body-bytes)")
+    p.add_argument("--max-image-pixels", type=int, default=None,
+                   help="width x height an image may have (default and most: 50,000,000)")
+    p.add_argument("--allow-image-urls", action="store_true",
+                   help="fetch http(s) image URLs given in requests (else only data: URIs); "
+                        "the server then fetches any URL a client names, internal ones too")
+    p.add_argument("--image-url-timeout", type=float, default=10.0,
+                   help="seconds an image URL's fetch may take in all (default 10)")
     p.add_argument("--log-level", default="warning")
+
+
+def image_limits(a: Any):
+    """The image flags as serve.images.Limits."""
+    from ..images import DEFAULT_MAX_PIXELS
+    from .images import Limits
+    px = a.max_image_pixels or DEFAULT_MAX_PIXELS
+    if a.max_images < 0 or a.max_image_bytes < 1 or not 1 <= px <= DEFAULT_MAX_PIXELS or \
+            not a.image_url_timeout > 0:
+        raise SystemExit(f"llmrt serve: --max-images must be >= 0, --max-image-bytes and "
+                         f"--image-url-timeout > 0, --max-image-pixels in [1, "
+                         f"{DEFAULT_MAX_PIXELS}] (the vision encoder's own limit)")
+    return Limits(max_images=a.max_images, max_bytes=a.max_image_bytes, max_pixels=px,
+                  allow_urls=a.allow_image_urls, url_timeout=a.image_url_timeout)
 
 
 def model_kwargs(a: Any) -> dict:
@@ -107,10 +135,12 @@ def main(a: Any) -> int:
     model = load(a.model, a.kv_cache_tokens, **model_kwargs(a))
     for name, path in lora:
         model.load_lora(path, name=name)
+    if a.max_body_bytes is None:
+        a.max_body_bytes = (32 << 20) if getattr(model, "vision", None) is not None else 8 << 20
     app = create_app(model, model_name=a.model_name, api_key=a.api_key,
                      max_batch_size=a.max_batch_size, max_queue=a.max_queue,
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
-                     public_metrics=a.public_metrics)
+                     public_metrics=a.public_metrics, images=image_limits(a))
     print(f"llmrt serve: {model!r} on http://{a.host}:{a.port}/v1", flush=True)
     svc = app.state.service
 

@@ -159,11 +159,12 @@ def respond(out: Any) -> Any:
 def create_app(model: "Model", model_name: str | None = None, api_key: str | None = None,
                max_batch_size: int = 64, max_queue: int = 256,
                max_body_bytes: int = 8 << 20, default_max_tokens: int = 512,
-               public_metrics: bool = False) -> FastAPI:
+               public_metrics: bool = False, images: Any = None) -> FastAPI:
     """The OpenAI API over `model`: /v1/models, /v1/completions,
     /v1/chat/completions, /v1/embeddings, /tokenize, /detokenize, /health,
-    /metrics."""
-    svc = Service(model, model_name, max_batch_size, max_queue, default_max_tokens)
+    /metrics. images: the limits on images in requests (serve.images.Limits;
+    default: its defaults)."""
+    svc = Service(model, model_name, max_batch_size, max_queue, default_max_tokens, images)
     metrics = svc.metrics
 
     @asynccontextmanager

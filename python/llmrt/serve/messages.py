@@ -1,6 +1,6 @@
 """Anthropic's Messages API (POST /v1/messages, /v1/messages/count_tokens)
 as a translation onto the chat path: system and content blocks (text,
-tool_use, tool_result) become chat messages, tools (input_schema) and
+image, tool_use, tool_result) become chat messages, tools (input_schema) and
 tool_choice (auto / any / tool / none) become OpenAI's; the chat answer (or
 its stream of chunks) becomes a Message (or Anthropic's stream of events),
 a reply's reasoning a thinking block before the text (thinking blocks
@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+from . import images as I
 from . import protocol as P
 from . import schema as S
 
@@ -88,19 +89,23 @@ def _text(v: Any, where: str) -> str:
 
 
 def _turn(m: dict, where: str) -> list[dict]:
-    """One Anthropic turn -> chat messages: text joined, tool_use blocks as
-    the assistant's tool_calls, tool_result blocks as tool messages."""
+    """One Anthropic turn -> chat messages: text joined (a user's text and
+    images its parts), tool_use blocks as the assistant's tool_calls,
+    tool_result blocks as tool messages."""
     content = m.get("content")
     if isinstance(content, str):
         return [{"role": m["role"], "content": content}]
     if not isinstance(content, list):
         raise P.bad(f"{where}.content", "content must be a string or an array of blocks")
-    text, calls, results = [], [], []
+    text: list[Any] = []
+    calls, results = [], []
     for j, b in enumerate(content):
         w = f"{where}.content[{j}]"
         t = b.get("type") if isinstance(b, dict) else None
         if t == "text" and isinstance(b.get("text"), str):
-            text.append(b["text"])
+            text.append({"type": "text", "text": b["text"]})
+        elif t == "image" and m["role"] == "user":
+            text.append(I.anthropic_block(b, w))
         elif t == "tool_use" and m["role"] == "assistant":
             if not isinstance(b.get("name"), str) or not isinstance(b.get("input", {}), dict):
                 raise P.bad(w, "a tool_use block has a name and an input object")
@@ -120,7 +125,9 @@ def _turn(m: dict, where: str) -> list[dict]:
             raise P.bad(w, f"content blocks of type {t!r} are not supported here")
     out: list[dict] = list(results)
     if text or not (calls or results):
-        out.append({"role": m["role"], "content": "".join(text)})
+        images = any(isinstance(p, I.ImageRef) for p in text)
+        out.append({"role": m["role"], "content": text if images else
+                    "".join(p["text"] for p in text)})
     if calls:
         if out and out[-1]["role"] == "assistant":
             out[-1]["tool_calls"] = calls

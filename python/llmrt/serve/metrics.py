@@ -1,6 +1,6 @@
 """Prometheus metrics of a server: request and token counters, latency
 histograms, and the engine's state read at each scrape (queue, running
-requests, KV blocks, prefix-cache hit rate)."""
+requests, KV blocks, prefix-cache hit rate, images encoded)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from ..model import Model
@@ -50,7 +50,7 @@ class _EngineCollector:
     def __init__(self, model: "Model"):
         self.model = model
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         sched = self.model.scheduler
         st = self.model.cache_stats()
         yield GaugeMetricFamily("llmrt_queue_depth", "Requests waiting to start",
@@ -65,3 +65,7 @@ class _EngineCollector:
         yield GaugeMetricFamily("llmrt_prefix_cache_hit_rate",
                                 "Full prompt blocks found in the prefix cache / looked up",
                                 value=st["hits"] / looked if looked else 0.0)
+        if self.model.vision is not None:  # the rest of the requests' images came from its cache
+            yield CounterMetricFamily("llmrt_images_encoded",
+                                      "Images run through the vision encoder",
+                                      value=self.model.vision.images_encoded)

@@ -155,12 +155,13 @@ class Replica:
 def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[str] = None,
             api_key: Optional[str] = None, max_batch_size: int = 64, max_queue: int = 256,
             max_body_bytes: int = 8 << 20, default_max_tokens: int = 512,
-            public_metrics: bool = False,
+            public_metrics: bool = False, images: Any = None,
             threads: Optional[int] = None, cpus_per_replica: Optional[float] = None,
             lora: Sequence[tuple[str, str]] = (), **model_kwargs: Any):
     """The OpenAI endpoint over `replicas` engines, as a Ray Serve
     application (pass it to ``serve.run``). lora: (name, path) of adapters
-    every replica loads, each served as a model name."""
+    every replica loads, each served as a model name; images: the limits on
+    images in requests (serve.images.Limits)."""
     from ..utils import default_model_path
     path = os.path.abspath(path or default_model_path())
     name = model_name or os.path.splitext(os.path.basename(path))[0]
@@ -178,7 +179,8 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
         max_ongoing_requests=max_batch_size + max_queue, request_router_config=router)
     replica = deployment.bind(path, dict(model_kwargs, threads=threads),
                               dict(model_name=name, max_batch_size=max_batch_size,
-                                   max_queue=max_queue, default_max_tokens=default_max_tokens),
+                                   max_queue=max_queue, default_max_tokens=default_max_tokens,
+                                   images=images),
                               list(lora))
     ingress: Any = _ingress([name] + [n for n, _ in lora], api_key, max_body_bytes,
                             public_metrics)
@@ -280,16 +282,18 @@ def run(a: Any, lora: Sequence[tuple[str, str]] = ()) -> int:
     """``llmrt serve --replicas N``: a local Ray instance and the app on it."""
     import ray
 
-    from . import model_kwargs
-    kw = model_kwargs(a)
+    from . import image_limits, model_kwargs
+    kw, images = model_kwargs(a), image_limits(a)
     threads = kw.pop("threads") or max(1, (os.cpu_count() or 1) // a.replicas)
     ray.init(num_cpus=max(os.cpu_count() or 1, a.replicas * threads), include_dashboard=False,
              log_to_driver=False)
     serve.start(http_options={"host": a.host, "port": a.port})
     app = ray_app(a.model, replicas=a.replicas, model_name=a.model_name, api_key=a.api_key,
                   max_batch_size=a.max_batch_size, max_queue=a.max_queue,
-                  max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
-                  public_metrics=a.public_metrics, threads=threads, kv_cache_tokens=a.kv_cache_tokens, lora=lora, **kw)
+                  max_body_bytes=a.max_body_bytes if a.max_body_bytes is not None else 8 << 20,
+                  default_max_tokens=a.default_max_tokens,
+                  public_metrics=a.public_metrics, images=images, threads=threads,
+                  kv_cache_tokens=a.kv_cache_tokens, lora=lora, **kw)
     serve.run(app, name="llmrt", route_prefix="/")
     print(f"llmrt serve: {a.replicas} replicas on http://{a.host}:{a.port}/v1", flush=True)
     stop = {"now": False}

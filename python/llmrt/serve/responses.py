@@ -1,10 +1,11 @@
 """OpenAI's Responses API (POST /v1/responses) as a translation onto the
-chat path: input items and instructions become chat messages, function
-tools and text.format become tools and response_format; the chat answer
-(or its stream of chunks) becomes a Response object (or its stream of
-typed events); a reply's reasoning becomes a reasoning item before the
-message. Stateless: previous_response_id is refused, store is ignored;
-reasoning items in the input are dropped (templates drop past reasoning)."""
+chat path: input items (text and input_image parts) and instructions become
+chat messages, function tools and text.format become tools and
+response_format; the chat answer (or its stream of chunks) becomes a
+Response object (or its stream of typed events); a reply's reasoning
+becomes a reasoning item before the message. Stateless:
+previous_response_id is refused, store is ignored; reasoning items in the
+input are dropped (templates drop past reasoning)."""
 
 from __future__ import annotations
 
@@ -94,8 +95,10 @@ def _item(item: Any, where: str, msgs: list[dict]) -> list[dict]:
         role = item.get("role")
         if role not in ("user", "system", "developer", "assistant"):
             raise P.bad(f"{where}.role", "role must be user, system, developer or assistant")
-        return [{"role": "system" if role == "developer" else role,
-                 "content": S.text_of(item.get("content"), f"{where}.content")}]
+        content = S.content_of(item.get("content"), f"{where}.content")
+        if isinstance(content, list) and role != "user":
+            raise P.bad(f"{where}.content", "images go in user messages")
+        return [{"role": "system" if role == "developer" else role, "content": content}]
     if t == "function_call":
         name, args = item.get("name"), item.get("arguments", "{}")
         if not isinstance(name, str) or not isinstance(args, str):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..sampling import SamplingParams
+from . import images as I
 from .protocol import APIError, bad
 
 MAX_DEPTH = 64            # nesting of a request body (a JSON Schema inside it included)
@@ -289,8 +290,10 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 def messages_of(body: dict) -> list[dict]:
     """The chat messages as the chat template sees them: role and content
-    (text parts joined); an assistant's tool_calls with their arguments as
-    objects (as templates write them); a tool result's tool_call_id."""
+    (text parts joined; a user's content with images its parts, the images
+    as images.ImageRef, loaded later); an assistant's tool_calls with their
+    arguments as objects (as templates write them); a tool result's
+    tool_call_id."""
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise bad("messages", "messages must be a non-empty array")
@@ -299,7 +302,9 @@ def messages_of(body: dict) -> list[dict]:
         where = f"messages[{i}]"
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise bad(where, f"each message is an object with a role ({', '.join(ROLES)})")
-        content = text_of(m.get("content"), f"{where}.content")
+        content = content_of(m.get("content"), f"{where}.content")
+        if isinstance(content, list) and m["role"] != "user":
+            raise bad(f"{where}.content", "images go in user messages")
         msg: dict[str, Any] = {"role": m["role"], "content": content}
         if m["role"] == "developer":
             msg["role"] = "system"
@@ -337,6 +342,18 @@ def text_of(content: Any, where: str) -> str:
             texts.append(part["text"])
         return "".join(texts)
     raise bad(where, "content must be a string or an array of text parts")
+
+
+def content_of(content: Any, where: str) -> str | list:
+    """A message's content: a string (text parts joined), or where images are
+    among its parts the parts, text as {"type": "text"} and images as
+    images.ImageRef (checked for form)."""
+    if not isinstance(content, list):
+        return text_of(content, where)
+    parts = [I.part_of(p, f"{where}[{j}]") for j, p in enumerate(content)]
+    if not any(isinstance(p, I.ImageRef) for p in parts):
+        return "".join(p["text"] for p in parts if isinstance(p, dict))
+    return parts
 
 
 def tool_calls_of(calls: Any, where: str) -> list[dict]:

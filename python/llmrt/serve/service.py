@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from starlette.concurrency import run_in_threadpool
 
 from .. import tool_use as T
+from . import images as I
 from . import messages as M
 from . import protocol as P
 from . import responses as R
@@ -117,7 +118,8 @@ class Runner:
 
 class Service:
     def __init__(self, model: "Model", model_name: str | None = None, max_batch_size: int = 64,
-                 max_queue: int = 256, default_max_tokens: int = 512):
+                 max_queue: int = 256, default_max_tokens: int = 512,
+                 images: "I.Limits | None" = None):
         self.model = model
         self.name = model_name or os.path.splitext(os.path.basename(model.path))[0]
         model.scheduler.limit_running(max_batch_size)
@@ -128,6 +130,7 @@ class Service:
         self.draining = False
         self.limit = max_batch_size + max_queue
         self.default_max_tokens = default_max_tokens
+        self.image_limits = images or I.Limits()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.runner.start(loop)
@@ -197,7 +200,7 @@ class Service:
 
     async def chat(self, body: dict, disconnected: Disconnected = None
                    ) -> dict | AsyncIterator[bytes]:
-        req, ids, reply = self._chat_parts(body)
+        req, ids, reply = await I.off_loop(self._chat_parts, body)
         return await self._run(ids, req, chat=True, disconnected=disconnected, reply=reply)
 
     def _chat_parts(self, body: dict) -> tuple[S.ParsedRequest, list[list[int]], "T.Reply"]:
@@ -208,7 +211,7 @@ class Service:
         if body.get("functions") is not None or body.get("function_call") is not None:
             raise P.bad("functions", "functions / function_call are replaced by tools / "
                                      "tool_choice")
-        msgs = S.messages_of(body)
+        msgs, images = I.prepare(self.model, self.image_limits, S.messages_of(body))
         model = self.model
         plan = None
         if body.get("tools"):
@@ -225,7 +228,7 @@ class Service:
         elif body.get("tool_choice") not in (None, "none", "auto"):
             raise P.bad("tool_choice", "tool_choice needs tools")
         prompt, add_special = self._render(body, plan.messages if plan else msgs, plan)
-        ids = [self._ids(prompt, add_special, "messages")]
+        ids = [self._ids(prompt, add_special, "messages", images)]
         self._fit(req, ids, "messages")
         return req, ids, T.reply_for(model.chat_template, prompt, plan)
 
@@ -248,9 +251,9 @@ class Service:
             raise P.bad("messages", f"the chat template failed: {_short(str(e))}") from None
         return prompt, self.model.chat_add_special(prompt)
 
-    def _ids(self, prompt: Any, add_special: bool, param: str) -> list[int]:
-        try:
-            return self.model.prompt_ids(prompt, add_special)
+    def _ids(self, prompt: Any, add_special: bool, param: str, images: Any = None) -> list[int]:
+        try:  # images: spliced in where the template put their markers
+            return self.model.prompt_ids(prompt, add_special, images or None)
         except ValueError as e:
             raise P.bad(param, _short(str(e))) from None
 
@@ -403,7 +406,7 @@ class Service:
 
     async def messages(self, body: dict, disconnected: Disconnected = None
                        ) -> dict | AsyncIterator[bytes]:
-        req, ids, reply = self._chat_parts(M.to_chat(body))
+        req, ids, reply = await I.off_loop(self._chat_parts, M.to_chat(body))
         out = await self._run(ids, req, chat=True, disconnected=disconnected, reply=reply)
         if isinstance(out, dict):
             return M.from_chat(out, self.name)
@@ -425,7 +428,7 @@ class Service:
         model = self.model
         add = S.boolean("add_special_tokens", body.get("add_special_tokens", True))
         if "messages" in body:
-            msgs = S.messages_of(body)
+            msgs = I.no_images(S.messages_of(body))
             plan = None
             if body.get("tools"):
                 try:
