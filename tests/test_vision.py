@@ -438,3 +438,37 @@ def test_quantize_an_mmproj_file(gemma, tmp_path):
     img = _image(30, 40, 12)
     ref = gemma["model"].vision.encode_pixels(gemma["model"].vision.pixels(img)[0])
     assert _close(m.vision.encode_pixels(m.vision.pixels(img)[0]), ref, 3e-2)
+
+
+def test_an_image_too_long_for_one_pass_is_refused_at_load(gemma, tmp_path):
+    # gemma 3's image rows see each other: an image must fit one pass of the
+    # decoder (256 rows); a file whose images would not is refused when loaded
+    gguf = pytest.importorskip("gguf")
+    from testutil import rewrite_gguf
+
+    from llmrt.errors import UnsupportedModelError
+    bad = str(tmp_path / "big.gguf")
+    u32 = gguf.GGUFValueType.UINT32
+    rewrite_gguf(gemma["mmproj"], bad, keys={"clip.vision.patch_size": (1, u32),
+                                             "clip.vision.projector.scale_factor": (1, u32)})
+    with pytest.raises(UnsupportedModelError, match="3136 tokens"):
+        llmrt.Model(gemma["path"], mmproj=bad)
+
+
+def test_prompt_lookup_never_drafts_an_image(gemma):
+    # the prompt's image ids are not tokens: a sampled speculative request
+    # whose text repeats what came before an image must not draft them
+    m = gemma["model"]
+    boi = m.tokenizer.special_token_id("<start_of_image>")
+    r = m.generate(PROMPT, images=[_image(44, 44, 13)], draft="prompt_lookup",
+                   temperature=0.8, seed=1, max_new_tokens=12, ignore_eos=True,
+                   logit_bias={boi: 30.0})
+    assert len(r.token_ids) == 12 and all(t < m.vocab_size for t in r.token_ids)
+
+
+def test_a_prompt_with_images_belongs_to_its_model(gemma):
+    m = gemma["model"]
+    other = llmrt.Model(gemma["path"], threads=1)
+    ids = other.prompt_ids(PROMPT, images=[_image(30, 30, 14)])
+    with pytest.raises(ValueError, match="another model"):
+        m.generate(ids, max_new_tokens=2)

@@ -361,6 +361,8 @@ class PyLlamaModel {
 
 void bind_model(py::module_& m) {
   py::register_exception<KVCacheFull>(m, "KVCacheFullError", PyExc_RuntimeError);
+  // rows of one sequence in one pass: an image whose rows see each other fits in it
+  m.attr("PASS_ROWS") = LlamaModel::kPassRows;
   py::class_<ModelOptions> opts(m, "ModelOptions",
                                 "llmrt.Model's keywords, as the native model takes them.");
   opts.def(py::init<>());

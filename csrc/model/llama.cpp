@@ -12,7 +12,7 @@ namespace llmrt {
 namespace {
 // Prompt tokens processed per pass: bounds activation memory for long prompts
 // (the largest buffer is (chunk, n_ff) floats) and keeps them cache-friendly.
-constexpr int kChunk = 256;
+constexpr int kChunk = LlamaModel::kPassRows;
 
 void check_view(const WeightView& w, int64_t rows, int64_t cols, const std::string& what) {
   if (w.empty() || w.rows != rows || w.cols != cols)

@@ -157,6 +157,9 @@ struct LoraPair {
 
 class LlamaModel {
  public:
+  // Rows of one sequence in one pass at most (a longer prompt runs in
+  // pieces); a run of rows that see each other (an image) must fit in one.
+  static constexpr int kPassRows = 256;
   // Shapes must have been validated by the loader; the constructor checks
   // them again (cheaply) and throws std::invalid_argument on a mismatch.
   LlamaModel(const LlamaConfig& cfg, LlamaWeights weights, std::unique_ptr<Backend> backend,

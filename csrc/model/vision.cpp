@@ -132,6 +132,7 @@ VisionTower::~VisionTower() {
 
 void VisionTower::ensure(int rows) {
   if (rows <= cap_) return;
+  cap_ = 0;  // until every buffer is allocated again (an allocation may throw)
   for (float** p : {&x_, &xn_, &q_, &k_, &v_, &att_, &ff_, &in_})
     if (*p) be_->free_floats(*p), *p = nullptr;
   const size_t n = rows, D = cfg_.n_embd;

@@ -15,6 +15,8 @@ def dequantize(type: int, data: npt.NDArray[np.uint8], rows: int, cols: int,
 
 class KVCacheFullError(RuntimeError): ...
 
+PASS_ROWS: int
+
 class Sampler:
     def __init__(self, options: dict[str, Any], n_vocab: int) -> None: ...
     def sample(self, logits: npt.NDArray[np.float32], history: npt.NDArray[np.int32],

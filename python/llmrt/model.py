@@ -134,7 +134,9 @@ class Model:
                              kv_cache_tokens=kv_cache_tokens or 0,
                              kv_cache_bytes=kv_cache_bytes or 0, kv_cache_dtype=kv_cache_dtype,
                              kv_block_tokens=kv_block_tokens, prefix_caching=bool(prefix_caching))
-        self.engine.images = self.vision.table if self.vision is not None else None
+        if self.vision is not None:  # ids past the vocabulary stand for images' rows
+            self.engine.images = self.vision.table
+            self.vision.table.on_wrap = self.engine.clear_prefix_cache
         # on a GPU, decode steps run 8 to a native call when nothing waits
         self.scheduler = Scheduler(self.engine, decode_steps=8 if device == "cuda" else 1)
         self._stop_ids = self._end_tokens()
@@ -398,6 +400,8 @@ class Model:
                                  "vision encoder (Model(path, mmproj=...))")
             ids: list[int] = self.vision.prompt(prompt, list(images), add_special)
         elif isinstance(prompt, PromptIds):  # made by prompt_ids with images: checked
+            if self.vision is None or prompt.table is not self.vision.table:
+                raise ValueError("a prompt with images made by another model")
             ids = prompt
         elif isinstance(prompt, str):
             ids = self.tokenize(prompt, add_special=add_special)

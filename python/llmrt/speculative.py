@@ -64,11 +64,15 @@ def _residual(p: np.ndarray, q: np.ndarray | None, x: int) -> np.ndarray:
 
 class PromptLookup:
     """Drafts copied from the sequence itself: the tokens that followed the
-    latest earlier occurrence of its last 3 (or 2, or 1) tokens."""
+    latest earlier occurrence of its last 3 (or 2, or 1) tokens, up to an
+    image's (ids past the vocabulary: never a token to draw)."""
 
     max_ngram = 3
 
     catch_up = 0.0
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
 
     def propose(self, hist: np.ndarray, n: int, k: int, greedy: bool,
                 rng: np.random.Generator) -> tuple[list[int], list[None]]:
@@ -79,6 +83,7 @@ class PromptLookup:
             if hits.size:
                 start = int(hits[-1]) + g
                 d = hist[start:min(start + k, n)].tolist()
+                d = d[:next((i for i, t in enumerate(d) if t >= self.vocab), len(d))]
                 return d, [None] * len(d)
         return [], []
 
@@ -261,7 +266,7 @@ class Speculative(Task):
         super().admit(engine)
         self.r.t_admit = time.perf_counter()
         self.r.result.cached_tokens = self.pos
-        self.src = (PromptLookup() if isinstance(self.draft, str)
+        self.src = (PromptLookup(engine.vocab_size) if isinstance(self.draft, str)
                     else DraftModel(self.draft, self.r, self.seed))
 
     def first_entry(self, tokens: np.ndarray) -> StepEntry:

@@ -3,14 +3,17 @@ API's input_image parts and Anthropic's image blocks, checked in the
 request schema (each becomes an ImageRef naming its place in the request),
 then loaded under the server's limits (Limits: images a request, bytes and
 pixels an image, whether http(s) URLs are fetched) before anything reaches
-the model. Every refusal is a 400 that names the part; the decoded images go
-to the model as the chat's image parts.
+the model. Every refusal is a 400 that names the part. Each image is
+decoded and encoded at once (at most two server-wide at a time: a small
+file may decode to hundreds of MB of pixels), so a request holds its
+images' embeddings, not their pixels, while it waits and runs.
 """
 
 from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -168,7 +171,7 @@ def prepare(model: "Model", limits: Limits, msgs: list[dict]) -> tuple[list[dict
         if not r.data and not limits.allow_urls:
             raise _refuse(r.where, "image URLs are not allowed on this server: send the image "
                                    "as a data:image/...;base64,... URI", "invalid_image_url")
-    loaded = {id(r): load(r, limits) for r in refs}
+    loaded = {id(r): load(r, limits, model.vision) for r in refs}
     out = [{**m, "content": [{"type": "image", "image": loaded[id(p)]} if isinstance(p, ImageRef)
                              else p for p in m["content"]]}
            if isinstance(m.get("content"), list) else m for m in msgs]
@@ -176,16 +179,24 @@ def prepare(model: "Model", limits: Limits, msgs: list[dict]) -> tuple[list[dict
     return split_images(out)
 
 
-def load(ref: ImageRef, limits: Limits) -> Any:
-    """An image part's RGB PIL image, or a 400 naming the part."""
+_DECODING = threading.BoundedSemaphore(2)  # images decoded and encoded at once, server-wide
+
+
+def load(ref: ImageRef, limits: Limits, vision: Any) -> Any:
+    """An image part's embeddings (vision.ImageEmbeds: decoded, encoded,
+    cached), or a 400 naming the part."""
     try:
         data = IM._from_data_uri(ref.url) if ref.data else fetch(ref.url, limits, ref.where)
-        if len(data) > limits.max_bytes:
-            raise _refuse(ref.where, f"the image is {len(data):,} bytes, over this server's limit "
-                                     f"of {limits.max_bytes:,}", "image_too_large")
-        return IM.load_image(data, max_pixels=limits.max_pixels)
     except IM.ImageError as e:
         raise _refuse(ref.where, _first_line(str(e)), "invalid_image") from None
+    if len(data) > limits.max_bytes:
+        raise _refuse(ref.where, f"the image is {len(data):,} bytes, over this server's limit "
+                                 f"of {limits.max_bytes:,}", "image_too_large")
+    with _DECODING:
+        try:
+            return vision.embeddings(IM.load_image(data, max_pixels=limits.max_pixels))
+        except ValueError as e:  # ImageError, or an image the model cannot take
+            raise _refuse(ref.where, _first_line(str(e)), "invalid_image") from None
 
 
 def _first_line(msg: str, limit: int = 300) -> str:

@@ -200,6 +200,7 @@ class Service:
 
     async def chat(self, body: dict, disconnected: Disconnected = None
                    ) -> dict | AsyncIterator[bytes]:
+        self._admit()  # before images are decoded and encoded
         req, ids, reply = await I.off_loop(self._chat_parts, body)
         return await self._run(ids, req, chat=True, disconnected=disconnected, reply=reply)
 
@@ -274,12 +275,15 @@ class Service:
                                          min_new_tokens=min(req.params.min_new_tokens,
                                                             n_ctx - longest))
 
-    async def _submit(self, ids: list[list[int]], req: S.ParsedRequest, chat: bool) -> "Job":
+    def _admit(self) -> None:
         if self.draining:
             raise P.APIError(503, "the server is shutting down", type="server_overloaded")
         if self.inflight >= self.limit:
             raise P.APIError(503, "the server is at capacity; retry later",
                              type="server_overloaded", headers={"Retry-After": "1"})
+
+    async def _submit(self, ids: list[list[int]], req: S.ParsedRequest, chat: bool) -> "Job":
+        self._admit()
         try:
             job = await run_in_threadpool(self.model.submit, ids, [req.params] * len(ids),
                                           max_batch_size=1 << 30)
@@ -406,6 +410,7 @@ class Service:
 
     async def messages(self, body: dict, disconnected: Disconnected = None
                        ) -> dict | AsyncIterator[bytes]:
+        self._admit()
         req, ids, reply = await I.off_loop(self._chat_parts, M.to_chat(body))
         out = await self._run(ids, req, chat=True, disconnected=disconnected, reply=reply)
         if isinstance(out, dict):
