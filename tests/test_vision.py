@@ -472,3 +472,40 @@ def test_a_prompt_with_images_belongs_to_its_model(gemma):
     ids = other.prompt_ids(PROMPT, images=[_image(30, 30, 14)])
     with pytest.raises(ValueError, match="another model"):
         m.generate(ids, max_new_tokens=2)
+
+
+TOWER_SCRIPT = r"""
+import sys, numpy as np, llmrt
+m = llmrt.Model(sys.argv[1], threads=2, activations="f32")
+px = np.load(sys.argv[2])
+np.save(sys.argv[3], m.vision.encode_pixels(px))
+print(llmrt.build_info()["cpu_isa"])
+"""
+
+
+@pytest.mark.parametrize("isa", ["generic", "active"])
+def test_tower_on_awkward_shapes_on_every_isa(tmp_path, isa):
+    # width 60 in 5 heads of 12, FFN 84, a 7 x 7 grid of 5-pixel patches (49
+    # rows: not whole tiles of the attention's 32 queries), no pooling: the
+    # tower's kernels (LayerNorm, GELU, the dense attention's GEMMs and
+    # exponentials) on the plain C++ kernels and the running CPU's
+    import os
+    import subprocess
+    import sys
+    b = tiny_gemma3_vision(tmp_path, D=60, F=84, heads=5, image=35, patch=5, tokens=49)
+    out = str(tmp_path / "g.gguf")
+    convert(b["dir"], out, "f32", progress=False)
+    m = llmrt.Model(out, threads=2, activations="f32")
+    px = m.vision.pixels(_image(41, 29, 15))[0]
+    np.save(tmp_path / "px.npy", px)
+    env = dict(os.environ, **({"LLMRT_ISA": "generic"} if isa == "generic" else {}))
+    r = subprocess.run([sys.executable, "-c", TOWER_SCRIPT, out, str(tmp_path / "px.npy"),
+                        str(tmp_path / "y.npy")], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == ("generic" if isa == "generic" else
+                                    llmrt.build_info()["cpu_isa"])
+    ref = siglip_reference(b["weights"], "vision_tower.vision_model.", px.astype(np.float64),
+                           5, 1e-6)
+    want = gemma3_projection_reference(b["weights"], ref, 49, 1e-6)
+    assert _close(np.load(tmp_path / "y.npy"), want)

@@ -379,12 +379,12 @@ def image(w, h, seed):
     return Image.fromarray(img)
 
 
-def tiny_gemma3_vision(root):
+def tiny_gemma3_vision(root, D=64, F=80, heads=4, image=56, patch=7, tokens=16):
     """A random Gemma3ForConditionalGeneration checkpoint in root/hf, written
     with numpy under the names published checkpoints use (a SentencePiece
     vocabulary with the image tokens, a chat template, the preprocessor's
-    config): 56-pixel images of 7-pixel patches, 16 image tokens ->
-    dict(root, dir, config, weights, ids)."""
+    config): by default 56-pixel images of 7-pixel patches, 16 image tokens
+    -> dict(root, dir, config, weights, ids)."""
     import sentencepiece as spm
     (root / "corpus.txt").write_text(VISION_TEXT)
     spm.SentencePieceTrainer.train(
@@ -402,19 +402,20 @@ def tiny_gemma3_vision(root):
               sliding_window_pattern=2, query_pre_attn_scalar=16, rope_theta=1000000.0,
               rope_local_base_freq=10000.0, rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2,
               pad_token_id=0, hidden_activation="gelu_pytorch_tanh")
-    vc = dict(model_type="siglip_vision_model", hidden_size=64, intermediate_size=80,
-              num_hidden_layers=3, num_attention_heads=4, image_size=56, patch_size=7,
-              layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh", vision_use_head=False)
+    vc = dict(model_type="siglip_vision_model", hidden_size=D, intermediate_size=F,
+              num_hidden_layers=3, num_attention_heads=heads, image_size=image,
+              patch_size=patch, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh",
+              vision_use_head=False)
     cfg = dict(architectures=["Gemma3ForConditionalGeneration"], model_type="gemma3",
-               text_config=tc, vision_config=vc, mm_tokens_per_image=16,
+               text_config=tc, vision_config=vc, mm_tokens_per_image=tokens,
                boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"],
                image_token_index=ids["<image_soft_token>"], tie_word_embeddings=True)
     rng = np.random.default_rng(1)
-    w = _siglip_weights(rng, "vision_tower.vision_model.", 64, 80, 3, 7, 64)
+    w = _siglip_weights(rng, "vision_tower.vision_model.", D, F, 3, patch, (image // patch) ** 2)
     w.update(_decoder_weights(rng, "language_model.model.", tc, gemma=True))
     w["multi_modal_projector.mm_input_projection_weight"] = \
-        rng.standard_normal((64, 64)) / 8.0
-    w["multi_modal_projector.mm_soft_emb_norm.weight"] = 0.2 * rng.standard_normal(64)
+        rng.standard_normal((D, 64)) / np.sqrt(D)
+    w["multi_modal_projector.mm_soft_emb_norm.weight"] = 0.2 * rng.standard_normal(D)
     d = root / "hf"
     w = _save_checkpoint(d, cfg, w)
     (d / "tokenizer.model").write_bytes((root / "tok.model").read_bytes())
@@ -422,7 +423,7 @@ def tiny_gemma3_vision(root):
         {"add_bos_token": True, "chat_template": GEMMA_TEMPLATE}))
     (d / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": [0.5, 0.4, 0.3], "image_std": [0.2, 0.3, 0.4],
-         "size": {"height": 56, "width": 56}}))
+         "size": {"height": image, "width": image}}))
     return dict(root=root, dir=str(d), config=cfg, weights=w, ids=ids)
 
 

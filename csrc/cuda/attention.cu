@@ -388,10 +388,90 @@ attention_dense_kernel(const float* __restrict__ q, const float* __restrict__ k,
   }
 }
 
+// The same, tiled (head_dim <= 128): a block holds kRowsPerBlock query rows,
+// a warp each, and walks the keys 32 at a time; each tile of keys and values
+// is loaded once into shared memory (coalesced) for all the block's rows.
+// Lane j scores key j of the tile; the running max / sum (online softmax)
+// rescale the output, whose dims lane + 32 i each lane holds.
+constexpr int kRowsPerBlock = 8, kKeyTile = 32, kTiledMaxDim = 128;
+
+__global__ void __launch_bounds__(32 * kRowsPerBlock)
+attention_dense_tiled(const float* __restrict__ q, const float* __restrict__ k,
+                      const float* __restrict__ v, int T, int n_heads, int hd, float scale,
+                      float* __restrict__ out) {
+  extern __shared__ float sm[];
+  const int ks = hd + 1;                        // a key row's stride: no bank conflicts
+  float* kt = sm;                               // [kKeyTile][hd + 1]
+  float* vt = kt + kKeyTile * ks;               // [kKeyTile][hd]
+  float* qs = vt + kKeyTile * hd;               // [kRowsPerBlock][hd]
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int h = blockIdx.y, sq = blockIdx.z, t = blockIdx.x * kRowsPerBlock + w;
+  const size_t ld = (size_t)n_heads * hd, base = (size_t)sq * T;
+  const bool row = t < T;
+  float* qr = qs + w * hd;
+  for (int d = lane; d < hd; d += 32) qr[d] = row ? q[(base + t) * ld + h * hd + d] * scale : 0.f;
+  constexpr int kDims = kTiledMaxDim / 32;
+  float acc[kDims];
+#pragma unroll
+  for (int i = 0; i < kDims; ++i) acc[i] = 0.f;
+  float m = -INFINITY, l = 0.f;
+  for (int j0 = 0; j0 < T; j0 += kKeyTile) {
+    const int n = min(kKeyTile, T - j0);
+    __syncthreads();  // the previous tile is read by every warp
+    for (int i = threadIdx.x; i < n * hd; i += blockDim.x) {
+      const int j = i / hd, d = i % hd;
+      const size_t src = (base + j0 + j) * ld + h * hd + d;
+      kt[j * ks + d] = k[src];
+      vt[j * hd + d] = v[src];
+    }
+    __syncthreads();
+    float s = -INFINITY;
+    if (lane < n) {
+      const float* kr = kt + lane * ks;
+      float dot = 0.f;
+      for (int d = 0; d < hd; ++d) dot += qr[d] * kr[d];
+      s = dot;
+    }
+    const float mn = fmaxf(m, warp_max(s));
+    const float p = lane < n ? __expf(s - mn) : 0.f;
+    const float corr = m == -INFINITY ? 0.f : __expf(m - mn);
+    l = l * corr + warp_sum(p);
+    m = mn;
+#pragma unroll
+    for (int i = 0; i < kDims; ++i) acc[i] *= corr;
+    for (int j = 0; j < n; ++j) {
+      const float pj = __shfl_sync(0xffffffffu, p, j);
+      const float* vr = vt + j * hd;
+#pragma unroll
+      for (int i = 0; i < kDims; ++i) {
+        const int d = lane + 32 * i;
+        if (d < hd) acc[i] += pj * vr[d];
+      }
+    }
+  }
+  if (!row) return;
+  const float inv = 1.f / l;
+#pragma unroll
+  for (int i = 0; i < kDims; ++i) {
+    const int d = lane + 32 * i;
+    if (d < hd) out[(base + t) * ld + h * hd + d] = acc[i] * inv;
+  }
+}
+
 }  // namespace
 
 void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
                      int n_heads, int hd, float scale, float* out, cudaStream_t stream) {
+  if (hd <= kTiledMaxDim) {
+    const size_t shared = sizeof(float) * ((size_t)kKeyTile * (2 * hd + 1) +
+                                           (size_t)kRowsPerBlock * hd);
+    const dim3 grid((unsigned)((T + kRowsPerBlock - 1) / kRowsPerBlock), (unsigned)n_heads,
+                    (unsigned)n_seq);
+    attention_dense_tiled<<<grid, 32 * kRowsPerBlock, shared, stream>>>(q, k, v, T, n_heads, hd,
+                                                                         scale, out);
+    LLMRT_CUDA_LAUNCHED("attention_dense");
+    return;
+  }
   const size_t shared = sizeof(float) * ((size_t)T + hd);
   if (shared > 48 * 1024)
     throw std::invalid_argument("CUDA dense attention: more than 12K rows a sequence");
