@@ -254,6 +254,77 @@ def test_llama_checkpoint_converts_and_matches_hf_reference(tmp_path, sp_model, 
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+def _bf16(x: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bits, rounded to nearest even."""
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype("<u2")
+
+
+def _write_bf16_safetensors(path, w: dict) -> None:
+    """A safetensors file of BF16 tensors, byte by byte (numpy cannot write
+    them), in the layout the format documents."""
+    head, blobs, at = {}, [], 0
+    for k in sorted(w):
+        b = _bf16(w[k]).tobytes()
+        head[k] = {"dtype": "BF16", "shape": list(w[k].shape), "data_offsets": [at, at + len(b)]}
+        blobs.append(b)
+        at += len(b)
+    h = json.dumps(head).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + b"".join(blobs))
+
+
+def test_bfloat16_checkpoint_converts_as_its_values(tmp_path, sp_model):
+    # released checkpoints are bfloat16: read exactly (widened to float32),
+    # the logits those of the bf16-rounded weights
+    d, c, w = _llama_dir(tmp_path, sp_model)
+    for f in os.listdir(d):
+        if f.endswith(".safetensors"):
+            os.remove(os.path.join(d, f))
+    _write_bf16_safetensors(os.path.join(d, "model.safetensors"), w)
+    wb = {k: (_bf16(v).astype(np.uint32) << 16).view(np.float32).reshape(v.shape) for k, v in w.items()}
+    out = str(tmp_path / "b.gguf")
+    convert(d, out, "f32", progress=False)
+    r = gguf.GGUFReader(out)
+    emb = next(t for t in r.tensors if t.name == "token_embd.weight")
+    assert np.array_equal(np.asarray(emb.data).reshape(wb["model.embed_tokens.weight"].shape),
+                          wb["model.embed_tokens.weight"])
+    m = llmrt.Model(out, threads=2, activations="f32", kv_cache_dtype="f32")
+    ids = m.tokenize("The lazy fox saves 678 stitches!")
+    ref = hf_reference(c, wb, ids)
+    assert np.abs(m.logits(ids) - ref).max() <= 1e-4 * np.abs(ref).max()
+    del m
+    # bf16 out of a bf16 checkpoint: the same bits
+    out16 = str(tmp_path / "b16.gguf")
+    convert(d, out16, "bf16", progress=False)
+    t = next(t for t in gguf.GGUFReader(out16).tensors if t.name == "blk.0.ffn_down.weight")
+    assert np.array_equal(np.asarray(t.data).view("<u2").ravel(),
+                          _bf16(w["model.layers.0.mlp.down_proj.weight"]).ravel())
+
+
+@pytest.mark.parametrize("damage", ["length", "extent", "json"])
+def test_damaged_safetensors_header_is_a_clear_error(tmp_path, sp_model, damage):
+    d, c, w = _llama_dir(tmp_path, sp_model)
+    f = sorted(x for x in os.listdir(d) if x.endswith(".safetensors"))[0]
+    data = bytearray(open(os.path.join(d, f), "rb").read())
+    n = int.from_bytes(data[:8], "little")
+    if damage == "length":
+        data[:8] = (len(data) * 2).to_bytes(8, "little")
+    elif damage == "extent":
+        head = json.loads(data[8:8 + n])
+        k = next(k for k in head if k != "__metadata__")
+        head[k]["data_offsets"][1] += 1 << 30
+        h = json.dumps(head).encode().ljust(n)
+        assert len(h) == n or pytest.skip("header grew")
+        data[8:8 + n] = h
+    else:
+        data[8:8 + n] = b"{" * n
+    open(os.path.join(d, f), "wb").write(bytes(data))
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        convert(d, str(tmp_path / "x.gguf"), "f32", progress=False)
+
+
 def _bpe_dir(d, tie=True, **kw):
     """A Qwen-style checkpoint directory with a byte-level BPE tokenizer."""
     tokenizers = pytest.importorskip("tokenizers")

@@ -5,6 +5,7 @@ and how to build it (permuted, stacked, split, with the family's fixes)."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 from functools import partial
 from typing import Any, Callable
@@ -18,7 +19,11 @@ TEXT_PREFIXES = ("model.language_model.", "language_model.model.", "model.text_m
 
 
 class Tensors:
-    """Lazy access to the tensors of a directory's safetensors files."""
+    """Lazy access to the tensors of a directory's safetensors files.
+
+    bfloat16 tensors (the type most released checkpoints are in) are read
+    from the file's own header, as numpy has no bfloat16: widened exactly to
+    float32. Every other type goes through the safetensors package."""
 
     def __init__(self, d: str):
         try:
@@ -31,23 +36,62 @@ class Tensors:
             raise CheckpointError(f"{d}: no *.safetensors files")
         self.where: dict[str, str] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self._bf16: dict[str, int] = {}  # name -> byte offset in its file
         self._open = safe_open
         for f in files:
-            try:
-                with safe_open(f, "np") as h:
-                    for k in h.keys():
-                        self.where[k] = f
-                        self.shapes[k] = tuple(h.get_slice(k).get_shape())
-            except Exception as e:  # noqa: BLE001 - a broken file
-                raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
+            for k, (dtype, shape, start) in _safetensors_header(f).items():
+                self.where[k] = f
+                self.shapes[k] = shape
+                if dtype == "BF16":
+                    self._bf16[k] = start
 
     def get(self, name: str) -> np.ndarray:
         return self.raw(name).astype(np.float32)
 
     def raw(self, name: str) -> np.ndarray:
-        """A tensor as stored (MXFP4 blocks and scales: uint8)."""
-        with self._open(self.where[name], "np") as h:
-            return np.asarray(h.get_tensor(name))
+        """A tensor as stored (MXFP4 blocks and scales: uint8; bfloat16:
+        float32, exactly)."""
+        if name in self._bf16:
+            shape = self.shapes[name]
+            n = int(np.prod(shape, dtype=np.int64))
+            u = np.fromfile(self.where[name], dtype="<u2", count=n, offset=self._bf16[name])
+            return (u.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        try:
+            with self._open(self.where[name], "np") as h:
+                return np.asarray(h.get_tensor(name))
+        except Exception as e:  # noqa: BLE001 - a type numpy cannot hold, a broken file
+            raise CheckpointError(f"{self.where[name]}: tensor {name} cannot be read ({e})") from None
+
+
+_ST_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+             "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _safetensors_header(f: str) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """name -> (dtype, shape, absolute byte offset) from a safetensors file's
+    header, each tensor's extent checked against its shape and the file."""
+    size = os.path.getsize(f)
+    try:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or 8 + n > size or n > (100 << 20):
+                raise ValueError(f"header length {n}")
+            head = json.loads(fh.read(n))
+        if not isinstance(head, dict):
+            raise ValueError("header is not a JSON object")
+        out = {}
+        for k, v in head.items():
+            if k == "__metadata__":
+                continue
+            dtype, shape, (a, b) = v["dtype"], tuple(int(x) for x in v["shape"]), v["data_offsets"]
+            if any(x < 0 for x in shape) or not 0 <= a <= b or 8 + n + b > size:
+                raise ValueError(f"tensor {k}: extent {a}..{b} outside the file")
+            if dtype in _ST_SIZES and b - a != _ST_SIZES[dtype] * int(np.prod(shape, dtype=np.int64)):
+                raise ValueError(f"tensor {k}: {b - a} bytes for shape {list(shape)} of {dtype}")
+            out[k] = (dtype, shape, 8 + n + a)
+        return out
+    except Exception as e:  # noqa: BLE001 - a broken file
+        raise CheckpointError(f"{f}: not a readable safetensors file ({e})") from None
 
 
 def _stack(ts: Tensors, names: list[str]) -> np.ndarray:

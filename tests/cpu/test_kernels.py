@@ -83,6 +83,28 @@ def test_matmul_matches_numpy(isa, n, type_name, rows, cols, mode):
     assert np.abs(got - ref).max() <= REL_TOL * scale
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("type_name", ["F32", "F16", "BF16"])
+def test_float_product_across_cache_blocks(isa, type_name):
+    # the float product works in blocks of widened weight rows and of tokens
+    # (28 rows and 15 tokens at 2085 columns): rows and tokens that end in
+    # part blocks, on one thread and split across threads, equal numpy, and
+    # a token's results are the same bits in whatever block it falls
+    rng = np.random.default_rng(11)
+    rows, cols, n = 75, 2085, 40
+    raw, w = _weights(type_name, rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    t = TYPE_IDS[type_name]
+    got = _core.testing.matmul(t, raw, rows, cols, x, isa, 1, False)
+    ref = x.astype(np.float64) @ w.T
+    scale = np.sqrt(cols) * np.abs(w).max() * np.abs(x).max()
+    assert np.abs(got - ref).max() <= REL_TOL * scale
+    assert np.array_equal(_core.testing.matmul(t, raw, rows, cols, x, isa, 2, False), got)
+    for lo, hi in ((7, 31), (14, 16), (30, 40)):
+        assert np.array_equal(_core.testing.matmul(t, raw, rows, cols, x[lo:hi], isa, 1, False),
+                              got[lo:hi]), (lo, hi)
+
+
 @pytest.mark.parametrize("type_name", INT8_TYPES)
 def test_activation_quantization_error_is_bounded(type_name):
     # against the unquantized product: the 8-bit activations cost at most
