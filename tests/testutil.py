@@ -261,7 +261,10 @@ for it in range(int(sys.argv[3])):
             m.generate("x", images=[img], max_new_tokens=2, ignore_eos=True)
         else:
             m = llmrt.Model(p, threads=1, context_length=16)
-            m.generate([1, 2, 3], max_new_tokens=2, ignore_eos=True)
+            if hasattr(m, "encoder"):  # an embedder or reranker
+                m.embed([[1, 2, 3]])
+            else:
+                m.generate([1, 2, 3], max_new_tokens=2, ignore_eos=True)
         ok += 1
     except (llmrt.GGUFError, ValueError, FileNotFoundError, UnicodeDecodeError) as e:
         err += 1

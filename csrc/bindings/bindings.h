@@ -57,6 +57,7 @@ std::unique_ptr<Backend> make_backend(const ModelOptions& o);
 void bind_tensors(pybind11::module_& m);   // ggml_types, dequantize
 void bind_model(pybind11::module_& m);     // ModelOptions, LlamaModel
 void bind_vision(pybind11::module_& m);    // VisionModel (after bind_model: its options)
+void bind_encoder(pybind11::module_& m);   // EncoderModel (after bind_model: its options)
 void bind_sampler(pybind11::module_& m);   // Sampler, top_logprobs
 void bind_testing(pybind11::module_& m);   // single kernels, for tests and microbenchmarks
 

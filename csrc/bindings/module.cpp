@@ -50,6 +50,7 @@ PYBIND11_MODULE(_core, m) {
   bindings::bind_tensors(m);
   bindings::bind_model(m);
   bindings::bind_vision(m);
+  bindings::bind_encoder(m);
   bindings::bind_sampler(m);
   py::module_ testing = m.def_submodule(
       "testing", "Single kernels with the ISA to use, for tests and microbenchmarks.");

@@ -179,12 +179,28 @@ class Backend {
                          float eps, float* y) = 0;
   // x = gelu(x), GELU's tanh form, count elements.
   virtual void gelu(float* x, size_t count) = 0;
+  // x = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2, GELU's exact form (BERT's),
+  // count elements.
+  virtual void gelu_erf(float* x, size_t count) = 0;
   // Bidirectional attention without a cache (a vision encoder): n_seq
   // independent sequences of T rows each; q, k, v and out (n_seq * T,
   // n_heads * hd), row-major; per sequence and head out = softmax(q k^T *
   // scale) v over all T keys.
   virtual void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
                                int n_heads, int hd, float scale, float* out) = 0;
+  // The same for sequences of their own lengths end to end (an encoder's
+  // batch of texts, padded nowhere): sequence s is rows [starts[s],
+  // starts[s + 1]) (starts: host memory, n_seq + 1 entries).
+  virtual void attention_ragged(const float* q, const float* k, const float* v,
+                                const int32_t* starts, int n_seq, int n_heads, int hd, float scale,
+                                float* out) {
+    const size_t w = (size_t)n_heads * hd;
+    for (int s = 0; s < n_seq; ++s) {
+      const size_t r = (size_t)starts[s];
+      const int T = starts[s + 1] - starts[s];
+      if (T > 0) attention_dense(q + r * w, k + r * w, v + r * w, 1, T, n_heads, hd, scale, out + r * w);
+    }
+  }
   // y (n, dim) += bias (dim,)
   virtual void add_bias(float* y, const float* bias, int n, int dim) = 0;
   // y += x, count elements.

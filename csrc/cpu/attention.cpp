@@ -335,40 +335,49 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
 // scores (rows, T) with the float GEMM kernel, exponentiates them against
 // each row's max and multiplies by the values with the same kernel. The
 // whole row of scores fits: T is an image's patches (a few thousand).
-void attention_dense(ThreadPool& pool, const Kernels& k, const float* q, const float* kx,
-                     const float* v, int n_seq, int T, int n_heads, int hd, float scale,
-                     float* out) {
+void attention_ragged(ThreadPool& pool, const Kernels& k, const float* q, const float* kx,
+                      const float* v, const int32_t* starts, int n_seq, int n_heads, int hd,
+                      float scale, float* out) {
   constexpr int kTile = 32;  // query rows of a task
   const int64_t ld = (int64_t)n_heads * hd, heads = (int64_t)n_seq * n_heads;
-  const size_t per = (size_t)T * hd;
-  std::vector<float> keys(heads * per), vals(heads * per);
+  // (sequence, head) pairs' keys (T, hd) and values transposed (hd, T), end
+  // to end: sequence s's heads start at starts[s] * ld
+  std::vector<float> keys((size_t)starts[n_seq] * ld), vals((size_t)starts[n_seq] * ld);
+  struct Task {
+    int s, h, t0;
+  };
+  std::vector<Task> tasks;
+  for (int s = 0; s < n_seq; ++s)
+    for (int h = 0; h < n_heads; ++h)
+      for (int t0 = 0; t0 < starts[s + 1] - starts[s]; t0 += kTile) tasks.push_back({s, h, t0});
   pool.parallel_for(heads, 1, [&](int64_t b, int64_t e) {
     for (int64_t sh = b; sh < e; ++sh) {
-      const int64_t sq = sh / n_heads, h = sh % n_heads;
-      float* kd = keys.data() + sh * per;
-      float* vd = vals.data() + sh * per;
+      const int s = (int)(sh / n_heads), h = (int)(sh % n_heads), T = starts[s + 1] - starts[s];
+      const size_t base = (size_t)starts[s] * ld + (size_t)h * T * hd;
+      float* kd = keys.data() + base;
+      float* vd = vals.data() + base;
       for (int t = 0; t < T; ++t) {
-        const size_t src = (size_t)(sq * T + t) * ld + h * hd;
+        const size_t src = (size_t)(starts[s] + t) * ld + (size_t)h * hd;
         std::copy(kx + src, kx + src + hd, kd + (size_t)t * hd);
         for (int d = 0; d < hd; ++d) vd[(size_t)d * T + t] = v[src + d];
       }
     }
   });
-  const int tiles = (T + kTile - 1) / kTile;
-  pool.parallel_for(heads * tiles, 1, [&](int64_t b, int64_t e) {
+  pool.parallel_for((int64_t)tasks.size(), 1, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> qs, sc, o;
     qs.resize((size_t)kTile * hd);
-    sc.resize((size_t)kTile * T);
     o.resize((size_t)kTile * hd);
     for (int64_t task = b; task < e; ++task) {
-      const int64_t sh = task / tiles, sq = sh / n_heads, h = sh % n_heads;
-      const int t0 = (int)(task % tiles) * kTile, m = std::min(kTile, T - t0);
+      const Task tk = tasks[(size_t)task];
+      const int T = starts[tk.s + 1] - starts[tk.s], t0 = tk.t0, m = std::min(kTile, T - t0);
+      const size_t base = (size_t)starts[tk.s] * ld + (size_t)tk.h * T * hd;
+      if (sc.size() < (size_t)kTile * T) sc.resize((size_t)kTile * T);
       for (int i = 0; i < m; ++i) {  // the tile's queries, scaled
-        const float* src = q + (size_t)(sq * T + t0 + i) * ld + h * hd;
+        const float* src = q + (size_t)(starts[tk.s] + t0 + i) * ld + (size_t)tk.h * hd;
         for (int d = 0; d < hd; ++d) qs[(size_t)i * hd + d] = src[d] * scale;
       }
       // scores (m, T) = q K^T
-      k.gemm_f32(keys.data() + sh * per, T, hd, qs.data(), m, sc.data(), T);
+      k.gemm_f32(keys.data() + base, T, hd, qs.data(), m, sc.data(), T);
       float inv[kTile];
       for (int i = 0; i < m; ++i) {
         float* row = sc.data() + (size_t)i * T;
@@ -376,13 +385,21 @@ void attention_dense(ThreadPool& pool, const Kernels& k, const float* q, const f
         inv[i] = 1.f / k.exp_sum(row, mx, T);
       }
       // out (m, hd) = P V
-      k.gemm_f32(vals.data() + sh * per, hd, T, sc.data(), m, o.data(), hd);
+      k.gemm_f32(vals.data() + base, hd, T, sc.data(), m, o.data(), hd);
       for (int i = 0; i < m; ++i) {
-        float* dst = out + (size_t)(sq * T + t0 + i) * ld + h * hd;
+        float* dst = out + (size_t)(starts[tk.s] + t0 + i) * ld + (size_t)tk.h * hd;
         for (int d = 0; d < hd; ++d) dst[d] = o[(size_t)i * hd + d] * inv[i];
       }
     }
   });
+}
+
+void attention_dense(ThreadPool& pool, const Kernels& k, const float* q, const float* kx,
+                     const float* v, int n_seq, int T, int n_heads, int hd, float scale,
+                     float* out) {
+  std::vector<int32_t> starts((size_t)n_seq + 1);
+  for (int s = 0; s <= n_seq; ++s) starts[(size_t)s] = s * T;
+  attention_ragged(pool, k, q, kx, v, starts.data(), n_seq, n_heads, hd, scale, out);
 }
 
 }  // namespace llmrt::cpu

@@ -122,9 +122,14 @@ class CpuBackend final : public Backend {
     cpu::layernorm(pool_, x, w, b, n, dim, eps, y);
   }
   void gelu(float* x, size_t count) override { cpu::gelu(pool_, k_, x, count); }
+  void gelu_erf(float* x, size_t count) override { cpu::gelu_erf(pool_, x, count); }
   void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
                        int n_heads, int hd, float scale, float* out) override {
     cpu::attention_dense(pool_, k_, q, k, v, n_seq, T, n_heads, hd, scale, out);
+  }
+  void attention_ragged(const float* q, const float* k, const float* v, const int32_t* starts,
+                        int n_seq, int n_heads, int hd, float scale, float* out) override {
+    cpu::attention_ragged(pool_, k_, q, k, v, starts, n_seq, n_heads, hd, scale, out);
   }
   void add(float* y, const float* x, size_t count) override { cpu::add(y, x, count); }
   void gather_rows(float* dst, const float* src, const int32_t* rows, int count,

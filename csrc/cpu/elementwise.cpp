@@ -45,6 +45,12 @@ void gelu(ThreadPool& pool, const Kernels& k, float* x, size_t count) {
   });
 }
 
+void gelu_erf(ThreadPool& pool, float* x, size_t count) {
+  pool.parallel_for((int64_t)count, 8192, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * 0.70710678118f));
+  });
+}
+
 void add_bias(float* y, const float* bias, int n, int dim) {
   for (int t = 0; t < n; ++t)
     for (int i = 0; i < dim; ++i) y[(size_t)t * dim + i] += bias[i];

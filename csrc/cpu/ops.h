@@ -89,6 +89,10 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
                int count, int layer, const float* q, int n_heads, const AttnParams& p,
                float* out, AttnScratch& scr);
 
+// The same for sequences of their own lengths end to end (attention_ragged).
+void attention_ragged(ThreadPool& pool, const Kernels& k, const float* q, const float* kx,
+                      const float* v, const int32_t* starts, int n_seq, int n_heads, int hd,
+                      float scale, float* out);
 // Bidirectional attention without a cache (core/backend.h attention_dense).
 void attention_dense(ThreadPool& pool, const Kernels& k, const float* q, const float* kx,
                      const float* v, int n_seq, int T, int n_heads, int hd, float scale,
@@ -98,6 +102,8 @@ void attention_dense(ThreadPool& pool, const Kernels& k, const float* q, const f
 void layernorm(ThreadPool& pool, const float* x, const float* w, const float* b, int n, int dim,
                float eps, float* y);
 void gelu(ThreadPool& pool, const Kernels& k, float* x, size_t count);
+// x Phi(x), the exact GELU (std::erf; BERT's activation).
+void gelu_erf(ThreadPool& pool, float* x, size_t count);
 void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w, int n, int dim,
              float eps, float* y);
 void add_bias(float* y, const float* bias, int n, int dim);

@@ -322,6 +322,7 @@ class CudaBackend : public Backend {
     cuda::layernorm(x, device_copy(w, dim), device_copy(b, dim), n, dim, eps, y, stream_);
   }
   void gelu(float* x, size_t count) override { cuda::gelu(x, count, stream_); }
+  void gelu_erf(float* x, size_t count) override { cuda::gelu_erf(x, count, stream_); }
   void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
                        int n_heads, int hd, float scale, float* out) override {
     cuda::attention_dense(q, k, v, n_seq, T, n_heads, hd, scale, out, stream_);
@@ -392,10 +393,17 @@ class CudaBackend : public Backend {
 
   void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos,
             const RopeParams& p) override {
-    (void)pos;
-    check_pass(n);
-    cuda::rope(x, n, n_heads, head_dim, pass_.d<int32_t>(pass_.pos), inv_freq(p), p.n_rot,
-               p.pos_scale, p.neox, p.mscale, stream_);
+    // in a decoder's pass, the pass's positions (uploaded by begin_pass);
+    // outside one (an encoder, which begins none), the given host ones
+    const int32_t* dpos = nullptr;
+    if (pass_rows_ > 0) {
+      check_pass(n);
+      dpos = pass_.d<int32_t>(pass_.pos);
+    } else {
+      dpos = upload_small(pos, n, 0);
+    }
+    cuda::rope(x, n, n_heads, head_dim, dpos, inv_freq(p), p.n_rot, p.pos_scale, p.neox,
+               p.mscale, stream_);
   }
   void kv_write(KVCache& c, const AttnSeq* seqs, int count, int layer, const float* k,
                 const float* v) override {

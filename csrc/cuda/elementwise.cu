@@ -232,6 +232,18 @@ void layernorm(const float* x, const float* w, const float* b, int n, int dim, f
   LLMRT_CUDA_LAUNCHED("layernorm");
 }
 
+__global__ void gelu_erf_kernel(float* g, size_t count) {
+  const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= count) return;
+  const float x = g[i];
+  g[i] = 0.5f * x * (1.f + erff(x * 0.70710678118f));
+}
+
+void gelu_erf(float* x, size_t count, cudaStream_t stream) {
+  gelu_erf_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(x, count);
+  LLMRT_CUDA_LAUNCHED("gelu_erf");
+}
+
 void gelu(float* x, size_t count, cudaStream_t stream) {
   gelu_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(x, count);
   LLMRT_CUDA_LAUNCHED("gelu");

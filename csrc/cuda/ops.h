@@ -62,6 +62,8 @@ void layernorm(const float* x, const float* w, const float* b, int n, int dim, f
                float* y, cudaStream_t stream);
 // x = gelu(x), the tanh form.
 void gelu(float* x, size_t count, cudaStream_t stream);
+// x = x Phi(x), the exact form.
+void gelu_erf(float* x, size_t count, cudaStream_t stream);
 void rope(float* x, int n, int n_heads, int head_dim, const int32_t* pos, const float* inv_freq,
           int n_rot, float pos_scale, bool neox, float mscale, cudaStream_t stream);
 

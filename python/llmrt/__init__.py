@@ -6,7 +6,11 @@ and CUDA kernels; `llmrt serve` puts them behind an OpenAI-compatible server.
     print(model.generate("Once upon a time", max_new_tokens=32).text)
 """
 
-from . import _core
+from . import (
+    _core,
+    tokenizer_encoder,  # noqa: F401  (registers the encoders' WordPiece / unigram)
+)
+from .encoder import EncoderModel
 from .errors import GGUFError, KVCacheFullError, UnsupportedModelError
 from .model import Model
 from .outputs import BatchStream, Beam, GenerationResult, PerplexityResult, TextStream, TokenLogprob
@@ -47,7 +51,7 @@ def cuda_available() -> bool:
 
 
 __all__ = [
-    "Model", "SamplingParams", "GenerationResult", "TokenLogprob", "Beam", "TextStream",
+    "Model", "EncoderModel", "SamplingParams", "GenerationResult", "TokenLogprob", "Beam", "TextStream",
     "BatchStream", "PerplexityResult", "perplexity", "quantize", "Tokenizer", "GGUFError",
     "UnsupportedModelError", "KVCacheFullError", "default_model_path", "build_info",
     "cuda_available", "physical_cores", "__version__",

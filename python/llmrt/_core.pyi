@@ -108,6 +108,26 @@ class VisionModel:
     def backend(self) -> str: ...
 
 
+class EncoderModel:
+    """A text encoder (BERT, XLM-RoBERTa, nomic-bert): hidden states of many texts in one pass."""
+    def __init__(self, config: dict[str, float],
+                 tensors: dict[str, tuple[int, int, int, npt.NDArray[np.uint8]]],
+                 options: ModelOptions) -> None: ...
+    def encode(self, ids: npt.NDArray[np.int32], types: npt.NDArray[np.int32],
+               positions: npt.NDArray[np.int32],
+               lengths: npt.NDArray[np.int32]) -> npt.NDArray[np.float32]: ...
+    @property
+    def n_embd(self) -> int: ...
+    @property
+    def n_vocab(self) -> int: ...
+    @property
+    def n_pos(self) -> int: ...
+    @property
+    def n_types(self) -> int: ...
+    @property
+    def backend(self) -> str: ...
+
+
 class _PreparedMatmul:
     def __init__(self, type: int, data: npt.NDArray[np.uint8], rows: int, cols: int,
                  threads: int = 1, int8_activations: bool = True, isa: str = "",

@@ -325,6 +325,9 @@ def convert(hf_dir: str | os.PathLike, out: str | os.PathLike, type_name: str = 
     if not os.path.isfile(os.path.join(d, "config.json")):
         raise CheckpointError(f"{d}: no config.json (not a Hugging Face checkpoint directory)")
     top = _json(os.path.join(d, "config.json"))
+    from .convert_encoder import convert_encoder, is_encoder_checkpoint
+    if is_encoder_checkpoint(top):  # an embedder or reranker (BERT, XLM-R, nomic-bert)
+        return convert_encoder(d, top, out, type_name, progress)
     info = _convert_text(d, top, out, type_name, progress)
     if info["multimodal"] and mmproj is not False:
         path = mmproj_path(out) if mmproj in (None, True) else os.fspath(mmproj)  # type: ignore[arg-type]

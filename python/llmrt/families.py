@@ -308,3 +308,79 @@ PROJECTOR_TENSORS: dict[str, tuple[tuple[str, str, VisionShape], ...]] = {
                ("proj_norm", "mm.soft_emb_norm.weight", lambda D, F, p, P, i, o: [i])),
     "idefics3": (("proj", "mm.model.fc.weight", lambda D, F, p, P, i, o: [i, o]),),
 }
+
+
+# ---- encoders: embedders and rerankers (llama.cpp's `bert` and `nomic-bert`) ----------------
+
+
+@dataclass(frozen=True)
+class EncoderFamily:
+    """A bidirectional text encoder: post-LayerNorm blocks, pooled outputs."""
+
+    arch: str                    # GGUF general.architecture
+    hf_classes: tuple[str, ...]  # Hugging Face architectures that convert to it
+    rotary: bool = False         # rotary positions (neox pairs over whole heads), no table
+    swiglu: bool = False         # up * silu(gate); else gelu(up), the exact form
+    fused_qkv: bool = False      # q, k and v rows in one tensor (attn_qkv)
+    biases: bool = True          # biases on every product
+
+
+ENCODER_FAMILIES: dict[str, EncoderFamily] = {f.arch: f for f in (
+    # XLM-RoBERTa is `bert` with a SentencePiece vocabulary (tokenizer.ggml.model "t5")
+    # and its position table from padding_idx + 1 on
+    EncoderFamily("bert", ("BertModel", "BertForSequenceClassification", "XLMRobertaModel",
+                           "XLMRobertaForSequenceClassification", "RobertaModel")),
+    EncoderFamily("nomic-bert", ("NomicBertModel",), rotary=True, swiglu=True, fused_qkv=True,
+                  biases=False),
+)}
+
+# (role, GGUF name after "blk.N." for a layer's, GGUF shape from (D, F, V, P,
+# T, O): width, FFN, vocabulary, positions, token types, classifier outputs)
+EncShape = Callable[[int, int, int, int, int, int], list[int]]
+ENCODER_TENSORS: tuple[tuple[str, str, EncShape], ...] = (
+    ("tok", "token_embd.weight", lambda D, F, V, P, T, O: [D, V]),
+    ("pos", "position_embd.weight", lambda D, F, V, P, T, O: [D, P]),
+    ("types", "token_types.weight", lambda D, F, V, P, T, O: [D, T]),
+    ("embd_norm_w", "token_embd_norm.weight", lambda D, F, V, P, T, O: [D]),
+    ("embd_norm_b", "token_embd_norm.bias", lambda D, F, V, P, T, O: [D]),
+    # a cross-encoder's head on the first token: out(tanh(cls(h)))
+    ("cls_w", "cls.weight", lambda D, F, V, P, T, O: [D, D]),
+    ("cls_b", "cls.bias", lambda D, F, V, P, T, O: [D]),
+    ("out_w", "cls.output.weight", lambda D, F, V, P, T, O: [D, O]),
+    ("out_b", "cls.output.bias", lambda D, F, V, P, T, O: [O]),
+)
+ENCODER_LAYER_TENSORS: tuple[tuple[str, str, EncShape], ...] = (
+    ("wq", "attn_q.weight", lambda D, F, V, P, T, O: [D, D]),
+    ("bq", "attn_q.bias", lambda D, F, V, P, T, O: [D]),
+    ("wk", "attn_k.weight", lambda D, F, V, P, T, O: [D, D]),
+    ("bk", "attn_k.bias", lambda D, F, V, P, T, O: [D]),
+    ("wv", "attn_v.weight", lambda D, F, V, P, T, O: [D, D]),
+    ("bv", "attn_v.bias", lambda D, F, V, P, T, O: [D]),
+    ("wqkv", "attn_qkv.weight", lambda D, F, V, P, T, O: [D, 3 * D]),
+    ("bqkv", "attn_qkv.bias", lambda D, F, V, P, T, O: [3 * D]),
+    ("wo", "attn_output.weight", lambda D, F, V, P, T, O: [D, D]),
+    ("bo", "attn_output.bias", lambda D, F, V, P, T, O: [D]),
+    ("ln1_w", "attn_output_norm.weight", lambda D, F, V, P, T, O: [D]),
+    ("ln1_b", "attn_output_norm.bias", lambda D, F, V, P, T, O: [D]),
+    ("up", "ffn_up.weight", lambda D, F, V, P, T, O: [D, F]),
+    ("b_up", "ffn_up.bias", lambda D, F, V, P, T, O: [F]),
+    ("gate", "ffn_gate.weight", lambda D, F, V, P, T, O: [D, F]),
+    ("down", "ffn_down.weight", lambda D, F, V, P, T, O: [F, D]),
+    ("b_down", "ffn_down.bias", lambda D, F, V, P, T, O: [D]),
+    ("ln2_w", "layer_output_norm.weight", lambda D, F, V, P, T, O: [D]),
+    ("ln2_b", "layer_output_norm.bias", lambda D, F, V, P, T, O: [D]),
+)
+
+
+def encoder_roles_required(fam: EncoderFamily) -> set[str]:
+    """The roles an encoder file of this family must hold (per layer: after
+    "blk.N."); the rest are optional (biases where a family may drop them,
+    the position or type tables, the classifier)."""
+    need = {"tok", "embd_norm_w", "embd_norm_b", "wo", "ln1_w", "ln1_b", "up", "down",
+            "ln2_w", "ln2_b"}
+    need |= {"wqkv"} if fam.fused_qkv else {"wq", "wk", "wv"}
+    if fam.swiglu:
+        need.add("gate")
+    if not fam.rotary:
+        need.add("pos")
+    return need

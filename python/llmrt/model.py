@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _core, jobs
+from . import jobs
 from .chat import CHATML_TEMPLATE, end_token_ids, render, with_reasoning
 from .engine import Engine
 from .gguf_loader import load_gguf
@@ -18,7 +18,7 @@ from .sampling import SamplingParams
 from .scheduler import Job, Scheduler
 from .structured import Grammars
 from .tokenizer import Tokenizer
-from .utils import default_model_path
+from .utils import check_device, default_model_path
 from .vision import PromptIds, split_images, vision_for
 
 
@@ -70,6 +70,12 @@ class Model:
     >>> m.generate("The capital of France is", max_new_tokens=8).text
     """
 
+    def __new__(cls, path: str | os.PathLike | None = None, *args: Any, **kwargs: Any) -> Any:
+        from .encoder import EncoderModel, is_encoder_file  # BERT, XLM-R, nomic-bert files
+        if cls is Model and path is not None and is_encoder_file(os.fspath(path)):
+            return EncoderModel(path, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu",
                  threads: int | None = None, context_length: int | None = None,
                  activations: str = "int8", kv_cache_tokens: int | None = None,
@@ -77,21 +83,7 @@ class Model:
                  kv_block_tokens: int = 32, prefix_caching: bool = True,
                  batch_invariant: bool = False, lora: Sequence[Any] | None = None,
                  mmproj: str | os.PathLike | bool | None = None):
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda":
-            info = _core.build_info()
-            if not info["cuda"]:
-                raise RuntimeError("this llmrt build has no CUDA backend (it was built without "
-                                   "a CUDA compiler); use device='cpu'")
-            if not info["cuda_devices"]:
-                raise RuntimeError("no CUDA device is available (no GPU or no driver); use "
-                                   "device='cpu'")
-        if activations not in ("int8", "f32", "f16"):
-            raise ValueError(f"activations must be 'int8', 'f32' or 'f16', got {activations!r}")
-        if activations == "f16" and device != "cuda":
-            raise ValueError("activations='f16' (tensor cores) needs device='cuda'; the CPU takes "
-                             "'int8' or 'f32'")
+        check_device(device, activations)
         if threads is None:
             from .utils import physical_cores
             threads = physical_cores()
@@ -224,15 +216,25 @@ class Model:
         from .scoring import prompt_logprobs
         return prompt_logprobs(self, ids, top, lora)
 
-    def embed(self, texts: str | Sequence[str] | Sequence[Sequence[int]], pooling: str = "mean",
-              normalize: bool = True, add_special: bool = True) -> np.ndarray:
-        """Embeddings of texts (or token id lists) from the model's final
-        normed hidden states: their mean over the tokens (pooling="mean") or
-        the last token's ("last"), L2-normalised unless normalize=False ->
-        float32 (len(texts), n_embd). The texts run as one batch of fresh
+    def embed(self, texts: str | Sequence[str] | Sequence[Sequence[int]],
+              pooling: str | None = None, normalize: bool = True,
+              add_special: bool = True) -> np.ndarray:
+        """Embeddings of texts (or token id lists) from the final normed
+        hidden states: mean, first or last token ("mean", "cls", "last"; by
+        default the file's pooling_type, else mean), L2-normalised unless
+        normalize=False -> float32 (len(texts), n_embd); one batch of fresh
         sequences between the steps of running generations."""
-        from .embedding import embed
-        return embed(self, texts, pooling, normalize, add_special)
+        from .embedding import embed, file_pooling
+        return embed(self, texts, pooling or file_pooling(self.metadata, self.arch), normalize,
+                     add_special)
+
+    def rerank(self, query: str, documents: Sequence[str], top_n: int | None = None,
+               return_documents: bool = False, instruction: str | None = None) -> list:
+        """Documents ranked by relevance to the query, best first, as
+        Qwen3-Reranker scores them: P("yes") after its judging prompt ->
+        [RerankResult(index, score, document)]."""
+        from .rerank import decoder_rerank
+        return decoder_rerank(self, query, documents, top_n, return_documents, instruction)
 
     def perplexity(self, text: str | Sequence[int], window: int = 512,
                    max_windows: int | None = None, progress: bool | None = None

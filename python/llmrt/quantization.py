@@ -149,9 +149,10 @@ def tensor_type(name: str, shape: tuple[int, ...], target: str, tied: bool) -> s
     rows that are not whole blocks of the type fall back to a type whose
     blocks fit (K types: Q4_1 for q4_k, Q8_0 for q6_k). Of a vision tower
     (mmproj), the patch kernel and positions stay float32 and gemma 3's
-    projection f16."""
+    projection f16; so do an encoder's position and token-type tables."""
     if len(shape) < 2 or name.endswith(("ffn_gate_inp.weight", ".bias")) or \
-            name in ("v.patch_embd.weight", "v.position_embd.weight"):  # a vision tower's input
+            name in ("v.patch_embd.weight", "v.position_embd.weight",  # a vision tower's input
+                     "position_embd.weight", "token_types.weight"):  # an encoder's (small) tables
         return "f32"
     if name == "mm.input_projection.weight":  # gemma 3's projector: f16, as llama.cpp keeps it
         return "f32" if target == "f32" else "f16"

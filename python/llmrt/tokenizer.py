@@ -5,6 +5,8 @@
   ``tokenizer.ggml.pre`` does.
 * ``tokenizer.ggml.model == "llama"``: SentencePiece (BPE with byte fallback)
   through ``sentencepiece``, from a model proto written from the vocabulary.
+* ``"bert"`` (WordPiece) and ``"t5"`` (SentencePiece unigram, XLM-RoBERTa):
+  encoder models' tokenizers, in tokenizer_encoder.py.
 
 Decoding goes through bytes: every token maps to the bytes it stands for, and
 an incremental UTF-8 decoder emits text only once a character is complete, so
@@ -73,6 +75,11 @@ def _byte_unicode_map() -> dict[int, str]:
     return table
 
 
+# tokenizer.ggml.model -> the class of a tokenizer kept in another module
+# (llmrt.tokenizer_encoder registers "bert" and "t5"; the package imports it)
+TOKENIZER_MODELS: dict[str, type] = {}
+
+
 class Tokenizer:
     """Text <-> token ids for one vocabulary, as a GGUF file describes it."""
 
@@ -123,8 +130,10 @@ class Tokenizer:
             return ByteLevelBPETokenizer(tokens, types, meta, path)
         if model == "llama":
             return SentencePieceTokenizer(tokens, types, meta, path)
+        if model in TOKENIZER_MODELS:
+            return TOKENIZER_MODELS[model](tokens, types, meta, path)
         raise UnsupportedModelError(
-            f"{path}: tokenizer type {model!r} is not supported (supported: gpt2, llama)")
+            f"{path}: tokenizer type {model!r} is not supported (supported: gpt2, llama, bert, t5)")
 
     # -- encoding ---------------------------------------------------------------------
     def encode(self, text: str, add_special: bool = True) -> list[int]:

@@ -46,3 +46,23 @@ def progress_bar(total: int, what: str, enabled: bool | None = None):
     from tqdm import tqdm
     return tqdm(total=total, desc=what, disable=None if enabled is None else not enabled,
                 unit_scale=True, leave=False, dynamic_ncols=True)
+
+
+def check_device(device: str, activations: str) -> None:
+    """ValueError / RuntimeError for a device or activations llmrt cannot run here."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        from . import _core
+        info = _core.build_info()
+        if not info["cuda"]:
+            raise RuntimeError("this llmrt build has no CUDA backend (it was built without "
+                               "a CUDA compiler); use device='cpu'")
+        if not info["cuda_devices"]:
+            raise RuntimeError("no CUDA device is available (no GPU or no driver); use "
+                               "device='cpu'")
+    if activations not in ("int8", "f32", "f16"):
+        raise ValueError(f"activations must be 'int8', 'f32' or 'f16', got {activations!r}")
+    if activations == "f16" and device != "cuda":
+        raise ValueError("activations='f16' (tensor cores) needs device='cuda'; the CPU takes "
+                         "'int8' or 'f32'")

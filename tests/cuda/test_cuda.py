@@ -575,3 +575,19 @@ def test_vision_tower_and_image_prompt_match_cpu(tmp_path, family):
     r = gpu.generate(f"{marker} The", images=[img], max_new_tokens=6, ignore_eos=True)
     assert r.token_ids == cpu.generate(f"{marker} The", images=[img], max_new_tokens=6,
                                        ignore_eos=True).token_ids
+
+
+@pytest.mark.parametrize("kind", ["bert_cls", "nomic"])
+def test_encoder_matches_cpu(tmp_path, kind):
+    # BERT (exact GELU, biases, a classifier) and nomic-bert (rotary
+    # positions outside a decoder's pass, SwiGLU): a ragged batch's hidden
+    # states on the GPU against the CPU's float path
+    from test_encoder import _seqs, build
+    out, ck, V = build(tmp_path, kind)
+    cpu = llmrt.Model(out, activations="f32")
+    gpu = llmrt.Model(out, device="cuda")
+    seqs = _seqs(V, kind, seed=3)
+    for a, b in zip(cpu.encoder.hidden_states(seqs), gpu.encoder.hidden_states(seqs)):
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max()
+    texts = ["the quick brown fox", "Café naïve résumé 12345"]
+    assert np.all(np.sum(cpu.embed(texts) * gpu.embed(texts), axis=1) >= 0.99999)
