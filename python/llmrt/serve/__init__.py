@@ -3,6 +3,9 @@ extra ``llmrt[server]``) and its scale-out on Ray Serve (``llmrt[ray]``).
 
     llmrt serve model.gguf --port 8000 [--api-key KEY] [--replicas N]
 
+An embedding or reranking model (a BERT / XLM-RoBERTa / nomic-bert GGUF)
+serves /v1/embeddings and /v1/rerank; its generation endpoints answer 400.
+
 In Python: ``create_app(model, ...)`` is the ASGI app over one Model;
 ``ray_app(path, ...)`` is a Ray Serve application of N replicas behind one
 endpoint, for ``serve.run`` on an existing Ray cluster.
@@ -63,6 +66,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the server then fetches any URL a client names, internal ones too")
     p.add_argument("--image-url-timeout", type=float, default=10.0,
                    help="seconds an image URL's fetch may take in all (default 10)")
+    p.add_argument("--max-inputs", type=int, default=2048,
+                   help="texts an embeddings request (of an encoder model) or documents a "
+                        "rerank request may hold (default 2048; beyond: 413)")
     p.add_argument("--log-level", default="warning")
 
 
@@ -87,11 +93,15 @@ def model_kwargs(a: Any) -> dict:
 
 def load(path: str | None, kv_cache_tokens: int | None = None, **kw: Any):
     """The server's Model: a KV cache of at least 32768 positions, so that
-    many requests run at once (memory is committed as it is used)."""
+    many requests run at once (memory is committed as it is used). An
+    encoder's file gives an EncoderModel (no KV cache)."""
+    from ..encoder import EncoderModel, is_encoder_file
     from ..gguf_loader import load_gguf
     from ..model import Model
     from ..utils import default_model_path
     path = path or default_model_path()
+    if is_encoder_file(path):
+        return EncoderModel(path, device=kw.get("device", "cpu"), threads=kw.get("threads"))
     if kv_cache_tokens is None:
         n_ctx = kw.get("context_length") or load_gguf(path).config["n_ctx_train"]
         kv_cache_tokens = max(n_ctx, 32768)
@@ -133,6 +143,10 @@ def main(a: Any) -> int:
     except ImportError:
         raise SystemExit(f"llmrt serve needs FastAPI and uvicorn: {SERVER_EXTRA}") from None
     model = load(a.model, a.kv_cache_tokens, **model_kwargs(a))
+    if lora and not hasattr(model, "load_lora"):
+        raise SystemExit(f"llmrt serve: {model!r} does not take LoRA adapters")
+    if a.max_inputs < 1:
+        raise SystemExit("llmrt serve: --max-inputs must be >= 1")
     for name, path in lora:
         model.load_lora(path, name=name)
     if a.max_body_bytes is None:
@@ -140,7 +154,8 @@ def main(a: Any) -> int:
     app = create_app(model, model_name=a.model_name, api_key=a.api_key,
                      max_batch_size=a.max_batch_size, max_queue=a.max_queue,
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
-                     public_metrics=a.public_metrics, images=image_limits(a))
+                     public_metrics=a.public_metrics, images=image_limits(a),
+                     max_inputs=a.max_inputs)
     print(f"llmrt serve: {model!r} on http://{a.host}:{a.port}/v1", flush=True)
     svc = app.state.service
 
@@ -148,8 +163,9 @@ def main(a: Any) -> int:
         def handle_exit(self, sig: int, frame: Any) -> None:
             # the first signal drains: requests in flight get shutdown_timeout
             # seconds, then a 503 each; uvicorn's own cut comes 5 s later
-            if not svc.draining and svc.runner.loop is not None:
-                svc.runner.loop.call_soon_threadsafe(svc.drain, a.shutdown_timeout)
+            loop = app.state.loop
+            if not svc.draining and loop is not None:
+                loop.call_soon_threadsafe(svc.drain, a.shutdown_timeout)
             super().handle_exit(sig, frame)
 
     Server(uvicorn.Config(app, host=a.host, port=a.port, log_level=a.log_level,

@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP app over one Model: FastAPI routes over a
-Service (service.py), the API key, the body size limit and OpenAI's error
-object for every failure."""
+Service (service.py; an EncoderService, encoding.py, over an embedding or
+reranking model), the API key, the body size limit and OpenAI's error object
+for every failure."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import messages as M
 from . import protocol as P
 from . import schema as S
+from .encoding import MAX_INPUTS, EncoderService
 from .service import Service
 
 if TYPE_CHECKING:
+    from ..encoder import EncoderModel
     from ..model import Model
 
 log = logging.getLogger("llmrt.serve")
@@ -30,7 +33,8 @@ log = logging.getLogger("llmrt.serve")
 
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models",
           "/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/tokenize",
-          "/detokenize", "/tokenizer_info", "/health", "/metrics")
+          "/detokenize", "/tokenizer_info", "/health", "/metrics", "/v1/rerank", "/rerank",
+          "/v2/rerank")
 
 
 def error_response(path: str, e: P.APIError) -> JSONResponse:
@@ -156,25 +160,41 @@ def respond(out: Any) -> Any:
     return StreamingResponse(out, media_type="text/event-stream")
 
 
-def create_app(model: "Model", model_name: str | None = None, api_key: str | None = None,
-               max_batch_size: int = 64, max_queue: int = 256,
+def make_service(model: "Model | EncoderModel", model_name: str | None = None,
+                 max_batch_size: int = 64, max_queue: int = 256, default_max_tokens: int = 512,
+                 images: Any = None, max_inputs: int = MAX_INPUTS) -> Service | EncoderService:
+    """A Service over a Model; an EncoderService over an EncoderModel."""
+    from ..encoder import EncoderModel
+    if isinstance(model, EncoderModel):
+        return EncoderService(model, model_name, max_batch_size, max_queue, max_inputs)
+    return Service(model, model_name, max_batch_size, max_queue, default_max_tokens, images)
+
+
+def create_app(model: "Model | EncoderModel", model_name: str | None = None,
+               api_key: str | None = None, max_batch_size: int = 64, max_queue: int = 256,
                max_body_bytes: int = 8 << 20, default_max_tokens: int = 512,
-               public_metrics: bool = False, images: Any = None) -> FastAPI:
+               public_metrics: bool = False, images: Any = None,
+               max_inputs: int = MAX_INPUTS) -> FastAPI:
     """The OpenAI API over `model`: /v1/models, /v1/completions,
-    /v1/chat/completions, /v1/embeddings, /tokenize, /detokenize, /health,
-    /metrics. images: the limits on images in requests (serve.images.Limits;
-    default: its defaults)."""
-    svc = Service(model, model_name, max_batch_size, max_queue, default_max_tokens, images)
+    /v1/chat/completions, /v1/embeddings, /v1/rerank, /tokenize, /detokenize,
+    /health, /metrics (an EncoderModel: embeddings and rerank; generation is
+    a 400). images: the limits on images in requests (serve.images.Limits;
+    default: its defaults); max_inputs: the texts an embeddings request of an
+    encoder, the documents a rerank request may hold (beyond: 413)."""
+    svc = make_service(model, model_name, max_batch_size, max_queue, default_max_tokens, images,
+                       max_inputs)
     metrics = svc.metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        svc.start(asyncio.get_running_loop())
+        app.state.loop = asyncio.get_running_loop()   # for a signal handler's drain
+        svc.start(app.state.loop)
         yield
         svc.stop()
 
     app = FastAPI(title="llmrt", lifespan=lifespan)
     app.state.service = svc
+    app.state.loop = None
 
     def count(path: str, status: int) -> None:
         metrics.requests.labels(path, str(status)).inc()
@@ -222,6 +242,9 @@ def create_app(model: "Model", model_name: str | None = None, api_key: str | Non
 POSTS = {"/v1/completions": ("completions", True, True),
          "/v1/chat/completions": ("chat", True, True),
          "/v1/embeddings": ("embeddings", True, False),
+         "/v1/rerank": ("rerank", True, False),
+         "/rerank": ("rerank", True, False),     # vLLM's and llama.cpp's other paths
+         "/v2/rerank": ("rerank", True, False),
          "/v1/responses": ("responses", True, True),
          "/v1/messages": ("messages", True, True),
          "/v1/messages/count_tokens": ("count_tokens", False, False),
@@ -229,7 +252,7 @@ POSTS = {"/v1/completions": ("completions", True, True),
          "/detokenize": ("detokenize", False, False)}
 
 
-def _post_route(app: FastAPI, svc: Service, path: str, method: str, is_async: bool,
+def _post_route(app: FastAPI, svc: Service | EncoderService, path: str, method: str, is_async: bool,
                 watches: bool, body_of: Any, ok: Any) -> None:
     fn = getattr(svc, method)
 

@@ -1,21 +1,23 @@
 """Prometheus metrics of a server: request and token counters, latency
 histograms, and the engine's state read at each scrape (queue, running
-requests, KV blocks, prefix-cache hit rate, images encoded)."""
+requests, KV blocks, prefix-cache hit rate, images encoded; an encoder model,
+which has no engine, only the counters)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
+    from ..encoder import EncoderModel
     from ..model import Model
 
 
 class Metrics:
-    def __init__(self, model: "Model"):
+    def __init__(self, model: "Model | EncoderModel"):
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("llmrt_requests", "HTTP requests by endpoint and status",
@@ -32,7 +34,8 @@ class Metrics:
                               "Time per generated token after the first",
                               buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1),
                               registry=r)
-        r.register(_EngineCollector(model))
+        if getattr(model, "scheduler", None) is not None:  # an encoder model has no engine
+            r.register(_EngineCollector(cast("Model", model)))
 
     def finished(self, results: list) -> None:
         """A generation request's results (one per choice)."""

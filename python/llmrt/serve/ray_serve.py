@@ -99,11 +99,11 @@ class Replica:
     def __init__(self, path: str, model_kwargs: dict, service_kwargs: dict,
                  lora: Sequence[tuple[str, str]] = ()):
         from . import load
-        from .service import Service
+        from .app import make_service
         model = load(path, **model_kwargs)
         for name, p in lora:
             model.load_lora(p, name=name)
-        self.service = Service(model, **service_kwargs)
+        self.service = make_service(model, **service_kwargs)
         self.started = False
 
     def _start(self) -> None:
@@ -123,6 +123,8 @@ class Replica:
                 out = await svc.chat(body)
             elif endpoint == "embeddings":
                 out = await svc.embeddings(body)
+            elif endpoint == "rerank":
+                out = await svc.rerank(body)
             elif endpoint == "responses":
                 out = await svc.responses(body)
             elif endpoint == "messages":
@@ -191,7 +193,8 @@ def ray_app(path: Optional[str] = None, replicas: int = 2, model_name: Optional[
 ENDPOINTS = {"/v1/completions": "completions", "/v1/chat/completions": "chat",
              "/v1/embeddings": "embeddings", "/v1/responses": "responses",
              "/v1/messages": "messages", "/v1/messages/count_tokens": "count_tokens",
-             "/tokenize": "tokenize", "/detokenize": "detokenize"}
+             "/tokenize": "tokenize", "/detokenize": "detokenize", "/v1/rerank": "rerank",
+             "/rerank": "rerank", "/v2/rerank": "rerank"}
 
 
 def _ingress(names: list[str], api_key: Optional[str], max_body_bytes: int,

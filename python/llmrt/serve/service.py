@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from starlette.concurrency import run_in_threadpool
 
 from .. import tool_use as T
+from . import encoding as E
 from . import images as I
 from . import messages as M
 from . import protocol as P
@@ -468,7 +469,10 @@ class Service:
             raise P.bad("tokens", f"tokens must be an array of token ids in [0, {V})")
         return {"prompt": self.model.detokenize(ids)}
 
-    # ---- embeddings ----
+    # ---- embeddings, rerank (400 unless the model has a rerank) ----
+    async def rerank(self, body: dict) -> dict:
+        return await E.rerank(self, body)
+
     async def embeddings(self, body: dict) -> dict:
         unknown = [k for k in body if k not in ("input", "model", "encoding_format",
                                                 "dimensions", "user")]
