@@ -247,3 +247,12 @@ def test_matches_sentence_transformers(tmp_path):
     got = llmrt.Model(out, threads=2, activations="f32").embed(texts)
     assert np.all(np.sum(got * ref, axis=1) >= 0.9999)
     assert os.path.exists(out)
+
+
+def test_cli_says_an_encoder_does_not_generate(tmp_path, capsys):
+    from llmrt.cli import main
+    out, _, _ = build(tmp_path, "bert")
+    assert main(["generate", "hello", "--model", out]) == 2
+    assert "is an encoder (bert)" in capsys.readouterr().err
+    assert main(["info", "--model", out]) == 0
+    assert "EncoderModel" in capsys.readouterr().out

@@ -125,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             from .serve import main as serve_main
             return serve_main(a)
         model = _load(a)
+        if hasattr(model, "encoder"):  # an EncoderModel: embeds and reranks
+            raise ValueError(f"{a.model} is an encoder ({model.arch}): it embeds and reranks "
+                             f"(llmrt serve answers /v1/embeddings, /v1/rerank); it does not "
+                             f"{a.cmd}")
         if a.cmd == "generate":
             return _generate(model, a)
         return _chat(model, a)
