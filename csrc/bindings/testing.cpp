@@ -127,7 +127,36 @@ py::array_t<float> gated(const std::string& act, F32 gate, F32 up, const std::st
   return out;
 }
 
+// One ISA's row kernels: "gelu_erf" (x, in place), "layernorm" (each row of
+// a 2-D x with w, b, eps) or "max" (each row's max, shape (rows,)).
+py::array_t<float> row_kernel(const std::string& op, F32 x, const std::string& isa,
+                              std::optional<F32> w, std::optional<F32> b, float eps) {
+  const cpu::Kernels& kern = kernels_named(isa);
+  if (x.ndim() != 2) throw py::value_error("x must be 2-D");
+  const int64_t rows = x.shape(0), dim = x.shape(1);
+  if (op == "gelu_erf") {
+    py::array_t<float> out({rows, dim});
+    std::memcpy(out.mutable_data(), x.data(), sizeof(float) * (size_t)(rows * dim));
+    kern.gelu_erf(out.mutable_data(), rows * dim);
+    return out;
+  }
+  if (op == "max") {
+    py::array_t<float> out(rows);
+    for (int64_t r = 0; r < rows; ++r) out.mutable_data()[r] = kern.max_f32(x.data() + r * dim, dim);
+    return out;
+  }
+  if (op != "layernorm") throw py::value_error("op must be 'gelu_erf', 'layernorm' or 'max'");
+  if (!w || !b || w->size() != dim || b->size() != dim)
+    throw py::value_error("layernorm needs w and b of x's width");
+  py::array_t<float> out({rows, dim});
+  for (int64_t r = 0; r < rows; ++r)
+    kern.layernorm(x.data() + r * dim, w->data(), b->data(), dim, eps, out.mutable_data() + r * dim);
+  return out;
+}
+
 void bind_testing(py::module_& m) {
+  m.def("row_kernel", &row_kernel, py::arg("op"), py::arg("x"), py::arg("isa") = "",
+        py::arg("w") = py::none(), py::arg("b") = py::none(), py::arg("eps") = 1e-5f);
   m.def("gated", &gated, py::arg("act"), py::arg("gate"), py::arg("up"), py::arg("isa") = "");
   m.def("attention_paged", &attention_paged, py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("block_tokens") = 32, py::arg("kv_type") = "f32", py::arg("isa") = "",

@@ -203,6 +203,19 @@ class Backend {
   }
   // y (n, dim) += bias (dim,)
   virtual void add_bias(float* y, const float* bias, int n, int dim) = 0;
+  // x = LayerNorm(x + (t + bias)) row by row (an encoder's residual; bias,
+  // host memory, may be null; t may be changed). One pass where fused.
+  virtual void add_layernorm(float* x, float* t, const float* bias, const float* weight,
+                             const float* ln_bias, int n, int dim, float eps) {
+    if (bias) add_bias(t, bias, n, dim);
+    add(x, t, (size_t)n * dim);
+    layernorm(x, weight, ln_bias, n, dim, eps, x);
+  }
+  // x = gelu_erf(x + bias) row by row (bias may be null).
+  virtual void bias_gelu_erf(float* x, const float* bias, int n, int dim) {
+    if (bias) add_bias(x, bias, n, dim);
+    gelu_erf(x, (size_t)n * dim);
+  }
   // y += x, count elements.
   virtual void add(float* y, const float* x, size_t count) = 0;
   // dst row i = src row rows[i], i < count (rows: host memory).

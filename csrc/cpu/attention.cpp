@@ -328,21 +328,31 @@ void attention(ThreadPool& pool, const Kernels& k, const KVCache& cache, const A
   merge_decode_partials(pool, c, count);
 }
 
-// ---- bidirectional attention without a cache (vision encoders) ----
+// ---- bidirectional attention without a cache (encoders, vision towers) ----
 //
 // Per (sequence, head): its keys (T, hd) and values transposed (hd, T) are
-// gathered contiguous once; then each task, a tile of query rows, forms its
-// scores (rows, T) with the float GEMM kernel, exponentiates them against
-// each row's max and multiplies by the values with the same kernel. The
-// whole row of scores fits: T is an image's patches (a few thousand).
+// gathered once as the float product's panels (Kernels::pack_f32's layout:
+// keys 16 to a panel, element (d, i) of panel p the key 16 p + i's d; values
+// 16 dimensions to a panel, element (t, i) token t's dimension 16 p + i);
+// then each task, a tile of query rows, forms its scores (rows, T) with the
+// panel product, exponentiates them against each row's max and multiplies
+// by the values with the same product. The whole row of scores fits: T is a
+// text's tokens or an image's patches (a few thousand).
 void attention_ragged(ThreadPool& pool, const Kernels& k, const float* q, const float* kx,
                       const float* v, const int32_t* starts, int n_seq, int n_heads, int hd,
                       float scale, float* out) {
   constexpr int kTile = 32;  // query rows of a task
   const int64_t ld = (int64_t)n_heads * hd, heads = (int64_t)n_seq * n_heads;
-  // (sequence, head) pairs' keys (T, hd) and values transposed (hd, T), end
-  // to end: sequence s's heads start at starts[s] * ld
-  std::vector<float> keys((size_t)starts[n_seq] * ld), vals((size_t)starts[n_seq] * ld);
+  auto up = [](int64_t a) { return (a + kPanel - 1) / kPanel * kPanel; };
+  // (sequence, head) pairs' panels, end to end, each pair's keys T' hd and
+  // values hd' T floats (T', hd': T, hd up to whole panels)
+  std::vector<int64_t> kbase((size_t)heads + 1, 0), vbase((size_t)heads + 1, 0);
+  for (int64_t sh = 0; sh < heads; ++sh) {
+    const int64_t T = starts[sh / n_heads + 1] - starts[sh / n_heads];
+    kbase[(size_t)sh + 1] = kbase[(size_t)sh] + up(T) * hd;
+    vbase[(size_t)sh + 1] = vbase[(size_t)sh] + up(hd) * T;
+  }
+  std::vector<float> keys((size_t)kbase[(size_t)heads]), vals((size_t)vbase[(size_t)heads]);
   struct Task {
     int s, h, t0;
   };
@@ -353,13 +363,13 @@ void attention_ragged(ThreadPool& pool, const Kernels& k, const float* q, const 
   pool.parallel_for(heads, 1, [&](int64_t b, int64_t e) {
     for (int64_t sh = b; sh < e; ++sh) {
       const int s = (int)(sh / n_heads), h = (int)(sh % n_heads), T = starts[s + 1] - starts[s];
-      const size_t base = (size_t)starts[s] * ld + (size_t)h * T * hd;
-      float* kd = keys.data() + base;
-      float* vd = vals.data() + base;
+      const float* ks = kx + (size_t)starts[s] * ld + (size_t)h * hd;
+      k.pack_f32(ks, T, hd, ld, keys.data() + kbase[(size_t)sh]);
+      float* vd = vals.data() + vbase[(size_t)sh];
+      std::fill(vd, vd + up(hd) * T, 0.f);
       for (int t = 0; t < T; ++t) {
-        const size_t src = (size_t)(starts[s] + t) * ld + (size_t)h * hd;
-        std::copy(kx + src, kx + src + hd, kd + (size_t)t * hd);
-        for (int d = 0; d < hd; ++d) vd[(size_t)d * T + t] = v[src + d];
+        const float* src = v + (size_t)(starts[s] + t) * ld + (size_t)h * hd;
+        for (int d = 0; d < hd; ++d) vd[(d / kPanel) * kPanel * T + t * kPanel + d % kPanel] = src[d];
       }
     }
   });
@@ -370,22 +380,21 @@ void attention_ragged(ThreadPool& pool, const Kernels& k, const float* q, const 
     for (int64_t task = b; task < e; ++task) {
       const Task tk = tasks[(size_t)task];
       const int T = starts[tk.s + 1] - starts[tk.s], t0 = tk.t0, m = std::min(kTile, T - t0);
-      const size_t base = (size_t)starts[tk.s] * ld + (size_t)tk.h * T * hd;
+      const size_t sh = (size_t)tk.s * n_heads + tk.h;
       if (sc.size() < (size_t)kTile * T) sc.resize((size_t)kTile * T);
       for (int i = 0; i < m; ++i) {  // the tile's queries, scaled
         const float* src = q + (size_t)(starts[tk.s] + t0 + i) * ld + (size_t)tk.h * hd;
         for (int d = 0; d < hd; ++d) qs[(size_t)i * hd + d] = src[d] * scale;
       }
       // scores (m, T) = q K^T
-      k.gemm_f32(keys.data() + base, T, hd, qs.data(), m, sc.data(), T);
+      k.gemm_f32p(keys.data() + kbase[sh], T, hd, qs.data(), hd, m, sc.data(), T);
       float inv[kTile];
       for (int i = 0; i < m; ++i) {
         float* row = sc.data() + (size_t)i * T;
-        const float mx = *std::max_element(row, row + T);
-        inv[i] = 1.f / k.exp_sum(row, mx, T);
+        inv[i] = 1.f / k.exp_sum(row, k.max_f32(row, T), T);
       }
       // out (m, hd) = P V
-      k.gemm_f32(vals.data() + base, hd, T, sc.data(), m, o.data(), hd);
+      k.gemm_f32p(vals.data() + vbase[sh], hd, T, sc.data(), T, m, o.data(), hd);
       for (int i = 0; i < m; ++i) {
         float* dst = out + (size_t)(starts[tk.s] + t0 + i) * ld + (size_t)tk.h * hd;
         for (int d = 0; d < hd; ++d) dst[d] = o[(size_t)i * hd + d] * inv[i];

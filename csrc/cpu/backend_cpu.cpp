@@ -116,13 +116,20 @@ class CpuBackend final : public Backend {
   void rmsnorm(const float* x, const float* w, int n, int dim, float eps, float* y) override {
     cpu::rmsnorm(pool_, k_, x, w, n, dim, eps, y);
   }
-  void add_bias(float* y, const float* b, int n, int dim) override { cpu::add_bias(y, b, n, dim); }
+  void add_bias(float* y, const float* b, int n, int dim) override { cpu::add_bias(pool_, y, b, n, dim); }
+  void add_layernorm(float* x, float* t, const float* bias, const float* w, const float* b, int n,
+                     int dim, float eps) override {
+    cpu::add_layernorm(pool_, k_, x, t, bias, w, b, n, dim, eps);
+  }
+  void bias_gelu_erf(float* x, const float* bias, int n, int dim) override {
+    cpu::bias_gelu_erf(pool_, k_, x, bias, n, dim);
+  }
   void layernorm(const float* x, const float* w, const float* b, int n, int dim, float eps,
                  float* y) override {
-    cpu::layernorm(pool_, x, w, b, n, dim, eps, y);
+    cpu::layernorm(pool_, k_, x, w, b, n, dim, eps, y);
   }
   void gelu(float* x, size_t count) override { cpu::gelu(pool_, k_, x, count); }
-  void gelu_erf(float* x, size_t count) override { cpu::gelu_erf(pool_, x, count); }
+  void gelu_erf(float* x, size_t count) override { cpu::gelu_erf(pool_, k_, x, count); }
   void attention_dense(const float* q, const float* k, const float* v, int n_seq, int T,
                        int n_heads, int hd, float scale, float* out) override {
     cpu::attention_dense(pool_, k_, q, k, v, n_seq, T, n_heads, hd, scale, out);
@@ -131,7 +138,7 @@ class CpuBackend final : public Backend {
                         int n_seq, int n_heads, int hd, float scale, float* out) override {
     cpu::attention_ragged(pool_, k_, q, k, v, starts, n_seq, n_heads, hd, scale, out);
   }
-  void add(float* y, const float* x, size_t count) override { cpu::add(y, x, count); }
+  void add(float* y, const float* x, size_t count) override { cpu::add(pool_, y, x, count); }
   void gather_rows(float* dst, const float* src, const int32_t* rows, int count,
                    int dim) override {
     for (int i = 0; i < count; ++i)

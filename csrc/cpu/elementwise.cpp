@@ -19,21 +19,10 @@ void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w,
   });
 }
 
-void layernorm(ThreadPool& pool, const float* x, const float* w, const float* b, int n, int dim,
-               float eps, float* y) {
+void layernorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w, const float* b,
+               int n, int dim, float eps, float* y) {
   pool.parallel_for(n, 16, [&](int64_t lo, int64_t hi) {
-    for (int64_t t = lo; t < hi; ++t) {
-      const float* xt = x + t * dim;
-      // mean, then the variance about it (two passes: no cancellation)
-      double sum = 0;
-      for (int i = 0; i < dim; ++i) sum += xt[i];
-      const float mean = (float)(sum / dim);
-      double var = 0;
-      for (int i = 0; i < dim; ++i) var += (double)(xt[i] - mean) * (xt[i] - mean);
-      const float inv = (float)(1.0 / std::sqrt(var / dim + eps));
-      float* yt = y + t * dim;
-      for (int i = 0; i < dim; ++i) yt[i] = (xt[i] - mean) * inv * w[i] + b[i];
-    }
+    for (int64_t t = lo; t < hi; ++t) k.layernorm(x + t * dim, w, b, dim, eps, y + t * dim);
   });
 }
 
@@ -45,19 +34,48 @@ void gelu(ThreadPool& pool, const Kernels& k, float* x, size_t count) {
   });
 }
 
-void gelu_erf(ThreadPool& pool, float* x, size_t count) {
-  pool.parallel_for((int64_t)count, 8192, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) x[i] = 0.5f * x[i] * (1.f + std::erf(x[i] * 0.70710678118f));
+void gelu_erf(ThreadPool& pool, const Kernels& k, float* x, size_t count) {
+  pool.parallel_for((int64_t)count, 8192, [&](int64_t b, int64_t e) { k.gelu_erf(x + b, e - b); });
+}
+
+void add_bias(ThreadPool& pool, float* y, const float* bias, int n, int dim) {
+  pool.parallel_for(n, 64, [&](int64_t lo, int64_t hi) {
+    for (int64_t t = lo; t < hi; ++t)
+      for (int i = 0; i < dim; ++i) y[t * dim + i] += bias[i];
   });
 }
 
-void add_bias(float* y, const float* bias, int n, int dim) {
-  for (int t = 0; t < n; ++t)
-    for (int i = 0; i < dim; ++i) y[(size_t)t * dim + i] += bias[i];
+void add(ThreadPool& pool, float* y, const float* x, size_t count) {
+  pool.parallel_for((int64_t)count, 1 << 14, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) y[i] += x[i];
+  });
 }
 
-void add(float* y, const float* x, size_t count) {
-  for (size_t i = 0; i < count; ++i) y[i] += x[i];
+void add_layernorm(ThreadPool& pool, const Kernels& k, float* x, const float* t, const float* bias,
+                   const float* w, const float* b, int n, int dim, float eps) {
+  pool.parallel_for(n, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      float* xr = x + r * dim;
+      const float* tr = t + r * dim;
+      if (bias) {
+        for (int i = 0; i < dim; ++i) xr[i] += tr[i] + bias[i];
+      } else {
+        for (int i = 0; i < dim; ++i) xr[i] += tr[i];
+      }
+      k.layernorm(xr, w, b, dim, eps, xr);
+    }
+  });
+}
+
+void bias_gelu_erf(ThreadPool& pool, const Kernels& k, float* x, const float* bias, int n, int dim) {
+  pool.parallel_for(n, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      float* xr = x + r * dim;
+      if (bias)
+        for (int i = 0; i < dim; ++i) xr[i] += bias[i];
+      k.gelu_erf(xr, dim);
+    }
+  });
 }
 
 void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count) {

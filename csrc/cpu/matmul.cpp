@@ -43,7 +43,7 @@ void rows_int8(const Kernels& k, const WeightView& w, const QActs& x, int n, flo
   k.gemm_q[(int)w.type](w.row(r0), w.row_stride(), r1 - r0, x, n, y + r0, w.rows);
 }
 
-// The float product's cache blocks: a block of widened weight rows and one
+// The float product's cache blocks: a block of packed weight rows and one
 // of tokens, each about this many floats (256 KB; an L2 holds both).
 constexpr int64_t kBlockFloats = 65536;
 
@@ -55,25 +55,36 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
     for (int64_t r = r0; r < r1; ++r) y[r] = dot(w.row(r), x, cols);
     return;
   }
-  // Weight rows are widened to float a block at a time and kept in cache
-  // while the tokens pass by in blocks that stay in cache too (every token
-  // streamed for every few rows ran from memory once the tokens outgrew the
-  // cache: half the speed at 4096 tokens); inside, a register-tiled product
-  // of 4 rows by 3 tokens. Each (row, token) sum is one dot product over cols
-  // in the kernel's own order: the same alone or among others.
-  const int64_t row_block = std::clamp<int64_t>((kBlockFloats / cols) & ~int64_t{3}, 4, 64);
-  const int64_t tok_block = std::max<int64_t>(6, (kBlockFloats / 2 / cols) / 3 * 3);
+  // Weight rows are widened to float and packed (Kernels::pack_f32) a block
+  // at a time and kept in cache while the tokens pass by in blocks that stay
+  // in cache too (every token streamed for every few rows ran from memory
+  // once the tokens outgrew the cache: half the speed at 4096 tokens). Each
+  // (row, token) sum runs over cols in the kernel's own order: the same alone
+  // or among others.
+  const int64_t row_block =
+      std::clamp<int64_t>((kBlockFloats / cols) & ~(kPanel - 1), 4 * kPanel, 8 * kPanel);
+  const int64_t tok_block = std::max<int64_t>(32, (kBlockFloats / 2 / cols) / 8 * 8);
+  const bool f32 = w.type == DType::F32;
   DequantFn dq = k.dequant[(int)w.type];
-  thread_local std::vector<float> buf;
-  buf.resize((size_t)(row_block * cols));
+  thread_local std::vector<float> wide, panels;
+  wide.resize((size_t)(kPanel * cols));
+  panels.resize((size_t)(row_block * cols));
   for (int64_t g0 = r0; g0 < r1; g0 += row_block) {
     const int64_t nr = std::min<int64_t>(row_block, r1 - g0);
-    for (int64_t i = 0; i < nr; ++i) dq(w.row(g0 + i), buf.data() + i * cols, cols);
+    for (int64_t p = 0; p * kPanel < nr; ++p) {
+      const int64_t first = g0 + p * kPanel, count = std::min<int64_t>(kPanel, nr - p * kPanel);
+      float* dst = panels.data() + p * kPanel * cols;
+      if (f32) {
+        k.pack_f32(reinterpret_cast<const float*>(w.row(first)), count, cols,
+                   (int64_t)(w.row_stride() / sizeof(float)), dst);
+        continue;
+      }
+      for (int64_t i = 0; i < count; ++i) dq(w.row(first + i), wide.data() + i * cols, cols);
+      k.pack_f32(wide.data(), count, cols, cols, dst);
+    }
     for (int64_t t0 = 0; t0 < n; t0 += tok_block) {
       const int64_t nt = std::min<int64_t>(tok_block, n - t0);
-      for (int64_t g = 0; g < nr; g += 4)
-        k.gemm_f32(buf.data() + g * cols, std::min<int64_t>(4, nr - g), cols, x + t0 * cols, nt,
-                   y + t0 * rows + g0 + g, rows);
+      k.gemm_f32p(panels.data(), nr, cols, x + t0 * cols, cols, nt, y + t0 * rows + g0, rows);
     }
   }
 }

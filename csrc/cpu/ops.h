@@ -99,15 +99,21 @@ void attention_dense(ThreadPool& pool, const Kernels& k, const float* q, const f
                      float* out);
 
 // ---- elementwise.cpp ----
-void layernorm(ThreadPool& pool, const float* x, const float* w, const float* b, int n, int dim,
+void layernorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w, const float* b, int n, int dim,
                float eps, float* y);
 void gelu(ThreadPool& pool, const Kernels& k, float* x, size_t count);
 // x Phi(x), the exact GELU (std::erf; BERT's activation).
-void gelu_erf(ThreadPool& pool, float* x, size_t count);
+void gelu_erf(ThreadPool& pool, const Kernels& k, float* x, size_t count);
 void rmsnorm(ThreadPool& pool, const Kernels& k, const float* x, const float* w, int n, int dim,
              float eps, float* y);
-void add_bias(float* y, const float* bias, int n, int dim);
-void add(float* y, const float* x, size_t count);
+void add_bias(ThreadPool& pool, float* y, const float* bias, int n, int dim);
+void add(ThreadPool& pool, float* y, const float* x, size_t count);
+// x = LayerNorm(x + (t + bias)) and x = gelu_erf(x + bias), a row at a time
+// (bias may be null): the results of add_bias, add and layernorm / gelu_erf
+// in turn, in one pass over memory.
+void add_layernorm(ThreadPool& pool, const Kernels& k, float* x, const float* t, const float* bias,
+                   const float* w, const float* b, int n, int dim, float eps);
+void bias_gelu_erf(ThreadPool& pool, const Kernels& k, float* x, const float* bias, int n, int dim);
 void swiglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count);
 void geglu(ThreadPool& pool, const Kernels& k, float* gate, const float* up, size_t count);
 void swiglu_clamped(ThreadPool& pool, float* gate, const float* up, size_t count, float alpha,

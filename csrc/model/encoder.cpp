@@ -200,9 +200,7 @@ void Encoder::encode(const float* x0, const int32_t* pos, const int32_t* starts,
       }
       be.attention_ragged(q_, k_, v_, local.data(), s1 - s0, c.n_head, hd, scale, att_);
       be.matmul(L.wo, att_, n, t_);
-      if (L.bo) be.add_bias(t_, L.bo, n, D);
-      be.add(x_, t_, (size_t)n * D);
-      be.layernorm(x_, L.ln1_w, L.ln1_b, n, D, eps, x_);
+      be.add_layernorm(x_, t_, L.bo, L.ln1_w, L.ln1_b, n, D, eps);
       // x = LN2(x + down(act(up(x))))
       if (c.swiglu) {
         const MatmulJob gu[2] = {{&L.w_gate, gate_}, {&L.w_up, ff_}};
@@ -211,13 +209,10 @@ void Encoder::encode(const float* x0, const int32_t* pos, const int32_t* starts,
         be.matmul(L.w_down, gate_, n, t_);
       } else {
         be.matmul(L.w_up, x_, n, ff_);
-        if (L.b_up) be.add_bias(ff_, L.b_up, n, F);
-        be.gelu_erf(ff_, (size_t)n * F);
+        be.bias_gelu_erf(ff_, L.b_up, n, F);
         be.matmul(L.w_down, ff_, n, t_);
       }
-      if (L.b_down) be.add_bias(t_, L.b_down, n, D);
-      be.add(x_, t_, (size_t)n * D);
-      be.layernorm(x_, L.ln2_w, L.ln2_b, n, D, eps, x_);
+      be.add_layernorm(x_, t_, L.b_down, L.ln2_w, L.ln2_b, n, D, eps);
     }
     be.download(out + (size_t)r0 * D, x_, (size_t)n * D);
     s0 = s1;

@@ -164,6 +164,11 @@ class _Testing:
     def gated(act: str, gate: npt.NDArray[np.float32], up: npt.NDArray[np.float32],
               isa: str = "") -> npt.NDArray[np.float32]: ...
     @staticmethod
+    def row_kernel(op: str, x: npt.NDArray[np.float32], isa: str = "",
+                   w: npt.NDArray[np.float32] | None = None,
+                   b: npt.NDArray[np.float32] | None = None,
+                   eps: float = 1e-5) -> npt.NDArray[np.float32]: ...
+    @staticmethod
     def thread_pool_check(threads: int, regions: int, max_tasks: int = 40,
                           pause_every: int = 0) -> int: ...
 

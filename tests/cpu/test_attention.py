@@ -161,6 +161,43 @@ def test_gated_activations(isa, act, n):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [1, 7, 16, 17, 100, 1027])
+def test_gelu_erf(isa, n):
+    # GELU's exact form (BERT's): erf computed in the vector kernels through
+    # erfc, so the far negative tail keeps its relative accuracy too
+    import math
+    rng = np.random.default_rng(n)
+    x = (3 * rng.standard_normal(n)).astype(np.float32)
+    x[: min(n, 6)] = [-12.0, -5.5, -0.0, 0.0, 5.5, 40.0][: min(n, 6)]
+    ref = np.array([0.5 * v * math.erfc(-v / math.sqrt(2)) for v in x.astype(np.float64)])
+    got = _core.testing.row_kernel("gelu_erf", x[None], isa)[0]
+    # a few ulps, and in the negative tail the float32 rounding of x (and of
+    # x^2 inside exp(-x^2 / 2)) alone moves the result by ~x^2 ulps
+    tol = (1e-6 + 2e-7 * x.astype(np.float64) ** 2) * np.abs(ref) + 1e-37
+    assert np.all(np.abs(got - ref) <= tol), np.abs(got - ref).max()
+    # an element's result does not depend on where the call's range starts
+    for lo in (1, 5, 9):
+        assert np.array_equal(_core.testing.row_kernel("gelu_erf", x[None, lo:], isa)[0], got[lo:])
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dim", [1, 7, 16, 33, 384, 1000])
+def test_layernorm_and_max_rows(isa, dim):
+    rng = np.random.default_rng(dim)
+    x = (rng.standard_normal((5, dim)) * [[1], [1e-3], [50], [1], [1]] + [[0], [0], [0], [300], [0]]).astype(np.float32)
+    x[4] = -np.inf if dim == 1 else x[4]
+    x = x[:4] if dim == 1 else x
+    w = rng.standard_normal(dim).astype(np.float32)
+    b = rng.standard_normal(dim).astype(np.float32)
+    got = _core.testing.row_kernel("layernorm", x, isa, w, b, 1e-5)
+    xd = x.astype(np.float64)
+    mean = xd.mean(-1, keepdims=True)
+    ref = (xd - mean) / np.sqrt(((xd - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * w + b
+    assert np.abs(got - ref).max() <= 2e-5 * (np.abs(w).max() * 4 + np.abs(b).max())
+    assert np.array_equal(_core.testing.row_kernel("max", x, isa), x.max(-1))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("n,T", [(1, 1), (1, 17), (1, 300), (5, 5), (20, 300)])
 @pytest.mark.parametrize("window", [0, 7])
 def test_sinks(isa, n, T, window):

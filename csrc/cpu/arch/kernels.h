@@ -66,6 +66,9 @@ struct AttnBlock {
   float* l_out = nullptr;
 };
 
+// Rows a panel of the packed float weights holds (Kernels::pack_f32).
+constexpr int64_t kPanel = 16;
+
 struct Kernels {
   const char* name;
   // sum_i W[i] * x[i] over one quantized row of n elements.
@@ -91,11 +94,24 @@ struct Kernels {
   float (*exp_sum)(float* x, float m, int64_t n);
   // sum_i a[i] * b[i]
   float (*dot_f32)(const float* a, const float* b, int64_t n);
-  // y[t * ys + r] = w_r . x_t for nr float rows w (stride cols) and n tokens x
-  // (stride cols), register-tiled; a (row, token)'s sum runs in the same
-  // order whatever the tile shape.
+  // Float products. pack_f32: nr float rows w (stride ws) -> panels of
+  // kPanel rows, element (k, i) of panel p at p * cols * kPanel + k * kPanel
+  // + i, the rows past nr zero. gemm_f32p: y[t * ys + r] = w_r . x_t for
+  // the packed rows and n tokens x (stride xs); each (row, token) sum runs
+  // over k in order: the same whatever the tile, thread count or batch.
+  // gemm_f32: the same for row-major w (stride cols), packed on the way.
+  void (*pack_f32)(const float* w, int64_t nr, int64_t cols, int64_t ws, float* panels);
+  void (*gemm_f32p)(const float* panels, int64_t nr, int64_t cols, const float* x, int64_t xs,
+                    int64_t n, float* y, int64_t ys);
   void (*gemm_f32)(const float* w, int64_t nr, int64_t cols, const float* x, int64_t n,
                    float* y, int64_t ys);
+  // x[i] = x[i] (1 + erf(x[i] / sqrt 2)) / 2, GELU's exact form
+  void (*gelu_erf)(float* x, int64_t n);
+  // one row: y = (x - mean) / sqrt(var + eps) * w + b (y may be x)
+  void (*layernorm)(const float* x, const float* w, const float* b, int64_t dim, float eps,
+                    float* y);
+  // max_i x[i] (-inf for n == 0)
+  float (*max_f32)(const float* x, int64_t n);
   // y[i] += a * x[i]
   void (*axpy)(float a, const float* x, float* y, int64_t n);
   // y[i] *= a
