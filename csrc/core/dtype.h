@@ -38,9 +38,12 @@ enum class DType : uint32_t {
   Q4_0R = 40,
   Q4_1R = 41,
   // Q8_0 regrouped: [8 fp16 d][256 bytes] per 8 blocks, then the remaining
-  // blocks as stored ([d][32 int8] each); same size as the source. The 256
-  // bytes of a group are interleaved as the Q4 groups' (byte 32m + 4b + i:
-  // element 4m + i of block b, m < 8) and biased to unsigned (q + 128).
+  // blocks in pairs [d0 d1][64 bytes], an odd last block as stored ([d][32
+  // int8]); same size as the source. The 256 bytes of a group are
+  // interleaved as the Q4 groups' (byte 32m + 4b + i: element 4m + i of
+  // block b, m < 8), a pair's 64 as the activations' pairs (byte 8k + 4j +
+  // i: element 4k + i of its block j, k < 8), both biased to unsigned
+  // (q + 128).
   Q8_0R = 42,
   // K-quants repacked for the integer kernels: a super-block of 256 weights
   // is a group of 8 blocks of 32 (its sub-blocks), interleaved as the Q4

@@ -112,8 +112,20 @@ void repack_row_q8(const uint8_t* src, uint8_t* dst, int64_t nb) {
       for (int k = 0; k < 8; ++k)
         for (int i = 0; i < 4; ++i) qs[32 * m + 4 * k + i] = (uint8_t)(q(8 * g + k, 4 * m + i) + 128);
   }
+  // pairs of the blocks left: both scales, then 64 bytes interleaved as the
+  // activations' pairs (byte 8k + 4j + i: element 4k + i of block j), biased
+  const int64_t pairs = (nb - groups * 8) / 2;
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t k0 = groups * 8 + 2 * p;
+    uint8_t* base = dst + k0 * sizeof(BlockQ8_0);
+    std::memcpy(base, &b[k0].d, 2);
+    std::memcpy(base + 2, &b[k0 + 1].d, 2);
+    for (int k = 0; k < 8; ++k)
+      for (int j = 0; j < 2; ++j)
+        for (int i = 0; i < 4; ++i) base[4 + 8 * k + 4 * j + i] = (uint8_t)(q(k0 + j, 4 * k + i) + 128);
+  }
   BlockQ8_0* tail = reinterpret_cast<BlockQ8_0*>(dst);
-  for (int64_t k = groups * 8; k < nb; ++k) {
+  for (int64_t k = groups * 8 + 2 * pairs; k < nb; ++k) {  // an odd last block as stored
     tail[k].d = b[k].d;
     for (int j = 0; j < kQK; ++j) tail[k].qs[j] = (int8_t)q(k, j);
   }
