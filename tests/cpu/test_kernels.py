@@ -160,6 +160,23 @@ def test_thread_counts_give_identical_results(type_name, n):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cols", [64, 96, 256, 384, 544, 576])
+def test_q8_0_decode_equals_its_tile(isa, cols):
+    # repacked Q8_0: one token alone (decode's matrix-vector kernel) gets the
+    # same bits as in a tile of several, over groups of 8 blocks, pairs and
+    # an odd last block, so n sampled continuations equal their separate runs
+    rng = np.random.default_rng(cols)
+    rows = 21
+    raw, _ = _weights("Q8_0", rows, cols, rng)
+    x = rng.standard_normal((7, cols)).astype(np.float32)
+    t = TYPE_IDS["Q8_0"]
+    full = _core.testing.matmul(t, raw, rows, cols, x, isa, 1, True, True)
+    for i in range(7):
+        one = _core.testing.matmul(t, raw, rows, cols, x[i:i + 1], isa, 1, True, True)
+        assert np.array_equal(one[0], full[i]), i
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("int8", [True, False])
 @pytest.mark.parametrize("type_name", list(TYPE_IDS))
 def test_token_results_do_not_depend_on_the_batch(isa, int8, type_name):
