@@ -88,7 +88,7 @@ def test_matmul_matches_numpy(isa, n, type_name, rows, cols, mode):
 def test_float_product_across_cache_blocks(isa, type_name):
     # the float product works in blocks of packed weight rows and of tokens
     # (64 rows and 32 tokens at 2085 columns, panels of 16 rows, sums in
-    # blocks of 32 columns): rows, tokens and columns that end in
+    # blocks of 64 columns): rows, tokens and columns that end in
     # part blocks, on one thread and split across threads, equal numpy, and
     # a token's results are the same bits in whatever block it falls
     rng = np.random.default_rng(11)
