@@ -132,6 +132,24 @@ def test_quantized_files_stay_close(enc, tmp_path):
         assert got @ ref / np.linalg.norm(got) / np.linalg.norm(ref) >= 0.999
 
 
+def test_f16_files_match_and_batch_alike(enc, tmp_path):
+    # f16 (its weights kept as the float product's panels): within f16
+    # weight rounding of the float64 reference, and a text's states the same
+    # bits alone, batched or on one thread
+    out = str(tmp_path / "f16.gguf")
+    convert(enc["dir"], out, "f16", progress=False)
+    m = llmrt.Model(out, threads=2, activations="f32")
+    seqs = _seqs(enc["V"], enc["kind"], seed=3)
+    together = m.encoder.hidden_states(seqs)
+    for (ids, types), h in zip(seqs, together):
+        ref = encoder_reference(enc["ck"], ids, types)
+        assert np.abs(h - ref).max() <= 2e-3 * np.abs(ref).max()  # 6.4e-4 seen
+        assert np.array_equal(m.encoder.hidden_states([(ids, types)])[0], h)
+    one = llmrt.Model(out, threads=1, activations="f32").encoder.hidden_states(seqs)
+    for a, b in zip(one, together):
+        assert np.array_equal(a, b)
+
+
 def test_long_texts_are_cut_or_refused(enc):
     m = llmrt.Model(enc["path"], threads=2)
     long = " ".join(["fox"] * 200)

@@ -206,7 +206,7 @@ void bind_testing(py::module_& m) {
         [](uint32_t type, Bytes data, int64_t rows,
            int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
            const std::string& isa, int threads, bool int8, bool repack, bool invariant,
-           bool precise, bool row_norms) {
+           bool precise, bool row_norms, bool panels) {
           WeightView w = weight_view(type, rows, cols, data, "weight");
           if (x.ndim() != 2 || x.shape(1) != cols)
             throw py::value_error("x must have shape (n, cols)");
@@ -234,6 +234,9 @@ void bind_testing(py::module_& m) {
               }
             }
             if (repack && int8 && cpu::can_repack(w)) w = cpu::repack(pool, w, packed);
+            // as an encoder's weights: F16 kept as the float product's panels
+            cpu::PackedBytes halves;
+            if (panels && w.type == DType::F16) w = cpu::keep_panels(pool, w, halves);
             if (row_norms) w.row_l2 = l1.data();
             MatmulJob job{&w, yp};
             job.precise = precise;
@@ -244,7 +247,7 @@ void bind_testing(py::module_& m) {
         py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"),
         py::arg("isa") = "", py::arg("threads") = 1, py::arg("int8_activations") = true,
         py::arg("repack") = true, py::arg("batch_invariant") = false, py::arg("precise") = false,
-        py::arg("row_norms") = false,
+        py::arg("row_norms") = false, py::arg("panels") = false,
         "y (n, rows) = x (n, cols) @ W^T for a GGUF-typed weight W (quantized types "
         "quantize x to 8-bit blocks first).");
 

@@ -24,6 +24,10 @@ struct WeightView {
   // (the CPU backend for the output head: it bounds the rounding of the
   // head's 8-bit activations, see MatmulJob::precise); else nullptr.
   const float* row_l2 = nullptr;
+  // F16 weights also laid out as the CPU float product's panels (halves,
+  // Kernels::pack_f32's layout, rows padded to whole panels), where a backend
+  // keeps them (Backend::prepare_panels); else nullptr.
+  const uint16_t* panels = nullptr;
 
   size_t row_stride() const { return row_bytes(type, cols); }
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_stride(); }

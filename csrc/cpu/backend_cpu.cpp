@@ -62,6 +62,12 @@ class CpuBackend final : public Backend {
     return cpu::repack(pool_, w, packed_.back());
   }
 
+  WeightView prepare_panels(const WeightView& w) override {
+    if (w.type != DType::F16 || w.panels != nullptr) return w;
+    packed_.emplace_back();
+    return cpu::keep_panels(pool_, w, packed_.back());
+  }
+
   // The head: its rows' L2 norms beside the repacked weights, from the
   // weights as stored (they bound the 8-bit activations' rounding, so the
   // precise product recomputes only the logits that rounding could reorder).

@@ -61,6 +61,9 @@ bool can_repack(const WeightView& w);
 // A repacked copy of w (Q4_0R / Q4_1R / Q8_0R / Q4_KR / Q5_KR / Q6_KR / MXFP4R) in
 // `storage`.
 WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage);
+// w (F16) with its rows also as the float product's panels of halves
+// (WeightView::panels) in storage; the rows stay as they are.
+WeightView keep_panels(ThreadPool& pool, const WeightView& w, PackedBytes& storage);
 
 // ---- attention.cpp ----
 // Stores k, v (n, kvd) at positions [pos0, pos0 + n) of a sequence whose

@@ -238,4 +238,25 @@ WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage) {
   return v;
 }
 
+WeightView keep_panels(ThreadPool& pool, const WeightView& w, PackedBytes& storage) {
+  const int64_t np = (w.rows + kPanel - 1) / kPanel, cols = w.cols;
+  const size_t bytes = ((size_t)(np * kPanel * cols) * sizeof(uint16_t) + 63) / 64 * 64;
+  storage.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
+  if (!storage) throw std::bad_alloc();
+  uint16_t* out = reinterpret_cast<uint16_t*>(storage.get());
+  pool.parallel_for(np, 1, [&](int64_t b, int64_t e) {
+    for (int64_t p = b; p < e; ++p) {
+      uint16_t* dst = out + p * kPanel * cols;
+      for (int64_t i = 0; i < kPanel; ++i) {
+        const int64_t r = p * kPanel + i;
+        const uint16_t* src = r < w.rows ? reinterpret_cast<const uint16_t*>(w.row(r)) : nullptr;
+        for (int64_t k = 0; k < cols; ++k) dst[k * kPanel + i] = src ? src[k] : 0;
+      }
+    }
+  });
+  WeightView v = w;
+  v.panels = out;
+  return v;
+}
+
 }  // namespace llmrt::cpu

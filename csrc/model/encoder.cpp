@@ -139,7 +139,7 @@ Encoder::Encoder(const EncoderConfig& cfg, EncoderWeights w, std::unique_ptr<Bac
   if ((int)w_.layers.size() != cfg_.n_layer) bad("a layer's weights missing");
   for (EncoderLayer& L : w_.layers)
     for (WeightView* v : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_up, &L.w_gate, &L.w_down})
-      if (!v->empty()) *v = be_->prepare_weight(*v);
+      if (!v->empty()) *v = be_->prepare_panels(be_->prepare_weight(*v));
 }
 
 Encoder::~Encoder() {

@@ -149,7 +149,7 @@ class _Testing:
                x: npt.NDArray[np.float32], isa: str = "", threads: int = 1,
                int8_activations: bool = True, repack: bool = True,
                batch_invariant: bool = False, precise: bool = False,
-               row_norms: bool = False) -> npt.NDArray[np.float32]: ...
+               row_norms: bool = False, panels: bool = False) -> npt.NDArray[np.float32]: ...
     @staticmethod
     def quantize_act(x: npt.NDArray[np.float32], isa: str = "") -> tuple[
         npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int8],

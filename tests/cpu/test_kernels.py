@@ -106,6 +106,25 @@ def test_float_product_across_cache_blocks(isa, type_name):
                               got[lo:hi]), (lo, hi)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows,cols,n", [(7, 33, 3), (75, 2085, 40), (130, 544, 9), (48, 384, 1)])
+def test_f16_panels_kept_from_load_give_the_same_bits(isa, rows, cols, n):
+    # an encoder's F16 weights kept as panels of halves: the same products as
+    # widened and packed per call, at thread counts whose bands start inside
+    # a panel (those widen and pack) or on one
+    rng = np.random.default_rng(rows)
+    raw, w = _weights("F16", rows, cols, rng)
+    x = rng.standard_normal((n, cols)).astype(np.float32)
+    t = TYPE_IDS["F16"]
+    base = _core.testing.matmul(t, raw, rows, cols, x, isa, 1, False, batch_invariant=True)
+    ref = x.astype(np.float64) @ w.T
+    assert np.abs(base - ref).max() <= REL_TOL * np.sqrt(cols) * np.abs(w).max() * np.abs(x).max()
+    for threads in (1, 2, 3):
+        got = _core.testing.matmul(t, raw, rows, cols, x, isa, threads, False, batch_invariant=True,
+                                   panels=True)
+        assert np.array_equal(got, base), threads
+
+
 @pytest.mark.parametrize("type_name", INT8_TYPES)
 def test_activation_quantization_error_is_bounded(type_name):
     # against the unquantized product: the 8-bit activations cost at most

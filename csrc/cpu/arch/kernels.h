@@ -105,6 +105,10 @@ struct Kernels {
                     int64_t n, float* y, int64_t ys);
   void (*gemm_f32)(const float* w, int64_t nr, int64_t cols, const float* x, int64_t n,
                    float* y, int64_t ys);
+  // gemm_f32p on panels of halves (WeightView::panels): the same results as
+  // the widened panels
+  void (*gemm_h16p)(const uint16_t* panels, int64_t nr, int64_t cols, const float* x, int64_t xs,
+                    int64_t n, float* y, int64_t ys);
   // x[i] = x[i] (1 + erf(x[i] / sqrt 2)) / 2, GELU's exact form
   void (*gelu_erf)(float* x, int64_t n);
   // one row: y = (x - mean) / sqrt(var + eps) * w + b (y may be x)
