@@ -61,6 +61,38 @@ def read_bandwidth(threads: int, mb: int = 512) -> float:
     return best
 
 
+def numpy_gemm_gflops(m: int, k: int, n: int, threads: int) -> float | None:
+    """The machine's own float32 GEMM figure: OpenBLAS through numpy, (m x k)
+    by (k x n), best of 5, limited to `threads` (None without threadpoolctl)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    best = float("inf")
+    with threadpool_limits(limits=threads):
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+    return 2 * m * k * n / best / 1e9
+
+
+def cpu_model() -> str:
+    """The CPU's name, from /proc/cpuinfo where there is one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "?"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)

@@ -64,7 +64,6 @@ import importlib
 import inspect
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -72,6 +71,7 @@ import time
 import warnings
 
 import numpy as np
+from bench_generate import cpu_model, numpy_gemm_gflops
 
 import llmrt
 
@@ -334,22 +334,9 @@ def flops(name: str, lens: list[int]) -> float:
 
 
 def gemm_gflops(name: str, threads: int) -> float | None:
-    """OpenBLAS float32 GEMM through numpy, (2048 x D) by (D x F), best of 5."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
+    """OpenBLAS float32 GEMM through numpy, (2048 x D) by (D x F)."""
     s = SHAPES[name]
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((2048, s["D"]), dtype=np.float32)
-    b = rng.standard_normal((s["D"], s["F"]), dtype=np.float32)
-    best = float("inf")
-    with threadpool_limits(limits=threads):
-        for _ in range(5):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-    return 2 * 2048 * s["D"] * s["F"] / best / 1e9
+    return numpy_gemm_gflops(2048, s["D"], s["F"], threads)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -433,17 +420,6 @@ def measure(name: str, a: argparse.Namespace, texts: list[str]) -> dict:
         c = e @ e.T
         out["spread"] = float((c.sum() - np.trace(c)) / (len(e) * (len(e) - 1)))
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main() -> None:

@@ -51,13 +51,13 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
 import time
 
 import numpy as np
+from bench_generate import cpu_model, numpy_gemm_gflops
 
 import llmrt
 
@@ -372,23 +372,10 @@ def tower_flops(name: str, n_tiles: int) -> float:
 
 def gemm_gflops(name: str, threads: int) -> float | None:
     """OpenBLAS float32 GEMM through numpy on the tower's FFN product (one
-    tile's patches by the up projection), best of 5, limited to `threads`."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
+    tile's patches by the up projection)."""
     v = SHAPES[name]["vision"]
-    T, D, F = (v["image_size"] // v["patch_size"]) ** 2, v["hidden_size"], v["intermediate_size"]
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((T, D), dtype=np.float32)
-    b = rng.standard_normal((D, F), dtype=np.float32)
-    best = float("inf")
-    with threadpool_limits(limits=threads):
-        for _ in range(5):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-    return 2 * T * D * F / best / 1e9
+    T = (v["image_size"] // v["patch_size"]) ** 2
+    return numpy_gemm_gflops(T, v["hidden_size"], v["intermediate_size"], threads)
 
 
 def measure(name: str, a: argparse.Namespace, runs: int) -> dict:
@@ -432,17 +419,6 @@ def measure(name: str, a: argparse.Namespace, runs: int) -> dict:
                       all_encode=d["encode"], all_first=d["first"],
                       one=statistics.median(d["one"]) if d["one"] else None)
     return out
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main() -> None:
