@@ -64,25 +64,19 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
   const int64_t row_block =
       std::clamp<int64_t>((kBlockFloats / cols) & ~(kPanel - 1), 4 * kPanel, 8 * kPanel);
   const int64_t tok_block = std::max<int64_t>(32, (kBlockFloats / 2 / cols) / 8 * 8);
-  if (w.panels != nullptr && r0 % kPanel == 0) {  // kept from load: no widening or packing
-    for (int64_t g0 = r0; g0 < r1; g0 += row_block) {
-      const int64_t nr = std::min<int64_t>(row_block, r1 - g0);
-      for (int64_t t0 = 0; t0 < n; t0 += tok_block) {
-        const int64_t nt = std::min<int64_t>(tok_block, n - t0);
-        k.gemm_h16p(w.panels + g0 * cols, nr, cols, x + t0 * cols, cols, nt, y + t0 * rows + g0,
-                    rows);
-      }
-    }
-    return;
-  }
+  // F16 rows kept as panels from load (WeightView::panels) need neither;
+  // a band that starts inside a panel widens and packs as the others do
+  const bool kept = w.panels != nullptr && r0 % kPanel == 0;
   const bool f32 = w.type == DType::F32;
   DequantFn dq = k.dequant[(int)w.type];
   thread_local std::vector<float> wide, panels;
-  wide.resize((size_t)(kPanel * cols));
-  panels.resize((size_t)(row_block * cols));
+  if (!kept) {
+    wide.resize((size_t)(kPanel * cols));
+    panels.resize((size_t)(row_block * cols));
+  }
   for (int64_t g0 = r0; g0 < r1; g0 += row_block) {
     const int64_t nr = std::min<int64_t>(row_block, r1 - g0);
-    for (int64_t p = 0; p * kPanel < nr; ++p) {
+    for (int64_t p = 0; !kept && p * kPanel < nr; ++p) {
       const int64_t first = g0 + p * kPanel, count = std::min<int64_t>(kPanel, nr - p * kPanel);
       float* dst = panels.data() + p * kPanel * cols;
       if (f32) {
@@ -95,7 +89,11 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
     }
     for (int64_t t0 = 0; t0 < n; t0 += tok_block) {
       const int64_t nt = std::min<int64_t>(tok_block, n - t0);
-      k.gemm_f32p(panels.data(), nr, cols, x + t0 * cols, cols, nt, y + t0 * rows + g0, rows);
+      float* yt = y + t0 * rows + g0;
+      if (kept)
+        k.gemm_h16p(w.panels + g0 * cols, nr, cols, x + t0 * cols, cols, nt, yt, rows);
+      else
+        k.gemm_f32p(panels.data(), nr, cols, x + t0 * cols, cols, nt, yt, rows);
     }
   }
 }
