@@ -150,6 +150,27 @@ def test_f16_files_match_and_batch_alike(enc, tmp_path):
         assert np.array_equal(a, b)
 
 
+def test_f16_files_on_integer_products_stay_close_and_batch_alike(enc, tmp_path):
+    # f16 with the default 8-bit activations: where 16-bit integer products
+    # are faster, 14-bit integer weights against 13-bit activations, blocks
+    # of 64: states close to the float64 reference's and the float path's,
+    # a text's the same bits alone, batched or on one thread
+    out = str(tmp_path / "f16.gguf")
+    convert(enc["dir"], out, "f16", progress=False)
+    m = llmrt.Model(out, threads=2)
+    seqs = _seqs(enc["V"], enc["kind"], seed=4)
+    together = m.encoder.hidden_states(seqs)
+    exact = llmrt.Model(out, threads=2, activations="f32").encoder.hidden_states(seqs)
+    for (ids, types), h, f in zip(seqs, together, exact):
+        ref = encoder_reference(enc["ck"], ids, types)
+        assert np.abs(h - ref).max() <= 3e-3 * np.abs(ref).max()
+        assert np.abs(h - f).max() <= 2e-3 * np.abs(f).max()
+        assert np.array_equal(m.encoder.hidden_states([(ids, types)])[0], h)
+    one = llmrt.Model(out, threads=1).encoder.hidden_states(seqs)
+    for a, b in zip(one, together):
+        assert np.array_equal(a, b)
+
+
 def test_long_texts_are_cut_or_refused(enc):
     m = llmrt.Model(enc["path"], threads=2)
     long = " ".join(["fox"] * 200)

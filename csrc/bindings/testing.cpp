@@ -206,14 +206,15 @@ void bind_testing(py::module_& m) {
         [](uint32_t type, Bytes data, int64_t rows,
            int64_t cols, py::array_t<float, py::array::c_style | py::array::forcecast> x,
            const std::string& isa, int threads, bool int8, bool repack, bool invariant,
-           bool precise, bool row_norms, bool panels) {
+           bool precise, bool row_norms, bool panels, int jobs) {
           WeightView w = weight_view(type, rows, cols, data, "weight");
           if (x.ndim() != 2 || x.shape(1) != cols)
             throw py::value_error("x must have shape (n, cols)");
           const int n = (int)x.shape(0);
           if (n <= 0) throw py::value_error("x has no rows");
           const auto& k = kernels_named(isa);
-          py::array_t<float> y({(int64_t)n, rows});
+          if (jobs < 1 || jobs > 8) throw py::value_error("jobs must be 1 to 8");
+          py::array_t<float> y({(int64_t)jobs, (int64_t)n, rows});
           float* yp = y.mutable_data();
           const float* xp = x.data();
           {
@@ -235,21 +236,28 @@ void bind_testing(py::module_& m) {
             }
             if (repack && int8 && cpu::can_repack(w)) w = cpu::repack(pool, w, packed);
             // as an encoder's weights: F16 kept as the float product's panels
+            // (float activations) or as 14-bit integer panels (8-bit ones)
             cpu::PackedBytes halves;
-            if (panels && w.type == DType::F16) w = cpu::keep_panels(pool, w, halves);
+            if (panels && w.type == DType::F16)
+              w = int8 ? cpu::keep_i16_panels(pool, k, w, halves) : cpu::keep_panels(pool, w, halves);
             if (row_norms) w.row_l2 = l1.data();
-            MatmulJob job{&w, yp};
-            job.precise = precise;
-            cpu::matmul_many(pool, k, &job, 1, xp, n, act, int8, invariant);
+            // the same weight `jobs` times in one call: the later jobs' rows
+            // start where the earlier ones end (bands inside their panels)
+            std::vector<MatmulJob> all;
+            for (int j = 0; j < jobs; ++j) all.push_back(MatmulJob{&w, yp + (size_t)j * n * rows});
+            all[0].precise = precise;
+            cpu::matmul_many(pool, k, all.data(), jobs, xp, n, act, int8, invariant);
           }
+          if (jobs == 1) return py::array_t<float>(y.reshape({(int64_t)n, rows}));
           return y;
         },
         py::arg("type"), py::arg("data"), py::arg("rows"), py::arg("cols"), py::arg("x"),
         py::arg("isa") = "", py::arg("threads") = 1, py::arg("int8_activations") = true,
         py::arg("repack") = true, py::arg("batch_invariant") = false, py::arg("precise") = false,
-        py::arg("row_norms") = false, py::arg("panels") = false,
+        py::arg("row_norms") = false, py::arg("panels") = false, py::arg("jobs") = 1,
         "y (n, rows) = x (n, cols) @ W^T for a GGUF-typed weight W (quantized types "
-        "quantize x to 8-bit blocks first).");
+        "quantize x to 8-bit blocks first); with jobs > 1, (jobs, n, rows): the same "
+        "product as that many jobs of one call.");
 
   m.def("quantize_act",
         [](py::array_t<float, py::array::c_style | py::array::forcecast> x, const std::string& isa) {

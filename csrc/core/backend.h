@@ -118,9 +118,10 @@ class Backend {
   // The output head's weights: as prepare_weight, plus whatever its precise
   // products need (MatmulJob::precise).
   virtual WeightView prepare_head(const WeightView& w) { return prepare_weight(w); }
-  // A weight read by many-token products only (an encoder's, a vision
-  // tower's): the CPU backend keeps F16 ones also as its float product's
-  // panels (twice the bytes), so a call neither widens nor packs them.
+  // A weight read by many-token products only (an encoder's): the CPU
+  // backend keeps F16 ones also in its products' own layout (twice the
+  // bytes), so a call neither widens nor packs them: 14-bit integer panels
+  // with 8-bit activations (16-bit integer products), else panels of halves.
   virtual WeightView prepare_panels(const WeightView& w) { return w; }
 
   // A forward pass begins: its rows' token ids and positions and its

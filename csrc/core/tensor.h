@@ -28,6 +28,10 @@ struct WeightView {
   // Kernels::pack_f32's layout, rows padded to whole panels), where a backend
   // keeps them (Backend::prepare_panels); else nullptr.
   const uint16_t* panels = nullptr;
+  // F16 weights also as 14-bit integer panels (cpu/arch/kernels.h,
+  // kI16Block), where a backend keeps them for 16-bit integer products
+  // (Backend::prepare_panels with 8-bit activations); else nullptr.
+  const uint8_t* ipanels = nullptr;
 
   size_t row_stride() const { return row_bytes(type, cols); }
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_stride(); }

@@ -62,9 +62,14 @@ class CpuBackend final : public Backend {
     return cpu::repack(pool_, w, packed_.back());
   }
 
+  // With 8-bit activations, F16 weights become 14-bit integer panels where
+  // 16-bit integer products are faster (Kernels::i16_faster: VNNI's run at
+  // twice the float multiply-adds' rate); else, and with float activations,
+  // panels of halves (the exact float product).
   WeightView prepare_panels(const WeightView& w) override {
-    if (w.type != DType::F16 || w.panels != nullptr) return w;
+    if (w.type != DType::F16 || w.panels != nullptr || w.ipanels != nullptr) return w;
     packed_.emplace_back();
+    if (int8_ && k_.i16_faster) return cpu::keep_i16_panels(pool_, k_, w, packed_.back());
     return cpu::keep_panels(pool_, w, packed_.back());
   }
 

@@ -98,6 +98,36 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
   }
 }
 
+// Rows [r0, r1) of F16 weights kept as 14-bit integer panels
+// (WeightView::ipanels) against the tokens quantized once (xq, xs), in
+// cache blocks as rows_float. A band starting inside a panel computes that
+// panel into a buffer and keeps its own rows (the same values).
+void rows_i16(const Kernels& k, const WeightView& w, const int16_t* xq, const float* xs, int n,
+              float* y, int64_t r0, int64_t r1) {
+  const int64_t rows = w.rows, cols = w.cols, nb = (cols + kI16Block - 1) / kI16Block;
+  const int64_t pbytes = nb * kI16BlockBytes;
+  if (r0 % kPanel != 0) {
+    const int64_t p = r0 / kPanel, nr = std::min<int64_t>(kPanel, rows - p * kPanel);
+    const int64_t end = std::min(r1, p * kPanel + nr);
+    thread_local std::vector<float> part;
+    part.resize((size_t)(n * kPanel));
+    k.gemm_i16p(w.ipanels + p * pbytes, nr, nb, xq, xs, n, part.data(), kPanel);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t r = r0; r < end; ++r) y[t * rows + r] = part[t * kPanel + r - p * kPanel];
+    r0 = end;
+    if (r0 >= r1) return;
+  }
+  const int64_t row_block =
+      std::clamp<int64_t>((kBlockFloats / cols) & ~(2 * kPanel - 1), 4 * kPanel, 8 * kPanel);
+  const int64_t tok_block = std::max<int64_t>(24, (kBlockFloats / cols) / 24 * 24);
+  for (int64_t g0 = r0; g0 < r1; g0 += row_block) {
+    const int64_t nr = std::min<int64_t>(row_block, r1 - g0);
+    for (int64_t t0 = 0; t0 < n; t0 += tok_block)
+      k.gemm_i16p(w.ipanels + g0 / kPanel * pbytes, nr, nb, xq + t0 * nb * kI16Block,
+                  xs + t0 * nb, std::min<int64_t>(tok_block, n - t0), y + t0 * rows + g0, rows);
+  }
+}
+
 // A token's activations as two rows of 8-bit blocks, x ~= d1 q1 + d2 q2 with
 // q2 the rounding q1 left (about 15 bits a value): row 0 copied from a
 // quantized row `q1` (parts 1-4, d, s), row 1 quantized here. out: two rows
@@ -233,7 +263,7 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
   if (count == 1 && jobs[0].precise && int8 && int8_dot(jobs[0].w->type))
     return matmul_precise(pool, k, jobs[0], x, n, act, invariant);
   const int64_t cols = jobs[0].w->cols;
-  bool any_int8 = false, interleaved = false;
+  bool any_int8 = false, interleaved = false, any_i16 = false, any_panels = false;
   int64_t total = 0;
   int64_t start[8];
   if (count > 8) throw std::invalid_argument("matmul_many: at most 8 jobs");
@@ -242,18 +272,36 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
     any_int8 |= int8 && int8_dot(jobs[i].w->type);
     // the repacked groups read interleaved activations
     interleaved |= int8 && interleaved_layout(jobs[i].w->type);
+    any_i16 |= int8 && jobs[i].w->ipanels != nullptr;
+    any_panels |= jobs[i].w->ipanels != nullptr || jobs[i].w->panels != nullptr;
     start[i] = total;
     total += jobs[i].w->rows;
   }
   QActs xq{nullptr, nullptr, nullptr, cols};
   if (any_int8) xq = quantize_rows(pool, k, x, n, cols, act, interleaved);
-  // The rows of all jobs, end to end, split into bands across the threads.
-  pool.parallel_for(total, 16, [&](int64_t b, int64_t e) {
+  const int64_t nb16 = (cols + kI16Block - 1) / kI16Block;
+  if (any_i16) {  // 16-bit blocks for the integer panels
+    act.q16.resize((size_t)(n * nb16 * kI16Block));
+    act.s16.resize((size_t)(n * nb16));
+    pool.parallel_for(n, 4, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t)
+        k.quantize_i16(x + t * cols, cols, kI16XMax, act.q16.data() + t * nb16 * kI16Block,
+                       act.s16.data() + t * nb16);
+    });
+  }
+  // The rows of all jobs, end to end, split into bands across the threads:
+  // bands of whole pairs of panels where weights are kept as panels (so a
+  // band starts on one), else bands of at least 16 rows of any size.
+  const int64_t unit = any_panels ? 2 * kPanel : 1;
+  pool.parallel_for((total + unit - 1) / unit, any_panels ? 1 : 16, [&](int64_t ub, int64_t ue) {
+    const int64_t b = ub * unit, e = std::min(total, ue * unit);
     for (int i = 0; i < count; ++i) {
       const int64_t lo = std::max(b, start[i]), hi = std::min(e, start[i] + jobs[i].w->rows);
       if (lo >= hi) continue;
       const WeightView& w = *jobs[i].w;
-      if (int8 && int8_dot(w.type))
+      if (int8 && w.ipanels != nullptr)
+        rows_i16(k, w, act.q16.data(), act.s16.data(), n, jobs[i].y, lo - start[i], hi - start[i]);
+      else if (int8 && int8_dot(w.type))
         rows_int8(k, w, xq, n, jobs[i].y, lo - start[i], hi - start[i], invariant);
       else
         rows_float(k, w, x, n, jobs[i].y, lo - start[i], hi - start[i], invariant);

@@ -25,6 +25,8 @@ struct ActBuffer {
   std::vector<float> d, s;
   std::vector<float> y2;  // a precise product's two partial outputs
   std::vector<int64_t> group_start;  // matmul_grouped: each job's first weight row in the pass
+  std::vector<int16_t> q16;  // activations for the 14-bit integer panels (Kernels::quantize_i16)
+  std::vector<float> s16;
 };
 
 // y_i (n, W_i.rows) = x (n, cols) @ W_i^T for each job, in one parallel pass.
@@ -64,6 +66,11 @@ WeightView repack(ThreadPool& pool, const WeightView& w, PackedBytes& storage);
 // w (F16) with its rows also as the float product's panels of halves
 // (WeightView::panels) in storage; the rows stay as they are.
 WeightView keep_panels(ThreadPool& pool, const WeightView& w, PackedBytes& storage);
+// w (F16) with its rows also as 14-bit integer panels (WeightView::ipanels,
+// Kernels::gemm_i16p's layout) in storage, for products with 8-bit
+// activations' mode; the rows stay as they are.
+WeightView keep_i16_panels(ThreadPool& pool, const Kernels& k, const WeightView& w,
+                           PackedBytes& storage);
 
 // ---- attention.cpp ----
 // Stores k, v (n, kvd) at positions [pos0, pos0 + n) of a sequence whose

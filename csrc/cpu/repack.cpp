@@ -4,9 +4,11 @@
 // as the source but for Q4_KR / Q5_KR (4 bytes more a super-block: their
 // scales unpacked); the copy replaces the file's bytes for the model's
 // lifetime.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <vector>
 
 #include "cpu/ops.h"
 
@@ -256,6 +258,46 @@ WeightView keep_panels(ThreadPool& pool, const WeightView& w, PackedBytes& stora
   });
   WeightView v = w;
   v.panels = out;
+  return v;
+}
+
+WeightView keep_i16_panels(ThreadPool& pool, const Kernels& k, const WeightView& w,
+                            PackedBytes& storage) {
+  const int64_t np = (w.rows + kPanel - 1) / kPanel, cols = w.cols;
+  const int64_t nb = (cols + kI16Block - 1) / kI16Block;
+  const size_t bytes = (size_t)(np * nb * kI16BlockBytes);
+  storage.reset(static_cast<uint8_t*>(std::aligned_alloc(64, bytes)));
+  if (!storage) throw std::bad_alloc();
+  uint8_t* out = storage.get();
+  pool.parallel_for(np, 1, [&](int64_t b, int64_t e) {
+    std::vector<float> row((size_t)cols);
+    std::vector<int16_t> q((size_t)(nb * kI16Block));
+    std::vector<float> s((size_t)nb);
+    for (int64_t p = b; p < e; ++p) {
+      uint8_t* panel = out + p * nb * kI16BlockBytes;
+      for (int64_t i = 0; i < kPanel; ++i) {
+        const int64_t r = p * kPanel + i;
+        if (r < w.rows) {
+          k.dequant[(int)DType::F16](w.row(r), row.data(), cols);
+          k.quantize_i16(row.data(), cols, kI16WMax, q.data(), s.data());
+        } else {  // rows past the last: zeros
+          std::fill(q.begin(), q.end(), int16_t{0});
+          std::fill(s.begin(), s.end(), 0.f);
+        }
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          int16_t* dst = reinterpret_cast<int16_t*>(panel + blk * kI16BlockBytes);
+          for (int64_t j = 0; j < kI16Block / 2; ++j) {
+            dst[j * 32 + 2 * i] = q[(size_t)(blk * kI16Block + 2 * j)];
+            dst[j * 32 + 2 * i + 1] = q[(size_t)(blk * kI16Block + 2 * j + 1)];
+          }
+          reinterpret_cast<float*>(panel + blk * kI16BlockBytes + kPanel * kI16Block * 2)[i] =
+              s[(size_t)blk];
+        }
+      }
+    }
+  });
+  WeightView v = w;
+  v.ipanels = out;
   return v;
 }
 

@@ -258,7 +258,14 @@ class Encoder:
 
 
 class EncoderModel:
-    """An embedding or reranking model (BERT, XLM-RoBERTa, nomic-bert)."""
+    """An embedding or reranking model (BERT, XLM-RoBERTa, nomic-bert).
+
+    activations="int8" (default): quantized weights against 8-bit activation
+    blocks, and F16 weights (where the CPU's 16-bit integer products are the
+    faster: AVX-512 VNNI, AVX2) as 14-bit integers against 13-bit activation
+    blocks of 64; "f32" keeps activations in float32 (the exact float product
+    for F16 weights, slower).
+    """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
                  activations: str = "int8", **unused: Any):

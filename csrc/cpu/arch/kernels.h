@@ -69,6 +69,17 @@ struct AttnBlock {
 // Rows a panel of the packed float weights holds (Kernels::pack_f32).
 constexpr int64_t kPanel = 16;
 
+// F16 weights held as integers (Kernels::gemm_i16p): columns in blocks of
+// kI16Block, zeros past the last column. Weights round to |q| <= kI16WMax
+// (14 bits) with a scale per row and block, activations to |q| <= kI16XMax
+// (13 bits) with a scale per token and block: a block's 64 products sum to
+// under 2^31 exactly. Panel p of kPanel rows, block b, at (p * nb + b) *
+// kI16BlockBytes: for each column pair j, the 16 rows' values 2j and 2j + 1
+// (int16 at 32 j + 2 i + {0, 1} for row i), then the 16 rows' float scales.
+constexpr int64_t kI16Block = 64;
+constexpr int kI16WMax = 8191, kI16XMax = 4095;
+constexpr int64_t kI16BlockBytes = kPanel * kI16Block * 2 + kPanel * 4;
+
 struct Kernels {
   const char* name;
   // sum_i W[i] * x[i] over one quantized row of n elements.
@@ -109,6 +120,20 @@ struct Kernels {
   // the widened panels
   void (*gemm_h16p)(const uint16_t* panels, int64_t nr, int64_t cols, const float* x, int64_t xs,
                     int64_t n, float* y, int64_t ys);
+  // One row of cols floats -> q (whole blocks of kI16Block, zeros past cols)
+  // and a scale per block: q = round(x / s), s = max|x| / qmax (a block with
+  // an infinity or NaN: a NaN scale)
+  void (*quantize_i16)(const float* x, int64_t cols, int qmax, int16_t* q, float* s);
+  // y[t * ys + r] = w_r . x_t for nr rows of 14-bit panels (nb blocks a
+  // row) and n tokens quantized by quantize_i16 (token t's values at xq + t
+  // nb kI16Block, its scales at xs + t nb); each block's sum exact, the
+  // blocks taken in order: the same bits whatever the tile, batch or ISA
+  void (*gemm_i16p)(const uint8_t* panels, int64_t nr, int64_t nb, const int16_t* xq,
+                    const float* xs, int64_t n, float* y, int64_t ys);
+  // Whether gemm_i16p beats the float product here (VNNI's vpdpwssd, or
+  // AVX2's vpmaddwd against its 8-lane FMAs; not AVX-512's vpmaddwd plus
+  // vpaddd, 0.7x of its FMAs, nor the plain loops)
+  bool i16_faster;
   // x[i] = x[i] (1 + erf(x[i] / sqrt 2)) / 2, GELU's exact form
   void (*gelu_erf)(float* x, int64_t n);
   // one row: y = (x - mean) / sqrt(var + eps) * w + b (y may be x)
