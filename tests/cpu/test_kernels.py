@@ -373,3 +373,23 @@ def test_mxfp4_repacked_where_fp16_holds_its_scales(isa, scale):
         ref = quantize_act_ref(x[:n]) @ ref_w.T
         tol = REL_TOL * np.sqrt(cols) * np.abs(ref_w).max() * np.abs(x).max()
         assert np.abs(got - ref).max() <= tol and np.abs(stored - ref).max() <= tol
+
+
+@pytest.mark.parametrize("type_name", ["Q4_K", "Q5_K", "Q6_K"])
+def test_kquant_tiles_give_the_same_bits_on_every_simd_isa(type_name):
+    # the 512-bit tiles (two rows a register) take each lane's integer and
+    # float steps in the 256-bit tiles' order: the same bits, alone or batched
+    isas = [i for i in ISAS if i != "generic"]
+    if len(isas) < 2:
+        pytest.skip("one SIMD variant on this CPU")
+    rng = np.random.default_rng(11)
+    rows, cols = 37, 1280
+    raw, _ = _weights(type_name, rows, cols, rng)
+    x = rng.standard_normal((11, cols)).astype(np.float32)
+    t = TYPE_IDS[type_name]
+    want = _core.testing.matmul(t, raw, rows, cols, x, isas[0], 2)
+    for isa in isas[1:]:
+        assert np.array_equal(_core.testing.matmul(t, raw, rows, cols, x, isa, 2), want), isa
+        for i in (0, 5, 10):
+            one = _core.testing.matmul(t, raw, rows, cols, x[i:i + 1], isa, 1, batch_invariant=True)
+            assert np.array_equal(one, want[i:i + 1]), (isa, i)
