@@ -65,7 +65,8 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
       std::clamp<int64_t>((kBlockFloats / cols) & ~(kPanel - 1), 4 * kPanel, 8 * kPanel);
   const int64_t tok_block = std::max<int64_t>(32, (kBlockFloats / 2 / cols) / 8 * 8);
   // F16 rows kept as panels from load (WeightView::panels) need neither;
-  // a band that starts inside a panel widens and packs as the others do
+  // a band that starts inside a panel (matmul_grouped's may) widens and
+  // packs as the others do
   const bool kept = w.panels != nullptr && r0 % kPanel == 0;
   const bool f32 = w.type == DType::F32;
   DequantFn dq = k.dequant[(int)w.type];
@@ -100,23 +101,12 @@ void rows_float(const Kernels& k, const WeightView& w, const float* x, int n, fl
 
 // Rows [r0, r1) of F16 weights kept as 14-bit integer panels
 // (WeightView::ipanels) against the tokens quantized once (xq, xs), in
-// cache blocks as rows_float. A band starting inside a panel computes that
-// panel into a buffer and keeps its own rows (the same values).
+// cache blocks as rows_float. r0 starts a panel (matmul_many's bands do).
 void rows_i16(const Kernels& k, const WeightView& w, const int16_t* xq, const float* xs, int n,
               float* y, int64_t r0, int64_t r1) {
   const int64_t rows = w.rows, cols = w.cols, nb = (cols + kI16Block - 1) / kI16Block;
   const int64_t pbytes = nb * kI16BlockBytes;
-  if (r0 % kPanel != 0) {
-    const int64_t p = r0 / kPanel, nr = std::min<int64_t>(kPanel, rows - p * kPanel);
-    const int64_t end = std::min(r1, p * kPanel + nr);
-    thread_local std::vector<float> part;
-    part.resize((size_t)(n * kPanel));
-    k.gemm_i16p(w.ipanels + p * pbytes, nr, nb, xq, xs, n, part.data(), kPanel);
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t r = r0; r < end; ++r) y[t * rows + r] = part[t * kPanel + r - p * kPanel];
-    r0 = end;
-    if (r0 >= r1) return;
-  }
+  if (r0 % kPanel != 0) throw std::logic_error("rows_i16: a band inside a panel");
   const int64_t row_block =
       std::clamp<int64_t>((kBlockFloats / cols) & ~(2 * kPanel - 1), 4 * kPanel, 8 * kPanel);
   const int64_t tok_block = std::max<int64_t>(24, (kBlockFloats / cols) / 24 * 24);
@@ -264,8 +254,6 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
     return matmul_precise(pool, k, jobs[0], x, n, act, invariant);
   const int64_t cols = jobs[0].w->cols;
   bool any_int8 = false, interleaved = false, any_i16 = false, any_panels = false;
-  int64_t total = 0;
-  int64_t start[8];
   if (count > 8) throw std::invalid_argument("matmul_many: at most 8 jobs");
   for (int i = 0; i < count; ++i) {
     if (jobs[i].w->cols != cols) throw std::invalid_argument("matmul_many: cols differ");
@@ -274,8 +262,6 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
     interleaved |= int8 && interleaved_layout(jobs[i].w->type);
     any_i16 |= int8 && jobs[i].w->ipanels != nullptr;
     any_panels |= jobs[i].w->ipanels != nullptr || jobs[i].w->panels != nullptr;
-    start[i] = total;
-    total += jobs[i].w->rows;
   }
   QActs xq{nullptr, nullptr, nullptr, cols};
   if (any_int8) xq = quantize_rows(pool, k, x, n, cols, act, interleaved);
@@ -289,22 +275,24 @@ void matmul_many(ThreadPool& pool, const Kernels& k, const MatmulJob* jobs, int 
                        act.s16.data() + t * nb16);
     });
   }
-  // The rows of all jobs, end to end, split into bands across the threads:
-  // bands of whole pairs of panels where weights are kept as panels (so a
-  // band starts on one), else bands of at least 16 rows of any size.
+  // The rows of all jobs, end to end, split into bands across the threads,
+  // in units of a row (bands of 16 rows or more), or, where weights are kept
+  // as panels, of two panels of each job's own (a band starts on a panel).
   const int64_t unit = any_panels ? 2 * kPanel : 1;
-  pool.parallel_for((total + unit - 1) / unit, any_panels ? 1 : 16, [&](int64_t ub, int64_t ue) {
-    const int64_t b = ub * unit, e = std::min(total, ue * unit);
+  int64_t start[9] = {0};  // job i's first unit
+  for (int i = 0; i < count; ++i) start[i + 1] = start[i] + (jobs[i].w->rows + unit - 1) / unit;
+  pool.parallel_for(start[count], any_panels ? 1 : 16, [&](int64_t b, int64_t e) {
     for (int i = 0; i < count; ++i) {
-      const int64_t lo = std::max(b, start[i]), hi = std::min(e, start[i] + jobs[i].w->rows);
-      if (lo >= hi) continue;
+      const int64_t ub = std::max(b, start[i]), ue = std::min(e, start[i + 1]);
+      if (ub >= ue) continue;
       const WeightView& w = *jobs[i].w;
+      const int64_t lo = (ub - start[i]) * unit, hi = std::min(w.rows, (ue - start[i]) * unit);
       if (int8 && w.ipanels != nullptr)
-        rows_i16(k, w, act.q16.data(), act.s16.data(), n, jobs[i].y, lo - start[i], hi - start[i]);
+        rows_i16(k, w, act.q16.data(), act.s16.data(), n, jobs[i].y, lo, hi);
       else if (int8 && int8_dot(w.type))
-        rows_int8(k, w, xq, n, jobs[i].y, lo - start[i], hi - start[i], invariant);
+        rows_int8(k, w, xq, n, jobs[i].y, lo, hi, invariant);
       else
-        rows_float(k, w, x, n, jobs[i].y, lo - start[i], hi - start[i], invariant);
+        rows_float(k, w, x, n, jobs[i].y, lo, hi, invariant);
     }
   });
 }

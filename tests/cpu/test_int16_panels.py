@@ -59,7 +59,7 @@ def test_matches_its_twin_bit_for_bit(isa, rows, cols, n):
     want = twin(w, x)
     for threads in (1, 2, 3):
         assert np.array_equal(_run(raw, rows, cols, x, isa, threads), want), threads
-    # rows of later jobs start inside a panel: the same values
+    # later jobs of one call (their rows after the first job's): the same values
     both = _run(raw, rows, cols, x, isa, 2, jobs=3)
     for j in range(3):
         assert np.array_equal(both[j], want), j

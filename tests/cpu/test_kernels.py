@@ -110,8 +110,8 @@ def test_float_product_across_cache_blocks(isa, type_name):
 @pytest.mark.parametrize("rows,cols,n", [(7, 33, 3), (75, 2085, 40), (130, 544, 9), (48, 384, 1)])
 def test_f16_panels_kept_from_load_give_the_same_bits(isa, rows, cols, n):
     # an encoder's F16 weights kept as panels of halves: the same products as
-    # widened and packed per call, at thread counts whose bands start inside
-    # a panel (those widen and pack) or on one
+    # widened and packed per call, at 1-3 threads and with the weight as the
+    # later jobs of one call
     rng = np.random.default_rng(rows)
     raw, w = _weights("F16", rows, cols, rng)
     x = rng.standard_normal((n, cols)).astype(np.float32)
@@ -123,6 +123,10 @@ def test_f16_panels_kept_from_load_give_the_same_bits(isa, rows, cols, n):
         got = _core.testing.matmul(t, raw, rows, cols, x, isa, threads, False, batch_invariant=True,
                                    panels=True)
         assert np.array_equal(got, base), threads
+    jobs = _core.testing.matmul(t, raw, rows, cols, x, isa, 2, False, batch_invariant=True,
+                                panels=True, jobs=3)
+    for j in range(3):
+        assert np.array_equal(jobs[j], base), j
 
 
 @pytest.mark.parametrize("type_name", INT8_TYPES)
